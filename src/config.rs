@@ -1,0 +1,417 @@
+//! A node's data directory and its `node.toml`, in two stages: serde reads
+//! a [`RawConfig`] (unknown keys rejected with their line), which is then
+//! validated into a [`Config`] that the node runs from.
+//!
+//! Data dir layout (operators and scripts may rely on it):
+//!
+//! | path | what |
+//! |---|---|
+//! | `node.toml` | this node's configuration |
+//! | `node.key` | Ed25519 identity key, PKCS#8 PEM, mode 0600 |
+//! | `node.csr` | certificate signing request for the operator |
+//! | `node.crt` | node certificate, written by `dsnode ca issue --out DIR/node.crt` |
+//! | `ca.crt` | the data-space CA certificate |
+//! | `crl.pem` | the CA's current CRL, distributed by the operator |
+//! | `ledger/` | the node's ledger |
+//! | `blobs/` | dataset chunks |
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::fsutil::{self, FileError};
+
+/// The environment variable naming the default data dir of client commands.
+pub const DATA_DIR_ENV: &str = "DSNODE_DATA_DIR";
+
+/// Paths inside a node's data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// The data dir at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `node.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("node.toml")
+    }
+    /// `node.key`.
+    pub fn key(&self) -> PathBuf {
+        self.root.join("node.key")
+    }
+    /// `node.csr`.
+    pub fn csr(&self) -> PathBuf {
+        self.root.join("node.csr")
+    }
+    /// `node.crt`.
+    pub fn cert(&self) -> PathBuf {
+        self.root.join("node.crt")
+    }
+    /// `ca.crt`.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.crt")
+    }
+    /// `crl.pem`.
+    pub fn crl(&self) -> PathBuf {
+        self.root.join("crl.pem")
+    }
+    /// `ledger/`.
+    pub fn ledger(&self) -> PathBuf {
+        self.root.join("ledger")
+    }
+    /// `blobs/`.
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+}
+
+/// Why a configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `node.toml` could not be read.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// `node.toml` is not valid TOML or has unknown keys or bad values.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: String,
+        /// toml's message, with line and column and the offending key.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{path}: `{key}` {problem}")]
+    Invalid {
+        /// The config file.
+        path: String,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// A duration written the human way: "10s", "5m", "1h 30m".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration `{text}` ({e}): expected e.g. \"10s\", \"5m\", \"1h\""
+                ))
+            })
+    }
+}
+
+/// `node.toml` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on for gRPC over mutual TLS.
+    pub listen: SocketAddr,
+    /// Transport limits; every key optional.
+    #[serde(default)]
+    pub transport: RawTransport,
+}
+
+/// `[transport]` as written; every key optional, see [`TransportConfig`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawTransport {
+    pub handshake_timeout: Option<HumanDuration>,
+    pub max_connections: Option<usize>,
+    pub max_connection_age: Option<HumanDuration>,
+    pub max_connection_age_grace: Option<HumanDuration>,
+    pub max_concurrent_streams: Option<u32>,
+    pub max_header_list_size: Option<u32>,
+    pub max_pending_accept_reset_streams: Option<usize>,
+    pub max_local_error_reset_streams: Option<usize>,
+    pub keepalive_interval: Option<HumanDuration>,
+    pub keepalive_timeout: Option<HumanDuration>,
+    pub concurrency_limit_per_connection: Option<usize>,
+    pub max_in_flight: Option<usize>,
+    pub max_frame_size: Option<u32>,
+    pub stream_window: Option<u32>,
+    pub connection_window: Option<u32>,
+    pub max_decoding_message_size: Option<usize>,
+    pub crl_reload_interval: Option<HumanDuration>,
+    pub drain_deadline: Option<HumanDuration>,
+}
+
+/// Transport limits and tuning (DESIGN.md, Transport). tonic leaves most
+/// HTTP/2 guards off; every one is set here.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// A TLS handshake not finished in this time is dropped (slow-loris).
+    pub handshake_timeout: Duration,
+    /// Open connections at most; more wait in the kernel backlog.
+    pub max_connections: usize,
+    /// After this age a connection is closed gracefully (bounds how long a
+    /// peer keeps a connection after its certificate is revoked).
+    pub max_connection_age: Duration,
+    /// After `max_connection_age`, in-flight calls get this long to finish
+    /// before the connection is cut.
+    pub max_connection_age_grace: Duration,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Largest HTTP/2 header list accepted (bytes).
+    pub max_header_list_size: u32,
+    /// Streams reset by the client before the server accepted them, at
+    /// most (rapid-reset guard).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the server had to reset for protocol errors before it sends
+    /// GOAWAY (error-reset flood guard).
+    pub max_local_error_reset_streams: usize,
+    /// HTTP/2 ping interval.
+    pub keepalive_interval: Duration,
+    /// A ping not answered in this time closes the connection.
+    pub keepalive_timeout: Duration,
+    /// In-flight requests per connection.
+    pub concurrency_limit_per_connection: usize,
+    /// In-flight requests across all connections.
+    pub max_in_flight: usize,
+    /// HTTP/2 frame size (about 256 KiB for bulk transfers).
+    pub max_frame_size: u32,
+    /// HTTP/2 stream flow-control window.
+    pub stream_window: u32,
+    /// HTTP/2 connection flow-control window.
+    pub connection_window: u32,
+    /// Largest gRPC message any service decodes (bytes).
+    pub max_decoding_message_size: usize,
+    /// How often `crl.pem` is checked for changes (SIGHUP reloads at once).
+    pub crl_reload_interval: Duration,
+    /// How long in-flight calls may run after shutdown starts.
+    pub drain_deadline: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_connection_age: Duration::from_secs(30 * 60),
+            max_connection_age_grace: Duration::from_secs(60),
+            max_concurrent_streams: 128,
+            max_header_list_size: 16 << 10,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 32,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            concurrency_limit_per_connection: 64,
+            max_in_flight: 1024,
+            max_frame_size: 256 << 10,
+            stream_window: 4 << 20,
+            connection_window: 8 << 20,
+            max_decoding_message_size: 4 << 20,
+            crl_reload_interval: Duration::from_secs(10),
+            drain_deadline: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The node's data directory.
+    pub data_dir: DataDir,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Transport limits.
+    pub transport: TransportConfig,
+}
+
+impl Config {
+    /// A configuration with default transport settings, for code and tests.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            data_dir: DataDir::new(data_dir),
+            listen,
+            transport: TransportConfig::default(),
+        }
+    }
+
+    /// Reads and validates `node.toml` of `data_dir`.
+    pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
+        let dir = DataDir::new(data_dir);
+        let path = dir.config();
+        let text = fsutil::read_to_string(&path)?;
+        Self::parse(dir, &path.display().to_string(), &text)
+    }
+
+    fn parse(data_dir: DataDir, path: &str, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Self::validate(data_dir, path, raw)
+    }
+
+    fn validate(data_dir: DataDir, path: &str, raw: RawConfig) -> Result<Self, ConfigError> {
+        let d = TransportConfig::default();
+        let t = raw.transport;
+        let dur = |v: Option<HumanDuration>, default: Duration| v.map_or(default, |h| h.0);
+        let transport = TransportConfig {
+            handshake_timeout: dur(t.handshake_timeout, d.handshake_timeout),
+            max_connections: t.max_connections.unwrap_or(d.max_connections),
+            max_connection_age: dur(t.max_connection_age, d.max_connection_age),
+            max_connection_age_grace: dur(t.max_connection_age_grace, d.max_connection_age_grace),
+            max_concurrent_streams: t.max_concurrent_streams.unwrap_or(d.max_concurrent_streams),
+            max_header_list_size: t.max_header_list_size.unwrap_or(d.max_header_list_size),
+            max_pending_accept_reset_streams: t
+                .max_pending_accept_reset_streams
+                .unwrap_or(d.max_pending_accept_reset_streams),
+            max_local_error_reset_streams: t
+                .max_local_error_reset_streams
+                .unwrap_or(d.max_local_error_reset_streams),
+            keepalive_interval: dur(t.keepalive_interval, d.keepalive_interval),
+            keepalive_timeout: dur(t.keepalive_timeout, d.keepalive_timeout),
+            concurrency_limit_per_connection: t
+                .concurrency_limit_per_connection
+                .unwrap_or(d.concurrency_limit_per_connection),
+            max_in_flight: t.max_in_flight.unwrap_or(d.max_in_flight),
+            max_frame_size: t.max_frame_size.unwrap_or(d.max_frame_size),
+            stream_window: t.stream_window.unwrap_or(d.stream_window),
+            connection_window: t.connection_window.unwrap_or(d.connection_window),
+            max_decoding_message_size: t
+                .max_decoding_message_size
+                .unwrap_or(d.max_decoding_message_size),
+            crl_reload_interval: dur(t.crl_reload_interval, d.crl_reload_interval),
+            drain_deadline: dur(t.drain_deadline, d.drain_deadline),
+        };
+        let invalid = |key: &'static str, problem: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            problem: problem.to_owned(),
+        };
+        // HTTP/2 (RFC 9113 §6.5.2) bounds the frame size.
+        if !(16_384..=16_777_215).contains(&transport.max_frame_size) {
+            return Err(invalid(
+                "transport.max_frame_size",
+                "must be between 16384 and 16777215 bytes",
+            ));
+        }
+        let positive: [(&'static str, bool); 8] = [
+            ("transport.max_connections", transport.max_connections > 0),
+            (
+                "transport.max_concurrent_streams",
+                transport.max_concurrent_streams > 0,
+            ),
+            ("transport.max_in_flight", transport.max_in_flight > 0),
+            (
+                "transport.concurrency_limit_per_connection",
+                transport.concurrency_limit_per_connection > 0,
+            ),
+            (
+                "transport.max_decoding_message_size",
+                transport.max_decoding_message_size > 0,
+            ),
+            (
+                "transport.handshake_timeout",
+                !transport.handshake_timeout.is_zero(),
+            ),
+            (
+                "transport.max_connection_age",
+                !transport.max_connection_age.is_zero(),
+            ),
+            (
+                "transport.crl_reload_interval",
+                !transport.crl_reload_interval.is_zero(),
+            ),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, ok)| !ok) {
+            return Err(invalid(key, "must be greater than zero"));
+        }
+        Ok(Self {
+            data_dir,
+            listen: raw.listen,
+            transport,
+        })
+    }
+
+    /// The `node.toml` text `dsnode init` writes: the listen address and
+    /// the transport defaults, commented, so operators see what they can set.
+    pub fn initial_toml(listen: SocketAddr) -> String {
+        let d = TransportConfig::default();
+        format!(
+            "# dsnode node configuration. Reference: docs/configuration.md\n\
+             # Identity (participant, roles, region) comes from node.crt, never from here.\n\
+             listen = \"{listen}\"\n\
+             \n\
+             [transport]\n\
+             # handshake_timeout = \"{}\"\n\
+             # max_connections = {}\n\
+             # max_connection_age = \"{}\"\n\
+             # max_connection_age_grace = \"{}\"\n\
+             # max_concurrent_streams = {}\n\
+             # crl_reload_interval = \"{}\"\n\
+             # drain_deadline = \"{}\"\n",
+            humantime::format_duration(d.handshake_timeout),
+            d.max_connections,
+            humantime::format_duration(d.max_connection_age),
+            humantime::format_duration(d.max_connection_age_grace),
+            d.max_concurrent_streams,
+            humantime::format_duration(d.crl_reload_interval),
+            humantime::format_duration(d.drain_deadline),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(DataDir::new("/tmp/x"), "node.toml", text)
+    }
+
+    #[test]
+    fn initial_toml_parses_to_the_defaults() {
+        let cfg = parse(&Config::initial_toml(
+            "127.0.0.1:7443".parse().expect("addr"),
+        ))
+        .expect("parse");
+        assert_eq!(cfg.listen.port(), 7443);
+        assert_eq!(cfg.transport.max_concurrent_streams, 128);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err =
+            parse("listen = \"127.0.0.1:1\"\n[transport]\nmax_conections = 3\n").expect_err("typo");
+        let msg = err.to_string();
+        assert!(msg.contains("max_conections"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let msg = parse("listen = \"nowhere\"\n")
+            .expect_err("addr")
+            .to_string();
+        assert!(msg.contains("line 1"), "{msg}");
+        let msg = parse("listen = \"127.0.0.1:1\"\n[transport]\ndrain_deadline = \"soon\"\n")
+            .expect_err("duration")
+            .to_string();
+        assert!(msg.contains("invalid duration `soon`"), "{msg}");
+        let msg = parse("listen = \"127.0.0.1:1\"\n[transport]\nmax_frame_size = 10\n")
+            .expect_err("frame")
+            .to_string();
+        assert!(msg.contains("transport.max_frame_size"), "{msg}");
+    }
+}

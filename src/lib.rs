@@ -1,0 +1,36 @@
+//! # dsnode
+//!
+//! A trusted data-space exchange node. Every participant of a city-level
+//! data circulation platform runs one; nodes talk gRPC over mutual TLS,
+//! exchange signed, policy-tagged datasets, and keep a verifiable ledger.
+//! The binary (`src/main.rs`) is a thin CLI over this library.
+//!
+//! # Layout
+//!
+//! - [`identity`]: node keys, node ids, certificates, the data-space CA, roles.
+//! - [`tls`]: rustls server/client configs, the accept loop, peer identity.
+//! - [`config`]: the data dir layout and `node.toml` (raw → validated).
+//! - [`node`]: one running node wired together; start, drain, CRL reload.
+//! - [`client`]: calling another node over mutual TLS.
+//! - [`rpc`]: tonic services, the role × RPC table, status mapping.
+//! - [`fsutil`]: atomic writes and the secret-file permission check.
+//! - [`pb`]: generated protobuf and gRPC code (`dataspace.v1`); only
+//!   [`rpc`] and [`client`] callers use it.
+
+pub mod client;
+pub mod config;
+pub mod fsutil;
+pub mod identity;
+pub mod node;
+pub mod rpc;
+pub mod tls;
+
+/// Generated code for `proto/dataspace/v1/*.proto`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("dataspace.v1");
+
+    /// The encoded descriptor set of `dataspace.v1`, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/dataspace_descriptor.bin"));
+}

@@ -1,0 +1,569 @@
+//! The `dsnode` command: parse flags, set up logging, call the library,
+//! print, and return an exit code (0 success, 1 failure, 2 usage error).
+//! Every client subcommand acts as the node whose `--data-dir` it is given
+//! and prints exactly one JSON object on stdout with `--json`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use dsnode::config::{Config, DATA_DIR_ENV, DataDir};
+use dsnode::identity::ca::{self, CaDir, CertificateAuthority, IssueRequest};
+use dsnode::identity::cert::Host;
+use dsnode::identity::{PeerIdentity, RoleSet};
+use dsnode::{client, fsutil, node, pb, tls};
+
+#[derive(Parser)]
+#[command(name = "dsnode", version, about = "A trusted data-space exchange node")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Operate the data-space certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Create a node's data dir: identity key, node.toml, CSR.
+    Init(InitArgs),
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Talk to another node.
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// Ask the local node for its status (Admin API).
+    Status(ClientArgs),
+}
+
+#[derive(Args)]
+struct JsonFlag {
+    /// Print exactly one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a CA: ca.key (0600), ca.crt, and an empty signed crl.pem.
+    Init {
+        /// The CA directory.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The CA's name (certificate common name).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Sign a node certificate from a CSR.
+    Issue {
+        /// The CA directory.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The node's CSR (node.csr).
+        #[arg(long)]
+        csr: PathBuf,
+        /// Roles to attest: publisher, consumer, auditor (comma-separated).
+        #[arg(long)]
+        roles: String,
+        /// Region to attest, e.g. CN-HE.
+        #[arg(long)]
+        region: Option<String>,
+        /// Participant to attest (default: the CSR's common name).
+        #[arg(long)]
+        participant: Option<String>,
+        /// Extra host name or IP the certificate is valid for (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Where to write the certificate (e.g. DATA_DIR/node.crt).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Revoke a node certificate: writes a new crl.pem.
+    Revoke {
+        /// The CA directory.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The certificate to revoke.
+        #[arg(long)]
+        cert: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Re-sign the current CRL with a fresh validity window.
+    Crl {
+        /// The CA directory.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Validity of the new CRL in days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// The node's data directory (created).
+    #[arg(long, env = DATA_DIR_ENV)]
+    data_dir: PathBuf,
+    /// The participant (organisation) id, e.g. city-transport.
+    #[arg(long)]
+    participant: String,
+    /// The data-space CA certificate (copied into the data dir).
+    #[arg(long)]
+    ca_cert: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
+    /// Host name or IP peers use to reach this node (repeatable; default
+    /// from --listen).
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    #[command(flatten)]
+    out: JsonFlag,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The node's data directory.
+    #[arg(long, env = DATA_DIR_ENV)]
+    data_dir: PathBuf,
+    /// Check node.toml and the credentials, then exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The data directory of the node to act as.
+    #[arg(long, env = DATA_DIR_ENV)]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    out: JsonFlag,
+}
+
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// Introduce this node to a peer; prints both identities.
+    Hello {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The peer's address, HOST:PORT.
+        #[arg(long)]
+        peer: String,
+    },
+}
+
+/// What a command prints: a sentence or table for people, an object for
+/// scripts.
+struct Output {
+    text: String,
+    json: Value,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let serving = matches!(cli.command, Command::Serve(_));
+    init_tracing(cli.log_format, if serving { "info" } else { "warn" });
+    let json = wants_json(&cli.command);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(Some(out)) => {
+            if json {
+                println!("{}", out.json);
+            } else {
+                println!("{}", out.text);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_sentence(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and those of its causes that its message does not already
+/// state (most of our errors name their cause in their own message).
+fn error_sentence(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !msg.contains(&cause) {
+            msg.push_str(": ");
+            msg.push_str(&cause);
+        }
+    }
+    msg
+}
+
+fn init_tracing(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn wants_json(command: &Command) -> bool {
+    match command {
+        Command::Ca(
+            CaCommand::Init { out, .. }
+            | CaCommand::Revoke { out, .. }
+            | CaCommand::Crl { out, .. },
+        ) => out.json,
+        Command::Ca(CaCommand::Issue { json, .. }) => json.json,
+        Command::Init(a) => a.out.json,
+        Command::Serve(_) => false,
+        Command::Peer(PeerCommand::Hello { client, .. }) | Command::Status(client) => {
+            client.out.json
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<Option<Output>> {
+    match command {
+        Command::Ca(c) => ca_command(c).map(Some),
+        Command::Init(a) => init(a).map(Some),
+        Command::Serve(a) => serve(a).await,
+        Command::Peer(PeerCommand::Hello { client, peer }) => hello(client, &peer).await.map(Some),
+        Command::Status(a) => status(a).await.map(Some),
+    }
+}
+
+fn identity_json(id: &PeerIdentity) -> Value {
+    json!({
+        "node_id": id.node_id.to_string(),
+        "participant": id.participant.to_string(),
+        "roles": id.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        "region": id.region.as_ref().map(ToString::to_string),
+    })
+}
+
+fn pb_identity_json(id: &pb::Identity) -> Value {
+    json!({
+        "node_id": id.node_id,
+        "participant": id.participant,
+        "roles": id.roles,
+        "region": (!id.region.is_empty()).then_some(&id.region),
+    })
+}
+
+fn pb_identity_text(id: &pb::Identity) -> String {
+    format!(
+        "{} (participant {}, roles {}, region {})",
+        id.node_id,
+        id.participant,
+        if id.roles.is_empty() {
+            "(none)".to_owned()
+        } else {
+            id.roles.join(",")
+        },
+        if id.region.is_empty() {
+            "none"
+        } else {
+            &id.region
+        }
+    )
+}
+
+fn days(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n) * 24 * 3600)
+}
+
+fn ca_command(command: CaCommand) -> Result<Output> {
+    match command {
+        CaCommand::Init { ca_dir, name, .. } => {
+            CertificateAuthority::init(&ca_dir, &name)?;
+            Ok(Output {
+                text: format!(
+                    "created CA `{name}` in {0}: ca.key (mode 0600), ca.crt, crl.pem\n\
+                     give ca.crt and crl.pem to every node; keep ca.key offline",
+                    ca_dir.display()
+                ),
+                json: json!({"ca_dir": ca_dir, "name": name, "ca_cert": ca_dir.join(ca::CA_CERT_FILE), "crl": ca_dir.join(ca::CRL_FILE)}),
+            })
+        }
+        CaCommand::Issue {
+            ca_dir,
+            csr,
+            roles,
+            region,
+            participant,
+            hosts,
+            days: d,
+            out,
+            ..
+        } => {
+            let ca = CertificateAuthority::load(&ca_dir)?;
+            let csr_pem = fsutil::read_to_string(&csr)?;
+            let mut req = IssueRequest::new(RoleSet::parse_list(&roles)?);
+            req.region = region.as_deref().map(str::parse).transpose()?;
+            req.participant = participant.as_deref().map(str::parse).transpose()?;
+            req.extra_hosts = parse_hosts(&hosts)?;
+            let now = time::OffsetDateTime::now_utc();
+            req.not_after = Some(now + days(d));
+            let issued = ca
+                .issue(&csr_pem, &req)
+                .with_context(|| format!("cannot issue a certificate for {}", csr.display()))?;
+            fsutil::write_atomic(&out, issued.pem.as_bytes(), fsutil::PUBLIC_MODE)?;
+            Ok(Output {
+                text: format!(
+                    "issued {} for node {}\n  participant {}\n  roles       {}\n  region      {}\n  valid for   {d} days",
+                    out.display(),
+                    issued.identity.node_id,
+                    issued.identity.participant,
+                    issued.identity.roles,
+                    issued
+                        .identity
+                        .region
+                        .as_ref()
+                        .map_or("none", |r| r.as_str()),
+                ),
+                json: json!({"cert": out, "identity": identity_json(&issued.identity), "days": d}),
+            })
+        }
+        CaCommand::Revoke { ca_dir, cert, .. } => {
+            let dir = CaDir::open(&ca_dir)?;
+            let pem = fsutil::read(&cert)?;
+            let (who, number) = dir.revoke(&pem, &cert.display().to_string())?;
+            Ok(Output {
+                text: format!(
+                    "revoked node {} (participant {}); wrote CRL #{number} to {}\n\
+                     copy it to every node's data dir as crl.pem (nodes reload it on change or SIGHUP)",
+                    who.node_id,
+                    who.participant,
+                    dir.crl_path().display()
+                ),
+                json: json!({"revoked": identity_json(&who), "crl_number": number, "crl": dir.crl_path()}),
+            })
+        }
+        CaCommand::Crl {
+            ca_dir, days: d, ..
+        } => {
+            let dir = CaDir::open(&ca_dir)?;
+            let list = dir.refresh_crl(days(d))?;
+            Ok(Output {
+                text: format!(
+                    "wrote CRL #{} ({} revoked) to {}, valid for {d} days",
+                    list.number,
+                    list.revoked.len(),
+                    dir.crl_path().display()
+                ),
+                json: json!({"crl_number": list.number, "revoked": list.revoked.len(), "crl": dir.crl_path(), "days": d}),
+            })
+        }
+    }
+}
+
+fn parse_hosts(hosts: &[String]) -> Result<Vec<Host>> {
+    Ok(hosts.iter().map(|h| h.parse()).collect::<Result<_, _>>()?)
+}
+
+fn init(a: InitArgs) -> Result<Output> {
+    let participant = a.participant.parse()?;
+    let ca_pem = fsutil::read(&a.ca_cert)?;
+    let hosts = if a.hosts.is_empty() {
+        node::default_hosts(a.listen)
+    } else {
+        parse_hosts(&a.hosts)?
+    };
+    let dir = DataDir::new(&a.data_dir);
+    let made = node::init_data_dir(&dir, &participant, &ca_pem, a.listen, hosts)?;
+    let hosts: Vec<String> = made.hosts.iter().map(ToString::to_string).collect();
+    Ok(Output {
+        text: format!(
+            "node id {}\n\
+             created {}: node.key (mode 0600), node.toml, node.csr, ca.crt\n\
+             next: the operator signs {} (`dsnode ca issue --csr {} --roles … --out {}`)\n\
+             and copies the CA's crl.pem to {}",
+            made.node_id,
+            a.data_dir.display(),
+            made.csr_path.display(),
+            made.csr_path.display(),
+            dir.cert().display(),
+            dir.crl().display(),
+        ),
+        json: json!({
+            "node_id": made.node_id.to_string(),
+            "data_dir": a.data_dir,
+            "csr": made.csr_path,
+            "hosts": hosts,
+            "listen": a.listen.to_string(),
+        }),
+    })
+}
+
+async fn serve(a: ServeArgs) -> Result<Option<Output>> {
+    let config = Config::load(&a.data_dir)?;
+    if a.check_config {
+        let creds = node::load_credentials(&config.data_dir)?;
+        println!(
+            "{}: configuration and credentials are valid; node {}",
+            config.data_dir.config().display(),
+            creds.identity
+        );
+        return Ok(None);
+    }
+    let running = node::start(config).await?;
+    let stop = running.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+    });
+    running.wait().await?;
+    Ok(None)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Connects to `addr` as the node of `data_dir`.
+async fn connect(data_dir: &Path, addr: &str) -> Result<client::PeerChannel> {
+    let creds = node::load_credentials(&DataDir::new(data_dir))?;
+    let config = tls::client_config(&creds.material)?;
+    Ok(client::connect(config, addr, client::ClientSettings::default()).await?)
+}
+
+/// A failed call, with the deepest cause (e.g. the TLS alert) spelled out.
+fn call_error(addr: &str, status: &tonic::Status) -> anyhow::Error {
+    let cause = client::deepest_cause(status);
+    if status.message() == "transport error" {
+        anyhow::anyhow!(
+            "{addr} closed the connection ({cause}); if this persists, it refused this node's \
+             certificate (revoked, expired or issued by another CA) and its log says which"
+        )
+    } else if cause == status.message() {
+        anyhow::anyhow!("{addr} answered {:?}: {}", status.code(), status.message())
+    } else {
+        anyhow::anyhow!("call to {addr} failed: {} ({cause})", status.message())
+    }
+}
+
+async fn hello(a: ClientArgs, peer: &str) -> Result<Output> {
+    let conn = connect(&a.data_dir, peer).await?;
+    let mut rpc = pb::peering_client::PeeringClient::new(conn.channel);
+    let reply = rpc
+        .hello(pb::HelloRequest {
+            software_version: dsnode::rpc::SOFTWARE_VERSION.to_owned(),
+        })
+        .await
+        .map_err(|s| call_error(peer, &s))?
+        .into_inner();
+    let (Some(server), Some(caller)) = (reply.server, reply.caller) else {
+        bail!("{peer} answered Hello without the server's or the caller's identity");
+    };
+    if server.node_id != conn.server.node_id.as_str() {
+        bail!(
+            "{peer} claims to be node {} but its verified certificate is node {}",
+            server.node_id,
+            conn.server.node_id
+        );
+    }
+    Ok(Output {
+        text: format!(
+            "peer {peer}\n  server: {}\n  server certificate verified: {}\n  you, as the server saw you: {}\n  server software: {}",
+            pb_identity_text(&server),
+            conn.server,
+            pb_identity_text(&caller),
+            reply.software_version
+        ),
+        json: json!({
+            "peer": peer,
+            "server": pb_identity_json(&server),
+            "server_certificate": identity_json(&conn.server),
+            "caller": pb_identity_json(&caller),
+            "software_version": reply.software_version,
+        }),
+    })
+}
+
+async fn status(a: ClientArgs) -> Result<Output> {
+    let config = Config::load(&a.data_dir)?;
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let addr = addr.to_string();
+    let conn = connect(&a.data_dir, &addr).await?;
+    let mut rpc = pb::admin_client::AdminClient::new(conn.channel);
+    let s = rpc
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|e| call_error(&addr, &e))?
+        .into_inner();
+    let node = s.node.unwrap_or_default();
+    Ok(Output {
+        text: format!(
+            "node {}\n  software {}\n  uptime {}s\n  open connections {}",
+            pb_identity_text(&node),
+            s.software_version,
+            s.uptime_seconds,
+            s.open_connections
+        ),
+        json: json!({
+            "node": pb_identity_json(&node),
+            "software_version": s.software_version,
+            "uptime_seconds": s.uptime_seconds,
+            "open_connections": s.open_connections,
+        }),
+    })
+}

@@ -1,0 +1,506 @@
+//! One running node, wired together: credentials from the data dir, the
+//! TLS accept loop, tonic with its HTTP/2 guards, the authz layer, health
+//! and reflection, the CRL reloader, and the shutdown drain.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::config::{Config, DataDir};
+use crate::fsutil::{self, FileError};
+use crate::identity::ca::{self, CaError, RevocationList};
+use crate::identity::cert::{self, CertError};
+use crate::identity::key::KeyError;
+use crate::identity::{NodeKey, PeerIdentity};
+use crate::pb;
+use crate::rpc::{self, NodeContext, authz::AuthzLayer};
+use crate::tls::{self, AcceptLimits, ConnectionRegistry, ServerConfigCell, TlsError, TlsMaterial};
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A file of the data dir could not be read.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The identity key could not be used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A certificate could not be read.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// The certificate or CRL does not check out against the CA.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The node's own credentials are unusable; the message says why.
+    #[error("{0}")]
+    Credentials(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// tonic's server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// The server task ended abnormally.
+    #[error("server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A node's key, its verified certificate identity, and its TLS material.
+pub struct Credentials {
+    /// The identity key.
+    pub key: NodeKey,
+    /// What the node's own certificate attests.
+    pub identity: PeerIdentity,
+    /// Certificate, key, CA and CRL for rustls.
+    pub material: TlsMaterial,
+}
+
+fn check_time(what: &str, at: Option<OffsetDateTime>, fix: &str) -> Result<(), NodeError> {
+    match at {
+        Some(t) if t <= OffsetDateTime::now_utc() => Err(NodeError::Credentials(format!(
+            "{what} expired at {t}; {fix}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Loads and checks a node's credentials from its data dir: the key
+/// (mode 0600), `node.crt` signed by `ca.crt` for that very key and not
+/// expired, and `crl.pem` signed by the CA, not expired, and not revoking
+/// this node.
+pub fn load_credentials(dir: &DataDir) -> Result<Credentials, NodeError> {
+    let key = NodeKey::load(&dir.key())?;
+    let ca_pem = fsutil::read(&dir.ca_cert())?;
+    let ca_der = cert::cert_der_from_pem(&ca_pem)?;
+    let cert_path = dir.cert();
+    let cert_pem = fsutil::read(&cert_path).map_err(|e| {
+        if e.source.kind() == std::io::ErrorKind::NotFound {
+            NodeError::Credentials(format!(
+                "{} is missing: send {} to the operator and install the certificate they issue (`dsnode ca issue --csr … --out {}`)",
+                cert_path.display(),
+                dir.csr().display(),
+                cert_path.display()
+            ))
+        } else {
+            e.into()
+        }
+    })?;
+    let identity = ca::verify_issued_by(&ca_der, &cert_pem, &cert_path.display().to_string())?;
+    if identity.public_key != key.public_key() {
+        return Err(NodeError::Credentials(format!(
+            "{} certifies node {} but {} is the key of node {}: install the certificate issued for this node's CSR",
+            cert_path.display(),
+            identity.node_id,
+            dir.key().display(),
+            key.node_id()
+        )));
+    }
+    let not_after = OffsetDateTime::from_unix_timestamp(identity.not_after).ok();
+    check_time(
+        &cert_path.display().to_string(),
+        not_after,
+        "ask the operator for a new certificate",
+    )?;
+    let crl_path = dir.crl();
+    let list = ca::read_crl(&ca_der, &crl_path)?;
+    check_revocation(&crl_path, &list, &identity)?;
+    let crl = ca::crl_der_from_pem(&fsutil::read(&crl_path)?)?;
+    let cert_der: CertificateDer<'static> = cert::cert_der_from_pem(&cert_pem)?;
+    let material = TlsMaterial {
+        cert_chain: vec![cert_der],
+        key: Arc::new(key.tls_private_key()?),
+        ca: ca_der,
+        crl,
+    };
+    Ok(Credentials {
+        key,
+        identity,
+        material,
+    })
+}
+
+fn check_revocation(
+    crl_path: &Path,
+    list: &RevocationList,
+    identity: &PeerIdentity,
+) -> Result<(), NodeError> {
+    check_time(
+        &crl_path.display().to_string(),
+        list.next_update,
+        "the operator must publish a fresh CRL (`dsnode ca crl`) and copy it here",
+    )?;
+    if list.revoked.iter().any(|r| r.serial == identity.serial) {
+        return Err(NodeError::Credentials(format!(
+            "this node's certificate (node {}) is revoked by {}",
+            identity.node_id,
+            crl_path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A node that is serving. Dropping it does not stop it: call
+/// [`RunningNode::shutdown`].
+pub struct RunningNode {
+    local_addr: std::net::SocketAddr,
+    identity: PeerIdentity,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), NodeError>>,
+}
+
+impl RunningNode {
+    /// The address the node listens on (useful with port 0).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// The node's identity from its own certificate.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.identity
+    }
+
+    /// A token that starts the shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Starts the shutdown (health NOT_SERVING, stop accepting, drain) and
+    /// waits for it to finish.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        self.shutdown.cancel();
+        self.task.await?
+    }
+
+    /// Waits until the node stops (after its shutdown token is cancelled,
+    /// or on a fatal error).
+    pub async fn wait(self) -> Result<(), NodeError> {
+        self.task.await?
+    }
+}
+
+/// Health service names reported SERVING once ready: the whole server ("")
+/// and each dataspace service.
+const HEALTH_SERVICES: &[&str] = &[
+    "",
+    "dataspace.v1.Peering",
+    "dataspace.v1.Catalog",
+    "dataspace.v1.Exchange",
+    "dataspace.v1.Ledger",
+    "dataspace.v1.Admin",
+];
+
+async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for name in HEALTH_SERVICES {
+        reporter.set_service_status(*name, status).await;
+    }
+}
+
+/// Starts a node from `config`: checks its credentials, binds the listen
+/// address, and serves until [`RunningNode::shutdown`].
+pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
+    let creds = load_credentials(&config.data_dir)?;
+    let t = config.transport.clone();
+    let server_config = tls::server_config(&creds.material)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let registry = Arc::new(ConnectionRegistry::default());
+    let cell = ServerConfigCell::new(server_config);
+    let stop_accept = CancellationToken::new();
+    let incoming = ReceiverStream::new(tls::accept_loop(
+        listener,
+        cell.clone(),
+        AcceptLimits {
+            handshake_timeout: t.handshake_timeout,
+            max_connections: t.max_connections,
+        },
+        registry.clone(),
+        stop_accept.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Credentials(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| NodeError::Credentials(format!("reflection: {e}")))?;
+
+    let ctx = Arc::new(NodeContext {
+        identity: creds.identity.clone(),
+        started: Instant::now(),
+        connections: registry.clone(),
+    });
+    let limit = t.max_decoding_message_size;
+    let router = Server::builder()
+        .max_concurrent_streams(t.max_concurrent_streams)
+        .http2_max_pending_accept_reset_streams(Some(t.max_pending_accept_reset_streams))
+        .http2_max_local_error_reset_streams(Some(t.max_local_error_reset_streams))
+        .http2_max_header_list_size(t.max_header_list_size)
+        .http2_keepalive_interval(Some(t.keepalive_interval))
+        .http2_keepalive_timeout(Some(t.keepalive_timeout))
+        .max_connection_age(t.max_connection_age)
+        .max_connection_age_grace(t.max_connection_age_grace)
+        .concurrency_limit_per_connection(t.concurrency_limit_per_connection)
+        .max_frame_size(t.max_frame_size)
+        .initial_stream_window_size(t.stream_window)
+        .initial_connection_window_size(t.connection_window)
+        .tcp_nodelay(true)
+        .layer(AuthzLayer::new(creds.identity.node_id.clone()))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            t.max_in_flight,
+        ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            pb::peering_server::PeeringServer::new(rpc::PeeringService::new(ctx.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            pb::admin_server::AdminServer::new(rpc::AdminService::new(ctx.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            pb::catalog_server::CatalogServer::new(rpc::CatalogService)
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            pb::exchange_server::ExchangeServer::new(rpc::ExchangeService)
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            pb::ledger_server::LedgerServer::new(rpc::LedgerService)
+                .max_decoding_message_size(limit),
+        );
+
+    let (stop_serving_tx, stop_serving_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stop_serving_rx.await;
+    }));
+    set_health(&health, ServingStatus::Serving).await;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_crl(
+        config.data_dir.clone(),
+        creds.material.clone(),
+        cell,
+        registry.clone(),
+        t.crl_reload_interval,
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        addr = %local_addr,
+        node = %creds.identity,
+        "serving"
+    );
+
+    let task = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut server = server;
+            tokio::select! {
+                result = &mut server => {
+                    // The server ended by itself: that is a failure.
+                    result??;
+                    return Ok(());
+                }
+                () = shutdown.cancelled() => {}
+            }
+            tracing::info!(deadline = ?t.drain_deadline, "shutting down: NOT_SERVING, draining");
+            set_health(&health, ServingStatus::NotServing).await;
+            stop_accept.cancel();
+            let _ = stop_serving_tx.send(());
+            match tokio::time::timeout(t.drain_deadline, &mut server).await {
+                Ok(result) => result??,
+                Err(_) => {
+                    tracing::warn!(
+                        open = registry.open_count(),
+                        "drain deadline passed; cutting the remaining connections"
+                    );
+                    registry.cut_all();
+                    match tokio::time::timeout(Duration::from_secs(2), &mut server).await {
+                        Ok(result) => result??,
+                        Err(_) => server.abort(),
+                    }
+                }
+            }
+            tracing::info!("stopped");
+            Ok(())
+        })
+    };
+    Ok(RunningNode {
+        local_addr,
+        identity: creds.identity,
+        shutdown,
+        task,
+    })
+}
+
+/// What identifies one version of a file: a rename (atomic write) changes
+/// the inode, an in-place edit the length or mtime.
+fn file_stamp(path: &Path) -> Option<(u64, u64, SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.ino(), meta.len(), meta.modified().ok()?))
+}
+
+/// Reloads `crl.pem` when it changes (checked every `interval`) and on
+/// SIGHUP. A CRL that is unreadable or not signed by the CA is ignored
+/// (the previous one stays in force) and logged. After a reload, open
+/// connections whose certificate the new CRL revokes are cut.
+async fn watch_crl(
+    dir: DataDir,
+    mut material: TlsMaterial,
+    cell: ServerConfigCell,
+    registry: Arc<ConnectionRegistry>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let path = dir.crl();
+    let mut stamp = file_stamp(&path);
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; CRL reloads on change only");
+            None
+        }
+    };
+    loop {
+        let forced = tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let now = file_stamp(&path);
+        if !forced && now == stamp {
+            continue;
+        }
+        stamp = now;
+        match reload_crl(&path, &mut material, &cell, &registry) {
+            Ok((list, cut)) => tracing::info!(
+                crl_number = list.number,
+                revoked = list.revoked.len(),
+                connections_cut = cut,
+                "CRL reloaded"
+            ),
+            Err(e) => tracing::error!(error = %e, "CRL reload failed; keeping the previous CRL"),
+        }
+    }
+}
+
+fn reload_crl(
+    path: &Path,
+    material: &mut TlsMaterial,
+    cell: &ServerConfigCell,
+    registry: &ConnectionRegistry,
+) -> Result<(RevocationList, usize), NodeError> {
+    let list = ca::read_crl(&material.ca, path)?;
+    if let Some(next) = list.next_update.filter(|t| *t <= OffsetDateTime::now_utc()) {
+        tracing::warn!(
+            expired = %next,
+            "the new CRL has expired: every peer will be refused until the operator publishes a fresh one"
+        );
+    }
+    let crl = ca::crl_der_from_pem(&fsutil::read(path)?)?;
+    let mut next = material.clone();
+    next.crl = crl;
+    cell.replace(tls::server_config(&next)?);
+    *material = next;
+    let serials: Vec<Vec<u8>> = list.revoked.iter().map(|r| r.serial.clone()).collect();
+    let cut = registry.cut_serials(&serials);
+    Ok((list, cut))
+}
+
+/// What `dsnode init` made.
+#[derive(Debug)]
+pub struct Initialized {
+    /// The new node's id.
+    pub node_id: crate::identity::NodeId,
+    /// The CSR to send to the operator.
+    pub csr_path: std::path::PathBuf,
+    /// The host names the CSR asks for.
+    pub hosts: Vec<cert::Host>,
+}
+
+/// The host names a node listening on `listen` asks to be certified for,
+/// when the operator names none: the address itself, and for loopback or
+/// unspecified addresses also `localhost` and 127.0.0.1.
+pub fn default_hosts(listen: std::net::SocketAddr) -> Vec<cert::Host> {
+    let ip = listen.ip();
+    let mut hosts = Vec::new();
+    if ip.is_unspecified() || ip.is_loopback() {
+        hosts.push(cert::Host::Dns("localhost".into()));
+        hosts.push(cert::Host::Ip(std::net::Ipv4Addr::LOCALHOST.into()));
+    }
+    if !ip.is_unspecified() && !hosts.contains(&cert::Host::Ip(ip)) {
+        hosts.push(cert::Host::Ip(ip));
+    }
+    hosts
+}
+
+/// Creates a node's data dir: a new identity key (mode 0600), `node.toml`,
+/// a CSR naming `participant` and `hosts`, and a copy of the CA
+/// certificate. Refuses a directory that already holds a key.
+pub fn init_data_dir(
+    dir: &DataDir,
+    participant: &crate::identity::ParticipantId,
+    ca_cert_pem: &[u8],
+    listen: std::net::SocketAddr,
+    hosts: Vec<cert::Host>,
+) -> Result<Initialized, NodeError> {
+    if dir.key().exists() {
+        return Err(NodeError::Credentials(format!(
+            "{} already holds a node key; refusing to overwrite a node's identity",
+            dir.root().display()
+        )));
+    }
+    // Validate the CA certificate before writing anything.
+    cert::cert_der_from_pem(ca_cert_pem)?;
+    fsutil::create_private_dir(dir.root())?;
+    let key = NodeKey::generate();
+    let csr = cert::make_csr(&key, participant, &hosts)?;
+    key.save_new(&dir.key())?;
+    fsutil::write_atomic(&dir.ca_cert(), ca_cert_pem, fsutil::PUBLIC_MODE)?;
+    fsutil::write_atomic(&dir.csr(), csr.as_bytes(), fsutil::PUBLIC_MODE)?;
+    fsutil::write_atomic(
+        &dir.config(),
+        Config::initial_toml(listen).as_bytes(),
+        fsutil::PUBLIC_MODE,
+    )?;
+    Ok(Initialized {
+        node_id: key.node_id(),
+        csr_path: dir.csr(),
+        hosts,
+    })
+}

@@ -1,0 +1,135 @@
+//! The gRPC edge: tonic services that convert between protobuf messages and
+//! domain types, and call the domain. Generated code is used only here.
+//!
+//! - [`authz`]: the role × RPC table, enforced as a tower layer.
+//! - [`status`]: the one place domain errors become `tonic::Status`.
+//! - Services: Peering (`Hello`), Admin (`Status`); Catalog, Exchange and
+//!   Ledger are declared and answer `Unimplemented` until their issues land.
+
+pub mod authz;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+
+use crate::identity::PeerIdentity;
+use crate::pb;
+use crate::tls::{ConnectionRegistry, PeerConnectInfo};
+
+/// The software version every node reports.
+pub const SOFTWARE_VERSION: &str = concat!("dsnode ", env!("CARGO_PKG_VERSION"));
+
+impl From<&PeerIdentity> for pb::Identity {
+    fn from(id: &PeerIdentity) -> Self {
+        Self {
+            node_id: id.node_id.to_string(),
+            participant: id.participant.to_string(),
+            roles: id.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            region: id
+                .region
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The caller's verified identity; the authz layer has already refused
+/// requests without one, so its absence here is an internal error.
+fn caller<T>(req: &Request<T>) -> Result<&PeerConnectInfo, Status> {
+    req.extensions()
+        .get::<PeerConnectInfo>()
+        .ok_or_else(|| Status::internal("no verified peer identity on this connection"))
+}
+
+/// What every service knows of the node serving it.
+pub struct NodeContext {
+    /// This node's identity, from its own certificate.
+    pub identity: PeerIdentity,
+    /// When the node started serving.
+    pub started: Instant,
+    /// Open connections.
+    pub connections: Arc<ConnectionRegistry>,
+}
+
+/// `dataspace.v1.Peering`.
+pub struct PeeringService {
+    node: Arc<NodeContext>,
+}
+
+impl PeeringService {
+    /// A Peering service for `node`.
+    pub fn new(node: Arc<NodeContext>) -> Self {
+        Self { node }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::peering_server::Peering for PeeringService {
+    async fn hello(
+        &self,
+        request: Request<pb::HelloRequest>,
+    ) -> Result<Response<pb::HelloResponse>, Status> {
+        let info = caller(&request)?;
+        tracing::info!(
+            caller = %info.identity,
+            version = %request.get_ref().software_version,
+            "hello"
+        );
+        Ok(Response::new(pb::HelloResponse {
+            server: Some((&self.node.identity).into()),
+            caller: Some(info.identity.as_ref().into()),
+            software_version: SOFTWARE_VERSION.to_owned(),
+        }))
+    }
+}
+
+/// `dataspace.v1.Admin`.
+pub struct AdminService {
+    node: Arc<NodeContext>,
+}
+
+impl AdminService {
+    /// An Admin service for `node`.
+    pub fn new(node: Arc<NodeContext>) -> Self {
+        Self { node }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(pb::StatusResponse {
+            node: Some((&self.node.identity).into()),
+            software_version: SOFTWARE_VERSION.to_owned(),
+            uptime_seconds: self.node.started.elapsed().as_secs(),
+            open_connections: self.node.connections.open_count() as u64,
+        }))
+    }
+}
+
+/// `dataspace.v1.Catalog`: declared; every RPC answers `Unimplemented`
+/// until the datasets issue lands.
+pub struct CatalogService;
+
+#[tonic::async_trait]
+impl pb::catalog_server::Catalog for CatalogService {}
+
+/// `dataspace.v1.Exchange`: declared; every RPC answers `Unimplemented`
+/// until the exchange issue lands.
+pub struct ExchangeService;
+
+#[tonic::async_trait]
+impl pb::exchange_server::Exchange for ExchangeService {}
+
+/// `dataspace.v1.Ledger`: declared; every RPC answers `Unimplemented`
+/// until the ledger issue lands.
+pub struct LedgerService;
+
+#[tonic::async_trait]
+impl pb::ledger_server::Ledger for LedgerService {}

@@ -1,0 +1,402 @@
+//! Mutual TLS: rustls server and client configurations, the node's own
+//! accept loop, and the peer identity taken from a verified session.
+//!
+//! tonic's built-in TLS cannot load a CRL, so the node runs its own
+//! tokio-rustls acceptor: every handshake in its own task under a timeout
+//! (a failed handshake never ends the loop), a cap on open connections, and
+//! a registry of open connections so that a CRL reload cuts the ones whose
+//! certificate it revokes. Both sides: TLS 1.3 only, certificates required
+//! and checked against the data-space CA and its CRL (an expired CRL is
+//! refused), no session resumption (a resumed session would skip the
+//! revocation check), ALPN `h2`.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::identity::PeerIdentity;
+use crate::identity::cert::CertError;
+
+/// Why a TLS configuration could not be built or a connection not made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls refused the configuration (bad key, bad certificate, …).
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    /// The CA certificate or CRL could not be used by the verifier.
+    #[error("certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// The peer's certificate did not yield a dsnode identity.
+    #[error("peer certificate: {0}")]
+    PeerCertificate(#[from] CertError),
+    /// The verified session carried no certificate (cannot happen when a
+    /// certificate is required, but never assumed).
+    #[error("the peer presented no certificate")]
+    NoPeerCertificate,
+}
+
+/// The credentials and trust anchors one node uses on both sides of TLS.
+#[derive(Clone, Debug)]
+pub struct TlsMaterial {
+    /// The node's certificate (chain of one: the CA is the only issuer).
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The node's private key (the Ed25519 identity key).
+    pub key: Arc<PrivateKeyDer<'static>>,
+    /// The data-space CA certificate.
+    pub ca: CertificateDer<'static>,
+    /// The CA's current CRL.
+    pub crl: CertificateRevocationListDer<'static>,
+}
+
+/// rustls with ring, TLS 1.3 suites only, AES-128-GCM first (faster than
+/// AES-256 with ring on these machines).
+fn provider() -> Arc<CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![
+        rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(provider)
+}
+
+fn roots(material: &TlsMaterial) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(material.ca.clone())?;
+    Ok(Arc::new(roots))
+}
+
+/// The server side: client certificates required and checked against the
+/// CA and CRL (expired CRL refused), TLS 1.3 only, no resumption, ALPN h2.
+pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(material)?, provider.clone())
+        .with_crls([material.crl.clone()])
+        .enforce_revocation_expiration()
+        .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(material.cert_chain.clone(), material.key.clone_key())?;
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client side: presents the node's certificate, checks the server's
+/// against the CA and CRL, TLS 1.3 only, no resumption, ALPN h2.
+pub fn client_config(material: &TlsMaterial) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        roots(material)?,
+        provider.clone(),
+    )
+    .with_crls([material.crl.clone()])
+    .enforce_revocation_expiration()
+    .build()?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(material.cert_chain.clone(), material.key.clone_key())?;
+    config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The identity in the end-entity certificate of a verified session.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<PeerIdentity, TlsError> {
+    let leaf = certs
+        .and_then(|c| c.first())
+        .ok_or(TlsError::NoPeerCertificate)?;
+    Ok(PeerIdentity::from_der(leaf)?)
+}
+
+/// A server name for a `host:port` address (DNS name or IP literal).
+pub fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
+    let host = match addr.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => return Err(format!("invalid peer address `{addr}`: expected HOST:PORT")),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_owned())
+        .map_err(|_| format!("invalid peer address `{addr}`: `{host}` is not a host name"))
+}
+
+/// What tonic hands to every handler of a connection as a request
+/// extension: who is calling, as verified by TLS.
+#[derive(Clone, Debug)]
+pub struct PeerConnectInfo {
+    /// The peer's socket address.
+    pub remote_addr: SocketAddr,
+    /// The peer's identity from its verified certificate.
+    pub identity: Arc<PeerIdentity>,
+    /// Connection number, for logs.
+    pub connection: u64,
+}
+
+/// The server's current TLS configuration; swapped when the CRL reloads.
+#[derive(Clone)]
+pub struct ServerConfigCell(Arc<RwLock<Arc<ServerConfig>>>);
+
+impl ServerConfigCell {
+    /// A cell holding `config`.
+    pub fn new(config: Arc<ServerConfig>) -> Self {
+        Self(Arc::new(RwLock::new(config)))
+    }
+
+    /// The configuration new handshakes use.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the configuration for handshakes from now on.
+    pub fn replace(&self, config: Arc<ServerConfig>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+}
+
+/// The open connections, so that a CRL reload or a forced shutdown can cut
+/// them.
+#[derive(Default)]
+pub struct ConnectionRegistry {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, (Vec<u8>, CancellationToken)>>,
+    handshake_failures: AtomicU64,
+}
+
+impl ConnectionRegistry {
+    fn register(self: &Arc<Self>, serial: Vec<u8>) -> (u64, CancellationToken) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        self.lock().insert(id, (serial, token.clone()));
+        (id, token)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Vec<u8>, CancellationToken)>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Number of open connections.
+    pub fn open_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Number of handshakes that failed or timed out since start.
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
+    }
+
+    /// Cuts every open connection whose certificate serial is in `serials`;
+    /// returns how many were cut.
+    pub fn cut_serials(&self, serials: &[Vec<u8>]) -> usize {
+        let open = self.lock();
+        let mut cut = 0;
+        for (serial, token) in open.values() {
+            if serials.contains(serial) {
+                token.cancel();
+                cut += 1;
+            }
+        }
+        cut
+    }
+
+    /// Cuts every open connection (end of the shutdown drain).
+    pub fn cut_all(&self) {
+        for (_, token) in self.lock().values() {
+            token.cancel();
+        }
+    }
+}
+
+/// A verified TLS connection as tonic serves it. Reads and writes fail once
+/// the connection is cut (its certificate was revoked, or the drain deadline
+/// passed), which makes hyper drop the connection at once.
+pub struct PeerConnection {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerConnectInfo,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    registry: Arc<ConnectionRegistry>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PeerConnection {
+    fn check_cut(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.cut.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection cut by the node (certificate revoked or shutdown deadline)",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl Drop for PeerConnection {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.info.connection);
+    }
+}
+
+impl tonic::transport::server::Connected for PeerConnection {
+    type ConnectInfo = PeerConnectInfo;
+    fn connect_info(&self) -> PeerConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for PeerConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check_cut(cx)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check_cut(cx)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check_cut(cx)?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.check_cut(cx)?;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Limits of the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptLimits {
+    /// A handshake not finished in this time is dropped.
+    pub handshake_timeout: Duration,
+    /// Open connections (including handshakes in progress) at most.
+    pub max_connections: usize,
+}
+
+/// Accepts TCP connections on `listener` and completes TLS handshakes, each
+/// in its own task, sending verified connections to the returned channel
+/// until `stop` is cancelled or the receiver is dropped.
+pub fn accept_loop(
+    listener: TcpListener,
+    config: ServerConfigCell,
+    limits: AcceptLimits,
+    registry: Arc<ConnectionRegistry>,
+    stop: CancellationToken,
+) -> mpsc::Receiver<Result<PeerConnection, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::spawn(async move {
+        loop {
+            // Wait for a free slot before accepting, so excess connections
+            // queue in the kernel backlog instead of costing handshakes.
+            let permit = tokio::select! {
+                _ = stop.cancelled() => break,
+                () = tx.closed() => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (tcp, remote_addr) = tokio::select! {
+                _ = stop.cancelled() => break,
+                () = tx.closed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.current());
+            let tx = tx.clone();
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        registry.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(peer = %remote_addr, reason = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        registry.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(peer = %remote_addr, timeout = ?limits.handshake_timeout, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let identity = match peer_identity(stream.get_ref().1.peer_certificates()) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        registry.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(peer = %remote_addr, reason = %e, "peer certificate refused");
+                        return;
+                    }
+                };
+                let (connection, token) = registry.register(identity.serial.clone());
+                tracing::debug!(peer = %remote_addr, node = %identity.node_id, connection, "connection open");
+                let conn = PeerConnection {
+                    inner: stream,
+                    info: PeerConnectInfo {
+                        remote_addr,
+                        identity: Arc::new(identity),
+                        connection,
+                    },
+                    cut: Box::pin(token.cancelled_owned()),
+                    registry,
+                    _permit: permit,
+                };
+                let _ = tx.send(Ok(conn)).await;
+            });
+        }
+        tracing::debug!("accept loop stopped");
+    });
+    rx
+}

@@ -1,0 +1,291 @@
+//! The `dsnode` binary on bad input: one clear sentence on stderr and exit
+//! status 1, never a panic or a backtrace.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::support::DataSpace;
+
+fn dsnode(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dsnode"))
+        .args(args)
+        .env_remove("DSNODE_DATA_DIR")
+        .output()
+        .expect("run dsnode")
+}
+
+/// Asserts a clean failure whose message contains every `needle`.
+fn fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "missing `{needle}` in: {stderr}");
+    }
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn key_file_readable_by_others_is_refused_with_the_fix() {
+    let space = DataSpace::new();
+    let node = space.node("node", "publisher");
+    let key = node.dir.key();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = dsnode(&["serve", "--data-dir", p(node.dir.root()), "--check-config"]);
+    fails_with(&out, &["mode 0644", "chmod 600"]);
+    let out = dsnode(&[
+        "peer",
+        "hello",
+        "--data-dir",
+        p(node.dir.root()),
+        "--peer",
+        "127.0.0.1:1",
+    ]);
+    fails_with(&out, &["mode 0644", "chmod 600"]);
+    // The CA key is held to the same rule.
+    let ca_key = space.dir.path().join("ca/ca.key");
+    std::fs::set_permissions(&ca_key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let out = dsnode(&[
+        "ca",
+        "issue",
+        "--ca-dir",
+        p(&space.dir.path().join("ca")),
+        "--csr",
+        p(&node.dir.csr()),
+        "--roles",
+        "consumer",
+        "--out",
+        p(&space.dir.path().join("x.crt")),
+    ]);
+    fails_with(&out, &["mode 0640"]);
+}
+
+#[test]
+fn malformed_node_toml_names_the_key_and_line() {
+    let space = DataSpace::new();
+    let node = space.node("node", "publisher");
+    std::fs::write(
+        node.dir.config(),
+        "listen = \"127.0.0.1:0\"\n\n[transport]\nmax_conections = 5\n",
+    )
+    .expect("write");
+    let out = dsnode(&["serve", "--data-dir", p(node.dir.root()), "--check-config"]);
+    fails_with(&out, &["node.toml", "line 4", "max_conections"]);
+
+    std::fs::write(
+        node.dir.config(),
+        "listen = \"127.0.0.1:0\"\nparticipant = \"x\"\n",
+    )
+    .expect("write");
+    let out = dsnode(&["serve", "--data-dir", p(node.dir.root()), "--check-config"]);
+    fails_with(&out, &["participant", "line 2"]);
+
+    std::fs::write(node.dir.config(), "listen = \"127.0.0.1:0\"\n").expect("write");
+    let out = dsnode(&["serve", "--data-dir", p(node.dir.root()), "--check-config"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn operator_mistakes_get_one_clear_sentence() {
+    let space = DataSpace::new();
+    let ca_dir = space.dir.path().join("ca");
+    let node = space.node("node", "publisher");
+    let out_crt = space.dir.path().join("out.crt");
+
+    // Unknown role.
+    let out = dsnode(&[
+        "ca",
+        "issue",
+        "--ca-dir",
+        p(&ca_dir),
+        "--csr",
+        p(&node.dir.csr()),
+        "--roles",
+        "publisher,admin",
+        "--out",
+        p(&out_crt),
+    ]);
+    fails_with(
+        &out,
+        &["unknown role `admin`", "publisher, consumer, auditor"],
+    );
+    assert!(!out_crt.exists(), "nothing written on failure");
+
+    // A CSR whose signature does not verify.
+    let csr = std::fs::read_to_string(node.dir.csr()).expect("csr");
+    let der = pem::parse(&csr).expect("pem");
+    let mut bytes = der.contents().to_vec();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"node")
+        .expect("participant in CSR");
+    bytes[at] = b'm';
+    let bad_csr = space.dir.path().join("bad.csr");
+    std::fs::write(
+        &bad_csr,
+        pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", bytes)),
+    )
+    .expect("write");
+    let out = dsnode(&[
+        "ca",
+        "issue",
+        "--ca-dir",
+        p(&ca_dir),
+        "--csr",
+        p(&bad_csr),
+        "--roles",
+        "consumer",
+        "--out",
+        p(&out_crt),
+    ]);
+    fails_with(&out, &["signature does not verify"]);
+    assert!(!out_crt.exists(), "nothing written on failure");
+
+    // Missing file.
+    let out = dsnode(&[
+        "ca",
+        "issue",
+        "--ca-dir",
+        p(&ca_dir),
+        "--csr",
+        p(&space.dir.path().join("nope.csr")),
+        "--roles",
+        "consumer",
+        "--out",
+        p(&out_crt),
+    ]);
+    fails_with(&out, &["nope.csr", "No such file"]);
+
+    // A certificate from another CA: revoke refuses it, and a node refuses
+    // to start with it.
+    let other = space.dir.path().join("other-ca");
+    assert!(
+        dsnode(&["ca", "init", "--ca-dir", p(&other), "--name", "Other"])
+            .status
+            .success()
+    );
+    let foreign = space.dir.path().join("foreign.crt");
+    let out = dsnode(&[
+        "ca",
+        "issue",
+        "--ca-dir",
+        p(&other),
+        "--csr",
+        p(&node.dir.csr()),
+        "--roles",
+        "consumer",
+        "--out",
+        p(&foreign),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = dsnode(&[
+        "ca",
+        "revoke",
+        "--ca-dir",
+        p(&ca_dir),
+        "--cert",
+        p(&foreign),
+    ]);
+    fails_with(&out, &["was not issued by this CA"]);
+    std::fs::copy(&foreign, node.dir.cert()).expect("install foreign cert");
+    let out = dsnode(&["serve", "--data-dir", p(node.dir.root()), "--check-config"]);
+    fails_with(&out, &["node.crt", "was not issued by this CA"]);
+}
+
+#[test]
+fn expired_or_revoked_own_certificate_stops_the_node_at_start() {
+    let space = DataSpace::new();
+    let stale = space.node_with("stale", crate::support::expired("consumer"));
+    let out = dsnode(&["serve", "--data-dir", p(stale.dir.root()), "--check-config"]);
+    fails_with(&out, &["node.crt expired at"]);
+
+    let node = space.node("node", "consumer");
+    space.revoke(&node);
+    space.publish_crl(&node.dir);
+    let out = dsnode(&["serve", "--data-dir", p(node.dir.root()), "--check-config"]);
+    fails_with(&out, &["is revoked"]);
+}
+
+#[test]
+fn init_and_issue_print_one_json_object() {
+    let space = DataSpace::new();
+    let dir = space.dir.path().join("n1");
+    let ca_crt = space.dir.path().join("ca/ca.crt");
+    let out = dsnode(&[
+        "init",
+        "--data-dir",
+        p(&dir),
+        "--participant",
+        "acme",
+        "--ca-cert",
+        p(&ca_crt),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let node_id = v["node_id"].as_str().expect("node_id");
+    assert!(node_id.starts_with("dsn1"));
+    let mode = std::fs::metadata(dir.join("node.key"))
+        .expect("key")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let out = dsnode(&[
+        "ca",
+        "issue",
+        "--ca-dir",
+        p(&space.dir.path().join("ca")),
+        "--csr",
+        p(&dir.join("node.csr")),
+        "--roles",
+        "consumer,auditor",
+        "--region",
+        "CN-HE",
+        "--out",
+        p(&dir.join("node.crt")),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["identity"]["node_id"], node_id);
+    assert_eq!(
+        v["identity"]["roles"],
+        serde_json::json!(["consumer", "auditor"])
+    );
+
+    // A second init of the same dir is refused and keeps the key.
+    let out = dsnode(&[
+        "init",
+        "--data-dir",
+        p(&dir),
+        "--participant",
+        "acme",
+        "--ca-cert",
+        p(&ca_crt),
+    ]);
+    fails_with(&out, &["already holds a node key"]);
+}

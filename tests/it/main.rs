@@ -1,0 +1,9 @@
+#![allow(missing_docs, clippy::unwrap_used)]
+//! Integration tests: real nodes on 127.0.0.1:0, real mutual TLS with
+//! certificates made at test time, real gRPC. One test binary (STYLE.md).
+
+mod authz;
+mod cli;
+mod lifecycle;
+mod mtls;
+mod support;

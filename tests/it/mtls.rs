@@ -1,0 +1,290 @@
+//! Who gets in: two nodes see each other's true identity; everyone else is
+//! refused at the TLS layer.
+
+use std::time::{Duration, Instant};
+
+use dsnode::pb;
+use tokio_stream::StreamExt;
+
+use crate::support::{self, DataSpace};
+
+#[tokio::test]
+async fn two_nodes_hello_and_each_sees_the_others_true_identity() {
+    let space = DataSpace::new();
+    let mut req = dsnode::identity::ca::IssueRequest::new(
+        dsnode::identity::RoleSet::parse_list("publisher").expect("roles"),
+    );
+    req.region = Some("CN-HE".parse().expect("region"));
+    let a = space.node_with("city-transport", req);
+    let b = space.node("acme-logistics", "consumer");
+    let node_a = support::start(&a, |_| {}).await;
+    let node_b = support::start(&b, |_| {}).await;
+
+    for (me, server, server_dir) in [(&b, &node_a, &a), (&a, &node_b, &b)] {
+        let conn = support::connect(me, server).await;
+        assert_eq!(
+            conn.server, server_dir.identity,
+            "verified server certificate"
+        );
+        let reply = pb::peering_client::PeeringClient::new(conn.channel)
+            .hello(pb::HelloRequest {
+                software_version: "test".into(),
+            })
+            .await
+            .expect("hello")
+            .into_inner();
+        let seen_server = reply.server.expect("server identity");
+        let seen_caller = reply.caller.expect("caller identity");
+        assert_eq!(seen_server, pb::Identity::from(&server_dir.identity));
+        assert_eq!(seen_caller, pb::Identity::from(&me.identity));
+    }
+    assert_eq!(
+        node_a.identity().region.as_ref().map(|r| r.as_str()),
+        Some("CN-HE")
+    );
+    assert_eq!(
+        pb::Identity::from(&b.identity).roles,
+        vec!["consumer".to_owned()]
+    );
+    node_a.shutdown().await.expect("shutdown a");
+    node_b.shutdown().await.expect("shutdown b");
+}
+
+/// Defence: client certificates are required (THREATS.md row 8). A valid
+/// client on the same path is the positive control.
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let node = support::start(&server, |_| {}).await;
+    let addr = node.local_addr();
+    let ca = server.dir.ca_cert();
+    let tls13 = [&rustls::version::TLS13];
+
+    let good = support::client_config_with(&tls13, &ca, Some(&client));
+    let anonymous = support::client_config_with(&tls13, &ca, None);
+    let (good, anonymous) = tokio::task::spawn_blocking(move || {
+        (
+            support::raw_tls_attempt(good, addr),
+            support::raw_tls_attempt(anonymous, addr),
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(good, Ok(()), "a certified client is served");
+    let err = anonymous.expect_err("no certificate must be refused");
+    assert!(err.contains("CertificateRequired"), "{err}");
+    node.shutdown().await.expect("shutdown");
+}
+
+/// Defence: only the data space's CA is trusted (row 8).
+#[tokio::test]
+async fn certificate_of_another_ca_is_refused() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let other_ca =
+        dsnode::identity::ca::CertificateAuthority::generate("Rogue CA").expect("other ca");
+    let rogue = space.node_issued_by(
+        "rogue",
+        dsnode::identity::ca::IssueRequest::new(
+            dsnode::identity::RoleSet::parse_list("auditor").expect("roles"),
+        ),
+        &other_ca,
+    );
+    let node = support::start(&server, |_| {}).await;
+    let addr = node.local_addr();
+    let config = support::client_config_with(
+        &[&rustls::version::TLS13],
+        &server.dir.ca_cert(),
+        Some(&rogue),
+    );
+    let result = tokio::task::spawn_blocking(move || support::raw_tls_attempt(config, addr))
+        .await
+        .expect("join");
+    let err = result.expect_err("foreign CA must be refused");
+    assert!(err.contains("alert"), "{err}");
+    node.shutdown().await.expect("shutdown");
+}
+
+/// Defence: certificate validity is enforced (row 7).
+#[tokio::test]
+async fn expired_certificate_is_refused() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let stale = space.node_with("stale", support::expired("consumer"));
+    let node = support::start(&server, |_| {}).await;
+    let addr = node.local_addr();
+    let config = support::client_config_with(
+        &[&rustls::version::TLS13],
+        &server.dir.ca_cert(),
+        Some(&stale),
+    );
+    let result = tokio::task::spawn_blocking(move || support::raw_tls_attempt(config, addr))
+        .await
+        .expect("join");
+    let err = result.expect_err("expired certificate must be refused");
+    assert!(
+        err.contains("CertificateExpired") || err.contains("alert"),
+        "{err}"
+    );
+    node.shutdown().await.expect("shutdown");
+}
+
+/// Defence: TLS 1.3 only (row 8).
+#[tokio::test]
+async fn tls12_only_client_is_refused() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let node = support::start(&server, |_| {}).await;
+    let addr = node.local_addr();
+    let config = support::client_config_with(
+        &[&rustls::version::TLS12],
+        &server.dir.ca_cert(),
+        Some(&client),
+    );
+    let result = tokio::task::spawn_blocking(move || support::raw_tls_attempt(config, addr))
+        .await
+        .expect("join");
+    let err = result.expect_err("TLS 1.2 must be refused");
+    assert!(
+        err.contains("ProtocolVersion") || err.contains("alert"),
+        "{err}"
+    );
+    node.shutdown().await.expect("shutdown");
+}
+
+/// Defence: no h2c; the listener speaks only TLS (row 8).
+#[tokio::test]
+async fn plaintext_http2_is_refused() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let node = support::start(&server, |_| {}).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.local_addr()))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let result = pb::peering_client::PeeringClient::new(channel)
+        .hello(pb::HelloRequest::default())
+        .await;
+    let status = result.expect_err("plaintext must be refused");
+    assert_ne!(status.code(), tonic::Code::Ok);
+    node.shutdown().await.expect("shutdown");
+}
+
+/// Defence: the CRL is enforced at the handshake (row 7).
+#[tokio::test]
+async fn revoked_certificate_is_refused_at_handshake() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    // Keep the client's own CRL (it does not list itself) so that only
+    // the server's check is exercised.
+    space.revoke(&client);
+    space.publish_crl(&server.dir);
+    let node = support::start(&server, |_| {}).await;
+    let addr = node.local_addr();
+    let config = support::client_config_with(
+        &[&rustls::version::TLS13],
+        &server.dir.ca_cert(),
+        Some(&client),
+    );
+    let result = tokio::task::spawn_blocking(move || support::raw_tls_attempt(config, addr))
+        .await
+        .expect("join");
+    let err = result.expect_err("revoked certificate must be refused");
+    assert!(err.contains("CertificateRevoked"), "{err}");
+    node.shutdown().await.expect("shutdown");
+}
+
+/// Defence: a CRL reload cuts the open connections of the peers it revokes
+/// (row 7), long before `max_connection_age` + grace would. The revoked
+/// peer holds a long-lived stream (health Watch) open.
+#[tokio::test]
+async fn open_connection_of_revoked_peer_ends_after_crl_reload() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let node = support::start(&server, |t| {
+        t.max_connection_age = Duration::from_secs(60);
+        t.max_connection_age_grace = Duration::from_secs(10);
+    })
+    .await;
+    let conn = support::connect(&client, &node).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(conn.channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.next().await.expect("first").expect("status");
+    assert_eq!(
+        first.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    space.revoke(&client);
+    space.publish_crl(&server.dir);
+    let reloaded = Instant::now();
+    // Reload interval is 100 ms: the stream must end (error or end of
+    // stream) within a few seconds, not after the 60 s connection age.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = watch.next().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "revoked peer's connection still open after {:?}",
+        reloaded.elapsed()
+    );
+    // And a new connection from it is refused.
+    let again = support::try_connect(&client, &node).await;
+    if let Ok(conn) = again {
+        let hello = pb::peering_client::PeeringClient::new(conn.channel)
+            .hello(pb::HelloRequest::default())
+            .await;
+        assert!(hello.is_err(), "revoked peer served again");
+    }
+    node.shutdown().await.expect("shutdown");
+}
+
+/// Defence: `max_connection_age` + grace ends even a busy connection
+/// (bounds a peer whose certificate is revoked before the CRL arrives).
+#[tokio::test]
+async fn connection_ends_within_max_age_plus_grace() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let age = Duration::from_secs(1);
+    let grace = Duration::from_secs(1);
+    let node = support::start(&server, |t| {
+        t.max_connection_age = age;
+        t.max_connection_age_grace = grace;
+    })
+    .await;
+    let conn = support::connect(&client, &node).await;
+    let opened = Instant::now();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(conn.channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let slack = Duration::from_secs(2);
+    let ended = tokio::time::timeout(age + grace + slack, async {
+        while let Some(Ok(_)) = watch.next().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "connection outlived max_connection_age + grace"
+    );
+    assert!(opened.elapsed() >= age, "ended before max_connection_age");
+    node.shutdown().await.expect("shutdown");
+}

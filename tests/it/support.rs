@@ -1,0 +1,195 @@
+//! A data space made at test time: a CA, nodes with real data dirs and
+//! certificates, started on 127.0.0.1:0 with real mutual TLS.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dsnode::client::{self, ClientSettings, PeerChannel};
+use dsnode::config::{Config, DataDir, TransportConfig};
+use dsnode::identity::ca::{CaDir, CertificateAuthority, IssueRequest};
+use dsnode::identity::cert::Host;
+use dsnode::identity::{PeerIdentity, RoleSet};
+use dsnode::node::{self, RunningNode};
+use dsnode::{fsutil, tls};
+use rustls_pki_types::ServerName;
+use tempfile::TempDir;
+use time::OffsetDateTime;
+
+/// A CA in a temporary directory, and the nodes it certified.
+pub(crate) struct DataSpace {
+    pub(crate) dir: TempDir,
+    pub(crate) ca: CaDir,
+}
+
+/// A node's data dir and what its certificate attests.
+pub(crate) struct NodeDir {
+    pub(crate) dir: DataDir,
+    pub(crate) identity: PeerIdentity,
+}
+
+impl DataSpace {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_dir = dir.path().join("ca");
+        CertificateAuthority::init(&ca_dir, "Test Data Space CA").expect("ca init");
+        let ca = CaDir::open(&ca_dir).expect("ca open");
+        Self { dir, ca }
+    }
+
+    /// A node `name` with `roles`, certified by this CA, with the CA's CRL.
+    pub(crate) fn node(&self, name: &str, roles: &str) -> NodeDir {
+        self.node_with(
+            name,
+            IssueRequest::new(RoleSet::parse_list(roles).expect("roles")),
+        )
+    }
+
+    /// A node certified with a custom issue request (validity, region, …).
+    pub(crate) fn node_with(&self, name: &str, req: IssueRequest) -> NodeDir {
+        self.node_issued_by(name, req, self.ca.ca())
+    }
+
+    /// A node whose certificate comes from `issuer` (possibly another CA);
+    /// it still trusts this data space's CA and CRL.
+    pub(crate) fn node_issued_by(
+        &self,
+        name: &str,
+        req: IssueRequest,
+        issuer: &CertificateAuthority,
+    ) -> NodeDir {
+        let dir = DataDir::new(self.dir.path().join(name));
+        node::init_data_dir(
+            &dir,
+            &name.parse().expect("participant"),
+            self.ca.ca().cert_pem().as_bytes(),
+            "127.0.0.1:0".parse().expect("addr"),
+            vec![Host::Ip("127.0.0.1".parse().expect("ip"))],
+        )
+        .expect("init");
+        let csr = std::fs::read_to_string(dir.csr()).expect("csr");
+        let issued = issuer.issue(&csr, &req).expect("issue");
+        fsutil::write_atomic(&dir.cert(), issued.pem.as_bytes(), fsutil::PUBLIC_MODE)
+            .expect("cert");
+        self.publish_crl(&dir);
+        NodeDir {
+            dir,
+            identity: issued.identity,
+        }
+    }
+
+    /// Copies the CA's current CRL into a node's data dir.
+    pub(crate) fn publish_crl(&self, dir: &DataDir) {
+        let crl = std::fs::read(self.ca.crl_path()).expect("crl");
+        fsutil::write_atomic(&dir.crl(), &crl, fsutil::PUBLIC_MODE).expect("write crl");
+    }
+
+    /// Revokes a node's certificate (new CRL in the CA dir only).
+    pub(crate) fn revoke(&self, node: &NodeDir) {
+        let pem = std::fs::read(node.dir.cert()).expect("cert");
+        self.ca.revoke(&pem, "node.crt").expect("revoke");
+    }
+}
+
+/// An expired validity window: yesterday's.
+pub(crate) fn expired(roles: &str) -> IssueRequest {
+    let now = OffsetDateTime::now_utc();
+    let mut req = IssueRequest::new(RoleSet::parse_list(roles).expect("roles"));
+    req.not_before = Some(now - Duration::from_secs(2 * 86_400));
+    req.not_after = Some(now - Duration::from_secs(86_400));
+    req
+}
+
+/// Starts a node on 127.0.0.1:0 with short test-friendly timings.
+pub(crate) async fn start(node: &NodeDir, tweak: impl FnOnce(&mut TransportConfig)) -> RunningNode {
+    let mut config = Config::new(node.dir.root(), "127.0.0.1:0".parse().expect("addr"));
+    config.transport.crl_reload_interval = Duration::from_millis(100);
+    config.transport.drain_deadline = Duration::from_secs(2);
+    config.transport.handshake_timeout = Duration::from_secs(5);
+    tweak(&mut config.transport);
+    node::start(config).await.expect("node starts")
+}
+
+/// The TLS material of a node's data dir.
+pub(crate) fn material(node: &NodeDir) -> tls::TlsMaterial {
+    node::load_credentials(&node.dir)
+        .expect("credentials")
+        .material
+}
+
+/// Connects to `server` as `as_node`.
+pub(crate) async fn connect(as_node: &NodeDir, server: &RunningNode) -> PeerChannel {
+    try_connect(as_node, server).await.expect("connect")
+}
+
+pub(crate) async fn try_connect(
+    as_node: &NodeDir,
+    server: &RunningNode,
+) -> Result<PeerChannel, client::ConnectError> {
+    let config = tls::client_config(&material(as_node)).expect("client config");
+    client::connect(
+        config,
+        &server.local_addr().to_string(),
+        ClientSettings::default(),
+    )
+    .await
+}
+
+/// What a raw TLS client got from the server after sending the HTTP/2
+/// preface: `Ok` once the server sent application data (its HTTP/2
+/// SETTINGS), `Err(reason)` if the handshake or the first read failed.
+/// Runs on a blocking thread with real sockets.
+pub(crate) fn raw_tls_attempt(
+    config: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+) -> Result<(), String> {
+    let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    match tls.read(&mut buf) {
+        Ok(0) => Err("connection closed without data".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A client config like a node's, but built by hand for attack tests.
+pub(crate) fn client_config_with(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    ca_pem: &Path,
+    client_cert: Option<&NodeDir>,
+) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_file(ca_pem).expect("ca pem"))
+        .expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut config = match client_cert {
+        Some(node) => {
+            // Read the files directly: these certificates may be expired or
+            // foreign, which `load_credentials` would (rightly) refuse.
+            let key = dsnode::identity::NodeKey::load(&node.dir.key()).expect("key");
+            let cert =
+                rustls_pki_types::CertificateDer::from_pem_file(node.dir.cert()).expect("cert");
+            builder
+                .with_client_auth_cert(vec![cert], key.tls_private_key().expect("key der"))
+                .expect("client cert")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
