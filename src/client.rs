@@ -2,11 +2,14 @@
 //! which also reports the server's identity as its verified certificate
 //! states it.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -92,11 +95,12 @@ pub async fn connect(
             async move {
                 let tcp = TcpStream::connect(&addr).await?;
                 tcp.set_nodelay(true)?;
-                let stream = tls.connect(server_name, tcp).await?;
+                let mut stream = tls.connect(server_name, tcp).await?;
                 let identity = tls::peer_identity(stream.get_ref().1.peer_certificates())
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
                 *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(identity);
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
+                let first = await_server_preface(&mut stream).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(Prefixed::new(first, stream)))
             }
         })
     };
@@ -116,6 +120,99 @@ pub async fn connect(
             reason: "the connection carried no verified server certificate".into(),
         })?;
     Ok(PeerChannel { channel, server })
+}
+
+/// How long to wait for the server's first bytes after the handshake.
+const PREFACE_WAIT: Duration = Duration::from_secs(3);
+
+/// In TLS 1.3 the client finishes its handshake before the server has
+/// checked the client certificate, so a refusal (revoked, expired, unknown
+/// CA) arrives as an alert only on the first read. An HTTP/2 server sends
+/// its SETTINGS frame first thing, so the connector reads once: an alert
+/// becomes a clear error here instead of a "broken pipe" on the first call,
+/// and the bytes read are replayed to hyper. A server that stays silent is
+/// used as is after [`PREFACE_WAIT`].
+async fn await_server_preface<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 16 << 10];
+    match tokio::time::timeout(PREFACE_WAIT, stream.read(&mut buf)).await {
+        Err(_) => Ok(Vec::new()),
+        Ok(Ok(0)) => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the peer closed the connection right after the TLS handshake",
+        )),
+        Ok(Ok(n)) => {
+            buf.truncate(n);
+            Ok(buf)
+        }
+        Ok(Err(e)) => Err(std::io::Error::new(
+            e.kind(),
+            format!("the peer refused this node's certificate: {e}"),
+        )),
+    }
+}
+
+/// A stream with some bytes already read from it, replayed first.
+struct Prefixed<S> {
+    head: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(head: Vec<u8>, inner: S) -> Self {
+        Self {
+            head,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pos < self.head.len() {
+            let n = buf.remaining().min(self.head.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.head[start..start + n]);
+            self.pos += n;
+            if self.pos == self.head.len() {
+                self.head = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// The innermost error message of a chain: tonic wraps the useful TLS

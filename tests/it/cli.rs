@@ -289,3 +289,131 @@ fn init_and_issue_print_one_json_object() {
     ]);
     fails_with(&out, &["already holds a node key"]);
 }
+
+/// A `dsnode serve` process whose JSON log lines arrive on a channel.
+struct Served {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Served {
+    fn start(data_dir: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dsnode"))
+            .args(["--log-format", "json", "serve", "--data-dir", p(data_dir)])
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for a log event whose message is `message`.
+    fn wait_for(&self, message: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no `{message}` log event"));
+            if line["fields"]["message"] == message {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `dsnode serve` end to end: JSON logs, SIGHUP reloads the CRL (the file
+/// poll is set to an hour, so only the signal can have done it), and
+/// SIGTERM drains and exits 0.
+#[test]
+fn serve_reloads_crl_on_sighup_and_exits_cleanly_on_sigterm() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    std::fs::write(
+        server.dir.config(),
+        "listen = \"127.0.0.1:0\"\n[transport]\ncrl_reload_interval = \"1h\"\ndrain_deadline = \"2s\"\n",
+    )
+    .expect("config");
+    let mut served = Served::start(server.dir.root());
+    let ready = served.wait_for("serving");
+    let addr = ready["fields"]["addr"].as_str().expect("addr").to_owned();
+
+    let hello = |expect_ok: bool| {
+        let out = dsnode(&[
+            "peer",
+            "hello",
+            "--data-dir",
+            p(client.dir.root()),
+            "--peer",
+            &addr,
+            "--json",
+        ]);
+        assert_eq!(
+            out.status.success(),
+            expect_ok,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let out = hello(true);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["server"]["node_id"], server.identity.node_id.to_string());
+    assert_eq!(v["caller"]["node_id"], client.identity.node_id.to_string());
+
+    space.revoke(&client);
+    space.publish_crl(&server.dir);
+    served.signal("HUP");
+    let reloaded = served.wait_for("CRL reloaded");
+    assert_eq!(reloaded["fields"]["revoked"], 1);
+    let refused = hello(false);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("CertificateRevoked"), "{stderr}");
+
+    served.signal("TERM");
+    served.wait_for("shutting down: NOT_SERVING, draining");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = served.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+}

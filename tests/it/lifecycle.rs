@@ -75,3 +75,49 @@ async fn address_in_use_is_a_clear_error() {
     );
     node.shutdown().await.expect("shutdown");
 }
+
+/// gRPC reflection lists every service, so stock clients (grpcurl) work.
+#[tokio::test]
+async fn reflection_lists_every_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "auditor");
+    let node = support::start(&server, |_| {}).await;
+    let conn = support::connect(&client, &node).await;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(conn.channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("one response").expect("ok");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!(
+            "unexpected reflection answer: {:?}",
+            response.message_response
+        );
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "dataspace.v1.Peering",
+        "dataspace.v1.Catalog",
+        "dataspace.v1.Exchange",
+        "dataspace.v1.Ledger",
+        "dataspace.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} not in {names:?}"
+        );
+    }
+    node.shutdown().await.expect("shutdown");
+}
