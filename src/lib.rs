@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod fsutil;
 pub mod identity;
+pub mod ledger;
 pub mod node;
 pub mod rpc;
 pub mod tls;

@@ -4,6 +4,8 @@
 
 mod authz;
 mod cli;
+mod ledger;
 mod lifecycle;
+mod merkle;
 mod mtls;
 mod support;
