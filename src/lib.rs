@@ -12,11 +12,14 @@
 //! - [`config`]: the data dir layout and `node.toml` (raw → validated).
 //! - [`node`]: one running node wired together; start, drain, CRL reload.
 //! - [`client`]: calling another node over mutual TLS.
+//! - [`audit`]: the auditor side: verifies every checkpoint and proof a node serves.
+//! - [`ledger`]: the verifiable ledger (Merkle log on sled, checkpoints, proofs).
 //! - [`rpc`]: tonic services, the role × RPC table, status mapping.
 //! - [`fsutil`]: atomic writes and the secret-file permission check.
 //! - [`pb`]: generated protobuf and gRPC code (`dataspace.v1`); only
 //!   [`rpc`] and [`client`] callers use it.
 
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod fsutil;

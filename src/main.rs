@@ -16,7 +16,8 @@ use dsnode::config::{Config, DATA_DIR_ENV, DataDir};
 use dsnode::identity::ca::{self, CaDir, CertificateAuthority, IssueRequest};
 use dsnode::identity::cert::Host;
 use dsnode::identity::{PeerIdentity, RoleSet};
-use dsnode::{client, fsutil, node, pb, tls};
+use dsnode::ledger::note::SignedCheckpoint;
+use dsnode::{audit, client, fsutil, node, pb, tls};
 
 #[derive(Parser)]
 #[command(name = "dsnode", version, about = "A trusted data-space exchange node")]
@@ -48,6 +49,80 @@ enum Command {
     Peer(PeerCommand),
     /// Ask the local node for its status (Admin API).
     Status(ClientArgs),
+    /// Audit a node's ledger: every checkpoint and proof is verified.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// The peer's latest checkpoint, signature verified.
+    Checkpoint {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The audited node, HOST:PORT.
+        #[arg(long)]
+        peer: String,
+    },
+    /// Entries matching filters, each proven against one checkpoint.
+    Entries {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The audited node, HOST:PORT.
+        #[arg(long)]
+        peer: String,
+        /// Only entries naming this dataset.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Only entries naming this node id.
+        #[arg(long)]
+        party: Option<String>,
+        /// Only entries of this kind (e.g. NodeStarted, AccessGranted).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only entries at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only entries before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Entries per page (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Only the first page.
+        #[arg(long)]
+        first_page: bool,
+    },
+    /// An inclusion proof (--index) or a consistency proof (--consistency).
+    Prove {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The audited node, HOST:PORT.
+        #[arg(long)]
+        peer: String,
+        /// Prove that entry N is in the log.
+        #[arg(
+            long,
+            conflicts_with = "consistency",
+            required_unless_present = "consistency"
+        )]
+        index: Option<u64>,
+        /// The checkpoint size to prove against (default: latest).
+        #[arg(long)]
+        size: Option<u64>,
+        /// Prove that the log of OLD entries is a prefix of the log of NEW.
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+        consistency: Option<Vec<u64>>,
+    },
+    /// Verify a stopped node's ledger on disk: recompute the tree, check
+    /// every stored hash and every checkpoint signature.
+    Verify {
+        /// The node's data directory.
+        #[arg(long, env = DATA_DIR_ENV)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Args)]
@@ -261,9 +336,14 @@ fn wants_json(command: &Command) -> bool {
         Command::Ca(CaCommand::Issue { json, .. }) => json.json,
         Command::Init(a) => a.out.json,
         Command::Serve(_) => false,
-        Command::Peer(PeerCommand::Hello { client, .. }) | Command::Status(client) => {
-            client.out.json
-        }
+        Command::Peer(PeerCommand::Hello { client, .. })
+        | Command::Status(client)
+        | Command::Audit(
+            AuditCommand::Checkpoint { client, .. }
+            | AuditCommand::Entries { client, .. }
+            | AuditCommand::Prove { client, .. },
+        ) => client.out.json,
+        Command::Audit(AuditCommand::Verify { out, .. }) => out.json,
     }
 }
 
@@ -274,6 +354,7 @@ async fn run(command: Command) -> Result<Option<Output>> {
         Command::Serve(a) => serve(a).await,
         Command::Peer(PeerCommand::Hello { client, peer }) => hello(client, &peer).await.map(Some),
         Command::Status(a) => status(a).await.map(Some),
+        Command::Audit(c) => audit(c).await.map(Some),
     }
 }
 
@@ -566,4 +647,194 @@ async fn status(a: ClientArgs) -> Result<Output> {
             "open_connections": s.open_connections,
         }),
     })
+}
+
+fn time_text(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms}ms"))
+}
+
+fn parse_time(flag: &str, value: Option<&str>) -> Result<i64> {
+    let Some(v) = value else { return Ok(0) };
+    let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+        .with_context(|| {
+            format!("--{flag} `{v}` is not an RFC 3339 time such as 2026-11-26T08:00:00Z")
+        })?;
+    Ok(i64::try_from(t.unix_timestamp_nanos() / 1_000_000)?)
+}
+
+fn checkpoint_json(cp: &SignedCheckpoint) -> Value {
+    json!({
+        "origin": cp.checkpoint.origin,
+        "size": cp.checkpoint.size,
+        "root": data_encoding::BASE64.encode(&cp.checkpoint.root),
+        "note": cp.note,
+    })
+}
+
+fn entry_json(v: &audit::VerifiedEntry) -> Value {
+    let e = &v.entry;
+    json!({
+        "index": e.index,
+        "time": time_text(e.time_ms),
+        "time_ms": e.time_ms,
+        "kind": e.draft.kind.name(),
+        "parties": e.draft.parties.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "dataset": e.draft.dataset,
+        "grant": e.draft.grant,
+        "object_hash": e.draft.object_hash.map(|h| data_encoding::HEXLOWER.encode(&h)),
+        "detail": e.draft.detail,
+        "leaf_hash": data_encoding::HEXLOWER.encode(&v.leaf_hash),
+    })
+}
+
+fn entry_text(v: &audit::VerifiedEntry) -> String {
+    let e = &v.entry;
+    let mut line = format!(
+        "#{:<6} {}  {:<18}",
+        e.index,
+        time_text(e.time_ms),
+        e.draft.kind.name()
+    );
+    let parties: Vec<String> = e.draft.parties.iter().map(ToString::to_string).collect();
+    if !parties.is_empty() {
+        line.push_str(&format!(" parties={}", parties.join(",")));
+    }
+    if let Some(d) = &e.draft.dataset {
+        line.push_str(&format!(" dataset={d}"));
+    }
+    if let Some(g) = &e.draft.grant {
+        line.push_str(&format!(" grant={g}"));
+    }
+    if !e.draft.detail.is_empty() {
+        line.push_str(&format!(" \"{}\"", e.draft.detail));
+    }
+    line
+}
+
+async fn auditor(client: &ClientArgs, peer: &str) -> Result<audit::Auditor> {
+    let conn = connect(&client.data_dir, peer).await?;
+    Ok(audit::Auditor::new(conn)?)
+}
+
+async fn audit(command: AuditCommand) -> Result<Output> {
+    match command {
+        AuditCommand::Checkpoint { client, peer } => {
+            let mut a = auditor(&client, &peer).await?;
+            let cp = a.checkpoint().await?;
+            Ok(Output {
+                text: format!(
+                    "checkpoint of {} (node {}): verified\n  size {}\n  root {}\n  vkey {}\n\n{}",
+                    peer,
+                    a.node().node_id,
+                    cp.checkpoint.size,
+                    data_encoding::BASE64.encode(&cp.checkpoint.root),
+                    a.vkey(),
+                    cp.note.trim_end()
+                ),
+                json: json!({"peer": peer, "node_id": a.node().node_id.to_string(), "verified": true, "vkey": a.vkey(), "checkpoint": checkpoint_json(&cp)}),
+            })
+        }
+        AuditCommand::Entries {
+            client,
+            peer,
+            dataset,
+            party,
+            kind,
+            since,
+            until,
+            limit,
+            first_page,
+        } => {
+            let req = dsnode::pb::QueryEntriesRequest {
+                dataset: dataset.unwrap_or_default(),
+                party: party.unwrap_or_default(),
+                kind: kind.unwrap_or_default(),
+                since_ms: parse_time("since", since.as_deref())?,
+                until_ms: parse_time("until", until.as_deref())?,
+                limit,
+                page_token: Vec::new(),
+                tree_size: 0,
+            };
+            let mut a = auditor(&client, &peer).await?;
+            let (cp, entries) = a.entries(req, !first_page).await?;
+            let mut text = format!(
+                "{} entries of {} (node {}), each verified against checkpoint {} (signature verified)",
+                entries.len(),
+                peer,
+                a.node().node_id,
+                cp.checkpoint.size
+            );
+            for e in &entries {
+                text.push('\n');
+                text.push_str(&entry_text(e));
+            }
+            Ok(Output {
+                text,
+                json: json!({"peer": peer, "verified": true, "checkpoint": checkpoint_json(&cp), "entries": entries.iter().map(entry_json).collect::<Vec<_>>()}),
+            })
+        }
+        AuditCommand::Prove {
+            client,
+            peer,
+            index,
+            size,
+            consistency,
+        } => {
+            let mut a = auditor(&client, &peer).await?;
+            if let Some(sizes) = consistency {
+                let [old, new] = sizes[..] else {
+                    bail!("--consistency takes two sizes: OLD NEW");
+                };
+                let (old_cp, new_cp, len) = a.prove_consistency(old, new).await?;
+                return Ok(Output {
+                    text: format!(
+                        "consistency {} → {}: verified ({len} hashes); both checkpoints' signatures verified",
+                        old_cp.checkpoint.size, new_cp.checkpoint.size
+                    ),
+                    json: json!({"peer": peer, "verified": true, "old": checkpoint_json(&old_cp), "new": checkpoint_json(&new_cp), "proof_hashes": len}),
+                });
+            }
+            let Some(index) = index else {
+                bail!("give --index N or --consistency OLD NEW");
+            };
+            let (cp, entry, len) = a.prove_inclusion(index, size.unwrap_or(0)).await?;
+            Ok(Output {
+                text: format!(
+                    "entry {index} is in checkpoint {} of {}: verified ({len} hashes; checkpoint signature verified)\n{}",
+                    cp.checkpoint.size,
+                    peer,
+                    entry_text(&entry)
+                ),
+                json: json!({"peer": peer, "verified": true, "checkpoint": checkpoint_json(&cp), "entry": entry_json(&entry), "proof_hashes": len}),
+            })
+        }
+        AuditCommand::Verify { data_dir, .. } => {
+            let dir = DataDir::new(&data_dir);
+            let cert = dsnode::identity::cert::cert_der_from_pem(&fsutil::read(&dir.cert())?)?;
+            let node = PeerIdentity::from_der(&cert)?;
+            let verifier = dsnode::ledger::note::NoteVerifier::new(
+                &dsnode::ledger::origin_for(&node.node_id),
+                &node.public_key,
+            )?;
+            let store = dsnode::ledger::store::SledStore::open(&dir.ledger())?;
+            let report = dsnode::ledger::verify_store(&store, &verifier)
+                .with_context(|| format!("the ledger of node {} does NOT verify", node.node_id))?;
+            Ok(Output {
+                text: format!(
+                    "ledger of node {} verified: {} entries, {} checkpoints (every signature checked), root {}",
+                    node.node_id,
+                    report.size,
+                    report.checkpoints,
+                    data_encoding::BASE64.encode(&report.root)
+                ),
+                json: json!({"node_id": node.node_id.to_string(), "verified": true, "size": report.size, "checkpoints": report.checkpoints, "root": data_encoding::BASE64.encode(&report.root)}),
+            })
+        }
+    }
 }

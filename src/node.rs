@@ -21,6 +21,8 @@ use crate::identity::ca::{self, CaError, RevocationList};
 use crate::identity::cert::{self, CertError};
 use crate::identity::key::KeyError;
 use crate::identity::{NodeKey, PeerIdentity};
+use crate::ledger::entry::{EntryDraft, EntryKind};
+use crate::ledger::{Ledger, LedgerOptions};
 use crate::pb;
 use crate::rpc::{self, NodeContext, authz::AuthzLayer};
 use crate::tls::{self, AcceptLimits, ConnectionRegistry, ServerConfigCell, TlsError, TlsMaterial};
@@ -46,6 +48,9 @@ pub enum NodeError {
     /// The node's own credentials are unusable; the message says why.
     #[error("{0}")]
     Credentials(String),
+    /// The ledger could not be opened or failed its start-up check.
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -230,6 +235,20 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         source,
     })?;
 
+    // The start-up check: the whole tree is recomputed from the stored
+    // entries and compared with every signed checkpoint. A mismatch stops
+    // the node here, naming the first bad index: it never reports SERVING.
+    let ledger = open_ledger(&config.data_dir, &creds).await?;
+    let mut started = EntryDraft::new(EntryKind::NodeStarted);
+    started.parties = vec![creds.identity.node_id.clone()];
+    started.detail = rpc::SOFTWARE_VERSION.to_owned();
+    let started = ledger.append(started).await?;
+    tracing::info!(
+        index = started.index,
+        size = started.checkpoint.checkpoint.size,
+        "ledger verified; NodeStarted recorded"
+    );
+
     let registry = Arc::new(ConnectionRegistry::default());
     let cell = ServerConfigCell::new(server_config);
     let stop_accept = CancellationToken::new();
@@ -260,6 +279,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         identity: creds.identity.clone(),
         started: Instant::now(),
         connections: registry.clone(),
+        ledger: ledger.clone(),
     });
     let limit = t.max_decoding_message_size;
     let router = Server::builder()
@@ -300,7 +320,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                 .max_decoding_message_size(limit),
         )
         .add_service(
-            pb::ledger_server::LedgerServer::new(rpc::LedgerService)
+            pb::ledger_server::LedgerServer::new(rpc::LedgerService::new(ctx.clone()))
                 .max_decoding_message_size(limit),
         );
 
@@ -355,6 +375,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                     }
                 }
             }
+            ledger.close().await;
             tracing::info!("stopped");
             Ok(())
         })
@@ -365,6 +386,23 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         shutdown,
         task,
     })
+}
+
+/// Opens and verifies the node's ledger (a blocking O(n) check).
+async fn open_ledger(dir: &DataDir, creds: &Credentials) -> Result<Ledger, NodeError> {
+    let path = dir.ledger();
+    let key = creds.key.signing_key().clone();
+    let node = creds.identity.node_id.clone();
+    let (ledger, report) = tokio::task::spawn_blocking(move || {
+        Ledger::open(&path, key, &node, LedgerOptions::default())
+    })
+    .await??;
+    tracing::info!(
+        size = report.size,
+        checkpoints = report.checkpoints,
+        "ledger start-up check passed"
+    );
+    Ok(ledger)
 }
 
 /// What identifies one version of a file: a rename (atomic write) changes

@@ -194,12 +194,12 @@ pub struct Entry {
 }
 
 fn check_ref(what: &str, value: &Option<String>) -> Result<(), EntryError> {
-    if let Some(v) = value {
-        if v.is_empty() || v.len() > MAX_REF_LEN || !v.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(EntryError::Invalid(format!(
-                "{what} must be 1 to {MAX_REF_LEN} printable ASCII characters"
-            )));
-        }
+    if let Some(v) = value
+        && (v.is_empty() || v.len() > MAX_REF_LEN || !v.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(EntryError::Invalid(format!(
+            "{what} must be 1 to {MAX_REF_LEN} printable ASCII characters"
+        )));
     }
     Ok(())
 }
@@ -276,7 +276,9 @@ impl Entry {
         let kind = EntryKind::from_code(u16::from_be_bytes(r.array("kind")?));
         let count = usize::from(r.u8("party count")?);
         if count > MAX_PARTIES {
-            return Err(EntryError::Malformed(format!("{count} parties; at most {MAX_PARTIES}")));
+            return Err(EntryError::Malformed(format!(
+                "{count} parties; at most {MAX_PARTIES}"
+            )));
         }
         let mut parties = Vec::with_capacity(count);
         for _ in 0..count {
@@ -399,12 +401,25 @@ mod tests {
         assert_eq!(Entry::decode(&bytes).expect("decode"), e);
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(Entry::decode(&trailing).expect_err("trailing").to_string().contains("trailing"));
+        assert!(
+            Entry::decode(&trailing)
+                .expect_err("trailing")
+                .to_string()
+                .contains("trailing")
+        );
         let mut version = bytes.clone();
         version[0] = 2;
-        assert!(Entry::decode(&version).expect_err("version").to_string().contains("version 2"));
+        assert!(
+            Entry::decode(&version)
+                .expect_err("version")
+                .to_string()
+                .contains("version 2")
+        );
         for cut in 0..bytes.len() {
-            assert!(Entry::decode(&bytes[..cut]).is_err(), "truncated at {cut} accepted");
+            assert!(
+                Entry::decode(&bytes[..cut]).is_err(),
+                "truncated at {cut} accepted"
+            );
         }
         assert!(Entry::decode(&vec![1u8; MAX_ENTRY_BYTES + 1]).is_err());
     }

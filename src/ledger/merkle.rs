@@ -81,7 +81,10 @@ pub fn root_from_leaves(leaves: &[Hash]) -> Hash {
         1 => leaves[0],
         n => {
             let k = split(n as u64) as usize;
-            node_hash(&root_from_leaves(&leaves[..k]), &root_from_leaves(&leaves[k..]))
+            node_hash(
+                &root_from_leaves(&leaves[..k]),
+                &root_from_leaves(&leaves[k..]),
+            )
         }
     }
 }
@@ -164,7 +167,7 @@ impl Frontier {
 /// aligned complete subtrees): O(log n) reads.
 pub fn range_hash(src: &impl SubtreeSource, lo: u64, hi: u64) -> Result<Hash, ProofError> {
     let n = hi - lo;
-    if n.is_power_of_two() && lo % n == 0 {
+    if n.is_power_of_two() && lo.is_multiple_of(n) {
         let level = n.trailing_zeros() as u8;
         return src.subtree(level, lo >> level);
     }
@@ -300,7 +303,9 @@ pub fn verify_inclusion(
         return Err(ProofError::Mismatch("proof is shorter than the path"));
     }
     if r != root {
-        return Err(ProofError::Mismatch("computed root differs from the expected root"));
+        return Err(ProofError::Mismatch(
+            "computed root differs from the expected root",
+        ));
     }
     Ok(())
 }
@@ -458,7 +463,11 @@ mod tests {
             let n = i as u64 + 1;
             let reference = root_from_leaves(&all[..=i]);
             assert_eq!(tree.root(), reference, "frontier root at {n}");
-            assert_eq!(root(&tree, n).expect("root"), reference, "stored root at {n}");
+            assert_eq!(
+                root(&tree, n).expect("root"),
+                reference,
+                "stored root at {n}"
+            );
             roots.push(reference);
         }
         for n in 1..=300u64 {

@@ -251,7 +251,11 @@ pub fn verify_store(
                         detail: e.to_string(),
                     }
                 })?;
-                let expect = if cp_size == 0 { merkle::empty_root() } else { frontier.root() };
+                let expect = if cp_size == 0 {
+                    merkle::empty_root()
+                } else {
+                    frontier.root()
+                };
                 if signed.checkpoint.size != cp_size || signed.checkpoint.root != expect {
                     return Err(LedgerError::BadCheckpoint {
                         size: cp_size,
@@ -324,7 +328,9 @@ pub struct Query {
 
 impl Query {
     fn matches(&self, e: &Entry) -> bool {
-        self.dataset.as_ref().is_none_or(|d| e.draft.dataset.as_ref() == Some(d))
+        self.dataset
+            .as_ref()
+            .is_none_or(|d| e.draft.dataset.as_ref() == Some(d))
             && self.party.as_ref().is_none_or(|p| e.names(p))
             && self.kind.is_none_or(|k| e.draft.kind == k)
             && self.since_ms.is_none_or(|t| e.time_ms >= t)
@@ -580,7 +586,8 @@ impl Ledger {
         self.check_size(size)?;
         let limit = limit.clamp(1, MAX_PAGE);
         let plan = query.plan();
-        let bad_token = || LedgerError::Range("invalid page token: it belongs to another query".into());
+        let bad_token =
+            || LedgerError::Range("invalid page token: it belongs to another query".into());
         // Token: plan tag ‖ u64 index (‖ i64 time for time plans).
         let (mut from_index, mut from_time) = (0u64, query.since_ms.unwrap_or(i64::MIN));
         if let Some(t) = token {
@@ -624,11 +631,17 @@ impl Ledger {
             let exhausted = candidates.len() < chunk;
             for (index, time) in candidates {
                 if time.is_some_and(|t| query.until_ms.is_some_and(|u| t >= u)) {
-                    return Ok(Page { entries, next: None });
+                    return Ok(Page {
+                        entries,
+                        next: None,
+                    });
                 }
                 // Index-ordered plans: past the view, nothing more to find.
                 if time.is_none() && index >= size {
-                    return Ok(Page { entries, next: None });
+                    return Ok(Page {
+                        entries,
+                        next: None,
+                    });
                 }
                 if entries.len() >= limit || examined >= EXAMINE_PER_PAGE {
                     return Ok(Page {
@@ -637,12 +650,11 @@ impl Ledger {
                     });
                 }
                 examined += 1;
-                if index < size {
-                    if let Some(bytes) = store.entry(index)? {
-                        if query.matches(&Entry::decode(&bytes)?) {
-                            entries.push((index, bytes));
-                        }
-                    }
+                if index < size
+                    && let Some(bytes) = store.entry(index)?
+                    && query.matches(&Entry::decode(&bytes)?)
+                {
+                    entries.push((index, bytes));
                 }
                 from_index = index.saturating_add(1);
                 if let Some(t) = time {
@@ -650,7 +662,10 @@ impl Ledger {
                 }
             }
             if exhausted {
-                return Ok(Page { entries, next: None });
+                return Ok(Page {
+                    entries,
+                    next: None,
+                });
             }
         }
     }
@@ -718,7 +733,10 @@ impl Sequencer {
         }
     }
 
-    fn commit(&mut self, requests: Vec<(EntryDraft, oneshot::Sender<Result<Appended, LedgerError>>)>) {
+    fn commit(
+        &mut self,
+        requests: Vec<(EntryDraft, oneshot::Sender<Result<Appended, LedgerError>>)>,
+    ) {
         // Anti-fork guard: the tree being extended must be exactly the one
         // last signed, so the new checkpoint is consistent with it.
         let extends_signed = match self.last_signed {
@@ -761,12 +779,18 @@ impl Sequencer {
                 .push(leaf, |level, i, h| subtrees.push((level, i, h)));
             let d = &entry.draft;
             if let Some(ds) = &d.dataset {
-                batch.index_keys.push((IndexKey::Dataset(ds.clone()), entry.index));
+                batch
+                    .index_keys
+                    .push((IndexKey::Dataset(ds.clone()), entry.index));
             }
             for p in &d.parties {
-                batch.index_keys.push((IndexKey::Party(p.to_string()), entry.index));
+                batch
+                    .index_keys
+                    .push((IndexKey::Party(p.to_string()), entry.index));
             }
-            batch.index_keys.push((IndexKey::Kind(d.kind.code()), entry.index));
+            batch
+                .index_keys
+                .push((IndexKey::Kind(d.kind.code()), entry.index));
             batch.times.push((time_ms, entry.index));
             batch.entries.push((entry.index, bytes, leaf));
             accepted.push((entry.index, leaf, reply));

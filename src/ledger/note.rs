@@ -121,7 +121,9 @@ impl NoteVerifier {
     pub fn from_vkey(vkey: &str) -> Result<Self, NoteError> {
         let mut parts = vkey.trim().splitn(3, '+');
         let (Some(name), Some(hex), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(NoteError::Vkey("fewer than three '+'-separated parts".into()));
+            return Err(NoteError::Vkey(
+                "fewer than three '+'-separated parts".into(),
+            ));
         };
         let id = data_encoding::HEXLOWER_PERMISSIVE
             .decode(hex.as_bytes())
@@ -131,8 +133,12 @@ impl NoteVerifier {
         let raw = B64
             .decode(key.as_bytes())
             .map_err(|e| NoteError::Vkey(format!("key is not base64: {e}")))?;
-        let (Some(&ALG_ED25519), Ok(public)) = (raw.first(), <[u8; 32]>::try_from(&raw[1.min(raw.len())..])) else {
-            return Err(NoteError::Vkey("key is not 0x01 followed by a 32-byte Ed25519 key".into()));
+        let (Some(&ALG_ED25519), Ok(public)) =
+            (raw.first(), <[u8; 32]>::try_from(&raw[1.min(raw.len())..]))
+        else {
+            return Err(NoteError::Vkey(
+                "key is not 0x01 followed by a 32-byte Ed25519 key".into(),
+            ));
         };
         let verifier = Self::new(name, &public)?;
         if verifier.id[..] != id[..] {
@@ -187,7 +193,10 @@ impl NoteVerifier {
 }
 
 /// Splits a note into its text and its (name, key id ‖ signature) lines.
-fn split_note(note: &[u8]) -> Result<(&str, Vec<(&str, Vec<u8>)>), NoteError> {
+/// A signature line: key name and key id ‖ signature bytes.
+type SignatureLine<'a> = (&'a str, Vec<u8>);
+
+fn split_note(note: &[u8]) -> Result<(&str, Vec<SignatureLine<'_>>), NoteError> {
     let bad = |m: &str| NoteError::Malformed(m.to_owned());
     if note.len() > MAX_NOTE_BYTES {
         return Err(bad("longer than 16 KiB"));
@@ -196,7 +205,9 @@ fn split_note(note: &[u8]) -> Result<(&str, Vec<(&str, Vec<u8>)>), NoteError> {
     if note.contains('\r') || note.chars().any(|c| c.is_control() && c != '\n') {
         return Err(bad("contains control characters"));
     }
-    let split = note.rfind("\n\n").ok_or_else(|| bad("no blank line before the signatures"))?;
+    let split = note
+        .rfind("\n\n")
+        .ok_or_else(|| bad("no blank line before the signatures"))?;
     let text = &note[..=split];
     let sig_block = &note[split + 2..];
     if text.len() <= 1 {
@@ -216,7 +227,9 @@ fn split_note(note: &[u8]) -> Result<(&str, Vec<(&str, Vec<u8>)>), NoteError> {
         if !valid_key_name(name) {
             return Err(bad("invalid key name on a signature line"));
         }
-        let blob = B64.decode(b64.as_bytes()).map_err(|_| bad("signature is not base64"))?;
+        let blob = B64
+            .decode(b64.as_bytes())
+            .map_err(|_| bad("signature is not base64"))?;
         if blob.len() < 5 {
             return Err(bad("signature shorter than a key id"));
         }
@@ -245,7 +258,12 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The checkpoint's note text.
     pub fn text(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(&self.root))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(&self.root)
+        )
     }
 
     /// Parses a checkpoint's note text (extension lines are allowed and
@@ -253,15 +271,23 @@ impl Checkpoint {
     pub fn parse(text: &str) -> Result<Self, NoteError> {
         let bad = |m: &str| NoteError::Checkpoint(m.to_owned());
         let mut lines = text.split('\n');
-        let origin = lines.next().filter(|o| !o.is_empty()).ok_or_else(|| bad("no origin"))?;
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| bad("no origin"))?;
         let size = lines.next().ok_or_else(|| bad("no size"))?;
         // Decimal without sign or leading zeros: one encoding per value.
-        if size.is_empty() || (size.len() > 1 && size.starts_with('0')) || !size.bytes().all(|b| b.is_ascii_digit()) {
+        if size.is_empty()
+            || (size.len() > 1 && size.starts_with('0'))
+            || !size.bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(bad("size is not a decimal number"));
         }
         let size: u64 = size.parse().map_err(|_| bad("size out of range"))?;
         let root = lines.next().ok_or_else(|| bad("no root hash"))?;
-        let root = B64.decode(root.as_bytes()).map_err(|_| bad("root is not base64"))?;
+        let root = B64
+            .decode(root.as_bytes())
+            .map_err(|_| bad("root is not base64"))?;
         let root: Hash = root
             .as_slice()
             .try_into()

@@ -37,6 +37,20 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    /// sled found a checksum failure: bytes on disk were changed.
+    #[error(
+        "ledger store {path} is corrupted (sled found a record whose checksum fails: bytes on disk were changed); refusing to use it"
+    )]
+    Corrupted {
+        /// The store directory.
+        path: String,
+    },
+    /// Another process (a running node) holds the store.
+    #[error("ledger store {path} is in use by another process (is the node running?)")]
+    Locked {
+        /// The store directory.
+        path: String,
+    },
     /// The fsync after a flush failed.
     #[error("ledger store {path}: fsync failed: {source}")]
     Sync {
@@ -207,7 +221,17 @@ impl SledStore {
             .path(dir)
             .cache_capacity(256 << 20)
             .open()
-            .map_err(sled_err)?;
+            .map_err(|e| match &e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked {
+                        path: dir.display().to_string(),
+                    }
+                }
+                sled::Error::Corruption { .. } => StoreError::Corrupted {
+                    path: dir.display().to_string(),
+                },
+                _ => sled_err(e),
+            })?;
         let db_path = dir.join("db");
         let db_file = File::open(&db_path).map_err(|source| StoreError::Sync {
             path: db_path.display().to_string(),
@@ -221,6 +245,11 @@ impl SledStore {
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
+        if let sled::Error::Corruption { .. } = source {
+            return StoreError::Corrupted {
+                path: self.dir.display().to_string(),
+            };
+        }
         StoreError::Sled {
             path: self.dir.display().to_string(),
             source,

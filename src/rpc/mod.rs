@@ -3,11 +3,15 @@
 //!
 //! - [`authz`]: the role × RPC table, enforced as a tower layer.
 //! - [`status`]: the one place domain errors become `tonic::Status`.
-//! - Services: Peering (`Hello`), Admin (`Status`); Catalog, Exchange and
-//!   Ledger are declared and answer `Unimplemented` until their issues land.
+//! - Services: Peering (`Hello`), Admin (`Status`), Ledger (all RPCs);
+//!   Catalog and Exchange are declared and answer `Unimplemented` until
+//!   their issues land.
 
 pub mod authz;
+mod ledger;
 pub mod status;
+
+pub use ledger::LedgerService;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,6 +56,8 @@ pub struct NodeContext {
     pub started: Instant,
     /// Open connections.
     pub connections: Arc<ConnectionRegistry>,
+    /// The node's ledger.
+    pub ledger: crate::ledger::Ledger,
 }
 
 /// `dataspace.v1.Peering`.
@@ -126,10 +132,3 @@ pub struct ExchangeService;
 
 #[tonic::async_trait]
 impl pb::exchange_server::Exchange for ExchangeService {}
-
-/// `dataspace.v1.Ledger`: declared; every RPC answers `Unimplemented`
-/// until the ledger issue lands.
-pub struct LedgerService;
-
-#[tonic::async_trait]
-impl pb::ledger_server::Ledger for LedgerService {}

@@ -26,7 +26,11 @@ fn open(dir: &Path) -> Ledger {
 }
 
 fn draft(i: u64) -> EntryDraft {
-    let mut d = EntryDraft::new(if i % 3 == 0 { EntryKind::AccessGranted } else { EntryKind::TransferCompleted });
+    let mut d = EntryDraft::new(if i.is_multiple_of(3) {
+        EntryKind::AccessGranted
+    } else {
+        EntryKind::TransferCompleted
+    });
     d.parties = vec![NodeId::from_public_key(&[(i % 5) as u8; 32])];
     d.dataset = Some(format!("ds_{}", i % 7));
     d.detail = format!("entry {i}");
@@ -48,25 +52,39 @@ async fn appends_are_proven_under_signed_checkpoints_and_survive_reopen() {
         // Each ack's own checkpoint covers it, and so does the latest.
         let cp = &ack.checkpoint.checkpoint;
         assert!(ack.index < cp.size);
-        for (size, root) in [(cp.size, cp.root), (latest.checkpoint.size, latest.checkpoint.root)] {
+        for (size, root) in [
+            (cp.size, cp.root),
+            (latest.checkpoint.size, latest.checkpoint.root),
+        ] {
             let proof = ledger.prove_inclusion(ack.index, size).expect("proof");
-            merkle::verify_inclusion(&ack.leaf_hash, ack.index, size, &proof, &root).expect("verifies");
+            merkle::verify_inclusion(&ack.leaf_hash, ack.index, size, &proof, &root)
+                .expect("verifies");
         }
         let stored = ledger.entry(ack.index).expect("read").expect("present");
         assert_eq!(merkle::leaf_hash(&stored), ack.leaf_hash);
-        assert_eq!(ledger.leaf_index(&ack.leaf_hash).expect("lookup"), Some(ack.index));
+        assert_eq!(
+            ledger.leaf_index(&ack.leaf_hash).expect("lookup"),
+            Some(ack.index)
+        );
     }
     // Consistency between an early checkpoint and the latest.
     let early = &acks[3].checkpoint.checkpoint;
-    let proof = ledger.prove_consistency(early.size, 50).expect("consistency");
-    merkle::verify_consistency(early.size, 50, &proof, &early.root, &latest.checkpoint.root).expect("consistent");
+    let proof = ledger
+        .prove_consistency(early.size, 50)
+        .expect("consistency");
+    merkle::verify_consistency(early.size, 50, &proof, &early.root, &latest.checkpoint.root)
+        .expect("consistent");
     // Beyond the latest checkpoint: a clear error.
     let err = ledger.prove_inclusion(0, 51).expect_err("beyond");
-    assert!(err.to_string().contains("beyond the latest checkpoint"), "{err}");
+    assert!(
+        err.to_string().contains("beyond the latest checkpoint"),
+        "{err}"
+    );
 
     ledger.close().await;
     drop(ledger);
-    let (reopened, report) = Ledger::open(dir.path(), key(), &node_id(), LedgerOptions::default()).expect("reopen");
+    let (reopened, report) =
+        Ledger::open(dir.path(), key(), &node_id(), LedgerOptions::default()).expect("reopen");
     assert_eq!(report.size, 50);
     assert_eq!(report.root, latest.checkpoint.root);
     assert!(report.checkpoints >= 1);
@@ -75,7 +93,10 @@ async fn appends_are_proven_under_signed_checkpoints_and_survive_reopen() {
         &verifier,
     )
     .expect("latest checkpoint verifies with the published vkey");
-    let next = reopened.append(draft(50)).await.expect("append after reopen");
+    let next = reopened
+        .append(draft(50))
+        .await
+        .expect("append after reopen");
     assert_eq!(next.index, 50);
     reopened.close().await;
 }
@@ -88,7 +109,11 @@ async fn queries_use_indices_and_paginate() {
         ledger.append(draft(i)).await.expect("append");
     }
     let size = ledger.latest().expect("cp").checkpoint.size;
-    let q = Query { dataset: Some("ds_3".into()), kind: Some(EntryKind::AccessGranted), ..Query::default() };
+    let q = Query {
+        dataset: Some("ds_3".into()),
+        kind: Some(EntryKind::AccessGranted),
+        ..Query::default()
+    };
     let mut found = Vec::new();
     let mut token: Option<Vec<u8>> = None;
     loop {
@@ -105,24 +130,58 @@ async fn queries_use_indices_and_paginate() {
 
     let party = NodeId::from_public_key(&[2; 32]);
     let page = ledger
-        .query(&Query { party: Some(party.clone()), ..Query::default() }, None, 1000, size)
+        .query(
+            &Query {
+                party: Some(party.clone()),
+                ..Query::default()
+            },
+            None,
+            1000,
+            size,
+        )
         .expect("party query");
     assert_eq!(page.entries.len(), 60);
     for (_, bytes) in &page.entries {
         assert!(Entry::decode(bytes).expect("decode").names(&party));
     }
     // A token from another query is refused.
-    let other = ledger.query(&Query::default(), None, 5, size).expect("all").next.expect("more");
-    let err = ledger.query(&q, Some(&other), 5, size).expect_err("foreign token");
+    let other = ledger
+        .query(&Query::default(), None, 5, size)
+        .expect("all")
+        .next
+        .expect("more");
+    let err = ledger
+        .query(&q, Some(&other), 5, size)
+        .expect_err("foreign token");
     assert!(err.to_string().contains("page token"), "{err}");
     // Time range: everything was written just now.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_millis() as i64;
     let page = ledger
-        .query(&Query { since_ms: Some(now - 60_000), until_ms: Some(now + 60_000), ..Query::default() }, None, 1000, size)
+        .query(
+            &Query {
+                since_ms: Some(now - 60_000),
+                until_ms: Some(now + 60_000),
+                ..Query::default()
+            },
+            None,
+            1000,
+            size,
+        )
         .expect("time query");
     assert_eq!(page.entries.len(), 300);
     let page = ledger
-        .query(&Query { since_ms: Some(now + 60_000), ..Query::default() }, None, 1000, size)
+        .query(
+            &Query {
+                since_ms: Some(now + 60_000),
+                ..Query::default()
+            },
+            None,
+            1000,
+            size,
+        )
         .expect("future");
     assert!(page.entries.is_empty() && page.next.is_none());
     ledger.close().await;
@@ -142,18 +201,24 @@ async fn tampered_entry_is_found_with_its_index() {
     drop(ledger);
     {
         let store = SledStore::open(dir.path()).expect("raw store");
-        let mut e = Entry::decode(&dsnode::ledger::store::LedgerStore::entry(&store, 7).expect("read").expect("e7"))
-            .expect("decode");
+        let mut e = Entry::decode(
+            &dsnode::ledger::store::LedgerStore::entry(&store, 7)
+                .expect("read")
+                .expect("e7"),
+        )
+        .expect("decode");
         e.draft.detail = "entry 7, rewritten".into();
         store
             .dangerous_overwrite(&SledStore::entry_key(7), &e.encode().expect("encode"))
             .expect("overwrite");
     }
-    let err = match Ledger::open(dir.path(), key(), &node_id(), LedgerOptions::default()) {
-        Ok(_) => panic!("a tampered ledger opened"),
-        Err(e) => e,
+    let Err(err) = Ledger::open(dir.path(), key(), &node_id(), LedgerOptions::default()) else {
+        panic!("a tampered ledger opened");
     };
-    assert!(matches!(err, LedgerError::Tampered { index: 7, .. }), "{err}");
+    assert!(
+        matches!(err, LedgerError::Tampered { index: 7, .. }),
+        "{err}"
+    );
 }
 
 /// 64 tasks × 1,000 appends: indices distinct and contiguous, proofs verify.
@@ -181,14 +246,23 @@ async fn concurrent_appenders_get_distinct_contiguous_indices() {
     assert_eq!(indices, (0..64_000).collect::<Vec<_>>());
     let latest = ledger.latest().expect("cp").checkpoint.clone();
     assert_eq!(latest.size, 64_000);
-    let batches: std::collections::HashSet<u64> = acks.iter().map(|a| a.checkpoint.checkpoint.size).collect();
-    assert!(batches.len() < 64_000, "appends were batched ({} commits)", batches.len());
+    let batches: std::collections::HashSet<u64> =
+        acks.iter().map(|a| a.checkpoint.checkpoint.size).collect();
+    assert!(
+        batches.len() < 64_000,
+        "appends were batched ({} commits)",
+        batches.len()
+    );
     for ack in acks.iter().step_by(997) {
         let cp = &ack.checkpoint.checkpoint;
         let proof = ledger.prove_inclusion(ack.index, cp.size).expect("proof");
-        merkle::verify_inclusion(&ack.leaf_hash, ack.index, cp.size, &proof, &cp.root).expect("own checkpoint");
-        let proof = ledger.prove_consistency(cp.size, latest.size).expect("consistency");
-        merkle::verify_consistency(cp.size, latest.size, &proof, &cp.root, &latest.root).expect("consistent");
+        merkle::verify_inclusion(&ack.leaf_hash, ack.index, cp.size, &proof, &cp.root)
+            .expect("own checkpoint");
+        let proof = ledger
+            .prove_consistency(cp.size, latest.size)
+            .expect("consistency");
+        merkle::verify_consistency(cp.size, latest.size, &proof, &cp.root, &latest.root)
+            .expect("consistent");
     }
     ledger.close().await;
 }
@@ -207,7 +281,10 @@ async fn crash_child_appender() {
         let (ledger, tx) = (ledger.clone(), tx.clone());
         tokio::spawn(async move {
             for i in 0.. {
-                let ack = ledger.append(draft(t * 1_000_000 + i)).await.expect("append");
+                let ack = ledger
+                    .append(draft(t * 1_000_000 + i))
+                    .await
+                    .expect("append");
                 if tx.send(ack).is_err() {
                     break;
                 }
@@ -216,7 +293,13 @@ async fn crash_child_appender() {
     }
     let mut out = std::io::stdout().lock();
     while let Some(ack) = rx.recv().await {
-        writeln!(out, "ACK {} {}", ack.index, data_encoding::HEXLOWER.encode(&ack.leaf_hash)).expect("stdout");
+        writeln!(
+            out,
+            "ACK {} {}",
+            ack.index,
+            data_encoding::HEXLOWER.encode(&ack.leaf_hash)
+        )
+        .expect("stdout");
         out.flush().expect("flush");
     }
 }
@@ -227,7 +310,10 @@ async fn crash_child_appender() {
 /// `DSNODE_CRASH_CYCLES` (default 24); `scripts/crash-test.sh` runs 1,000.
 #[test]
 fn kill9_crash_loop_loses_no_acknowledged_entry() {
-    let cycles: u64 = std::env::var("DSNODE_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    let cycles: u64 = std::env::var("DSNODE_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let mut acked: std::collections::BTreeMap<u64, String> = Default::default();
@@ -240,7 +326,13 @@ fn kill9_crash_loop_loses_no_acknowledged_entry() {
             acked.clear();
         }
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--ignored", "--exact", "ledger::crash_child_appender", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "ledger::crash_child_appender",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("DSNODE_CRASH_DIR", &ledger_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -273,17 +365,31 @@ fn kill9_crash_loop_loses_no_acknowledged_entry() {
             if parts.next() != Some("ACK") {
                 continue;
             }
-            let (Some(i), Some(h)) = (parts.next(), parts.next()) else { continue };
+            let (Some(i), Some(h)) = (parts.next(), parts.next()) else {
+                continue;
+            };
             acked.insert(i.parse().expect("index"), h.to_owned());
         }
         // Reopen: full verification, then every acked entry at its index.
         runtime.block_on(async {
-            let (ledger, report) = Ledger::open(&ledger_dir, key(), &node_id(), LedgerOptions::default())
-                .unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
+            let (ledger, report) =
+                Ledger::open(&ledger_dir, key(), &node_id(), LedgerOptions::default())
+                    .unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
             for (index, leaf) in &acked {
-                assert!(*index < report.size, "cycle {cycle}: acked {index} beyond size {}", report.size);
-                let bytes = ledger.entry(*index).expect("read").expect("acked entry present");
-                assert_eq!(&data_encoding::HEXLOWER.encode(&merkle::leaf_hash(&bytes)), leaf, "cycle {cycle}: entry {index} changed");
+                assert!(
+                    *index < report.size,
+                    "cycle {cycle}: acked {index} beyond size {}",
+                    report.size
+                );
+                let bytes = ledger
+                    .entry(*index)
+                    .expect("read")
+                    .expect("acked entry present");
+                assert_eq!(
+                    &data_encoding::HEXLOWER.encode(&merkle::leaf_hash(&bytes)),
+                    leaf,
+                    "cycle {cycle}: entry {index} changed"
+                );
             }
             ledger.close().await;
         });

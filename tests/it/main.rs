@@ -5,6 +5,7 @@
 mod authz;
 mod cli;
 mod ledger;
+mod ledger_rpc;
 mod lifecycle;
 mod merkle;
 mod mtls;

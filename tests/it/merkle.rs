@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 
 use data_encoding::BASE64;
 use dsnode::ledger::merkle::{self, Hash, MemoryTree};
-use dsnode::ledger::note::{NoteSigner, NoteVerifier, SignedCheckpoint, Checkpoint};
+use dsnode::ledger::note::{Checkpoint, NoteSigner, NoteVerifier, SignedCheckpoint};
 use proptest::prelude::*;
 
 fn vectors(dir: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(dir);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors")
+        .join(dir);
     let mut files = Vec::new();
     let mut stack = vec![root];
     while let Some(d) = stack.pop() {
@@ -27,11 +29,15 @@ fn vectors(dir: &str) -> Vec<PathBuf> {
 }
 
 fn b64(v: &serde_json::Value) -> Vec<u8> {
-    v.as_str().map(|s| BASE64.decode(s.as_bytes()).expect("base64")).unwrap_or_default()
+    v.as_str()
+        .map(|s| BASE64.decode(s.as_bytes()).expect("base64"))
+        .unwrap_or_default()
 }
 
 fn proof(v: &serde_json::Value) -> Vec<Vec<u8>> {
-    v.as_array().map(|a| a.iter().map(b64).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| a.iter().map(b64).collect())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -39,7 +45,8 @@ fn rfc6962_inclusion_vectors() {
     let files = vectors("rfc6962/inclusion");
     assert!(files.len() > 50, "vectors copied");
     for f in files {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).expect("read")).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&f).expect("read")).expect("json");
         let result = merkle::verify_inclusion(
             &b64(&v["leafHash"]),
             v["leafIdx"].as_u64().expect("leafIdx"),
@@ -57,7 +64,8 @@ fn rfc6962_consistency_vectors() {
     let files = vectors("rfc6962/consistency");
     assert!(files.len() > 50, "vectors copied");
     for f in files {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).expect("read")).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&f).expect("read")).expect("json");
         let result = merkle::verify_consistency(
             v["size1"].as_u64().expect("size1"),
             v["size2"].as_u64().expect("size2"),
@@ -73,17 +81,28 @@ fn rfc6962_consistency_vectors() {
 #[test]
 fn rfc6962_roots_vector() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/rfc6962/roots.json");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json");
     let inputs: Vec<Vec<u8>> = v["leaf_inputs_hex"]
         .as_array()
         .expect("inputs")
         .iter()
-        .map(|h| data_encoding::HEXLOWER.decode(h.as_str().expect("hex").as_bytes()).expect("hex"))
+        .map(|h| {
+            data_encoding::HEXLOWER
+                .decode(h.as_str().expect("hex").as_bytes())
+                .expect("hex")
+        })
         .collect();
     let leaves: Vec<Hash> = inputs.iter().map(|i| merkle::leaf_hash(i)).collect();
     for (n, want) in v["roots_hex"].as_array().expect("roots").iter().enumerate() {
-        let want = data_encoding::HEXLOWER.decode(want.as_str().expect("hex").as_bytes()).expect("hex");
-        assert_eq!(merkle::root_from_leaves(&leaves[..n]).to_vec(), want, "reference root of {n}");
+        let want = data_encoding::HEXLOWER
+            .decode(want.as_str().expect("hex").as_bytes())
+            .expect("hex");
+        assert_eq!(
+            merkle::root_from_leaves(&leaves[..n]).to_vec(),
+            want,
+            "reference root of {n}"
+        );
         let tree = MemoryTree::from_leaves(leaves[..n].iter().copied());
         assert_eq!(tree.root().to_vec(), want, "stored-tree root of {n}");
     }
@@ -100,7 +119,10 @@ fn c2sp_signed_note_vector() {
     for i in 0..note.len() {
         let mut changed = note.clone();
         changed[i] ^= 0x20;
-        assert!(verifier.verify(&changed).is_err(), "byte {i} changed and still verified");
+        assert!(
+            verifier.verify(&changed).is_err(),
+            "byte {i} changed and still verified"
+        );
     }
     // A changed name or key id in the vkey is refused.
     let bad_name = vkey.replacen("example.com/foo", "example.com/bar", 1);
@@ -111,20 +133,40 @@ fn c2sp_signed_note_vector() {
 
 #[test]
 fn our_checkpoints_verify_with_our_published_vkey() {
-    let signer = NoteSigner::new("dsnode/test", ed25519_dalek::SigningKey::from_bytes(&[3; 32]))
-        .expect("signer");
+    let signer = NoteSigner::new(
+        "dsnode/test",
+        ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
+    )
+    .expect("signer");
     let vkey = signer.verifier().vkey();
     let verifier = NoteVerifier::from_vkey(&vkey).expect("our vkey parses");
-    let cp = Checkpoint { origin: "dsnode/test".into(), size: 5, root: [1; 32] };
+    let cp = Checkpoint {
+        origin: "dsnode/test".into(),
+        size: 5,
+        root: [1; 32],
+    };
     let signed = SignedCheckpoint::sign(cp.clone(), &signer);
-    assert_eq!(SignedCheckpoint::verify(signed.note.as_bytes(), &verifier).expect("verify").checkpoint, cp);
+    assert_eq!(
+        SignedCheckpoint::verify(signed.note.as_bytes(), &verifier)
+            .expect("verify")
+            .checkpoint,
+        cp
+    );
     // A checkpoint of another origin signed by the same key is refused.
-    let other = SignedCheckpoint::sign(Checkpoint { origin: "dsnode/other".into(), ..cp }, &signer);
+    let other = SignedCheckpoint::sign(
+        Checkpoint {
+            origin: "dsnode/other".into(),
+            ..cp
+        },
+        &signer,
+    );
     assert!(SignedCheckpoint::verify(other.note.as_bytes(), &verifier).is_err());
 }
 
 fn leaves(n: u64, seed: u64) -> Vec<Hash> {
-    (0..n).map(|i| merkle::leaf_hash(&[seed.to_be_bytes(), i.to_be_bytes()].concat())).collect()
+    (0..n)
+        .map(|i| merkle::leaf_hash(&[seed.to_be_bytes(), i.to_be_bytes()].concat()))
+        .collect()
 }
 
 proptest! {
@@ -144,7 +186,7 @@ proptest! {
         let path = merkle::inclusion_proof(&tree, m, n).expect("proof");
         prop_assert!(merkle::verify_inclusion(&all[m as usize], m, n, &path, &root).is_ok());
         if !path.is_empty() {
-            let mut bad = path.clone();
+            let mut bad = path;
             let i = usize::from(bit) % (bad.len() * 256);
             bad[i / 256][(i % 256) / 8] ^= 1 << (i % 8);
             prop_assert!(merkle::verify_inclusion(&all[m as usize], m, n, &bad, &root).is_err());
@@ -155,7 +197,7 @@ proptest! {
         let proof = merkle::consistency_proof(&tree, old, n).expect("consistency");
         prop_assert!(merkle::verify_consistency(old, n, &proof, &old_root, &root).is_ok());
         if !proof.is_empty() {
-            let mut bad = proof.clone();
+            let mut bad = proof;
             let i = usize::from(bit) % (bad.len() * 256);
             bad[i / 256][(i % 256) / 8] ^= 1 << (i % 8);
             prop_assert!(merkle::verify_consistency(old, n, &bad, &old_root, &root).is_err());

@@ -1,0 +1,275 @@
+//! The auditor's side of the Ledger service: every checkpoint signature,
+//! inclusion proof and consistency proof a node serves is verified here,
+//! against the key in the node's verified TLS certificate, before anything
+//! is shown. Nothing the node says is taken on trust.
+
+use tonic::transport::Channel;
+
+use crate::client::PeerChannel;
+use crate::identity::PeerIdentity;
+use crate::ledger::entry::{Entry, EntryError};
+use crate::ledger::merkle::{self, ProofError};
+use crate::ledger::note::{NoteError, NoteVerifier, SignedCheckpoint};
+use crate::ledger::origin_for;
+use crate::pb;
+use crate::pb::ledger_client::LedgerClient;
+
+/// Why an audit step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The node refused or failed the call.
+    #[error("the node answered {code:?}: {message}")]
+    Rpc {
+        /// gRPC status code.
+        code: tonic::Code,
+        /// The node's message.
+        message: String,
+    },
+    /// A checkpoint's signature or format is bad.
+    #[error("checkpoint NOT verified: {0}")]
+    Checkpoint(#[from] NoteError),
+    /// An entry's bytes are not a valid entry.
+    #[error("entry {index} NOT verified: {source}")]
+    Entry {
+        /// The entry's claimed index.
+        index: u64,
+        /// Why.
+        #[source]
+        source: EntryError,
+    },
+    /// A proof does not verify.
+    #[error("{what} NOT verified: {source}")]
+    Proof {
+        /// Which proof.
+        what: String,
+        /// Why.
+        #[source]
+        source: ProofError,
+    },
+    /// The node's answer contradicts itself or the request.
+    #[error("NOT verified: {0}")]
+    Mismatch(String),
+}
+
+impl From<tonic::Status> for AuditError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Rpc {
+            code: s.code(),
+            message: s.message().to_owned(),
+        }
+    }
+}
+
+/// An entry and the proof that it is in a verified checkpoint.
+#[derive(Clone, Debug)]
+pub struct VerifiedEntry {
+    /// The decoded entry (its index is the proven index).
+    pub entry: Entry,
+    /// Its leaf hash.
+    pub leaf_hash: merkle::Hash,
+}
+
+/// An auditor connected to one node.
+pub struct Auditor {
+    client: LedgerClient<Channel>,
+    verifier: NoteVerifier,
+    node: PeerIdentity,
+}
+
+impl Auditor {
+    /// An auditor of the node at the other end of `conn`; its checkpoints
+    /// must be signed by the key its certificate carries.
+    pub fn new(conn: PeerChannel) -> Result<Self, AuditError> {
+        let verifier =
+            NoteVerifier::new(&origin_for(&conn.server.node_id), &conn.server.public_key)?;
+        Ok(Self {
+            client: LedgerClient::new(conn.channel),
+            verifier,
+            node: conn.server,
+        })
+    }
+
+    /// The audited node's identity (from its verified certificate).
+    pub fn node(&self) -> &PeerIdentity {
+        &self.node
+    }
+
+    /// The verifier key the node's certificate implies.
+    pub fn vkey(&self) -> String {
+        self.verifier.vkey()
+    }
+
+    fn checkpoint_of(&self, note: &[u8]) -> Result<SignedCheckpoint, AuditError> {
+        Ok(SignedCheckpoint::verify(note, &self.verifier)?)
+    }
+
+    /// The latest checkpoint, verified; the node's published vkey must be
+    /// the one its certificate implies.
+    pub async fn checkpoint(&mut self) -> Result<SignedCheckpoint, AuditError> {
+        let r = self
+            .client
+            .get_checkpoint(pb::GetCheckpointRequest {})
+            .await?
+            .into_inner();
+        if r.vkey != self.verifier.vkey() {
+            return Err(AuditError::Mismatch(format!(
+                "the node publishes vkey {} but its certificate implies {}",
+                r.vkey,
+                self.verifier.vkey()
+            )));
+        }
+        self.checkpoint_of(&r.checkpoint)
+    }
+
+    fn verify_entry(
+        &self,
+        cp: &SignedCheckpoint,
+        proven: pb::ProvenEntry,
+    ) -> Result<VerifiedEntry, AuditError> {
+        let index = proven.index;
+        let entry =
+            Entry::decode(&proven.entry).map_err(|source| AuditError::Entry { index, source })?;
+        if entry.index != index {
+            return Err(AuditError::Mismatch(format!(
+                "entry served as {index} says it is entry {}",
+                entry.index
+            )));
+        }
+        let leaf_hash = merkle::leaf_hash(&proven.entry);
+        merkle::verify_inclusion(
+            &leaf_hash,
+            index,
+            cp.checkpoint.size,
+            &proven.inclusion_proof,
+            &cp.checkpoint.root,
+        )
+        .map_err(|source| AuditError::Proof {
+            what: format!(
+                "inclusion of entry {index} in checkpoint {}",
+                cp.checkpoint.size
+            ),
+            source,
+        })?;
+        Ok(VerifiedEntry { entry, leaf_hash })
+    }
+
+    /// Entries matching `req`, every one proven against one verified
+    /// checkpoint. With `all_pages`, follows page tokens to the end.
+    pub async fn entries(
+        &mut self,
+        mut req: pb::QueryEntriesRequest,
+        all_pages: bool,
+    ) -> Result<(SignedCheckpoint, Vec<VerifiedEntry>), AuditError> {
+        let mut out = Vec::new();
+        let mut pinned: Option<SignedCheckpoint> = None;
+        loop {
+            let r = self.client.query_entries(req.clone()).await?.into_inner();
+            let cp = self.checkpoint_of(&r.checkpoint)?;
+            if let Some(p) = &pinned
+                && p.checkpoint != cp.checkpoint
+            {
+                return Err(AuditError::Mismatch(
+                    "a later page was proven against another checkpoint".into(),
+                ));
+            }
+            let mut last = None;
+            for proven in r.entries {
+                let v = self.verify_entry(&cp, proven)?;
+                if last.is_some_and(|l| v.entry.index <= l)
+                    && req.since_ms == 0
+                    && req.until_ms == 0
+                {
+                    return Err(AuditError::Mismatch("entries out of order".into()));
+                }
+                last = Some(v.entry.index);
+                out.push(v);
+            }
+            req.tree_size = cp.checkpoint.size;
+            pinned = Some(cp);
+            if !all_pages || r.next_page_token.is_empty() {
+                break;
+            }
+            req.page_token = r.next_page_token;
+        }
+        let cp = match pinned {
+            Some(cp) => cp,
+            None => self.checkpoint().await?,
+        };
+        Ok((cp, out))
+    }
+
+    /// Entry `index`, proven against the checkpoint of `size` (0 = latest).
+    pub async fn prove_inclusion(
+        &mut self,
+        index: u64,
+        size: u64,
+    ) -> Result<(SignedCheckpoint, VerifiedEntry, usize), AuditError> {
+        let r = self
+            .client
+            .prove_inclusion(pb::ProveInclusionRequest {
+                target: Some(pb::prove_inclusion_request::Target::Index(index)),
+                tree_size: size,
+            })
+            .await?
+            .into_inner();
+        let cp = self.checkpoint_of(&r.checkpoint)?;
+        if size != 0 && cp.checkpoint.size != size {
+            return Err(AuditError::Mismatch(format!(
+                "asked for a proof in tree {size}, got checkpoint {}",
+                cp.checkpoint.size
+            )));
+        }
+        let proven = r
+            .entry
+            .ok_or_else(|| AuditError::Mismatch("no entry in the answer".into()))?;
+        if proven.index != index {
+            return Err(AuditError::Mismatch(format!(
+                "asked for entry {index}, got {}",
+                proven.index
+            )));
+        }
+        let len = proven.inclusion_proof.len();
+        let v = self.verify_entry(&cp, proven)?;
+        Ok((cp, v, len))
+    }
+
+    /// Proves that the checkpoint of `old` is a prefix of that of `new`
+    /// (0 = latest).
+    pub async fn prove_consistency(
+        &mut self,
+        old: u64,
+        new: u64,
+    ) -> Result<(SignedCheckpoint, SignedCheckpoint, usize), AuditError> {
+        let r = self
+            .client
+            .prove_consistency(pb::ProveConsistencyRequest {
+                old_size: old,
+                new_size: new,
+            })
+            .await?
+            .into_inner();
+        let old_cp = self.checkpoint_of(&r.old_checkpoint)?;
+        let new_cp = self.checkpoint_of(&r.new_checkpoint)?;
+        if old_cp.checkpoint.size != old || (new != 0 && new_cp.checkpoint.size != new) {
+            return Err(AuditError::Mismatch(format!(
+                "asked for {old} → {new}, got checkpoints {} → {}",
+                old_cp.checkpoint.size, new_cp.checkpoint.size
+            )));
+        }
+        merkle::verify_consistency(
+            old_cp.checkpoint.size,
+            new_cp.checkpoint.size,
+            &r.proof,
+            &old_cp.checkpoint.root,
+            &new_cp.checkpoint.root,
+        )
+        .map_err(|source| AuditError::Proof {
+            what: format!(
+                "consistency {} → {}",
+                old_cp.checkpoint.size, new_cp.checkpoint.size
+            ),
+            source,
+        })?;
+        Ok((old_cp, new_cp, r.proof.len()))
+    }
+}
