@@ -14,7 +14,7 @@ use ring::digest;
 pub type Hash = [u8; 32];
 
 /// Why a proof could not be made or did not verify.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProofError {
     /// A leaf index or size is out of range.
     #[error("{0}")]

@@ -5,7 +5,11 @@
 //! - [`merkle`]: hashing, proof generation from stored subtrees, and pure
 //!   offline proof verification.
 //! - [`note`]: C2SP signed notes and `tlog-checkpoint` checkpoints.
-//! - [`store`]: the [`store::LedgerStore`] trait and its sled implementation.
+//! - [`store`]: the [`store::LedgerStore`] trait and its sled implementation
+//!   (entries in blocks of 64, packed index postings).
+//! - [`writer`]: builds group commits from entries.
+//! - [`verify`]: the full check of a stored log (start-up, `audit verify`).
+//! - [`query`]: auditor queries over the indices, paginated.
 //!
 //! One sequencer thread owns the writer. Appends queue on a channel; the
 //! sequencer takes everything queued (up to `max_batch`) as one group
@@ -18,7 +22,10 @@
 pub mod entry;
 pub mod merkle;
 pub mod note;
+pub mod query;
 pub mod store;
+pub mod verify;
+pub mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,16 +36,16 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::identity::NodeId;
-use entry::{Entry, EntryDraft, EntryError, EntryKind};
-use merkle::{Frontier, Hash, ProofError};
-use note::{Checkpoint, NoteError, NoteSigner, NoteVerifier, SignedCheckpoint};
-use store::{AppendBatch, IndexKey, LedgerStore, SledStore, StoreError, StoredTree};
+use entry::{Entry, EntryDraft, EntryError};
+use merkle::{Hash, ProofError};
+use note::{NoteError, NoteSigner, NoteVerifier, SignedCheckpoint};
+pub use query::{Page, Query};
+use store::{LedgerStore, SledStore, StoreError, StoredTree};
+pub use verify::{VerifyReport, verify_store};
+use writer::Writer;
 
 /// Largest page a query or range read returns.
 pub const MAX_PAGE: usize = 1000;
-/// Entries a query may examine per page beyond those it returns, so no
-/// query ever scans the whole log.
-const EXAMINE_PER_PAGE: usize = 10_000;
 
 /// Why a ledger operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -142,242 +149,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// What a full verification of a stored log found.
-#[derive(Clone, Debug)]
-pub struct VerifyReport {
-    /// Entries checked.
-    pub size: u64,
-    /// The recomputed root.
-    pub root: Hash,
-    /// Checkpoints whose signature and root were checked.
-    pub checkpoints: u64,
-    /// The latest checkpoint, if any.
-    pub latest: Option<SignedCheckpoint>,
-}
-
-/// Recomputes the whole tree from the stored entries and checks every
-/// stored hash, the head, and every checkpoint's signature and root.
-/// Reports the first bad index. O(n) reads; memory O(log n).
-pub fn verify_store(
-    store: &dyn LedgerStore,
-    verifier: &NoteVerifier,
-) -> Result<VerifyReport, LedgerError> {
-    let head = store.head()?;
-    let (size, stored_root) = head.unwrap_or((0, merkle::empty_root()));
-    let mut frontier = Frontier::default();
-    let mut checkpoints = store.checkpoints(0, 256)?.into_iter().peekable();
-    let mut checked = 0u64;
-    let mut latest = None;
-    let mut next_entry = 0u64;
-    loop {
-        let page = store.entries(next_entry, 1024)?;
-        if page.is_empty() {
-            break;
-        }
-        for (index, bytes) in page {
-            if index != next_entry {
-                return Err(LedgerError::Tampered {
-                    index: next_entry,
-                    detail: "entry missing (the next stored entry has a later index)".into(),
-                });
-            }
-            let entry = Entry::decode(&bytes).map_err(|e| LedgerError::Tampered {
-                index,
-                detail: e.to_string(),
-            })?;
-            if entry.index != index {
-                return Err(LedgerError::Tampered {
-                    index,
-                    detail: format!("entry stored at {index} says it is entry {}", entry.index),
-                });
-            }
-            let leaf = merkle::leaf_hash(&bytes);
-            if store.leaf_index(&leaf)? != Some(index) {
-                return Err(LedgerError::Tampered {
-                    index,
-                    detail: "entry bytes do not match the leaf hash recorded for them".into(),
-                });
-            }
-            let mut bad: Option<(u8, u64)> = None;
-            let mut stored_err = None;
-            frontier.push(leaf, |level, i, hash| {
-                if bad.is_some() || stored_err.is_some() {
-                    return;
-                }
-                match store.hash(level, i) {
-                    Ok(Some(h)) if h == hash => {}
-                    Ok(_) => bad = Some((level, i)),
-                    Err(e) => stored_err = Some(e),
-                }
-            });
-            if let Some(e) = stored_err {
-                return Err(e.into());
-            }
-            if let Some((level, i)) = bad {
-                let first = i << level;
-                return Err(LedgerError::Tampered {
-                    index: if level == 0 { index } else { first },
-                    detail: if level == 0 {
-                        "entry bytes do not match their stored hash".into()
-                    } else {
-                        format!(
-                            "stored hash of entries {first}..={} does not match them",
-                            first + (1u64 << level) - 1
-                        )
-                    },
-                });
-            }
-            next_entry += 1;
-            // Every checkpoint of this size must carry this root.
-            while let Some((cp_size, _)) = checkpoints.peek() {
-                if *cp_size > next_entry {
-                    break;
-                }
-                let Some((cp_size, note)) = checkpoints.next() else {
-                    break;
-                };
-                if cp_size < next_entry {
-                    // Only possible for size 0 (no entries yet then).
-                    if cp_size != 0 {
-                        return Err(LedgerError::BadCheckpoint {
-                            size: cp_size,
-                            detail: "stored out of order".into(),
-                        });
-                    }
-                }
-                let signed = SignedCheckpoint::verify(note.as_bytes(), verifier).map_err(|e| {
-                    LedgerError::BadCheckpoint {
-                        size: cp_size,
-                        detail: e.to_string(),
-                    }
-                })?;
-                let expect = if cp_size == 0 {
-                    merkle::empty_root()
-                } else {
-                    frontier.root()
-                };
-                if signed.checkpoint.size != cp_size || signed.checkpoint.root != expect {
-                    return Err(LedgerError::BadCheckpoint {
-                        size: cp_size,
-                        detail: format!(
-                            "its root is not the root of entries 0..{cp_size}: an entry before index {cp_size} was changed, or the log was forked"
-                        ),
-                    });
-                }
-                checked += 1;
-                latest = Some(signed);
-                if checkpoints.peek().is_none() {
-                    checkpoints = store.checkpoints(cp_size + 1, 256)?.into_iter().peekable();
-                }
-            }
-        }
-    }
-    if next_entry != size {
-        return Err(LedgerError::Tampered {
-            index: next_entry.min(size),
-            detail: format!("the head says {size} entries but {next_entry} are stored"),
-        });
-    }
-    if let Some((cp_size, _)) = checkpoints.next() {
-        return Err(LedgerError::BadCheckpoint {
-            size: cp_size,
-            detail: format!("a checkpoint beyond the {size} stored entries: entries were lost"),
-        });
-    }
-    let root = frontier.root();
-    if root != stored_root {
-        return Err(LedgerError::Tampered {
-            index: size.saturating_sub(1),
-            detail: "the stored head root differs from the recomputed root".into(),
-        });
-    }
-    let last = store.last_signed()?;
-    let latest_matches = match (&latest, last) {
-        (None, None) => size == 0,
-        (Some(cp), Some((s, r))) => cp.checkpoint.size == s && cp.checkpoint.root == r && s == size,
-        _ => false,
-    };
-    if !latest_matches {
-        return Err(LedgerError::BadCheckpoint {
-            size,
-            detail: "the last signed checkpoint does not cover the stored head".into(),
-        });
-    }
-    Ok(VerifyReport {
-        size,
-        root,
-        checkpoints: checked,
-        latest,
-    })
-}
-
-/// Filters of an auditor query; all optional, all must match.
-#[derive(Clone, Debug, Default)]
-pub struct Query {
-    /// Entries naming this dataset.
-    pub dataset: Option<String>,
-    /// Entries naming this node.
-    pub party: Option<NodeId>,
-    /// Entries of this kind.
-    pub kind: Option<EntryKind>,
-    /// Entries at or after this time (ms).
-    pub since_ms: Option<i64>,
-    /// Entries before this time (ms).
-    pub until_ms: Option<i64>,
-}
-
-impl Query {
-    fn matches(&self, e: &Entry) -> bool {
-        self.dataset
-            .as_ref()
-            .is_none_or(|d| e.draft.dataset.as_ref() == Some(d))
-            && self.party.as_ref().is_none_or(|p| e.names(p))
-            && self.kind.is_none_or(|k| e.draft.kind == k)
-            && self.since_ms.is_none_or(|t| e.time_ms >= t)
-            && self.until_ms.is_none_or(|t| e.time_ms < t)
-    }
-
-    /// The index to scan: the most selective one given.
-    fn plan(&self) -> Plan {
-        if let Some(d) = &self.dataset {
-            Plan::Index(IndexKey::Dataset(d.clone()), b'd')
-        } else if let Some(p) = &self.party {
-            Plan::Index(IndexKey::Party(p.to_string()), b'p')
-        } else if let Some(k) = self.kind {
-            Plan::Index(IndexKey::Kind(k.code()), b'k')
-        } else if self.since_ms.is_some() || self.until_ms.is_some() {
-            Plan::Time
-        } else {
-            Plan::All
-        }
-    }
-}
-
-enum Plan {
-    Index(IndexKey, u8),
-    Time,
-    All,
-}
-
-impl Plan {
-    fn tag(&self) -> u8 {
-        match self {
-            Plan::Index(_, tag) => *tag,
-            Plan::Time => b't',
-            Plan::All => b'a',
-        }
-    }
-}
-
-/// One page of query results, all below `view.size`.
-#[derive(Clone, Debug)]
-pub struct Page {
-    /// (index, entry bytes).
-    pub entries: Vec<(u64, Vec<u8>)>,
-    /// Opaque token for the next page, if there may be more.
-    pub next: Option<Vec<u8>>,
-}
-
 /// The node's ledger.
 #[derive(Clone)]
 pub struct Ledger {
@@ -417,14 +188,14 @@ impl Ledger {
         let signer = NoteSigner::new(&origin_for(node), key)?;
         let verifier = signer.verifier();
         let report = verify_store(store.as_ref(), &verifier)?;
-        let frontier = Frontier::load(&StoredTree(store.as_ref()), report.size)?;
+        let writer = Writer::open(store.as_ref(), report.size)?;
         let (head_tx, head_rx) = watch::channel(report.latest.clone().map(Arc::new));
         let (tx, rx) = mpsc::channel(options.queue.max(1));
         let failed = Arc::new(AtomicBool::new(false));
         let sequencer = Sequencer {
             store: store.clone(),
             signer,
-            frontier,
+            writer,
             last_signed: report
                 .latest
                 .as_ref()
@@ -516,9 +287,23 @@ impl Ledger {
     /// Entries `[from, from + limit)` below the latest checkpoint.
     pub fn entries(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
         let size = self.size();
-        let limit = limit.min(MAX_PAGE);
-        let mut out = self.shared.store.entries(from, limit)?;
-        out.retain(|(i, _)| *i < size);
+        let end = from.saturating_add(limit.min(MAX_PAGE) as u64).min(size);
+        let mut out = Vec::new();
+        let mut block = u64::MAX;
+        let mut decoded = store::Block::default();
+        for index in from..end {
+            if index >> store::BLOCK_BITS != block {
+                block = index >> store::BLOCK_BITS;
+                let Some(bytes) = self.shared.store.block(block)? else {
+                    break;
+                };
+                decoded = store::Block::decode(&bytes, block)?;
+            }
+            let offset = (index & (store::BLOCK_LEN - 1)) as usize;
+            if let Some(e) = decoded.entries.get(offset) {
+                out.push((index, e.clone()));
+            }
+        }
         Ok(out)
     }
 
@@ -556,7 +341,7 @@ impl Ledger {
     pub fn prove_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
         self.check_size(size)?;
         Ok(merkle::inclusion_proof(
-            &StoredTree(self.shared.store.as_ref()),
+            &StoredTree::new(self.shared.store.as_ref()),
             index,
             size,
         )?)
@@ -566,7 +351,7 @@ impl Ledger {
     pub fn prove_consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
         self.check_size(new)?;
         Ok(merkle::consistency_proof(
-            &StoredTree(self.shared.store.as_ref()),
+            &StoredTree::new(self.shared.store.as_ref()),
             old,
             new,
         )?)
@@ -584,108 +369,14 @@ impl Ledger {
         size: u64,
     ) -> Result<Page, LedgerError> {
         self.check_size(size)?;
-        let limit = limit.clamp(1, MAX_PAGE);
-        let plan = query.plan();
-        let bad_token =
-            || LedgerError::Range("invalid page token: it belongs to another query".into());
-        // Token: plan tag ‖ u64 index (‖ i64 time for time plans).
-        let (mut from_index, mut from_time) = (0u64, query.since_ms.unwrap_or(i64::MIN));
-        if let Some(t) = token {
-            if t.first() != Some(&plan.tag()) {
-                return Err(bad_token());
-            }
-            match (&plan, t.len()) {
-                (Plan::Time, 17) => {
-                    from_time = i64::from_be_bytes(t[1..9].try_into().map_err(|_| bad_token())?);
-                    from_index = u64::from_be_bytes(t[9..17].try_into().map_err(|_| bad_token())?);
-                }
-                (Plan::Index(..) | Plan::All, 9) => {
-                    from_index = u64::from_be_bytes(t[1..9].try_into().map_err(|_| bad_token())?);
-                }
-                _ => return Err(bad_token()),
-            }
-        }
-        let store = self.shared.store.as_ref();
-        let mut entries = Vec::new();
-        let mut examined = 0usize;
-        let chunk = 256;
-        loop {
-            // Candidates in scan order: (index, time for time plans).
-            let candidates: Vec<(u64, Option<i64>)> = match &plan {
-                Plan::Index(key, _) => store
-                    .scan_index(key, from_index, chunk)?
-                    .into_iter()
-                    .map(|i| (i, None))
-                    .collect(),
-                Plan::All => store
-                    .entries(from_index, chunk)?
-                    .into_iter()
-                    .map(|(i, _)| (i, None))
-                    .collect(),
-                Plan::Time => store
-                    .scan_time((from_time, from_index), chunk)?
-                    .into_iter()
-                    .map(|(t, i)| (i, Some(t)))
-                    .collect(),
-            };
-            let exhausted = candidates.len() < chunk;
-            for (index, time) in candidates {
-                if time.is_some_and(|t| query.until_ms.is_some_and(|u| t >= u)) {
-                    return Ok(Page {
-                        entries,
-                        next: None,
-                    });
-                }
-                // Index-ordered plans: past the view, nothing more to find.
-                if time.is_none() && index >= size {
-                    return Ok(Page {
-                        entries,
-                        next: None,
-                    });
-                }
-                if entries.len() >= limit || examined >= EXAMINE_PER_PAGE {
-                    return Ok(Page {
-                        entries,
-                        next: Some(page_token(plan.tag(), index, time)),
-                    });
-                }
-                examined += 1;
-                if index < size
-                    && let Some(bytes) = store.entry(index)?
-                    && query.matches(&Entry::decode(&bytes)?)
-                {
-                    entries.push((index, bytes));
-                }
-                from_index = index.saturating_add(1);
-                if let Some(t) = time {
-                    from_time = t;
-                }
-            }
-            if exhausted {
-                return Ok(Page {
-                    entries,
-                    next: None,
-                });
-            }
-        }
+        query::run(self.shared.store.as_ref(), query, token, limit, size)
     }
-}
-
-/// A token that resumes a query at candidate `index` (at `time` for time
-/// plans): tag ‖ [time] ‖ index.
-fn page_token(tag: u8, index: u64, time: Option<i64>) -> Vec<u8> {
-    let mut t = vec![tag];
-    if let Some(time) = time {
-        t.extend_from_slice(&time.to_be_bytes());
-    }
-    t.extend_from_slice(&index.to_be_bytes());
-    t
 }
 
 struct Sequencer {
     store: Arc<dyn LedgerStore>,
     signer: NoteSigner,
-    frontier: Frontier,
+    writer: Writer,
     last_signed: Option<(u64, Hash)>,
     head: watch::Sender<Option<Arc<SignedCheckpoint>>>,
     failed: Arc<AtomicBool>,
@@ -740,76 +431,44 @@ impl Sequencer {
         // Anti-fork guard: the tree being extended must be exactly the one
         // last signed, so the new checkpoint is consistent with it.
         let extends_signed = match self.last_signed {
-            Some((size, root)) => size == self.frontier.size() && root == self.frontier.root(),
-            None => self.frontier.size() == 0,
+            Some((size, root)) => size == self.writer.size() && root == self.writer.root(),
+            None => self.writer.size() == 0,
         };
         if !extends_signed {
-            self.failed.store(true, Ordering::Release);
             let msg = format!(
                 "the tree in memory (size {}) is not the last signed tree {:?}",
-                self.frontier.size(),
+                self.writer.size(),
                 self.last_signed.map(|(s, _)| s)
             );
-            tracing::error!(%msg, "ledger refuses to sign");
-            for (_, reply) in requests {
-                let _ = reply.send(Err(LedgerError::Fork(msg.clone())));
-            }
+            self.fail(requests.into_iter().map(|(_, r)| r), &LedgerError::Fork(msg));
             return;
         }
-        let before = self.frontier.clone();
         let time_ms = now_ms();
-        let mut batch = AppendBatch::default();
         let mut accepted = Vec::with_capacity(requests.len());
         for (draft, reply) in requests {
             let entry = Entry {
-                index: self.frontier.size(),
+                index: self.writer.size(),
                 time_ms,
                 draft,
             };
-            let bytes = match entry.encode() {
-                Ok(b) => b,
+            // Drafts were checked before queueing, so encoding cannot fail;
+            // a store read failing here fails the whole batch.
+            match self.writer.add(self.store.as_ref(), &entry) {
+                Ok(leaf) => accepted.push((entry.index, leaf, reply)),
                 Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                    continue;
+                    let msg = e.to_string();
+                    let _ = reply.send(Err(e));
+                    let replies = accepted.into_iter().map(|(_, _, r)| r);
+                    self.fail(replies, &LedgerError::CommitFailed(msg));
+                    return;
                 }
-            };
-            let leaf = merkle::leaf_hash(&bytes);
-            let subtrees = &mut batch.subtrees;
-            self.frontier
-                .push(leaf, |level, i, h| subtrees.push((level, i, h)));
-            let d = &entry.draft;
-            if let Some(ds) = &d.dataset {
-                batch
-                    .index_keys
-                    .push((IndexKey::Dataset(ds.clone()), entry.index));
             }
-            for p in &d.parties {
-                batch
-                    .index_keys
-                    .push((IndexKey::Party(p.to_string()), entry.index));
-            }
-            batch
-                .index_keys
-                .push((IndexKey::Kind(d.kind.code()), entry.index));
-            batch.times.push((time_ms, entry.index));
-            batch.entries.push((entry.index, bytes, leaf));
-            accepted.push((entry.index, leaf, reply));
         }
         if accepted.is_empty() {
             return;
         }
-        let size = self.frontier.size();
-        let root = self.frontier.root();
-        let signed = SignedCheckpoint::sign(
-            Checkpoint {
-                origin: self.signer.verifier().name().to_owned(),
-                size,
-                root,
-            },
-            &self.signer,
-        );
-        batch.head = (size, root);
-        batch.checkpoint = signed.note.clone();
+        let (batch, signed) = self.writer.seal(&self.signer);
+        let (size, root) = batch.head;
         let result = self
             .store
             .append_batch(&batch)
@@ -828,17 +487,25 @@ impl Sequencer {
                 }
             }
             Err(e) => {
-                // The batch may or may not be on disk: stop appending
-                // until a restart re-verifies the store (as databases do
-                // after a failed fsync).
-                tracing::error!(error = %e, "ledger commit failed; refusing further appends");
-                self.frontier = before;
-                self.failed.store(true, Ordering::Release);
-                let msg = e.to_string();
-                for (_, _, reply) in accepted {
-                    let _ = reply.send(Err(LedgerError::CommitFailed(msg.clone())));
-                }
+                let replies = accepted.into_iter().map(|(_, _, r)| r);
+                self.fail(replies, &LedgerError::CommitFailed(e.to_string()));
             }
+        }
+    }
+
+    /// A commit failed: the batch may or may not be on disk, and the
+    /// writer's state is ahead of it. Stop appending until a restart
+    /// re-verifies the store (as databases do after a failed fsync).
+    fn fail(
+        &self,
+        replies: impl Iterator<Item = oneshot::Sender<Result<Appended, LedgerError>>>,
+        err: &LedgerError,
+    ) {
+        tracing::error!(error = %err, "ledger commit failed; refusing further appends until restart");
+        self.failed.store(true, Ordering::Release);
+        let msg = err.to_string();
+        for reply in replies {
+            let _ = reply.send(Err(LedgerError::CommitFailed(msg.clone())));
         }
     }
 }

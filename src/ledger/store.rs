@@ -1,29 +1,42 @@
 //! Ledger storage: the [`LedgerStore`] trait and its sled implementation.
 //!
-//! One sled tree, prefixed keys (all integers big-endian, so key order is
-//! numeric order):
+//! Entries are stored in blocks of [`BLOCK_LEN`] consecutive entries (with
+//! their leaf hashes), because sled costs about 5 µs per key written on
+//! these machines whatever the value size: writing one key per entry and
+//! per index would cap the ledger near 10,000 entries/s. One sled tree,
+//! prefixed keys, integers big-endian (key order is numeric order):
 //!
 //! | key | value |
 //! |---|---|
-//! | `E ‖ index` | entry bytes |
-//! | `H ‖ level ‖ index` | hash of a complete subtree (level 0 = leaf hash) |
+//! | `E ‖ block` | [`Block`]: up to 64 entries and their leaf hashes |
+//! | `H ‖ level ‖ index` | hash of a complete subtree, levels ≥ [`STORED_LEVEL`] only (lower ones come from a block's leaves) |
 //! | `S` | tree size ‖ root |
 //! | `C ‖ size` | signed checkpoint note of that size |
 //! | `L` | size ‖ root of the last checkpoint signed (anti-fork guard) |
-//! | `D ‖ leaf hash` | index |
-//! | `I ‖ tag ‖ key ‖ 0x00 ‖ index` | (empty): by dataset (`d`), party (`p`), kind (`k`) |
-//! | `T ‖ time ‖ index` | (empty): by time |
+//! | `D ‖ leaf hash` | entry index |
+//! | `I ‖ tag ‖ key ‖ 0x00 ‖ block` | 64-bit map of the block's entries under that key: by dataset (`d`), party (`p`), kind (`k`) |
+//! | `T ‖ time ‖ first index` | last index: a run of entries recorded at that time |
 //!
-//! A group commit is one `apply_batch` holding the entries, their hashes,
-//! their index keys, the new size and root, and the batch's checkpoint, so
-//! all of it lands together or not at all. sled 0.34's `flush()` is not an
-//! fsync on Linux (it uses `sync_file_range`), so [`LedgerStore::sync`]
-//! fsyncs the database file after it.
+//! A group commit is one `apply_batch` holding the blocks it filled, the
+//! subtree hashes it completed, its index keys, the new size and root, and
+//! the batch's checkpoint, so all of it lands together or not at all.
+//! sled 0.34's `flush()` is not an fsync on Linux (it uses
+//! `sync_file_range`), so [`LedgerStore::sync`] fsyncs the database file
+//! after it.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::merkle::{Hash, ProofError, SubtreeSource};
+use super::merkle::{self, Hash, ProofError, SubtreeSource};
+
+/// log2 of the block length.
+pub const BLOCK_BITS: u32 = 6;
+/// Entries per block.
+pub const BLOCK_LEN: u64 = 1 << BLOCK_BITS;
+/// Lowest subtree level whose hashes are stored; lower levels are computed
+/// from a block's leaf hashes (a block is a complete subtree of this level).
+pub const STORED_LEVEL: u8 = BLOCK_BITS as u8;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +83,89 @@ pub enum StoreError {
     },
 }
 
+fn corrupt(key: impl Into<String>, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        key: key.into(),
+        detail: detail.into(),
+    }
+}
+
+/// Up to [`BLOCK_LEN`] consecutive entries (block `b` holds entries
+/// `b·64 …`) with their leaf hashes.
+///
+/// Encoding: `u8 count ‖ count × 32-byte leaf hash ‖ count × (u16 length ‖
+/// entry bytes)`. Leaves come first so proofs can read them without
+/// parsing entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Block {
+    /// Leaf hash of each entry.
+    pub leaves: Vec<Hash>,
+    /// Each entry's canonical bytes.
+    pub entries: Vec<Vec<u8>>,
+}
+
+impl Block {
+    /// The stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        let size: usize = self.entries.iter().map(|e| e.len() + 2).sum();
+        let mut out = Vec::with_capacity(1 + 32 * self.leaves.len() + size);
+        out.push(self.leaves.len() as u8);
+        for l in &self.leaves {
+            out.extend_from_slice(l);
+        }
+        for e in &self.entries {
+            out.extend_from_slice(&(e.len() as u16).to_be_bytes());
+            out.extend_from_slice(e);
+        }
+        out
+    }
+
+    /// The leaf hashes only.
+    pub fn decode_leaves(bytes: &[u8], block: u64) -> Result<Vec<Hash>, StoreError> {
+        let key = || format!("E{block}");
+        let count = usize::from(*bytes.first().ok_or_else(|| corrupt(key(), "empty block"))?);
+        if count == 0 || count as u64 > BLOCK_LEN {
+            return Err(corrupt(key(), format!("block holds {count} entries; 1 to {BLOCK_LEN} expected")));
+        }
+        let leaves = bytes
+            .get(1..1 + 32 * count)
+            .ok_or_else(|| corrupt(key(), "block shorter than its leaf hashes"))?;
+        Ok(leaves
+            .chunks_exact(32)
+            .map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(c);
+                h
+            })
+            .collect())
+    }
+
+    /// The whole block.
+    pub fn decode(bytes: &[u8], block: u64) -> Result<Self, StoreError> {
+        let key = || format!("E{block}");
+        let leaves = Self::decode_leaves(bytes, block)?;
+        let mut pos = 1 + 32 * leaves.len();
+        let mut entries = Vec::with_capacity(leaves.len());
+        for _ in 0..leaves.len() {
+            let len = bytes
+                .get(pos..pos + 2)
+                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+                .ok_or_else(|| corrupt(key(), "truncated entry length"))?;
+            let e = bytes
+                .get(pos + 2..pos + 2 + len)
+                .ok_or_else(|| corrupt(key(), "truncated entry"))?;
+            entries.push(e.to_vec());
+            pos += 2 + len;
+        }
+        if pos != bytes.len() {
+            return Err(corrupt(key(), "trailing bytes after the block's entries"));
+        }
+        Ok(Self { leaves, entries })
+    }
+}
+
 /// A secondary index key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IndexKey {
     /// Entries naming this dataset.
     Dataset(String),
@@ -107,14 +201,16 @@ impl IndexKey {
 /// Everything one group commit writes.
 #[derive(Clone, Debug, Default)]
 pub struct AppendBatch {
-    /// (index, encoded entry, leaf hash).
-    pub entries: Vec<(u64, Vec<u8>, Hash)>,
-    /// Complete subtrees the batch completes, leaves included: (level, index, hash).
+    /// Blocks the batch filled or extended, whole.
+    pub blocks: Vec<(u64, Block)>,
+    /// Complete subtrees at levels ≥ [`STORED_LEVEL`] the batch completed.
     pub subtrees: Vec<(u8, u64, Hash)>,
-    /// Secondary index keys: (key, entry index).
-    pub index_keys: Vec<(IndexKey, u64)>,
-    /// Time index: (time ms, entry index).
-    pub times: Vec<(i64, u64)>,
+    /// (leaf hash, index) of every new entry.
+    pub leaves: Vec<(Hash, u64)>,
+    /// (key, block, bitmap): the whole new bitmap of each touched posting.
+    pub postings: Vec<(IndexKey, u64, u64)>,
+    /// (time ms, first index, last index) runs.
+    pub times: Vec<(i64, u64, u64)>,
     /// New tree size and root.
     pub head: (u64, Hash),
     /// The checkpoint signed over `head`: its note.
@@ -128,11 +224,11 @@ pub trait LedgerStore: Send + Sync + 'static {
     fn append_batch(&self, batch: &AppendBatch) -> Result<(), StoreError>;
     /// Makes every written batch durable.
     fn sync(&self) -> Result<(), StoreError>;
-    /// An entry's bytes.
-    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Entries from `from`, in order, at most `limit`.
-    fn entries(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
-    /// A complete subtree's hash.
+    /// A block's stored bytes.
+    fn block(&self, block: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Blocks from `from`, in order, at most `limit`.
+    fn blocks(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// A stored subtree hash (levels ≥ [`STORED_LEVEL`]).
     fn hash(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError>;
     /// Tree size and root.
     fn head(&self) -> Result<Option<(u64, Hash)>, StoreError>;
@@ -144,11 +240,29 @@ pub trait LedgerStore: Send + Sync + 'static {
     fn checkpoints(&self, from: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
     /// The index of the entry with this leaf hash.
     fn leaf_index(&self, leaf: &Hash) -> Result<Option<u64>, StoreError>;
-    /// Entry indices under `key`, from index `from`, at most `limit`.
-    fn scan_index(&self, key: &IndexKey, from: u64, limit: usize) -> Result<Vec<u64>, StoreError>;
-    /// (time, index) pairs with time ≥ `from.0` (and index ≥ `from.1` at
-    /// that time), in time order, at most `limit`.
-    fn scan_time(&self, from: (i64, u64), limit: usize) -> Result<Vec<(i64, u64)>, StoreError>;
+    /// The bitmap of `key` in `block`.
+    fn posting(&self, key: &IndexKey, block: u64) -> Result<Option<u64>, StoreError>;
+    /// (block, bitmap) postings of `key` from `from` block, at most `limit`.
+    fn scan_postings(
+        &self,
+        key: &IndexKey,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>, StoreError>;
+    /// (time, first, last) runs from `(time, first)` on, in time order, at
+    /// most `limit`.
+    fn scan_time(&self, from: (i64, u64), limit: usize)
+    -> Result<Vec<(i64, u64, u64)>, StoreError>;
+
+    /// An entry's bytes.
+    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(bytes) = self.block(index >> BLOCK_BITS)? else {
+            return Ok(None);
+        };
+        let mut block = Block::decode(&bytes, index >> BLOCK_BITS)?;
+        let offset = (index & (BLOCK_LEN - 1)) as usize;
+        Ok((offset < block.entries.len()).then(|| block.entries.swap_remove(offset)))
+    }
 }
 
 /// The sled implementation.
@@ -162,25 +276,17 @@ fn be_u64(v: &[u8], key: &str) -> Result<u64, StoreError> {
     v.get(..8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)
-        .ok_or_else(|| StoreError::Corrupt {
-            key: key.into(),
-            detail: format!("expected at least 8 bytes, got {}", v.len()),
-        })
+        .ok_or_else(|| corrupt(key, format!("expected 8 bytes, got {}", v.len())))
 }
 
 fn hash_value(v: &[u8], key: &str) -> Result<Hash, StoreError> {
-    v.try_into().map_err(|_| StoreError::Corrupt {
-        key: key.into(),
-        detail: format!("expected a 32-byte hash, got {} bytes", v.len()),
-    })
+    v.try_into()
+        .map_err(|_| corrupt(key, format!("expected a 32-byte hash, got {} bytes", v.len())))
 }
 
 fn size_root(v: &[u8], key: &str) -> Result<(u64, Hash), StoreError> {
     if v.len() != 40 {
-        return Err(StoreError::Corrupt {
-            key: key.into(),
-            detail: format!("expected size and root (40 bytes), got {}", v.len()),
-        });
+        return Err(corrupt(key, format!("expected size and root (40 bytes), got {}", v.len())));
     }
     Ok((be_u64(&v[..8], key)?, hash_value(&v[8..], key)?))
 }
@@ -200,37 +306,52 @@ fn hash_key(level: u8, index: u64) -> [u8; 10] {
     k
 }
 
+fn leaf_key(leaf: &Hash) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = b'D';
+    k[1..].copy_from_slice(leaf);
+    k
+}
+
+fn posting_key(key: &IndexKey, block: u64) -> Vec<u8> {
+    let mut k = key.prefix();
+    k.extend_from_slice(&block.to_be_bytes());
+    k
+}
+
 /// Time as an order-preserving unsigned key.
-fn time_key(time_ms: i64, index: u64) -> [u8; 17] {
+fn time_key(time_ms: i64, first: u64) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = b'T';
     k[1..9].copy_from_slice(&((time_ms as u64) ^ (1 << 63)).to_be_bytes());
-    k[9..].copy_from_slice(&index.to_be_bytes());
+    k[9..].copy_from_slice(&first.to_be_bytes());
     k
 }
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let sled_err = |source| StoreError::Sled {
-            path: dir.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| sled_err(sled::Error::Io(e)))?;
+        let path = dir.display().to_string();
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled {
+            path: path.clone(),
+            source: sled::Error::Io(e),
+        })?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(256 << 20)
+            // Every commit is flushed and fsynced by the sequencer; sled's
+            // background flusher would only compete for the two cores.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| match &e {
                 sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked {
-                        path: dir.display().to_string(),
-                    }
+                    StoreError::Locked { path: path.clone() }
                 }
-                sled::Error::Corruption { .. } => StoreError::Corrupted {
-                    path: dir.display().to_string(),
+                sled::Error::Corruption { .. } => StoreError::Corrupted { path: path.clone() },
+                _ => StoreError::Sled {
+                    path: path.clone(),
+                    source: e,
                 },
-                _ => sled_err(e),
             })?;
         let db_path = dir.join("db");
         let db_file = File::open(&db_path).map_err(|source| StoreError::Sync {
@@ -245,19 +366,49 @@ impl SledStore {
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
-        if let sled::Error::Corruption { .. } = source {
-            return StoreError::Corrupted {
-                path: self.dir.display().to_string(),
-            };
-        }
-        StoreError::Sled {
-            path: self.dir.display().to_string(),
-            source,
+        let path = self.dir.display().to_string();
+        match source {
+            sled::Error::Corruption { .. } => StoreError::Corrupted { path },
+            source => StoreError::Sled { path, source },
         }
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
         self.db.get(key).map_err(|e| self.err(e))
+    }
+
+    /// The sled batch a group commit writes (public so that benchmarks can
+    /// measure raw sled on exactly the same keys and values).
+    pub fn sled_batch(b: &AppendBatch) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (index, block) in &b.blocks {
+            batch.insert(&key_u64(b'E', *index), block.encode());
+        }
+        for (leaf, index) in &b.leaves {
+            batch.insert(&leaf_key(leaf)[..], &index.to_be_bytes());
+        }
+        for (level, index, hash) in &b.subtrees {
+            batch.insert(&hash_key(*level, *index), hash);
+        }
+        for (key, block, bitmap) in &b.postings {
+            batch.insert(posting_key(key, *block), &bitmap.to_be_bytes());
+        }
+        for (time, first, last) in &b.times {
+            batch.insert(&time_key(*time, *first), &last.to_be_bytes());
+        }
+        let mut head = Vec::with_capacity(40);
+        head.extend_from_slice(&b.head.0.to_be_bytes());
+        head.extend_from_slice(&b.head.1);
+        batch.insert(&key_u64(b'C', b.head.0), b.checkpoint.as_bytes());
+        batch.insert(b"S", head.as_slice());
+        batch.insert(b"L", head);
+        batch
+    }
+
+    /// Applies a prebuilt sled batch and makes it durable (benchmarks).
+    pub fn apply_raw(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        self.db.apply_batch(batch).map_err(|e| self.err(e))?;
+        self.sync()
     }
 
     /// Raw access for tamper tests and forensics: replaces a stored value
@@ -269,40 +420,35 @@ impl SledStore {
         Ok(())
     }
 
-    /// The key of entry `index`, for [`Self::dangerous_overwrite`].
-    pub fn entry_key(index: u64) -> Vec<u8> {
-        key_u64(b'E', index).to_vec()
+    /// The key of block `block`, for [`Self::dangerous_overwrite`].
+    pub fn block_key(block: u64) -> Vec<u8> {
+        key_u64(b'E', block).to_vec()
+    }
+
+    fn range_u64<T>(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        limit: usize,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.range(start..).take(limit) {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(f(&k[prefix.len()..], &v)?);
+        }
+        Ok(out)
     }
 }
 
 impl LedgerStore for SledStore {
     fn append_batch(&self, b: &AppendBatch) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (index, bytes, leaf) in &b.entries {
-            batch.insert(&key_u64(b'E', *index), bytes.as_slice());
-            let mut d = Vec::with_capacity(33);
-            d.push(b'D');
-            d.extend_from_slice(leaf);
-            batch.insert(d, &index.to_be_bytes());
-        }
-        for (level, index, hash) in &b.subtrees {
-            batch.insert(&hash_key(*level, *index), hash);
-        }
-        for (key, index) in &b.index_keys {
-            let mut k = key.prefix();
-            k.extend_from_slice(&index.to_be_bytes());
-            batch.insert(k, &[]);
-        }
-        for (time, index) in &b.times {
-            batch.insert(&time_key(*time, *index), &[]);
-        }
-        let mut head = Vec::with_capacity(40);
-        head.extend_from_slice(&b.head.0.to_be_bytes());
-        head.extend_from_slice(&b.head.1);
-        batch.insert(&key_u64(b'C', b.head.0), b.checkpoint.as_bytes());
-        batch.insert(b"S", head.as_slice());
-        batch.insert(b"L", head);
-        self.db.apply_batch(batch).map_err(|e| self.err(e))
+        self.db
+            .apply_batch(Self::sled_batch(b))
+            .map_err(|e| self.err(e))
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -313,20 +459,14 @@ impl LedgerStore for SledStore {
         })
     }
 
-    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.get(&key_u64(b'E', index))?.map(|v| v.to_vec()))
+    fn block(&self, block: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get(&key_u64(b'E', block))?.map(|v| v.to_vec()))
     }
 
-    fn entries(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.db.range(key_u64(b'E', from)..).take(limit) {
-            let (k, v) = kv.map_err(|e| self.err(e))?;
-            if k.first() != Some(&b'E') {
-                break;
-            }
-            out.push((be_u64(&k[1..], "E")?, v.to_vec()));
-        }
-        Ok(out)
+    fn blocks(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.range_u64(&key_u64(b'E', from), b"E", limit, |k, v| {
+            Ok((be_u64(k, "E")?, v.to_vec()))
+        })
     }
 
     fn hash(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
@@ -346,75 +486,126 @@ impl LedgerStore for SledStore {
     fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
         self.get(&key_u64(b'C', size))?
             .map(|v| {
-                String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt {
-                    key: format!("C{size}"),
-                    detail: "checkpoint is not UTF-8".into(),
-                })
+                String::from_utf8(v.to_vec())
+                    .map_err(|_| corrupt(format!("C{size}"), "checkpoint is not UTF-8"))
             })
             .transpose()
     }
 
     fn checkpoints(&self, from: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.db.range(key_u64(b'C', from)..).take(limit) {
-            let (k, v) = kv.map_err(|e| self.err(e))?;
-            if k.first() != Some(&b'C') {
-                break;
-            }
-            let size = be_u64(&k[1..], "C")?;
-            let note = String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt {
-                key: format!("C{size}"),
-                detail: "checkpoint is not UTF-8".into(),
-            })?;
-            out.push((size, note));
-        }
-        Ok(out)
+        self.range_u64(&key_u64(b'C', from), b"C", limit, |k, v| {
+            let size = be_u64(k, "C")?;
+            let note = String::from_utf8(v.to_vec())
+                .map_err(|_| corrupt(format!("C{size}"), "checkpoint is not UTF-8"))?;
+            Ok((size, note))
+        })
     }
 
     fn leaf_index(&self, leaf: &Hash) -> Result<Option<u64>, StoreError> {
-        let mut k = Vec::with_capacity(33);
-        k.push(b'D');
-        k.extend_from_slice(leaf);
-        self.get(&k)?.map(|v| be_u64(&v, "D")).transpose()
+        self.get(&leaf_key(leaf))?
+            .map(|v| be_u64(&v, "D"))
+            .transpose()
     }
 
-    fn scan_index(&self, key: &IndexKey, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+    fn posting(&self, key: &IndexKey, block: u64) -> Result<Option<u64>, StoreError> {
+        self.get(&posting_key(key, block))?
+            .map(|v| be_u64(&v, "I"))
+            .transpose()
+    }
+
+    fn scan_postings(
+        &self,
+        key: &IndexKey,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
         let prefix = key.prefix();
-        let mut start = prefix.clone();
-        start.extend_from_slice(&from.to_be_bytes());
-        let mut out = Vec::new();
-        for kv in self.db.range(start..).take(limit) {
-            let (k, _) = kv.map_err(|e| self.err(e))?;
-            if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
-                break;
-            }
-            out.push(be_u64(&k[prefix.len()..], "I")?);
-        }
-        Ok(out)
+        self.range_u64(&posting_key(key, from), &prefix, limit, |k, v| {
+            Ok((be_u64(k, "I")?, be_u64(v, "I")?))
+        })
     }
 
-    fn scan_time(&self, from: (i64, u64), limit: usize) -> Result<Vec<(i64, u64)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.db.range(time_key(from.0, from.1)..).take(limit) {
-            let (k, _) = kv.map_err(|e| self.err(e))?;
-            if k.first() != Some(&b'T') || k.len() != 17 {
-                break;
+    fn scan_time(
+        &self,
+        from: (i64, u64),
+        limit: usize,
+    ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
+        self.range_u64(&time_key(from.0, from.1), b"T", limit, |k, v| {
+            if k.len() != 16 {
+                return Err(corrupt("T", "time key of the wrong length"));
             }
-            let time = (be_u64(&k[1..9], "T")? ^ (1 << 63)) as i64;
-            out.push((time, be_u64(&k[9..], "T")?));
-        }
-        Ok(out)
+            let time = (be_u64(&k[..8], "T")? ^ (1 << 63)) as i64;
+            Ok((time, be_u64(&k[8..], "T")?, be_u64(v, "T")?))
+        })
     }
 }
 
-/// Stored subtree hashes as a [`SubtreeSource`] for proofs.
-pub struct StoredTree<'a>(pub &'a dyn LedgerStore);
+/// Stored subtree hashes as a [`SubtreeSource`] for proofs: levels below
+/// [`STORED_LEVEL`] are computed from the leaf hashes of one block (the
+/// last block read is kept, so a proof reads each block once).
+pub struct StoredTree<'a> {
+    store: &'a dyn LedgerStore,
+    leaves: RefCell<Option<(u64, Vec<Hash>)>>,
+}
+
+impl<'a> StoredTree<'a> {
+    /// A view of `store`.
+    pub fn new(store: &'a dyn LedgerStore) -> Self {
+        Self {
+            store,
+            leaves: RefCell::new(None),
+        }
+    }
+}
 
 impl SubtreeSource for StoredTree<'_> {
     fn subtree(&self, level: u8, index: u64) -> Result<Hash, ProofError> {
-        self.0
-            .hash(level, index)
-            .map_err(|e| ProofError::Store(e.to_string()))?
-            .ok_or(ProofError::Missing { level, index })
+        let store_err = |e: StoreError| ProofError::Store(e.to_string());
+        let missing = ProofError::Missing { level, index };
+        if level >= STORED_LEVEL {
+            return self.store.hash(level, index).map_err(store_err)?.ok_or(missing);
+        }
+        let first = index << level;
+        let block = first >> BLOCK_BITS;
+        let mut cache = self.leaves.borrow_mut();
+        if cache.as_ref().is_none_or(|(b, _)| *b != block) {
+            let bytes = self.store.block(block).map_err(store_err)?.ok_or(missing.clone())?;
+            *cache = Some((block, Block::decode_leaves(&bytes, block).map_err(store_err)?));
+        }
+        let leaves = cache.as_ref().map(|(_, l)| l.as_slice()).unwrap_or(&[]);
+        let offset = (first & (BLOCK_LEN - 1)) as usize;
+        let span = leaves.get(offset..offset + (1usize << level)).ok_or(missing)?;
+        Ok(perfect_root(span))
+    }
+}
+
+/// The root of a power-of-two run of leaf hashes.
+fn perfect_root(leaves: &[Hash]) -> Hash {
+    if leaves.len() == 1 {
+        return leaves[0];
+    }
+    let half = leaves.len() / 2;
+    merkle::node_hash(&perfect_root(&leaves[..half]), &perfect_root(&leaves[half..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_round_trips_and_rejects_garbage() {
+        let block = Block {
+            leaves: vec![[1; 32], [2; 32]],
+            entries: vec![b"one".to_vec(), b"two!".to_vec()],
+        };
+        let bytes = block.encode();
+        assert_eq!(Block::decode(&bytes, 0).expect("decode"), block);
+        for cut in 0..bytes.len() {
+            assert!(Block::decode(&bytes[..cut], 0).is_err(), "cut {cut}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(Block::decode(&long, 0).is_err());
+        assert!(Block::decode(&[65], 0).is_err(), "more than 64 entries");
     }
 }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use dsnode::identity::NodeId;
 use dsnode::ledger::entry::{Entry, EntryDraft, EntryKind};
-use dsnode::ledger::store::SledStore;
 use dsnode::ledger::{Ledger, LedgerError, LedgerOptions, Query, merkle};
 
 fn key() -> ed25519_dalek::SigningKey {
@@ -199,26 +198,34 @@ async fn tampered_entry_is_found_with_its_index() {
     }
     ledger.close().await;
     drop(ledger);
-    {
-        let store = SledStore::open(dir.path()).expect("raw store");
-        let mut e = Entry::decode(
-            &dsnode::ledger::store::LedgerStore::entry(&store, 7)
-                .expect("read")
-                .expect("e7"),
-        )
-        .expect("decode");
-        e.draft.detail = "entry 7, rewritten".into();
-        store
-            .dangerous_overwrite(&SledStore::entry_key(7), &e.encode().expect("encode"))
-            .expect("overwrite");
-    }
+    // The entry's bytes changed: found by its stored leaf hash.
+    let copy = tempfile::tempdir().expect("tempdir");
+    copy_dir(dir.path(), copy.path());
+    crate::support::rewrite_entry(dir.path(), 7, false, |e| e.draft.detail = "rewritten".into());
     let Err(err) = Ledger::open(dir.path(), key(), &node_id(), LedgerOptions::default()) else {
         panic!("a tampered ledger opened");
     };
-    assert!(
-        matches!(err, LedgerError::Tampered { index: 7, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, LedgerError::Tampered { index: 7, .. }), "{err}");
+
+    // Bytes and leaf hash rewritten together: still found, at the same index.
+    crate::support::rewrite_entry(copy.path(), 7, true, |e| e.draft.detail = "rewritten".into());
+    let Err(err) = Ledger::open(copy.path(), key(), &node_id(), LedgerOptions::default()) else {
+        panic!("a tampered ledger opened");
+    };
+    assert!(matches!(err, LedgerError::Tampered { index: 7, .. }), "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("ls") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).expect("copy");
+        }
+    }
 }
 
 /// 64 tasks × 1,000 appends: indices distinct and contiguous, proofs verify.

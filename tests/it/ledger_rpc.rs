@@ -3,8 +3,7 @@
 //! start-up check refusing a tampered ledger.
 
 use dsnode::audit::{AuditError, Auditor};
-use dsnode::ledger::entry::{Entry, EntryKind};
-use dsnode::ledger::store::{LedgerStore, SledStore};
+use dsnode::ledger::entry::EntryKind;
 use dsnode::pb;
 use tonic::Code;
 
@@ -201,15 +200,7 @@ async fn tampered_ledger_refuses_to_start_and_audit_verify_names_the_index() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("verified: 4 entries"));
-    {
-        let store = SledStore::open(&ledger_dir).expect("store");
-        let mut e =
-            Entry::decode(&store.entry(2).expect("read").expect("entry 2")).expect("decode");
-        e.draft.detail = "dsnode 9.9.9".into();
-        store
-            .dangerous_overwrite(&SledStore::entry_key(2), &e.encode().expect("encode"))
-            .expect("tamper");
-    }
+    crate::support::rewrite_entry(&ledger_dir, 2, false, |e| e.draft.detail = "dsnode 9.9.9".into());
     let out = verify();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

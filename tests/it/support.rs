@@ -193,3 +193,30 @@ pub(crate) fn client_config_with(
     config.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(config)
 }
+
+/// Rewrites entry `index` of the (closed) ledger in `dir` behind the
+/// ledger's back, as an attacker with write access to the store would:
+/// `change` edits the entry; with `fix_leaf` the block's stored leaf hash
+/// is recomputed too, so only the deeper checks can catch it.
+pub(crate) fn rewrite_entry(
+    dir: &Path,
+    index: u64,
+    fix_leaf: bool,
+    change: impl FnOnce(&mut dsnode::ledger::entry::Entry),
+) {
+    use dsnode::ledger::entry::Entry;
+    use dsnode::ledger::store::{BLOCK_BITS, Block, LedgerStore, SledStore};
+    let store = SledStore::open(dir).expect("raw store");
+    let b = index >> BLOCK_BITS;
+    let mut block = Block::decode(&store.block(b).expect("read").expect("block"), b).expect("decode");
+    let k = (index - (b << BLOCK_BITS)) as usize;
+    let mut entry = Entry::decode(&block.entries[k]).expect("entry");
+    change(&mut entry);
+    block.entries[k] = entry.encode().expect("encode");
+    if fix_leaf {
+        block.leaves[k] = dsnode::ledger::merkle::leaf_hash(&block.entries[k]);
+    }
+    store
+        .dangerous_overwrite(&SledStore::block_key(b), &block.encode())
+        .expect("overwrite");
+}

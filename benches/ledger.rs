@@ -1,0 +1,208 @@
+//! Ledger benchmarks: a program, not a timed test. Measures its own
+//! baseline in the same run and prints the ratio.
+//!
+//! 1. Durable append rate through the sequencer (many concurrent
+//!    appenders, group commit, one fsync and one signature per batch),
+//!    against raw sled `apply_batch` of exactly the same keys and values
+//!    with one fsync per batch of the same size.
+//! 2. Inclusion and consistency proofs at 1,000,000 entries (p50, p99).
+//! 3. A filtered query page of 100 at 1,000,000 entries (p50, p99).
+//!
+//! `cargo bench --bench ledger` (set `DSNODE_BENCH_ENTRIES` to change the
+//! 1,000,000).
+
+use std::time::{Duration, Instant};
+
+use dsnode::identity::NodeId;
+use dsnode::ledger::entry::{Entry, EntryDraft, EntryKind};
+use dsnode::ledger::merkle;
+use dsnode::ledger::note::NoteSigner;
+use dsnode::ledger::store::SledStore;
+use dsnode::ledger::writer::Writer;
+use dsnode::ledger::{Ledger, LedgerOptions, Query, origin_for};
+
+fn key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+}
+
+fn node() -> NodeId {
+    NodeId::from_public_key(&key().verifying_key().to_bytes())
+}
+
+/// A realistic entry: one of 50 parties, one of 1,000 datasets, a grant,
+/// an object hash, two kinds alternating.
+fn draft(i: u64) -> EntryDraft {
+    let mut d = EntryDraft::new(if i % 2 == 0 { EntryKind::AccessGranted } else { EntryKind::ReceiptRecorded });
+    d.parties = vec![node(), NodeId::from_public_key(&[(i % 50) as u8; 32])];
+    d.dataset = Some(format!("ds_{:026}", i % 1000));
+    d.grant = Some(format!("gr_{i:032x}"));
+    d.object_hash = Some(merkle::leaf_hash(&i.to_be_bytes()));
+    d.detail = "purpose route-planning".into();
+    d
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Appends `n` entries with `concurrency` appenders; returns (entries/s,
+/// mean batch size) and the ledger.
+async fn ledger_run(dir: &std::path::Path, n: u64, concurrency: u64) -> (f64, f64, Ledger) {
+    let (ledger, _) = Ledger::open(dir, key(), &node(), LedgerOptions::default()).expect("open");
+    let start = Instant::now();
+    let per = n / concurrency;
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sizes = Vec::with_capacity(per as usize);
+            for i in 0..per {
+                let ack = ledger.append(draft(t * per + i)).await.expect("append");
+                sizes.push(ack.checkpoint.checkpoint.size);
+            }
+            sizes
+        }));
+    }
+    let mut batches = std::collections::HashSet::new();
+    for t in tasks {
+        batches.extend(t.await.expect("task"));
+    }
+    let elapsed = start.elapsed();
+    let total = per * concurrency;
+    (total as f64 / elapsed.as_secs_f64(), total as f64 / batches.len() as f64, ledger)
+}
+
+/// Raw sled: the same keys and values, prebuilt, one fsync per batch.
+fn raw_sled_run(dir: &std::path::Path, n: u64, batch_size: u64) -> f64 {
+    let store = SledStore::open(dir).expect("store");
+    let signer = NoteSigner::new(&origin_for(&node()), key()).expect("signer");
+    // The writer builds exactly the batches the sequencer would.
+    let mut writer = Writer::open(&store, 0).expect("writer");
+    let mut batches = Vec::new();
+    let mut i = 0;
+    while i < n {
+        for _ in 0..batch_size.min(n - i) {
+            let entry = Entry { index: i, time_ms: 1_790_000_000_000 + i as i64 / batch_size as i64, draft: draft(i) };
+            writer.add(&store, &entry).expect("entry");
+            i += 1;
+        }
+        let (batch, _) = writer.seal(&signer);
+        batches.push(SledStore::sled_batch(&batch));
+    }
+    let start = Instant::now();
+    for b in batches {
+        store.apply_raw(b).expect("apply");
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let big: u64 = std::env::var("DSNODE_BENCH_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = 200_000u64;
+    let concurrency = 2_000u64;
+
+    println!("== durable appends: {n} entries, {concurrency} concurrent appenders");
+    let (rate1, batch1, l1) = ledger_run(&tmp.path().join("l1"), n, concurrency).await;
+    l1.close().await;
+    drop(l1);
+    let batch = batch1.round().max(1.0) as u64;
+    let raw = raw_sled_run(&tmp.path().join("raw"), n, batch);
+    let (rate2, batch2, l2) = ledger_run(&tmp.path().join("l2"), n, concurrency).await;
+    l2.close().await;
+    drop(l2);
+    let ledger_rate = (rate1 + rate2) / 2.0;
+    println!("raw sled apply_batch + fsync, batches of {batch}: {raw:>10.0} entries/s");
+    println!("ledger via sequencer (mean batch {:.0}, {:.0}): {ledger_rate:>10.0} entries/s (runs: {rate1:.0}, {rate2:.0})", batch1, batch2);
+    println!("ratio ledger / raw sled: {:.2}", ledger_rate / raw);
+
+    println!("\n== proofs and queries at {big} entries");
+    let dir = tmp.path().join("big");
+    let build = Instant::now();
+    let (rate, _, ledger) = ledger_run(&dir, big, concurrency).await;
+    println!("built in {:.1}s ({rate:.0} entries/s)", build.elapsed().as_secs_f64());
+    let cp = ledger.latest().expect("checkpoint").checkpoint.clone();
+    let size = cp.size;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+
+    let mut prove = Vec::new();
+    let mut verify = Vec::new();
+    for _ in 0..10_000 {
+        let index = next() % size;
+        let t = Instant::now();
+        let proof = ledger.prove_inclusion(index, size).expect("proof");
+        prove.push(t.elapsed());
+        let leaf = merkle::leaf_hash(&ledger.entry(index).expect("read").expect("entry"));
+        let t = Instant::now();
+        merkle::verify_inclusion(&leaf, index, size, &proof, &cp.root).expect("verifies");
+        verify.push(t.elapsed());
+    }
+    println!(
+        "inclusion proof:   p50 {:.3} ms  p99 {:.3} ms   (verify p99 {:.3} ms)",
+        ms(percentile(&mut prove, 0.5)),
+        ms(percentile(&mut prove, 0.99)),
+        ms(percentile(&mut verify, 0.99))
+    );
+
+    let mut prove = Vec::new();
+    for _ in 0..10_000 {
+        let old = 1 + next() % size;
+        let t = Instant::now();
+        let proof = ledger.prove_consistency(old, size).expect("proof");
+        prove.push(t.elapsed());
+        assert!(proof.len() < 64);
+    }
+    println!(
+        "consistency proof: p50 {:.3} ms  p99 {:.3} ms",
+        ms(percentile(&mut prove, 0.5)),
+        ms(percentile(&mut prove, 0.99))
+    );
+
+    for (name, make) in [
+        ("dataset + kind", Box::new(|r: u64| Query {
+            dataset: Some(format!("ds_{:026}", r % 1000)),
+            kind: Some(EntryKind::AccessGranted),
+            ..Query::default()
+        }) as Box<dyn Fn(u64) -> Query>),
+        ("party", Box::new(|r: u64| Query {
+            party: Some(NodeId::from_public_key(&[(r % 50) as u8; 32])),
+            ..Query::default()
+        })),
+        ("kind + time range", Box::new(|_| Query {
+            kind: Some(EntryKind::ReceiptRecorded),
+            since_ms: Some(0),
+            until_ms: Some(i64::MAX),
+            ..Query::default()
+        })),
+    ] {
+        let mut lat = Vec::new();
+        let mut got = 0usize;
+        for _ in 0..2_000 {
+            let q = make(next());
+            let t = Instant::now();
+            let page = ledger.query(&q, None, 100, size).expect("query");
+            lat.push(t.elapsed());
+            got += page.entries.len();
+        }
+        println!(
+            "query page of 100, {name:<18}: p50 {:.3} ms  p99 {:.3} ms  (mean {:.0} entries/page)",
+            ms(percentile(&mut lat, 0.5)),
+            ms(percentile(&mut lat, 0.99)),
+            got as f64 / 2000.0
+        );
+    }
+    ledger.close().await;
+}
