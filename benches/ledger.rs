@@ -29,12 +29,38 @@ fn node() -> NodeId {
     NodeId::from_public_key(&key().verifying_key().to_bytes())
 }
 
-/// A realistic entry: one of 50 parties, one of 1,000 datasets, a grant,
-/// an object hash, two kinds alternating.
-fn draft(i: u64) -> EntryDraft {
-    let mut d = EntryDraft::new(if i % 2 == 0 { EntryKind::AccessGranted } else { EntryKind::ReceiptRecorded });
-    d.parties = vec![node(), NodeId::from_public_key(&[(i % 50) as u8; 32])];
-    d.dataset = Some(format!("ds_{:026}", i % 1000));
+/// How many distinct datasets and counterparties the entries name.
+#[derive(Clone, Copy)]
+struct Spread {
+    datasets: u64,
+    parties: u64,
+}
+
+/// The hard case: 1,000 datasets and 50 counterparties, uniformly
+/// interleaved, so nearly every entry touches its own index postings.
+const WIDE: Spread = Spread {
+    datasets: 1000,
+    parties: 50,
+};
+/// A publisher with a few popular datasets and consumers.
+const NARROW: Spread = Spread {
+    datasets: 10,
+    parties: 10,
+};
+
+/// An entry: this node and one counterparty, a dataset, a grant, an
+/// object hash, two kinds alternating.
+fn draft_in(spread: Spread, i: u64) -> EntryDraft {
+    let mut d = EntryDraft::new(if i.is_multiple_of(2) {
+        EntryKind::AccessGranted
+    } else {
+        EntryKind::ReceiptRecorded
+    });
+    d.parties = vec![
+        node(),
+        NodeId::from_public_key(&[(i % spread.parties) as u8; 32]),
+    ];
+    d.dataset = Some(format!("ds_{:026}", i % spread.datasets));
     d.grant = Some(format!("gr_{i:032x}"));
     d.object_hash = Some(merkle::leaf_hash(&i.to_be_bytes()));
     d.detail = "purpose route-planning".into();
@@ -54,6 +80,15 @@ fn ms(d: Duration) -> f64 {
 /// Appends `n` entries with `concurrency` appenders; returns (entries/s,
 /// mean batch size) and the ledger.
 async fn ledger_run(dir: &std::path::Path, n: u64, concurrency: u64) -> (f64, f64, Ledger) {
+    ledger_run_in(WIDE, dir, n, concurrency).await
+}
+
+async fn ledger_run_in(
+    spread: Spread,
+    dir: &std::path::Path,
+    n: u64,
+    concurrency: u64,
+) -> (f64, f64, Ledger) {
     let (ledger, _) = Ledger::open(dir, key(), &node(), LedgerOptions::default()).expect("open");
     let start = Instant::now();
     let per = n / concurrency;
@@ -63,7 +98,10 @@ async fn ledger_run(dir: &std::path::Path, n: u64, concurrency: u64) -> (f64, f6
         tasks.push(tokio::spawn(async move {
             let mut sizes = Vec::with_capacity(per as usize);
             for i in 0..per {
-                let ack = ledger.append(draft(t * per + i)).await.expect("append");
+                let ack = ledger
+                    .append(draft_in(spread, t * per + i))
+                    .await
+                    .expect("append");
                 sizes.push(ack.checkpoint.checkpoint.size);
             }
             sizes
@@ -75,11 +113,15 @@ async fn ledger_run(dir: &std::path::Path, n: u64, concurrency: u64) -> (f64, f6
     }
     let elapsed = start.elapsed();
     let total = per * concurrency;
-    (total as f64 / elapsed.as_secs_f64(), total as f64 / batches.len() as f64, ledger)
+    (
+        total as f64 / elapsed.as_secs_f64(),
+        total as f64 / batches.len() as f64,
+        ledger,
+    )
 }
 
 /// Raw sled: the same keys and values, prebuilt, one fsync per batch.
-fn raw_sled_run(dir: &std::path::Path, n: u64, batch_size: u64) -> f64 {
+fn raw_sled_run(spread: Spread, dir: &std::path::Path, n: u64, batch_size: u64) -> f64 {
     let store = SledStore::open(dir).expect("store");
     let signer = NoteSigner::new(&origin_for(&node()), key()).expect("signer");
     // The writer builds exactly the batches the sequencer would.
@@ -88,7 +130,11 @@ fn raw_sled_run(dir: &std::path::Path, n: u64, batch_size: u64) -> f64 {
     let mut i = 0;
     while i < n {
         for _ in 0..batch_size.min(n - i) {
-            let entry = Entry { index: i, time_ms: 1_790_000_000_000 + i as i64 / batch_size as i64, draft: draft(i) };
+            let entry = Entry {
+                index: i,
+                time_ms: 1_790_000_000_000 + i as i64 / batch_size as i64,
+                draft: draft_in(spread, i),
+            };
             writer.add(&store, &entry).expect("entry");
             i += 1;
         }
@@ -104,30 +150,76 @@ fn raw_sled_run(dir: &std::path::Path, n: u64, batch_size: u64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let big: u64 = std::env::var("DSNODE_BENCH_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let big: u64 = std::env::var("DSNODE_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let tmp = tempfile::tempdir().expect("tempdir");
     let n = 200_000u64;
     let concurrency = 2_000u64;
 
-    println!("== durable appends: {n} entries, {concurrency} concurrent appenders");
-    let (rate1, batch1, l1) = ledger_run(&tmp.path().join("l1"), n, concurrency).await;
-    l1.close().await;
-    drop(l1);
-    let batch = batch1.round().max(1.0) as u64;
-    let raw = raw_sled_run(&tmp.path().join("raw"), n, batch);
-    let (rate2, batch2, l2) = ledger_run(&tmp.path().join("l2"), n, concurrency).await;
-    l2.close().await;
-    drop(l2);
-    let ledger_rate = (rate1 + rate2) / 2.0;
-    println!("raw sled apply_batch + fsync, batches of {batch}: {raw:>10.0} entries/s");
-    println!("ledger via sequencer (mean batch {:.0}, {:.0}): {ledger_rate:>10.0} entries/s (runs: {rate1:.0}, {rate2:.0})", batch1, batch2);
-    println!("ratio ledger / raw sled: {:.2}", ledger_rate / raw);
+    for (name, spread) in [
+        ("wide: 1,000 datasets x 50 parties", WIDE),
+        ("narrow: 10 datasets x 10 parties", NARROW),
+    ] {
+        println!("== durable appends, {name}: {n} entries, {concurrency} concurrent appenders");
+        let (rate1, batch1, l1) = ledger_run_in(
+            spread,
+            &tmp.path().join(format!("l1{}", spread.datasets)),
+            n,
+            concurrency,
+        )
+        .await;
+        l1.close().await;
+        drop(l1);
+        let batch = batch1.round().max(1.0) as u64;
+        let raw = raw_sled_run(
+            spread,
+            &tmp.path().join(format!("raw{}", spread.datasets)),
+            n,
+            batch,
+        );
+        let (rate2, batch2, l2) = ledger_run_in(
+            spread,
+            &tmp.path().join(format!("l2{}", spread.datasets)),
+            n,
+            concurrency,
+        )
+        .await;
+        l2.close().await;
+        drop(l2);
+        let ledger_rate = (rate1 + rate2) / 2.0;
+        println!(
+            "raw sled apply_batch + fsync, same keys, batches of {batch}: {raw:>8.0} entries/s"
+        );
+        println!(
+            "ledger via sequencer (mean batch {batch1:.0}, {batch2:.0}):        {ledger_rate:>8.0} entries/s (runs: {rate1:.0}, {rate2:.0})"
+        );
+        println!("ratio ledger / raw sled: {:.2}\n", ledger_rate / raw);
+    }
 
-    println!("\n== proofs and queries at {big} entries");
+    println!("== proofs and queries at {big} entries (wide spread)");
     let dir = tmp.path().join("big");
     let build = Instant::now();
     let (rate, _, ledger) = ledger_run(&dir, big, concurrency).await;
-    println!("built in {:.1}s ({rate:.0} entries/s)", build.elapsed().as_secs_f64());
+    println!(
+        "built in {:.1}s ({rate:.0} entries/s)",
+        build.elapsed().as_secs_f64()
+    );
+    // Reopen as a node does at start: the full start-up check reads every
+    // block, hash and checkpoint (and leaves sled's cache as a running
+    // node has it).
+    ledger.close().await;
+    drop(ledger);
+    let check = Instant::now();
+    let (ledger, report) =
+        Ledger::open(&dir, key(), &node(), LedgerOptions::default()).expect("reopen");
+    println!(
+        "start-up check (full verification) of {} entries, {} checkpoints: {:.1}s",
+        report.size,
+        report.checkpoints,
+        check.elapsed().as_secs_f64()
+    );
     let cp = ledger.latest().expect("checkpoint").checkpoint.clone();
     let size = cp.size;
     let mut rng = 0x2545_f491_4f6c_dd1du64;
@@ -172,21 +264,30 @@ async fn main() {
     );
 
     for (name, make) in [
-        ("dataset + kind", Box::new(|r: u64| Query {
-            dataset: Some(format!("ds_{:026}", r % 1000)),
-            kind: Some(EntryKind::AccessGranted),
-            ..Query::default()
-        }) as Box<dyn Fn(u64) -> Query>),
-        ("party", Box::new(|r: u64| Query {
-            party: Some(NodeId::from_public_key(&[(r % 50) as u8; 32])),
-            ..Query::default()
-        })),
-        ("kind + time range", Box::new(|_| Query {
-            kind: Some(EntryKind::ReceiptRecorded),
-            since_ms: Some(0),
-            until_ms: Some(i64::MAX),
-            ..Query::default()
-        })),
+        (
+            "dataset + kind",
+            Box::new(|r: u64| Query {
+                dataset: Some(format!("ds_{:026}", r % 1000)),
+                kind: Some(EntryKind::AccessGranted),
+                ..Query::default()
+            }) as Box<dyn Fn(u64) -> Query>,
+        ),
+        (
+            "party",
+            Box::new(|r: u64| Query {
+                party: Some(NodeId::from_public_key(&[(r % 50) as u8; 32])),
+                ..Query::default()
+            }),
+        ),
+        (
+            "kind + time range",
+            Box::new(|_| Query {
+                kind: Some(EntryKind::ReceiptRecorded),
+                since_ms: Some(0),
+                until_ms: Some(i64::MAX),
+                ..Query::default()
+            }),
+        ),
     ] {
         let mut lat = Vec::new();
         let mut got = 0usize;

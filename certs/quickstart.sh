@@ -28,12 +28,13 @@ step "operator: create the data-space CA"
 step "publisher and enterprise: create node identities"
 "$DSNODE" init --data-dir transport --participant city-transport --ca-cert ca/ca.crt --listen "$PUB_ADDR"
 "$DSNODE" init --data-dir acme --participant acme-logistics --ca-cert ca/ca.crt --listen "$ENT_ADDR"
+"$DSNODE" init --data-dir regulator --participant city-data-regulator --ca-cert ca/ca.crt --listen 127.0.0.1:17443
 
 step "operator: sign their certificates and hand out the CRL"
 "$DSNODE" ca issue --ca-dir ca --csr transport/node.csr --roles publisher --region CN-HE --out transport/node.crt
 "$DSNODE" ca issue --ca-dir ca --csr acme/node.csr --roles consumer --region CN-HE --out acme/node.crt
-cp ca/crl.pem transport/crl.pem
-cp ca/crl.pem acme/crl.pem
+"$DSNODE" ca issue --ca-dir ca --csr regulator/node.csr --roles auditor --out regulator/node.crt
+for node in transport acme regulator; do cp ca/crl.pem "$node/crl.pem"; done
 
 step "start both nodes (logs in $DIR/*.log)"
 "$DSNODE" serve --data-dir transport 2>transport.log & pids+=($!)
@@ -48,6 +49,10 @@ step "acme says hello to the transport bureau"
 
 step "and the other way round"
 "$DSNODE" peer hello --data-dir transport --peer "$ENT_ADDR"
+
+step "the regulator audits the transport bureau's ledger (every signature and proof verified)"
+"$DSNODE" audit checkpoint --data-dir regulator --peer "$PUB_ADDR"
+"$DSNODE" audit entries --data-dir regulator --peer "$PUB_ADDR"
 
 step "operator revokes acme; the transport bureau reloads its CRL"
 "$DSNODE" ca revoke --ca-dir ca --cert acme/node.crt

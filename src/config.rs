@@ -12,6 +12,7 @@
 //! | `node.crt` | node certificate, written by `dsnode ca issue --out DIR/node.crt` |
 //! | `ca.crt` | the data-space CA certificate |
 //! | `crl.pem` | the CA's current CRL, distributed by the operator |
+//! | `node.vkey` | C2SP verifier key of the node's ledger checkpoints (public) |
 //! | `ledger/` | the node's ledger |
 //! | `blobs/` | dataset chunks |
 
@@ -64,6 +65,10 @@ impl DataDir {
     /// `crl.pem`.
     pub fn crl(&self) -> PathBuf {
         self.root.join("crl.pem")
+    }
+    /// `node.vkey`.
+    pub fn vkey(&self) -> PathBuf {
+        self.root.join("node.vkey")
     }
     /// `ledger/`.
     pub fn ledger(&self) -> PathBuf {

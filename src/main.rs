@@ -501,10 +501,12 @@ fn init(a: InitArgs) -> Result<Output> {
     Ok(Output {
         text: format!(
             "node id {}\n\
-             created {}: node.key (mode 0600), node.toml, node.csr, ca.crt\n\
+             ledger vkey {}\n\
+             created {}: node.key (mode 0600), node.toml, node.csr, node.vkey, ca.crt\n\
              next: the operator signs {} (`dsnode ca issue --csr {} --roles … --out {}`)\n\
              and copies the CA's crl.pem to {}",
             made.node_id,
+            made.vkey,
             a.data_dir.display(),
             made.csr_path.display(),
             made.csr_path.display(),
@@ -513,6 +515,7 @@ fn init(a: InitArgs) -> Result<Output> {
         ),
         json: json!({
             "node_id": made.node_id.to_string(),
+            "vkey": made.vkey,
             "data_dir": a.data_dir,
             "csr": made.csr_path,
             "hosts": hosts,

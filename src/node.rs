@@ -487,6 +487,8 @@ pub struct Initialized {
     pub node_id: crate::identity::NodeId,
     /// The CSR to send to the operator.
     pub csr_path: std::path::PathBuf,
+    /// The C2SP verifier key of the node's ledger checkpoints.
+    pub vkey: String,
     /// The host names the CSR asks for.
     pub hosts: Vec<cert::Host>,
 }
@@ -536,9 +538,21 @@ pub fn init_data_dir(
         Config::initial_toml(listen).as_bytes(),
         fsutil::PUBLIC_MODE,
     )?;
+    let vkey = crate::ledger::note::NoteVerifier::new(
+        &crate::ledger::origin_for(&key.node_id()),
+        &key.public_key(),
+    )
+    .map_err(|e| NodeError::Credentials(e.to_string()))?
+    .vkey();
+    fsutil::write_atomic(
+        &dir.vkey(),
+        format!("{vkey}\n").as_bytes(),
+        fsutil::PUBLIC_MODE,
+    )?;
     Ok(Initialized {
         node_id: key.node_id(),
         csr_path: dir.csr(),
+        vkey,
         hosts,
     })
 }

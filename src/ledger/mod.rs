@@ -294,10 +294,10 @@ impl Ledger {
         for index in from..end {
             if index >> store::BLOCK_BITS != block {
                 block = index >> store::BLOCK_BITS;
-                let Some(bytes) = self.shared.store.block(block)? else {
+                let Some(b) = self.shared.store.block(block)? else {
                     break;
                 };
-                decoded = store::Block::decode(&bytes, block)?;
+                decoded = b;
             }
             let offset = (index & (store::BLOCK_LEN - 1)) as usize;
             if let Some(e) = decoded.entries.get(offset) {
@@ -440,7 +440,10 @@ impl Sequencer {
                 self.writer.size(),
                 self.last_signed.map(|(s, _)| s)
             );
-            self.fail(requests.into_iter().map(|(_, r)| r), &LedgerError::Fork(msg));
+            self.fail(
+                requests.into_iter().map(|(_, r)| r),
+                &LedgerError::Fork(msg),
+            );
             return;
         }
         let time_ms = now_ms();

@@ -134,10 +134,10 @@ impl BlockReader<'_> {
     fn entry(&mut self, index: u64) -> Result<Option<Vec<u8>>, LedgerError> {
         let b = index >> BLOCK_BITS;
         if self.cached.as_ref().is_none_or(|(cb, _)| *cb != b) {
-            let Some(bytes) = self.store.block(b)? else {
+            let Some(block) = self.store.block(b)? else {
                 return Ok(None);
             };
-            self.cached = Some((b, Block::decode(&bytes, b)?));
+            self.cached = Some((b, block));
         }
         let offset = (index & (BLOCK_LEN - 1)) as usize;
         Ok(self
@@ -147,14 +147,18 @@ impl BlockReader<'_> {
     }
 }
 
-/// Candidate entry indices in scan order from `pos`, with the time and
-/// first index of their run for time scans; at most about `chunk` of them.
+/// A candidate: entry index, and for time scans its run's time and first
+/// index.
+type Candidate = (u64, i64, u64);
+
+/// Candidate entries in scan order from `pos`, at most about `chunk` of
+/// them, and whether the index has nothing after them.
 fn candidates(
     store: &dyn LedgerStore,
     plan: &Plan,
     pos: &Position,
     chunk: usize,
-) -> Result<(Vec<(u64, i64, u64)>, bool), LedgerError> {
+) -> Result<(Vec<Candidate>, bool), LedgerError> {
     let mut out = Vec::new();
     let exhausted;
     match plan {
@@ -218,15 +222,24 @@ pub fn run(
     loop {
         let (batch, exhausted) = candidates(store, &plan, &pos, 512)?;
         if batch.is_empty() {
-            return Ok(Page { entries, next: None });
+            return Ok(Page {
+                entries,
+                next: None,
+            });
         }
         for (index, time, run) in batch {
             let time_ordered = matches!(plan, Plan::Time);
             if time_ordered && query.until_ms.is_some_and(|u| time >= u) {
-                return Ok(Page { entries, next: None });
+                return Ok(Page {
+                    entries,
+                    next: None,
+                });
             }
             if !time_ordered && index >= size {
-                return Ok(Page { entries, next: None });
+                return Ok(Page {
+                    entries,
+                    next: None,
+                });
             }
             if entries.len() >= limit || examined >= EXAMINE_PER_PAGE {
                 let at = Position { time, run, index };
@@ -249,7 +262,10 @@ pub fn run(
             };
         }
         if exhausted {
-            return Ok(Page { entries, next: None });
+            return Ok(Page {
+                entries,
+                next: None,
+            });
         }
     }
 }

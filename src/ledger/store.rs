@@ -8,7 +8,8 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `E ‖ block` | [`Block`]: up to 64 entries and their leaf hashes |
+//! | `E ‖ block` | a [`Block`]'s entries: up to 64 |
+//! | `F ‖ block` | the block's leaf hashes (what proofs read) |
 //! | `H ‖ level ‖ index` | hash of a complete subtree, levels ≥ [`STORED_LEVEL`] only (lower ones come from a block's leaves) |
 //! | `S` | tree size ‖ root |
 //! | `C ‖ size` | signed checkpoint note of that size |
@@ -93,9 +94,9 @@ fn corrupt(key: impl Into<String>, detail: impl Into<String>) -> StoreError {
 /// Up to [`BLOCK_LEN`] consecutive entries (block `b` holds entries
 /// `b·64 …`) with their leaf hashes.
 ///
-/// Encoding: `u8 count ‖ count × 32-byte leaf hash ‖ count × (u16 length ‖
-/// entry bytes)`. Leaves come first so proofs can read them without
-/// parsing entries.
+/// Stored as two values so that proofs read only the 2 KiB of leaf hashes:
+/// entries `u8 count ‖ count × (u16 length ‖ bytes)`, leaves `count × 32`
+/// bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Block {
     /// Leaf hash of each entry.
@@ -105,14 +106,11 @@ pub struct Block {
 }
 
 impl Block {
-    /// The stored form.
-    pub fn encode(&self) -> Vec<u8> {
+    /// The stored entries value.
+    pub fn encode_entries(&self) -> Vec<u8> {
         let size: usize = self.entries.iter().map(|e| e.len() + 2).sum();
-        let mut out = Vec::with_capacity(1 + 32 * self.leaves.len() + size);
-        out.push(self.leaves.len() as u8);
-        for l in &self.leaves {
-            out.extend_from_slice(l);
-        }
+        let mut out = Vec::with_capacity(1 + size);
+        out.push(self.entries.len() as u8);
         for e in &self.entries {
             out.extend_from_slice(&(e.len() as u16).to_be_bytes());
             out.extend_from_slice(e);
@@ -120,17 +118,21 @@ impl Block {
         out
     }
 
-    /// The leaf hashes only.
+    /// The stored leaves value.
+    pub fn encode_leaves(&self) -> Vec<u8> {
+        self.leaves.concat()
+    }
+
+    /// Leaf hashes from their stored value.
     pub fn decode_leaves(bytes: &[u8], block: u64) -> Result<Vec<Hash>, StoreError> {
-        let key = || format!("E{block}");
-        let count = usize::from(*bytes.first().ok_or_else(|| corrupt(key(), "empty block"))?);
-        if count == 0 || count as u64 > BLOCK_LEN {
-            return Err(corrupt(key(), format!("block holds {count} entries; 1 to {BLOCK_LEN} expected")));
+        let n = bytes.len() / 32;
+        if bytes.is_empty() || !bytes.len().is_multiple_of(32) || n as u64 > BLOCK_LEN {
+            return Err(corrupt(
+                format!("F{block}"),
+                format!("{} bytes is not 1 to {BLOCK_LEN} leaf hashes", bytes.len()),
+            ));
         }
-        let leaves = bytes
-            .get(1..1 + 32 * count)
-            .ok_or_else(|| corrupt(key(), "block shorter than its leaf hashes"))?;
-        Ok(leaves
+        Ok(bytes
             .chunks_exact(32)
             .map(|c| {
                 let mut h = [0u8; 32];
@@ -140,27 +142,41 @@ impl Block {
             .collect())
     }
 
-    /// The whole block.
-    pub fn decode(bytes: &[u8], block: u64) -> Result<Self, StoreError> {
+    /// A block from its two stored values.
+    pub fn decode(entries: &[u8], leaves: &[u8], block: u64) -> Result<Self, StoreError> {
         let key = || format!("E{block}");
-        let leaves = Self::decode_leaves(bytes, block)?;
-        let mut pos = 1 + 32 * leaves.len();
-        let mut entries = Vec::with_capacity(leaves.len());
-        for _ in 0..leaves.len() {
-            let len = bytes
+        let count = usize::from(
+            *entries
+                .first()
+                .ok_or_else(|| corrupt(key(), "empty block"))?,
+        );
+        let leaves = Self::decode_leaves(leaves, block)?;
+        if count != leaves.len() {
+            return Err(corrupt(
+                key(),
+                format!("{count} entries but {} leaf hashes", leaves.len()),
+            ));
+        }
+        let mut pos = 1;
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = entries
                 .get(pos..pos + 2)
                 .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
                 .ok_or_else(|| corrupt(key(), "truncated entry length"))?;
-            let e = bytes
+            let e = entries
                 .get(pos + 2..pos + 2 + len)
                 .ok_or_else(|| corrupt(key(), "truncated entry"))?;
-            entries.push(e.to_vec());
+            out.push(e.to_vec());
             pos += 2 + len;
         }
-        if pos != bytes.len() {
+        if pos != entries.len() {
             return Err(corrupt(key(), "trailing bytes after the block's entries"));
         }
-        Ok(Self { leaves, entries })
+        Ok(Self {
+            leaves,
+            entries: out,
+        })
     }
 }
 
@@ -224,10 +240,12 @@ pub trait LedgerStore: Send + Sync + 'static {
     fn append_batch(&self, batch: &AppendBatch) -> Result<(), StoreError>;
     /// Makes every written batch durable.
     fn sync(&self) -> Result<(), StoreError>;
-    /// A block's stored bytes.
-    fn block(&self, block: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// A block.
+    fn block(&self, block: u64) -> Result<Option<Block>, StoreError>;
+    /// A block's leaf hashes only.
+    fn leaves(&self, block: u64) -> Result<Option<Vec<Hash>>, StoreError>;
     /// Blocks from `from`, in order, at most `limit`.
-    fn blocks(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    fn blocks(&self, from: u64, limit: usize) -> Result<Vec<(u64, Block)>, StoreError>;
     /// A stored subtree hash (levels ≥ [`STORED_LEVEL`]).
     fn hash(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError>;
     /// Tree size and root.
@@ -256,10 +274,9 @@ pub trait LedgerStore: Send + Sync + 'static {
 
     /// An entry's bytes.
     fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(bytes) = self.block(index >> BLOCK_BITS)? else {
+        let Some(mut block) = self.block(index >> BLOCK_BITS)? else {
             return Ok(None);
         };
-        let mut block = Block::decode(&bytes, index >> BLOCK_BITS)?;
         let offset = (index & (BLOCK_LEN - 1)) as usize;
         Ok((offset < block.entries.len()).then(|| block.entries.swap_remove(offset)))
     }
@@ -280,13 +297,20 @@ fn be_u64(v: &[u8], key: &str) -> Result<u64, StoreError> {
 }
 
 fn hash_value(v: &[u8], key: &str) -> Result<Hash, StoreError> {
-    v.try_into()
-        .map_err(|_| corrupt(key, format!("expected a 32-byte hash, got {} bytes", v.len())))
+    v.try_into().map_err(|_| {
+        corrupt(
+            key,
+            format!("expected a 32-byte hash, got {} bytes", v.len()),
+        )
+    })
 }
 
 fn size_root(v: &[u8], key: &str) -> Result<(u64, Hash), StoreError> {
     if v.len() != 40 {
-        return Err(corrupt(key, format!("expected size and root (40 bytes), got {}", v.len())));
+        return Err(corrupt(
+            key,
+            format!("expected size and root (40 bytes), got {}", v.len()),
+        ));
     }
     Ok((be_u64(&v[..8], key)?, hash_value(&v[8..], key)?))
 }
@@ -338,7 +362,7 @@ impl SledStore {
         })?;
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(256 << 20)
+            .cache_capacity(1 << 30)
             // Every commit is flushed and fsynced by the sequencer; sled's
             // background flusher would only compete for the two cores.
             .flush_every_ms(None)
@@ -382,7 +406,8 @@ impl SledStore {
     pub fn sled_batch(b: &AppendBatch) -> sled::Batch {
         let mut batch = sled::Batch::default();
         for (index, block) in &b.blocks {
-            batch.insert(&key_u64(b'E', *index), block.encode());
+            batch.insert(&key_u64(b'E', *index), block.encode_entries());
+            batch.insert(&key_u64(b'F', *index), block.encode_leaves());
         }
         for (leaf, index) in &b.leaves {
             batch.insert(&leaf_key(leaf)[..], &index.to_be_bytes());
@@ -420,9 +445,10 @@ impl SledStore {
         Ok(())
     }
 
-    /// The key of block `block`, for [`Self::dangerous_overwrite`].
-    pub fn block_key(block: u64) -> Vec<u8> {
-        key_u64(b'E', block).to_vec()
+    /// The keys of block `block`'s entries and leaves, for
+    /// [`Self::dangerous_overwrite`].
+    pub fn block_keys(block: u64) -> (Vec<u8>, Vec<u8>) {
+        (key_u64(b'E', block).to_vec(), key_u64(b'F', block).to_vec())
     }
 
     fn range_u64<T>(
@@ -459,14 +485,34 @@ impl LedgerStore for SledStore {
         })
     }
 
-    fn block(&self, block: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.get(&key_u64(b'E', block))?.map(|v| v.to_vec()))
+    fn block(&self, block: u64) -> Result<Option<Block>, StoreError> {
+        let Some(entries) = self.get(&key_u64(b'E', block))? else {
+            return Ok(None);
+        };
+        let leaves = self
+            .get(&key_u64(b'F', block))?
+            .ok_or_else(|| corrupt(format!("F{block}"), "block without leaf hashes"))?;
+        Ok(Some(Block::decode(&entries, &leaves, block)?))
     }
 
-    fn blocks(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.range_u64(&key_u64(b'E', from), b"E", limit, |k, v| {
+    fn leaves(&self, block: u64) -> Result<Option<Vec<Hash>>, StoreError> {
+        self.get(&key_u64(b'F', block))?
+            .map(|v| Block::decode_leaves(&v, block))
+            .transpose()
+    }
+
+    fn blocks(&self, from: u64, limit: usize) -> Result<Vec<(u64, Block)>, StoreError> {
+        let raw = self.range_u64(&key_u64(b'E', from), b"E", limit, |k, v| {
             Ok((be_u64(k, "E")?, v.to_vec()))
-        })
+        })?;
+        raw.into_iter()
+            .map(|(b, entries)| {
+                let leaves = self
+                    .get(&key_u64(b'F', b))?
+                    .ok_or_else(|| corrupt(format!("F{b}"), "block without leaf hashes"))?;
+                Ok((b, Block::decode(&entries, &leaves, b)?))
+            })
+            .collect()
     }
 
     fn hash(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
@@ -563,18 +609,28 @@ impl SubtreeSource for StoredTree<'_> {
         let store_err = |e: StoreError| ProofError::Store(e.to_string());
         let missing = ProofError::Missing { level, index };
         if level >= STORED_LEVEL {
-            return self.store.hash(level, index).map_err(store_err)?.ok_or(missing);
+            return self
+                .store
+                .hash(level, index)
+                .map_err(store_err)?
+                .ok_or(missing);
         }
         let first = index << level;
         let block = first >> BLOCK_BITS;
         let mut cache = self.leaves.borrow_mut();
         if cache.as_ref().is_none_or(|(b, _)| *b != block) {
-            let bytes = self.store.block(block).map_err(store_err)?.ok_or(missing.clone())?;
-            *cache = Some((block, Block::decode_leaves(&bytes, block).map_err(store_err)?));
+            let leaves = self
+                .store
+                .leaves(block)
+                .map_err(store_err)?
+                .ok_or(missing.clone())?;
+            *cache = Some((block, leaves));
         }
         let leaves = cache.as_ref().map(|(_, l)| l.as_slice()).unwrap_or(&[]);
         let offset = (first & (BLOCK_LEN - 1)) as usize;
-        let span = leaves.get(offset..offset + (1usize << level)).ok_or(missing)?;
+        let span = leaves
+            .get(offset..offset + (1usize << level))
+            .ok_or(missing)?;
         Ok(perfect_root(span))
     }
 }
@@ -585,7 +641,10 @@ fn perfect_root(leaves: &[Hash]) -> Hash {
         return leaves[0];
     }
     let half = leaves.len() / 2;
-    merkle::node_hash(&perfect_root(&leaves[..half]), &perfect_root(&leaves[half..]))
+    merkle::node_hash(
+        &perfect_root(&leaves[..half]),
+        &perfect_root(&leaves[half..]),
+    )
 }
 
 #[cfg(test)]
@@ -598,14 +657,18 @@ mod tests {
             leaves: vec![[1; 32], [2; 32]],
             entries: vec![b"one".to_vec(), b"two!".to_vec()],
         };
-        let bytes = block.encode();
-        assert_eq!(Block::decode(&bytes, 0).expect("decode"), block);
-        for cut in 0..bytes.len() {
-            assert!(Block::decode(&bytes[..cut], 0).is_err(), "cut {cut}");
+        let (e, l) = (block.encode_entries(), block.encode_leaves());
+        assert_eq!(Block::decode(&e, &l, 0).expect("decode"), block);
+        for cut in 0..e.len() {
+            assert!(Block::decode(&e[..cut], &l, 0).is_err(), "cut {cut}");
         }
-        let mut long = bytes.clone();
+        let mut long = e.clone();
         long.push(0);
-        assert!(Block::decode(&long, 0).is_err());
-        assert!(Block::decode(&[65], 0).is_err(), "more than 64 entries");
+        assert!(Block::decode(&long, &l, 0).is_err());
+        assert!(Block::decode(&e, &l[..32], 0).is_err(), "count mismatch");
+        assert!(
+            Block::decode_leaves(&[0; 65 * 32], 0).is_err(),
+            "more than 64 leaves"
+        );
     }
 }

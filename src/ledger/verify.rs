@@ -6,12 +6,12 @@
 
 use std::collections::HashMap;
 
+use super::LedgerError;
 use super::entry::Entry;
 use super::merkle::{self, Frontier, Hash};
 use super::note::{NoteVerifier, SignedCheckpoint};
-use super::store::{BLOCK_BITS, Block, IndexKey, LedgerStore, STORED_LEVEL};
+use super::store::{BLOCK_BITS, IndexKey, LedgerStore, STORED_LEVEL};
 use super::writer::index_keys;
-use super::LedgerError;
 
 /// What a full verification of a stored log found.
 #[derive(Clone, Debug)]
@@ -119,7 +119,7 @@ pub fn verify_store(
         if page.is_empty() {
             break;
         }
-        for (b, bytes) in page {
+        for (b, block) in page {
             let first = b << BLOCK_BITS;
             if b != next_block {
                 return Err(tampered(
@@ -127,7 +127,6 @@ pub fn verify_store(
                     "entries missing (the next stored block starts later)",
                 ));
             }
-            let block = Block::decode(&bytes, b).map_err(|e| tampered(first, e.to_string()))?;
             if frontier.size() != first {
                 return Err(tampered(first, "a block before this one is not full"));
             }
@@ -142,10 +141,16 @@ pub fn verify_store(
                     ));
                 }
                 if merkle::leaf_hash(bytes) != *leaf {
-                    return Err(tampered(index, "entry bytes do not match their stored leaf hash"));
+                    return Err(tampered(
+                        index,
+                        "entry bytes do not match their stored leaf hash",
+                    ));
                 }
                 if store.leaf_index(leaf)? != Some(index) {
-                    return Err(tampered(index, "the leaf-hash index does not point at this entry"));
+                    return Err(tampered(
+                        index,
+                        "the leaf-hash index does not point at this entry",
+                    ));
                 }
                 runs.check(index, entry.time_ms)?;
                 for key in index_keys(&entry) {
@@ -213,9 +218,7 @@ pub fn verify_store(
     let latest = checkpoints.latest;
     let latest_matches = match (&latest, store.last_signed()?) {
         (None, None) => size == 0,
-        (Some(cp), Some((s, r))) => {
-            cp.checkpoint.size == s && cp.checkpoint.root == r && s == size
-        }
+        (Some(cp), Some((s, r))) => cp.checkpoint.size == s && cp.checkpoint.root == r && s == size,
         _ => false,
     };
     if !latest_matches {
@@ -264,7 +267,10 @@ impl TimeRuns {
         }
         match self.current {
             Some((first, _, time)) if first <= index && time == time_ms => Ok(()),
-            _ => Err(tampered(index, "the time index does not record this entry at its time")),
+            _ => Err(tampered(
+                index,
+                "the time index does not record this entry at its time",
+            )),
         }
     }
 
@@ -276,7 +282,10 @@ impl TimeRuns {
             .chain(self.runs)
             .find(|(_, last, _)| *last >= size);
         match beyond {
-            Some((first, _, _)) => Err(tampered(first, "the time index names entries that do not exist")),
+            Some((first, _, _)) => Err(tampered(
+                first,
+                "the time index names entries that do not exist",
+            )),
             None => Ok(()),
         }
     }

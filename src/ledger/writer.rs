@@ -46,15 +46,16 @@ impl Writer {
     pub fn open(store: &dyn LedgerStore, size: u64) -> Result<Self, LedgerError> {
         let frontier = Frontier::load(&StoredTree::new(store), size)?;
         let tail_index = size >> BLOCK_BITS;
-        let tail_is_new = size % BLOCK_LEN == 0;
+        let tail_is_new = size.is_multiple_of(BLOCK_LEN);
         let tail = if tail_is_new {
             Block::default()
         } else {
-            let bytes = store.block(tail_index)?.ok_or_else(|| LedgerError::Tampered {
-                index: tail_index << BLOCK_BITS,
-                detail: "the last block is missing".into(),
-            })?;
-            Block::decode(&bytes, tail_index)?
+            store
+                .block(tail_index)?
+                .ok_or_else(|| LedgerError::Tampered {
+                    index: tail_index << BLOCK_BITS,
+                    detail: "the last block is missing".into(),
+                })?
         };
         Ok(Self {
             frontier,

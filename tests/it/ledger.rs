@@ -201,18 +201,28 @@ async fn tampered_entry_is_found_with_its_index() {
     // The entry's bytes changed: found by its stored leaf hash.
     let copy = tempfile::tempdir().expect("tempdir");
     copy_dir(dir.path(), copy.path());
-    crate::support::rewrite_entry(dir.path(), 7, false, |e| e.draft.detail = "rewritten".into());
+    crate::support::rewrite_entry(dir.path(), 7, false, |e| {
+        e.draft.detail = "rewritten".into()
+    });
     let Err(err) = Ledger::open(dir.path(), key(), &node_id(), LedgerOptions::default()) else {
         panic!("a tampered ledger opened");
     };
-    assert!(matches!(err, LedgerError::Tampered { index: 7, .. }), "{err}");
+    assert!(
+        matches!(err, LedgerError::Tampered { index: 7, .. }),
+        "{err}"
+    );
 
     // Bytes and leaf hash rewritten together: still found, at the same index.
-    crate::support::rewrite_entry(copy.path(), 7, true, |e| e.draft.detail = "rewritten".into());
+    crate::support::rewrite_entry(copy.path(), 7, true, |e| {
+        e.draft.detail = "rewritten".into()
+    });
     let Err(err) = Ledger::open(copy.path(), key(), &node_id(), LedgerOptions::default()) else {
         panic!("a tampered ledger opened");
     };
-    assert!(matches!(err, LedgerError::Tampered { index: 7, .. }), "{err}");
+    assert!(
+        matches!(err, LedgerError::Tampered { index: 7, .. }),
+        "{err}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -200,7 +200,9 @@ async fn tampered_ledger_refuses_to_start_and_audit_verify_names_the_index() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("verified: 4 entries"));
-    crate::support::rewrite_entry(&ledger_dir, 2, false, |e| e.draft.detail = "dsnode 9.9.9".into());
+    crate::support::rewrite_entry(&ledger_dir, 2, false, |e| {
+        e.draft.detail = "dsnode 9.9.9".into()
+    });
     let out = verify();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

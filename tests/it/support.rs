@@ -208,7 +208,7 @@ pub(crate) fn rewrite_entry(
     use dsnode::ledger::store::{BLOCK_BITS, Block, LedgerStore, SledStore};
     let store = SledStore::open(dir).expect("raw store");
     let b = index >> BLOCK_BITS;
-    let mut block = Block::decode(&store.block(b).expect("read").expect("block"), b).expect("decode");
+    let mut block: Block = store.block(b).expect("read").expect("block");
     let k = (index - (b << BLOCK_BITS)) as usize;
     let mut entry = Entry::decode(&block.entries[k]).expect("entry");
     change(&mut entry);
@@ -216,7 +216,11 @@ pub(crate) fn rewrite_entry(
     if fix_leaf {
         block.leaves[k] = dsnode::ledger::merkle::leaf_hash(&block.entries[k]);
     }
+    let (entries_key, leaves_key) = SledStore::block_keys(b);
     store
-        .dangerous_overwrite(&SledStore::block_key(b), &block.encode())
+        .dangerous_overwrite(&entries_key, &block.encode_entries())
+        .expect("overwrite");
+    store
+        .dangerous_overwrite(&leaves_key, &block.encode_leaves())
         .expect("overwrite");
 }
