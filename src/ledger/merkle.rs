@@ -451,8 +451,20 @@ mod tests {
         (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect()
     }
 
-    /// Every n ≤ 300: stored-tree roots equal the recursive reference, and
-    /// every inclusion and consistency proof verifies.
+    /// Flips one bit of a proof (chosen by `seed`); `None` for an empty one.
+    fn flipped(proof: &[Hash], seed: u64) -> Option<Vec<Hash>> {
+        if proof.is_empty() {
+            return None;
+        }
+        let mut bad = proof.to_vec();
+        let bit = (seed as usize) % (bad.len() * 256);
+        bad[bit / 256][(bit % 256) / 8] ^= 1 << (bit % 8);
+        Some(bad)
+    }
+
+    /// Every n ≤ 300: stored-tree roots equal the recursive reference,
+    /// every inclusion and consistency proof verifies, and a flipped bit in
+    /// any of them is rejected.
     #[test]
     fn all_small_trees_and_all_proofs() {
         let all = leaves(300);
@@ -475,11 +487,24 @@ mod tests {
                 let proof = inclusion_proof(&tree, m, n).expect("inclusion");
                 verify_inclusion(&all[m as usize], m, n, &proof, &roots[n as usize])
                     .unwrap_or_else(|e| panic!("inclusion {m} in {n}: {e}"));
+                if let Some(bad) = flipped(&proof, m * 7919 + n) {
+                    assert!(
+                        verify_inclusion(&all[m as usize], m, n, &bad, &roots[n as usize]).is_err(),
+                        "flipped inclusion proof {m} in {n} accepted"
+                    );
+                }
             }
             for m in 1..=n {
                 let proof = consistency_proof(&tree, m, n).expect("consistency");
                 verify_consistency(m, n, &proof, &roots[m as usize], &roots[n as usize])
                     .unwrap_or_else(|e| panic!("consistency {m} → {n}: {e}"));
+                if let Some(bad) = flipped(&proof, m * 104_729 + n) {
+                    assert!(
+                        verify_consistency(m, n, &bad, &roots[m as usize], &roots[n as usize])
+                            .is_err(),
+                        "flipped consistency proof {m} → {n} accepted"
+                    );
+                }
             }
         }
     }
