@@ -60,6 +60,52 @@ impl From<tonic::Status> for AuditError {
     }
 }
 
+/// Most entries one `entries` call collects.
+pub const MAX_AUDIT_ENTRIES: usize = 1_000_000;
+
+/// The query's filters, to re-check every entry the node returns.
+struct Filter {
+    dataset: Option<String>,
+    party: Option<crate::identity::NodeId>,
+    kind: Option<crate::ledger::entry::EntryKind>,
+    since: Option<i64>,
+    until: Option<i64>,
+}
+
+impl Filter {
+    fn of(req: &pb::QueryEntriesRequest) -> Result<Self, AuditError> {
+        let bad = |e: String| AuditError::Mismatch(format!("bad filter: {e}"));
+        let party = match req.party.as_str() {
+            "" => None,
+            p => Some(
+                p.parse()
+                    .map_err(|e: crate::identity::IdError| bad(e.to_string()))?,
+            ),
+        };
+        let kind = match req.kind.as_str() {
+            "" => None,
+            k => Some(crate::ledger::entry::EntryKind::parse(k).map_err(|e| bad(e.to_string()))?),
+        };
+        Ok(Self {
+            dataset: (!req.dataset.is_empty()).then(|| req.dataset.clone()),
+            party,
+            kind,
+            since: (req.since_ms != 0).then_some(req.since_ms),
+            until: (req.until_ms != 0).then_some(req.until_ms),
+        })
+    }
+
+    fn matches(&self, e: &Entry) -> bool {
+        self.dataset
+            .as_ref()
+            .is_none_or(|d| e.draft.dataset.as_ref() == Some(d))
+            && self.party.as_ref().is_none_or(|p| e.names(p))
+            && self.kind.is_none_or(|k| e.draft.kind == k)
+            && self.since.is_none_or(|t| e.time_ms >= t)
+            && self.until.is_none_or(|t| e.time_ms < t)
+    }
+}
+
 /// An entry and the proof that it is in a verified checkpoint.
 #[derive(Clone, Debug)]
 pub struct VerifiedEntry {
@@ -154,14 +200,24 @@ impl Auditor {
     }
 
     /// Entries matching `req`, every one proven against one verified
-    /// checkpoint. With `all_pages`, follows page tokens to the end.
+    /// checkpoint and checked against the filters (a node cannot slip in
+    /// entries that do not match). With `all_pages`, follows page tokens to
+    /// the end, requiring every page to move forward, up to
+    /// [`MAX_AUDIT_ENTRIES`].
     pub async fn entries(
         &mut self,
         mut req: pb::QueryEntriesRequest,
         all_pages: bool,
     ) -> Result<(SignedCheckpoint, Vec<VerifiedEntry>), AuditError> {
-        let mut out = Vec::new();
+        let filter = Filter::of(&req)?;
+        let time_ordered = filter.dataset.is_none()
+            && filter.party.is_none()
+            && filter.kind.is_none()
+            && (req.since_ms != 0 || req.until_ms != 0);
+        let mut out: Vec<VerifiedEntry> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut pinned: Option<SignedCheckpoint> = None;
+        let mut last_index: Option<u64> = None;
         loop {
             let r = self.client.query_entries(req.clone()).await?.into_inner();
             let cp = self.checkpoint_of(&r.checkpoint)?;
@@ -172,22 +228,37 @@ impl Auditor {
                     "a later page was proven against another checkpoint".into(),
                 ));
             }
-            let mut last = None;
             for proven in r.entries {
                 let v = self.verify_entry(&cp, proven)?;
-                if last.is_some_and(|l| v.entry.index <= l)
-                    && req.since_ms == 0
-                    && req.until_ms == 0
-                {
-                    return Err(AuditError::Mismatch("entries out of order".into()));
+                let index = v.entry.index;
+                if !filter.matches(&v.entry) {
+                    return Err(AuditError::Mismatch(format!(
+                        "the node returned entry {index}, which does not match the query"
+                    )));
                 }
-                last = Some(v.entry.index);
+                if !seen.insert(index) || (!time_ordered && last_index.is_some_and(|l| index <= l))
+                {
+                    return Err(AuditError::Mismatch(format!(
+                        "the node returned entry {index} twice or out of order"
+                    )));
+                }
+                last_index = Some(index);
                 out.push(v);
+                if out.len() > MAX_AUDIT_ENTRIES {
+                    return Err(AuditError::Mismatch(format!(
+                        "more than {MAX_AUDIT_ENTRIES} entries; narrow the query"
+                    )));
+                }
             }
             req.tree_size = cp.checkpoint.size;
             pinned = Some(cp);
             if !all_pages || r.next_page_token.is_empty() {
                 break;
+            }
+            if r.next_page_token == req.page_token {
+                return Err(AuditError::Mismatch(
+                    "the node's page token does not move forward".into(),
+                ));
             }
             req.page_token = r.next_page_token;
         }

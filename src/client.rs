@@ -98,7 +98,23 @@ pub async fn connect(
                 let mut stream = tls.connect(server_name, tcp).await?;
                 let identity = tls::peer_identity(stream.get_ref().1.peer_certificates())
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(identity);
+                {
+                    // A channel reconnects by itself: every connection must
+                    // reach the node the first one verified.
+                    let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(first) = seen.as_ref()
+                        && first.public_key != identity.public_key
+                    {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!(
+                                "{addr} is now node {}, not node {} this channel connected to",
+                                identity.node_id, first.node_id
+                            ),
+                        ));
+                    }
+                    *seen = Some(identity);
+                }
                 let first = await_server_preface(&mut stream).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(Prefixed::new(first, stream)))
             }
@@ -114,7 +130,7 @@ pub async fn connect(
     let server = seen
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .take()
+        .clone()
         .ok_or_else(|| ConnectError::Connect {
             addr: addr.to_owned(),
             reason: "the connection carried no verified server certificate".into(),

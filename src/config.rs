@@ -141,6 +141,7 @@ pub struct RawConfig {
 pub struct RawTransport {
     pub handshake_timeout: Option<HumanDuration>,
     pub max_connections: Option<usize>,
+    pub max_handshakes: Option<usize>,
     pub max_connection_age: Option<HumanDuration>,
     pub max_connection_age_grace: Option<HumanDuration>,
     pub max_concurrent_streams: Option<u32>,
@@ -165,8 +166,10 @@ pub struct RawTransport {
 pub struct TransportConfig {
     /// A TLS handshake not finished in this time is dropped (slow-loris).
     pub handshake_timeout: Duration,
-    /// Open connections at most; more wait in the kernel backlog.
+    /// Verified connections open at most; more are refused.
     pub max_connections: usize,
+    /// TLS handshakes in progress at most; more wait in the kernel backlog.
+    pub max_handshakes: usize,
     /// After this age a connection is closed gracefully (bounds how long a
     /// peer keeps a connection after its certificate is revoked).
     pub max_connection_age: Duration,
@@ -208,8 +211,9 @@ pub struct TransportConfig {
 impl Default for TransportConfig {
     fn default() -> Self {
         Self {
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             max_connections: 1024,
+            max_handshakes: 256,
             max_connection_age: Duration::from_secs(30 * 60),
             max_connection_age_grace: Duration::from_secs(60),
             max_concurrent_streams: 128,
@@ -274,6 +278,7 @@ impl Config {
         let transport = TransportConfig {
             handshake_timeout: dur(t.handshake_timeout, d.handshake_timeout),
             max_connections: t.max_connections.unwrap_or(d.max_connections),
+            max_handshakes: t.max_handshakes.unwrap_or(d.max_handshakes),
             max_connection_age: dur(t.max_connection_age, d.max_connection_age),
             max_connection_age_grace: dur(t.max_connection_age_grace, d.max_connection_age_grace),
             max_concurrent_streams: t.max_concurrent_streams.unwrap_or(d.max_concurrent_streams),
@@ -311,8 +316,9 @@ impl Config {
                 "must be between 16384 and 16777215 bytes",
             ));
         }
-        let positive: [(&'static str, bool); 8] = [
+        let positive: [(&'static str, bool); 9] = [
             ("transport.max_connections", transport.max_connections > 0),
+            ("transport.max_handshakes", transport.max_handshakes > 0),
             (
                 "transport.max_concurrent_streams",
                 transport.max_concurrent_streams > 0,

@@ -22,10 +22,12 @@
 pub mod audit;
 pub mod client;
 pub mod config;
+pub mod envelope;
 pub mod fsutil;
 pub mod identity;
 pub mod ledger;
 pub mod node;
+pub mod policy;
 pub mod rpc;
 pub mod tls;
 

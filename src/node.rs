@@ -76,6 +76,8 @@ pub struct Credentials {
     pub identity: PeerIdentity,
     /// Certificate, key, CA and CRL for rustls.
     pub material: TlsMaterial,
+    /// Serials the CRL revokes.
+    pub revoked: Vec<Vec<u8>>,
 }
 
 fn check_time(what: &str, at: Option<OffsetDateTime>, fix: &str) -> Result<(), NodeError> {
@@ -125,9 +127,10 @@ pub fn load_credentials(dir: &DataDir) -> Result<Credentials, NodeError> {
         "ask the operator for a new certificate",
     )?;
     let crl_path = dir.crl();
-    let list = ca::read_crl(&ca_der, &crl_path)?;
+    let crl_pem = fsutil::read(&crl_path)?;
+    let list = ca::parse_crl(&ca_der, &crl_pem, &crl_path)?;
     check_revocation(&crl_path, &list, &identity)?;
-    let crl = ca::crl_der_from_pem(&fsutil::read(&crl_path)?)?;
+    let crl = ca::crl_der_from_pem(&crl_pem)?;
     let cert_der: CertificateDer<'static> = cert::cert_der_from_pem(&cert_pem)?;
     let material = TlsMaterial {
         cert_chain: vec![cert_der],
@@ -139,6 +142,7 @@ pub fn load_credentials(dir: &DataDir) -> Result<Credentials, NodeError> {
         key,
         identity,
         material,
+        revoked: list.revoked.iter().map(|r| r.serial.clone()).collect(),
     })
 }
 
@@ -250,6 +254,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     );
 
     let registry = Arc::new(ConnectionRegistry::default());
+    registry.revoke_serials(creds.revoked.clone());
     let cell = ServerConfigCell::new(server_config);
     let stop_accept = CancellationToken::new();
     let incoming = ReceiverStream::new(tls::accept_loop(
@@ -257,6 +262,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         cell.clone(),
         AcceptLimits {
             handshake_timeout: t.handshake_timeout,
+            max_handshakes: t.max_handshakes,
             max_connections: t.max_connections,
         },
         registry.clone(),
@@ -351,7 +357,11 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             let mut server = server;
             tokio::select! {
                 result = &mut server => {
-                    // The server ended by itself: that is a failure.
+                    // The server ended by itself: a failure. Still say so
+                    // to health watchers and close the ledger cleanly.
+                    tracing::error!("gRPC server stopped unexpectedly");
+                    set_health(&health, ServingStatus::NotServing).await;
+                    ledger.close().await;
                     result??;
                     return Ok(());
                 }
@@ -427,6 +437,7 @@ async fn watch_crl(
 ) {
     let path = dir.crl();
     let mut stamp = file_stamp(&path);
+    let mut crl_number = ca::read_crl(&material.ca, &path).map_or(0, |l| l.number);
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -445,7 +456,7 @@ async fn watch_crl(
             continue;
         }
         stamp = now;
-        match reload_crl(&path, &mut material, &cell, &registry) {
+        match reload_crl(&path, &mut material, &cell, &registry, &mut crl_number) {
             Ok((list, cut)) => tracing::info!(
                 crl_number = list.number,
                 revoked = list.revoked.len(),
@@ -462,21 +473,36 @@ fn reload_crl(
     material: &mut TlsMaterial,
     cell: &ServerConfigCell,
     registry: &ConnectionRegistry,
+    current_number: &mut u64,
 ) -> Result<(RevocationList, usize), NodeError> {
-    let list = ca::read_crl(&material.ca, path)?;
+    // Read once: the list checked and the CRL installed are the same bytes.
+    let pem = fsutil::read(path)?;
+    let list = ca::parse_crl(&material.ca, &pem, path)?;
+    if list.number < *current_number {
+        return Err(NodeError::Credentials(format!(
+            "{} is CRL #{}, older than CRL #{} in force; an older CRL could un-revoke certificates, so it is ignored",
+            path.display(),
+            list.number,
+            current_number
+        )));
+    }
     if let Some(next) = list.next_update.filter(|t| *t <= OffsetDateTime::now_utc()) {
         tracing::warn!(
             expired = %next,
             "the new CRL has expired: every peer will be refused until the operator publishes a fresh one"
         );
     }
-    let crl = ca::crl_der_from_pem(&fsutil::read(path)?)?;
+    let crl = ca::crl_der_from_pem(&pem)?;
     let mut next = material.clone();
     next.crl = crl;
-    cell.replace(tls::server_config(&next)?);
-    *material = next;
+    let config = tls::server_config(&next)?;
+    // Revoked set first, then the new config: a handshake finishing under
+    // the old config is refused when it registers.
     let serials: Vec<Vec<u8>> = list.revoked.iter().map(|r| r.serial.clone()).collect();
-    let cut = registry.cut_serials(&serials);
+    let cut = registry.revoke_serials(serials);
+    cell.replace(config);
+    *material = next;
+    *current_number = list.number;
     Ok((list, cut))
 }
 

@@ -178,25 +178,39 @@ impl ServerConfigCell {
 #[derive(Default)]
 pub struct ConnectionRegistry {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, (Vec<u8>, CancellationToken)>>,
+    state: Mutex<Registry>,
     handshake_failures: AtomicU64,
 }
 
+#[derive(Default)]
+struct Registry {
+    open: HashMap<u64, (Vec<u8>, CancellationToken)>,
+    /// Serials the CRL in force revokes. A handshake that began under an
+    /// older CRL is checked against this when it registers, so a reload
+    /// racing a handshake cannot let a revoked peer in.
+    revoked: std::collections::HashSet<Vec<u8>>,
+}
+
 impl ConnectionRegistry {
-    fn register(self: &Arc<Self>, serial: Vec<u8>) -> (u64, CancellationToken) {
+    /// Registers a verified connection, unless its serial is revoked.
+    fn register(self: &Arc<Self>, serial: Vec<u8>) -> Option<(u64, CancellationToken)> {
+        let mut state = self.lock();
+        if state.revoked.contains(&serial) {
+            return None;
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
-        self.lock().insert(id, (serial, token.clone()));
-        (id, token)
+        state.open.insert(id, (serial, token.clone()));
+        Some((id, token))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Vec<u8>, CancellationToken)>> {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Number of open connections.
     pub fn open_count(&self) -> usize {
-        self.lock().len()
+        self.lock().open.len()
     }
 
     /// Number of handshakes that failed or timed out since start.
@@ -204,13 +218,15 @@ impl ConnectionRegistry {
         self.handshake_failures.load(Ordering::Relaxed)
     }
 
-    /// Cuts every open connection whose certificate serial is in `serials`;
-    /// returns how many were cut.
-    pub fn cut_serials(&self, serials: &[Vec<u8>]) -> usize {
-        let open = self.lock();
+    /// Makes `serials` the revoked set (the CRL now in force) and cuts
+    /// every open connection whose certificate it lists; returns how many
+    /// were cut.
+    pub fn revoke_serials(&self, serials: Vec<Vec<u8>>) -> usize {
+        let mut state = self.lock();
+        state.revoked = serials.into_iter().collect();
         let mut cut = 0;
-        for (serial, token) in open.values() {
-            if serials.contains(serial) {
+        for (serial, token) in state.open.values() {
+            if state.revoked.contains(serial) {
                 token.cancel();
                 cut += 1;
             }
@@ -220,7 +236,7 @@ impl ConnectionRegistry {
 
     /// Cuts every open connection (end of the shutdown drain).
     pub fn cut_all(&self) {
-        for (_, token) in self.lock().values() {
+        for (_, token) in self.lock().open.values() {
             token.cancel();
         }
     }
@@ -251,7 +267,7 @@ impl PeerConnection {
 
 impl Drop for PeerConnection {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.info.connection);
+        self.registry.lock().open.remove(&self.info.connection);
     }
 }
 
@@ -311,7 +327,11 @@ impl AsyncWrite for PeerConnection {
 pub struct AcceptLimits {
     /// A handshake not finished in this time is dropped.
     pub handshake_timeout: Duration,
-    /// Open connections (including handshakes in progress) at most.
+    /// Handshakes in progress at most. Separate from connections, so that
+    /// stalled handshakes (which cost an attacker no certificate) cannot
+    /// take the slots of verified peers.
+    pub max_handshakes: usize,
+    /// Verified connections open at most; beyond it new peers are refused.
     pub max_connections: usize,
 }
 
@@ -326,15 +346,17 @@ pub fn accept_loop(
     stop: CancellationToken,
 ) -> mpsc::Receiver<Result<PeerConnection, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
         loop {
-            // Wait for a free slot before accepting, so excess connections
-            // queue in the kernel backlog instead of costing handshakes.
-            let permit = tokio::select! {
+            // Wait for a free handshake slot before accepting, so excess
+            // connections queue in the kernel backlog instead of costing
+            // handshakes.
+            let handshake_permit = tokio::select! {
                 _ = stop.cancelled() => break,
                 () = tx.closed() => break,
-                permit = slots.clone().acquire_owned() => match permit {
+                permit = handshakes.clone().acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
                 },
@@ -356,6 +378,7 @@ pub fn accept_loop(
             let acceptor = tokio_rustls::TlsAcceptor::from(config.current());
             let tx = tx.clone();
             let registry = registry.clone();
+            let slots = slots.clone();
             tokio::spawn(async move {
                 let handshake =
                     tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
@@ -380,7 +403,16 @@ pub fn accept_loop(
                         return;
                     }
                 };
-                let (connection, token) = registry.register(identity.serial.clone());
+                drop(handshake_permit);
+                let Ok(permit) = slots.try_acquire_owned() else {
+                    tracing::warn!(peer = %remote_addr, node = %identity.node_id, "connection limit reached; refusing");
+                    return;
+                };
+                let Some((connection, token)) = registry.register(identity.serial.clone()) else {
+                    registry.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(peer = %remote_addr, node = %identity.node_id, "certificate revoked by the CRL now in force; refusing");
+                    return;
+                };
                 tracing::debug!(peer = %remote_addr, node = %identity.node_id, connection, "connection open");
                 let conn = PeerConnection {
                     inner: stream,

@@ -408,12 +408,17 @@ pub fn verify_issued_by(
 /// Reads a CRL file and checks that the CA certificate `ca_der` signed it.
 /// Expiry is not checked here (the TLS layer enforces it).
 pub fn read_crl(ca_der: &[u8], path: &Path) -> Result<RevocationList, CaError> {
+    parse_crl(ca_der, &fsutil::read(path)?, path)
+}
+
+/// Parses a PEM CRL read from `path` and checks that the CA certificate
+/// `ca_der` signed it.
+pub fn parse_crl(ca_der: &[u8], pem: &[u8], path: &Path) -> Result<RevocationList, CaError> {
     let crl_err = |detail: String| CaError::Crl {
         path: path.display().to_string(),
         detail,
     };
-    let pem = fsutil::read(path)?;
-    let der = crl_der_from_pem(&pem).map_err(|e| crl_err(e.to_string()))?;
+    let der = crl_der_from_pem(pem).map_err(|e| crl_err(e.to_string()))?;
     let (_, crl) = CertificateRevocationList::from_der(&der)
         .map_err(|e| crl_err(format!("not a certificate revocation list: {e}")))?;
     let (_, ca) = X509Certificate::from_der(ca_der)

@@ -136,6 +136,61 @@ enum Request {
     Close,
 }
 
+/// File (in the ledger directory, outside sled) holding the last
+/// checkpoint signed.
+const LAST_CHECKPOINT: &str = "LAST_CHECKPOINT";
+
+/// Refuses a store that is behind, or disagrees with, the last checkpoint
+/// this node signed.
+fn check_guard(
+    path: &Path,
+    store: &dyn LedgerStore,
+    verifier: &NoteVerifier,
+    report: &VerifyReport,
+) -> Result<(), LedgerError> {
+    let note = match std::fs::read(path) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if report.size > 0 {
+                tracing::warn!(path = %path.display(), "no record of the last signed checkpoint outside the store; trusting the store");
+            }
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(StoreError::Sync {
+                path: path.display().to_string(),
+                source: e,
+            }
+            .into());
+        }
+    };
+    let last =
+        SignedCheckpoint::verify(&note, verifier).map_err(|e| LedgerError::BadCheckpoint {
+            size: 0,
+            detail: format!("{}: {e}", path.display()),
+        })?;
+    let signed = last.checkpoint.size;
+    if signed > report.size {
+        return Err(LedgerError::BadCheckpoint {
+            size: signed,
+            detail: format!(
+                "this node signed a checkpoint of size {signed} but its store ends at {}: the store was rolled back or lost entries",
+                report.size
+            ),
+        });
+    }
+    let stored = store.checkpoint(signed)?;
+    if stored.as_deref().map(str::as_bytes) != Some(last.note.as_bytes()) {
+        return Err(LedgerError::BadCheckpoint {
+            size: signed,
+            detail:
+                "the store's checkpoint of this size differs from the one this node last signed"
+                    .into(),
+        });
+    }
+    Ok(())
+}
+
 /// The name under which a node signs its checkpoints (origin line and
 /// note key name).
 pub fn origin_for(node: &NodeId) -> String {
@@ -167,7 +222,9 @@ struct Shared {
 impl Ledger {
     /// Opens the ledger in `dir` (sled), verifies it in full, and starts
     /// the sequencer. A store that fails verification is refused, naming
-    /// the first bad index.
+    /// the first bad index; so is a store behind the last checkpoint this
+    /// node signed (kept outside sled, in `dir/LAST_CHECKPOINT`): a rolled
+    /// back or truncated store would otherwise make the node sign a fork.
     pub fn open(
         dir: &Path,
         key: SigningKey,
@@ -175,19 +232,32 @@ impl Ledger {
         options: LedgerOptions,
     ) -> Result<(Self, VerifyReport), LedgerError> {
         let store: Arc<dyn LedgerStore> = Arc::new(SledStore::open(dir)?);
-        Self::with_store(store, key, node, options)
+        Self::start(store, key, node, options, Some(dir.join(LAST_CHECKPOINT)))
     }
 
-    /// Like [`Ledger::open`] over any store.
+    /// Like [`Ledger::open`] over any store, without the rollback guard.
     pub fn with_store(
         store: Arc<dyn LedgerStore>,
         key: SigningKey,
         node: &NodeId,
         options: LedgerOptions,
     ) -> Result<(Self, VerifyReport), LedgerError> {
+        Self::start(store, key, node, options, None)
+    }
+
+    fn start(
+        store: Arc<dyn LedgerStore>,
+        key: SigningKey,
+        node: &NodeId,
+        options: LedgerOptions,
+        guard: Option<std::path::PathBuf>,
+    ) -> Result<(Self, VerifyReport), LedgerError> {
         let signer = NoteSigner::new(&origin_for(node), key)?;
         let verifier = signer.verifier();
         let report = verify_store(store.as_ref(), &verifier)?;
+        if let Some(path) = &guard {
+            check_guard(path, store.as_ref(), &verifier, &report)?;
+        }
         let writer = Writer::open(store.as_ref(), report.size)?;
         let (head_tx, head_rx) = watch::channel(report.latest.clone().map(Arc::new));
         let (tx, rx) = mpsc::channel(options.queue.max(1));
@@ -203,6 +273,7 @@ impl Ledger {
             head: head_tx,
             failed: failed.clone(),
             max_batch: options.max_batch.max(1),
+            guard,
         };
         let thread = std::thread::Builder::new()
             .name("ledger-sequencer".into())
@@ -381,6 +452,8 @@ struct Sequencer {
     head: watch::Sender<Option<Arc<SignedCheckpoint>>>,
     failed: Arc<AtomicBool>,
     max_batch: usize,
+    /// Where the last signed checkpoint is kept outside the store.
+    guard: Option<std::path::PathBuf>,
 }
 
 impl Sequencer {
@@ -472,10 +545,19 @@ impl Sequencer {
         }
         let (batch, signed) = self.writer.seal(&self.signer);
         let (size, root) = batch.head;
-        let result = self
+        let mut result = self
             .store
             .append_batch(&batch)
-            .and_then(|()| self.store.sync());
+            .and_then(|()| self.store.sync())
+            .map_err(LedgerError::from);
+        if let (Ok(()), Some(path)) = (&result, &self.guard) {
+            result = crate::fsutil::write_atomic(
+                path,
+                signed.note.as_bytes(),
+                crate::fsutil::PUBLIC_MODE,
+            )
+            .map_err(|e| LedgerError::CommitFailed(e.to_string()));
+        }
         match result {
             Ok(()) => {
                 self.last_signed = Some((size, root));
@@ -491,7 +573,7 @@ impl Sequencer {
             }
             Err(e) => {
                 let replies = accepted.into_iter().map(|(_, _, r)| r);
-                self.fail(replies, &LedgerError::CommitFailed(e.to_string()));
+                self.fail(replies, &e);
             }
         }
     }

@@ -9,6 +9,8 @@ use crate::identity::NodeId;
 
 /// Entries a query may examine per page beyond those it returns.
 const EXAMINE_PER_PAGE: usize = 10_000;
+/// Blocks a query may read per page.
+const BLOCKS_PER_PAGE: usize = 1_000;
 
 /// Filters of an auditor query; all optional, all must match.
 #[derive(Clone, Debug, Default)]
@@ -128,6 +130,7 @@ fn token(plan: &Plan, pos: &Position) -> Vec<u8> {
 struct BlockReader<'a> {
     store: &'a dyn LedgerStore,
     cached: Option<(u64, Block)>,
+    loads: usize,
 }
 
 impl BlockReader<'_> {
@@ -137,6 +140,7 @@ impl BlockReader<'_> {
             let Some(block) = self.store.block(b)? else {
                 return Ok(None);
             };
+            self.loads += 1;
             self.cached = Some((b, block));
         }
         let offset = (index & (BLOCK_LEN - 1)) as usize;
@@ -166,8 +170,11 @@ fn candidates(
             let postings = store.scan_postings(key, pos.index >> BLOCK_BITS, chunk / 8 + 1)?;
             exhausted = postings.len() < chunk / 8 + 1;
             for (block, mut bits) in postings {
+                let Some(base) = block.checked_mul(BLOCK_LEN) else {
+                    break;
+                };
                 while bits != 0 {
-                    let index = (block << BLOCK_BITS) + u64::from(bits.trailing_zeros());
+                    let index = base + u64::from(bits.trailing_zeros());
                     bits &= bits - 1;
                     if index >= pos.index {
                         out.push((index, 0, 0));
@@ -216,6 +223,7 @@ pub fn run(
     let mut reader = BlockReader {
         store,
         cached: None,
+        loads: 0,
     };
     let mut entries = Vec::new();
     let mut examined = 0usize;
@@ -241,11 +249,15 @@ pub fn run(
                     next: None,
                 });
             }
-            if entries.len() >= limit || examined >= EXAMINE_PER_PAGE {
-                let at = Position { time, run, index };
+            if entries.len() >= limit
+                || examined >= EXAMINE_PER_PAGE
+                || reader.loads >= BLOCKS_PER_PAGE
+            {
+                // Resume after the last examined entry: the token names no
+                // entry the caller has not been shown.
                 return Ok(Page {
                     entries,
-                    next: Some(token(&plan, &at)),
+                    next: Some(token(&plan, &pos)),
                 });
             }
             examined += 1;
@@ -258,7 +270,7 @@ pub fn run(
             pos = Position {
                 time,
                 run,
-                index: index + 1,
+                index: index.saturating_add(1),
             };
         }
         if exhausted {

@@ -287,6 +287,8 @@ pub struct SledStore {
     db: sled::Db,
     dir: PathBuf,
     db_file: File,
+    /// sled blob files already fsynced (see [`LedgerStore::sync`]).
+    synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
 }
 
 fn be_u64(v: &[u8], key: &str) -> Result<u64, StoreError> {
@@ -382,11 +384,62 @@ impl SledStore {
             path: db_path.display().to_string(),
             source,
         })?;
+        // The store's files and directories must survive a power loss
+        // from the first commit on.
+        for d in [dir, &dir.join("blobs")] {
+            if d.exists() {
+                crate::fsutil::sync_dir(d).map_err(|source| StoreError::Sync {
+                    path: d.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        if let Some(parent) = dir.parent() {
+            let _ = crate::fsutil::sync_dir(parent);
+        }
         Ok(Self {
             db,
             dir: dir.to_path_buf(),
             db_file,
+            synced_blobs: Default::default(),
         })
+    }
+
+    /// sled 0.34 writes values and nodes larger than a quarter segment to
+    /// separate files under `blobs/` without fsyncing them: fsync every new
+    /// one, and the directory, before a commit is acknowledged.
+    fn sync_blobs(&self) -> Result<(), StoreError> {
+        let blobs = self.dir.join("blobs");
+        let sync_err = |path: &Path, source| StoreError::Sync {
+            path: path.display().to_string(),
+            source,
+        };
+        let Ok(listing) = std::fs::read_dir(&blobs) else {
+            return Ok(());
+        };
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut any = false;
+        for entry in listing.flatten() {
+            let name = entry.file_name();
+            if synced.contains(&name) {
+                continue;
+            }
+            match File::open(entry.path()).and_then(|f| f.sync_all()) {
+                Ok(()) => {}
+                // sled garbage-collects blobs; a vanished one needs no sync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(sync_err(&entry.path(), e)),
+            }
+            synced.insert(name);
+            any = true;
+        }
+        if any {
+            crate::fsutil::sync_dir(&blobs).map_err(|e| sync_err(&blobs, e))?;
+        }
+        Ok(())
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
@@ -479,6 +532,7 @@ impl LedgerStore for SledStore {
 
     fn sync(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(|e| self.err(e))?;
+        self.sync_blobs()?;
         self.db_file.sync_all().map_err(|source| StoreError::Sync {
             path: self.dir.join("db").display().to_string(),
             source,

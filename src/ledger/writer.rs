@@ -88,7 +88,9 @@ impl Writer {
         let block = index >> BLOCK_BITS;
         if block != self.tail_index {
             let full = std::mem::take(&mut self.tail);
-            self.batch.blocks.push((self.tail_index, full));
+            if !full.entries.is_empty() {
+                self.batch.blocks.push((self.tail_index, full));
+            }
             self.tail_index = block;
             self.tail_postings.clear();
             self.tail_is_new = true;
@@ -124,7 +126,15 @@ impl Writer {
     /// and the checkpoint signed over it. Returns the batch to commit.
     pub fn seal(&mut self, signer: &NoteSigner) -> (AppendBatch, SignedCheckpoint) {
         let mut batch = std::mem::take(&mut self.batch);
-        if !self.tail.entries.is_empty() {
+        if self.tail.entries.len() as u64 == BLOCK_LEN {
+            // A full block is final: write it once and start the next.
+            batch
+                .blocks
+                .push((self.tail_index, std::mem::take(&mut self.tail)));
+            self.tail_index += 1;
+            self.tail_postings.clear();
+            self.tail_is_new = true;
+        } else if !self.tail.entries.is_empty() {
             batch.blocks.push((self.tail_index, self.tail.clone()));
         }
         batch.postings = std::mem::take(&mut self.touched)

@@ -214,15 +214,20 @@ impl pb::ledger_server::Ledger for LedgerService {
         let req = request.into_inner();
         let checkpoint = self.checkpoint(req.tree_size)?;
         let size = checkpoint.checkpoint.size;
-        let index = match req.target {
-            Some(pb::prove_inclusion_request::Target::Index(i)) => i,
+        // One answer for "no such entry" and "not yours to see", so a
+        // non-auditor learns nothing about entries that do not name it.
+        let unseen = || Status::not_found("no entry visible to you matches");
+        let (index, wanted_leaf) = match req.target {
+            Some(pb::prove_inclusion_request::Target::Index(i)) => (i, None),
             Some(pb::prove_inclusion_request::Target::LeafHash(h)) => {
                 let leaf: Hash = merkle::hash_from_slice(&h)
                     .map_err(|e| Status::invalid_argument(format!("leaf_hash: {e}")))?;
-                self.ledger()
+                let index = self
+                    .ledger()
                     .leaf_index(&leaf)
                     .map_err(|e| status::ledger("looking up a leaf", e))?
-                    .ok_or_else(|| Status::not_found("no entry has this leaf hash"))?
+                    .ok_or_else(unseen)?;
+                (index, Some(leaf))
             }
             None => {
                 return Err(Status::invalid_argument(
@@ -231,20 +236,18 @@ impl pb::ledger_server::Ledger for LedgerService {
             }
         };
         if index >= size {
-            return Err(Status::invalid_argument(format!(
-                "entry {index} is not in the tree of size {size}"
-            )));
+            return Err(unseen());
         }
         let bytes = self
             .ledger()
             .entry(index)
             .map_err(|e| status::ledger("reading an entry", e))?
-            .ok_or_else(|| Status::not_found(format!("no entry {index}")))?;
+            .ok_or_else(unseen)?;
+        if wanted_leaf.is_some_and(|leaf| merkle::leaf_hash(&bytes) != leaf) {
+            return Err(unseen());
+        }
         if !may_see(&who, &bytes)? {
-            return Err(Status::permission_denied(format!(
-                "entry {index} does not name {}; only auditors may see it",
-                who.node_id
-            )));
+            return Err(unseen());
         }
         Ok(Response::new(pb::ProveInclusionResponse {
             entry: Some(self.proven(index, bytes, size)?),

@@ -225,6 +225,37 @@ async fn tampered_entry_is_found_with_its_index() {
     );
 }
 
+/// Defence: the last signed checkpoint is kept outside the store, so a
+/// store rolled back to an older copy is refused instead of being extended
+/// into a fork (THREATS.md row 14).
+#[tokio::test]
+async fn rolled_back_store_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = open(dir.path());
+    for i in 0..10 {
+        ledger.append(draft(i)).await.expect("append");
+    }
+    ledger.close().await;
+    drop(ledger);
+    let old = tempfile::tempdir().expect("tempdir");
+    copy_dir(dir.path(), old.path());
+    let ledger = open(dir.path());
+    for i in 10..20 {
+        ledger.append(draft(i)).await.expect("append");
+    }
+    ledger.close().await;
+    drop(ledger);
+    // Put the older store back, keeping the newer record of what was signed.
+    let guard = std::fs::read(dir.path().join("LAST_CHECKPOINT")).expect("guard");
+    std::fs::remove_dir_all(dir.path()).expect("rm");
+    copy_dir(old.path(), dir.path());
+    std::fs::write(dir.path().join("LAST_CHECKPOINT"), guard).expect("write guard");
+    let Err(err) = Ledger::open(dir.path(), key(), &node_id(), LedgerOptions::default()) else {
+        panic!("a rolled-back store opened");
+    };
+    assert!(err.to_string().contains("rolled back"), "{err}");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("ls") {

@@ -1,0 +1,333 @@
+//! Signed, content-addressed, policy-tagged datasets.
+//!
+//! - [`blob`]: the [`blob::BlobStore`] trait and the local filesystem store.
+//! - [`chunk`]: splitting content into hashed chunks, with bounded memory.
+//! - [`catalog`]: the node's published datasets, on disk and in memory, and
+//!   publishing itself.
+//!
+//! A manifest is signed as a DSSE envelope of payload type
+//! `application/vnd.dsnode.manifest.v1+protobuf`; the dataset id is `ds_`
+//! followed by the base32 SHA-256 of the exact signed payload bytes, so a
+//! changed byte is a different dataset. The payload is protobuf by design
+//! (DESIGN.md), so this module is the one place outside `rpc/` that uses a
+//! generated type, and only to encode and decode that payload.
+
+pub mod blob;
+pub mod catalog;
+pub mod chunk;
+
+use std::fmt;
+use std::str::FromStr;
+
+use prost::Message;
+
+use crate::envelope::{Envelope, EnvelopeError, PayloadType, Verified};
+use crate::identity::NodeId;
+use crate::ledger::merkle::Hash;
+use crate::pb;
+use crate::policy::{Classification, Policy, PolicyError};
+
+/// Default chunk size: 1 MiB.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// Smallest and largest chunk sizes accepted.
+pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u32> = 4096..=(16 << 20);
+/// Longest title, description and media type.
+const MAX_TEXT: usize = 4096;
+/// Most sources of a derived dataset.
+const MAX_SOURCES: usize = 64;
+
+/// Why a dataset or manifest was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// The id is not well formed.
+    #[error("invalid dataset id `{0}`: expected \"ds_\" followed by 52 lower-case base32 characters")]
+    Id(String),
+    /// A manifest field is invalid.
+    #[error("invalid manifest: {0}")]
+    Manifest(String),
+    /// The envelope did not verify.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The embedded policy is invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// A dataset's content address.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DatasetId(String);
+
+impl DatasetId {
+    /// The id of a manifest with these exact signed payload bytes.
+    pub fn of_payload(payload: &[u8]) -> Self {
+        let d = ring::digest::digest(&ring::digest::SHA256, payload);
+        Self(format!(
+            "ds_{}",
+            data_encoding::BASE32_NOPAD.encode(d.as_ref()).to_ascii_lowercase()
+        ))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DatasetId {
+    type Err = DatasetError;
+    fn from_str(s: &str) -> Result<Self, DatasetError> {
+        let ok = s.len() == 55
+            && s.starts_with("ds_")
+            && s[3..]
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(DatasetError::Id(s.chars().take(80).collect()))
+        }
+    }
+}
+
+impl fmt::Display for DatasetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for DatasetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatasetId({})", self.0)
+    }
+}
+
+/// A source of a derived dataset and the grant that allowed the derivation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Derivation {
+    /// The source dataset.
+    pub dataset: DatasetId,
+    /// The grant id (empty when the source is this publisher's own).
+    pub grant: String,
+}
+
+/// A dataset manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// Human title.
+    pub title: String,
+    /// Human description.
+    pub description: String,
+    /// Media type of the content.
+    pub media_type: String,
+    /// Content length, bytes.
+    pub size: u64,
+    /// Chunk length (the last may be shorter).
+    pub chunk_size: u32,
+    /// Number of chunks.
+    pub chunk_count: u64,
+    /// SHA-256 of the whole content.
+    pub content_sha256: Hash,
+    /// SHA-256 of the concatenated chunk hashes.
+    pub chunk_list_sha256: Hash,
+    /// Classification (the policy's, or stricter for derivatives).
+    pub classification: Classification,
+    /// The policy.
+    pub policy: Policy,
+    /// Sources, for a derived dataset.
+    pub derived_from: Vec<Derivation>,
+    /// The version this one replaces.
+    pub supersedes: Option<DatasetId>,
+    /// 1 for a first version, previous + 1 after.
+    pub version: u64,
+    /// The first version of this lineage, for later versions.
+    pub lineage: Option<DatasetId>,
+    /// When it was published, ms since the Unix epoch.
+    pub created_at_ms: i64,
+    /// Who published it.
+    pub publisher: NodeId,
+}
+
+fn hash32(bytes: &[u8], what: &str) -> Result<Hash, DatasetError> {
+    bytes
+        .try_into()
+        .map_err(|_| DatasetError::Manifest(format!("{what} must be 32 bytes, got {}", bytes.len())))
+}
+
+fn optional_id(s: &str) -> Result<Option<DatasetId>, DatasetError> {
+    if s.is_empty() { Ok(None) } else { s.parse().map(Some) }
+}
+
+fn check_text(what: &str, s: &str) -> Result<(), DatasetError> {
+    if s.len() > MAX_TEXT {
+        return Err(DatasetError::Manifest(format!("{what} is longer than {MAX_TEXT} bytes")));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(DatasetError::Manifest(format!("{what} contains control characters")));
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Checks the manifest's internal consistency.
+    pub fn check(&self) -> Result<(), DatasetError> {
+        check_text("title", &self.title)?;
+        check_text("description", &self.description)?;
+        check_text("media type", &self.media_type)?;
+        if self.title.trim().is_empty() {
+            return Err(DatasetError::Manifest("the title is empty".into()));
+        }
+        if !CHUNK_SIZE_RANGE.contains(&self.chunk_size) {
+            return Err(DatasetError::Manifest(format!(
+                "chunk size {} is outside {}..={}",
+                self.chunk_size,
+                CHUNK_SIZE_RANGE.start(),
+                CHUNK_SIZE_RANGE.end()
+            )));
+        }
+        if self.chunk_count != self.size.div_ceil(u64::from(self.chunk_size)) {
+            return Err(DatasetError::Manifest(format!(
+                "{} chunks of {} bytes cannot hold {} bytes",
+                self.chunk_count, self.chunk_size, self.size
+            )));
+        }
+        if self.classification < self.policy.classification {
+            return Err(DatasetError::Manifest(
+                "the manifest's classification is weaker than its policy's".into(),
+            ));
+        }
+        if self.derived_from.len() > MAX_SOURCES {
+            return Err(DatasetError::Manifest(format!("more than {MAX_SOURCES} sources")));
+        }
+        match (&self.supersedes, &self.lineage, self.version) {
+            (None, None, 1) => Ok(()),
+            (Some(_), Some(_), v) if v >= 2 => Ok(()),
+            _ => Err(DatasetError::Manifest(
+                "version, supersedes and lineage disagree (a first version is 1 with neither; a later one names both)".into(),
+            )),
+        }
+    }
+
+    /// The signed payload bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        pb::ManifestV1 {
+            title: self.title.clone(),
+            description: self.description.clone(),
+            media_type: self.media_type.clone(),
+            size: self.size,
+            chunk_size: self.chunk_size,
+            chunk_count: self.chunk_count,
+            content_sha256: self.content_sha256.to_vec(),
+            chunk_list_sha256: self.chunk_list_sha256.to_vec(),
+            classification: self.classification.as_str().to_owned(),
+            policy: self.policy.canonical_json(),
+            derived_from: self
+                .derived_from
+                .iter()
+                .map(|d| pb::Derivation {
+                    dataset_id: d.dataset.to_string(),
+                    grant_id: d.grant.clone(),
+                })
+                .collect(),
+            supersedes: self.supersedes.as_ref().map(ToString::to_string).unwrap_or_default(),
+            version: self.version,
+            lineage: self.lineage.as_ref().map(ToString::to_string).unwrap_or_default(),
+            created_at_ms: self.created_at_ms,
+            publisher: self.publisher.to_string(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Decodes a verified payload. Every field is taken apart here, so a
+    /// new proto field breaks the build until it is handled.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DatasetError> {
+        let pb::ManifestV1 {
+            title,
+            description,
+            media_type,
+            size,
+            chunk_size,
+            chunk_count,
+            content_sha256,
+            chunk_list_sha256,
+            classification,
+            policy,
+            derived_from,
+            supersedes,
+            version,
+            lineage,
+            created_at_ms,
+            publisher,
+        } = pb::ManifestV1::decode(bytes)
+            .map_err(|e| DatasetError::Manifest(format!("not a ManifestV1 protobuf: {e}")))?;
+        let manifest = Self {
+            title,
+            description,
+            media_type,
+            size,
+            chunk_size,
+            chunk_count,
+            content_sha256: hash32(&content_sha256, "content_sha256")?,
+            chunk_list_sha256: hash32(&chunk_list_sha256, "chunk_list_sha256")?,
+            classification: classification.parse()?,
+            policy: Policy::from_canonical_json(&policy)?,
+            derived_from: derived_from
+                .into_iter()
+                .map(|d| {
+                    Ok(Derivation {
+                        dataset: d.dataset_id.parse()?,
+                        grant: d.grant_id,
+                    })
+                })
+                .collect::<Result<_, DatasetError>>()?,
+            supersedes: optional_id(&supersedes)?,
+            version,
+            lineage: optional_id(&lineage)?,
+            created_at_ms,
+            publisher: publisher
+                .parse()
+                .map_err(|e| DatasetError::Manifest(format!("publisher: {e}")))?,
+        };
+        manifest.check()?;
+        Ok(manifest)
+    }
+
+    /// Signs the manifest with the publisher's key.
+    pub fn sign(&self, key: &ed25519_dalek::SigningKey) -> Envelope {
+        Envelope::sign(
+            PayloadType::Manifest,
+            self.encode(),
+            key,
+            self.publisher.as_str(),
+        )
+    }
+}
+
+/// Verifies a manifest envelope against the publisher's key (from its
+/// certificate) and returns the dataset id with the verified manifest.
+/// The manifest must name that same publisher.
+pub fn verify_manifest(
+    envelope: Envelope,
+    publisher_key: &[u8; 32],
+) -> Result<(DatasetId, Verified<Manifest>), DatasetError> {
+    let id = DatasetId::of_payload(&envelope.payload);
+    let verified = envelope.verify(PayloadType::Manifest, publisher_key, Manifest::decode)?;
+    let signer = NodeId::from_public_key(publisher_key);
+    if verified.value().publisher != signer {
+        return Err(DatasetError::Manifest(format!(
+            "the manifest names publisher {} but was signed by {signer}",
+            verified.value().publisher
+        )));
+    }
+    Ok((id, verified))
+}
+
+/// SHA-256 of the concatenated chunk hashes.
+pub fn chunk_list_hash(chunks: &[Hash]) -> Hash {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for c in chunks {
+        ctx.update(c);
+    }
+    let mut h = [0u8; 32];
+    h.copy_from_slice(ctx.finish().as_ref());
+    h
+}
