@@ -14,7 +14,8 @@
 //! | `crl.pem` | the CA's current CRL, distributed by the operator |
 //! | `node.vkey` | C2SP verifier key of the node's ledger checkpoints (public) |
 //! | `ledger/` | the node's ledger |
-//! | `blobs/` | dataset chunks |
+//! | `datasets/` | manifests and chunk lists of the datasets this node published |
+//! | `blobs/` | dataset chunks, by SHA-256 |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,10 @@ impl DataDir {
     /// `ledger/`.
     pub fn ledger(&self) -> PathBuf {
         self.root.join("ledger")
+    }
+    /// `datasets/`: published manifests and chunk lists.
+    pub fn datasets(&self) -> PathBuf {
+        self.root.join("datasets")
     }
     /// `blobs/`.
     pub fn blobs(&self) -> PathBuf {

@@ -22,6 +22,7 @@
 pub mod audit;
 pub mod client;
 pub mod config;
+pub mod dataset;
 pub mod envelope;
 pub mod fsutil;
 pub mod identity;

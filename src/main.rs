@@ -52,6 +52,90 @@ enum Command {
     /// Audit a node's ledger: every checkpoint and proof is verified.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Publish a file as a signed, policy-tagged dataset (on the local node).
+    Publish(PublishArgs),
+    /// List a node's datasets; every manifest signature is verified.
+    Catalog(CatalogArgs),
+    /// Check, export or import policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The file to publish.
+    file: PathBuf,
+    /// The dataset's policy (TOML, see docs/policy.md).
+    #[arg(long)]
+    policy: PathBuf,
+    /// Title.
+    #[arg(long)]
+    title: String,
+    /// Description.
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Media type of the content.
+    #[arg(long, default_value = "application/octet-stream")]
+    media_type: String,
+    /// A dataset this one is derived from (repeatable).
+    #[arg(long = "derived-from")]
+    derived_from: Vec<String>,
+    /// The grant allowing the derivation, one per --derived-from (omit for
+    /// the publisher's own datasets).
+    #[arg(long = "grant")]
+    grants: Vec<String>,
+    /// The dataset this version replaces.
+    #[arg(long)]
+    supersedes: Option<String>,
+    /// Chunk size in bytes.
+    #[arg(long, default_value_t = dsnode::dataset::DEFAULT_CHUNK_SIZE)]
+    chunk_size: u32,
+}
+
+#[derive(Args)]
+struct CatalogArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The publisher, HOST:PORT.
+    #[arg(long)]
+    peer: String,
+    /// Only datasets whose title or description contains this.
+    #[arg(long)]
+    text: Option<String>,
+    /// Only datasets of this classification.
+    #[arg(long)]
+    classification: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy (TOML, or ODRL JSON if the file ends in .json)
+    /// and explain it in plain words.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Write a TOML policy as ODRL JSON-LD.
+    Export {
+        /// The TOML policy.
+        file: PathBuf,
+        /// Where to write the ODRL document.
+        #[arg(long)]
+        odrl: PathBuf,
+    },
+    /// Read an ODRL JSON-LD policy (the supported subset) as TOML.
+    Import {
+        /// The ODRL document.
+        #[arg(long)]
+        odrl: PathBuf,
+        /// Where to write the TOML (default: print it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -344,6 +428,10 @@ fn wants_json(command: &Command) -> bool {
             | AuditCommand::Prove { client, .. },
         ) => client.out.json,
         Command::Audit(AuditCommand::Verify { out, .. }) => out.json,
+        Command::Publish(a) => a.client.out.json,
+        Command::Catalog(a) => a.client.out.json,
+        Command::Policy(PolicyCommand::Check { out, .. }) => out.json,
+        Command::Policy(_) => false,
     }
 }
 
@@ -355,6 +443,9 @@ async fn run(command: Command) -> Result<Option<Output>> {
         Command::Peer(PeerCommand::Hello { client, peer }) => hello(client, &peer).await.map(Some),
         Command::Status(a) => status(a).await.map(Some),
         Command::Audit(c) => audit(c).await.map(Some),
+        Command::Publish(a) => publish(a).await.map(Some),
+        Command::Catalog(a) => catalog(a).await.map(Some),
+        Command::Policy(c) => policy(c).map(Some),
     }
 }
 
@@ -620,13 +711,18 @@ async fn hello(a: ClientArgs, peer: &str) -> Result<Output> {
     })
 }
 
-async fn status(a: ClientArgs) -> Result<Output> {
-    let config = Config::load(&a.data_dir)?;
+/// The local node's address, from its node.toml.
+fn own_address(data_dir: &Path) -> Result<String> {
+    let config = Config::load(data_dir)?;
     let mut addr = config.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let addr = addr.to_string();
+    Ok(addr.to_string())
+}
+
+async fn status(a: ClientArgs) -> Result<Output> {
+    let addr = own_address(&a.data_dir)?;
     let conn = connect(&a.data_dir, &addr).await?;
     let mut rpc = pb::admin_client::AdminClient::new(conn.channel);
     let s = rpc
@@ -838,6 +934,260 @@ async fn audit(command: AuditCommand) -> Result<Output> {
                 ),
                 json: json!({"node_id": node.node_id.to_string(), "verified": true, "size": report.size, "checkpoints": report.checkpoints, "root": data_encoding::BASE64.encode(&report.root)}),
             })
+        }
+    }
+}
+
+fn size_text(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+async fn publish(a: PublishArgs) -> Result<Output> {
+    use tokio::io::AsyncReadExt;
+    let policy_toml = fsutil::read_to_string(&a.policy)?;
+    // Checked here for a quick answer; the node checks again.
+    dsnode::policy::Policy::from_toml(&policy_toml)
+        .with_context(|| format!("{} is not a valid policy", a.policy.display()))?;
+    if a.grants.len() > a.derived_from.len() {
+        bail!("more --grant than --derived-from");
+    }
+    let mut file = tokio::fs::File::open(&a.file)
+        .await
+        .with_context(|| format!("cannot read {}", a.file.display()))?;
+    let size = file.metadata().await?.len();
+    let header = pb::PublishHeader {
+        title: a.title.clone(),
+        description: a.description.clone(),
+        media_type: a.media_type.clone(),
+        policy_toml,
+        derived_from: a
+            .derived_from
+            .iter()
+            .enumerate()
+            .map(|(i, d)| pb::Derivation {
+                dataset_id: d.clone(),
+                grant_id: a.grants.get(i).cloned().unwrap_or_default(),
+            })
+            .collect(),
+        supersedes: a.supersedes.clone().unwrap_or_default(),
+        chunk_size: a.chunk_size,
+        size,
+    };
+    let addr = own_address(&a.client.data_dir)?;
+    let conn = connect(&a.client.data_dir, &addr).await?;
+    let bar = if a.client.out.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(size)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let reader_bar = bar.clone();
+    let reader = tokio::spawn(async move {
+        let first = pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Header(header)),
+        };
+        if tx.send(first).await.is_err() {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            reader_bar.inc(n as u64);
+            let piece = pb::PublishRequest {
+                part: Some(pb::publish_request::Part::Data(buf[..n].to_vec())),
+            };
+            if tx.send(piece).await.is_err() {
+                return Ok(());
+            }
+        }
+    });
+    let mut rpc =
+        pb::admin_client::AdminClient::new(conn.channel).max_decoding_message_size(16 << 20);
+    let result = rpc
+        .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    bar.finish_and_clear();
+    reader
+        .await?
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let r = result.map_err(|s| call_error(&addr, &s))?.into_inner();
+    Ok(Output {
+        text: format!(
+            "published {} ({}, {})\n  dataset id {}\n  ledger entry {} (DatasetPublished)",
+            a.file.display(),
+            a.title,
+            size_text(size),
+            r.dataset_id,
+            r.ledger_index
+        ),
+        json: json!({"dataset_id": r.dataset_id, "ledger_index": r.ledger_index, "size": size, "title": a.title}),
+    })
+}
+
+async fn catalog(a: CatalogArgs) -> Result<Output> {
+    let conn = connect(&a.client.data_dir, &a.peer).await?;
+    let publisher = conn.server.clone();
+    let mut rpc = pb::catalog_client::CatalogClient::new(conn.channel);
+    let mut rows = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = rpc
+            .list_datasets(pb::ListDatasetsRequest {
+                text: a.text.clone().unwrap_or_default(),
+                classification: a.classification.clone().unwrap_or_default(),
+                publisher: String::new(),
+                limit: 1000,
+                page_token: token.clone(),
+            })
+            .await
+            .map_err(|s| call_error(&a.peer, &s))?
+            .into_inner();
+        for e in page.datasets {
+            let envelope: dsnode::envelope::Envelope = e
+                .manifest
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{} listed {} without its manifest", a.peer, e.dataset_id)
+                })?
+                .into();
+            let (id, manifest) = dsnode::dataset::verify_manifest(envelope, &publisher.public_key)
+                .with_context(|| {
+                    format!("manifest of {} from {} is NOT valid", e.dataset_id, a.peer)
+                })?;
+            if id.as_str() != e.dataset_id {
+                bail!(
+                    "{} listed {} but its manifest is dataset {id}",
+                    a.peer,
+                    e.dataset_id
+                );
+            }
+            rows.push((id, manifest));
+        }
+        if page.next_page_token.is_empty() || page.next_page_token == token {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut text = format!(
+        "{} dataset(s) of {} (publisher {}, participant {}); every manifest signature verified\n",
+        rows.len(),
+        a.peer,
+        publisher.node_id,
+        publisher.participant
+    );
+    text.push_str(&format!(
+        "{:<55}  {:>3}  {:<10}  {:>10}  {:<28}  {}",
+        "DATASET", "VER", "CLASS", "SIZE", "MAY BE GRANTED", "TITLE"
+    ));
+    let mut json_rows = Vec::new();
+    for (id, v) in &rows {
+        let m = v.value();
+        let grantable: Vec<String> = m
+            .policy
+            .grantable_actions()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        text.push_str(&format!(
+            "\n{:<55}  {:>3}  {:<10}  {:>10}  {:<28}  {}",
+            id.as_str(),
+            m.version,
+            m.classification.as_str(),
+            size_text(m.size),
+            grantable.join(","),
+            m.title
+        ));
+        json_rows.push(json!({
+            "dataset_id": id.to_string(),
+            "title": m.title,
+            "description": m.description,
+            "media_type": m.media_type,
+            "size": m.size,
+            "version": m.version,
+            "classification": m.classification.as_str(),
+            "publisher": m.publisher.to_string(),
+            "content_sha256": data_encoding::HEXLOWER.encode(&m.content_sha256),
+            "grantable_actions": grantable,
+            "policy": serde_json::from_slice::<Value>(&m.policy.canonical_json()).unwrap_or(Value::Null),
+        }));
+    }
+    Ok(Output {
+        text,
+        json: json!({"peer": a.peer, "publisher": identity_json(&publisher), "verified": true, "datasets": json_rows}),
+    })
+}
+
+fn load_policy(path: &Path) -> Result<dsnode::policy::Policy> {
+    let text = fsutil::read_to_string(path)?;
+    let policy = if path.extension().is_some_and(|e| e == "json") {
+        let doc: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        dsnode::policy::odrl::import(&doc)
+    } else {
+        dsnode::policy::Policy::from_toml(&text)
+    };
+    policy.with_context(|| format!("{} is not a valid policy", path.display()))
+}
+
+fn policy(command: PolicyCommand) -> Result<Output> {
+    match command {
+        PolicyCommand::Check { file, .. } => {
+            let p = load_policy(&file)?;
+            let hash = data_encoding::HEXLOWER.encode(&p.hash());
+            Ok(Output {
+                text: format!(
+                    "{}: valid policy (hash {hash})\n{}",
+                    file.display(),
+                    p.explain()
+                ),
+                json: json!({"file": file, "valid": true, "hash": hash, "explanation": p.explain(),
+                    "policy": serde_json::from_slice::<Value>(&p.canonical_json()).unwrap_or(Value::Null)}),
+            })
+        }
+        PolicyCommand::Export { file, odrl } => {
+            let p = load_policy(&file)?;
+            let doc = dsnode::policy::odrl::export(&p);
+            let text = serde_json::to_string_pretty(&doc)?;
+            fsutil::write_atomic(&odrl, format!("{text}\n").as_bytes(), fsutil::PUBLIC_MODE)?;
+            Ok(Output {
+                text: format!("wrote {} (ODRL JSON-LD)", odrl.display()),
+                json: json!({"odrl": odrl}),
+            })
+        }
+        PolicyCommand::Import { odrl, out } => {
+            let text = fsutil::read_to_string(&odrl)?;
+            let doc: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", odrl.display()))?;
+            let p = dsnode::policy::odrl::import(&doc).with_context(|| {
+                format!("{} is not a policy dsnode can enforce", odrl.display())
+            })?;
+            let toml = p.to_toml();
+            match out {
+                Some(path) => {
+                    fsutil::write_atomic(&path, toml.as_bytes(), fsutil::PUBLIC_MODE)?;
+                    Ok(Output {
+                        text: format!("wrote {}", path.display()),
+                        json: json!({"policy": path}),
+                    })
+                }
+                None => Ok(Output {
+                    text: toml.trim_end().to_owned(),
+                    json: json!({"toml": toml}),
+                }),
+            }
         }
     }
 }

@@ -16,6 +16,8 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::config::{Config, DataDir};
+use crate::dataset::blob::{BlobStore, LocalBlobStore};
+use crate::dataset::catalog::Catalog;
 use crate::fsutil::{self, FileError};
 use crate::identity::ca::{self, CaError, RevocationList};
 use crate::identity::cert::{self, CertError};
@@ -281,11 +283,27 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .build_v1alpha()
         .map_err(|e| NodeError::Credentials(format!("reflection: {e}")))?;
 
+    let blobs: Arc<dyn BlobStore> = Arc::new(
+        LocalBlobStore::open(&config.data_dir.blobs())
+            .map_err(|e| NodeError::Credentials(format!("blob store: {e}")))?,
+    );
+    let (catalog, warnings) = Catalog::open(
+        &config.data_dir.datasets(),
+        creds.identity.public_key,
+        &ledger,
+    )
+    .map_err(|e| NodeError::Credentials(format!("catalog: {e}")))?;
+    for w in warnings {
+        tracing::warn!(warning = %w, "catalog");
+    }
     let ctx = Arc::new(NodeContext {
         identity: creds.identity.clone(),
         started: Instant::now(),
         connections: registry.clone(),
         ledger: ledger.clone(),
+        signing_key: creds.key.signing_key().clone(),
+        blobs,
+        catalog: Arc::new(catalog),
     });
     let limit = t.max_decoding_message_size;
     let router = Server::builder()
@@ -318,7 +336,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                 .max_decoding_message_size(limit),
         )
         .add_service(
-            pb::catalog_server::CatalogServer::new(rpc::CatalogService)
+            pb::catalog_server::CatalogServer::new(rpc::CatalogService::new(ctx.clone()))
                 .max_decoding_message_size(limit),
         )
         .add_service(

@@ -25,9 +25,11 @@ pub enum BlobError {
 /// Where dataset chunks live.
 pub trait BlobStore: Send + Sync + 'static {
     /// Stores `bytes` under `hash` (which the caller computed) unless a
-    /// blob of that name exists. Written blobs are made durable by
-    /// [`BlobStore::sync`].
-    fn put(&self, hash: &Hash, bytes: &[u8]) -> Result<(), BlobError>;
+    /// blob of that name exists; returns whether it wrote one. Written
+    /// blobs are made durable by [`BlobStore::sync`].
+    fn put(&self, hash: &Hash, bytes: &[u8]) -> Result<bool, BlobError>;
+    /// Removes blobs (those a failed publication wrote).
+    fn remove(&self, hashes: &[Hash]);
     /// Makes the named blobs durable.
     fn sync(&self, hashes: &[Hash]) -> Result<(), BlobError>;
     /// The blob's bytes, checked against its hash.
@@ -58,16 +60,19 @@ impl LocalBlobStore {
 }
 
 impl BlobStore for LocalBlobStore {
-    fn put(&self, hash: &Hash, bytes: &[u8]) -> Result<(), BlobError> {
+    fn put(&self, hash: &Hash, bytes: &[u8]) -> Result<bool, BlobError> {
         let path = self.path(hash);
         if path.exists() {
-            return Ok(());
+            return Ok(false);
         }
         let dir = path.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir).map_err(|e| FileError::new("create directory", dir, e))?;
         // Temp file, then rename: a reader never sees a partial blob.
         let hex = data_encoding::HEXLOWER.encode(hash);
-        let tmp = self.root.join("tmp").join(format!("{hex}.{}", std::process::id()));
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{hex}.{}", std::process::id()));
         let result = (|| {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(bytes)?;
@@ -77,7 +82,18 @@ impl BlobStore for LocalBlobStore {
             let _ = fs::remove_file(&tmp);
             return Err(FileError::new("write", &path, e).into());
         }
-        Ok(())
+        Ok(true)
+    }
+
+    fn remove(&self, hashes: &[Hash]) {
+        for h in hashes {
+            let path = self.path(h);
+            let _ = fs::remove_file(&path);
+            // Drop the fan-out directory if that emptied it.
+            if let Some(dir) = path.parent() {
+                let _ = fs::remove_dir(dir);
+            }
+        }
     }
 
     fn sync(&self, hashes: &[Hash]) -> Result<(), BlobError> {

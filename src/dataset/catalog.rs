@@ -107,7 +107,9 @@ pub struct NoGrants;
 
 impl GrantCheck for NoGrants {
     fn allows(&self, grant: &str, dataset: &DatasetId, _action: Action) -> Result<(), String> {
-        Err(format!("this node holds no grant `{grant}` for dataset {dataset}"))
+        Err(format!(
+            "this node holds no grant `{grant}` for dataset {dataset}"
+        ))
     }
 }
 
@@ -163,7 +165,9 @@ impl Catalog {
                     };
                     let recorded = size > 0 && !ledger.query(&q, None, 1, size)?.entries.is_empty();
                     if recorded {
-                        catalog.write().insert(dataset.id.clone(), Arc::new(dataset));
+                        catalog
+                            .write()
+                            .insert(dataset.id.clone(), Arc::new(dataset));
                     } else {
                         warnings.push(format!(
                             "{name}: no DatasetPublished entry in the ledger (publication interrupted); removed"
@@ -183,11 +187,14 @@ impl Catalog {
         let envelope = Envelope::from_json(&json).map_err(DatasetError::from)?;
         let (actual, manifest) = verify_manifest(envelope, &self.key)?;
         if actual != id {
-            return Err(PublishError::Content(format!("its manifest is dataset {actual}")));
+            return Err(PublishError::Content(format!(
+                "its manifest is dataset {actual}"
+            )));
         }
         let raw = fsutil::read(&path.join("chunks"))?;
-        let chunks = decode_chunk_list(&raw)
-            .ok_or_else(|| PublishError::Content("the chunk list is not a list of hashes".into()))?;
+        let chunks = decode_chunk_list(&raw).ok_or_else(|| {
+            PublishError::Content("the chunk list is not a list of hashes".into())
+        })?;
         let m = manifest.value();
         if chunks.len() as u64 != m.chunk_count || chunk_list_hash(&chunks) != m.chunk_list_sha256 {
             return Err(PublishError::Content(
@@ -206,7 +213,9 @@ impl Catalog {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<DatasetId, Arc<Dataset>>> {
-        self.datasets.write().unwrap_or_else(PoisonError::into_inner)
+        self.datasets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A dataset by id.
@@ -242,11 +251,18 @@ impl Catalog {
         for source in &request.derived_from {
             match self.get(&source.dataset) {
                 // Deriving from one's own dataset needs no grant.
-                Some(own) => classification = classification.max(own.manifest.value().classification),
+                Some(own) => {
+                    classification = classification.max(own.manifest.value().classification)
+                }
                 None => {
                     grants
                         .allows(&source.grant, &source.dataset, Action::Derive)
-                        .map_err(|why| PublishError::Invalid(format!("cannot derive from {}: {why}", source.dataset)))?;
+                        .map_err(|why| {
+                            PublishError::Invalid(format!(
+                                "cannot derive from {}: {why}",
+                                source.dataset
+                            ))
+                        })?;
                 }
             }
         }
@@ -260,14 +276,15 @@ impl Catalog {
             None => (1, None),
             Some(prev_id) => {
                 let prev = self.get(prev_id).ok_or_else(|| {
-                    PublishError::Invalid(format!("cannot supersede {prev_id}: this node did not publish it"))
+                    PublishError::Invalid(format!(
+                        "cannot supersede {prev_id}: this node did not publish it"
+                    ))
                 })?;
                 let prev_m = prev.manifest.value();
                 let lineage = prev_m.lineage.clone().unwrap_or_else(|| prev_id.clone());
                 let newer = self.read().values().any(|d| {
                     let m = d.manifest.value();
-                    m.version > prev_m.version
-                        && (m.lineage.as_ref() == Some(&lineage))
+                    m.version > prev_m.version && (m.lineage.as_ref() == Some(&lineage))
                 });
                 if newer {
                     return Err(PublishError::Invalid(format!(
@@ -321,12 +338,22 @@ impl Catalog {
         let tmp = self.dir.join(format!(".tmp-{id}"));
         let final_dir = self.dir.join(id.as_str());
         if final_dir.exists() {
-            return Err(PublishError::Invalid(format!("dataset {id} is already published")));
+            return Err(PublishError::Invalid(format!(
+                "dataset {id} is already published"
+            )));
         }
         let write = || -> Result<(), FileError> {
             fsutil::create_private_dir(&tmp)?;
-            fsutil::write_atomic(&tmp.join("manifest.json"), verified.envelope().to_json().as_bytes(), fsutil::PUBLIC_MODE)?;
-            fsutil::write_atomic(&tmp.join("chunks"), &content.chunks.concat(), fsutil::PUBLIC_MODE)?;
+            fsutil::write_atomic(
+                &tmp.join("manifest.json"),
+                verified.envelope().to_json().as_bytes(),
+                fsutil::PUBLIC_MODE,
+            )?;
+            fsutil::write_atomic(
+                &tmp.join("chunks"),
+                &content.chunks.concat(),
+                fsutil::PUBLIC_MODE,
+            )?;
             std::fs::rename(&tmp, &final_dir).map_err(|e| FileError::new("rename", &tmp, e))?;
             fsutil::sync_dir(&self.dir).map_err(|e| FileError::new("fsync", &self.dir, e))
         };
@@ -339,9 +366,10 @@ impl Catalog {
         draft.dataset = Some(id.to_string());
         draft.object_hash = Some(object_hash);
         let m = verified.value();
-        let mut detail = format!("v{} {}", m.version, m.title);
-        detail.truncate(detail.floor_char_boundary(200));
-        draft.detail = detail;
+        draft.detail = format!("v{} {}", m.version, m.title)
+            .chars()
+            .take(200)
+            .collect();
         let appended = match ledger.append(draft).await {
             Ok(a) => a,
             Err(e) => {

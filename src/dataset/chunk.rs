@@ -21,7 +21,13 @@ pub struct Chunked {
     pub chunks: Vec<Hash>,
     /// SHA-256 of the whole content.
     pub content_sha256: Hash,
+    /// Chunks this run wrote (the others existed already): what to remove
+    /// if the publication fails.
+    pub created: Vec<Hash>,
 }
+
+/// The thread hashing the whole content, and the channel feeding it.
+type WholeHasher = (mpsc::SyncSender<Arc<Vec<u8>>>, JoinHandle<Hash>);
 
 /// Accepts content in pieces of any size and chunks it.
 pub struct Chunker {
@@ -30,7 +36,8 @@ pub struct Chunker {
     buf: Vec<u8>,
     size: u64,
     chunks: Vec<Hash>,
-    whole: Option<(mpsc::SyncSender<Arc<Vec<u8>>>, JoinHandle<Hash>)>,
+    created: Vec<Hash>,
+    whole: Option<WholeHasher>,
 }
 
 fn sha256(bytes: &[u8]) -> Hash {
@@ -58,6 +65,7 @@ impl Chunker {
             buf: Vec::with_capacity(chunk_size as usize),
             size: 0,
             chunks: Vec::new(),
+            created: Vec::new(),
             whole: Some((tx, whole)),
         }
     }
@@ -72,7 +80,9 @@ impl Chunker {
             let _ = tx.send(chunk.clone());
         }
         let hash = sha256(&chunk);
-        self.store.put(&hash, &chunk)?;
+        if self.store.put(&hash, &chunk)? {
+            self.created.push(hash);
+        }
         self.chunks.push(hash);
         Ok(())
     }
@@ -97,7 +107,7 @@ impl Chunker {
         if !self.buf.is_empty() {
             self.emit()?;
         }
-        self.store.sync(&self.chunks)?;
+        self.store.sync(&self.created)?;
         let content_sha256 = match self.whole.take() {
             Some((tx, handle)) => {
                 drop(tx);
@@ -109,6 +119,7 @@ impl Chunker {
             size: self.size,
             chunks: std::mem::take(&mut self.chunks),
             content_sha256,
+            created: std::mem::take(&mut self.created),
         })
     }
 }

@@ -40,7 +40,9 @@ const MAX_SOURCES: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     /// The id is not well formed.
-    #[error("invalid dataset id `{0}`: expected \"ds_\" followed by 52 lower-case base32 characters")]
+    #[error(
+        "invalid dataset id `{0}`: expected \"ds_\" followed by 52 lower-case base32 characters"
+    )]
     Id(String),
     /// A manifest field is invalid.
     #[error("invalid manifest: {0}")]
@@ -63,7 +65,9 @@ impl DatasetId {
         let d = ring::digest::digest(&ring::digest::SHA256, payload);
         Self(format!(
             "ds_{}",
-            data_encoding::BASE32_NOPAD.encode(d.as_ref()).to_ascii_lowercase()
+            data_encoding::BASE32_NOPAD
+                .encode(d.as_ref())
+                .to_ascii_lowercase()
         ))
     }
 
@@ -148,21 +152,29 @@ pub struct Manifest {
 }
 
 fn hash32(bytes: &[u8], what: &str) -> Result<Hash, DatasetError> {
-    bytes
-        .try_into()
-        .map_err(|_| DatasetError::Manifest(format!("{what} must be 32 bytes, got {}", bytes.len())))
+    bytes.try_into().map_err(|_| {
+        DatasetError::Manifest(format!("{what} must be 32 bytes, got {}", bytes.len()))
+    })
 }
 
 fn optional_id(s: &str) -> Result<Option<DatasetId>, DatasetError> {
-    if s.is_empty() { Ok(None) } else { s.parse().map(Some) }
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        s.parse().map(Some)
+    }
 }
 
 fn check_text(what: &str, s: &str) -> Result<(), DatasetError> {
     if s.len() > MAX_TEXT {
-        return Err(DatasetError::Manifest(format!("{what} is longer than {MAX_TEXT} bytes")));
+        return Err(DatasetError::Manifest(format!(
+            "{what} is longer than {MAX_TEXT} bytes"
+        )));
     }
     if s.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(DatasetError::Manifest(format!("{what} contains control characters")));
+        return Err(DatasetError::Manifest(format!(
+            "{what} contains control characters"
+        )));
     }
     Ok(())
 }
@@ -196,7 +208,9 @@ impl Manifest {
             ));
         }
         if self.derived_from.len() > MAX_SOURCES {
-            return Err(DatasetError::Manifest(format!("more than {MAX_SOURCES} sources")));
+            return Err(DatasetError::Manifest(format!(
+                "more than {MAX_SOURCES} sources"
+            )));
         }
         match (&self.supersedes, &self.lineage, self.version) {
             (None, None, 1) => Ok(()),
@@ -228,9 +242,17 @@ impl Manifest {
                     grant_id: d.grant.clone(),
                 })
                 .collect(),
-            supersedes: self.supersedes.as_ref().map(ToString::to_string).unwrap_or_default(),
+            supersedes: self
+                .supersedes
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             version: self.version,
-            lineage: self.lineage.as_ref().map(ToString::to_string).unwrap_or_default(),
+            lineage: self
+                .lineage
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             created_at_ms: self.created_at_ms,
             publisher: self.publisher.to_string(),
         }

@@ -520,10 +520,7 @@ impl Policy {
                 }
             }
             if let Some(s) = p.grant_ttl_secs {
-                out.push_str(&format!(
-                    "grant_ttl = \"{}\"\n",
-                    humantime::format_duration(Duration::from_secs(s))
-                ));
+                out.push_str(&format!("grant_ttl = \"{}\"\n", duration_text(s)));
             }
             if let Some(n) = p.max_fetches {
                 out.push_str(&format!("max_fetches = {n}\n"));
@@ -540,10 +537,7 @@ impl Policy {
             out.push_str("\n[[obligation]]\n");
             out.push_str(&format!("action = \"{}\"\n", o.action.as_str()));
             if let Some(s) = o.after_secs {
-                out.push_str(&format!(
-                    "after = \"{}\"\n",
-                    humantime::format_duration(Duration::from_secs(s))
-                ));
+                out.push_str(&format!("after = \"{}\"\n", duration_text(s)));
             }
         }
         out
@@ -601,10 +595,7 @@ impl Policy {
             }
             out.push_str(&format!(
                 "  each grant valid for at most {}; {}\n",
-                humantime::format_duration(
-                    p.grant_ttl_secs
-                        .map_or(DEFAULT_GRANT_TTL, Duration::from_secs)
-                ),
+                duration_text(p.grant_ttl_secs.unwrap_or(DEFAULT_GRANT_TTL.as_secs())),
                 p.max_fetches
                     .map_or("unlimited fetches".into(), |n| format!(
                         "at most {n} fetch(es)"
@@ -622,10 +613,8 @@ impl Policy {
             out.push_str(&format!(
                 "obligation on every grant: {}{}\n",
                 o.action.as_str(),
-                o.after_secs.map_or(String::new(), |s| format!(
-                    " after {}",
-                    humantime::format_duration(Duration::from_secs(s))
-                ))
+                o.after_secs
+                    .map_or(String::new(), |s| format!(" after {}", duration_text(s)))
             ));
         }
         let grantable: Vec<String> = self
@@ -643,6 +632,24 @@ impl Policy {
         ));
         out
     }
+}
+
+/// A duration as policies write it: "90d", "12h", "1d 6h", "45s".
+pub fn duration_text(secs: u64) -> String {
+    if secs == 0 {
+        return "0s".into();
+    }
+    let parts: Vec<String> = [
+        (secs / 86400, "d"),
+        (secs % 86400 / 3600, "h"),
+        (secs % 3600 / 60, "m"),
+        (secs % 60, "s"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, unit)| format!("{n}{unit}"))
+    .collect();
+    parts.join(" ")
 }
 
 /// RFC 3339 text of a time.

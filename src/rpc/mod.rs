@@ -3,14 +3,16 @@
 //!
 //! - [`authz`]: the role × RPC table, enforced as a tower layer.
 //! - [`status`]: the one place domain errors become `tonic::Status`.
-//! - Services: Peering (`Hello`), Admin (`Status`), Ledger (all RPCs);
-//!   Catalog and Exchange are declared and answer `Unimplemented` until
-//!   their issues land.
+//! - Services: Peering (`Hello`), Admin (`Status`, `Publish`), Catalog,
+//!   Ledger; Exchange is declared and answers `Unimplemented` until its
+//!   issue lands.
 
 pub mod authz;
+mod catalog;
 mod ledger;
 pub mod status;
 
+pub use catalog::CatalogService;
 pub use ledger::LedgerService;
 
 use std::sync::Arc;
@@ -58,6 +60,12 @@ pub struct NodeContext {
     pub connections: Arc<ConnectionRegistry>,
     /// The node's ledger.
     pub ledger: crate::ledger::Ledger,
+    /// The node's identity key, for signing manifests and grants.
+    pub signing_key: ed25519_dalek::SigningKey,
+    /// Where dataset chunks are stored.
+    pub blobs: Arc<dyn crate::dataset::blob::BlobStore>,
+    /// The datasets this node published.
+    pub catalog: Arc<crate::dataset::catalog::Catalog>,
 }
 
 /// `dataspace.v1.Peering`.
@@ -106,6 +114,15 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn publish(
+        &self,
+        request: Request<tonic::Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        catalog::publish(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn status(
         &self,
         _request: Request<pb::StatusRequest>,
@@ -118,13 +135,6 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 }
-
-/// `dataspace.v1.Catalog`: declared; every RPC answers `Unimplemented`
-/// until the datasets issue lands.
-pub struct CatalogService;
-
-#[tonic::async_trait]
-impl pb::catalog_server::Catalog for CatalogService {}
 
 /// `dataspace.v1.Exchange`: declared; every RPC answers `Unimplemented`
 /// until the exchange issue lands.

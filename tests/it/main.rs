@@ -4,6 +4,7 @@
 
 mod authz;
 mod cli;
+mod datasets;
 mod ledger;
 mod ledger_rpc;
 mod lifecycle;

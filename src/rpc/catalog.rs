@@ -1,0 +1,333 @@
+//! `dataspace.v1.Catalog` and `Admin.Publish`: the edge between protobuf
+//! and the dataset domain.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{NodeContext, caller, status};
+use crate::dataset::catalog::{Dataset, NoGrants, PublishError, PublishRequest};
+use crate::dataset::chunk::Chunker;
+use crate::dataset::{DEFAULT_CHUNK_SIZE, DatasetId, Derivation};
+use crate::envelope::{Envelope, EnvelopeSignature};
+use crate::identity::PeerIdentity;
+use crate::pb;
+use crate::policy::eval::could_ever_grant;
+use crate::policy::{Classification, Policy};
+
+/// Default and largest catalog page.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+/// Content pieces buffered between the stream and the chunker.
+const PIECES_IN_FLIGHT: usize = 16;
+
+impl From<&Envelope> for pb::Envelope {
+    fn from(e: &Envelope) -> Self {
+        Self {
+            payload_type: e.payload_type.clone(),
+            payload: e.payload.clone(),
+            signatures: e
+                .signatures
+                .iter()
+                .map(|s| pb::EnvelopeSignature {
+                    keyid: s.keyid.clone(),
+                    sig: s.sig.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<pb::Envelope> for Envelope {
+    fn from(e: pb::Envelope) -> Self {
+        let pb::Envelope {
+            payload_type,
+            payload,
+            signatures,
+        } = e;
+        Self {
+            payload_type,
+            payload,
+            signatures: signatures
+                .into_iter()
+                .map(|s| {
+                    let pb::EnvelopeSignature { keyid, sig } = s;
+                    EnvelopeSignature { keyid, sig }
+                })
+                .collect(),
+        }
+    }
+}
+
+fn entry(d: &Dataset) -> pb::CatalogEntry {
+    pb::CatalogEntry {
+        dataset_id: d.id.to_string(),
+        manifest: Some(d.manifest.envelope().into()),
+    }
+}
+
+/// Whether `who` may see `d` in this node's catalog: the node itself sees
+/// everything; others what the policy could ever grant them.
+fn visible(ctx: &NodeContext, who: &PeerIdentity, d: &Dataset, now: OffsetDateTime) -> bool {
+    who.node_id == ctx.identity.node_id || could_ever_grant(&d.manifest.value().policy, who, now)
+}
+
+/// `dataspace.v1.Catalog`.
+pub struct CatalogService {
+    node: Arc<NodeContext>,
+}
+
+impl CatalogService {
+    /// A Catalog service for `node`.
+    pub fn new(node: Arc<NodeContext>) -> Self {
+        Self { node }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::catalog_server::Catalog for CatalogService {
+    async fn list_datasets(
+        &self,
+        request: Request<pb::ListDatasetsRequest>,
+    ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
+        let who = caller(&request)?.identity.clone();
+        let req = request.into_inner();
+        let limit = match req.limit as usize {
+            0 => DEFAULT_PAGE,
+            n if n <= MAX_PAGE => n,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "limit {n} is above the page cap of {MAX_PAGE}"
+                )));
+            }
+        };
+        let classification: Option<Classification> = match req.classification.as_str() {
+            "" => None,
+            c => Some(c.parse().map_err(|e: crate::policy::PolicyError| {
+                Status::invalid_argument(e.to_string())
+            })?),
+        };
+        let after: Option<DatasetId> = match req.page_token.as_str() {
+            "" => None,
+            t => Some(
+                t.parse()
+                    .map_err(|_| Status::invalid_argument("invalid page token"))?,
+            ),
+        };
+        if !req.publisher.is_empty() && req.publisher != self.node.identity.node_id.as_str() {
+            return Ok(Response::new(pb::ListDatasetsResponse::default()));
+        }
+        let text = req.text.to_lowercase();
+        let now = OffsetDateTime::now_utc();
+        let mut datasets = Vec::new();
+        let mut next_page_token = String::new();
+        for d in self.node.catalog.list() {
+            if after.as_ref().is_some_and(|a| d.id <= *a) {
+                continue;
+            }
+            let m = d.manifest.value();
+            let matches = classification.is_none_or(|c| m.classification == c)
+                && (text.is_empty()
+                    || m.title.to_lowercase().contains(&text)
+                    || m.description.to_lowercase().contains(&text));
+            if !matches || !visible(&self.node, &who, &d, now) {
+                continue;
+            }
+            if datasets.len() == limit {
+                next_page_token = datasets
+                    .last()
+                    .map(|e: &pb::CatalogEntry| e.dataset_id.clone())
+                    .unwrap_or_default();
+                break;
+            }
+            datasets.push(entry(&d));
+        }
+        Ok(Response::new(pb::ListDatasetsResponse {
+            datasets,
+            next_page_token,
+        }))
+    }
+
+    async fn get_dataset(
+        &self,
+        request: Request<pb::GetDatasetRequest>,
+    ) -> Result<Response<pb::GetDatasetResponse>, Status> {
+        let who = caller(&request)?.identity.clone();
+        let id: DatasetId = request
+            .get_ref()
+            .dataset_id
+            .parse()
+            .map_err(|e: crate::dataset::DatasetError| Status::invalid_argument(e.to_string()))?;
+        let now = OffsetDateTime::now_utc();
+        // Missing and hidden look the same.
+        let d = self
+            .node
+            .catalog
+            .get(&id)
+            .filter(|d| visible(&self.node, &who, d, now))
+            .ok_or_else(|| Status::not_found(format!("no dataset {id} visible to you")))?;
+        Ok(Response::new(pb::GetDatasetResponse {
+            dataset: Some(entry(&d)),
+        }))
+    }
+}
+
+/// Turns a publish header into a domain request, checking every field.
+fn publish_request(h: pb::PublishHeader) -> Result<(PublishRequest, u64), Status> {
+    let pb::PublishHeader {
+        title,
+        description,
+        media_type,
+        policy_toml,
+        derived_from,
+        supersedes,
+        chunk_size,
+        size,
+    } = h;
+    let bad = |e: &dyn std::fmt::Display| Status::invalid_argument(e.to_string());
+    let policy = Policy::from_toml(&policy_toml).map_err(|e| bad(&e))?;
+    let derived_from = derived_from
+        .into_iter()
+        .map(|d| {
+            Ok(Derivation {
+                dataset: d.dataset_id.parse().map_err(|e| bad(&e))?,
+                grant: d.grant_id,
+            })
+        })
+        .collect::<Result<_, Status>>()?;
+    let supersedes = match supersedes.as_str() {
+        "" => None,
+        s => Some(s.parse().map_err(|e| bad(&e))?),
+    };
+    Ok((
+        PublishRequest {
+            title,
+            description,
+            media_type: if media_type.is_empty() {
+                "application/octet-stream".into()
+            } else {
+                media_type
+            },
+            policy,
+            derived_from,
+            supersedes,
+            chunk_size: if chunk_size == 0 {
+                DEFAULT_CHUNK_SIZE
+            } else {
+                chunk_size
+            },
+        },
+        size,
+    ))
+}
+
+fn publish_status(e: PublishError) -> Status {
+    match e {
+        PublishError::Invalid(m) | PublishError::Content(m) => Status::invalid_argument(m),
+        PublishError::Dataset(e) => Status::invalid_argument(e.to_string()),
+        PublishError::Ledger(e) => status::ledger("recording the publication", e),
+        PublishError::File(e) => status::internal("storing the dataset", &e),
+    }
+}
+
+/// `Admin.Publish`: stores the streamed content in chunks, signs the
+/// manifest and records `DatasetPublished`. Nothing is published unless
+/// everything succeeds.
+pub(super) async fn publish(
+    node: &NodeContext,
+    mut stream: Streaming<pb::PublishRequest>,
+) -> Result<pb::PublishResponse, Status> {
+    let first = stream
+        .next()
+        .await
+        .ok_or_else(|| Status::invalid_argument("empty publish stream: expected a header"))??;
+    let Some(pb::publish_request::Part::Header(header)) = first.part else {
+        return Err(Status::invalid_argument(
+            "a publish stream starts with its header",
+        ));
+    };
+    let (request, announced) = publish_request(header)?;
+    // Every check that needs no content happens before any byte is stored.
+    let prepared = node
+        .catalog
+        .prepare(request, &NoGrants)
+        .map_err(publish_status)?;
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIECES_IN_FLIGHT);
+    let mut chunker = Chunker::new(node.blobs.clone(), prepared.chunk_size());
+    let worker = tokio::task::spawn_blocking(move || {
+        while let Some(piece) = rx.blocking_recv() {
+            chunker.push(&piece)?;
+        }
+        chunker.finish()
+    });
+    let mut received = 0u64;
+    let mut failure = None;
+    while let Some(msg) = stream.next().await {
+        let part = match msg {
+            Ok(m) => m.part,
+            Err(s) => {
+                failure = Some(s);
+                break;
+            }
+        };
+        match part {
+            Some(pb::publish_request::Part::Data(bytes)) => {
+                received += bytes.len() as u64;
+                if announced != 0 && received > announced {
+                    failure = Some(Status::invalid_argument(format!(
+                        "the stream carries more than the announced {announced} bytes"
+                    )));
+                    break;
+                }
+                if tx.send(bytes).await.is_err() {
+                    break;
+                }
+            }
+            _ => {
+                failure = Some(Status::invalid_argument(
+                    "a publish stream has one header, then data",
+                ));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let chunked = worker
+        .await
+        .map_err(|e| status::internal("chunking", &e))?
+        .map_err(|e| status::internal("storing chunks", &e))?;
+    let failure = failure.or_else(|| {
+        (announced != 0 && chunked.size != announced).then(|| {
+            Status::invalid_argument(format!(
+                "announced {announced} bytes but the stream carried {}",
+                chunked.size
+            ))
+        })
+    });
+    if let Some(s) = failure {
+        node.blobs.remove(&chunked.created);
+        return Err(s);
+    }
+    let created = chunked.created.clone();
+    let (dataset, appended) = match node
+        .catalog
+        .finish(prepared, chunked, &node.signing_key, &node.ledger)
+        .await
+    {
+        Ok(done) => done,
+        Err(e) => {
+            node.blobs.remove(&created);
+            return Err(publish_status(e));
+        }
+    };
+    tracing::info!(dataset = %dataset.id, index = appended.index, "published");
+    Ok(pb::PublishResponse {
+        dataset_id: dataset.id.to_string(),
+        manifest: Some(dataset.manifest.envelope().into()),
+        ledger_index: appended.index,
+        checkpoint: appended.checkpoint.note.clone().into_bytes(),
+    })
+}
