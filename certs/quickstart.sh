@@ -50,6 +50,32 @@ step "acme says hello to the transport bureau"
 step "and the other way round"
 "$DSNODE" peer hello --data-dir transport --peer "$ENT_ADDR"
 
+step "the transport bureau publishes hourly road-sensor counts under a policy"
+cat > policy.toml <<'POLICY'
+classification = "general"
+
+[[permission]]
+actions = ["read", "derive"]
+purpose = ["route-planning", "research"]
+roles = ["consumer"]
+regions = ["CN-HE", "CN-BJ", "CN-TJ"]
+grant_ttl = "30d"
+max_fetches = 3
+
+[[prohibition]]
+actions = ["redistribute"]
+POLICY
+"$DSNODE" policy check policy.toml
+{
+  echo "hour,sensor,vehicles"
+  for h in $(seq 0 23); do for s in $(seq 1 40); do echo "2026-11-26T$(printf %02d "$h"):00Z,S$s,$(( (h * 37 + s * 11) % 500 ))"; done; done
+} > road-sensors.csv
+"$DSNODE" publish --data-dir transport road-sensors.csv --policy policy.toml \
+  --title "Hourly road-sensor counts" --description "Ring-road sensors, one day" --media-type text/csv
+
+step "acme (a consumer in CN-HE) browses the catalog; every manifest signature is verified"
+"$DSNODE" catalog --data-dir acme --peer "$PUB_ADDR"
+
 step "the regulator audits the transport bureau's ledger (every signature and proof verified)"
 "$DSNODE" audit checkpoint --data-dir regulator --peer "$PUB_ADDR"
 "$DSNODE" audit entries --data-dir regulator --peer "$PUB_ADDR"

@@ -353,3 +353,86 @@ pub fn chunk_list_hash(chunks: &[Hash]) -> Hash {
     h.copy_from_slice(ctx.finish().as_ref());
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            title: "Road sensors".into(),
+            description: "hourly counts".into(),
+            media_type: "text/csv".into(),
+            size: 3 << 20,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            chunk_count: 3,
+            content_sha256: [1; 32],
+            chunk_list_sha256: [2; 32],
+            classification: Classification::General,
+            policy: Policy {
+                classification: Classification::General,
+                permissions: vec![],
+                prohibitions: vec![],
+                obligations: vec![],
+            },
+            derived_from: vec![],
+            supersedes: None,
+            version: 1,
+            lineage: None,
+            created_at_ms: 1_790_000_000_000,
+            publisher: NodeId::from_public_key(&[4; 32]),
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips_and_any_changed_byte_is_another_dataset() {
+        let m = manifest();
+        let bytes = m.encode();
+        assert_eq!(Manifest::decode(&bytes).expect("decode"), m);
+        let id = DatasetId::of_payload(&bytes);
+        assert_eq!(id.as_str().parse::<DatasetId>().expect("parse"), id);
+        for i in 0..bytes.len() {
+            let mut changed = bytes.clone();
+            changed[i] ^= 1;
+            assert_ne!(DatasetId::of_payload(&changed), id, "byte {i}");
+        }
+    }
+
+    #[test]
+    fn manifest_is_verified_before_it_is_used() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
+        let m = Manifest {
+            publisher: NodeId::from_public_key(&key.verifying_key().to_bytes()),
+            ..manifest()
+        };
+        let env = m.sign(&key);
+        let pk = key.verifying_key().to_bytes();
+        let (id, v) = verify_manifest(env.clone(), &pk).expect("verifies");
+        assert_eq!(id, DatasetId::of_payload(&env.payload));
+        assert_eq!(v.value(), &m);
+        // Signed by someone else than the publisher it names.
+        let other = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+        let forged = m.sign(&other);
+        assert!(verify_manifest(forged, &other.verifying_key().to_bytes()).is_err());
+        // A grant envelope presented as a manifest.
+        let grant = Envelope::sign(PayloadType::Grant, m.encode(), &key, "x");
+        assert!(verify_manifest(grant, &pk).is_err());
+    }
+
+    #[test]
+    fn bad_ids_and_inconsistent_manifests_are_refused() {
+        for bad in ["", "ds_", "ds_UPPER", "../etc/passwd", "ds_aaaa"] {
+            assert!(bad.parse::<DatasetId>().is_err(), "{bad}");
+        }
+        let mut m = manifest();
+        m.chunk_count = 2;
+        assert!(Manifest::decode(&m.encode()).is_err(), "chunk count");
+        let mut m = manifest();
+        m.version = 2;
+        assert!(
+            Manifest::decode(&m.encode()).is_err(),
+            "version without supersedes"
+        );
+        assert!(Manifest::decode(b"garbage").is_err());
+    }
+}

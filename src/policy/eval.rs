@@ -394,4 +394,106 @@ mod tests {
             at("2028-01-01T00:00:00Z")
         ));
     }
+
+    mod props {
+        use super::*;
+        use crate::policy::{Classification, Permission, Prohibition};
+        use proptest::prelude::*;
+
+        const PURPOSES: [&str; 3] = ["research", "marketing", "route-planning"];
+        const REGIONS: [&str; 3] = ["CN-HE", "CN-BJ", "CN-SH"];
+
+        fn actions() -> impl Strategy<Value = BTreeSet<Action>> {
+            proptest::sample::subsequence(Action::ALL.to_vec(), 0..=4)
+                .prop_map(|v| v.into_iter().collect())
+        }
+
+        fn permission() -> impl Strategy<Value = Permission> {
+            (
+                actions().prop_filter("non-empty", |a| !a.is_empty()),
+                proptest::sample::subsequence(PURPOSES.to_vec(), 0..=3),
+                proptest::sample::subsequence(REGIONS.to_vec(), 0..=3),
+                proptest::sample::subsequence(vec!["consumer", "auditor"], 0..=2),
+                proptest::option::of(1u32..5),
+                proptest::option::of(0i64..2_000_000_000),
+            )
+                .prop_map(|(actions, purposes, regions, roles, fetches, until)| {
+                    Permission {
+                        actions,
+                        purpose: purposes.into_iter().map(str::to_owned).collect(),
+                        regions: regions
+                            .into_iter()
+                            .map(|r| r.parse().expect("region"))
+                            .collect(),
+                        roles: roles
+                            .into_iter()
+                            .map(|r| r.parse().expect("role"))
+                            .collect(),
+                        max_fetches: fetches,
+                        not_after: until
+                            .map(|t| OffsetDateTime::from_unix_timestamp(t).expect("t")),
+                        ..Permission::default()
+                    }
+                })
+        }
+
+        fn policy() -> impl Strategy<Value = Policy> {
+            (
+                proptest::sample::select(vec![
+                    Classification::Public,
+                    Classification::General,
+                    Classification::Important,
+                    Classification::Core,
+                ]),
+                proptest::collection::vec(permission(), 0..4),
+                proptest::collection::vec(actions(), 0..3),
+            )
+                .prop_map(|(classification, permissions, prohibitions)| Policy {
+                    classification,
+                    permissions,
+                    prohibitions: prohibitions
+                        .into_iter()
+                        .filter(|a| !a.is_empty())
+                        .map(|actions| Prohibition { actions })
+                        .collect(),
+                    obligations: vec![],
+                })
+        }
+
+        proptest! {
+            /// Evaluation is deterministic, never permits a prohibited
+            /// action or core data, and a permit grants exactly what was
+            /// asked, within the permission's limits.
+            #[test]
+            fn deterministic_and_never_permits_a_prohibition(
+                p in policy(),
+                wanted in actions(),
+                purpose in proptest::sample::select(PURPOSES.to_vec()),
+                region in proptest::option::of(proptest::sample::select(REGIONS.to_vec())),
+                role in proptest::sample::select(vec!["consumer", "auditor", "publisher"]),
+                now in 0i64..2_000_000_000,
+            ) {
+                let who = who(role, region, "acme");
+                let now = OffsetDateTime::from_unix_timestamp(now).expect("now");
+                let r = AccessRequest { actions: wanted.clone(), purpose: purpose.into(), duration: None };
+                let first = evaluate(&p, &r, &who, now);
+                prop_assert_eq!(&first, &evaluate(&p, &r, &who, now));
+                match first {
+                    Decision::Permit(t) => {
+                        prop_assert!(p.classification != Classification::Core);
+                        prop_assert_eq!(&t.actions, &wanted);
+                        for a in &t.actions {
+                            prop_assert!(!p.prohibitions.iter().any(|x| x.actions.contains(a)));
+                        }
+                        let perm = &p.permissions[t.permission];
+                        prop_assert!(wanted.is_subset(&perm.actions));
+                        prop_assert!(t.not_after > t.not_before);
+                        prop_assert!(perm.not_after.is_none_or(|na| t.not_after <= na));
+                        prop_assert!(could_ever_grant(&p, &who, now));
+                    }
+                    Decision::Deny(reasons) => prop_assert!(!reasons.is_empty()),
+                }
+            }
+        }
+    }
 }
