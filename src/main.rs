@@ -1122,6 +1122,8 @@ async fn catalog(a: CatalogArgs) -> Result<Output> {
             "content_sha256": data_encoding::HEXLOWER.encode(&m.content_sha256),
             "grantable_actions": grantable,
             "policy": serde_json::from_slice::<Value>(&m.policy.canonical_json()).unwrap_or(Value::Null),
+            // The DSSE JSON envelope, for third-party DSSE verifiers.
+            "envelope": serde_json::from_str::<Value>(&v.envelope().to_json()).unwrap_or(Value::Null),
         }));
     }
     Ok(Output {

@@ -417,3 +417,78 @@ fn serve_reloads_crl_on_sighup_and_exits_cleanly_on_sigterm() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn policy_commands_check_explain_and_round_trip_through_odrl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, crate::datasets::POLICY).expect("write");
+    let out = dsnode(&["policy", "check", p(&policy)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("valid policy") && text.contains("prohibited, always: redistribute"),
+        "{text}"
+    );
+
+    let odrl = dir.path().join("p.json");
+    assert!(
+        dsnode(&["policy", "export", p(&policy), "--odrl", p(&odrl)])
+            .status
+            .success()
+    );
+    let back = dir.path().join("back.toml");
+    let out = dsnode(&["policy", "import", "--odrl", p(&odrl), "--out", p(&back)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = dsnode::policy::Policy::from_toml(crate::datasets::POLICY).expect("a");
+    let b = dsnode::policy::Policy::from_toml(&std::fs::read_to_string(&back).expect("read"))
+        .expect("b");
+    assert_eq!(a, b, "export then import is the same policy");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "classification = \"general\"\n[[permission]]\nactions = [\"read\"]\nindustry = \"x\"\n",
+    )
+    .expect("write");
+    fails_with(
+        &dsnode(&["policy", "check", p(&bad)]),
+        &["industry", "line 4"],
+    );
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&odrl).expect("read")).expect("json");
+    doc["permission"][0]["constraint"][0]["leftOperand"] = serde_json::json!("industry");
+    std::fs::write(&odrl, doc.to_string()).expect("write");
+    fails_with(
+        &dsnode(&["policy", "import", "--odrl", p(&odrl)]),
+        &["`industry`"],
+    );
+}
+
+#[test]
+fn publishing_a_file_that_cannot_be_read_is_one_sentence() {
+    let space = DataSpace::new();
+    let node = space.node("node", "publisher");
+    let policy = space.dir.path().join("p.toml");
+    std::fs::write(&policy, crate::datasets::POLICY).expect("write");
+    let missing = space.dir.path().join("missing.csv");
+    let out = dsnode(&[
+        "publish",
+        "--data-dir",
+        p(node.dir.root()),
+        p(&missing),
+        "--policy",
+        p(&policy),
+        "--title",
+        "x",
+    ]);
+    fails_with(&out, &["cannot read", "missing.csv"]);
+}
