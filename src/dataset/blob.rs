@@ -25,8 +25,8 @@ pub enum BlobError {
 /// Where dataset chunks live.
 pub trait BlobStore: Send + Sync + 'static {
     /// Stores `bytes` under `hash` (which the caller computed) unless a
-    /// blob of that name exists; returns whether it wrote one. Written
-    /// blobs are made durable by [`BlobStore::sync`].
+    /// blob of that name exists; returns whether it wrote one. The content
+    /// is durable when `put` returns; its name after [`BlobStore::sync`].
     fn put(&self, hash: &Hash, bytes: &[u8]) -> Result<bool, BlobError>;
     /// Removes blobs (those a failed publication wrote).
     fn remove(&self, hashes: &[Hash]);
@@ -73,9 +73,13 @@ impl BlobStore for LocalBlobStore {
             .root
             .join("tmp")
             .join(format!("{hex}.{}", std::process::id()));
+        // The content is fsynced here, on the caller's (writer) thread,
+        // so disk write-back overlaps hashing; `sync` then only has to
+        // make the names durable.
         let result = (|| {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(bytes)?;
+            f.sync_data()?;
             fs::rename(&tmp, &path)
         })();
         if let Err(e) = result {
@@ -97,13 +101,11 @@ impl BlobStore for LocalBlobStore {
     }
 
     fn sync(&self, hashes: &[Hash]) -> Result<(), BlobError> {
+        // Contents were fsynced by `put`; the renames need their
+        // directories fsynced.
         let mut dirs = std::collections::BTreeSet::new();
         for h in hashes {
-            let path = self.path(h);
-            fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| FileError::new("fsync", &path, e))?;
-            if let Some(d) = path.parent() {
+            if let Some(d) = self.path(h).parent() {
                 dirs.insert(d.to_path_buf());
             }
         }

@@ -1,7 +1,8 @@
 //! Splitting content into fixed-size chunks: each chunk is hashed and
-//! stored content-addressed, and the whole content is hashed too. The
-//! whole-content hash runs on its own thread, so the two SHA-256 passes use
-//! both cores; memory stays bounded by a few chunks whatever the size.
+//! stored content-addressed, and the whole content is hashed too. Three
+//! stages overlap: the caller hashes chunks, one thread hashes the whole
+//! content, one writes chunks to the store; so the two SHA-256 passes use
+//! both cores. Memory stays bounded by a few chunks whatever the size.
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -28,6 +29,11 @@ pub struct Chunked {
 
 /// The thread hashing the whole content, and the channel feeding it.
 type WholeHasher = (mpsc::SyncSender<Arc<Vec<u8>>>, JoinHandle<Hash>);
+/// The thread storing chunks (returns those it created), and its channel.
+type Writer = (
+    mpsc::SyncSender<(Hash, Arc<Vec<u8>>)>,
+    JoinHandle<Result<Vec<Hash>, BlobError>>,
+);
 
 /// Accepts content in pieces of any size and chunks it.
 pub struct Chunker {
@@ -36,8 +42,8 @@ pub struct Chunker {
     buf: Vec<u8>,
     size: u64,
     chunks: Vec<Hash>,
-    created: Vec<Hash>,
     whole: Option<WholeHasher>,
+    writer: Option<Writer>,
 }
 
 fn sha256(bytes: &[u8]) -> Hash {
@@ -59,14 +65,31 @@ impl Chunker {
             h.copy_from_slice(ctx.finish().as_ref());
             h
         });
+        let (wtx, wrx) = mpsc::sync_channel::<(Hash, Arc<Vec<u8>>)>(2);
+        let writer_store = store.clone();
+        let writer = std::thread::spawn(move || {
+            let mut created = Vec::new();
+            for (hash, chunk) in wrx {
+                match writer_store.put(&hash, &chunk) {
+                    Ok(true) => created.push(hash),
+                    Ok(false) => {}
+                    Err(e) => {
+                        // Leave nothing behind (disk full, I/O error).
+                        writer_store.remove(&created);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(created)
+        });
         Self {
             store,
             chunk_size: chunk_size as usize,
             buf: Vec::with_capacity(chunk_size as usize),
             size: 0,
             chunks: Vec::new(),
-            created: Vec::new(),
             whole: Some((tx, whole)),
+            writer: Some((wtx, writer)),
         }
     }
 
@@ -80,10 +103,12 @@ impl Chunker {
             let _ = tx.send(chunk.clone());
         }
         let hash = sha256(&chunk);
-        if self.store.put(&hash, &chunk)? {
-            self.created.push(hash);
-        }
         self.chunks.push(hash);
+        // A send fails only if the writer stopped on an error, which
+        // `finish` reports.
+        if let Some((tx, _)) = &self.writer {
+            let _ = tx.send((hash, chunk));
+        }
         Ok(())
     }
 
@@ -107,7 +132,23 @@ impl Chunker {
         if !self.buf.is_empty() {
             self.emit()?;
         }
-        self.store.sync(&self.created)?;
+        let created = match self.writer.take() {
+            Some((tx, handle)) => {
+                drop(tx);
+                handle.join().map_err(|_| {
+                    BlobError::File(crate::fsutil::FileError::new(
+                        "write",
+                        std::path::Path::new("chunk"),
+                        std::io::Error::other("the chunk writer thread panicked"),
+                    ))
+                })??
+            }
+            None => Vec::new(),
+        };
+        if let Err(e) = self.store.sync(&created) {
+            self.store.remove(&created);
+            return Err(e);
+        }
         let content_sha256 = match self.whole.take() {
             Some((tx, handle)) => {
                 drop(tx);
@@ -119,7 +160,7 @@ impl Chunker {
             size: self.size,
             chunks: std::mem::take(&mut self.chunks),
             content_sha256,
-            created: std::mem::take(&mut self.created),
+            created,
         })
     }
 }
