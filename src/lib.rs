@@ -24,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod dataset;
 pub mod envelope;
+pub mod exchange;
 pub mod fsutil;
 pub mod identity;
 pub mod ledger;

@@ -921,8 +921,7 @@ async fn audit(command: AuditCommand) -> Result<Output> {
                 &dsnode::ledger::origin_for(&node.node_id),
                 &node.public_key,
             )?;
-            let store = dsnode::ledger::store::SledStore::open(&dir.ledger())?;
-            let report = dsnode::ledger::verify_store(&store, &verifier)
+            let report = dsnode::ledger::verify_dir(&dir.ledger(), &verifier)
                 .with_context(|| format!("the ledger of node {} does NOT verify", node.node_id))?;
             Ok(Output {
                 text: format!(

@@ -140,6 +140,16 @@ enum Request {
 /// checkpoint signed.
 const LAST_CHECKPOINT: &str = "LAST_CHECKPOINT";
 
+/// Verifies a stopped node's ledger directory in full, as the start-up
+/// check does: the store (see [`verify_store`]) and the record of the last
+/// checkpoint signed, kept outside the store. For `dsnode audit verify`.
+pub fn verify_dir(dir: &Path, verifier: &NoteVerifier) -> Result<VerifyReport, LedgerError> {
+    let store = SledStore::open(dir)?;
+    let report = verify_store(&store, verifier)?;
+    check_guard(&dir.join(LAST_CHECKPOINT), &store, verifier, &report)?;
+    Ok(report)
+}
+
 /// Refuses a store that is behind, or disagrees with, the last checkpoint
 /// this node signed.
 fn check_guard(

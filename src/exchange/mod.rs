@@ -1,0 +1,6 @@
+//! The exchange between nodes: grants now; transfers and receipts follow
+//! (issue "The exchange").
+//!
+//! - [`grant`]: access grants, signed by the publisher as DSSE envelopes.
+
+pub mod grant;
