@@ -97,6 +97,9 @@ impl BlobStore for Discard {
         Ok(true)
     }
     fn remove(&self, _: &[H]) {}
+    fn collect_garbage(&self, _: &std::collections::HashSet<H>) -> Result<usize, E> {
+        Ok(0)
+    }
     fn sync(&self, _: &[H]) -> Result<(), E> {
         Ok(())
     }

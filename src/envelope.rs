@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 /// Largest envelope payload accepted.
 pub const MAX_PAYLOAD: usize = 256 << 10;
+/// Most signatures an envelope may carry (each costs a verification).
+pub const MAX_SIGNATURES: usize = 4;
 
 /// The kinds of signed object, each with its own payload type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +152,12 @@ impl Envelope {
                 got: self.payload_type.chars().take(100).collect(),
                 expected: expected.as_str(),
             });
+        }
+        if self.signatures.len() > MAX_SIGNATURES {
+            return Err(EnvelopeError::Malformed(format!(
+                "{} signatures; at most {MAX_SIGNATURES}",
+                self.signatures.len()
+            )));
         }
         if self.payload.len() > MAX_PAYLOAD {
             return Err(EnvelopeError::Malformed(format!(

@@ -1075,8 +1075,13 @@ async fn catalog(a: CatalogArgs) -> Result<Output> {
             }
             rows.push((id, manifest));
         }
-        if page.next_page_token.is_empty() || page.next_page_token == token {
+        if page.next_page_token.is_empty() {
             break;
+        }
+        // Tokens are dataset ids in increasing order; anything else is a
+        // node leading the client in circles.
+        if page.next_page_token <= token || rows.len() > 1_000_000 {
+            bail!("{} paginates its catalog incorrectly; stopping", a.peer);
         }
         token = page.next_page_token;
     }
@@ -1100,6 +1105,22 @@ async fn catalog(a: CatalogArgs) -> Result<Output> {
             .iter()
             .map(|a| a.to_string())
             .collect();
+        // Titles are the publisher's text: no control or direction
+        // characters may fake table rows.
+        let title: String = m
+            .title
+            .chars()
+            .map(|c| {
+                if c.is_control()
+                    || ('\u{202a}'..='\u{202e}').contains(&c)
+                    || ('\u{2066}'..='\u{2069}').contains(&c)
+                {
+                    '?'
+                } else {
+                    c
+                }
+            })
+            .collect();
         text.push_str(&format!(
             "\n{:<55}  {:>3}  {:<10}  {:>10}  {:<28}  {}",
             id.as_str(),
@@ -1107,7 +1128,7 @@ async fn catalog(a: CatalogArgs) -> Result<Output> {
             m.classification.as_str(),
             size_text(m.size),
             grantable.join(","),
-            m.title
+            title
         ));
         json_rows.push(json!({
             "dataset_id": id.to_string(),

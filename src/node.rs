@@ -296,6 +296,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     for w in warnings {
         tracing::warn!(warning = %w, "catalog");
     }
+    // Chunks of publications that failed or were cut off by a crash.
+    match blobs.collect_garbage(&catalog.referenced_chunks()) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed chunks no dataset references"),
+        Err(e) => tracing::warn!(error = %e, "could not collect unreferenced chunks"),
+    }
     let ctx = Arc::new(NodeContext {
         identity: creds.identity.clone(),
         started: Instant::now(),
@@ -304,6 +310,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         signing_key: creds.key.signing_key().clone(),
         blobs,
         catalog: Arc::new(catalog),
+        publishing: tokio::sync::Mutex::new(()),
     });
     let limit = t.max_decoding_message_size;
     let router = Server::builder()

@@ -30,6 +30,10 @@ pub trait BlobStore: Send + Sync + 'static {
     fn put(&self, hash: &Hash, bytes: &[u8]) -> Result<bool, BlobError>;
     /// Removes blobs (those a failed publication wrote).
     fn remove(&self, hashes: &[Hash]);
+    /// Removes every blob not in `keep` and any leftover temporary file
+    /// (after a crash); returns how many blobs it removed. Run only when no
+    /// publication is in progress (at start-up).
+    fn collect_garbage(&self, keep: &std::collections::HashSet<Hash>) -> Result<usize, BlobError>;
     /// Makes the named blobs durable.
     fn sync(&self, hashes: &[Hash]) -> Result<(), BlobError>;
     /// The blob's bytes, checked against its hash.
@@ -37,6 +41,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Whether the blob exists.
     fn has(&self, hash: &Hash) -> bool;
 }
+
+/// Makes temporary names unique within the process.
+static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Blobs as files under `DIR/sha256/ab/abcdef…`.
 pub struct LocalBlobStore {
@@ -66,18 +73,29 @@ impl BlobStore for LocalBlobStore {
             return Ok(false);
         }
         let dir = path.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir).map_err(|e| FileError::new("create directory", dir, e))?;
-        // Temp file, then rename: a reader never sees a partial blob.
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| FileError::new("create directory", dir, e))?;
+            // The new fan-out directory must survive a power loss too.
+            let fanout = self.root.join("sha256");
+            crate::fsutil::sync_dir(&fanout).map_err(|e| FileError::new("fsync", &fanout, e))?;
+        }
+        // Temp file, then rename: a reader never sees a partial blob. The
+        // name is unique and created exclusively (O_EXCL), so concurrent
+        // writers never share it and a planted symlink is not followed.
         let hex = data_encoding::HEXLOWER.encode(hash);
+        let seq = TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self
             .root
             .join("tmp")
-            .join(format!("{hex}.{}", std::process::id()));
+            .join(format!("{hex}.{}.{seq}", std::process::id()));
         // The content is fsynced here, on the caller's (writer) thread,
         // so disk write-back overlaps hashing; `sync` then only has to
         // make the names durable.
         let result = (|| {
-            let mut f = fs::File::create(&tmp)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
             f.write_all(bytes)?;
             f.sync_data()?;
             fs::rename(&tmp, &path)
@@ -87,6 +105,35 @@ impl BlobStore for LocalBlobStore {
             return Err(FileError::new("write", &path, e).into());
         }
         Ok(true)
+    }
+
+    fn collect_garbage(&self, keep: &std::collections::HashSet<Hash>) -> Result<usize, BlobError> {
+        let tmp = self.root.join("tmp");
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let fanout = self.root.join("sha256");
+        let mut removed = 0;
+        let dirs = fs::read_dir(&fanout).map_err(|e| FileError::new("read", &fanout, e))?;
+        for dir in dirs.flatten() {
+            let Ok(files) = fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name();
+                let hash = data_encoding::HEXLOWER
+                    .decode(name.to_string_lossy().as_bytes())
+                    .ok()
+                    .and_then(|b| <Hash>::try_from(b.as_slice()).ok());
+                if hash.is_none_or(|h| !keep.contains(&h)) {
+                    let _ = fs::remove_file(f.path());
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn remove(&self, hashes: &[Hash]) {

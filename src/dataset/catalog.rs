@@ -41,6 +41,10 @@ pub enum PublishError {
     /// The ledger refused the entry; nothing was published.
     #[error("the ledger did not record the publication: {0}")]
     Ledger(#[from] LedgerError),
+    /// The ledger's commit failed after it may have reached the disk: the
+    /// dataset is kept and settled against the ledger at the next start.
+    #[error("the publication may or may not be recorded (settled at the next start): {0}")]
+    Uncertain(LedgerError),
     /// The content does not match what the request announced.
     #[error("{0}")]
     Content(String),
@@ -218,6 +222,16 @@ impl Catalog {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Every chunk the published datasets reference: what the blob store
+    /// must keep. (Anything else storing blobs must add its references to
+    /// the start-up collection in `node.rs`.)
+    pub fn referenced_chunks(&self) -> std::collections::HashSet<Hash> {
+        self.read()
+            .values()
+            .flat_map(|d| d.chunks.iter().copied())
+            .collect()
+    }
+
     /// A dataset by id.
     pub fn get(&self, id: &DatasetId) -> Option<Arc<Dataset>> {
         self.read().get(id).cloned()
@@ -246,6 +260,19 @@ impl Catalog {
         }
         if request.title.trim().is_empty() {
             return Err(PublishError::Invalid("a dataset needs a title".into()));
+        }
+        for (what, text) in [
+            ("title", &request.title),
+            ("description", &request.description),
+            ("media type", &request.media_type),
+        ] {
+            super::check_text(what, text)?;
+        }
+        if request.derived_from.len() > super::MAX_SOURCES {
+            return Err(PublishError::Invalid(format!(
+                "more than {} sources",
+                super::MAX_SOURCES
+            )));
         }
         let mut classification = request.policy.classification;
         for source in &request.derived_from {
@@ -372,6 +399,7 @@ impl Catalog {
             .collect();
         let appended = match ledger.append(draft).await {
             Ok(a) => a,
+            Err(e @ LedgerError::CommitFailed(_)) => return Err(PublishError::Uncertain(e)),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&final_dir);
                 return Err(e.into());

@@ -149,12 +149,19 @@ impl Chunker {
             self.store.remove(&created);
             return Err(e);
         }
+        let thread_failed = || {
+            BlobError::File(crate::fsutil::FileError::new(
+                "hash",
+                std::path::Path::new("content"),
+                std::io::Error::other("the content-hashing thread panicked"),
+            ))
+        };
         let content_sha256 = match self.whole.take() {
             Some((tx, handle)) => {
                 drop(tx);
-                handle.join().unwrap_or_else(|_| sha256(b""))
+                handle.join().map_err(|_| thread_failed())?
             }
-            None => sha256(b""),
+            None => return Err(thread_failed()),
         };
         Ok(Chunked {
             size: self.size,

@@ -34,7 +34,7 @@ pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u32> = 4096..=(16 << 20);
 /// Longest title, description and media type.
 const MAX_TEXT: usize = 4096;
 /// Most sources of a derived dataset.
-const MAX_SOURCES: usize = 64;
+pub(crate) const MAX_SOURCES: usize = 64;
 
 /// Why a dataset or manifest was refused.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +165,7 @@ fn optional_id(s: &str) -> Result<Option<DatasetId>, DatasetError> {
     }
 }
 
-fn check_text(what: &str, s: &str) -> Result<(), DatasetError> {
+pub(crate) fn check_text(what: &str, s: &str) -> Result<(), DatasetError> {
     if s.len() > MAX_TEXT {
         return Err(DatasetError::Manifest(format!(
             "{what} is longer than {MAX_TEXT} bytes"

@@ -107,6 +107,9 @@ pub fn evaluate(
     if request.actions.is_empty() {
         return Decision::Deny(vec!["the request names no action".into()]);
     }
+    if request.duration.is_some_and(|d| d.is_zero()) {
+        return Decision::Deny(vec!["the requested duration is zero".into()]);
+    }
     let prohibited: Vec<String> = request
         .actions
         .iter()
@@ -153,7 +156,12 @@ pub fn evaluate(
             .grant_ttl_secs
             .map_or(DEFAULT_GRANT_TTL, Duration::from_secs);
         let wanted = request.duration.map_or(ttl, |d| d.min(ttl));
-        let mut not_after = now + wanted;
+        // Policies cap grant_ttl at 10 years; saturate rather than panic
+        // near the end of representable time.
+        let mut not_after = time::Duration::try_from(wanted)
+            .ok()
+            .and_then(|d| now.checked_add(d))
+            .unwrap_or(now);
         if let Some(limit) = p.not_after {
             not_after = not_after.min(limit);
         }

@@ -29,10 +29,10 @@ pub const MAX_POLICY_BYTES: usize = 64 << 10;
 pub const MAX_RULES: usize = 32;
 /// Most values in one list.
 pub const MAX_LIST: usize = 256;
-/// Deepest bracket nesting accepted in the TOML text.
-const MAX_DEPTH: usize = 8;
 /// Grant lifetime when neither the policy nor the request bounds it.
 pub const DEFAULT_GRANT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest grant lifetime a policy may set (10 years).
+pub const MAX_GRANT_TTL: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 /// Why a policy was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -348,6 +348,15 @@ impl Policy {
                     "`grant_ttl` must be longer than zero".into(),
                 ));
             }
+            if p.grant_ttl_secs
+                .is_some_and(|s| s > MAX_GRANT_TTL.as_secs())
+            {
+                return Err(invalid(
+                    "permission",
+                    i,
+                    "`grant_ttl` may be at most 10 years".into(),
+                ));
+            }
         }
         for (i, p) in self.prohibitions.iter().enumerate() {
             if p.actions.is_empty() {
@@ -421,7 +430,8 @@ impl Policy {
                 text.len()
             )));
         }
-        check_depth(text)?;
+        // Nesting is bounded by the TOML parser's own recursion limit (80)
+        // and, beyond that, by the typed schema (at most 3 levels deep).
         let raw: RawPolicy = toml::from_str(text)
             .map_err(|e| PolicyError::Syntax(e.to_string().trim_end().to_owned()))?;
         let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
@@ -448,6 +458,14 @@ impl Policy {
                     .collect(),
             ),
         ];
+        for (i, p) in raw.permission.iter().enumerate() {
+            if let Some(key) = p.get_ref().explicitly_empty() {
+                return Err(PolicyError::Invalid {
+                    line: line_of(raw.permission[i].span().start),
+                    message: format!("`{key} = []` would allow nobody; omit `{key}` to allow any"),
+                });
+            }
+        }
         let policy = Policy {
             classification: raw.classification,
             permissions: raw
@@ -658,30 +676,6 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
-/// Refuses bracket nesting deeper than [`MAX_DEPTH`] before the TOML
-/// parser sees it (deep nesting is a parser-stack attack).
-fn check_depth(text: &str) -> Result<(), PolicyError> {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    for c in text.chars() {
-        match c {
-            '"' => in_string = !in_string,
-            '[' | '{' if !in_string => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(PolicyError::TooLarge(format!(
-                        "nesting deeper than {MAX_DEPTH} levels"
-                    )));
-                }
-            }
-            ']' | '}' if !in_string => depth = depth.saturating_sub(1),
-            '\n' => in_string = false,
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 /// A value parsed from its text form, so errors carry the TOML line.
 struct Text<T>(T);
 
@@ -740,33 +734,53 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawPermission {
     actions: Vec<Action>,
-    #[serde(default)]
-    purpose: Vec<String>,
-    #[serde(default)]
-    roles: Vec<Text<Role>>,
-    #[serde(default)]
-    participants: Vec<Text<ParticipantId>>,
-    #[serde(default)]
-    nodes: Vec<Text<NodeId>>,
-    #[serde(default)]
-    regions: Vec<Text<Region>>,
+    purpose: Option<Vec<String>>,
+    roles: Option<Vec<Text<Role>>>,
+    participants: Option<Vec<Text<ParticipantId>>>,
+    nodes: Option<Vec<Text<NodeId>>>,
+    regions: Option<Vec<Text<Region>>>,
     not_before: Option<Time>,
     not_after: Option<Time>,
     grant_ttl: Option<Span>,
     max_fetches: Option<u32>,
 }
 
+impl RawPermission {
+    /// The first list key given explicitly empty (it would allow nobody,
+    /// while the model reads an empty list as "any").
+    fn explicitly_empty(&self) -> Option<&'static str> {
+        [
+            ("purpose", self.purpose.as_ref().is_some_and(Vec::is_empty)),
+            ("roles", self.roles.as_ref().is_some_and(Vec::is_empty)),
+            (
+                "participants",
+                self.participants.as_ref().is_some_and(Vec::is_empty),
+            ),
+            ("nodes", self.nodes.as_ref().is_some_and(Vec::is_empty)),
+            ("regions", self.regions.as_ref().is_some_and(Vec::is_empty)),
+        ]
+        .into_iter()
+        .find(|(_, empty)| *empty)
+        .map(|(key, _)| key)
+    }
+}
+
+/// Times are kept in UTC so that equal policies have equal bytes.
+fn utc(t: OffsetDateTime) -> OffsetDateTime {
+    t.to_offset(time::UtcOffset::UTC)
+}
+
 impl From<RawPermission> for Permission {
     fn from(r: RawPermission) -> Self {
         Self {
             actions: r.actions.into_iter().collect(),
-            nodes: r.nodes.into_iter().map(|t| t.0).collect(),
-            participants: r.participants.into_iter().map(|t| t.0).collect(),
-            roles: r.roles.into_iter().map(|t| t.0).collect(),
-            purpose: r.purpose.into_iter().collect(),
-            regions: r.regions.into_iter().map(|t| t.0).collect(),
-            not_before: r.not_before.map(|t| t.0),
-            not_after: r.not_after.map(|t| t.0),
+            nodes: r.nodes.into_iter().flatten().map(|t| t.0).collect(),
+            participants: r.participants.into_iter().flatten().map(|t| t.0).collect(),
+            roles: r.roles.into_iter().flatten().map(|t| t.0).collect(),
+            purpose: r.purpose.into_iter().flatten().collect(),
+            regions: r.regions.into_iter().flatten().map(|t| t.0).collect(),
+            not_before: r.not_before.map(|t| utc(t.0)),
+            not_after: r.not_after.map(|t| utc(t.0)),
             grant_ttl_secs: r.grant_ttl.map(|d| d.0.as_secs()),
             max_fetches: r.max_fetches,
         }
@@ -888,13 +902,19 @@ after = "90d"
     fn size_and_nesting_limits() {
         let deep = format!(
             "classification = \"general\"\nx = {}1{}\n",
-            "[".repeat(50),
-            "]".repeat(50)
+            "[".repeat(500),
+            "]".repeat(500)
         );
-        assert!(matches!(
-            Policy::from_toml(&deep),
-            Err(PolicyError::TooLarge(_))
-        ));
+        assert!(Policy::from_toml(&deep).is_err(), "deep nesting is refused");
+        let empty =
+            "classification = \"general\"\n[[permission]]\nactions = [\"read\"]\nroles = []\n";
+        let msg = Policy::from_toml(empty)
+            .expect_err("empty list")
+            .to_string();
+        assert!(
+            msg.contains("`roles = []`") && msg.contains("line 2"),
+            "{msg}"
+        );
         let huge = format!(
             "classification = \"general\"\n#{}\n",
             "x".repeat(MAX_POLICY_BYTES)

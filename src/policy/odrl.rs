@@ -12,7 +12,6 @@
 //! `urn:dsnode:node:…`). Anything else is an error that names it.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
@@ -308,11 +307,23 @@ fn unsupported(c: &Constraint<'_>) -> PolicyError {
     ))
 }
 
+/// The values of an `eq` (one string) or `isAnyOf` (a non-empty list)
+/// constraint. An empty list would allow nobody in ODRL but "anyone" in
+/// an omitted dsnode key, so it is refused rather than guessed.
 fn set_values(c: &Constraint<'_>) -> Result<Vec<String>, PolicyError> {
-    match c.op {
-        "eq" | "isAnyOf" => strings(c.right, c.left),
-        _ => Err(unsupported(c)),
+    let values = match (c.op, c.right) {
+        ("eq", Value::String(s)) => vec![s.clone()],
+        ("eq", _) => return Err(err(format!("`{} eq` takes one string", c.left))),
+        ("isAnyOf", v) => strings(v, c.left)?,
+        _ => return Err(unsupported(c)),
+    };
+    if values.is_empty() {
+        return Err(err(format!(
+            "`{} {}` with no values allows nobody; not supported",
+            c.left, c.op
+        )));
     }
+    Ok(values)
 }
 
 fn import_permission(rule: &Map<String, Value>, n: usize) -> Result<Permission, PolicyError> {
@@ -322,9 +333,29 @@ fn import_permission(rule: &Map<String, Value>, n: usize) -> Result<Permission, 
         actions: parse_actions(rule.get("action"), &what)?,
         ..Permission::default()
     };
-    let one_second = Duration::from_secs(1);
+    // ODRL requires every constraint of a rule to hold. The model holds
+    // one value set per operand, so a repeated operand (whose meaning is
+    // an intersection) is refused rather than merged into a union.
+    let mut seen = BTreeSet::new();
     for c in constraints(rule, &what)? {
         let parse_err = |e: crate::identity::IdError| err(format!("{what}: {e}"));
+        let slot = match (c.left, c.op) {
+            ("dateTime", "gt" | "gteq") => "dateTime (lower bound)".to_owned(),
+            ("dateTime", _) => "dateTime (upper bound)".to_owned(),
+            ("recipient", _) => {
+                let kind = strings(c.right, "recipient")?
+                    .first()
+                    .and_then(|v| v.split(':').nth(2).map(str::to_owned))
+                    .unwrap_or_default();
+                format!("recipient ({kind})")
+            }
+            (left, _) => left.to_owned(),
+        };
+        if !seen.insert(slot.clone()) {
+            return Err(err(format!(
+                "{what} constrains `{slot}` twice; give one constraint per operand"
+            )));
+        }
         match c.left {
             "purpose" => p.purpose.extend(set_values(&c)?),
             "spatial" => {
@@ -359,9 +390,9 @@ fn import_permission(rule: &Map<String, Value>, n: usize) -> Result<Permission, 
                 let t = parse_time(c.right)?;
                 match c.op {
                     "gteq" => p.not_before = Some(t),
-                    "gt" => p.not_before = Some(t + one_second),
+                    "gt" => p.not_before = Some(t + time::Duration::nanoseconds(1)),
                     "lt" => p.not_after = Some(t),
-                    "lteq" => p.not_after = Some(t + one_second),
+                    "lteq" => p.not_after = Some(t + time::Duration::nanoseconds(1)),
                     _ => return Err(unsupported(&c)),
                 }
             }
@@ -407,7 +438,6 @@ pub fn import(doc: &Value) -> Result<Policy, PolicyError> {
             "@context",
             "@type",
             "uid",
-            "profile",
             "dsnode:classification",
             "permission",
             "prohibition",
@@ -415,7 +445,31 @@ pub fn import(doc: &Value) -> Result<Policy, PolicyError> {
         ],
         "the policy",
     )?;
-    if let Some(t) = doc.get("@type").and_then(Value::as_str)
+    // A JSON-LD context can rename terms (even `permission` into
+    // `prohibition`); only the ODRL context and our prefix are accepted.
+    let context_ok = |v: &Value| match v {
+        Value::String(s) => s == CONTEXT,
+        Value::Object(o) => {
+            o.len() == 1 && o.get("dsnode").and_then(Value::as_str) == Some("urn:dsnode:")
+        }
+        _ => false,
+    };
+    let context_valid = match doc.get("@context") {
+        None => true,
+        Some(Value::Array(items)) => items.iter().all(context_ok),
+        Some(v) => context_ok(v),
+    };
+    if !context_valid {
+        return Err(err(format!(
+            "`@context` other than \"{CONTEXT}\" (and {{\"dsnode\": \"urn:dsnode:\"}}) is outside the supported subset"
+        )));
+    }
+    let kind = match doc.get("@type") {
+        None => None,
+        Some(Value::String(t)) => Some(t.as_str()),
+        Some(_) => return Err(err("`@type` must be a string")),
+    };
+    if let Some(t) = kind
         && !["Set", "Offer", "Policy", "odrl:Set", "odrl:Offer"].contains(&t)
     {
         return Err(err(format!(
@@ -554,6 +608,38 @@ mod tests {
                 .expect_err("duty")
                 .to_string()
                 .contains("`compensate`")
+        );
+    }
+
+    #[test]
+    fn constraints_that_must_all_hold_are_never_widened() {
+        let p = Policy::from_toml(super::super::tests::EXAMPLE).expect("example");
+        let base = export(&p);
+        // A second purpose constraint would be an intersection in ODRL.
+        let mut doc = base.clone();
+        let extra = constraint("purpose", "isAnyOf", json!(["marketing"]));
+        doc["permission"][0]["constraint"]
+            .as_array_mut()
+            .expect("array")
+            .push(extra);
+        assert!(
+            import(&doc)
+                .expect_err("repeat")
+                .to_string()
+                .contains("twice")
+        );
+        // An empty isAnyOf allows nobody; it is not read as "anyone".
+        let mut doc = base.clone();
+        doc["permission"][0]["constraint"][0]["rightOperand"] = json!([]);
+        assert!(import(&doc).is_err());
+        // A context that could rename terms is refused.
+        let mut doc = base;
+        doc["@context"] = json!({"permission": "http://www.w3.org/ns/odrl/2/prohibition"});
+        assert!(
+            import(&doc)
+                .expect_err("context")
+                .to_string()
+                .contains("@context")
         );
     }
 }

@@ -227,7 +227,9 @@ fn publish_status(e: PublishError) -> Status {
     match e {
         PublishError::Invalid(m) | PublishError::Content(m) => Status::invalid_argument(m),
         PublishError::Dataset(e) => Status::invalid_argument(e.to_string()),
-        PublishError::Ledger(e) => status::ledger("recording the publication", e),
+        PublishError::Ledger(e) | PublishError::Uncertain(e) => {
+            status::ledger("recording the publication", e)
+        }
         PublishError::File(e) => status::internal("storing the dataset", &e),
     }
 }
@@ -249,6 +251,7 @@ pub(super) async fn publish(
         ));
     };
     let (request, announced) = publish_request(header)?;
+    let _one_at_a_time = node.publishing.lock().await;
     // Every check that needs no content happens before any byte is stored.
     let prepared = node
         .catalog
@@ -319,7 +322,11 @@ pub(super) async fn publish(
     {
         Ok(done) => done,
         Err(e) => {
-            node.blobs.remove(&created);
+            // If the ledger may hold the entry, keep everything: the
+            // catalog settles it against the ledger at the next start.
+            if !matches!(e, PublishError::Uncertain(_)) {
+                node.blobs.remove(&created);
+            }
             return Err(publish_status(e));
         }
     };

@@ -66,6 +66,9 @@ pub struct NodeContext {
     pub blobs: Arc<dyn crate::dataset::blob::BlobStore>,
     /// The datasets this node published.
     pub catalog: Arc<crate::dataset::catalog::Catalog>,
+    /// One publication at a time: chunks a failed publication created are
+    /// then its own to remove, and version checks cannot race.
+    pub publishing: tokio::sync::Mutex<()>,
 }
 
 /// `dataspace.v1.Peering`.
@@ -118,8 +121,14 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<tonic::Streaming<pb::PublishRequest>>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        catalog::publish(&self.node, request.into_inner())
+        // The publication runs in its own task: if the caller goes away
+        // (or the connection is cut), it still reaches its all-or-nothing
+        // end instead of stopping halfway.
+        let node = self.node.clone();
+        let stream = request.into_inner();
+        tokio::spawn(async move { catalog::publish(&node, stream).await })
             .await
+            .map_err(|e| status::internal("publishing", &e))?
             .map(Response::new)
     }
 

@@ -149,10 +149,15 @@ async fn published_dataset_is_listed_to_those_the_policy_could_grant() {
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].entry.draft.kind, EntryKind::DatasetPublished);
 
-    // A restart reloads the catalog.
+    // A restart reloads the catalog, and removes chunks no dataset
+    // references (as a crash mid-publication would leave).
     node.shutdown().await.expect("stop");
+    let orphan = publisher.dir.blobs().join("sha256/ff/ff00");
+    std::fs::create_dir_all(orphan.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&orphan, b"left by a crash").expect("orphan");
     let node = support::start(&publisher, |_| {}).await;
     assert_eq!(list(&consumer, &node).await.len(), 1);
+    assert!(!orphan.exists(), "orphan chunk collected at start-up");
     node.shutdown().await.expect("stop");
 }
 
