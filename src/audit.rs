@@ -68,6 +68,7 @@ struct Filter {
     dataset: Option<String>,
     party: Option<crate::identity::NodeId>,
     kind: Option<crate::ledger::entry::EntryKind>,
+    grant: Option<String>,
     since: Option<i64>,
     until: Option<i64>,
 }
@@ -90,6 +91,7 @@ impl Filter {
             dataset: (!req.dataset.is_empty()).then(|| req.dataset.clone()),
             party,
             kind,
+            grant: (!req.grant.is_empty()).then(|| req.grant.clone()),
             since: (req.since_ms != 0).then_some(req.since_ms),
             until: (req.until_ms != 0).then_some(req.until_ms),
         })
@@ -101,6 +103,10 @@ impl Filter {
             .is_none_or(|d| e.draft.dataset.as_ref() == Some(d))
             && self.party.as_ref().is_none_or(|p| e.names(p))
             && self.kind.is_none_or(|k| e.draft.kind == k)
+            && self
+                .grant
+                .as_ref()
+                .is_none_or(|g| e.draft.grant.as_ref() == Some(g))
             && self.since.is_none_or(|t| e.time_ms >= t)
             && self.until.is_none_or(|t| e.time_ms < t)
     }
@@ -210,7 +216,8 @@ impl Auditor {
         all_pages: bool,
     ) -> Result<(SignedCheckpoint, Vec<VerifiedEntry>), AuditError> {
         let filter = Filter::of(&req)?;
-        let time_ordered = filter.dataset.is_none()
+        let time_ordered = filter.grant.is_none()
+            && filter.dataset.is_none()
             && filter.party.is_none()
             && filter.kind.is_none()
             && (req.since_ms != 0 || req.until_ms != 0);

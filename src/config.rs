@@ -15,6 +15,7 @@
 //! | `node.vkey` | C2SP verifier key of the node's ledger checkpoints (public) |
 //! | `ledger/` | the node's ledger |
 //! | `datasets/` | manifests and chunk lists of the datasets this node published |
+//! | `grants/` | grants this node issued (`issued/`) and holds (`held/`), DSSE JSON |
 //! | `blobs/` | dataset chunks, by SHA-256 |
 
 use std::net::SocketAddr;
@@ -78,6 +79,10 @@ impl DataDir {
     /// `datasets/`: published manifests and chunk lists.
     pub fn datasets(&self) -> PathBuf {
         self.root.join("datasets")
+    }
+    /// `grants/`: grants issued (`issued/`) and held (`held/`).
+    pub fn grants(&self) -> PathBuf {
+        self.root.join("grants")
     }
     /// `blobs/`.
     pub fn blobs(&self) -> PathBuf {

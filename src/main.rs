@@ -59,6 +59,49 @@ enum Command {
     /// Check, export or import policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Ask a publisher for access to a dataset (through the local node,
+    /// which keeps the grant).
+    Request(RequestArgs),
+    /// The grants this node issued and holds; revoke one it issued.
+    #[command(subcommand)]
+    Grants(GrantsCommand),
+}
+
+#[derive(Args)]
+struct RequestArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The publisher, HOST:PORT.
+    #[arg(long)]
+    peer: String,
+    /// The dataset id.
+    dataset: String,
+    /// The purpose of use.
+    #[arg(long)]
+    purpose: String,
+    /// Actions wanted (comma-separated).
+    #[arg(long, default_value = "read")]
+    actions: String,
+    /// How long the grant should last (e.g. 30d); default: as long as the
+    /// policy allows.
+    #[arg(long = "for")]
+    duration: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum GrantsCommand {
+    /// List grants issued and held.
+    List(ClientArgs),
+    /// Revoke a grant this node issued.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The grant id.
+        grant: String,
+        /// Why (recorded in the ledger).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Args)]
@@ -164,6 +207,9 @@ enum AuditCommand {
         /// Only entries of this kind (e.g. NodeStarted, AccessGranted).
         #[arg(long)]
         kind: Option<String>,
+        /// Only entries naming this grant.
+        #[arg(long)]
+        grant: Option<String>,
         /// Only entries at or after this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
@@ -432,6 +478,10 @@ fn wants_json(command: &Command) -> bool {
         Command::Catalog(a) => a.client.out.json,
         Command::Policy(PolicyCommand::Check { out, .. }) => out.json,
         Command::Policy(_) => false,
+        Command::Request(a) => a.client.out.json,
+        Command::Grants(GrantsCommand::List(c) | GrantsCommand::Revoke { client: c, .. }) => {
+            c.out.json
+        }
     }
 }
 
@@ -446,6 +496,8 @@ async fn run(command: Command) -> Result<Option<Output>> {
         Command::Publish(a) => publish(a).await.map(Some),
         Command::Catalog(a) => catalog(a).await.map(Some),
         Command::Policy(c) => policy(c).map(Some),
+        Command::Request(a) => request(a).await.map(Some),
+        Command::Grants(c) => grants(c).await.map(Some),
     }
 }
 
@@ -845,6 +897,7 @@ async fn audit(command: AuditCommand) -> Result<Output> {
             dataset,
             party,
             kind,
+            grant,
             since,
             until,
             limit,
@@ -859,6 +912,7 @@ async fn audit(command: AuditCommand) -> Result<Output> {
                 limit,
                 page_token: Vec::new(),
                 tree_size: 0,
+                grant: grant.unwrap_or_default(),
             };
             let mut a = auditor(&client, &peer).await?;
             let (cp, entries) = a.entries(req, !first_page).await?;
@@ -1210,6 +1264,144 @@ fn policy(command: PolicyCommand) -> Result<Output> {
                     json: json!({"toml": toml}),
                 }),
             }
+        }
+    }
+}
+
+fn grant_json(g: &dsnode::exchange::grant::Grant) -> Value {
+    json!({
+        "grant_id": g.id.to_string(),
+        "dataset_id": g.dataset.to_string(),
+        "publisher": g.publisher.to_string(),
+        "grantee": g.grantee.to_string(),
+        "purpose": g.purpose,
+        "actions": g.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+        "not_before": time_text(g.not_before_ms),
+        "not_after": time_text(g.not_after_ms),
+        "max_fetches": g.max_fetches,
+        "obligations": g.obligations.iter().map(|o| json!({"action": o.action.as_str(), "after_secs": o.after_secs})).collect::<Vec<_>>(),
+    })
+}
+
+/// Decodes a grant envelope the local node returned (its own store: the
+/// node verified it against the publisher's certificate).
+fn local_grant(env: Option<pb::Envelope>) -> Result<dsnode::exchange::grant::Grant> {
+    let env: dsnode::envelope::Envelope = env
+        .ok_or_else(|| anyhow::anyhow!("the node returned no grant"))?
+        .into();
+    Ok(dsnode::exchange::grant::Grant::decode(&env.payload)?)
+}
+
+async fn request(a: RequestArgs) -> Result<Output> {
+    let duration_secs = match a.duration.as_deref() {
+        None => 0,
+        Some(d) => humantime::parse_duration(d)
+            .with_context(|| format!("--for `{d}` is not a duration such as 30d or 12h"))?
+            .as_secs(),
+    };
+    let addr = own_address(&a.client.data_dir)?;
+    let conn = connect(&a.client.data_dir, &addr).await?;
+    let r = pb::admin_client::AdminClient::new(conn.channel)
+        .request_access(pb::AdminRequestAccessRequest {
+            peer: a.peer.clone(),
+            dataset_id: a.dataset.clone(),
+            purpose: a.purpose.clone(),
+            actions: a
+                .actions
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            duration_secs,
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::PermissionDenied => anyhow::anyhow!("{} refused: {}", a.peer, s.message()),
+            _ => call_error(&addr, &s),
+        })?
+        .into_inner();
+    let g = local_grant(r.grant)?;
+    let actions: Vec<&str> = g.actions.iter().map(|x| x.as_str()).collect();
+    Ok(Output {
+        text: format!(
+            "granted {}\n  dataset   {}\n  purpose   {}\n  actions   {}\n  valid     {} to {}\n  fetches   {}\n  recorded as entry {} (GrantReceived) in this node's ledger",
+            g.id,
+            g.dataset,
+            g.purpose,
+            actions.join(","),
+            time_text(g.not_before_ms),
+            time_text(g.not_after_ms),
+            g.max_fetches.map_or("unlimited".into(), |n| n.to_string()),
+            r.ledger_index
+        ),
+        json: json!({"grant": grant_json(&g), "ledger_index": r.ledger_index}),
+    })
+}
+
+async fn grants(command: GrantsCommand) -> Result<Output> {
+    match command {
+        GrantsCommand::List(c) => {
+            let addr = own_address(&c.data_dir)?;
+            let conn = connect(&c.data_dir, &addr).await?;
+            let r = pb::admin_client::AdminClient::new(conn.channel)
+                .list_grants(pb::ListGrantsRequest {})
+                .await
+                .map_err(|s| call_error(&addr, &s))?
+                .into_inner();
+            let mut text = format!("{} grant(s)", r.grants.len());
+            let mut rows = Vec::new();
+            for s in r.grants {
+                let g = local_grant(s.grant)?;
+                let state = match (s.issued, s.revoked) {
+                    (true, true) => "issued, REVOKED",
+                    (true, false) => "issued",
+                    (false, _) => "held",
+                };
+                text.push_str(&format!(
+                    "\n{}  {:<15}  {}  to {}  purpose {}  until {}",
+                    g.id,
+                    state,
+                    g.dataset,
+                    g.grantee,
+                    g.purpose,
+                    time_text(g.not_after_ms)
+                ));
+                let mut j = grant_json(&g);
+                j["issued"] = json!(s.issued);
+                j["revoked"] = json!(s.revoked);
+                rows.push(j);
+            }
+            Ok(Output {
+                text,
+                json: json!({"grants": rows}),
+            })
+        }
+        GrantsCommand::Revoke {
+            client,
+            grant,
+            reason,
+        } => {
+            let addr = own_address(&client.data_dir)?;
+            let conn = connect(&client.data_dir, &addr).await?;
+            let r = pb::admin_client::AdminClient::new(conn.channel)
+                .revoke_grant(pb::RevokeGrantRequest {
+                    grant_id: grant.clone(),
+                    reason,
+                })
+                .await
+                .map_err(|s| call_error(&addr, &s))?
+                .into_inner();
+            Ok(Output {
+                text: if r.already_revoked {
+                    format!("{grant} was already revoked")
+                } else {
+                    format!(
+                        "revoked {grant} (GrantRevoked, ledger entry {})",
+                        r.ledger_index
+                    )
+                },
+                json: json!({"grant_id": grant, "already_revoked": r.already_revoked, "ledger_index": r.ledger_index}),
+            })
         }
     }
 }

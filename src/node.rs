@@ -302,6 +302,15 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         Ok(n) => tracing::info!(removed = n, "removed chunks no dataset references"),
         Err(e) => tracing::warn!(error = %e, "could not collect unreferenced chunks"),
     }
+    let (grants, warnings) = crate::exchange::book::GrantBook::open(
+        &config.data_dir.grants(),
+        creds.identity.public_key,
+        ledger.clone(),
+    )
+    .map_err(|e| NodeError::Credentials(format!("grants: {e}")))?;
+    for w in warnings {
+        tracing::warn!(warning = %w, "grants");
+    }
     let ctx = Arc::new(NodeContext {
         identity: creds.identity.clone(),
         started: Instant::now(),
@@ -311,6 +320,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         blobs,
         catalog: Arc::new(catalog),
         publishing: tokio::sync::Mutex::new(()),
+        grants: Arc::new(grants),
+        client_tls: tls::client_config(&creds.material)?,
     });
     let limit = t.max_decoding_message_size;
     let router = Server::builder()
@@ -347,7 +358,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                 .max_decoding_message_size(limit),
         )
         .add_service(
-            pb::exchange_server::ExchangeServer::new(rpc::ExchangeService)
+            pb::exchange_server::ExchangeServer::new(rpc::ExchangeService::new(ctx.clone()))
                 .max_decoding_message_size(limit),
         )
         .add_service(

@@ -21,6 +21,8 @@ pub struct Query {
     pub party: Option<NodeId>,
     /// Entries of this kind.
     pub kind: Option<EntryKind>,
+    /// Entries naming this grant.
+    pub grant: Option<String>,
     /// Entries at or after this time (ms).
     pub since_ms: Option<i64>,
     /// Entries before this time (ms).
@@ -34,13 +36,19 @@ impl Query {
             .is_none_or(|d| e.draft.dataset.as_ref() == Some(d))
             && self.party.as_ref().is_none_or(|p| e.names(p))
             && self.kind.is_none_or(|k| e.draft.kind == k)
+            && self
+                .grant
+                .as_ref()
+                .is_none_or(|g| e.draft.grant.as_ref() == Some(g))
             && self.since_ms.is_none_or(|t| e.time_ms >= t)
             && self.until_ms.is_none_or(|t| e.time_ms < t)
     }
 
     /// The index to scan: the most selective one given.
     fn plan(&self) -> Plan {
-        if let Some(d) = &self.dataset {
+        if let Some(g) = &self.grant {
+            Plan::Index(IndexKey::Grant(g.clone()))
+        } else if let Some(d) = &self.dataset {
             Plan::Index(IndexKey::Dataset(d.clone()))
         } else if let Some(p) = &self.party {
             Plan::Index(IndexKey::Party(p.to_string()))
@@ -66,6 +74,7 @@ impl Plan {
             Plan::Index(IndexKey::Dataset(_)) => b'd',
             Plan::Index(IndexKey::Party(_)) => b'p',
             Plan::Index(IndexKey::Kind(_)) => b'k',
+            Plan::Index(IndexKey::Grant(_)) => b'g',
             Plan::Time => b't',
             Plan::All => b'a',
         }

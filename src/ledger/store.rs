@@ -15,7 +15,7 @@
 //! | `C ‖ size` | signed checkpoint note of that size |
 //! | `L` | size ‖ root of the last checkpoint signed (anti-fork guard) |
 //! | `D ‖ leaf hash` | entry index |
-//! | `I ‖ tag ‖ key ‖ 0x00 ‖ block` | 64-bit map of the block's entries under that key: by dataset (`d`), party (`p`), kind (`k`) |
+//! | `I ‖ tag ‖ key ‖ 0x00 ‖ block` | 64-bit map of the block's entries under that key: by dataset (`d`), party (`p`), kind (`k`), grant (`g`) |
 //! | `T ‖ time ‖ first index` | last index: a run of entries recorded at that time |
 //!
 //! A group commit is one `apply_batch` holding the blocks it filled, the
@@ -189,6 +189,8 @@ pub enum IndexKey {
     Party(String),
     /// Entries of this kind (code).
     Kind(u16),
+    /// Entries naming this grant.
+    Grant(String),
 }
 
 impl IndexKey {
@@ -207,6 +209,10 @@ impl IndexKey {
             IndexKey::Kind(c) => {
                 k.push(b'k');
                 k.extend_from_slice(&c.to_be_bytes());
+            }
+            IndexKey::Grant(g) => {
+                k.push(b'g');
+                k.extend_from_slice(g.as_bytes());
             }
         }
         k.push(0);

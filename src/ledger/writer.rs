@@ -24,6 +24,9 @@ pub fn index_keys(entry: &Entry) -> Vec<IndexKey> {
         keys.push(IndexKey::Party(p.to_string()));
     }
     keys.push(IndexKey::Kind(d.kind.code()));
+    if let Some(g) = &d.grant {
+        keys.push(IndexKey::Grant(g.clone()));
+    }
     keys
 }
 

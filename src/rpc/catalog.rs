@@ -8,7 +8,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{NodeContext, caller, status};
-use crate::dataset::catalog::{Dataset, NoGrants, PublishError, PublishRequest};
+use crate::dataset::catalog::{Dataset, PublishError, PublishRequest};
 use crate::dataset::chunk::Chunker;
 use crate::dataset::{DEFAULT_CHUNK_SIZE, DatasetId, Derivation};
 use crate::envelope::{Envelope, EnvelopeSignature};
@@ -255,7 +255,7 @@ pub(super) async fn publish(
     // Every check that needs no content happens before any byte is stored.
     let prepared = node
         .catalog
-        .prepare(request, &NoGrants)
+        .prepare(request, node.grants.as_ref())
         .map_err(publish_status)?;
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIECES_IN_FLIGHT);

@@ -122,11 +122,20 @@ fn query_from(req: &pb::QueryEntriesRequest) -> Result<Query, Status> {
         "" => None,
         k => Some(EntryKind::parse(k).map_err(|e| Status::invalid_argument(e.to_string()))?),
     };
+    let grant = match req.grant.as_str() {
+        "" => None,
+        g => Some(
+            g.parse::<crate::exchange::grant::GrantId>()
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
+                .to_string(),
+        ),
+    };
     let bound = |t: i64| (t != 0).then_some(t);
     Ok(Query {
         dataset,
         party,
         kind,
+        grant,
         since_ms: bound(req.since_ms),
         until_ms: bound(req.until_ms),
     })

@@ -9,10 +9,12 @@
 
 pub mod authz;
 mod catalog;
+mod exchange;
 mod ledger;
 pub mod status;
 
 pub use catalog::CatalogService;
+pub use exchange::ExchangeService;
 pub use ledger::LedgerService;
 
 use std::sync::Arc;
@@ -69,6 +71,10 @@ pub struct NodeContext {
     /// One publication at a time: chunks a failed publication created are
     /// then its own to remove, and version checks cannot race.
     pub publishing: tokio::sync::Mutex<()>,
+    /// Grants issued and held.
+    pub grants: Arc<crate::exchange::book::GrantBook>,
+    /// TLS for calls this node makes to other nodes.
+    pub client_tls: Arc<rustls::ClientConfig>,
 }
 
 /// `dataspace.v1.Peering`.
@@ -117,6 +123,31 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn request_access(
+        &self,
+        request: Request<pb::AdminRequestAccessRequest>,
+    ) -> Result<Response<pb::AdminRequestAccessResponse>, Status> {
+        exchange::request_as_node(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_grants(
+        &self,
+        _request: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        exchange::list(&self.node).map(Response::new)
+    }
+
+    async fn revoke_grant(
+        &self,
+        request: Request<pb::RevokeGrantRequest>,
+    ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
+        exchange::revoke(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn publish(
         &self,
         request: Request<tonic::Streaming<pb::PublishRequest>>,
@@ -144,10 +175,3 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 }
-
-/// `dataspace.v1.Exchange`: declared; every RPC answers `Unimplemented`
-/// until the exchange issue lands.
-pub struct ExchangeService;
-
-#[tonic::async_trait]
-impl pb::exchange_server::Exchange for ExchangeService {}

@@ -1,0 +1,328 @@
+//! The grants a node issued (as publisher) and holds (as consumer), on
+//! disk under `DATA_DIR/grants/{issued,held}/` as DSSE JSON envelopes, and
+//! in memory. What happened to a grant since (revocation, and later
+//! fetches) is read from the ledger, the durable record.
+//!
+//! Like publishing, issuing is all-or-nothing: the grant file is written,
+//! then `AccessGranted` is appended; if the append fails the file is
+//! removed, and at start-up an issued grant without its ledger entry is
+//! removed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use super::grant::{Grant, GrantError, GrantId, verify_grant};
+use crate::dataset::DatasetId;
+use crate::dataset::catalog::GrantCheck;
+use crate::envelope::{Envelope, Verified};
+use crate::fsutil::{self, FileError};
+use crate::identity::NodeId;
+use crate::ledger::entry::{EntryDraft, EntryKind};
+use crate::ledger::{Appended, Ledger, LedgerError, Query};
+use crate::policy::Action;
+
+/// Why a grant could not be stored or found.
+#[derive(Debug, thiserror::Error)]
+pub enum BookError {
+    /// Files could not be written.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A grant did not verify.
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// No such grant.
+    #[error("this node has no grant {0}")]
+    Unknown(String),
+}
+
+/// A grant this node holds, with the key of the publisher that signed it.
+#[derive(Debug)]
+pub struct Held {
+    /// The verified grant.
+    pub grant: Verified<Grant>,
+    /// The publisher's Ed25519 key (from its certificate at receipt).
+    pub publisher_key: [u8; 32],
+}
+
+/// Issued and held grants.
+pub struct GrantBook {
+    dir: PathBuf,
+    own_key: [u8; 32],
+    issued: RwLock<BTreeMap<GrantId, Arc<Verified<Grant>>>>,
+    held: RwLock<BTreeMap<GrantId, Arc<Held>>>,
+    ledger: Ledger,
+}
+
+fn recorded(ledger: &Ledger, grant: &GrantId, kind: EntryKind) -> Result<bool, LedgerError> {
+    let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
+    if size == 0 {
+        return Ok(false);
+    }
+    let q = Query {
+        grant: Some(grant.to_string()),
+        kind: Some(kind),
+        ..Query::default()
+    };
+    Ok(!ledger.query(&q, None, 1, size)?.entries.is_empty())
+}
+
+impl GrantBook {
+    /// Loads the grants under `dir`, verifying each; an issued grant the
+    /// ledger does not record is removed. Returns warnings for what was
+    /// skipped.
+    pub fn open(
+        dir: &Path,
+        own_key: [u8; 32],
+        ledger: Ledger,
+    ) -> Result<(Self, Vec<String>), BookError> {
+        let (issued_dir, held_dir) = (dir.join("issued"), dir.join("held"));
+        fsutil::create_private_dir(&issued_dir)?;
+        fsutil::create_private_dir(&held_dir)?;
+        let book = Self {
+            dir: dir.to_path_buf(),
+            own_key,
+            issued: RwLock::default(),
+            held: RwLock::default(),
+            ledger,
+        };
+        let mut warnings = Vec::new();
+        for path in json_files(&issued_dir)? {
+            let loaded = fsutil::read_to_string(&path)
+                .map_err(BookError::from)
+                .and_then(|t| Envelope::from_json(&t).map_err(|e| GrantError::from(e).into()))
+                .and_then(|env| Ok(verify_grant(env, &own_key)?));
+            match loaded {
+                Ok(g) if recorded(&book.ledger, &g.value().id, EntryKind::AccessGranted)? => {
+                    book.write_issued()
+                        .insert(g.value().id.clone(), Arc::new(g));
+                }
+                Ok(_) => {
+                    warnings.push(format!(
+                        "{}: not recorded as granted (issuing interrupted); removed",
+                        path.display()
+                    ));
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => warnings.push(format!("{}: skipped: {e}", path.display())),
+            }
+        }
+        for path in json_files(&held_dir)? {
+            match book.load_held(&path) {
+                Ok(h) => {
+                    book.write_held()
+                        .insert(h.grant.value().id.clone(), Arc::new(h));
+                }
+                Err(e) => warnings.push(format!("{}: skipped: {e}", path.display())),
+            }
+        }
+        Ok((book, warnings))
+    }
+
+    fn load_held(&self, path: &Path) -> Result<Held, BookError> {
+        let env = Envelope::from_json(&fsutil::read_to_string(path)?).map_err(GrantError::from)?;
+        let key_path = path.with_extension("publisher");
+        let hex = fsutil::read_to_string(&key_path)?;
+        let publisher_key: [u8; 32] = data_encoding::HEXLOWER
+            .decode(hex.trim().as_bytes())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                GrantError::Malformed(format!("{} is not a hex Ed25519 key", key_path.display()))
+            })?;
+        Ok(Held {
+            grant: verify_grant(env, &publisher_key)?,
+            publisher_key,
+        })
+    }
+
+    fn write_issued(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<GrantId, Arc<Verified<Grant>>>> {
+        self.issued.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_held(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<GrantId, Arc<Held>>> {
+        self.held.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn path(&self, kind: &str, id: &GrantId) -> PathBuf {
+        self.dir.join(kind).join(format!("{id}.json"))
+    }
+
+    /// Signs, stores and records a grant this node issues.
+    pub async fn issue(
+        &self,
+        grant: Grant,
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<(Arc<Verified<Grant>>, Appended), BookError> {
+        let verified = verify_grant(grant.sign(key), &self.own_key)?;
+        let path = self.path("issued", &verified.value().id);
+        fsutil::create_new_atomic(
+            &path,
+            verified.envelope().to_json().as_bytes(),
+            fsutil::PUBLIC_MODE,
+        )?;
+        let g = verified.value();
+        let mut draft = EntryDraft::new(EntryKind::AccessGranted);
+        draft.parties = vec![g.publisher.clone(), g.grantee.clone()];
+        draft.dataset = Some(g.dataset.to_string());
+        draft.grant = Some(g.id.to_string());
+        draft.object_hash = Some(verified.envelope().payload_hash());
+        let actions: Vec<&str> = g.actions.iter().map(|a| a.as_str()).collect();
+        draft.detail = format!("purpose {}; actions {}", g.purpose, actions.join(","))
+            .chars()
+            .take(500)
+            .collect();
+        let appended = match self.ledger.append(draft).await {
+            Ok(a) => a,
+            Err(e @ LedgerError::CommitFailed(_)) => {
+                // May be on disk: keep the file; start-up settles it.
+                return Err(e.into());
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e.into());
+            }
+        };
+        let verified = Arc::new(verified);
+        self.write_issued()
+            .insert(verified.value().id.clone(), verified.clone());
+        Ok((verified, appended))
+    }
+
+    /// Records a grant this node received, after checking it is for this
+    /// node and signed by the publisher whose certificate was verified.
+    pub async fn hold(
+        &self,
+        envelope: Envelope,
+        publisher_key: [u8; 32],
+        own_node: &NodeId,
+    ) -> Result<(Arc<Held>, Appended), BookError> {
+        let grant = verify_grant(envelope, &publisher_key)?;
+        if grant.value().grantee != *own_node {
+            return Err(GrantError::Malformed(format!(
+                "the grant is for node {}, not this node",
+                grant.value().grantee
+            ))
+            .into());
+        }
+        let id = grant.value().id.clone();
+        let path = self.path("held", &id);
+        fsutil::write_atomic(
+            &path.with_extension("publisher"),
+            data_encoding::HEXLOWER.encode(&publisher_key).as_bytes(),
+            fsutil::PUBLIC_MODE,
+        )?;
+        fsutil::write_atomic(
+            &path,
+            grant.envelope().to_json().as_bytes(),
+            fsutil::PUBLIC_MODE,
+        )?;
+        let g = grant.value();
+        let mut draft = EntryDraft::new(EntryKind::GrantReceived);
+        draft.parties = vec![g.publisher.clone(), g.grantee.clone()];
+        draft.dataset = Some(g.dataset.to_string());
+        draft.grant = Some(g.id.to_string());
+        draft.object_hash = Some(grant.envelope().payload_hash());
+        draft.detail = format!("purpose {}", g.purpose).chars().take(500).collect();
+        let appended = self.ledger.append(draft).await?;
+        let held = Arc::new(Held {
+            grant,
+            publisher_key,
+        });
+        self.write_held().insert(id, held.clone());
+        Ok((held, appended))
+    }
+
+    /// Revokes an issued grant: records `GrantRevoked`. Returns `None` if
+    /// it was revoked before.
+    pub async fn revoke(&self, id: &GrantId, reason: &str) -> Result<Option<Appended>, BookError> {
+        let grant = self
+            .issued
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| BookError::Unknown(id.to_string()))?;
+        if self.is_revoked(id)? {
+            return Ok(None);
+        }
+        let g = grant.value();
+        let mut draft = EntryDraft::new(EntryKind::GrantRevoked);
+        draft.parties = vec![g.publisher.clone(), g.grantee.clone()];
+        draft.dataset = Some(g.dataset.to_string());
+        draft.grant = Some(g.id.to_string());
+        draft.detail = reason.chars().take(500).collect();
+        Ok(Some(self.ledger.append(draft).await?))
+    }
+
+    /// Whether the ledger records the grant as revoked.
+    pub fn is_revoked(&self, id: &GrantId) -> Result<bool, BookError> {
+        Ok(recorded(&self.ledger, id, EntryKind::GrantRevoked)?)
+    }
+
+    /// Grants this node issued.
+    pub fn issued(&self) -> Vec<Arc<Verified<Grant>>> {
+        self.issued
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Grants this node holds.
+    pub fn held(&self) -> Vec<Arc<Held>> {
+        self.held
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// A held grant.
+    pub fn held_grant(&self, id: &GrantId) -> Option<Arc<Held>> {
+        self.held
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+}
+
+/// Derivations from another publisher's dataset need a held grant that
+/// allows `derive`, is for that dataset, and is in its window now.
+impl GrantCheck for GrantBook {
+    fn allows(&self, grant: &str, dataset: &DatasetId, action: Action) -> Result<(), String> {
+        let id: GrantId = grant.parse().map_err(|e: GrantError| e.to_string())?;
+        let held = self
+            .held_grant(&id)
+            .ok_or_else(|| format!("this node holds no grant `{grant}` for dataset {dataset}"))?;
+        let g = held.grant.value();
+        if g.dataset != *dataset {
+            return Err(format!(
+                "grant {id} is for dataset {}, not {dataset}",
+                g.dataset
+            ));
+        }
+        if !g.actions.contains(&action) {
+            return Err(format!("grant {id} does not allow `{action}`"));
+        }
+        let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+        g.check_use(&g.grantee, now_ms).map_err(|e| e.to_string())
+    }
+}
+
+fn json_files(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| FileError::new("read", dir, e))?;
+    Ok(entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect())
+}
