@@ -132,7 +132,7 @@ async fn declared_but_unfilled_rpcs_answer_unimplemented() {
     let consumer = space.node("consumer", "consumer");
     let node = support::start(&server, |_| {}).await;
     let conn = support::connect(&consumer, &node).await;
-    let (code, _) = call(conn.channel, "/dataspace.v1.Exchange/RequestAccess").await;
+    let (code, _) = call(conn.channel, "/dataspace.v1.Exchange/Fetch").await;
     assert_eq!(code, Code::Unimplemented);
     node.shutdown().await.expect("shutdown");
 }

@@ -189,7 +189,9 @@ async fn bad_publications_store_nothing_and_record_nothing() {
             pb::PublishHeader {
                 derived_from: vec![pb::Derivation {
                     dataset_id: dsnode::dataset::DatasetId::of_payload(b"elsewhere").to_string(),
-                    grant_id: "gr_unknown".into(),
+                    grant_id: dsnode::exchange::grant::GrantId::random()
+                        .expect("id")
+                        .to_string(),
                 }],
                 ..header("x", POLICY, 8)
             },
