@@ -75,6 +75,16 @@ POLICY
 
 step "acme (a consumer in CN-HE) browses the catalog; every manifest signature is verified"
 "$DSNODE" catalog --data-dir acme --peer "$PUB_ADDR"
+DATASET=$("$DSNODE" catalog --data-dir acme --peer "$PUB_ADDR" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["datasets"][0]["dataset_id"])')
+
+step "acme asks for access for route planning: granted (a grant signed by the bureau)"
+"$DSNODE" request --data-dir acme --peer "$PUB_ADDR" "$DATASET" --purpose route-planning --for 7d
+
+step "acme asks for access for marketing: refused, with the policy's reasons"
+"$DSNODE" request --data-dir acme --peer "$PUB_ADDR" "$DATASET" --purpose marketing || true
+
+step "the bureau lists the grants it issued"
+"$DSNODE" grants list --data-dir transport
 
 step "the regulator audits the transport bureau's ledger (every signature and proof verified)"
 "$DSNODE" audit checkpoint --data-dir regulator --peer "$PUB_ADDR"
