@@ -10,7 +10,7 @@ use crate::identity::PeerIdentity;
 use crate::ledger::entry::{Entry, EntryError};
 use crate::ledger::merkle::{self, ProofError};
 use crate::ledger::note::{NoteError, NoteVerifier, SignedCheckpoint};
-use crate::ledger::origin_for;
+use crate::ledger::{Query, origin_for};
 use crate::pb;
 use crate::pb::ledger_client::LedgerClient;
 
@@ -63,53 +63,29 @@ impl From<tonic::Status> for AuditError {
 /// Most entries one `entries` call collects.
 pub const MAX_AUDIT_ENTRIES: usize = 1_000_000;
 
-/// The query's filters, to re-check every entry the node returns.
-struct Filter {
-    dataset: Option<String>,
-    party: Option<crate::identity::NodeId>,
-    kind: Option<crate::ledger::entry::EntryKind>,
-    grant: Option<String>,
-    since: Option<i64>,
-    until: Option<i64>,
-}
-
-impl Filter {
-    fn of(req: &pb::QueryEntriesRequest) -> Result<Self, AuditError> {
-        let bad = |e: String| AuditError::Mismatch(format!("bad filter: {e}"));
-        let party = match req.party.as_str() {
-            "" => None,
-            p => Some(
-                p.parse()
-                    .map_err(|e: crate::identity::IdError| bad(e.to_string()))?,
-            ),
-        };
-        let kind = match req.kind.as_str() {
-            "" => None,
-            k => Some(crate::ledger::entry::EntryKind::parse(k).map_err(|e| bad(e.to_string()))?),
-        };
-        Ok(Self {
-            dataset: (!req.dataset.is_empty()).then(|| req.dataset.clone()),
-            party,
-            kind,
-            grant: (!req.grant.is_empty()).then(|| req.grant.clone()),
-            since: (req.since_ms != 0).then_some(req.since_ms),
-            until: (req.until_ms != 0).then_some(req.until_ms),
-        })
-    }
-
-    fn matches(&self, e: &Entry) -> bool {
-        self.dataset
-            .as_ref()
-            .is_none_or(|d| e.draft.dataset.as_ref() == Some(d))
-            && self.party.as_ref().is_none_or(|p| e.names(p))
-            && self.kind.is_none_or(|k| e.draft.kind == k)
-            && self
-                .grant
-                .as_ref()
-                .is_none_or(|g| e.draft.grant.as_ref() == Some(g))
-            && self.since.is_none_or(|t| e.time_ms >= t)
-            && self.until.is_none_or(|t| e.time_ms < t)
-    }
+/// The request's filters as a ledger query, to re-check every entry the
+/// node returns with the same matching rules the node uses.
+fn filter_of(req: &pb::QueryEntriesRequest) -> Result<Query, AuditError> {
+    let bad = |e: String| AuditError::Mismatch(format!("bad filter: {e}"));
+    let party = match req.party.as_str() {
+        "" => None,
+        p => Some(
+            p.parse()
+                .map_err(|e: crate::identity::IdError| bad(e.to_string()))?,
+        ),
+    };
+    let kind = match req.kind.as_str() {
+        "" => None,
+        k => Some(crate::ledger::entry::EntryKind::parse(k).map_err(|e| bad(e.to_string()))?),
+    };
+    Ok(Query {
+        dataset: (!req.dataset.is_empty()).then(|| req.dataset.clone()),
+        party,
+        kind,
+        grant: (!req.grant.is_empty()).then(|| req.grant.clone()),
+        since_ms: (req.since_ms != 0).then_some(req.since_ms),
+        until_ms: (req.until_ms != 0).then_some(req.until_ms),
+    })
 }
 
 /// An entry and the proof that it is in a verified checkpoint.
@@ -215,7 +191,7 @@ impl Auditor {
         mut req: pb::QueryEntriesRequest,
         all_pages: bool,
     ) -> Result<(SignedCheckpoint, Vec<VerifiedEntry>), AuditError> {
-        let filter = Filter::of(&req)?;
+        let filter = filter_of(&req)?;
         let time_ordered = filter.grant.is_none()
             && filter.dataset.is_none()
             && filter.party.is_none()

@@ -80,12 +80,7 @@ impl DatasetId {
 impl FromStr for DatasetId {
     type Err = DatasetError;
     fn from_str(s: &str) -> Result<Self, DatasetError> {
-        let ok = s.len() == 55
-            && s.starts_with("ds_")
-            && s[3..]
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
-        if ok {
+        if crate::identity::is_base32_id(s, "ds_", 52) {
             Ok(Self(s.to_owned()))
         } else {
             Err(DatasetError::Id(s.chars().take(80).collect()))

@@ -87,12 +87,7 @@ impl GrantId {
 impl FromStr for GrantId {
     type Err = GrantError;
     fn from_str(s: &str) -> Result<Self, GrantError> {
-        let ok = s.len() == 29
-            && s.starts_with("gr_")
-            && s[3..]
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
-        if ok {
+        if crate::identity::is_base32_id(s, "gr_", 26) {
             Ok(Self(s.to_owned()))
         } else {
             Err(GrantError::Id(s.chars().take(80).collect()))

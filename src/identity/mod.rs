@@ -45,6 +45,17 @@ pub enum IdError {
     Region(String),
 }
 
+/// Whether `s` is `prefix` followed by exactly `chars` lower-case base32
+/// (RFC 4648) characters: the shape of every id this crate makes from a
+/// hash or random bytes (node, dataset and grant ids).
+pub(crate) fn is_base32_id(s: &str, prefix: &str, chars: usize) -> bool {
+    s.len() == prefix.len() + chars
+        && s.starts_with(prefix)
+        && s[prefix.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+}
+
 /// A node's name: `dsn1` + base32 (RFC 4648, lower case, no padding) of
 /// SHA-256 of its raw Ed25519 public key, truncated to 26 characters.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,12 +79,7 @@ impl NodeId {
 impl FromStr for NodeId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let ok = s.len() == NODE_ID_PREFIX.len() + NODE_ID_HASH_CHARS
-            && s.starts_with(NODE_ID_PREFIX)
-            && s[NODE_ID_PREFIX.len()..]
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
-        if ok {
+        if is_base32_id(s, NODE_ID_PREFIX, NODE_ID_HASH_CHARS) {
             Ok(Self(s.to_owned()))
         } else {
             Err(IdError::NodeId(s.to_owned()))

@@ -30,7 +30,8 @@ pub struct Query {
 }
 
 impl Query {
-    fn matches(&self, e: &Entry) -> bool {
+    /// Whether `e` meets every filter.
+    pub fn matches(&self, e: &Entry) -> bool {
         self.dataset
             .as_ref()
             .is_none_or(|d| e.draft.dataset.as_ref() == Some(d))
