@@ -296,12 +296,6 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     for w in warnings {
         tracing::warn!(warning = %w, "catalog");
     }
-    // Chunks of publications that failed or were cut off by a crash.
-    match blobs.collect_garbage(&catalog.referenced_chunks()) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "removed chunks no dataset references"),
-        Err(e) => tracing::warn!(error = %e, "could not collect unreferenced chunks"),
-    }
     let (grants, warnings) = crate::exchange::book::GrantBook::open(
         &config.data_dir.grants(),
         creds.identity.public_key,
@@ -310,6 +304,15 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     .map_err(|e| NodeError::Credentials(format!("grants: {e}")))?;
     for w in warnings {
         tracing::warn!(warning = %w, "grants");
+    }
+    // Chunks of publications that failed or were cut off by a crash (chunks
+    // of published and of received datasets are kept).
+    let mut keep = catalog.referenced_chunks();
+    keep.extend(grants.received_chunks());
+    match blobs.collect_garbage(&keep) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed chunks no dataset references"),
+        Err(e) => tracing::warn!(error = %e, "could not collect unreferenced chunks"),
     }
     let ctx = Arc::new(NodeContext {
         identity: creds.identity.clone(),
@@ -440,7 +443,21 @@ async fn open_ledger(dir: &DataDir, creds: &Credentials) -> Result<Ledger, NodeE
     let key = creds.key.signing_key().clone();
     let node = creds.identity.node_id.clone();
     let (ledger, report) = tokio::task::spawn_blocking(move || {
-        Ledger::open(&path, key, &node, LedgerOptions::default())
+        // sled releases its file lock from a background thread after the
+        // previous handle closes (a restart in the same process, or a node
+        // started right after `audit verify`): wait briefly for it.
+        let mut tries = 0;
+        loop {
+            match Ledger::open(&path, key.clone(), &node, LedgerOptions::default()) {
+                Err(crate::ledger::LedgerError::Store(
+                    crate::ledger::store::StoreError::Locked { .. },
+                )) if tries < 150 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
     })
     .await??;
     tracing::info!(

@@ -285,6 +285,40 @@ impl GrantBook {
             .collect()
     }
 
+    /// Remembers the chunks of a dataset this node received, so that the
+    /// blob store keeps them (they can be re-exported or derived from).
+    pub fn record_received(
+        &self,
+        dataset: &DatasetId,
+        chunks: &[crate::ledger::merkle::Hash],
+    ) -> Result<(), BookError> {
+        let dir = self.dir.join("received");
+        fsutil::create_private_dir(&dir)?;
+        fsutil::write_atomic(
+            &dir.join(format!("{dataset}.chunks")),
+            &chunks.concat(),
+            fsutil::PUBLIC_MODE,
+        )?;
+        Ok(())
+    }
+
+    /// Every chunk of every dataset this node received.
+    pub fn received_chunks(&self) -> std::collections::HashSet<crate::ledger::merkle::Hash> {
+        let mut out = std::collections::HashSet::new();
+        let Ok(entries) = std::fs::read_dir(self.dir.join("received")) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            if let Ok(raw) = std::fs::read(e.path()) {
+                out.extend(
+                    raw.chunks_exact(32)
+                        .filter_map(|c| <[u8; 32]>::try_from(c).ok()),
+                );
+            }
+        }
+        out
+    }
+
     /// A held grant.
     pub fn held_grant(&self, id: &GrantId) -> Option<Arc<Held>> {
         self.held

@@ -70,6 +70,10 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
         "/dataspace.v1.Admin/RequestAccess",
         Access::OwnNode(Some(Role::Consumer)),
     ),
+    (
+        "/dataspace.v1.Admin/Fetch",
+        Access::OwnNode(Some(Role::Consumer)),
+    ),
     ("/dataspace.v1.Admin/ListGrants", Access::OwnNode(None)),
     ("/dataspace.v1.Admin/Status", Access::OwnNode(None)),
 ];

@@ -132,6 +132,15 @@ impl pb::admin_server::Admin for AdminService {
             .map(Response::new)
     }
 
+    async fn fetch(
+        &self,
+        request: Request<pb::AdminFetchRequest>,
+    ) -> Result<Response<pb::AdminFetchResponse>, Status> {
+        exchange::fetch_as_node(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn list_grants(
         &self,
         _request: Request<pb::ListGrantsRequest>,

@@ -33,6 +33,7 @@ const TABLE: &[(&str, Expect)] = &[
     ("/dataspace.v1.Admin/Publish", Expect::OwnNode),
     ("/dataspace.v1.Admin/RevokeGrant", Expect::OwnNode),
     ("/dataspace.v1.Admin/RequestAccess", Expect::OwnNodeConsumer),
+    ("/dataspace.v1.Admin/Fetch", Expect::OwnNodeConsumer),
     ("/dataspace.v1.Admin/ListGrants", Expect::OwnNode),
     ("/dataspace.v1.Admin/Status", Expect::OwnNode),
     ("/grpc.health.v1.Health/Check", Expect::Anyone),
@@ -132,7 +133,7 @@ async fn declared_but_unfilled_rpcs_answer_unimplemented() {
     let consumer = space.node("consumer", "consumer");
     let node = support::start(&server, |_| {}).await;
     let conn = support::connect(&consumer, &node).await;
-    let (code, _) = call(conn.channel, "/dataspace.v1.Exchange/Fetch").await;
+    let (code, _) = call(conn.channel, "/dataspace.v1.Peering/ExchangeCheckpoints").await;
     assert_eq!(code, Code::Unimplemented);
     node.shutdown().await.expect("shutdown");
 }

@@ -204,3 +204,250 @@ async fn requests_are_checked_at_the_edge() {
     }
     pub_node.shutdown().await.expect("stop");
 }
+
+async fn granted(
+    consumer: &NodeDir,
+    con_node: &dsnode::node::RunningNode,
+    ds: &str,
+    publisher_addr: std::net::SocketAddr,
+) -> String {
+    let conn = support::connect(consumer, con_node).await;
+    let r = pb::admin_client::AdminClient::new(conn.channel)
+        .request_access(ask(ds, "research", publisher_addr))
+        .await
+        .expect("granted")
+        .into_inner();
+    let env: Envelope = r.grant.expect("grant").into();
+    dsnode::exchange::grant::Grant::decode(&env.payload)
+        .expect("grant")
+        .id
+        .to_string()
+}
+
+async fn fetch_to(
+    consumer: &NodeDir,
+    con_node: &dsnode::node::RunningNode,
+    publisher_addr: std::net::SocketAddr,
+    grant: &str,
+    out: &std::path::Path,
+    force: bool,
+) -> Result<pb::AdminFetchResponse, tonic::Status> {
+    let conn = support::connect(consumer, con_node).await;
+    pb::admin_client::AdminClient::new(conn.channel)
+        .fetch(pb::AdminFetchRequest {
+            peer: publisher_addr.to_string(),
+            grant_id: grant.into(),
+            out: out.display().to_string(),
+            force,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The happy path end to end: request, fetch (every chunk verified),
+/// receipts on both sides, and the ledgers tell the story in order.
+#[tokio::test]
+async fn fetch_verifies_writes_and_both_ledgers_record_the_receipt() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let auditor = space.node("regulator", "auditor");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let content: Vec<u8> = (0..3_300_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let ds = publish(
+        &publisher,
+        &pub_node,
+        header("Road sensors", POLICY, content.len() as u64),
+        &content,
+    )
+    .await
+    .expect("publish")
+    .dataset_id;
+    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let out = out_dir.path().join("sensors.csv");
+    let r = fetch_to(
+        &consumer,
+        &con_node,
+        pub_node.local_addr(),
+        &grant,
+        &out,
+        false,
+    )
+    .await
+    .expect("fetch");
+    assert_eq!(std::fs::read(&out).expect("output"), content);
+    assert_eq!(r.bytes, content.len() as u64);
+    assert_eq!(
+        std::fs::read_dir(out_dir.path()).expect("ls").count(),
+        1,
+        "no partial file left"
+    );
+
+    // An existing output is not replaced without force; nothing written.
+    let err = fetch_to(
+        &consumer,
+        &con_node,
+        pub_node.local_addr(),
+        &grant,
+        &out,
+        false,
+    )
+    .await
+    .expect_err("exists");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("--force"), "{}", err.message());
+
+    let q = pb::QueryEntriesRequest {
+        grant: grant.clone(),
+        ..Default::default()
+    };
+    assert_eq!(
+        kinds(&auditor, &pub_node, q.clone()).await,
+        vec![
+            EntryKind::AccessGranted,
+            EntryKind::TransferStarted,
+            EntryKind::ReceiptRecorded
+        ]
+    );
+    assert_eq!(
+        kinds(&auditor, &con_node, q).await,
+        vec![
+            EntryKind::GrantReceived,
+            EntryKind::TransferCompleted,
+            EntryKind::ReceiptRecorded
+        ]
+    );
+
+    // The received chunks are kept in the consumer's blob store, across a
+    // restart (its start-up collection keeps received datasets).
+    con_node.shutdown().await.expect("stop");
+    let con_node = support::start(&consumer, |_| {}).await;
+    let stored: usize = std::fs::read_dir(consumer.dir.blobs().join("sha256"))
+        .expect("ls")
+        .flatten()
+        .map(|d| std::fs::read_dir(d.path()).map(|f| f.count()).unwrap_or(0))
+        .sum();
+    assert_eq!(stored, 4, "3.3 MB in 1 MiB chunks");
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
+
+/// Defences: a stolen grant, a revoked grant, a used-up grant and a
+/// tampered chunk are all refused; nothing is written to the output.
+#[tokio::test]
+async fn stolen_revoked_used_up_and_tampered_fetches_are_refused() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let thief = consumer_in(&space, "mallory", "CN-HE");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let one_fetch = POLICY.replace("max_fetches = 3", "max_fetches = 1");
+    let content = vec![42u8; 2_100_000];
+    let ds = publish(
+        &publisher,
+        &pub_node,
+        header("One fetch", &one_fetch, content.len() as u64),
+        &content,
+    )
+    .await
+    .expect("publish")
+    .dataset_id;
+    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+    let out_dir = tempfile::tempdir().expect("tempdir");
+
+    // Stolen: the thief presents the consumer's grant id over its own mTLS.
+    let conn = support::connect(&thief, &pub_node).await;
+    let err = pb::exchange_client::ExchangeClient::new(conn.channel)
+        .fetch(pb::FetchRequest {
+            grant_id: grant.clone(),
+        })
+        .await
+        .expect_err("stolen grant");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("not to"), "{}", err.message());
+
+    // Tampered: a byte flipped in a chunk on the publisher's disk.
+    let blobs = publisher.dir.blobs().join("sha256");
+    let dir = std::fs::read_dir(&blobs)
+        .expect("ls")
+        .flatten()
+        .next()
+        .expect("fan-out")
+        .path();
+    let chunk = std::fs::read_dir(&dir)
+        .expect("ls")
+        .flatten()
+        .next()
+        .expect("chunk")
+        .path();
+    let original = std::fs::read(&chunk).expect("read");
+    let mut flipped = original.clone();
+    flipped[7] ^= 1;
+    std::fs::write(&chunk, &flipped).expect("tamper");
+    let out = out_dir.path().join("tampered.bin");
+    let err = fetch_to(
+        &consumer,
+        &con_node,
+        pub_node.local_addr(),
+        &grant,
+        &out,
+        false,
+    )
+    .await
+    .expect_err("tampered");
+    assert_eq!(err.code(), Code::DataLoss, "{}", err.message());
+    assert!(err.message().contains("chunk"), "{}", err.message());
+    assert!(!out.exists(), "nothing written");
+    assert_eq!(
+        std::fs::read_dir(out_dir.path()).expect("ls").count(),
+        0,
+        "no partial file"
+    );
+    std::fs::write(&chunk, &original).expect("restore");
+
+    // Used up: the tampered attempt counted as the one fetch.
+    let err = fetch_to(
+        &consumer,
+        &con_node,
+        pub_node.local_addr(),
+        &grant,
+        &out,
+        false,
+    )
+    .await
+    .expect_err("used up");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("all used"), "{}", err.message());
+
+    // Revoked: a fresh grant, revoked before use.
+    let second = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+    let conn = support::connect(&publisher, &pub_node).await;
+    pb::admin_client::AdminClient::new(conn.channel)
+        .revoke_grant(pb::RevokeGrantRequest {
+            grant_id: second.clone(),
+            reason: "test".into(),
+        })
+        .await
+        .expect("revoke");
+    let err = fetch_to(
+        &consumer,
+        &con_node,
+        pub_node.local_addr(),
+        &second,
+        &out,
+        false,
+    )
+    .await
+    .expect_err("revoked");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("revoked"), "{}", err.message());
+    assert!(!out.exists());
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}

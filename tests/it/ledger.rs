@@ -24,6 +24,22 @@ fn open(dir: &Path) -> Ledger {
         .0
 }
 
+/// Opens a ledger that must fail verification. sled releases its file
+/// lock from a background thread after the previous handle is dropped, so
+/// a "locked" answer right after a tamper helper is retried.
+fn open_must_fail(dir: &Path) -> LedgerError {
+    for _ in 0..100 {
+        match Ledger::open(dir, key(), &node_id(), LedgerOptions::default()) {
+            Ok(_) => panic!("a tampered ledger opened"),
+            Err(LedgerError::Store(dsnode::ledger::store::StoreError::Locked { .. })) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return e,
+        }
+    }
+    panic!("the store stayed locked");
+}
+
 fn draft(i: u64) -> EntryDraft {
     let mut d = EntryDraft::new(if i.is_multiple_of(3) {
         EntryKind::AccessGranted
@@ -204,9 +220,7 @@ async fn tampered_entry_is_found_with_its_index() {
     crate::support::rewrite_entry(dir.path(), 7, false, |e| {
         e.draft.detail = "rewritten".into()
     });
-    let Err(err) = Ledger::open(dir.path(), key(), &node_id(), LedgerOptions::default()) else {
-        panic!("a tampered ledger opened");
-    };
+    let err = open_must_fail(dir.path());
     assert!(
         matches!(err, LedgerError::Tampered { index: 7, .. }),
         "{err}"
@@ -216,9 +230,7 @@ async fn tampered_entry_is_found_with_its_index() {
     crate::support::rewrite_entry(copy.path(), 7, true, |e| {
         e.draft.detail = "rewritten".into()
     });
-    let Err(err) = Ledger::open(copy.path(), key(), &node_id(), LedgerOptions::default()) else {
-        panic!("a tampered ledger opened");
-    };
+    let err = open_must_fail(copy.path());
     assert!(
         matches!(err, LedgerError::Tampered { index: 7, .. }),
         "{err}"
@@ -250,9 +262,7 @@ async fn rolled_back_store_is_refused() {
     std::fs::remove_dir_all(dir.path()).expect("rm");
     copy_dir(old.path(), dir.path());
     std::fs::write(dir.path().join("LAST_CHECKPOINT"), guard).expect("write guard");
-    let Err(err) = Ledger::open(dir.path(), key(), &node_id(), LedgerOptions::default()) else {
-        panic!("a rolled-back store opened");
-    };
+    let err = open_must_fail(dir.path());
     assert!(err.to_string().contains("rolled back"), "{err}");
 }
 

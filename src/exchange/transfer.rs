@@ -1,0 +1,237 @@
+//! The consumer's side of a transfer: every chunk is checked against the
+//! manifest's chunk list before it is written, the content goes to a
+//! temporary file next to the output, and only when every byte matches the
+//! manifest is it fsynced and renamed into place. The chunks also land in
+//! the node's blob store. Nothing is written to the output path otherwise:
+//! a failed transfer removes its temporary file.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ring::digest;
+
+use super::grant::Grant;
+use crate::dataset::blob::{BlobError, BlobStore};
+use crate::dataset::{Manifest, chunk_list_hash};
+use crate::envelope::Verified;
+use crate::fsutil::FileError;
+use crate::ledger::merkle::Hash;
+
+/// Why a transfer was aborted.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The output path is not usable.
+    #[error("{0}")]
+    Output(String),
+    /// The manifest or chunk list does not match the grant or itself.
+    #[error("the publisher's manifest does not match: {0}")]
+    Manifest(String),
+    /// A chunk does not hash to its entry in the chunk list.
+    #[error("chunk {index} does not match its hash in the manifest's chunk list; transfer aborted")]
+    BadChunk {
+        /// Which chunk (0-based).
+        index: usize,
+    },
+    /// A chunk has the wrong length.
+    #[error("chunk {index} is {got} bytes; the manifest says {expected}; transfer aborted")]
+    ChunkLength {
+        /// Which chunk.
+        index: usize,
+        /// Its length.
+        got: usize,
+        /// The expected length.
+        expected: u64,
+    },
+    /// More data than the manifest describes.
+    #[error("the publisher sent data past the manifest's length; transfer aborted")]
+    Extra,
+    /// The stream ended early.
+    #[error("the stream ended after {got} of {expected} chunks; transfer aborted")]
+    Truncated {
+        /// Chunks received.
+        got: usize,
+        /// Chunks expected.
+        expected: usize,
+    },
+    /// The whole content does not match.
+    #[error("the content's SHA-256 does not match the manifest; transfer aborted")]
+    Content,
+    /// Files could not be written.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The blob store failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+/// Checks that `out` can be written (its directory exists; it does not,
+/// unless `force`) and returns the temporary path next to it. Run before
+/// asking the publisher, so a bad path costs no fetch.
+pub fn check_output(out: &Path, force: bool) -> Result<PathBuf, TransferError> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| TransferError::Output(format!("{} is not a file path", out.display())))?;
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(TransferError::Output(format!(
+            "directory {} does not exist",
+            dir.display()
+        )));
+    }
+    if !force && out.symlink_metadata().is_ok() {
+        return Err(TransferError::Output(format!(
+            "{} exists; pass --force to replace it",
+            out.display()
+        )));
+    }
+    Ok(dir.join(format!(".{}.dsnode-partial", name.to_string_lossy())))
+}
+
+/// A transfer in progress.
+pub struct Incoming {
+    out: PathBuf,
+    tmp: PathBuf,
+    file: Option<File>,
+    size: u64,
+    chunk_size: u64,
+    content_sha256: Hash,
+    chunks: Vec<Hash>,
+    next: usize,
+    whole: digest::Context,
+    blobs: Arc<dyn BlobStore>,
+}
+
+/// What a completed transfer received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The chunk hashes, in order.
+    pub chunks: Vec<Hash>,
+    /// Bytes written.
+    pub bytes: u64,
+    /// SHA-256 of the content (equal to the manifest's).
+    pub content_sha256: Hash,
+    /// Where it was written.
+    pub out: PathBuf,
+}
+
+impl Incoming {
+    /// Checks the header against the grant and opens the temporary file.
+    pub fn start(
+        out: &Path,
+        force: bool,
+        manifest: &Verified<Manifest>,
+        chunks: Vec<Hash>,
+        grant: &Grant,
+        blobs: Arc<dyn BlobStore>,
+    ) -> Result<Self, TransferError> {
+        let m = manifest.value();
+        if manifest.envelope().payload_hash() != grant.manifest_sha256 {
+            return Err(TransferError::Manifest(
+                "it is not the manifest the grant names".into(),
+            ));
+        }
+        if chunks.len() as u64 != m.chunk_count || chunk_list_hash(&chunks) != m.chunk_list_sha256 {
+            return Err(TransferError::Manifest(
+                "the chunk list is not the one the manifest signs".into(),
+            ));
+        }
+        let tmp = check_output(out, force)?;
+        let _ = std::fs::remove_file(&tmp);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| FileError::new("create", &tmp, e))?;
+        Ok(Self {
+            out: out.to_path_buf(),
+            tmp,
+            file: Some(file),
+            size: m.size,
+            chunk_size: u64::from(m.chunk_size),
+            content_sha256: m.content_sha256,
+            chunks,
+            next: 0,
+            whole: digest::Context::new(&digest::SHA256),
+            blobs,
+        })
+    }
+
+    /// Chunks received so far.
+    pub fn received(&self) -> usize {
+        self.next
+    }
+
+    /// Verifies and writes the next chunk.
+    pub fn chunk(&mut self, data: &[u8]) -> Result<(), TransferError> {
+        let index = self.next;
+        let expected_hash = *self.chunks.get(index).ok_or(TransferError::Extra)?;
+        let expected_len = if index + 1 == self.chunks.len() {
+            self.size - self.chunk_size * index as u64
+        } else {
+            self.chunk_size
+        };
+        if data.len() as u64 != expected_len {
+            return Err(TransferError::ChunkLength {
+                index,
+                got: data.len(),
+                expected: expected_len,
+            });
+        }
+        if digest::digest(&digest::SHA256, data).as_ref() != expected_hash {
+            return Err(TransferError::BadChunk { index });
+        }
+        let file = self.file.as_mut().ok_or(TransferError::Extra)?;
+        file.write_all(data)
+            .map_err(|e| FileError::new("write", &self.tmp, e))?;
+        self.blobs.put(&expected_hash, data)?;
+        self.whole.update(data);
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Ends the transfer: all chunks, the right content; fsync, rename.
+    pub fn finish(mut self) -> Result<Received, TransferError> {
+        if self.next != self.chunks.len() {
+            return Err(TransferError::Truncated {
+                got: self.next,
+                expected: self.chunks.len(),
+            });
+        }
+        let whole =
+            std::mem::replace(&mut self.whole, digest::Context::new(&digest::SHA256)).finish();
+        if whole.as_ref() != self.content_sha256 {
+            return Err(TransferError::Content);
+        }
+        let file = self.file.take().ok_or(TransferError::Extra)?;
+        file.sync_all()
+            .map_err(|e| FileError::new("fsync", &self.tmp, e))?;
+        drop(file);
+        self.blobs.sync(&self.chunks)?;
+        std::fs::rename(&self.tmp, &self.out)
+            .map_err(|e| FileError::new("rename", &self.tmp, e))?;
+        if let Some(dir) = self.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::fsutil::sync_dir(dir).map_err(|e| FileError::new("fsync", dir, e))?;
+        }
+        Ok(Received {
+            chunks: std::mem::take(&mut self.chunks),
+            bytes: self.size,
+            content_sha256: self.content_sha256,
+            out: self.out.clone(),
+        })
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        // Finished transfers renamed their file away; anything else leaves
+        // no partial output behind.
+        if self.file.is_some() || self.tmp.exists() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
