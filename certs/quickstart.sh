@@ -78,7 +78,12 @@ step "acme (a consumer in CN-HE) browses the catalog; every manifest signature i
 DATASET=$("$DSNODE" catalog --data-dir acme --peer "$PUB_ADDR" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["datasets"][0]["dataset_id"])')
 
 step "acme asks for access for route planning: granted (a grant signed by the bureau)"
-"$DSNODE" request --data-dir acme --peer "$PUB_ADDR" "$DATASET" --purpose route-planning --for 7d
+GRANT=$("$DSNODE" request --data-dir acme --peer "$PUB_ADDR" "$DATASET" --purpose route-planning --for 7d --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["grant"]["grant_id"])')
+"$DSNODE" grants list --data-dir acme
+
+step "acme fetches it: every chunk verified, written, receipts exchanged"
+"$DSNODE" fetch --data-dir acme --peer "$PUB_ADDR" "$GRANT" --out "$DIR/fetched-road-sensors.csv"
+cmp road-sensors.csv fetched-road-sensors.csv && echo "fetched file is identical to the published one"
 
 step "acme asks for access for marketing: refused, with the policy's reasons"
 "$DSNODE" request --data-dir acme --peer "$PUB_ADDR" "$DATASET" --purpose marketing || true

@@ -235,3 +235,185 @@ impl Drop for Incoming {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::blob::LocalBlobStore;
+    use crate::envelope::Envelope;
+    use crate::exchange::grant::GrantId;
+    use crate::identity::NodeId;
+    use crate::policy::{Action, Classification, Policy};
+
+    const CS: usize = 4096;
+
+    /// A signed manifest over `content` in 4 KiB chunks, a grant naming
+    /// it, and the chunk list.
+    fn setup(content: &[u8]) -> (Verified<Manifest>, Grant, Vec<Vec<u8>>, Vec<Hash>) {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let publisher = NodeId::from_public_key(&key.verifying_key().to_bytes());
+        let pieces: Vec<Vec<u8>> = content.chunks(CS).map(<[u8]>::to_vec).collect();
+        let hashes: Vec<Hash> = pieces
+            .iter()
+            .map(|p| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(digest::digest(&digest::SHA256, p).as_ref());
+                h
+            })
+            .collect();
+        let mut whole = [0u8; 32];
+        whole.copy_from_slice(digest::digest(&digest::SHA256, content).as_ref());
+        let policy = Policy {
+            classification: Classification::General,
+            permissions: vec![],
+            prohibitions: vec![],
+            obligations: vec![],
+        };
+        let manifest = Manifest {
+            title: "t".into(),
+            description: String::new(),
+            media_type: "x".into(),
+            size: content.len() as u64,
+            chunk_size: CS as u32,
+            chunk_count: pieces.len() as u64,
+            content_sha256: whole,
+            chunk_list_sha256: chunk_list_hash(&hashes),
+            classification: Classification::General,
+            policy,
+            derived_from: vec![],
+            supersedes: None,
+            version: 1,
+            lineage: None,
+            created_at_ms: 0,
+            publisher: publisher.clone(),
+        };
+        let env: Envelope = manifest.sign(&key);
+        let (id, verified) = crate::dataset::verify_manifest(env, &key.verifying_key().to_bytes())
+            .expect("manifest");
+        let grant = Grant {
+            id: GrantId::random().expect("id"),
+            dataset: id,
+            manifest_sha256: verified.envelope().payload_hash(),
+            publisher,
+            grantee: NodeId::from_public_key(&[4; 32]),
+            purpose: "research".into(),
+            actions: [Action::Read].into(),
+            not_before_ms: 0,
+            not_after_ms: 1,
+            max_fetches: None,
+            obligations: vec![],
+            policy_sha256: [0; 32],
+            issued_at_ms: 0,
+        };
+        (verified, grant, pieces, hashes)
+    }
+
+    fn start(dir: &Path, content: &[u8]) -> (Incoming, Vec<Vec<u8>>) {
+        let (m, g, pieces, hashes) = setup(content);
+        let blobs: Arc<dyn BlobStore> =
+            Arc::new(LocalBlobStore::open(&dir.join("blobs")).expect("blobs"));
+        let incoming =
+            Incoming::start(&dir.join("out"), false, &m, hashes, &g, blobs).expect("start");
+        (incoming, pieces)
+    }
+
+    fn nothing_written(dir: &Path) {
+        assert!(!dir.join("out").exists(), "output written");
+        assert!(
+            !dir.join(".out.dsnode-partial").exists(),
+            "partial file left"
+        );
+    }
+
+    #[test]
+    fn a_complete_transfer_lands_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let content: Vec<u8> = (0..3 * CS + 100).map(|i| (i % 251) as u8).collect();
+        let (mut t, pieces) = start(dir.path(), &content);
+        for p in &pieces {
+            t.chunk(p).expect("chunk");
+        }
+        let r = t.finish().expect("finish");
+        assert_eq!(r.bytes, content.len() as u64);
+        assert_eq!(std::fs::read(dir.path().join("out")).expect("out"), content);
+    }
+
+    /// Defences of THREATS.md row 2: a flipped byte, reordered chunks, a
+    /// truncated stream and extra data all abort with nothing written.
+    #[test]
+    fn substituted_reordered_truncated_or_extra_data_aborts() {
+        let content: Vec<u8> = (0..3 * CS + 100).map(|i| (i % 251) as u8).collect();
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut t, mut pieces) = start(dir.path(), &content);
+        t.chunk(&pieces[0]).expect("chunk 0");
+        pieces[1][5] ^= 1;
+        assert!(matches!(
+            t.chunk(&pieces[1]),
+            Err(TransferError::BadChunk { index: 1 })
+        ));
+        drop(t);
+        nothing_written(dir.path());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut t, pieces) = start(dir.path(), &content);
+        assert!(
+            matches!(
+                t.chunk(&pieces[1]),
+                Err(TransferError::BadChunk { index: 0 })
+            ),
+            "reordered"
+        );
+        drop(t);
+        nothing_written(dir.path());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut t, pieces) = start(dir.path(), &content);
+        t.chunk(&pieces[0]).expect("chunk 0");
+        assert!(matches!(
+            t.finish(),
+            Err(TransferError::Truncated {
+                got: 1,
+                expected: 4
+            })
+        ));
+        nothing_written(dir.path());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut t, pieces) = start(dir.path(), &content);
+        for p in &pieces {
+            t.chunk(p).expect("chunk");
+        }
+        assert!(matches!(t.chunk(&pieces[0]), Err(TransferError::Extra)));
+        drop(t);
+        nothing_written(dir.path());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut t, pieces) = start(dir.path(), &content);
+        let mut long = pieces[0].clone();
+        long.push(0);
+        assert!(matches!(
+            t.chunk(&long),
+            Err(TransferError::ChunkLength { index: 0, .. })
+        ));
+        drop(t);
+        nothing_written(dir.path());
+    }
+
+    #[test]
+    fn output_paths_are_checked_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("exists");
+        std::fs::write(&out, b"x").expect("write");
+        assert!(matches!(
+            check_output(&out, false),
+            Err(TransferError::Output(_))
+        ));
+        assert!(check_output(&out, true).is_ok());
+        let missing = dir.path().join("no/such/dir/file");
+        assert!(matches!(
+            check_output(&missing, false),
+            Err(TransferError::Output(_))
+        ));
+    }
+}
