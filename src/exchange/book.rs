@@ -18,7 +18,7 @@ use crate::dataset::catalog::GrantCheck;
 use crate::envelope::{Envelope, Verified};
 use crate::fsutil::{self, FileError};
 use crate::identity::NodeId;
-use crate::ledger::entry::{EntryDraft, EntryKind};
+use crate::ledger::entry::EntryKind;
 use crate::ledger::{Appended, Ledger, LedgerError, Query};
 use crate::policy::Action;
 
@@ -167,10 +167,7 @@ impl GrantBook {
             fsutil::PUBLIC_MODE,
         )?;
         let g = verified.value();
-        let mut draft = EntryDraft::new(EntryKind::AccessGranted);
-        draft.parties = vec![g.publisher.clone(), g.grantee.clone()];
-        draft.dataset = Some(g.dataset.to_string());
-        draft.grant = Some(g.id.to_string());
+        let mut draft = g.entry(EntryKind::AccessGranted);
         draft.object_hash = Some(verified.envelope().payload_hash());
         let actions: Vec<&str> = g.actions.iter().map(|a| a.as_str()).collect();
         draft.detail = format!("purpose {}; actions {}", g.purpose, actions.join(","))
@@ -223,10 +220,7 @@ impl GrantBook {
             fsutil::PUBLIC_MODE,
         )?;
         let g = grant.value();
-        let mut draft = EntryDraft::new(EntryKind::GrantReceived);
-        draft.parties = vec![g.publisher.clone(), g.grantee.clone()];
-        draft.dataset = Some(g.dataset.to_string());
-        draft.grant = Some(g.id.to_string());
+        let mut draft = g.entry(EntryKind::GrantReceived);
         draft.object_hash = Some(grant.envelope().payload_hash());
         draft.detail = format!("purpose {}", g.purpose).chars().take(500).collect();
         let appended = self.ledger.append(draft).await?;
@@ -242,20 +236,13 @@ impl GrantBook {
     /// it was revoked before.
     pub async fn revoke(&self, id: &GrantId, reason: &str) -> Result<Option<Appended>, BookError> {
         let grant = self
-            .issued
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned()
+            .issued_grant(id)
             .ok_or_else(|| BookError::Unknown(id.to_string()))?;
         if self.is_revoked(id)? {
             return Ok(None);
         }
         let g = grant.value();
-        let mut draft = EntryDraft::new(EntryKind::GrantRevoked);
-        draft.parties = vec![g.publisher.clone(), g.grantee.clone()];
-        draft.dataset = Some(g.dataset.to_string());
-        draft.grant = Some(g.id.to_string());
+        let mut draft = g.entry(EntryKind::GrantRevoked);
         draft.detail = reason.chars().take(500).collect();
         Ok(Some(self.ledger.append(draft).await?))
     }
@@ -273,6 +260,15 @@ impl GrantBook {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// A grant this node issued.
+    pub fn issued_grant(&self, id: &GrantId) -> Option<Arc<Verified<Grant>>> {
+        self.issued
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
     }
 
     /// Grants this node holds.

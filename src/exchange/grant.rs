@@ -283,6 +283,16 @@ impl Grant {
         })
     }
 
+    /// A ledger entry of `kind` about this grant: both parties, the
+    /// dataset and the grant id filled in.
+    pub fn entry(&self, kind: crate::ledger::entry::EntryKind) -> crate::ledger::entry::EntryDraft {
+        let mut draft = crate::ledger::entry::EntryDraft::new(kind);
+        draft.parties = vec![self.publisher.clone(), self.grantee.clone()];
+        draft.dataset = Some(self.dataset.to_string());
+        draft.grant = Some(self.id.to_string());
+        draft
+    }
+
     /// Signs the grant with the publisher's key.
     pub fn sign(&self, key: &ed25519_dalek::SigningKey) -> Envelope {
         Envelope::sign(

@@ -27,6 +27,12 @@ fn book_status(context: &str, e: BookError) -> Status {
     }
 }
 
+/// A grant id from a request, checked at the edge.
+fn grant_id(text: &str) -> Result<GrantId, Status> {
+    text.parse()
+        .map_err(|e: crate::exchange::grant::GrantError| Status::invalid_argument(e.to_string()))
+}
+
 fn parse_request(
     dataset_id: &str,
     purpose: &str,
@@ -238,10 +244,7 @@ pub(super) async fn revoke(
     node: &NodeContext,
     r: pb::RevokeGrantRequest,
 ) -> Result<pb::RevokeGrantResponse, Status> {
-    let id: GrantId = r
-        .grant_id
-        .parse()
-        .map_err(|e: crate::exchange::grant::GrantError| Status::invalid_argument(e.to_string()))?;
+    let id = grant_id(&r.grant_id)?;
     let reason = if r.reason.is_empty() {
         "revoked by the publisher".to_owned()
     } else {
@@ -313,15 +316,10 @@ pub(super) async fn fetch(
     who: crate::identity::PeerIdentity,
     r: pb::FetchRequest,
 ) -> Result<tokio_stream::wrappers::ReceiverStream<Result<pb::FetchResponse, Status>>, Status> {
-    let id: GrantId = r
-        .grant_id
-        .parse()
-        .map_err(|e: crate::exchange::grant::GrantError| Status::invalid_argument(e.to_string()))?;
+    let id = grant_id(&r.grant_id)?;
     let grant = node
         .grants
-        .issued()
-        .into_iter()
-        .find(|g| g.value().id == id)
+        .issued_grant(&id)
         .ok_or_else(|| Status::not_found(format!("no grant {id} issued by this node")))?;
     let g = grant.value().clone();
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
@@ -350,10 +348,7 @@ pub(super) async fn fetch(
     let dataset = node.catalog.get(&g.dataset).ok_or_else(|| {
         Status::not_found(format!("dataset {} is no longer published here", g.dataset))
     })?;
-    let mut started = EntryDraft::new(EntryKind::TransferStarted);
-    started.parties = vec![node.identity.node_id.clone(), who.node_id.clone()];
-    started.dataset = Some(g.dataset.to_string());
-    started.grant = Some(id.to_string());
+    let started = g.entry(EntryKind::TransferStarted);
     let transfer = node
         .ledger
         .append(started)
@@ -430,9 +425,7 @@ pub(super) async fn submit_receipt(
     let rc = receipt.value();
     let grant = node
         .grants
-        .issued()
-        .into_iter()
-        .find(|g| g.value().id == rc.grant)
+        .issued_grant(&rc.grant)
         .ok_or_else(|| Status::not_found(format!("no grant {} issued by this node", rc.grant)))?;
     let g = grant.value();
     if g.grantee != who.node_id || g.dataset != rc.dataset {
@@ -449,10 +442,7 @@ pub(super) async fn submit_receipt(
             "the receipt's content hash is not the dataset's",
         ));
     }
-    let mut draft = EntryDraft::new(EntryKind::ReceiptRecorded);
-    draft.parties = vec![node.identity.node_id.clone(), who.node_id.clone()];
-    draft.dataset = Some(g.dataset.to_string());
-    draft.grant = Some(g.id.to_string());
+    let mut draft = g.entry(EntryKind::ReceiptRecorded);
     draft.object_hash = Some(receipt.envelope().payload_hash());
     draft.detail = format!(
         "{} bytes received; transfer entry {}",
@@ -477,10 +467,7 @@ pub(super) async fn fetch_as_node(
 ) -> Result<pb::AdminFetchResponse, Status> {
     use crate::exchange::transfer::{Incoming, TransferError};
     use tokio_stream::StreamExt;
-    let id: GrantId = r
-        .grant_id
-        .parse()
-        .map_err(|e: crate::exchange::grant::GrantError| Status::invalid_argument(e.to_string()))?;
+    let id = grant_id(&r.grant_id)?;
     let held = node
         .grants
         .held_grant(&id)
@@ -566,10 +553,7 @@ pub(super) async fn fetch_as_node(
         .map_err(|e| book_status("recording the received chunks", e))?;
 
     // Both sides record what was received.
-    let mut completed = EntryDraft::new(EntryKind::TransferCompleted);
-    completed.parties = vec![g.publisher.clone(), g.grantee.clone()];
-    completed.dataset = Some(g.dataset.to_string());
-    completed.grant = Some(id.to_string());
+    let mut completed = g.entry(EntryKind::TransferCompleted);
     completed.object_hash = Some(received.content_sha256);
     completed.detail = format!("{} bytes", received.bytes);
     node.ledger
@@ -597,10 +581,7 @@ pub(super) async fn fetch_as_node(
         })
         .await?
         .into_inner();
-    let mut recorded = EntryDraft::new(EntryKind::ReceiptRecorded);
-    recorded.parties = vec![g.publisher.clone(), g.grantee.clone()];
-    recorded.dataset = Some(g.dataset.to_string());
-    recorded.grant = Some(id.to_string());
+    let mut recorded = g.entry(EntryKind::ReceiptRecorded);
     recorded.object_hash = Some(envelope.payload_hash());
     recorded.detail = format!("publisher entry {}", answer.ledger_index);
     let own = node
