@@ -27,6 +27,20 @@ fn book_status(context: &str, e: BookError) -> Status {
     }
 }
 
+/// Connects to another node as this node.
+async fn connect_peer(
+    node: &NodeContext,
+    peer: &str,
+) -> Result<crate::client::PeerChannel, Status> {
+    crate::client::connect(
+        node.client_tls.clone(),
+        peer,
+        crate::client::ClientSettings::default(),
+    )
+    .await
+    .map_err(|e| Status::unavailable(e.to_string()))
+}
+
 /// A grant id from a request, checked at the edge.
 fn grant_id(text: &str) -> Result<GrantId, Status> {
     text.parse()
@@ -174,13 +188,7 @@ pub(super) async fn request_as_node(
     r: pb::AdminRequestAccessRequest,
 ) -> Result<pb::AdminRequestAccessResponse, Status> {
     let (id, access) = parse_request(&r.dataset_id, &r.purpose, &r.actions, r.duration_secs)?;
-    let conn = crate::client::connect(
-        node.client_tls.clone(),
-        &r.peer,
-        crate::client::ClientSettings::default(),
-    )
-    .await
-    .map_err(|e| Status::unavailable(e.to_string()))?;
+    let conn = connect_peer(node, &r.peer).await?;
     let publisher_key = conn.server.public_key;
     let answer = pb::exchange_client::ExchangeClient::new(conn.channel)
         .request_access(pb::RequestAccessRequest {
@@ -481,13 +489,7 @@ pub(super) async fn fetch_as_node(
     };
     crate::exchange::transfer::check_output(std::path::Path::new(&r.out), r.force)
         .map_err(transfer_err)?;
-    let conn = crate::client::connect(
-        node.client_tls.clone(),
-        &r.peer,
-        crate::client::ClientSettings::default(),
-    )
-    .await
-    .map_err(|e| Status::unavailable(e.to_string()))?;
+    let conn = connect_peer(node, &r.peer).await?;
     if conn.server.public_key != held.publisher_key {
         return Err(Status::failed_precondition(format!(
             "{} is node {}, not the publisher {} that issued grant {id}",
