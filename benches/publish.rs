@@ -106,6 +106,9 @@ impl BlobStore for Discard {
     fn get(&self, _: &H) -> Result<Option<Vec<u8>>, E> {
         Ok(None)
     }
+    fn get_unverified(&self, _: &H) -> Result<Option<Vec<u8>>, E> {
+        Ok(None)
+    }
     fn has(&self, _: &H) -> bool {
         false
     }

@@ -253,6 +253,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Transport limits.
     pub transport: TransportConfig,
+    /// The clock policy and grant windows are checked against (the system
+    /// clock; tests inject one).
+    pub clock: crate::clock::Clock,
 }
 
 impl Config {
@@ -262,6 +265,7 @@ impl Config {
             data_dir: DataDir::new(data_dir),
             listen,
             transport: TransportConfig::default(),
+            clock: crate::clock::Clock::system(),
         }
     }
 
@@ -362,6 +366,7 @@ impl Config {
             data_dir,
             listen: raw.listen,
             transport,
+            clock: crate::clock::Clock::system(),
         })
     }
 

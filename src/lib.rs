@@ -12,6 +12,7 @@
 //! - [`config`]: the data dir layout and `node.toml` (raw → validated).
 //! - [`node`]: one running node wired together; start, drain, CRL reload.
 //! - [`client`]: calling another node over mutual TLS.
+//! - [`clock`]: the time policy and grant decisions are made at.
 //! - [`audit`]: the auditor side: verifies every checkpoint and proof a node serves.
 //! - [`ledger`]: the verifiable ledger (Merkle log on sled, checkpoints, proofs).
 //! - [`rpc`]: tonic services, the role × RPC table, status mapping.
@@ -21,6 +22,7 @@
 
 pub mod audit;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod dataset;
 pub mod envelope;

@@ -85,6 +85,10 @@ struct FetchArgs {
     /// Replace the output if it exists.
     #[arg(long)]
     force: bool,
+    /// Reconnect and resume this many times if the connection breaks (a
+    /// fetch that still fails resumes when run again).
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
 }
 
 #[derive(Args)]
@@ -1435,47 +1439,94 @@ async fn fetch(a: FetchArgs) -> Result<Output> {
         .with_context(|| format!("cannot resolve {}", a.out.display()))?;
     let addr = own_address(&a.client.data_dir)?;
     let conn = connect(&a.client.data_dir, &addr).await?;
-    let spinner = if a.client.out.json {
+    let bar = if a.client.out.json {
         indicatif::ProgressBar::hidden()
     } else {
         indicatif::ProgressBar::new_spinner()
     };
-    spinner.set_message(format!("fetching with grant {} from {}", a.grant, a.peer));
-    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar.set_message(format!("fetching with grant {} from {}", a.grant, a.peer));
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let failed = |s: tonic::Status| match s.code() {
+        tonic::Code::PermissionDenied
+        | tonic::Code::DataLoss
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::NotFound
+        | tonic::Code::InvalidArgument => anyhow::anyhow!("fetch failed: {}", s.message()),
+        _ => call_error(&addr, &s),
+    };
     let started = std::time::Instant::now();
-    let result = pb::admin_client::AdminClient::new(conn.channel)
+    let mut events = pb::admin_client::AdminClient::new(conn.channel)
         .fetch(pb::AdminFetchRequest {
             peer: a.peer.clone(),
             grant_id: a.grant.clone(),
             out: out.display().to_string(),
             force: a.force,
+            retries: a.retries,
         })
-        .await;
-    spinner.finish_and_clear();
-    let r = result
-        .map_err(|s| match s.code() {
-            tonic::Code::PermissionDenied
-            | tonic::Code::DataLoss
-            | tonic::Code::FailedPrecondition
-            | tonic::Code::NotFound => {
-                anyhow::anyhow!("fetch failed: {}", s.message())
-            }
-            _ => call_error(&addr, &s),
-        })?
+        .await
+        .map_err(failed)?
         .into_inner();
+    let mut sized = false;
+    let done = loop {
+        let event = match events.message().await {
+            Ok(Some(e)) => e.event,
+            Ok(None) => {
+                bar.finish_and_clear();
+                anyhow::bail!("the node ended the fetch without a result; see its log");
+            }
+            Err(s) => {
+                bar.finish_and_clear();
+                return Err(failed(s));
+            }
+        };
+        match event {
+            Some(pb::admin_fetch_event::Event::Progress(p)) => {
+                if !sized && p.total_bytes > 0 {
+                    sized = true;
+                    bar.set_length(p.total_bytes);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    if p.resumed_chunks > 0 {
+                        bar.println(format!(
+                            "resuming: {} of {} chunks were already verified",
+                            p.resumed_chunks, p.total_chunks
+                        ));
+                    }
+                    bar.set_position(p.bytes);
+                    bar.reset_eta();
+                }
+                bar.set_position(p.bytes);
+            }
+            Some(pb::admin_fetch_event::Event::Done(d)) => break d,
+            None => {}
+        }
+    };
+    bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64().max(1e-6);
+    let resumed = if done.resumed_chunks > 0 || done.reconnects > 0 {
+        format!(
+            "\n  resumed: {} chunk(s) kept from an interrupted attempt, {} reconnect(s)",
+            done.resumed_chunks, done.reconnects
+        )
+    } else {
+        String::new()
+    };
     Ok(Output {
         text: format!(
-            "fetched {} ({}) to {} in {:.1}s ({:.0} MB/s)\n  content sha256 {} (matches the manifest)\n  receipt recorded: entry {} here, entry {} at the publisher",
-            r.dataset_id,
-            size_text(r.bytes),
+            "fetched {} ({}) to {} in {:.1}s ({:.0} MB/s)\n  content sha256 {} (matches the manifest)\n  receipt recorded: entry {} here, entry {} at the publisher{resumed}",
+            done.dataset_id,
+            size_text(done.bytes),
             out.display(),
             secs,
-            r.bytes as f64 / secs / 1e6,
-            data_encoding::HEXLOWER.encode(&r.content_sha256),
-            r.ledger_index,
-            r.publisher_ledger_index
+            done.bytes as f64 / secs / 1e6,
+            data_encoding::HEXLOWER.encode(&done.content_sha256),
+            done.ledger_index,
+            done.publisher_ledger_index
         ),
-        json: json!({"dataset_id": r.dataset_id, "bytes": r.bytes, "out": out, "content_sha256": data_encoding::HEXLOWER.encode(&r.content_sha256), "ledger_index": r.ledger_index, "publisher_ledger_index": r.publisher_ledger_index}),
+        json: json!({"dataset_id": done.dataset_id, "bytes": done.bytes, "out": out, "content_sha256": data_encoding::HEXLOWER.encode(&done.content_sha256), "ledger_index": done.ledger_index, "publisher_ledger_index": done.publisher_ledger_index, "resumed_chunks": done.resumed_chunks, "reconnects": done.reconnects}),
     })
 }

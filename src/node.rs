@@ -300,6 +300,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         &config.data_dir.grants(),
         creds.identity.public_key,
         ledger.clone(),
+        config.clock.clone(),
     )
     .map_err(|e| NodeError::Credentials(format!("grants: {e}")))?;
     for w in warnings {
@@ -316,6 +317,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     }
     let ctx = Arc::new(NodeContext {
         identity: creds.identity.clone(),
+        clock: config.clock.clone(),
         started: Instant::now(),
         connections: registry.clone(),
         ledger: ledger.clone(),

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::grant::{Grant, GrantError, GrantId, verify_grant};
+use crate::clock::Clock;
 use crate::dataset::DatasetId;
 use crate::dataset::catalog::GrantCheck;
 use crate::envelope::{Envelope, Verified};
@@ -37,6 +38,9 @@ pub enum BookError {
     /// No such grant.
     #[error("this node has no grant {0}")]
     Unknown(String),
+    /// A saved file of the book is not readable.
+    #[error("{0}")]
+    State(String),
 }
 
 /// A grant this node holds, with the key of the publisher that signed it.
@@ -55,6 +59,7 @@ pub struct GrantBook {
     issued: RwLock<BTreeMap<GrantId, Arc<Verified<Grant>>>>,
     held: RwLock<BTreeMap<GrantId, Arc<Held>>>,
     ledger: Ledger,
+    clock: Clock,
 }
 
 fn recorded(ledger: &Ledger, grant: &GrantId, kind: EntryKind) -> Result<bool, LedgerError> {
@@ -78,6 +83,7 @@ impl GrantBook {
         dir: &Path,
         own_key: [u8; 32],
         ledger: Ledger,
+        clock: Clock,
     ) -> Result<(Self, Vec<String>), BookError> {
         let (issued_dir, held_dir) = (dir.join("issued"), dir.join("held"));
         fsutil::create_private_dir(&issued_dir)?;
@@ -88,6 +94,7 @@ impl GrantBook {
             issued: RwLock::default(),
             held: RwLock::default(),
             ledger,
+            clock,
         };
         let mut warnings = Vec::new();
         for path in json_files(&issued_dir)? {
@@ -298,21 +305,78 @@ impl GrantBook {
         Ok(())
     }
 
-    /// Every chunk of every dataset this node received.
+    /// Every chunk of every dataset this node received, and of every
+    /// interrupted fetch it can still resume.
     pub fn received_chunks(&self) -> std::collections::HashSet<crate::ledger::merkle::Hash> {
         let mut out = std::collections::HashSet::new();
-        let Ok(entries) = std::fs::read_dir(self.dir.join("received")) else {
-            return out;
-        };
-        for e in entries.flatten() {
-            if let Ok(raw) = std::fs::read(e.path()) {
-                out.extend(
-                    raw.chunks_exact(32)
-                        .filter_map(|c| <[u8; 32]>::try_from(c).ok()),
-                );
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("received")) {
+            for e in entries.flatten() {
+                if let Ok(raw) = std::fs::read(e.path()) {
+                    out.extend(
+                        raw.chunks_exact(32)
+                            .filter_map(|c| <[u8; 32]>::try_from(c).ok()),
+                    );
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("fetching")) {
+            for e in entries.flatten() {
+                if let Ok(header) = read_header(&e.path()) {
+                    out.extend(
+                        header
+                            .chunk_hashes
+                            .iter()
+                            .filter_map(|c| <[u8; 32]>::try_from(c.as_slice()).ok()),
+                    );
+                }
             }
         }
         out
+    }
+
+    fn fetching_path(&self, id: &GrantId) -> PathBuf {
+        self.dir.join("fetching").join(format!("{id}.pb"))
+    }
+
+    /// Remembers the publisher's header of a fetch that has started, so an
+    /// interrupted fetch can be resumed (and its chunks are kept) even
+    /// across restarts.
+    pub fn begin_fetch(
+        &self,
+        id: &GrantId,
+        header: &crate::pb::FetchHeader,
+    ) -> Result<(), BookError> {
+        use prost::Message;
+        let dir = self.dir.join("fetching");
+        fsutil::create_private_dir(&dir)?;
+        fsutil::write_atomic(
+            &self.fetching_path(id),
+            &header.encode_to_vec(),
+            fsutil::PUBLIC_MODE,
+        )?;
+        Ok(())
+    }
+
+    /// The header of an interrupted fetch of grant `id`, if there is one.
+    pub fn interrupted_fetch(
+        &self,
+        id: &GrantId,
+    ) -> Result<Option<crate::pb::FetchHeader>, BookError> {
+        let path = self.fetching_path(id);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_header(&path).map(Some)
+    }
+
+    /// Forgets a fetch that completed.
+    pub fn end_fetch(&self, id: &GrantId) -> Result<(), BookError> {
+        let path = self.fetching_path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(FileError::new("remove", &path, e).into()),
+        }
     }
 
     /// A held grant.
@@ -343,9 +407,22 @@ impl GrantCheck for GrantBook {
         if !g.actions.contains(&action) {
             return Err(format!("grant {id} does not allow `{action}`"));
         }
-        let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-        g.check_use(&g.grantee, now_ms).map_err(|e| e.to_string())
+        g.check_use(&g.grantee, self.clock.now_ms())
+            .map_err(|e| e.to_string())
     }
+}
+
+/// Reads an interrupted fetch's saved header (the publisher's, as
+/// received; it is verified again before use).
+fn read_header(path: &Path) -> Result<crate::pb::FetchHeader, BookError> {
+    use prost::Message;
+    let raw = fsutil::read(path)?;
+    crate::pb::FetchHeader::decode(raw.as_slice()).map_err(|e| {
+        BookError::State(format!(
+            "{} is not a saved fetch header ({e}); remove it to fetch afresh",
+            path.display()
+        ))
+    })
 }
 
 fn json_files(dir: &Path) -> Result<Vec<PathBuf>, FileError> {

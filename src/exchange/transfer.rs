@@ -119,6 +119,28 @@ pub struct Received {
     pub out: PathBuf,
 }
 
+/// Checks a transfer's header: the manifest is the one the grant names
+/// (the grant pins its hash), and the chunk list the one it signs. A
+/// resumed transfer's header passes only if it is the same as the first.
+pub fn check_header(
+    manifest: &Verified<Manifest>,
+    chunks: &[Hash],
+    grant: &Grant,
+) -> Result<(), TransferError> {
+    let m = manifest.value();
+    if manifest.envelope().payload_hash() != grant.manifest_sha256 {
+        return Err(TransferError::Manifest(
+            "it is not the manifest the grant names".into(),
+        ));
+    }
+    if chunks.len() as u64 != m.chunk_count || chunk_list_hash(chunks) != m.chunk_list_sha256 {
+        return Err(TransferError::Manifest(
+            "the chunk list is not the one the manifest signs".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Incoming {
     /// Checks the header against the grant and opens the temporary file.
     pub fn start(
@@ -129,17 +151,8 @@ impl Incoming {
         grant: &Grant,
         blobs: Arc<dyn BlobStore>,
     ) -> Result<Self, TransferError> {
+        check_header(manifest, &chunks, grant)?;
         let m = manifest.value();
-        if manifest.envelope().payload_hash() != grant.manifest_sha256 {
-            return Err(TransferError::Manifest(
-                "it is not the manifest the grant names".into(),
-            ));
-        }
-        if chunks.len() as u64 != m.chunk_count || chunk_list_hash(&chunks) != m.chunk_list_sha256 {
-            return Err(TransferError::Manifest(
-                "the chunk list is not the one the manifest signs".into(),
-            ));
-        }
         let tmp = check_output(out, force)?;
         let _ = std::fs::remove_file(&tmp);
         let file = std::fs::OpenOptions::new()
@@ -166,15 +179,64 @@ impl Incoming {
         self.next
     }
 
+    /// Chunks in all.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Bytes received so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.size.min(self.chunk_size * self.next as u64)
+    }
+
+    /// Bytes in all.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn expected_len(&self, index: usize) -> u64 {
+        if index + 1 == self.chunks.len() {
+            self.size - self.chunk_size * index as u64
+        } else {
+            self.chunk_size
+        }
+    }
+
+    /// Takes the chunks an interrupted transfer already put in the blob
+    /// store, in order from the next one, up to the first missing (or
+    /// damaged) one; each is verified against its hash again as it is
+    /// read. Returns how many were taken: the transfer resumes after them.
+    pub fn resume_from_store(&mut self) -> Result<usize, TransferError> {
+        let before = self.next;
+        while let Some(hash) = self.chunks.get(self.next).copied() {
+            match self.blobs.get(&hash) {
+                Ok(Some(data)) if data.len() as u64 == self.expected_len(self.next) => {
+                    self.append(&hash, &data, false)?;
+                }
+                Ok(_) | Err(BlobError::Corrupt(_)) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(self.next - before)
+    }
+
+    fn append(&mut self, hash: &Hash, data: &[u8], store: bool) -> Result<(), TransferError> {
+        let file = self.file.as_mut().ok_or(TransferError::Extra)?;
+        file.write_all(data)
+            .map_err(|e| FileError::new("write", &self.tmp, e))?;
+        if store {
+            self.blobs.put(hash, data)?;
+        }
+        self.whole.update(data);
+        self.next += 1;
+        Ok(())
+    }
+
     /// Verifies and writes the next chunk.
     pub fn chunk(&mut self, data: &[u8]) -> Result<(), TransferError> {
         let index = self.next;
         let expected_hash = *self.chunks.get(index).ok_or(TransferError::Extra)?;
-        let expected_len = if index + 1 == self.chunks.len() {
-            self.size - self.chunk_size * index as u64
-        } else {
-            self.chunk_size
-        };
+        let expected_len = self.expected_len(index);
         if data.len() as u64 != expected_len {
             return Err(TransferError::ChunkLength {
                 index,
@@ -185,13 +247,7 @@ impl Incoming {
         if digest::digest(&digest::SHA256, data).as_ref() != expected_hash {
             return Err(TransferError::BadChunk { index });
         }
-        let file = self.file.as_mut().ok_or(TransferError::Extra)?;
-        file.write_all(data)
-            .map_err(|e| FileError::new("write", &self.tmp, e))?;
-        self.blobs.put(&expected_hash, data)?;
-        self.whole.update(data);
-        self.next += 1;
-        Ok(())
+        self.append(&expected_hash, data, true)
     }
 
     /// Ends the transfer: all chunks, the right content; fsync, rename.
@@ -398,6 +454,45 @@ mod tests {
         ));
         drop(t);
         nothing_written(dir.path());
+    }
+
+    /// An interrupted transfer's chunks are taken back from the blob
+    /// store, each checked again, up to the first missing or damaged one.
+    #[test]
+    fn a_resumed_transfer_takes_the_stored_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let content: Vec<u8> = (0..5 * CS + 7).map(|i| (i % 241) as u8).collect();
+        let (m, g, pieces, hashes) = setup(&content);
+        let blobs: Arc<dyn BlobStore> =
+            Arc::new(LocalBlobStore::open(&dir.path().join("blobs")).expect("blobs"));
+        let out = dir.path().join("out");
+        let mut first =
+            Incoming::start(&out, false, &m, hashes.clone(), &g, blobs.clone()).expect("start");
+        for p in &pieces[..3] {
+            first.chunk(p).expect("chunk");
+        }
+        drop(first);
+        nothing_written(dir.path());
+
+        // Chunk 2's blob is damaged: the resume stops before it.
+        let hex = data_encoding::HEXLOWER.encode(&hashes[2]);
+        let damaged = dir.path().join("blobs/sha256").join(&hex[..2]).join(&hex);
+        let good = std::fs::read(&damaged).expect("blob");
+        std::fs::write(&damaged, b"not the chunk").expect("damage");
+        let mut again =
+            Incoming::start(&out, false, &m, hashes.clone(), &g, blobs.clone()).expect("start");
+        assert_eq!(again.resume_from_store().expect("resume"), 2);
+        drop(again);
+
+        std::fs::write(&damaged, good).expect("repair");
+        let mut resumed = Incoming::start(&out, false, &m, hashes, &g, blobs).expect("start");
+        assert_eq!(resumed.resume_from_store().expect("resume"), 3);
+        assert_eq!(resumed.bytes_received(), 3 * CS as u64);
+        for p in &pieces[3..] {
+            resumed.chunk(p).expect("chunk");
+        }
+        resumed.finish().expect("finish");
+        assert_eq!(std::fs::read(&out).expect("out"), content);
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub enum EntryKind {
     TransferStarted,
     /// A transfer completed.
     TransferCompleted,
+    /// An interrupted transfer was resumed (detail: which transfer, from
+    /// which chunk); not a new fetch.
+    TransferResumed,
     /// A receipt was recorded.
     ReceiptRecorded,
     /// A grant was revoked.
@@ -69,7 +72,7 @@ pub enum EntryKind {
 
 impl EntryKind {
     /// Every known kind.
-    pub const KNOWN: [EntryKind; 11] = [
+    pub const KNOWN: [EntryKind; 12] = [
         EntryKind::NodeStarted,
         EntryKind::DatasetPublished,
         EntryKind::AccessGranted,
@@ -81,6 +84,7 @@ impl EntryKind {
         EntryKind::PeerCheckpointSeen,
         EntryKind::GrantReceived,
         EntryKind::KeyRotated,
+        EntryKind::TransferResumed,
     ];
 
     /// The kind's wire code.
@@ -97,6 +101,7 @@ impl EntryKind {
             EntryKind::PeerCheckpointSeen => 9,
             EntryKind::GrantReceived => 10,
             EntryKind::KeyRotated => 11,
+            EntryKind::TransferResumed => 12,
             EntryKind::Unknown(c) => c,
         }
     }

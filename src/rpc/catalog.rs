@@ -120,7 +120,7 @@ impl pb::catalog_server::Catalog for CatalogService {
             return Ok(Response::new(pb::ListDatasetsResponse::default()));
         }
         let text = req.text.to_lowercase();
-        let now = OffsetDateTime::now_utc();
+        let now = self.node.clock.now();
         let mut datasets = Vec::new();
         let mut next_page_token = String::new();
         for d in self.node.catalog.list() {
@@ -160,7 +160,7 @@ impl pb::catalog_server::Catalog for CatalogService {
             .dataset_id
             .parse()
             .map_err(|e: crate::dataset::DatasetError| Status::invalid_argument(e.to_string()))?;
-        let now = OffsetDateTime::now_utc();
+        let now = self.node.clock.now();
         // Missing and hidden look the same.
         let d = self
             .node

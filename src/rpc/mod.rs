@@ -12,6 +12,7 @@ mod catalog;
 mod exchange;
 mod ledger;
 pub mod status;
+mod transfer;
 
 pub use catalog::CatalogService;
 pub use exchange::ExchangeService;
@@ -56,6 +57,8 @@ fn caller<T>(req: &Request<T>) -> Result<&PeerConnectInfo, Status> {
 pub struct NodeContext {
     /// This node's identity, from its own certificate.
     pub identity: PeerIdentity,
+    /// The clock policy and grant windows are checked against.
+    pub clock: crate::clock::Clock,
     /// When the node started serving.
     pub started: Instant,
     /// Open connections.
@@ -135,10 +138,9 @@ impl pb::admin_server::Admin for AdminService {
     async fn fetch(
         &self,
         request: Request<pb::AdminFetchRequest>,
-    ) -> Result<Response<pb::AdminFetchResponse>, Status> {
-        exchange::fetch_as_node(&self.node, request.into_inner())
-            .await
-            .map(Response::new)
+    ) -> Result<Response<tonic::codegen::BoxStream<pb::AdminFetchEvent>>, Status> {
+        let events = transfer::fetch_as_node(self.node.clone(), request.into_inner());
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn list_grants(

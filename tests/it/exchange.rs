@@ -13,7 +13,11 @@ use tonic::Code;
 use crate::datasets::{POLICY, consumer_in, header, publish};
 use crate::support::{self, DataSpace, NodeDir};
 
-fn ask(dataset: &str, purpose: &str, peer: std::net::SocketAddr) -> pb::AdminRequestAccessRequest {
+pub(crate) fn ask(
+    dataset: &str,
+    purpose: &str,
+    peer: std::net::SocketAddr,
+) -> pb::AdminRequestAccessRequest {
     pb::AdminRequestAccessRequest {
         peer: peer.to_string(),
         dataset_id: dataset.into(),
@@ -23,7 +27,7 @@ fn ask(dataset: &str, purpose: &str, peer: std::net::SocketAddr) -> pb::AdminReq
     }
 }
 
-async fn kinds(
+pub(crate) async fn kinds(
     auditor: &NodeDir,
     node: &dsnode::node::RunningNode,
     grant_or_dataset: pb::QueryEntriesRequest,
@@ -205,7 +209,7 @@ async fn requests_are_checked_at_the_edge() {
     pub_node.shutdown().await.expect("stop");
 }
 
-async fn granted(
+pub(crate) async fn granted(
     consumer: &NodeDir,
     con_node: &dsnode::node::RunningNode,
     ds: &str,
@@ -224,7 +228,7 @@ async fn granted(
         .to_string()
 }
 
-async fn fetch_to(
+pub(crate) async fn fetch_to(
     consumer: &NodeDir,
     con_node: &dsnode::node::RunningNode,
     publisher_addr: std::net::SocketAddr,
@@ -232,16 +236,42 @@ async fn fetch_to(
     out: &std::path::Path,
     force: bool,
 ) -> Result<pb::AdminFetchResponse, tonic::Status> {
+    fetch_with(consumer, con_node, publisher_addr, grant, out, force, 0)
+        .await
+        .map(|(done, _)| done)
+}
+
+/// Fetches through the consumer's Admin API, with `retries`; returns the
+/// result and the progress events seen before it.
+pub(crate) async fn fetch_with(
+    consumer: &NodeDir,
+    con_node: &dsnode::node::RunningNode,
+    peer: std::net::SocketAddr,
+    grant: &str,
+    out: &std::path::Path,
+    force: bool,
+    retries: u32,
+) -> Result<(pb::AdminFetchResponse, Vec<pb::AdminFetchProgress>), tonic::Status> {
     let conn = support::connect(consumer, con_node).await;
-    pb::admin_client::AdminClient::new(conn.channel)
+    let mut events = pb::admin_client::AdminClient::new(conn.channel)
         .fetch(pb::AdminFetchRequest {
-            peer: publisher_addr.to_string(),
+            peer: peer.to_string(),
             grant_id: grant.into(),
             out: out.display().to_string(),
             force,
+            retries,
         })
-        .await
-        .map(tonic::Response::into_inner)
+        .await?
+        .into_inner();
+    let mut progress = Vec::new();
+    while let Some(event) = events.message().await? {
+        match event.event {
+            Some(pb::admin_fetch_event::Event::Progress(p)) => progress.push(p),
+            Some(pb::admin_fetch_event::Event::Done(d)) => return Ok((d, progress)),
+            None => {}
+        }
+    }
+    Err(tonic::Status::internal("the fetch ended without a result"))
 }
 
 /// The happy path end to end: request, fetch (every chunk verified),
@@ -365,6 +395,7 @@ async fn stolen_revoked_used_up_and_tampered_fetches_are_refused() {
     let err = pb::exchange_client::ExchangeClient::new(conn.channel)
         .fetch(pb::FetchRequest {
             grant_id: grant.clone(),
+            resume: None,
         })
         .await
         .expect_err("stolen grant");
@@ -410,7 +441,23 @@ async fn stolen_revoked_used_up_and_tampered_fetches_are_refused() {
     );
     std::fs::write(&chunk, &original).expect("restore");
 
-    // Used up: the tampered attempt counted as the one fetch.
+    // Once the publisher's disk is repaired, the same fetch resumes after
+    // the chunks that verified: the interrupted transfer was the one fetch.
+    let resumed = fetch_to(
+        &consumer,
+        &con_node,
+        pub_node.local_addr(),
+        &grant,
+        &out,
+        false,
+    )
+    .await
+    .expect("resumed after the repair");
+    assert!(resumed.resumed_chunks > 0, "{resumed:?}");
+    assert_eq!(std::fs::read(&out).expect("out").len(), content.len());
+
+    // Used up: a new fetch is refused.
+    let out = out_dir.path().join("again.bin");
     let err = fetch_to(
         &consumer,
         &con_node,
@@ -480,6 +527,7 @@ async fn revocation_mid_transfer_stops_the_stream() {
         .max_decoding_message_size(32 << 20)
         .fetch(pb::FetchRequest {
             grant_id: grant.clone(),
+            resume: None,
         })
         .await
         .expect("fetch opens")

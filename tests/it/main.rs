@@ -12,3 +12,4 @@ mod lifecycle;
 mod merkle;
 mod mtls;
 mod support;
+mod transfer;

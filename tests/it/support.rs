@@ -104,12 +104,81 @@ pub(crate) fn expired(roles: &str) -> IssueRequest {
 
 /// Starts a node on 127.0.0.1:0 with short test-friendly timings.
 pub(crate) async fn start(node: &NodeDir, tweak: impl FnOnce(&mut TransportConfig)) -> RunningNode {
+    start_with(node, |c| tweak(&mut c.transport)).await
+}
+
+/// Starts a node with a changed configuration (an injected clock, …).
+pub(crate) async fn start_with(node: &NodeDir, tweak: impl FnOnce(&mut Config)) -> RunningNode {
     let mut config = Config::new(node.dir.root(), "127.0.0.1:0".parse().expect("addr"));
     config.transport.crl_reload_interval = Duration::from_millis(100);
     config.transport.drain_deadline = Duration::from_secs(2);
     config.transport.handshake_timeout = Duration::from_secs(5);
-    tweak(&mut config.transport);
+    tweak(&mut config);
     node::start(config).await.expect("node starts")
+}
+
+/// A TCP relay to a node that cuts its first `cuts` connections once
+/// `after` bytes have gone from the node to the client: a connection
+/// dropped mid-stream, below TLS (the client sees the TCP stream end).
+pub(crate) struct CutProxy {
+    pub(crate) addr: std::net::SocketAddr,
+    cuts_made: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    pub(crate) async fn start(target: std::net::SocketAddr, after: u64, cuts: usize) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let cuts_made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let made = cuts_made.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let cut = made
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        (n < cuts).then_some(n + 1)
+                    })
+                    .is_ok();
+                tokio::spawn(relay(client, target, cut.then_some(after)));
+            }
+        });
+        Self {
+            addr,
+            cuts_made,
+            task,
+        }
+    }
+
+    /// Connections cut so far.
+    pub(crate) fn cuts_made(&self) -> usize {
+        self.cuts_made.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(client: tokio::net::TcpStream, target: std::net::SocketAddr, cut: Option<u64>) {
+    use tokio::io::AsyncReadExt;
+    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (server_read, mut server_write) = server.into_split();
+    let up = tokio::io::copy(&mut client_read, &mut server_write);
+    let mut limited = server_read.take(cut.unwrap_or(u64::MAX));
+    let down = tokio::io::copy(&mut limited, &mut client_write);
+    // Whichever direction ends first (or the cut) closes both.
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
 }
 
 /// The TLS material of a node's data dir.

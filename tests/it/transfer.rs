@@ -1,0 +1,260 @@
+//! Transfers over time and broken connections: grant windows checked
+//! against an injected clock, and fetches cut mid-stream (by a TCP relay
+//! that drops the connection) resuming from the first missing chunk,
+//! within one call and across a restart, without counting a new fetch.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use dsnode::audit::Auditor;
+use dsnode::clock::Clock;
+use dsnode::ledger::entry::{Entry, EntryKind};
+use dsnode::node::RunningNode;
+use dsnode::pb;
+use time::OffsetDateTime;
+use tonic::Code;
+
+use crate::datasets::{POLICY, consumer_in, header, publish};
+use crate::exchange::{fetch_to, fetch_with, granted, kinds};
+use crate::support::{self, CutProxy, DataSpace, NodeDir};
+
+/// The entries naming `grant` on `node`, verified by an auditor.
+async fn entries(auditor: &NodeDir, node: &RunningNode, grant: &str) -> Vec<Entry> {
+    let mut a = Auditor::new(support::connect(auditor, node).await).expect("auditor");
+    let q = pb::QueryEntriesRequest {
+        grant: grant.into(),
+        ..Default::default()
+    };
+    let (_, found) = a.entries(q, true).await.expect("entries verify");
+    found.into_iter().map(|e| e.entry).collect()
+}
+
+fn by_grant(grant: &str) -> pb::QueryEntriesRequest {
+    pb::QueryEntriesRequest {
+        grant: grant.into(),
+        ..Default::default()
+    }
+}
+
+/// Content in `chunk_size` pieces under a policy that allows one fetch.
+async fn publish_once_fetchable(
+    publisher: &NodeDir,
+    node: &RunningNode,
+    content: &[u8],
+    chunk_size: u32,
+) -> String {
+    let policy = POLICY.replace("max_fetches = 3", "max_fetches = 1");
+    let mut h = header("Bus positions", &policy, content.len() as u64);
+    h.chunk_size = chunk_size;
+    publish(publisher, node, h, content)
+        .await
+        .expect("publish")
+        .dataset_id
+}
+
+#[tokio::test]
+async fn grant_windows_are_checked_against_the_publishers_clock() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let auditor = space.node("regulator", "auditor");
+    // The publisher's clock runs `shift` seconds off the system's.
+    let shift = Arc::new(AtomicI64::new(0));
+    let s = shift.clone();
+    let pub_node = support::start_with(&publisher, move |c| {
+        c.clock = Clock::from_fn(move || {
+            OffsetDateTime::now_utc() + time::Duration::seconds(s.load(Ordering::SeqCst))
+        });
+    })
+    .await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let content = b"stop,arrivals\n1,20\n2,35\n".repeat(100);
+    let ds = publish(
+        &publisher,
+        &pub_node,
+        header("Arrivals", POLICY, content.len() as u64),
+        &content,
+    )
+    .await
+    .expect("publish")
+    .dataset_id;
+    // The policy's grant_ttl is 30 days.
+    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("arrivals.csv");
+    let addr = pub_node.local_addr();
+
+    shift.store(31 * 86_400, Ordering::SeqCst);
+    let err = fetch_to(&consumer, &con_node, addr, &grant, &out, false)
+        .await
+        .expect_err("expired");
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(err.message().contains("expired"), "{}", err.message());
+
+    shift.store(-3_600, Ordering::SeqCst);
+    let err = fetch_to(&consumer, &con_node, addr, &grant, &out, false)
+        .await
+        .expect_err("not yet valid");
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(
+        err.message().contains("not valid before"),
+        "{}",
+        err.message()
+    );
+    assert!(!out.exists(), "nothing written for a refused fetch");
+
+    // Within the window the same grant works.
+    shift.store(0, Ordering::SeqCst);
+    fetch_to(&consumer, &con_node, addr, &grant, &out, false)
+        .await
+        .expect("fetch in the window");
+    assert_eq!(std::fs::read(&out).expect("out"), content);
+
+    // Both refusals are in the publisher's ledger, with their reasons.
+    let trail = entries(&auditor, &pub_node, &grant).await;
+    let denials: Vec<&str> = trail
+        .iter()
+        .filter(|e| e.draft.kind == EntryKind::AccessDenied)
+        .map(|e| e.draft.detail.as_str())
+        .collect();
+    assert_eq!(denials.len(), 2, "{denials:?}");
+    assert!(denials[0].contains("expired") && denials[1].contains("not valid before"));
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
+
+#[tokio::test]
+async fn a_cut_connection_is_resumed_from_the_first_missing_chunk() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let auditor = space.node("regulator", "auditor");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let ds = publish_once_fetchable(&publisher, &pub_node, &content, 64 << 10).await;
+    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+
+    // The first connection through the relay is cut after ~1 MB.
+    let proxy = CutProxy::start(pub_node.local_addr(), 1_000_000, 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("positions.bin");
+    let (done, progress) = fetch_with(&consumer, &con_node, proxy.addr, &grant, &out, false, 3)
+        .await
+        .expect("the fetch survives the cut");
+    assert_eq!(proxy.cuts_made(), 1);
+    assert_eq!(done.reconnects, 1);
+    assert_eq!(std::fs::read(&out).expect("out"), content);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("ls").count(),
+        1,
+        "no partial file left"
+    );
+    let last = progress.last().expect("progress reported");
+    assert_eq!((last.bytes, last.total_bytes), (3_000_000, 3_000_000));
+
+    // One fetch counted (the grant allows one), one resume from a chunk
+    // past the start, one receipt.
+    let trail = entries(&auditor, &pub_node, &grant).await;
+    let kinds_seen: Vec<EntryKind> = trail.iter().map(|e| e.draft.kind).collect();
+    assert_eq!(
+        kinds_seen,
+        vec![
+            EntryKind::AccessGranted,
+            EntryKind::TransferStarted,
+            EntryKind::TransferResumed,
+            EntryKind::ReceiptRecorded
+        ]
+    );
+    let started = trail[1].index;
+    let resumed = &trail[2].draft.detail;
+    let from: u64 = resumed
+        .strip_prefix(&format!("transfer entry {started} from chunk "))
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("resume detail: {resumed}"));
+    assert!(from > 0 && from < 46, "resumed from chunk {from} of 46");
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_fetch_resumes_after_a_restart_without_counting_a_new_fetch() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let auditor = space.node("regulator", "auditor");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 241) as u8).collect();
+    let ds = publish_once_fetchable(&publisher, &pub_node, &content, 64 << 10).await;
+    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+
+    // Without retries the cut ends the call, and says how to go on.
+    let proxy = CutProxy::start(pub_node.local_addr(), 1_500_000, 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("positions.bin");
+    let err = fetch_with(&consumer, &con_node, proxy.addr, &grant, &out, false, 0)
+        .await
+        .expect_err("cut");
+    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    assert!(
+        err.message().contains("run the same fetch again to resume"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("ls").count(),
+        0,
+        "neither output nor partial file"
+    );
+
+    // The consumer restarts (its start-up collection keeps the chunks of
+    // the interrupted fetch); the same fetch then resumes.
+    con_node.shutdown().await.expect("stop");
+    let con_node = support::start(&consumer, |_| {}).await;
+    let (done, progress) = fetch_with(
+        &consumer,
+        &con_node,
+        pub_node.local_addr(),
+        &grant,
+        &out,
+        false,
+        0,
+    )
+    .await
+    .expect("resumed");
+    assert!(done.resumed_chunks > 0, "{done:?}");
+    assert_eq!(done.reconnects, 0);
+    assert_eq!(progress[0].resumed_chunks, done.resumed_chunks);
+    assert_eq!(std::fs::read(&out).expect("out"), content);
+    assert_eq!(
+        kinds(&auditor, &pub_node, by_grant(&grant)).await,
+        vec![
+            EntryKind::AccessGranted,
+            EntryKind::TransferStarted,
+            EntryKind::TransferResumed,
+            EntryKind::ReceiptRecorded
+        ]
+    );
+
+    // The grant allowed one fetch and the resume did not count as one:
+    // it was used by the resumed transfer, so a new fetch is refused.
+    let again = dir.path().join("again.bin");
+    let err = fetch_to(
+        &consumer,
+        &con_node,
+        pub_node.local_addr(),
+        &grant,
+        &again,
+        false,
+    )
+    .await
+    .expect_err("used up");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("all used"), "{}", err.message());
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
