@@ -64,6 +64,9 @@ pub enum TransferError {
     /// The blob store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// The transfer's second thread could not start or failed.
+    #[error("the transfer's store thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Checks that `out` can be written (its directory exists; it does not,
@@ -102,8 +105,68 @@ pub struct Incoming {
     content_sha256: Hash,
     chunks: Vec<Hash>,
     next: usize,
-    whole: digest::Context,
+    side: Side,
     blobs: Arc<dyn BlobStore>,
+}
+
+/// Verified chunks queued for the second stage at most.
+const SIDE_QUEUE: usize = 4;
+
+/// A transfer's second stage, on its own thread: the whole-content hash
+/// and the blob store, while the first verifies chunks and writes the
+/// output. Verifying, hashing and writing twice is too much for one core.
+struct Side {
+    queue: Option<std::sync::mpsc::SyncSender<(Hash, Vec<u8>, bool)>>,
+    worker: Option<std::thread::JoinHandle<Result<Hash, BlobError>>>,
+}
+
+impl Side {
+    fn start(blobs: Arc<dyn BlobStore>) -> Result<Self, TransferError> {
+        let (queue, chunks) = std::sync::mpsc::sync_channel::<(Hash, Vec<u8>, bool)>(SIDE_QUEUE);
+        let worker = std::thread::Builder::new()
+            .name("transfer-store".into())
+            .spawn(move || {
+                let mut whole = digest::Context::new(&digest::SHA256);
+                for (hash, data, store) in chunks {
+                    whole.update(&data);
+                    if store {
+                        blobs.put(&hash, &data)?;
+                    }
+                }
+                let mut h = [0u8; 32];
+                h.copy_from_slice(whole.finish().as_ref());
+                Ok(h)
+            })
+            .map_err(TransferError::Thread)?;
+        Ok(Self {
+            queue: Some(queue),
+            worker: Some(worker),
+        })
+    }
+
+    fn send(&mut self, hash: Hash, data: Vec<u8>, store: bool) -> Result<(), TransferError> {
+        match self.queue.as_ref().map(|q| q.send((hash, data, store))) {
+            Some(Ok(())) => Ok(()),
+            // The worker stopped: its error says why.
+            _ => Err(self.finish().err().unwrap_or_else(|| {
+                TransferError::Thread(std::io::Error::other("it stopped early"))
+            })),
+        }
+    }
+
+    /// Waits for every queued chunk; the whole content's SHA-256.
+    fn finish(&mut self) -> Result<Hash, TransferError> {
+        self.queue = None;
+        let worker = self
+            .worker
+            .take()
+            .ok_or_else(|| TransferError::Thread(std::io::Error::other("it already ended")))?;
+        match worker.join() {
+            Ok(Ok(h)) => Ok(h),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(TransferError::Thread(std::io::Error::other("it panicked"))),
+        }
+    }
 }
 
 /// What a completed transfer received.
@@ -154,6 +217,7 @@ impl Incoming {
         check_header(manifest, &chunks, grant)?;
         let m = manifest.value();
         let tmp = check_output(out, force)?;
+        let side = Side::start(blobs.clone())?;
         let _ = std::fs::remove_file(&tmp);
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -169,7 +233,7 @@ impl Incoming {
             content_sha256: m.content_sha256,
             chunks,
             next: 0,
-            whole: digest::Context::new(&digest::SHA256),
+            side,
             blobs,
         })
     }
@@ -211,7 +275,7 @@ impl Incoming {
         while let Some(hash) = self.chunks.get(self.next).copied() {
             match self.blobs.get(&hash) {
                 Ok(Some(data)) if data.len() as u64 == self.expected_len(self.next) => {
-                    self.append(&hash, &data, false)?;
+                    self.append(hash, data, false)?;
                 }
                 Ok(_) | Err(BlobError::Corrupt(_)) => break,
                 Err(e) => return Err(e.into()),
@@ -220,20 +284,19 @@ impl Incoming {
         Ok(self.next - before)
     }
 
-    fn append(&mut self, hash: &Hash, data: &[u8], store: bool) -> Result<(), TransferError> {
+    /// Writes a verified chunk to the output and queues it for the whole
+    /// hash (and the blob store, if `store`).
+    fn append(&mut self, hash: Hash, data: Vec<u8>, store: bool) -> Result<(), TransferError> {
         let file = self.file.as_mut().ok_or(TransferError::Extra)?;
-        file.write_all(data)
+        file.write_all(&data)
             .map_err(|e| FileError::new("write", &self.tmp, e))?;
-        if store {
-            self.blobs.put(hash, data)?;
-        }
-        self.whole.update(data);
+        self.side.send(hash, data, store)?;
         self.next += 1;
         Ok(())
     }
 
     /// Verifies and writes the next chunk.
-    pub fn chunk(&mut self, data: &[u8]) -> Result<(), TransferError> {
+    pub fn chunk(&mut self, data: Vec<u8>) -> Result<(), TransferError> {
         let index = self.next;
         let expected_hash = *self.chunks.get(index).ok_or(TransferError::Extra)?;
         let expected_len = self.expected_len(index);
@@ -244,10 +307,10 @@ impl Incoming {
                 expected: expected_len,
             });
         }
-        if digest::digest(&digest::SHA256, data).as_ref() != expected_hash {
+        if digest::digest(&digest::SHA256, &data).as_ref() != expected_hash {
             return Err(TransferError::BadChunk { index });
         }
-        self.append(&expected_hash, data, true)
+        self.append(expected_hash, data, true)
     }
 
     /// Ends the transfer: all chunks, the right content; fsync, rename.
@@ -258,9 +321,8 @@ impl Incoming {
                 expected: self.chunks.len(),
             });
         }
-        let whole =
-            std::mem::replace(&mut self.whole, digest::Context::new(&digest::SHA256)).finish();
-        if whole.as_ref() != self.content_sha256 {
+        let whole = self.side.finish()?;
+        if whole != self.content_sha256 {
             return Err(TransferError::Content);
         }
         let file = self.file.take().ok_or(TransferError::Extra)?;
@@ -279,6 +341,16 @@ impl Incoming {
             content_sha256: self.content_sha256,
             out: self.out.clone(),
         })
+    }
+}
+
+impl Drop for Side {
+    fn drop(&mut self) {
+        // Chunks verified before an interruption are in the blob store
+        // when the transfer is dropped, ready for a resume.
+        if self.worker.is_some() {
+            let _ = self.finish();
+        }
     }
 }
 
@@ -387,7 +459,7 @@ mod tests {
         let content: Vec<u8> = (0..3 * CS + 100).map(|i| (i % 251) as u8).collect();
         let (mut t, pieces) = start(dir.path(), &content);
         for p in &pieces {
-            t.chunk(p).expect("chunk");
+            t.chunk(p.clone()).expect("chunk");
         }
         let r = t.finish().expect("finish");
         assert_eq!(r.bytes, content.len() as u64);
@@ -402,10 +474,10 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut t, mut pieces) = start(dir.path(), &content);
-        t.chunk(&pieces[0]).expect("chunk 0");
+        t.chunk(pieces[0].clone()).expect("chunk 0");
         pieces[1][5] ^= 1;
         assert!(matches!(
-            t.chunk(&pieces[1]),
+            t.chunk(pieces[1].clone()),
             Err(TransferError::BadChunk { index: 1 })
         ));
         drop(t);
@@ -415,7 +487,7 @@ mod tests {
         let (mut t, pieces) = start(dir.path(), &content);
         assert!(
             matches!(
-                t.chunk(&pieces[1]),
+                t.chunk(pieces[1].clone()),
                 Err(TransferError::BadChunk { index: 0 })
             ),
             "reordered"
@@ -425,7 +497,7 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut t, pieces) = start(dir.path(), &content);
-        t.chunk(&pieces[0]).expect("chunk 0");
+        t.chunk(pieces[0].clone()).expect("chunk 0");
         assert!(matches!(
             t.finish(),
             Err(TransferError::Truncated {
@@ -438,9 +510,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut t, pieces) = start(dir.path(), &content);
         for p in &pieces {
-            t.chunk(p).expect("chunk");
+            t.chunk(p.clone()).expect("chunk");
         }
-        assert!(matches!(t.chunk(&pieces[0]), Err(TransferError::Extra)));
+        assert!(matches!(
+            t.chunk(pieces[0].clone()),
+            Err(TransferError::Extra)
+        ));
         drop(t);
         nothing_written(dir.path());
 
@@ -449,7 +524,7 @@ mod tests {
         let mut long = pieces[0].clone();
         long.push(0);
         assert!(matches!(
-            t.chunk(&long),
+            t.chunk(long),
             Err(TransferError::ChunkLength { index: 0, .. })
         ));
         drop(t);
@@ -469,7 +544,7 @@ mod tests {
         let mut first =
             Incoming::start(&out, false, &m, hashes.clone(), &g, blobs.clone()).expect("start");
         for p in &pieces[..3] {
-            first.chunk(p).expect("chunk");
+            first.chunk(p.clone()).expect("chunk");
         }
         drop(first);
         nothing_written(dir.path());
@@ -489,7 +564,7 @@ mod tests {
         assert_eq!(resumed.resume_from_store().expect("resume"), 3);
         assert_eq!(resumed.bytes_received(), 3 * CS as u64);
         for p in &pieces[3..] {
-            resumed.chunk(p).expect("chunk");
+            resumed.chunk(p.clone()).expect("chunk");
         }
         resumed.finish().expect("finish");
         assert_eq!(std::fs::read(&out).expect("out"), content);

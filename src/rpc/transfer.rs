@@ -687,7 +687,7 @@ async fn attempt(
     let shared = progress.clone();
     let writer = tokio::task::spawn_blocking(move || {
         while let Some(chunk) = queued.blocking_recv() {
-            incoming.chunk(&chunk)?;
+            incoming.chunk(chunk)?;
             shared.record(&incoming);
         }
         Ok::<_, TransferError>(incoming)
