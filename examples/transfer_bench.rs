@@ -181,6 +181,20 @@ fn peak_rss_mib(pid: u32) -> Result<f64, BoxError> {
     Ok(kb / 1024.0)
 }
 
+/// CPU seconds a process has used (user + system).
+fn cpu_secs(pid: u32) -> Result<f64, BoxError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').ok_or("bad /proc/PID/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f
+        .get(11)
+        .zip(f.get(12))
+        .and_then(|(u, s)| Some(u.parse::<f64>().ok()? + s.parse::<f64>().ok()?))
+        .ok_or("bad /proc/PID/stat")?;
+    Ok(ticks / 100.0)
+}
+
 /// Resets a process's peak RSS (Linux: `5` to `/proc/PID/clear_refs`).
 fn reset_peak_rss(pid: u32) -> Result<(), BoxError> {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
@@ -426,7 +440,11 @@ async fn main() -> Result<(), BoxError> {
     let (space, publisher, consumer, g) = scenario(&bin, shm.path(), mib).await?;
     let (bare_addr, stop_bare) = bare_server(&space, pieces.clone()).await?;
     let a1 = bare_fetch(&space, bare_addr, &hashes).await?;
+    let cpu = |p: &NodeProcess| cpu_secs(p.pid());
+    let (p0, c0, s0) = (cpu(&publisher)?, cpu(&consumer)?, Instant::now());
     let b_shm = fetch(&consumer, publisher.addr, &g, &space.root.join("out.bin")).await?;
+    let wall = s0.elapsed().as_secs_f64();
+    let (p1, c1) = (cpu(&publisher)?, cpu(&consumer)?);
     let a2 = bare_fetch(&space, bare_addr, &hashes).await?;
     stop_bare.cancel();
     drop((publisher, consumer));
@@ -438,6 +456,11 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "(b) dsnode fetch, data dirs on tmpfs:             {b_shm:7.0} MB/s   ratio b/a {:.2}",
         b_shm / a
+    );
+    println!(
+        "    CPU during the fetch: publisher {:.2} s, consumer {:.2} s, in {wall:.2} s",
+        p1 - p0,
+        c1 - c0
     );
     drop(shm);
 
