@@ -98,19 +98,30 @@ impl Prepared {
 }
 
 /// The grants this node holds, as the catalog needs them to check a
-/// derivation. (The exchange fills this in; until then no foreign source
-/// can be derived from.)
+/// derivation from another publisher's dataset.
 pub trait GrantCheck: Send + Sync {
     /// Whether grant `grant` held by this node allows `action` on `dataset`
-    /// now; `Err` says why not.
-    fn allows(&self, grant: &str, dataset: &DatasetId, action: Action) -> Result<(), String>;
+    /// now; `Ok` is the source's classification, from its signed manifest
+    /// (a derivative inherits the strictest of its sources'); `Err` says
+    /// why not.
+    fn allows(
+        &self,
+        grant: &str,
+        dataset: &DatasetId,
+        action: Action,
+    ) -> Result<Classification, String>;
 }
 
 /// No grants held.
 pub struct NoGrants;
 
 impl GrantCheck for NoGrants {
-    fn allows(&self, grant: &str, dataset: &DatasetId, _action: Action) -> Result<(), String> {
+    fn allows(
+        &self,
+        grant: &str,
+        dataset: &DatasetId,
+        _action: Action,
+    ) -> Result<Classification, String> {
         Err(format!(
             "this node holds no grant `{grant}` for dataset {dataset}"
         ))
@@ -282,7 +293,7 @@ impl Catalog {
                     classification = classification.max(own.manifest.value().classification)
                 }
                 None => {
-                    grants
+                    let theirs = grants
                         .allows(&source.grant, &source.dataset, Action::Derive)
                         .map_err(|why| {
                             PublishError::Invalid(format!(
@@ -290,6 +301,7 @@ impl Catalog {
                                 source.dataset
                             ))
                         })?;
+                    classification = classification.max(theirs);
                 }
             }
         }

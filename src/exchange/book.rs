@@ -288,21 +288,59 @@ impl GrantBook {
             .collect()
     }
 
-    /// Remembers the chunks of a dataset this node received, so that the
-    /// blob store keeps them (they can be re-exported or derived from).
-    pub fn record_received(
+    /// Completes a fetch: remembers the dataset's signed manifest (a
+    /// derivative's classification is checked against it) and its chunks
+    /// (so the blob store keeps them: they can be re-exported or derived
+    /// from), then forgets the interrupted-fetch state.
+    pub fn complete_fetch(
         &self,
+        id: &GrantId,
         dataset: &DatasetId,
+        manifest: &Envelope,
         chunks: &[crate::ledger::merkle::Hash],
     ) -> Result<(), BookError> {
         let dir = self.dir.join("received");
         fsutil::create_private_dir(&dir)?;
         fsutil::write_atomic(
+            &dir.join(format!("{dataset}.manifest.json")),
+            manifest.to_json().as_bytes(),
+            fsutil::PUBLIC_MODE,
+        )?;
+        fsutil::write_atomic(
             &dir.join(format!("{dataset}.chunks")),
             &chunks.concat(),
             fsutil::PUBLIC_MODE,
         )?;
-        Ok(())
+        self.end_fetch(id)
+    }
+
+    /// The verified manifest of a dataset this node received under `held`.
+    fn received_manifest(
+        &self,
+        held: &Held,
+    ) -> Result<crate::envelope::Verified<crate::dataset::Manifest>, String> {
+        let g = held.grant.value();
+        let path = self
+            .dir
+            .join("received")
+            .join(format!("{}.manifest.json", g.dataset));
+        let text = fsutil::read_to_string(&path).map_err(|_| {
+            format!(
+                "dataset {} has not been fetched here; its classification is known only from its signed manifest: fetch it first",
+                g.dataset
+            )
+        })?;
+        let env = Envelope::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if env.payload_hash() != g.manifest_sha256 {
+            return Err(format!(
+                "{} is not the manifest grant {} names",
+                path.display(),
+                g.id
+            ));
+        }
+        crate::dataset::verify_manifest(env, &held.publisher_key)
+            .map(|(_, m)| m)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Every chunk of every dataset this node received, and of every
@@ -311,6 +349,9 @@ impl GrantBook {
         let mut out = std::collections::HashSet::new();
         if let Ok(entries) = std::fs::read_dir(self.dir.join("received")) {
             for e in entries.flatten() {
+                if e.path().extension().is_none_or(|x| x != "chunks") {
+                    continue;
+                }
                 if let Ok(raw) = std::fs::read(e.path()) {
                     out.extend(
                         raw.chunks_exact(32)
@@ -369,7 +410,7 @@ impl GrantBook {
         read_header(&path).map(Some)
     }
 
-    /// Forgets a fetch that completed.
+    /// Forgets an interrupted fetch.
     pub fn end_fetch(&self, id: &GrantId) -> Result<(), BookError> {
         let path = self.fetching_path(id);
         match std::fs::remove_file(&path) {
@@ -392,7 +433,12 @@ impl GrantBook {
 /// Derivations from another publisher's dataset need a held grant that
 /// allows `derive`, is for that dataset, and is in its window now.
 impl GrantCheck for GrantBook {
-    fn allows(&self, grant: &str, dataset: &DatasetId, action: Action) -> Result<(), String> {
+    fn allows(
+        &self,
+        grant: &str,
+        dataset: &DatasetId,
+        action: Action,
+    ) -> Result<crate::policy::Classification, String> {
         let id: GrantId = grant.parse().map_err(|e: GrantError| e.to_string())?;
         let held = self
             .held_grant(&id)
@@ -408,7 +454,8 @@ impl GrantCheck for GrantBook {
             return Err(format!("grant {id} does not allow `{action}`"));
         }
         g.check_use(&g.grantee, self.clock.now_ms())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(self.received_manifest(&held)?.value().classification)
     }
 }
 

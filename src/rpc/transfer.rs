@@ -362,6 +362,7 @@ type Events = mpsc::Sender<Result<pb::AdminFetchEvent, Status>>;
 /// and the verified output so far.
 struct InFlight {
     transfer_index: u64,
+    manifest: Envelope,
     incoming: Incoming,
 }
 
@@ -494,6 +495,7 @@ async fn fetch(
             .store(taken as u64, Ordering::Relaxed);
         in_flight = Some(InFlight {
             transfer_index: header.transfer_index,
+            manifest: manifest.envelope().clone(),
             incoming,
         });
     }
@@ -532,6 +534,7 @@ async fn fetch(
 
     let InFlight {
         transfer_index,
+        manifest,
         incoming,
     } = in_flight.ok_or_else(|| Status::internal("the fetch ended without a transfer"))?;
     let received = tokio::task::spawn_blocking(move || incoming.finish())
@@ -540,11 +543,8 @@ async fn fetch(
         .map_err(transfer_status)?;
     progress.report(true);
     node.grants
-        .record_received(&g.dataset, &received.chunks)
-        .map_err(|e| book_status("recording the received chunks", e))?;
-    node.grants
-        .end_fetch(&id)
-        .map_err(|e| book_status("ending the fetch", e))?;
+        .complete_fetch(&id, &g.dataset, &manifest, &received.chunks)
+        .map_err(|e| book_status("recording the received dataset", e))?;
 
     // Both sides record what was received.
     let mut completed = g.entry(EntryKind::TransferCompleted);
@@ -673,6 +673,7 @@ async fn attempt(
             progress.start(&incoming);
             InFlight {
                 transfer_index: header.transfer_index,
+                manifest: manifest.envelope().clone(),
                 incoming,
             }
         }
@@ -681,6 +682,7 @@ async fn attempt(
 
     let InFlight {
         transfer_index,
+        manifest,
         mut incoming,
     } = flight;
     let (queue, mut queued) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
@@ -725,6 +727,7 @@ async fn attempt(
         .map_err(transfer_status)?;
     *in_flight = Some(InFlight {
         transfer_index,
+        manifest,
         incoming,
     });
     outcome

@@ -1,7 +1,8 @@
 //! Transfers over time and broken connections: grant windows checked
 //! against an injected clock, and fetches cut mid-stream (by a TCP relay
 //! that drops the connection) resuming from the first missing chunk,
-//! within one call and across a restart, without counting a new fetch.
+//! within one call and across a restart, without counting a new fetch;
+//! a derivative of a fetched dataset inherits its classification.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -255,6 +256,90 @@ async fn an_interrupted_fetch_resumes_after_a_restart_without_counting_a_new_fet
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("all used"), "{}", err.message());
     for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
+
+#[tokio::test]
+async fn a_derivative_of_a_fetched_dataset_inherits_its_classification() {
+    use dsnode::identity::RoleSet;
+    use dsnode::identity::ca::IssueRequest;
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let mut req = IssueRequest::new(RoleSet::parse_list("consumer,publisher").expect("roles"));
+    req.region = Some("CN-HE".parse().expect("region"));
+    let deriver = space.node_with("acme", req);
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let der_node = support::start(&deriver, |_| {}).await;
+    let important = POLICY.replace("\"general\"", "\"important\"");
+    let source = publish(
+        &publisher,
+        &pub_node,
+        header("Bus lanes", &important, 6),
+        b"lane,1",
+    )
+    .await
+    .expect("publish")
+    .dataset_id;
+    let conn = support::connect(&deriver, &der_node).await;
+    let r = pb::admin_client::AdminClient::new(conn.channel)
+        .request_access(pb::AdminRequestAccessRequest {
+            peer: pub_node.local_addr().to_string(),
+            dataset_id: source.clone(),
+            purpose: "research".into(),
+            actions: vec!["read".into(), "derive".into()],
+            duration_secs: 0,
+        })
+        .await
+        .expect("granted")
+        .into_inner();
+    let env: dsnode::envelope::Envelope = r.grant.expect("grant").into();
+    let grant = dsnode::exchange::grant::Grant::decode(&env.payload)
+        .expect("grant")
+        .id
+        .to_string();
+    let derived = |policy: &str| pb::PublishHeader {
+        derived_from: vec![pb::Derivation {
+            dataset_id: source.clone(),
+            grant_id: grant.clone(),
+        }],
+        ..header("Lane usage", policy, 3)
+    };
+
+    // Its classification is known from its signed manifest, which the
+    // deriving node has only once it fetched the dataset.
+    let err = publish(&deriver, &der_node, derived(&important), b"xyz")
+        .await
+        .expect_err("not fetched");
+    assert!(
+        err.message().contains("fetch it first"),
+        "{}",
+        err.message()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    fetch_to(
+        &deriver,
+        &der_node,
+        pub_node.local_addr(),
+        &grant,
+        &dir.path().join("lanes.csv"),
+        false,
+    )
+    .await
+    .expect("fetch");
+    let err = publish(&deriver, &der_node, derived(POLICY), b"xyz")
+        .await
+        .expect_err("weaker than the source");
+    assert!(
+        err.message()
+            .contains("strictest classification of its sources (`important`)"),
+        "{}",
+        err.message()
+    );
+    publish(&deriver, &der_node, derived(&important), b"xyz")
+        .await
+        .expect("derived at the source's classification");
+    for n in [pub_node, der_node] {
         n.shutdown().await.expect("stop");
     }
 }
