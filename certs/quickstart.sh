@@ -88,12 +88,29 @@ cmp road-sensors.csv fetched-road-sensors.csv && echo "fetched file is identical
 step "acme asks for access for marketing: refused, with the policy's reasons"
 "$DSNODE" request --data-dir acme --peer "$PUB_ADDR" "$DATASET" --purpose marketing || true
 
+step "mallory (another consumer) steals acme's grant file and presents it: refused"
+"$DSNODE" init --data-dir mallory --participant mallory-data --ca-cert ca/ca.crt --listen 127.0.0.1:17444 >/dev/null
+"$DSNODE" ca issue --ca-dir ca --csr mallory/node.csr --roles consumer --region CN-HE --out mallory/node.crt >/dev/null
+cp ca/crl.pem mallory/crl.pem
+mkdir -p mallory/grants/held
+cp "acme/grants/held/$GRANT.json" "acme/grants/held/$GRANT.publisher" mallory/grants/held/
+"$DSNODE" serve --data-dir mallory 2>mallory.log & pids+=($!)
+for _ in $(seq 50); do grep -q serving mallory.log && break; sleep 0.1; done
+if "$DSNODE" fetch --data-dir mallory --peer "$PUB_ADDR" "$GRANT" --out "$DIR/stolen.csv"; then
+  echo "unexpected: a stolen grant was served" >&2
+  exit 1
+fi
+test ! -e "$DIR/stolen.csv" && echo "nothing written to $DIR/stolen.csv"
+
 step "the bureau lists the grants it issued"
 "$DSNODE" grants list --data-dir transport
 
 step "the regulator audits the transport bureau's ledger (every signature and proof verified)"
 "$DSNODE" audit checkpoint --data-dir regulator --peer "$PUB_ADDR"
 "$DSNODE" audit entries --data-dir regulator --peer "$PUB_ADDR"
+
+step "and acme's ledger: the same story from the consumer's side"
+"$DSNODE" audit entries --data-dir regulator --peer "$ENT_ADDR" --dataset "$DATASET"
 
 step "operator revokes acme; the transport bureau reloads its CRL"
 "$DSNODE" ca revoke --ca-dir ca --cert acme/node.crt
