@@ -343,3 +343,160 @@ async fn a_derivative_of_a_fetched_dataset_inherits_its_classification() {
         n.shutdown().await.expect("stop");
     }
 }
+
+/// A grant is good only at the publisher that signed it: presented to
+/// another publisher it is refused by the consumer's own node (the peer's
+/// certificate is not the grant's signer) and by that publisher (it issued
+/// no such grant); nothing is written.
+#[tokio::test]
+async fn a_grant_is_refused_by_any_other_publisher() {
+    let space = DataSpace::new();
+    let issuer = space.node("city-transport", "publisher");
+    let other = space.node("city-water", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let issuer_node = support::start(&issuer, |_| {}).await;
+    let other_node = support::start(&other, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let content = b"pipe,pressure\n1,3.2\n".to_vec();
+    for (dir, node) in [(&issuer, &issuer_node), (&other, &other_node)] {
+        publish(
+            dir,
+            node,
+            header("Same bytes", POLICY, content.len() as u64),
+            &content,
+        )
+        .await
+        .expect("publish");
+    }
+    let ds = publish(
+        &issuer,
+        &issuer_node,
+        header("Granted", POLICY, content.len() as u64),
+        &content,
+    )
+    .await
+    .expect("publish")
+    .dataset_id;
+    let grant = granted(&consumer, &con_node, &ds, issuer_node.local_addr()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.csv");
+
+    let err = fetch_to(
+        &consumer,
+        &con_node,
+        other_node.local_addr(),
+        &grant,
+        &out,
+        false,
+    )
+    .await
+    .expect_err("another publisher");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(
+        err.message().contains("not the publisher"),
+        "{}",
+        err.message()
+    );
+
+    let conn = support::connect(&consumer, &other_node).await;
+    let err = pb::exchange_client::ExchangeClient::new(conn.channel)
+        .fetch(pb::FetchRequest {
+            grant_id: grant.clone(),
+            resume: None,
+        })
+        .await
+        .expect_err("not issued here");
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
+    for n in [issuer_node, other_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
+
+/// A resume must name one of the grant's own transfers and a chunk within
+/// the dataset, and a grant's resumes are bounded (they do not count as
+/// fetches).
+#[tokio::test]
+async fn resume_requests_are_checked_and_bounded() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let content = vec![7u8; 10_000];
+    let ds = publish_once_fetchable(&publisher, &pub_node, &content, 4096).await;
+    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+    let conn = support::connect(&consumer, &pub_node).await;
+    let exchange = pb::exchange_client::ExchangeClient::new(conn.channel);
+    let fetch = |resume: Option<pb::FetchResume>| {
+        let req = pb::FetchRequest {
+            grant_id: grant.clone(),
+            resume,
+        };
+        let mut client = exchange.clone();
+        async move {
+            let mut stream = client.fetch(req).await?.into_inner();
+            let mut header = None;
+            while let Some(msg) = stream.message().await? {
+                if let Some(pb::fetch_response::Part::Header(h)) = msg.part {
+                    header = Some(h);
+                }
+            }
+            Ok::<_, tonic::Status>(header.expect("a header"))
+        }
+    };
+    let started = fetch(None).await.expect("the one fetch");
+    let t = started.transfer_index;
+    for (resume, why) in [
+        (
+            pb::FetchResume {
+                transfer_index: 0,
+                from_chunk: 0,
+            },
+            "is not a transfer of grant",
+        ),
+        (
+            pb::FetchResume {
+                transfer_index: t,
+                from_chunk: 4,
+            },
+            "the dataset has 3 chunks",
+        ),
+    ] {
+        let err = fetch(Some(resume)).await.expect_err(why);
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        assert!(err.message().contains(why), "{why}: {}", err.message());
+    }
+    let resumed = fetch(Some(pb::FetchResume {
+        transfer_index: t,
+        from_chunk: 2,
+    }))
+    .await
+    .expect("resume");
+    assert_eq!((resumed.transfer_index, resumed.first_chunk), (t, 2));
+    for _ in 1..32 {
+        fetch(Some(pb::FetchResume {
+            transfer_index: t,
+            from_chunk: 3,
+        }))
+        .await
+        .expect("resume within the bound");
+    }
+    let err = fetch(Some(pb::FetchResume {
+        transfer_index: t,
+        from_chunk: 3,
+    }))
+    .await
+    .expect_err("the 33rd resume");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("resumed 32 times"),
+        "{}",
+        err.message()
+    );
+    drop(exchange);
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
