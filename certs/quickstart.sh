@@ -26,9 +26,9 @@ step "operator: create the data-space CA"
 "$DSNODE" ca init --ca-dir ca --name "Demo City Data Space CA"
 
 step "publisher and enterprise: create node identities"
-"$DSNODE" init --data-dir transport --participant city-transport --ca-cert ca/ca.crt --listen "$PUB_ADDR"
-"$DSNODE" init --data-dir acme --participant acme-logistics --ca-cert ca/ca.crt --listen "$ENT_ADDR"
-"$DSNODE" init --data-dir regulator --participant city-data-regulator --ca-cert ca/ca.crt --listen 127.0.0.1:17443
+"$DSNODE" init --data-dir transport --participant city-transport --ca-cert ca/ca.crt --listen "$PUB_ADDR" --metrics-listen 127.0.0.1:19441
+"$DSNODE" init --data-dir acme --participant acme-logistics --ca-cert ca/ca.crt --listen "$ENT_ADDR" --metrics-listen 127.0.0.1:19442
+"$DSNODE" init --data-dir regulator --participant city-data-regulator --ca-cert ca/ca.crt --listen 127.0.0.1:17443 --no-metrics
 
 step "operator: sign their certificates and hand out the CRL"
 "$DSNODE" ca issue --ca-dir ca --csr transport/node.csr --roles publisher --region CN-HE --out transport/node.crt
@@ -89,7 +89,7 @@ step "acme asks for access for marketing: refused, with the policy's reasons"
 "$DSNODE" request --data-dir acme --peer "$PUB_ADDR" "$DATASET" --purpose marketing || true
 
 step "mallory (another consumer) steals acme's grant file and presents it: refused"
-"$DSNODE" init --data-dir mallory --participant mallory-data --ca-cert ca/ca.crt --listen 127.0.0.1:17444 >/dev/null
+"$DSNODE" init --data-dir mallory --participant mallory-data --ca-cert ca/ca.crt --listen 127.0.0.1:17444 --no-metrics >/dev/null
 "$DSNODE" ca issue --ca-dir ca --csr mallory/node.csr --roles consumer --region CN-HE --out mallory/node.crt >/dev/null
 cp ca/crl.pem mallory/crl.pem
 mkdir -p mallory/grants/held
@@ -104,6 +104,16 @@ test ! -e "$DIR/stolen.csv" && echo "nothing written to $DIR/stolen.csv"
 
 step "the bureau lists the grants it issued"
 "$DSNODE" grants list --data-dir transport
+
+step "the bureau's operator scrapes its metrics (plain HTTP on loopback)"
+python3 - <<'PY'
+import urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:19441/metrics").read().decode()
+for line in text.splitlines():
+    if line.startswith(("dsnode_access_decisions", "dsnode_transfers", "dsnode_transfer_bytes", "dsnode_ledger_entries", "dsnode_rpc_requests_total{service=\"dataspace.v1.Exchange\"")):
+        print(line)
+print("readyz:", urllib.request.urlopen("http://127.0.0.1:19441/readyz").read().decode().strip())
+PY
 
 step "the regulator audits the transport bureau's ledger (every signature and proof verified)"
 "$DSNODE" audit checkpoint --data-dir regulator --peer "$PUB_ADDR"

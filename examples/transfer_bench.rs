@@ -92,7 +92,7 @@ impl Space {
                 &dir,
                 &name.parse()?,
                 ca.ca().cert_pem().as_bytes(),
-                free_port()?,
+                (free_port()?, None),
                 vec![Host::Ip("127.0.0.1".parse()?)],
             )?;
             let csr = std::fs::read_to_string(dir.csr())?;

@@ -139,6 +139,8 @@ impl<'de> Deserialize<'de> for HumanDuration {
 pub struct RawConfig {
     /// Address to listen on for gRPC over mutual TLS.
     pub listen: SocketAddr,
+    /// Plain-HTTP address for `/metrics`, `/healthz`, `/readyz`; none: off.
+    pub metrics_listen: Option<SocketAddr>,
     /// Transport limits; every key optional.
     #[serde(default)]
     pub transport: RawTransport,
@@ -251,6 +253,10 @@ pub struct Config {
     pub data_dir: DataDir,
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Plain-HTTP address for `/metrics`, `/healthz` and `/readyz`
+    /// (unauthenticated: keep it on loopback or a private network); `None`
+    /// turns the listener off.
+    pub metrics_listen: Option<SocketAddr>,
     /// Transport limits.
     pub transport: TransportConfig,
     /// The clock policy and grant windows are checked against (the system
@@ -264,6 +270,7 @@ impl Config {
         Self {
             data_dir: DataDir::new(data_dir),
             listen,
+            metrics_listen: None,
             transport: TransportConfig::default(),
             clock: crate::clock::Clock::system(),
         }
@@ -365,6 +372,7 @@ impl Config {
         Ok(Self {
             data_dir,
             listen: raw.listen,
+            metrics_listen: raw.metrics_listen,
             transport,
             clock: crate::clock::Clock::system(),
         })
@@ -372,12 +380,18 @@ impl Config {
 
     /// The `node.toml` text `dsnode init` writes: the listen address and
     /// the transport defaults, commented, so operators see what they can set.
-    pub fn initial_toml(listen: SocketAddr) -> String {
+    pub fn initial_toml(listen: SocketAddr, metrics_listen: Option<SocketAddr>) -> String {
         let d = TransportConfig::default();
+        let metrics = match metrics_listen {
+            Some(a) => format!("metrics_listen = \"{a}\"\n"),
+            None => "# metrics_listen = \"127.0.0.1:9464\"\n".to_owned(),
+        };
         format!(
             "# dsnode node configuration. Reference: docs/configuration.md\n\
              # Identity (participant, roles, region) comes from node.crt, never from here.\n\
              listen = \"{listen}\"\n\
+             # Plain HTTP: /metrics, /healthz, /readyz. Unauthenticated: loopback or a private network.\n\
+             {metrics}\
              \n\
              [transport]\n\
              # handshake_timeout = \"{}\"\n\
@@ -410,9 +424,17 @@ mod tests {
     fn initial_toml_parses_to_the_defaults() {
         let cfg = parse(&Config::initial_toml(
             "127.0.0.1:7443".parse().expect("addr"),
+            Some("127.0.0.1:9464".parse().expect("addr")),
         ))
         .expect("parse");
         assert_eq!(cfg.listen.port(), 7443);
+        assert_eq!(cfg.metrics_listen.map(|a| a.port()), Some(9464));
+        let off = parse(&Config::initial_toml(
+            "127.0.0.1:7443".parse().expect("addr"),
+            None,
+        ))
+        .expect("parse");
+        assert_eq!(off.metrics_listen, None);
         assert_eq!(cfg.transport.max_concurrent_streams, 128);
     }
 

@@ -15,6 +15,7 @@
 //! - [`clock`]: the time policy and grant decisions are made at.
 //! - [`audit`]: the auditor side: verifies every checkpoint and proof a node serves.
 //! - [`ledger`]: the verifiable ledger (Merkle log on sled, checkpoints, proofs).
+//! - [`metrics`]: Prometheus metrics and the plain-HTTP `/metrics`, `/healthz`, `/readyz` listener.
 //! - [`rpc`]: tonic services, the role × RPC table, status mapping.
 //! - [`fsutil`]: atomic writes and the secret-file permission check.
 //! - [`pb`]: generated protobuf and gRPC code (`dataspace.v1`); only
@@ -30,6 +31,7 @@ pub mod exchange;
 pub mod fsutil;
 pub mod identity;
 pub mod ledger;
+pub mod metrics;
 pub mod node;
 pub mod policy;
 pub mod rpc;

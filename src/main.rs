@@ -370,6 +370,13 @@ struct InitArgs {
     /// from --listen).
     #[arg(long = "host")]
     hosts: Vec<String>,
+    /// Plain-HTTP address for /metrics, /healthz and /readyz
+    /// (unauthenticated: keep it on loopback or a private network).
+    #[arg(long, default_value = "127.0.0.1:9464", conflicts_with = "no_metrics")]
+    metrics_listen: SocketAddr,
+    /// No metrics listener.
+    #[arg(long)]
+    no_metrics: bool,
     #[command(flatten)]
     out: JsonFlag,
 }
@@ -665,7 +672,8 @@ fn init(a: InitArgs) -> Result<Output> {
         parse_hosts(&a.hosts)?
     };
     let dir = DataDir::new(&a.data_dir);
-    let made = node::init_data_dir(&dir, &participant, &ca_pem, a.listen, hosts)?;
+    let metrics = (!a.no_metrics).then_some(a.metrics_listen);
+    let made = node::init_data_dir(&dir, &participant, &ca_pem, (a.listen, metrics), hosts)?;
     let hosts: Vec<String> = made.hosts.iter().map(ToString::to_string).collect();
     Ok(Output {
         text: format!(

@@ -172,6 +172,7 @@ fn check_revocation(
 /// [`RunningNode::shutdown`].
 pub struct RunningNode {
     local_addr: std::net::SocketAddr,
+    metrics_addr: Option<std::net::SocketAddr>,
     identity: PeerIdentity,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), NodeError>>,
@@ -181,6 +182,11 @@ impl RunningNode {
     /// The address the node listens on (useful with port 0).
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the plain-HTTP metrics listener, if configured.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// The node's identity from its own certificate.
@@ -240,11 +246,26 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         addr: config.listen,
         source,
     })?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => {
+            let l = crate::metrics::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            Some((l, bound))
+        }
+        None => None,
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::new());
 
     // The start-up check: the whole tree is recomputed from the stored
     // entries and compared with every signed checkpoint. A mismatch stops
     // the node here, naming the first bad index: it never reports SERVING.
     let ledger = open_ledger(&config.data_dir, &creds).await?;
+    let observed = metrics.clone();
+    ledger.observe_commits(Arc::new(move |n, took| observed.committed(n, took)));
     let mut started = EntryDraft::new(EntryKind::NodeStarted);
     started.parties = vec![creds.identity.node_id.clone()];
     started.detail = rpc::SOFTWARE_VERSION.to_owned();
@@ -287,6 +308,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         LocalBlobStore::open(&config.data_dir.blobs())
             .map_err(|e| NodeError::Credentials(format!("blob store: {e}")))?,
     );
+    check_writable(&config.data_dir)?;
     let (catalog, warnings) = Catalog::open(
         &config.data_dir.datasets(),
         creds.identity.public_key,
@@ -318,6 +340,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let ctx = Arc::new(NodeContext {
         identity: creds.identity.clone(),
         clock: config.clock.clone(),
+        metrics: metrics.clone(),
         started: Instant::now(),
         connections: registry.clone(),
         ledger: ledger.clone(),
@@ -343,6 +366,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .initial_stream_window_size(t.stream_window)
         .initial_connection_window_size(t.connection_window)
         .tcp_nodelay(true)
+        .layer(crate::metrics::MetricsLayer::new(metrics.clone()))
         .layer(AuthzLayer::new(creds.identity.node_id.clone()))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             t.max_in_flight,
@@ -376,8 +400,22 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         let _ = stop_serving_rx.await;
     }));
     set_health(&health, ServingStatus::Serving).await;
+    metrics.set_ready(true);
 
     let shutdown = CancellationToken::new();
+    // Metrics and /readyz stay up through the drain (readiness turns 503
+    // at once), and stop with the node.
+    let stop_metrics = CancellationToken::new();
+    let metrics_addr = metrics_listener.map(|(l, bound)| {
+        let scrape = Arc::new(crate::metrics::Scrape {
+            metrics: metrics.clone(),
+            ledger: ledger.clone(),
+            connections: registry.clone(),
+        });
+        tokio::spawn(crate::metrics::serve(l, scrape, stop_metrics.clone()));
+        tracing::info!(addr = %bound, "metrics, health and readiness over plain HTTP");
+        bound
+    });
     tokio::spawn(watch_crl(
         config.data_dir.clone(),
         creds.material.clone(),
@@ -401,14 +439,17 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                     // The server ended by itself: a failure. Still say so
                     // to health watchers and close the ledger cleanly.
                     tracing::error!("gRPC server stopped unexpectedly");
+                    metrics.set_ready(false);
                     set_health(&health, ServingStatus::NotServing).await;
                     ledger.close().await;
+                    stop_metrics.cancel();
                     result??;
                     return Ok(());
                 }
                 () = shutdown.cancelled() => {}
             }
             tracing::info!(deadline = ?t.drain_deadline, "shutting down: NOT_SERVING, draining");
+            metrics.set_ready(false);
             set_health(&health, ServingStatus::NotServing).await;
             stop_accept.cancel();
             let _ = stop_serving_tx.send(());
@@ -427,16 +468,36 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                 }
             }
             ledger.close().await;
+            stop_metrics.cancel();
             tracing::info!("stopped");
             Ok(())
         })
     };
     Ok(RunningNode {
         local_addr,
+        metrics_addr,
         identity: creds.identity,
         shutdown,
         task,
     })
+}
+
+/// Checks that the data dir and blob store take a durable write (a full
+/// disk or a read-only mount is found here, before SERVING).
+fn check_writable(dir: &DataDir) -> Result<(), NodeError> {
+    for d in [dir.root().to_path_buf(), dir.blobs()] {
+        let probe = d.join(".write-probe");
+        let written = (|| {
+            let mut f = std::fs::File::create(&probe)?;
+            std::io::Write::write_all(&mut f, b"dsnode")?;
+            f.sync_all()
+        })();
+        let _ = std::fs::remove_file(&probe);
+        written.map_err(|e| {
+            NodeError::Credentials(format!("storage is not writable: {}: {e}", probe.display()))
+        })?;
+    }
+    Ok(())
 }
 
 /// Opens and verifies the node's ledger (a blocking O(n) check).
@@ -597,7 +658,7 @@ pub fn init_data_dir(
     dir: &DataDir,
     participant: &crate::identity::ParticipantId,
     ca_cert_pem: &[u8],
-    listen: std::net::SocketAddr,
+    (listen, metrics_listen): (std::net::SocketAddr, Option<std::net::SocketAddr>),
     hosts: Vec<cert::Host>,
 ) -> Result<Initialized, NodeError> {
     if dir.key().exists() {
@@ -616,7 +677,7 @@ pub fn init_data_dir(
     fsutil::write_atomic(&dir.csr(), csr.as_bytes(), fsutil::PUBLIC_MODE)?;
     fsutil::write_atomic(
         &dir.config(),
-        Config::initial_toml(listen).as_bytes(),
+        Config::initial_toml(listen, metrics_listen).as_bytes(),
         fsutil::PUBLIC_MODE,
     )?;
     let vkey = crate::ledger::note::NoteVerifier::new(

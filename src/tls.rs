@@ -179,7 +179,7 @@ impl ServerConfigCell {
 pub struct ConnectionRegistry {
     next: AtomicU64,
     state: Mutex<Registry>,
-    handshake_failures: AtomicU64,
+    handshake_failures: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Default)]
@@ -215,7 +215,29 @@ impl ConnectionRegistry {
 
     /// Number of handshakes that failed or timed out since start.
     pub fn handshake_failures(&self) -> u64 {
-        self.handshake_failures.load(Ordering::Relaxed)
+        self.handshake_failures_by_reason()
+            .iter()
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Failed handshakes since start, by reason (see [`failure_reason`]).
+    pub fn handshake_failures_by_reason(&self) -> Vec<(&'static str, u64)> {
+        self.handshake_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(r, n)| (*r, *n))
+            .collect()
+    }
+
+    fn handshake_failed(&self, reason: &'static str) {
+        *self
+            .handshake_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(reason)
+            .or_default() += 1;
     }
 
     /// Makes `serials` the revoked set (the CRL now in force) and cuts
@@ -322,6 +344,31 @@ impl AsyncWrite for PeerConnection {
     }
 }
 
+/// A short, bounded label for why a TLS handshake failed (a metrics label:
+/// never text from the peer).
+pub fn failure_reason(e: &io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return "io";
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => "no_client_certificate",
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Revoked => "revoked",
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+            C::UnknownIssuer => "unknown_issuer",
+            C::BadSignature => "bad_signature",
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => "crl_expired",
+            _ => "bad_certificate",
+        },
+        rustls::Error::PeerIncompatible(_) => "incompatible",
+        rustls::Error::AlertReceived(_) => "alert",
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => "protocol",
+        _ => "other",
+    }
+}
+
 /// Limits of the accept loop.
 #[derive(Clone, Copy, Debug)]
 pub struct AcceptLimits {
@@ -385,12 +432,12 @@ pub fn accept_loop(
                 let stream = match handshake.await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
-                        registry.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        registry.handshake_failed(failure_reason(&e));
                         tracing::info!(peer = %remote_addr, reason = %e, "TLS handshake refused");
                         return;
                     }
                     Err(_) => {
-                        registry.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        registry.handshake_failed("timeout");
                         tracing::info!(peer = %remote_addr, timeout = ?limits.handshake_timeout, "TLS handshake timed out");
                         return;
                     }
@@ -398,7 +445,7 @@ pub fn accept_loop(
                 let identity = match peer_identity(stream.get_ref().1.peer_certificates()) {
                     Ok(id) => id,
                     Err(e) => {
-                        registry.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        registry.handshake_failed("identity");
                         tracing::info!(peer = %remote_addr, reason = %e, "peer certificate refused");
                         return;
                     }
@@ -409,7 +456,7 @@ pub fn accept_loop(
                     return;
                 };
                 let Some((connection, token)) = registry.register(identity.serial.clone()) else {
-                    registry.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    registry.handshake_failed("revoked");
                     tracing::info!(peer = %remote_addr, node = %identity.node_id, "certificate revoked by the CRL now in force; refusing");
                     return;
                 };

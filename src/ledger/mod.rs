@@ -220,8 +220,13 @@ pub struct Ledger {
     shared: Arc<Shared>,
 }
 
+/// Told of every committed batch: its entry count and how long the commit
+/// (hashing, store write, fsync, checkpoint) took.
+pub type CommitObserver = Arc<dyn Fn(usize, std::time::Duration) + Send + Sync>;
+
 struct Shared {
     store: Arc<dyn LedgerStore>,
+    observer: Arc<std::sync::OnceLock<CommitObserver>>,
     tx: mpsc::Sender<Request>,
     head: watch::Receiver<Option<Arc<SignedCheckpoint>>>,
     verifier: NoteVerifier,
@@ -272,8 +277,10 @@ impl Ledger {
         let (head_tx, head_rx) = watch::channel(report.latest.clone().map(Arc::new));
         let (tx, rx) = mpsc::channel(options.queue.max(1));
         let failed = Arc::new(AtomicBool::new(false));
+        let observer = Arc::new(std::sync::OnceLock::new());
         let sequencer = Sequencer {
             store: store.clone(),
+            observer: observer.clone(),
             signer,
             writer,
             last_signed: report
@@ -296,6 +303,7 @@ impl Ledger {
             Self {
                 shared: Arc::new(Shared {
                     store,
+                    observer,
                     tx,
                     head: head_rx,
                     verifier,
@@ -305,6 +313,12 @@ impl Ledger {
             },
             report,
         ))
+    }
+
+    /// Sets the function told of every committed batch (metrics); only the
+    /// first call has an effect.
+    pub fn observe_commits(&self, observer: CommitObserver) {
+        let _ = self.shared.observer.set(observer);
     }
 
     /// Stops the sequencer after the appends already queued, and waits for
@@ -456,6 +470,7 @@ impl Ledger {
 
 struct Sequencer {
     store: Arc<dyn LedgerStore>,
+    observer: Arc<std::sync::OnceLock<CommitObserver>>,
     signer: NoteSigner,
     writer: Writer,
     last_signed: Option<(u64, Hash)>,
@@ -529,6 +544,7 @@ impl Sequencer {
             );
             return;
         }
+        let started = std::time::Instant::now();
         let time_ms = now_ms();
         let mut accepted = Vec::with_capacity(requests.len());
         for (draft, reply) in requests {
@@ -570,6 +586,9 @@ impl Sequencer {
         }
         match result {
             Ok(()) => {
+                if let Some(observe) = self.observer.get() {
+                    observe(accepted.len(), started.elapsed());
+                }
                 self.last_signed = Some((size, root));
                 let signed = Arc::new(signed);
                 self.head.send_replace(Some(signed.clone()));

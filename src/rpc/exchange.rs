@@ -154,6 +154,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
                     .issue(grant, &node.signing_key)
                     .await
                     .map_err(|e| book_status("issuing a grant", e))?;
+                node.metrics.granted();
                 tracing::info!(grant = %grant.value().id, to = %who.node_id, index = appended.index, "access granted");
                 Ok(Response::new(pb::RequestAccessResponse {
                     grant: Some(grant.envelope().into()),
@@ -172,6 +173,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
                     .append(draft)
                     .await
                     .map_err(|e| status::ledger("recording a denial", e))?;
+                node.metrics.denied();
                 tracing::info!(dataset = %id, to = %who.node_id, reasons = %sentence, "access denied");
                 Err(Status::permission_denied(format!(
                     "access denied: {sentence}"

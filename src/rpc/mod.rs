@@ -59,6 +59,8 @@ pub struct NodeContext {
     pub identity: PeerIdentity,
     /// The clock policy and grant windows are checked against.
     pub clock: crate::clock::Clock,
+    /// The node's metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// When the node started serving.
     pub started: Instant,
     /// Open connections.

@@ -62,6 +62,7 @@ async fn refuse_fetch(
     if let Err(e) = node.ledger.append(draft).await {
         return status::ledger("recording a refused fetch", e);
     }
+    node.metrics.fetch_refused();
     tracing::info!(grant = %grant.id, by = %who.node_id, reason = %why, "fetch refused");
     Status::permission_denied(why)
 }
@@ -111,6 +112,7 @@ async fn open_transfer(
             .append(g.entry(EntryKind::TransferStarted))
             .await
             .map_err(|e| status::ledger("counting the fetch", e))?;
+        node.metrics.transfer("started");
         return Ok((transfer.index, 0));
     };
     let t = resume.transfer_index;
@@ -148,6 +150,7 @@ async fn open_transfer(
         .append(draft)
         .await
         .map_err(|e| status::ledger("recording the resume", e))?;
+    node.metrics.transfer("resumed");
     Ok((t, from))
 }
 
@@ -196,47 +199,57 @@ pub(super) async fn serve(
         if tx.send(Ok(header)).await.is_err() {
             return;
         }
-        for (index, hash) in dataset.chunks.iter().enumerate().skip(first) {
-            match node.grants.is_revoked(&id) {
-                Ok(false) => {}
-                Ok(true) => {
-                    let _ = tx
-                        .send(Err(Status::permission_denied(format!(
-                            "grant {id} was revoked during the transfer"
-                        ))))
-                        .await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(book_status("checking revocation", e))).await;
-                    return;
-                }
-            }
-            // Not hashed here: the consumer checks every chunk against the
-            // signed chunk list and names the one that does not match.
-            let blobs = node.blobs.clone();
-            let h = *hash;
-            let Ok(Ok(Some(chunk))) =
-                tokio::task::spawn_blocking(move || blobs.get_unverified(&h)).await
-            else {
-                tracing::error!(dataset = %dataset.id, chunk = index, "chunk missing on this node's disk");
-                let _ = tx
-                    .send(Err(Status::data_loss(format!(
-                        "chunk {index} of dataset {} is missing on the publisher's disk",
-                        dataset.id
-                    ))))
-                    .await;
-                return;
-            };
-            let msg = pb::FetchResponse {
-                part: Some(Part::Chunk(chunk)),
-            };
-            if tx.send(Ok(msg)).await.is_err() {
-                return;
-            }
+        if let Err(status) = send_chunks(&node, &id, &dataset, first, &tx).await {
+            node.metrics.transfer("failed");
+            let _ = tx.send(Err(status)).await;
         }
     });
     Ok(ReceiverStream::new(rx))
+}
+
+/// Sends the chunks from `first` on, checking revocation before each.
+/// `Err` is the status to end the stream with; a consumer that went away
+/// ends it quietly.
+async fn send_chunks(
+    node: &NodeContext,
+    id: &GrantId,
+    dataset: &crate::dataset::catalog::Dataset,
+    first: usize,
+    tx: &mpsc::Sender<Result<pb::FetchResponse, Status>>,
+) -> Result<(), Status> {
+    for (index, hash) in dataset.chunks.iter().enumerate().skip(first) {
+        if node
+            .grants
+            .is_revoked(id)
+            .map_err(|e| book_status("checking revocation", e))?
+        {
+            return Err(Status::permission_denied(format!(
+                "grant {id} was revoked during the transfer"
+            )));
+        }
+        // Not hashed here: the consumer checks every chunk against the
+        // signed chunk list and names the one that does not match.
+        let blobs = node.blobs.clone();
+        let h = *hash;
+        let Ok(Ok(Some(chunk))) =
+            tokio::task::spawn_blocking(move || blobs.get_unverified(&h)).await
+        else {
+            tracing::error!(dataset = %dataset.id, chunk = index, "chunk missing on this node's disk");
+            return Err(Status::data_loss(format!(
+                "chunk {index} of dataset {} is missing on the publisher's disk",
+                dataset.id
+            )));
+        };
+        let bytes = chunk.len() as u64;
+        let msg = pb::FetchResponse {
+            part: Some(Part::Chunk(chunk)),
+        };
+        if tx.send(Ok(msg)).await.is_err() {
+            return Ok(());
+        }
+        node.metrics.served(bytes);
+    }
+    Ok(())
 }
 
 /// `Exchange.SubmitReceipt`: verifies the consumer's receipt against its

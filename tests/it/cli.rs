@@ -291,13 +291,13 @@ fn init_and_issue_print_one_json_object() {
 }
 
 /// A `dsnode serve` process whose JSON log lines arrive on a channel.
-struct Served {
-    child: std::process::Child,
+pub(crate) struct Served {
+    pub(crate) child: std::process::Child,
     lines: std::sync::mpsc::Receiver<serde_json::Value>,
 }
 
 impl Served {
-    fn start(data_dir: &Path) -> Self {
+    pub(crate) fn start(data_dir: &Path) -> Self {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_dsnode"))
             .args(["--log-format", "json", "serve", "--data-dir", p(data_dir)])
@@ -323,7 +323,7 @@ impl Served {
     }
 
     /// Waits for a log event whose message is `message`.
-    fn wait_for(&self, message: &str) -> serde_json::Value {
+    pub(crate) fn wait_for(&self, message: &str) -> serde_json::Value {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -337,7 +337,7 @@ impl Served {
         }
     }
 
-    fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()

@@ -11,5 +11,6 @@ mod ledger_rpc;
 mod lifecycle;
 mod merkle;
 mod mtls;
+mod ops;
 mod support;
 mod transfer;

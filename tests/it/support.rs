@@ -65,7 +65,7 @@ impl DataSpace {
             &dir,
             &name.parse().expect("participant"),
             self.ca.ca().cert_pem().as_bytes(),
-            "127.0.0.1:0".parse().expect("addr"),
+            ("127.0.0.1:0".parse().expect("addr"), None),
             vec![Host::Ip("127.0.0.1".parse().expect("ip"))],
         )
         .expect("init");

@@ -1,0 +1,520 @@
+//! Metrics in the Prometheus (OpenMetrics) text format, and the small
+//! plain-HTTP listener that serves them.
+//!
+//! The listener (`metrics_listen` in `node.toml`; off unless set, and
+//! `dsnode init` sets it to loopback) answers `GET /metrics`, `GET
+//! /healthz` (the process is up) and `GET /readyz` (200 only while the
+//! node is SERVING: after its start-up checks, before shutdown starts), for
+//! scrapers and orchestrators' probes that cannot present a client
+//! certificate. It carries no data and accepts no input beyond the path.
+//!
+//! Every label value comes from a fixed set (RPC names from the role × RPC
+//! table, gRPC codes, handshake failure reasons), never from a peer, so a
+//! peer cannot grow the metric families.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::{Layer, Service};
+
+/// Labels of one RPC outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    service: String,
+    method: String,
+    code: String,
+}
+
+/// A single bounded label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
+}
+
+/// A handshake failure reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+/// One node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    rpc: Family<RpcLabels, Counter>,
+    decisions: Family<Kind, Counter>,
+    transfers: Family<Kind, Counter>,
+    bytes_served: Counter,
+    handshake_failures: Family<Reason, Counter>,
+    ledger_size: Gauge,
+    open_connections: Gauge,
+    batch_size: Histogram,
+    append_seconds: Histogram,
+    /// Serialises scrapes (they mirror counters kept elsewhere).
+    scrape: Mutex<()>,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("dsnode");
+        let rpc = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "rpc_requests",
+            "gRPC requests served, by RPC and final status code",
+            rpc.clone(),
+        );
+        let decisions = Family::<Kind, Counter>::default();
+        registry.register(
+            "access_decisions",
+            "Access requests answered: granted, denied (by policy), fetch_refused",
+            decisions.clone(),
+        );
+        let transfers = Family::<Kind, Counter>::default();
+        registry.register(
+            "transfers",
+            "Transfers served: started (a counted fetch), resumed, failed",
+            transfers.clone(),
+        );
+        let bytes_served = Counter::default();
+        registry.register(
+            "transfer_bytes_served",
+            "Dataset bytes sent to grantees",
+            bytes_served.clone(),
+        );
+        let handshake_failures = Family::<Reason, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes refused or timed out, by reason",
+            handshake_failures.clone(),
+        );
+        let ledger_size = Gauge::default();
+        registry.register(
+            "ledger_entries",
+            "Entries in the ledger (its latest checkpoint's size)",
+            ledger_size.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Verified mutual-TLS connections open",
+            open_connections.clone(),
+        );
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "ledger_append_batch_entries",
+            "Entries per committed ledger batch",
+            batch_size.clone(),
+        );
+        let append_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 14));
+        registry.register(
+            "ledger_append_batch_seconds",
+            "Time to commit a ledger batch (hash, write, fsync, sign)",
+            append_seconds.clone(),
+        );
+        Self {
+            registry,
+            rpc,
+            decisions,
+            transfers,
+            bytes_served,
+            handshake_failures,
+            ledger_size,
+            open_connections,
+            batch_size,
+            append_seconds,
+            scrape: Mutex::new(()),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// An access request was granted.
+    pub fn granted(&self) {
+        self.decision("granted");
+    }
+
+    /// An access request was denied by the policy.
+    pub fn denied(&self) {
+        self.decision("denied");
+    }
+
+    /// A fetch was refused (stolen, expired, revoked, used up).
+    pub fn fetch_refused(&self) {
+        self.decision("fetch_refused");
+    }
+
+    fn decision(&self, kind: &'static str) {
+        self.decisions.get_or_create(&Kind { kind }).inc();
+    }
+
+    /// A transfer event: `started`, `resumed` or `failed`.
+    pub fn transfer(&self, kind: &'static str) {
+        self.transfers.get_or_create(&Kind { kind }).inc();
+    }
+
+    /// Dataset bytes sent.
+    pub fn served(&self, bytes: u64) {
+        self.bytes_served.inc_by(bytes);
+    }
+
+    /// A ledger batch committed.
+    pub fn committed(&self, entries: usize, took: Duration) {
+        self.batch_size.observe(entries as f64);
+        self.append_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Whether the node is serving (its health status).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn rpc_done(&self, labels: &RpcLabels) {
+        self.rpc.get_or_create(labels).inc();
+    }
+
+    /// The text exposition, with the values kept elsewhere (ledger size,
+    /// connections, handshake failures) read now.
+    pub fn render(&self, ledger_size: u64, connections: &crate::tls::ConnectionRegistry) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        self.ledger_size
+            .set(i64::try_from(ledger_size).unwrap_or(i64::MAX));
+        self.open_connections
+            .set(i64::try_from(connections.open_count()).unwrap_or(i64::MAX));
+        for (reason, n) in connections.handshake_failures_by_reason() {
+            let c = self.handshake_failures.get_or_create(&Reason { reason });
+            c.inc_by(n.saturating_sub(c.get()));
+        }
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// The service and method of a gRPC path, if it is one this node serves;
+/// anything else is `unknown`, so no label comes from a peer.
+fn rpc_labels(path: &str) -> (String, String) {
+    const OPEN: [&str; 4] = [
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ];
+    let known = OPEN.contains(&path)
+        || crate::rpc::authz::RPC_ACCESS
+            .iter()
+            .any(|(p, _)| *p == path);
+    match path.trim_start_matches('/').split_once('/') {
+        Some((service, method)) if known => (service.to_owned(), method.to_owned()),
+        _ => ("unknown".to_owned(), "unknown".to_owned()),
+    }
+}
+
+fn code_name(value: &http::HeaderValue) -> String {
+    format!("{:?}", tonic::Code::from_bytes(value.as_bytes()))
+}
+
+/// A tower layer counting every RPC by its final gRPC status (from the
+/// response headers for an immediate error, from the trailers otherwise;
+/// a stream the client abandoned counts as `Cancelled`).
+#[derive(Clone)]
+pub struct MetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl MetricsLayer {
+    /// A layer recording into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service [`MetricsLayer`] makes.
+#[derive(Clone)]
+pub struct Counted<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B> Service<Request<B>> for Counted<S>
+where
+    S: Service<Request<B>, Response = Response<tonic::body::Body>> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (service, method) = rpc_labels(req.uri().path());
+        let metrics = self.metrics.clone();
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let response = future.await?;
+            let mut labels = RpcLabels {
+                service,
+                method,
+                code: String::new(),
+            };
+            // An immediate error is trailers-only: its status is here.
+            if let Some(code) = response.headers().get("grpc-status") {
+                labels.code = code_name(code);
+                metrics.rpc_done(&labels);
+                return Ok(response);
+            }
+            Ok(response.map(|body| {
+                tonic::body::Body::new(CountedBody {
+                    inner: body,
+                    pending: Some((metrics, labels)),
+                })
+            }))
+        })
+    }
+}
+
+/// A response body that records its RPC's status when the trailers pass.
+struct CountedBody {
+    inner: tonic::body::Body,
+    pending: Option<(Arc<Metrics>, RpcLabels)>,
+}
+
+impl CountedBody {
+    fn record(&mut self, code: String) {
+        if let Some((metrics, mut labels)) = self.pending.take() {
+            labels.code = code;
+            metrics.rpc_done(&labels);
+        }
+    }
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
+                    let code = code_name(code);
+                    self.record(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.record("Unknown".into()),
+            Poll::Ready(None) => self.record("Unknown".into()),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        // Dropped before its trailers: the client went away.
+        self.record("Cancelled".into());
+    }
+}
+
+/// What the metrics listener needs of the node.
+pub struct Scrape {
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Its ledger (for its size).
+    pub ledger: crate::ledger::Ledger,
+    /// Its connections (open count, handshake failures).
+    pub connections: Arc<crate::tls::ConnectionRegistry>,
+}
+
+/// Connections the metrics listener serves at once, at most.
+const MAX_SCRAPERS: usize = 16;
+
+/// Serves `/metrics`, `/healthz` and `/readyz` over plain HTTP/1.1 on
+/// `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>, stop: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // too many scrapers: drop the connection
+        };
+        let scrape = scrape.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let scrape = scrape.clone();
+                async move { Ok::<_, Infallible>(answer(&req, &scrape)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .max_buf_size(16 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(peer = %peer, error = %e, "metrics connection ended");
+                },
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn answer<B>(req: &Request<B>, scrape: &Scrape) -> Response<http_body_util::Full<Bytes>> {
+    let text = |status: StatusCode, content_type: &str, body: String| {
+        let mut r = Response::new(http_body_util::Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        if let Ok(v) = http::HeaderValue::from_str(content_type) {
+            r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+        r
+    };
+    let plain = "text/plain; charset=utf-8";
+    if req.method() != http::Method::GET {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            plain,
+            "only GET is served here\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let size = scrape.ledger.latest().map_or(0, |c| c.checkpoint.size);
+            text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                scrape.metrics.render(size, &scrape.connections),
+            )
+        }
+        "/healthz" => text(StatusCode::OK, plain, "alive\n".into()),
+        "/readyz" if scrape.metrics.is_ready() => text(StatusCode::OK, plain, "serving\n".into()),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            plain,
+            "not serving\n".into(),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            plain,
+            "paths: /metrics, /healthz, /readyz\n".into(),
+        ),
+    }
+}
+
+/// Binds the metrics listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_only_from_the_rpc_table() {
+        assert_eq!(
+            rpc_labels("/dataspace.v1.Exchange/Fetch"),
+            ("dataspace.v1.Exchange".into(), "Fetch".into())
+        );
+        assert_eq!(
+            rpc_labels("/grpc.health.v1.Health/Check"),
+            ("grpc.health.v1.Health".into(), "Check".into())
+        );
+        for junk in [
+            "/grpc.health.v1.Health/x1",
+            "/a/b",
+            "",
+            "/dataspace.v1.Exchange/Fetch2",
+        ] {
+            assert_eq!(rpc_labels(junk), ("unknown".into(), "unknown".into()));
+        }
+        let v = http::HeaderValue::from_static("7");
+        assert_eq!(code_name(&v), "PermissionDenied");
+        let junk = http::HeaderValue::from_static("x");
+        assert_eq!(code_name(&junk), "Unknown");
+    }
+
+    #[test]
+    fn render_mirrors_handshake_failures_and_sizes() {
+        let m = Metrics::new();
+        m.granted();
+        m.committed(3, Duration::from_millis(2));
+        let registry = crate::tls::ConnectionRegistry::default();
+        let text = m.render(42, &registry);
+        assert!(text.contains("dsnode_ledger_entries 42"), "{text}");
+        assert!(
+            text.contains("dsnode_access_decisions_total{kind=\"granted\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dsnode_ledger_append_batch_entries_count 1"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
