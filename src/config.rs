@@ -174,7 +174,7 @@ pub struct RawTransport {
 
 /// Transport limits and tuning (DESIGN.md, Transport). tonic leaves most
 /// HTTP/2 guards off; every one is set here.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransportConfig {
     /// A TLS handshake not finished in this time is dropped (slow-loris).
     pub handshake_timeout: Duration,
@@ -436,6 +436,44 @@ mod tests {
         .expect("parse");
         assert_eq!(off.metrics_listen, None);
         assert_eq!(cfg.transport.max_concurrent_streams, 128);
+    }
+
+    /// docs/configuration.md names every `[transport]` key with the
+    /// default the code uses.
+    #[test]
+    fn the_configuration_reference_matches_the_code() {
+        let doc = include_str!("../docs/configuration.md");
+        let table = doc
+            .split("## `[transport]`")
+            .nth(1)
+            .and_then(|t| t.split("\n## ").next())
+            .expect("a [transport] section");
+        let mut documented = Vec::new();
+        let mut toml = String::from("listen = \"127.0.0.1:1\"\n[transport]\n");
+        for line in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let key = cells[1].trim_matches('`');
+            let default = cells[2].trim_matches('`');
+            documented.push(key.to_owned());
+            toml.push_str(&format!("{key} = {default}\n"));
+        }
+        // The documented defaults are the code's defaults...
+        let cfg = parse(&toml).expect("documented defaults parse");
+        assert_eq!(cfg.transport, TransportConfig::default());
+        // ...and every key the code accepts is documented (serde lists
+        // them all when it refuses an unknown one).
+        let err = parse("listen = \"127.0.0.1:1\"\n[transport]\nno_such_key = 1\n")
+            .expect_err("unknown")
+            .to_string();
+        let expected = err.split("expected one of").nth(1).expect("field list");
+        let mut accepted: Vec<String> = expected
+            .split(',')
+            .map(|f| f.trim().trim_matches('`').to_owned())
+            .filter(|f| !f.is_empty())
+            .collect();
+        accepted.sort();
+        documented.sort();
+        assert_eq!(accepted, documented);
     }
 
     #[test]
