@@ -230,10 +230,7 @@ impl Envelope {
 
     /// SHA-256 of the signed payload: what ledger entries reference.
     pub fn payload_hash(&self) -> [u8; 32] {
-        let d = ring::digest::digest(&ring::digest::SHA256, &self.payload);
-        let mut h = [0u8; 32];
-        h.copy_from_slice(d.as_ref());
-        h
+        crate::ledger::merkle::sha256(&self.payload)
     }
 }
 

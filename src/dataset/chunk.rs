@@ -46,11 +46,7 @@ pub struct Chunker {
     writer: Option<Writer>,
 }
 
-fn sha256(bytes: &[u8]) -> Hash {
-    let mut h = [0u8; 32];
-    h.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
-    h
-}
+use crate::ledger::merkle::sha256;
 
 impl Chunker {
     /// A chunker writing into `store`.

@@ -314,6 +314,19 @@ impl GrantBook {
         self.end_fetch(id)
     }
 
+    /// Keeps the receipt this node signed for grant `id` (shown to
+    /// auditors: `grants/received/GRANT.receipt.json`).
+    pub fn keep_receipt(&self, id: &GrantId, receipt: &Envelope) -> Result<(), BookError> {
+        let dir = self.dir.join("received");
+        fsutil::create_private_dir(&dir)?;
+        fsutil::write_atomic(
+            &dir.join(format!("{id}.receipt.json")),
+            receipt.to_json().as_bytes(),
+            fsutil::PUBLIC_MODE,
+        )?;
+        Ok(())
+    }
+
     /// The verified manifest of a dataset this node received under `held`.
     fn received_manifest(
         &self,

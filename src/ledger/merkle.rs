@@ -38,6 +38,13 @@ pub enum ProofError {
     Store(String),
 }
 
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> Hash {
+    let mut h = [0u8; 32];
+    h.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    h
+}
+
 /// SHA-256(0x00 ‖ data).
 pub fn leaf_hash(data: &[u8]) -> Hash {
     let mut ctx = digest::Context::new(&digest::SHA256);

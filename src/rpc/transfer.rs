@@ -582,20 +582,58 @@ async fn fetch(
         transfer_index,
     };
     let envelope = receipt.sign(&node.signing_key);
+    // Kept whatever happens next: it is what an auditor is shown.
+    node.grants
+        .keep_receipt(&id, &envelope)
+        .map_err(|e| book_status("keeping the receipt", e))?;
     let answer = pb::exchange_client::ExchangeClient::new(channel)
         .submit_receipt(pb::SubmitReceiptRequest {
             receipt: Some((&envelope).into()),
         })
-        .await?
+        .await
+        .map_err(|e| {
+            Status::new(
+                e.code(),
+                format!(
+                    "the content is at {} and verified, but the publisher did not take the receipt: {}",
+                    received.out.display(),
+                    e.message()
+                ),
+            )
+        })?
         .into_inner();
+    // The publisher's checkpoint that covers the receipt, verified, goes
+    // into this ledger: an auditor can later prove the publisher's log
+    // still extends it (no fork, no rewritten history).
+    let verifier = crate::ledger::note::NoteVerifier::new(
+        &crate::ledger::origin_for(&g.publisher),
+        &held.publisher_key,
+    )
+    .map_err(|e| status::internal("checking the publisher's checkpoint", &e))?;
+    let witnessed = crate::ledger::note::SignedCheckpoint::verify(&answer.checkpoint, &verifier)
+        .map_err(|e| {
+            Status::data_loss(format!("the publisher's checkpoint does not verify: {e}"))
+        })?;
+    if witnessed.checkpoint.size <= answer.ledger_index {
+        return Err(Status::data_loss(
+            "the publisher's checkpoint does not cover its receipt entry",
+        ));
+    }
     let mut recorded = g.entry(EntryKind::ReceiptRecorded);
     recorded.object_hash = Some(envelope.payload_hash());
     recorded.detail = format!("publisher entry {}", answer.ledger_index);
+    let mut seen = g.entry(EntryKind::PeerCheckpointSeen);
+    seen.object_hash = Some(crate::ledger::merkle::sha256(witnessed.note.as_bytes()));
+    seen.detail = witnessed.note.clone();
     let own = node
         .ledger
         .append(recorded)
         .await
         .map_err(|e| status::ledger("recording the receipt", e))?;
+    node.ledger
+        .append(seen)
+        .await
+        .map_err(|e| status::ledger("recording the publisher's checkpoint", e))?;
     Ok(pb::AdminFetchResponse {
         dataset_id: g.dataset.to_string(),
         bytes: received.bytes,

@@ -343,13 +343,47 @@ async fn fetch_verifies_writes_and_both_ledgers_record_the_receipt() {
         ]
     );
     assert_eq!(
-        kinds(&auditor, &con_node, q).await,
+        kinds(&auditor, &con_node, q.clone()).await,
         vec![
             EntryKind::GrantReceived,
             EntryKind::TransferCompleted,
-            EntryKind::ReceiptRecorded
+            EntryKind::ReceiptRecorded,
+            EntryKind::PeerCheckpointSeen
         ]
     );
+
+    // The consumer's ledger holds the publisher's checkpoint that covers
+    // the receipt; the publisher's log is provably an extension of it, and
+    // the receipt the consumer kept is the one both ledgers name.
+    let mut on_consumer = Auditor::new(support::connect(&auditor, &con_node).await).expect("a");
+    let (_, entries) = on_consumer.entries(q, true).await.expect("entries");
+    let receipt_hash = entries[2].entry.draft.object_hash.expect("receipt hash");
+    let note = &entries[3].entry.draft.detail;
+    let mut on_publisher = Auditor::new(support::connect(&auditor, &pub_node).await).expect("a");
+    let vkey = dsnode::ledger::note::NoteVerifier::new(
+        &dsnode::ledger::origin_for(&publisher.identity.node_id),
+        &publisher.identity.public_key,
+    )
+    .expect("verifier");
+    let witnessed = dsnode::ledger::note::SignedCheckpoint::verify(note.as_bytes(), &vkey)
+        .expect("the witnessed checkpoint is the publisher's");
+    let (old, _, _) = on_publisher
+        .prove_consistency(witnessed.checkpoint.size, 0)
+        .await
+        .expect("the publisher's log extends what the consumer saw");
+    assert_eq!(old.checkpoint.root, witnessed.checkpoint.root);
+    let kept = std::fs::read_to_string(
+        consumer
+            .dir
+            .grants()
+            .join("received")
+            .join(format!("{grant}.receipt.json")),
+    )
+    .expect("kept receipt");
+    let kept = Envelope::from_json(&kept).expect("envelope");
+    assert_eq!(kept.payload_hash(), receipt_hash);
+    dsnode::exchange::receipt::verify_receipt(kept, &consumer.identity.public_key)
+        .expect("signed by the consumer");
 
     // The received chunks are kept in the consumer's blob store, across a
     // restart (its start-up collection keeps received datasets).
