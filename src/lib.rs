@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //!
+//! - [`demo`]: `dsnode demo`, a whole data space on loopback and its story, audited.
 //! - [`identity`]: node keys, node ids, certificates, the data-space CA, roles.
 //! - [`tls`]: rustls server/client configs, the accept loop, peer identity.
 //! - [`config`]: the data dir layout and `node.toml` (raw → validated).
@@ -26,6 +27,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod dataset;
+pub mod demo;
 pub mod envelope;
 pub mod exchange;
 pub mod fsutil;

@@ -37,6 +37,9 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole data space on loopback (CA, a publisher, two
+    /// enterprises, an auditor) through its story, and audit it.
+    Demo(DemoArgs),
     /// Operate the data-space certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -68,6 +71,21 @@ enum Command {
     /// Fetch a dataset with a held grant (through the local node, which
     /// verifies every chunk and exchanges receipts).
     Fetch(FetchArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where to put the data space (new, empty, or a previous demo's);
+    /// default: a temporary directory, removed afterwards unless --keep.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Size of the generated dataset in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    size: u64,
+    /// Leave the nodes running (until Ctrl-C) and print commands to
+    /// explore them.
+    #[arg(long)]
+    keep: bool,
 }
 
 #[derive(Args)]
@@ -432,7 +450,16 @@ fn main() -> ExitCode {
         }
     };
     let serving = matches!(cli.command, Command::Serve(_));
-    init_tracing(cli.log_format, if serving { "info" } else { "warn" });
+    // The demo narrates; its nodes' expected refusals need not be logged.
+    let quiet = matches!(cli.command, Command::Demo(_));
+    init_tracing(
+        cli.log_format,
+        match (serving, quiet) {
+            (true, _) => "info",
+            (_, true) => "error",
+            _ => "warn",
+        },
+    );
     let json = wants_json(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -496,7 +523,7 @@ fn wants_json(command: &Command) -> bool {
         ) => out.json,
         Command::Ca(CaCommand::Issue { json, .. }) => json.json,
         Command::Init(a) => a.out.json,
-        Command::Serve(_) => false,
+        Command::Serve(_) | Command::Demo(_) => false,
         Command::Peer(PeerCommand::Hello { client, .. })
         | Command::Status(client)
         | Command::Audit(
@@ -522,6 +549,7 @@ async fn run(command: Command) -> Result<Option<Output>> {
         Command::Ca(c) => ca_command(c).map(Some),
         Command::Init(a) => init(a).map(Some),
         Command::Serve(a) => serve(a).await,
+        Command::Demo(a) => demo(a).await,
         Command::Peer(PeerCommand::Hello { client, peer }) => hello(client, &peer).await.map(Some),
         Command::Status(a) => status(a).await.map(Some),
         Command::Audit(c) => audit(c).await.map(Some),
@@ -1438,6 +1466,21 @@ async fn grants(command: GrantsCommand) -> Result<Output> {
             })
         }
     }
+}
+
+async fn demo(a: DemoArgs) -> Result<Option<Output>> {
+    use std::io::IsTerminal;
+    if a.size == 0 {
+        anyhow::bail!("--size must be at least 1 byte");
+    }
+    dsnode::demo::run(dsnode::demo::DemoOptions {
+        dir: a.dir,
+        size: a.size,
+        keep: a.keep,
+        progress: std::io::stderr().is_terminal(),
+    })
+    .await?;
+    Ok(None)
 }
 
 async fn fetch(a: FetchArgs) -> Result<Output> {

@@ -142,7 +142,8 @@ fn ms(t: time::OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
-fn time_text(ms: i64) -> String {
+/// A millisecond Unix time as RFC 3339 text.
+pub fn time_text(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .map(crate::policy::rfc3339)
         .unwrap_or_else(|_| format!("{ms}ms"))

@@ -5,6 +5,7 @@
 mod authz;
 mod cli;
 mod datasets;
+mod demo;
 mod exchange;
 mod ledger;
 mod ledger_rpc;
