@@ -6,6 +6,7 @@ mod authz;
 mod cli;
 mod datasets;
 mod demo;
+mod deploy;
 mod exchange;
 mod ledger;
 mod ledger_rpc;
