@@ -130,8 +130,18 @@ impl Story {
     }
 }
 
-/// Prepares `dir`: new or empty, or a previous demo (cleared).
+/// Prepares `dir`: new or empty, or a previous demo (cleared). Never a
+/// symbolic link: the CA key and node keys go in here.
 fn prepare_dir(dir: &Path) -> Result<()> {
+    if dir
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        return Err(DemoError::Step(format!(
+            "{} is a symbolic link; give a real directory",
+            dir.display()
+        )));
+    }
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir).map_err(step_err(&dir.display().to_string()))?;
         if entries.next().is_some() {
@@ -233,14 +243,26 @@ fn short(h: &[u8]) -> String {
 pub async fn run(options: DemoOptions) -> Result<()> {
     let started = Instant::now();
     let root = match &options.dir {
-        Some(d) => std::path::absolute(d).map_err(step_err("the demo directory"))?,
-        None => std::env::temp_dir().join(format!(
-            "dsnode-demo-{}-{}",
-            std::process::id(),
-            time::OffsetDateTime::now_utc().unix_timestamp()
-        )),
+        Some(d) => {
+            let root = std::path::absolute(d).map_err(step_err("the demo directory"))?;
+            prepare_dir(&root)?;
+            root
+        }
+        None => {
+            // A fresh, unpredictable name, created here (mode 0700): no
+            // one else can have prepared it.
+            let root = std::env::temp_dir().join(format!(
+                "dsnode-demo-{:016x}",
+                rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+            ));
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .create(&root)
+                .map_err(step_err("creating the demo directory"))?;
+            std::fs::write(root.join(MARKER), b"made by dsnode demo\n")
+                .map_err(step_err("writing the demo marker"))?;
+            root
+        }
     };
-    prepare_dir(&root)?;
     let mut story = Story {
         out: std::io::stdout(),
         step: 0,
@@ -557,7 +579,15 @@ async fn story_and_audit(
                 ]));
             }
         },
-        Err(s) => story.say(&format!("acme fetching again is refused: {}", s.message())),
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {
+            story.say(&format!("acme fetching again is refused: {}", s.message()));
+        }
+        Err(s) => {
+            return Err(DemoError::Step(format!(
+                "acme's second fetch: {}",
+                s.message()
+            )));
+        }
     }
 
     // 8. Audit.
@@ -688,18 +718,17 @@ async fn audit(
     ));
 
     // The receipt acme kept, as acme would hand it to an auditor.
-    let receipt_path = acme
-        .dir
-        .grants()
-        .join("received")
-        .join(format!("{grant}.receipt.json"));
+    let transfer = find(&pub_entries, EntryKind::TransferStarted).map(|e| e.entry.index);
+    let receipt_path = acme.dir.grants().join("received").join(format!(
+        "{grant}.{}.receipt.json",
+        transfer.unwrap_or_default()
+    ));
     let receipt = std::fs::read_to_string(&receipt_path)
         .ok()
         .and_then(|t| Envelope::from_json(&t).ok());
     let verified = receipt.clone().and_then(|env| {
         crate::exchange::receipt::verify_receipt(env, &acme.identity.public_key).ok()
     });
-    let transfer = find(&pub_entries, EntryKind::TransferStarted).map(|e| e.entry.index);
     checks.push((
         "the receipt is signed by acme's key, is the one both ledgers name, and closes the bureau's transfer entry".into(),
         verified.as_ref().is_some_and(|r| {

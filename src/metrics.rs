@@ -378,8 +378,8 @@ impl Drop for CountedBody {
 pub struct Scrape {
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
-    /// Its ledger (for its size).
-    pub ledger: crate::ledger::Ledger,
+    /// Its ledger (for its size), once opened.
+    pub ledger: std::sync::OnceLock<crate::ledger::Ledger>,
     /// Its connections (open count, handshake failures).
     pub connections: Arc<crate::tls::ConnectionRegistry>,
 }
@@ -397,6 +397,8 @@ pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>, stop: Cancellatio
             a = listener.accept() => a,
         };
         let Ok((stream, peer)) = accepted else {
+            // Out of file descriptors, say: do not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -410,7 +412,9 @@ pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>, stop: Cancellatio
                 let scrape = scrape.clone();
                 async move { Ok::<_, Infallible>(answer(&req, &scrape)) }
             });
+            // One request per connection, so idle scrapers hold no slot.
             let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))
                 .max_buf_size(16 * 1024)
@@ -444,7 +448,11 @@ fn answer<B>(req: &Request<B>, scrape: &Scrape) -> Response<http_body_util::Full
     }
     match req.uri().path() {
         "/metrics" => {
-            let size = scrape.ledger.latest().map_or(0, |c| c.checkpoint.size);
+            let size = scrape
+                .ledger
+                .get()
+                .and_then(crate::ledger::Ledger::latest)
+                .map_or(0, |c| c.checkpoint.size);
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

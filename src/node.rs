@@ -259,11 +259,32 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         None => None,
     };
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    let registry = Arc::new(ConnectionRegistry::default());
+    // Metrics and probes answer from now on (readiness 503 until SERVING;
+    // a long start-up check must not look like a dead process), through
+    // the drain, and stop with the node (or if start-up fails).
+    let stop_metrics = CancellationToken::new();
+    let metrics_guard = stop_metrics.clone().drop_guard();
+    let scrape = Arc::new(crate::metrics::Scrape {
+        metrics: metrics.clone(),
+        ledger: std::sync::OnceLock::new(),
+        connections: registry.clone(),
+    });
+    let metrics_addr = metrics_listener.map(|(l, bound)| {
+        tokio::spawn(crate::metrics::serve(
+            l,
+            scrape.clone(),
+            stop_metrics.clone(),
+        ));
+        tracing::info!(addr = %bound, "metrics, health and readiness over plain HTTP");
+        bound
+    });
 
     // The start-up check: the whole tree is recomputed from the stored
     // entries and compared with every signed checkpoint. A mismatch stops
     // the node here, naming the first bad index: it never reports SERVING.
     let ledger = open_ledger(&config.data_dir, &creds).await?;
+    let _ = scrape.ledger.set(ledger.clone());
     let observed = metrics.clone();
     ledger.observe_commits(Arc::new(move |n, took| observed.committed(n, took)));
     let mut started = EntryDraft::new(EntryKind::NodeStarted);
@@ -276,7 +297,6 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         "ledger verified; NodeStarted recorded"
     );
 
-    let registry = Arc::new(ConnectionRegistry::default());
     registry.revoke_serials(creds.revoked.clone());
     let cell = ServerConfigCell::new(server_config);
     let stop_accept = CancellationToken::new();
@@ -341,6 +361,8 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         identity: creds.identity.clone(),
         clock: config.clock.clone(),
         metrics: metrics.clone(),
+        opening: tokio::sync::Mutex::new(()),
+        fetching: std::sync::Mutex::default(),
         started: Instant::now(),
         connections: registry.clone(),
         ledger: ledger.clone(),
@@ -403,19 +425,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     metrics.set_ready(true);
 
     let shutdown = CancellationToken::new();
-    // Metrics and /readyz stay up through the drain (readiness turns 503
-    // at once), and stop with the node.
-    let stop_metrics = CancellationToken::new();
-    let metrics_addr = metrics_listener.map(|(l, bound)| {
-        let scrape = Arc::new(crate::metrics::Scrape {
-            metrics: metrics.clone(),
-            ledger: ledger.clone(),
-            connections: registry.clone(),
-        });
-        tokio::spawn(crate::metrics::serve(l, scrape, stop_metrics.clone()));
-        tracing::info!(addr = %bound, "metrics, health and readiness over plain HTTP");
-        bound
-    });
+    metrics_guard.disarm();
     tokio::spawn(watch_crl(
         config.data_dir.clone(),
         creds.material.clone(),

@@ -58,21 +58,49 @@ pub struct GrantBook {
     own_key: [u8; 32],
     issued: RwLock<BTreeMap<GrantId, Arc<Verified<Grant>>>>,
     held: RwLock<BTreeMap<GrantId, Arc<Held>>>,
+    /// Issued grants the ledger records as revoked (read at start-up,
+    /// kept current by [`GrantBook::revoke`]): checked before every chunk.
+    revoked: RwLock<std::collections::HashSet<String>>,
     ledger: Ledger,
     clock: Clock,
 }
 
 fn recorded(ledger: &Ledger, grant: &GrantId, kind: EntryKind) -> Result<bool, LedgerError> {
-    let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
-    if size == 0 {
-        return Ok(false);
-    }
     let q = Query {
         grant: Some(grant.to_string()),
         kind: Some(kind),
         ..Query::default()
     };
-    Ok(!ledger.query(&q, None, 1, size)?.entries.is_empty())
+    Ok(ledger.count(&q, 1)? > 0)
+}
+
+/// Every grant the ledger records as revoked.
+fn revoked_grants(ledger: &Ledger) -> Result<std::collections::HashSet<String>, LedgerError> {
+    let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
+    let mut out = std::collections::HashSet::new();
+    if size == 0 {
+        return Ok(out);
+    }
+    let q = Query {
+        kind: Some(EntryKind::GrantRevoked),
+        ..Query::default()
+    };
+    let mut token: Option<Vec<u8>> = None;
+    loop {
+        let page = ledger.query(&q, token.as_deref(), crate::ledger::MAX_PAGE, size)?;
+        for (_, raw) in &page.entries {
+            if let Some(g) = crate::ledger::entry::Entry::decode(raw)
+                .ok()
+                .and_then(|e| e.draft.grant)
+            {
+                out.insert(g);
+            }
+        }
+        match page.next {
+            Some(next) => token = Some(next),
+            None => return Ok(out),
+        }
+    }
 }
 
 impl GrantBook {
@@ -93,6 +121,7 @@ impl GrantBook {
             own_key,
             issued: RwLock::default(),
             held: RwLock::default(),
+            revoked: RwLock::new(revoked_grants(&ledger)?),
             ledger,
             clock,
         };
@@ -245,18 +274,34 @@ impl GrantBook {
         let grant = self
             .issued_grant(id)
             .ok_or_else(|| BookError::Unknown(id.to_string()))?;
-        if self.is_revoked(id)? {
+        // Marked first, so serving stops at once (and a second revocation
+        // racing this one records nothing); unmarked if the append fails.
+        if !self.write_revoked().insert(id.to_string()) {
             return Ok(None);
         }
         let g = grant.value();
         let mut draft = g.entry(EntryKind::GrantRevoked);
         draft.detail = reason.chars().take(500).collect();
-        Ok(Some(self.ledger.append(draft).await?))
+        match self.ledger.append(draft).await {
+            Ok(a) => Ok(Some(a)),
+            Err(e) => {
+                self.write_revoked().remove(&id.to_string());
+                Err(e.into())
+            }
+        }
     }
 
-    /// Whether the ledger records the grant as revoked.
+    fn write_revoked(&self) -> std::sync::RwLockWriteGuard<'_, std::collections::HashSet<String>> {
+        self.revoked.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the grant is revoked.
     pub fn is_revoked(&self, id: &GrantId) -> Result<bool, BookError> {
-        Ok(recorded(&self.ledger, id, EntryKind::GrantRevoked)?)
+        Ok(self
+            .revoked
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(id.as_str()))
     }
 
     /// Grants this node issued.
@@ -314,17 +359,30 @@ impl GrantBook {
         self.end_fetch(id)
     }
 
-    /// Keeps the receipt this node signed for grant `id` (shown to
-    /// auditors: `grants/received/GRANT.receipt.json`).
-    pub fn keep_receipt(&self, id: &GrantId, receipt: &Envelope) -> Result<(), BookError> {
+    /// Keeps the receipt this node signed for transfer `transfer` of
+    /// grant `id` (shown to auditors).
+    pub fn keep_receipt(
+        &self,
+        id: &GrantId,
+        transfer: u64,
+        receipt: &Envelope,
+    ) -> Result<(), BookError> {
         let dir = self.dir.join("received");
         fsutil::create_private_dir(&dir)?;
         fsutil::write_atomic(
-            &dir.join(format!("{id}.receipt.json")),
+            &self.receipt_path(id, transfer),
             receipt.to_json().as_bytes(),
             fsutil::PUBLIC_MODE,
         )?;
         Ok(())
+    }
+
+    /// Where the receipt for transfer `transfer` of grant `id` is kept:
+    /// `grants/received/GRANT.TRANSFER.receipt.json`.
+    pub fn receipt_path(&self, id: &GrantId, transfer: u64) -> PathBuf {
+        self.dir
+            .join("received")
+            .join(format!("{id}.{transfer}.receipt.json"))
     }
 
     /// The verified manifest of a dataset this node received under `held`.

@@ -98,6 +98,7 @@ pub fn check_output(out: &Path, force: bool) -> Result<PathBuf, TransferError> {
 /// A transfer in progress.
 pub struct Incoming {
     out: PathBuf,
+    force: bool,
     tmp: PathBuf,
     file: Option<File>,
     size: u64,
@@ -216,9 +217,15 @@ impl Incoming {
     ) -> Result<Self, TransferError> {
         check_header(manifest, &chunks, grant)?;
         let m = manifest.value();
-        let tmp = check_output(out, force)?;
+        // A name of its own (created exclusively), so two transfers to the
+        // same path can never write into each other's file.
+        let mut tmp = check_output(out, force)?.into_os_string();
+        tmp.push(format!(
+            ".{:016x}",
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+        ));
+        let tmp = PathBuf::from(tmp);
         let side = Side::start(blobs.clone())?;
-        let _ = std::fs::remove_file(&tmp);
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -226,6 +233,7 @@ impl Incoming {
             .map_err(|e| FileError::new("create", &tmp, e))?;
         Ok(Self {
             out: out.to_path_buf(),
+            force,
             tmp,
             file: Some(file),
             size: m.size,
@@ -277,7 +285,12 @@ impl Incoming {
                 Ok(Some(data)) if data.len() as u64 == self.expected_len(self.next) => {
                     self.append(hash, data, false)?;
                 }
-                Ok(_) | Err(BlobError::Corrupt(_)) => break,
+                Ok(None) => break,
+                Ok(Some(_)) | Err(BlobError::Corrupt(_)) => {
+                    // Damaged: removed, so the fetched copy replaces it.
+                    self.blobs.remove(&[hash]);
+                    break;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -330,8 +343,32 @@ impl Incoming {
             .map_err(|e| FileError::new("fsync", &self.tmp, e))?;
         drop(file);
         self.blobs.sync(&self.chunks)?;
-        std::fs::rename(&self.tmp, &self.out)
-            .map_err(|e| FileError::new("rename", &self.tmp, e))?;
+        if self.force {
+            std::fs::rename(&self.tmp, &self.out)
+                .map_err(|e| FileError::new("rename", &self.tmp, e))?;
+        } else {
+            // Never replaces a file that appeared meanwhile: a hard link
+            // fails if the name exists.
+            match std::fs::hard_link(&self.tmp, &self.out) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(TransferError::Output(format!(
+                        "{} appeared during the transfer; pass --force to replace it",
+                        self.out.display()
+                    )));
+                }
+                // A file system without hard links: check, then rename.
+                Err(_) if !self.out.exists() => {
+                    std::fs::rename(&self.tmp, &self.out)
+                        .map_err(|e| FileError::new("rename", &self.tmp, e))?;
+                }
+                Err(e) => return Err(FileError::new("link", &self.out, e).into()),
+            }
+            if self.tmp.exists() {
+                std::fs::remove_file(&self.tmp)
+                    .map_err(|e| FileError::new("remove", &self.tmp, e))?;
+            }
+        }
         if let Some(dir) = self.out.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::fsutil::sync_dir(dir).map_err(|e| FileError::new("fsync", dir, e))?;
         }
@@ -447,10 +484,12 @@ mod tests {
 
     fn nothing_written(dir: &Path) {
         assert!(!dir.join("out").exists(), "output written");
-        assert!(
-            !dir.join(".out.dsnode-partial").exists(),
-            "partial file left"
-        );
+        let partial = std::fs::read_dir(dir).expect("ls").flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".out.dsnode-partial")
+        });
+        assert!(!partial, "partial file left");
     }
 
     #[test]
@@ -558,8 +597,12 @@ mod tests {
             Incoming::start(&out, false, &m, hashes.clone(), &g, blobs.clone()).expect("start");
         assert_eq!(again.resume_from_store().expect("resume"), 2);
         drop(again);
+        assert!(
+            !damaged.exists(),
+            "a damaged chunk is removed, to be fetched again"
+        );
 
-        std::fs::write(&damaged, good).expect("repair");
+        blobs.put(&hashes[2], &good).expect("fetched again");
         let mut resumed = Incoming::start(&out, false, &m, hashes, &g, blobs).expect("start");
         assert_eq!(resumed.resume_from_store().expect("resume"), 3);
         assert_eq!(resumed.bytes_received(), 3 * CS as u64);

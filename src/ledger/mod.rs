@@ -452,6 +452,54 @@ impl Ledger {
         )?)
     }
 
+    /// How many entries below the latest checkpoint match `query`, counting
+    /// up to `cap` (every page is followed: a page examines a bounded
+    /// number of entries and may be short).
+    pub fn count(&self, query: &Query, cap: usize) -> Result<usize, LedgerError> {
+        let size = self.size();
+        let mut found = 0;
+        let mut token: Option<Vec<u8>> = None;
+        if size == 0 {
+            return Ok(0);
+        }
+        loop {
+            let want = (cap - found).clamp(1, MAX_PAGE);
+            let page = self.query(query, token.as_deref(), want, size)?;
+            found += page.entries.len();
+            match page.next {
+                Some(next) if found < cap => token = Some(next),
+                _ => return Ok(found.min(cap)),
+            }
+        }
+    }
+
+    /// The first entry below the latest checkpoint that matches `query`
+    /// and `wanted` (every page is followed).
+    pub fn find(
+        &self,
+        query: &Query,
+        wanted: impl Fn(&entry::Entry) -> bool,
+    ) -> Result<Option<entry::Entry>, LedgerError> {
+        let size = self.size();
+        if size == 0 {
+            return Ok(None);
+        }
+        let mut token: Option<Vec<u8>> = None;
+        loop {
+            let page = self.query(query, token.as_deref(), MAX_PAGE, size)?;
+            for (_, raw) in &page.entries {
+                let e = entry::Entry::decode(raw)?;
+                if wanted(&e) {
+                    return Ok(Some(e));
+                }
+            }
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return Ok(None),
+            }
+        }
+    }
+
     /// One page of entries matching `query`, below `size` (normally the
     /// latest checkpoint's), in index order (time order for time-only
     /// queries). Examines a bounded number of entries per page: a page may

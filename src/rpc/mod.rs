@@ -61,6 +61,10 @@ pub struct NodeContext {
     pub clock: crate::clock::Clock,
     /// The node's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// One transfer opened at a time (its count checked and recorded).
+    pub opening: tokio::sync::Mutex<()>,
+    /// Grants this node is fetching now (one fetch per grant at a time).
+    pub fetching: std::sync::Mutex<std::collections::HashSet<String>>,
     /// When the node started serving.
     pub started: Instant,
     /// Open connections.

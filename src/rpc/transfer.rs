@@ -74,17 +74,14 @@ fn count_entries(
     kind: EntryKind,
     cap: usize,
 ) -> Result<usize, Status> {
-    let size = node.ledger.latest().map_or(0, |c| c.checkpoint.size);
     let q = crate::ledger::Query {
         grant: Some(grant.to_string()),
         kind: Some(kind),
         ..Default::default()
     };
-    let page = node
-        .ledger
-        .query(&q, None, cap.clamp(1, crate::ledger::MAX_PAGE), size)
-        .map_err(|e| status::ledger("counting fetches", e))?;
-    Ok(page.entries.len())
+    node.ledger
+        .count(&q, cap)
+        .map_err(|e| status::ledger("counting fetches", e))
 }
 
 /// Opens the transfer a Fetch serves: a new one (checked against the fetch
@@ -99,6 +96,9 @@ async fn open_transfer(
     chunk_count: usize,
 ) -> Result<(u64, usize), Status> {
     let id = &g.id;
+    // Counting and recording happen under one lock, so parallel requests
+    // cannot all count before any records (max_fetches, resume cap).
+    let _one = node.opening.lock().await;
     let Some(resume) = resume else {
         if let Some(max) = g.max_fetches {
             let used = count_entries(node, id, EntryKind::TransferStarted, max as usize + 1)?;
@@ -280,10 +280,50 @@ pub(super) async fn submit_receipt(
         .catalog
         .get(&g.dataset)
         .ok_or_else(|| Status::not_found("the dataset is no longer published here"))?;
-    if dataset.manifest.value().content_sha256 != rc.content_sha256 {
+    let m = dataset.manifest.value();
+    if m.content_sha256 != rc.content_sha256 || m.size != rc.bytes {
         return Err(Status::invalid_argument(
-            "the receipt's content hash is not the dataset's",
+            "the receipt's content hash or size is not the dataset's",
         ));
+    }
+    // It must close one of this grant's transfers, once.
+    let t = rc.transfer_index;
+    let started = node
+        .ledger
+        .entry(t)
+        .map_err(|e| status::ledger("reading the transfer", e))?
+        .and_then(|raw| Entry::decode(&raw).ok());
+    let ours = started.is_some_and(|e| {
+        e.draft.kind == EntryKind::TransferStarted
+            && e.draft.grant.as_deref() == Some(g.id.as_str())
+    });
+    if !ours {
+        return Err(Status::invalid_argument(format!(
+            "ledger entry {t} is not a transfer of grant {}",
+            g.id
+        )));
+    }
+    let _one = node.opening.lock().await;
+    let q = crate::ledger::Query {
+        grant: Some(g.id.to_string()),
+        kind: Some(EntryKind::ReceiptRecorded),
+        ..Default::default()
+    };
+    let closes = format!("; transfer entry {t}");
+    if let Some(done) = node
+        .ledger
+        .find(&q, |e| e.draft.detail.ends_with(&closes))
+        .map_err(|e| status::ledger("looking for the receipt", e))?
+    {
+        // Already recorded (a retried submission): the same answer.
+        let cp = node
+            .ledger
+            .latest()
+            .ok_or_else(|| Status::internal("no checkpoint"))?;
+        return Ok(pb::SubmitReceiptResponse {
+            ledger_index: done.index,
+            checkpoint: cp.note.clone().into_bytes(),
+        });
     }
     let mut draft = g.entry(EntryKind::ReceiptRecorded);
     draft.object_hash = Some(receipt.envelope().payload_hash());
@@ -302,12 +342,34 @@ pub(super) async fn submit_receipt(
     })
 }
 
+/// The status of a failed transfer. Local failures (the output, the blob
+/// store) are `FailedPrecondition`: retrying over the network cannot fix
+/// them, and a retry must never turn into a new, counted fetch.
 fn transfer_status(e: TransferError) -> Status {
     match e {
         TransferError::Output(m) => Status::failed_precondition(m),
-        TransferError::File(e) => status::internal("writing the output", &e),
-        TransferError::Blob(e) => status::internal("storing chunks", &e),
+        TransferError::File(e) => Status::failed_precondition(format!("writing the output: {e}")),
+        TransferError::Blob(e) => Status::failed_precondition(format!("storing chunks: {e}")),
+        TransferError::Thread(e) => Status::failed_precondition(format!("writing: {e}")),
         other => Status::data_loss(other.to_string()),
+    }
+}
+
+/// A publisher silent this long on an open stream is treated as a broken
+/// connection (and the transfer resumed).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// The next message of a stream, or `Unavailable` after [`IDLE`].
+async fn next_or_idle<S>(stream: &mut S) -> Option<Result<pb::FetchResponse, Status>>
+where
+    S: tokio_stream::Stream<Item = Result<pb::FetchResponse, Status>> + Unpin,
+{
+    match tokio::time::timeout(IDLE, stream.next()).await {
+        Ok(next) => next,
+        Err(_) => Some(Err(Status::unavailable(format!(
+            "the publisher sent nothing for {}s",
+            IDLE.as_secs()
+        )))),
     }
 }
 
@@ -370,6 +432,40 @@ fn verify_header(
 }
 
 type Events = mpsc::Sender<Result<pb::AdminFetchEvent, Status>>;
+
+/// Marks a grant as being fetched by this node until dropped.
+struct FetchGuard<'a> {
+    node: &'a NodeContext,
+    grant: String,
+}
+
+impl<'a> FetchGuard<'a> {
+    fn take(node: &'a NodeContext, grant: &GrantId) -> Result<Self, Status> {
+        let mut running = node
+            .fetching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !running.insert(grant.to_string()) {
+            return Err(Status::failed_precondition(format!(
+                "a fetch of grant {grant} is already running on this node"
+            )));
+        }
+        Ok(Self {
+            node,
+            grant: grant.to_string(),
+        })
+    }
+}
+
+impl Drop for FetchGuard<'_> {
+    fn drop(&mut self) {
+        self.node
+            .fetching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.grant);
+    }
+}
 
 /// A transfer in progress on the consumer: the publisher's transfer entry
 /// and the verified output so far.
@@ -477,6 +573,8 @@ async fn fetch(
         .held_grant(&id)
         .ok_or_else(|| Status::not_found(format!("this node holds no grant {id}")))?;
     let g = held.grant.value().clone();
+    // One fetch per grant at a time: two would share the saved state.
+    let _only = FetchGuard::take(node, &id)?;
     let out = PathBuf::from(&r.out);
     check_output(&out, r.force).map_err(transfer_status)?;
     let mut channel = connect_publisher(node, &r.peer, &held).await?;
@@ -527,6 +625,16 @@ async fn fetch(
             Ok(()) => break,
             Err(e) => e,
         };
+        if err.code() == Code::InvalidArgument && in_flight.is_some() {
+            // The publisher will not resume this transfer: the saved
+            // state is of no use; the next fetch starts afresh.
+            drop(in_flight.take());
+            let _ = node.grants.end_fetch(&id);
+            return Err(Status::failed_precondition(format!(
+                "the publisher will not resume this transfer ({}); the saved state was dropped: run the same fetch again for a new fetch",
+                err.message()
+            )));
+        }
         if !broken(&err) || reconnects >= r.retries || progress.events.is_closed() {
             return Err(interrupted(err, in_flight.as_ref(), &r));
         }
@@ -584,12 +692,14 @@ async fn fetch(
     let envelope = receipt.sign(&node.signing_key);
     // Kept whatever happens next: it is what an auditor is shown.
     node.grants
-        .keep_receipt(&id, &envelope)
+        .keep_receipt(&id, transfer_index, &envelope)
         .map_err(|e| book_status("keeping the receipt", e))?;
+    let mut submit = tonic::Request::new(pb::SubmitReceiptRequest {
+        receipt: Some((&envelope).into()),
+    });
+    submit.set_timeout(IDLE);
     let answer = pb::exchange_client::ExchangeClient::new(channel)
-        .submit_receipt(pb::SubmitReceiptRequest {
-            receipt: Some((&envelope).into()),
-        })
+        .submit_receipt(submit)
         .await
         .map_err(|e| {
             Status::new(
@@ -692,8 +802,7 @@ async fn attempt(
         })
         .await?
         .into_inner();
-    let first = stream
-        .next()
+    let first = next_or_idle(&mut stream)
         .await
         .ok_or_else(|| Status::data_loss("the publisher sent nothing"))??;
     let Some(Part::Header(header)) = first.part else {
@@ -718,9 +827,9 @@ async fn attempt(
         None => {
             let incoming = Incoming::start(out, force, &manifest, chunks, g, node.blobs.clone())
                 .map_err(transfer_status)?;
-            node.grants
-                .begin_fetch(&g.id, &header)
-                .map_err(|e| book_status("keeping the transfer header", e))?;
+            node.grants.begin_fetch(&g.id, &header).map_err(|e| {
+                Status::failed_precondition(format!("keeping the transfer header: {e}"))
+            })?;
             progress.start(&incoming);
             InFlight {
                 transfer_index: header.transfer_index,
@@ -746,7 +855,7 @@ async fn attempt(
         Ok::<_, TransferError>(incoming)
     });
     let mut outcome = Ok(());
-    while let Some(msg) = stream.next().await {
+    while let Some(msg) = next_or_idle(&mut stream).await {
         match msg {
             Ok(pb::FetchResponse {
                 part: Some(Part::Chunk(chunk)),
@@ -774,7 +883,7 @@ async fn attempt(
     // A chunk that did not verify beats a broken stream as the reason.
     let incoming = writer
         .await
-        .map_err(|e| status::internal("writing the output", &e))?
+        .map_err(|e| Status::failed_precondition(format!("writing the output: {e}")))?
         .map_err(transfer_status)?;
     *in_flight = Some(InFlight {
         transfer_index,

@@ -377,7 +377,7 @@ async fn fetch_verifies_writes_and_both_ledgers_record_the_receipt() {
             .dir
             .grants()
             .join("received")
-            .join(format!("{grant}.receipt.json")),
+            .join(crate::support::receipt_file(&consumer, &grant)),
     )
     .expect("kept receipt");
     let kept = Envelope::from_json(&kept).expect("envelope");

@@ -293,3 +293,16 @@ pub(crate) fn rewrite_entry(
         .dangerous_overwrite(&leaves_key, &block.encode_leaves())
         .expect("overwrite");
 }
+
+/// The one receipt `consumer` kept for `grant` (`GRANT.TRANSFER.receipt.json`).
+pub(crate) fn receipt_file(consumer: &NodeDir, grant: &str) -> std::path::PathBuf {
+    let dir = consumer.dir.grants().join("received");
+    let mut found: Vec<_> = std::fs::read_dir(&dir)
+        .expect("received dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("{grant}.")) && n.ends_with(".receipt.json"))
+        .collect();
+    assert_eq!(found.len(), 1, "receipts kept: {found:?}");
+    found.pop().expect("one").into()
+}

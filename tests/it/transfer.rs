@@ -500,3 +500,152 @@ async fn resume_requests_are_checked_and_bounded() {
         n.shutdown().await.expect("stop");
     }
 }
+
+/// Parallel fetches cannot all count before any records: a one-fetch
+/// grant asked for eight times at once is served once.
+#[tokio::test]
+async fn parallel_fetches_of_a_one_fetch_grant_are_served_once() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let ds = publish_once_fetchable(&publisher, &pub_node, &[3u8; 10_000], 4096).await;
+    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+    let conn = support::connect(&consumer, &pub_node).await;
+    let attempts = (0..8).map(|_| {
+        let mut client = pb::exchange_client::ExchangeClient::new(conn.channel.clone());
+        let grant = grant.clone();
+        async move {
+            client
+                .fetch(pb::FetchRequest {
+                    grant_id: grant,
+                    resume: None,
+                })
+                .await
+                .map(|_| ())
+        }
+    });
+    let results = futures_join_all(attempts).await;
+    let served = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(served, 1, "{results:?}");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(r.code(), Code::PermissionDenied, "{}", r.message());
+    }
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
+
+/// Runs futures concurrently on this task and collects their results.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+/// A receipt must close one of the grant's own transfers, with the
+/// dataset's hash and size; submitting the same receipt again records
+/// nothing new.
+#[tokio::test]
+async fn receipts_are_checked_and_recorded_once() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let content = vec![9u8; 10_000];
+    let ds = publish_once_fetchable(&publisher, &pub_node, &content, 4096).await;
+    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let done = fetch_to(
+        &consumer,
+        &con_node,
+        pub_node.local_addr(),
+        &grant,
+        &dir.path().join("out"),
+        false,
+    )
+    .await
+    .expect("fetch");
+    let kept = std::fs::read_to_string(
+        consumer
+            .dir
+            .grants()
+            .join("received")
+            .join(crate::support::receipt_file(&consumer, &grant)),
+    )
+    .expect("kept receipt");
+    let kept = dsnode::envelope::Envelope::from_json(&kept).expect("envelope");
+    let receipt =
+        dsnode::exchange::receipt::verify_receipt(kept.clone(), &consumer.identity.public_key)
+            .expect("receipt")
+            .value()
+            .clone();
+    let key = dsnode::identity::NodeKey::load(&consumer.dir.key()).expect("key");
+    let conn = support::connect(&consumer, &pub_node).await;
+    let mut exchange = pb::exchange_client::ExchangeClient::new(conn.channel);
+
+    let again = exchange
+        .submit_receipt(pb::SubmitReceiptRequest {
+            receipt: Some((&kept).into()),
+        })
+        .await
+        .expect("the same receipt again")
+        .into_inner();
+    assert_eq!(again.ledger_index, done.publisher_ledger_index);
+
+    let mut wrong_transfer = receipt.clone();
+    wrong_transfer.transfer_index = 0;
+    let mut wrong_size = receipt.clone();
+    wrong_size.bytes += 1;
+    for (bad, why) in [
+        (wrong_transfer, "is not a transfer of grant"),
+        (wrong_size, "content hash or size"),
+    ] {
+        let env = bad.sign(key.signing_key());
+        let err = exchange
+            .submit_receipt(pb::SubmitReceiptRequest {
+                receipt: Some((&env).into()),
+            })
+            .await
+            .expect_err(why);
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        assert!(err.message().contains(why), "{why}: {}", err.message());
+    }
+    let receipts = kinds(&space_auditor(&space), &pub_node, by_grant(&grant))
+        .await
+        .into_iter()
+        .filter(|k| *k == EntryKind::ReceiptRecorded)
+        .count();
+    assert_eq!(receipts, 1);
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
+
+fn space_auditor(space: &DataSpace) -> NodeDir {
+    space.node("regulator", "auditor")
+}
