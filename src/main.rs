@@ -925,7 +925,9 @@ fn entry_text(v: &audit::VerifiedEntry) -> String {
         line.push_str(&format!(" grant={g}"));
     }
     if !e.draft.detail.is_empty() {
-        line.push_str(&format!(" \"{}\"", e.draft.detail));
+        // Escaped: a detail may hold newlines (a witnessed checkpoint)
+        // and must never move a terminal's cursor.
+        line.push_str(&format!(" \"{}\"", e.draft.detail.escape_debug()));
     }
     line
 }
