@@ -269,7 +269,6 @@ async fn threat_09_a_message_over_the_limit_is_refused_from_its_prefix() {
     let err = dsnode::pb::peering_client::PeeringClient::new(conn.channel)
         .hello(dsnode::pb::HelloRequest {
             software_version: "x".repeat(limit + 1),
-            ..Default::default()
         })
         .await
         .expect_err("over the limit");
