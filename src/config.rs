@@ -180,7 +180,8 @@ pub struct TransportConfig {
     pub handshake_timeout: Duration,
     /// Verified connections open at most; more are refused.
     pub max_connections: usize,
-    /// TLS handshakes in progress at most; more wait in the kernel backlog.
+    /// TLS handshakes in progress at most; past it the oldest pending one
+    /// is dropped (slow-loris connections never queue real clients).
     pub max_handshakes: usize,
     /// After this age a connection is closed gracefully (bounds how long a
     /// peer keeps a connection after its certificate is revoked).

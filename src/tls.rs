@@ -369,14 +369,48 @@ pub fn failure_reason(e: &io::Error) -> &'static str {
     }
 }
 
+/// The TLS handshakes in progress, oldest first.
+#[derive(Default)]
+struct Pending {
+    next: AtomicU64,
+    running: Mutex<std::collections::BTreeMap<u64, CancellationToken>>,
+}
+
+impl Pending {
+    /// Registers a new handshake; if `max` are already running, the
+    /// oldest is told to stop. Returns its id and its eviction token.
+    fn start(&self, max: usize, registry: &ConnectionRegistry) -> (u64, CancellationToken) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        while running.len() >= max.max(1) {
+            let Some((_, oldest)) = running.pop_first() else {
+                break;
+            };
+            oldest.cancel();
+            registry.handshake_failed("evicted");
+        }
+        running.insert(id, token.clone());
+        (id, token)
+    }
+
+    fn finish(&self, id: u64) {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+}
+
 /// Limits of the accept loop.
 #[derive(Clone, Copy, Debug)]
 pub struct AcceptLimits {
     /// A handshake not finished in this time is dropped.
     pub handshake_timeout: Duration,
-    /// Handshakes in progress at most. Separate from connections, so that
-    /// stalled handshakes (which cost an attacker no certificate) cannot
-    /// take the slots of verified peers.
+    /// Handshakes in progress at most; past it the oldest pending one is
+    /// dropped. Separate from connections, so that stalled handshakes
+    /// (which cost an attacker no certificate) cannot take the slots of
+    /// verified peers, nor hold real clients in a queue.
     pub max_handshakes: usize,
     /// Verified connections open at most; beyond it new peers are refused.
     pub max_connections: usize,
@@ -393,21 +427,15 @@ pub fn accept_loop(
     stop: CancellationToken,
 ) -> mpsc::Receiver<Result<PeerConnection, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let pending = Arc::new(Pending::default());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
         loop {
-            // Wait for a free handshake slot before accepting, so excess
-            // connections queue in the kernel backlog instead of costing
-            // handshakes.
-            let handshake_permit = tokio::select! {
-                _ = stop.cancelled() => break,
-                () = tx.closed() => break,
-                permit = handshakes.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
+            // Every connection is accepted at once (a queue in the kernel
+            // backlog would put real clients behind stalled ones); when
+            // `max_handshakes` are in progress, the oldest is dropped:
+            // real handshakes finish in milliseconds, so the oldest is a
+            // stalled one.
             let (tcp, remote_addr) = tokio::select! {
                 _ = stop.cancelled() => break,
                 () = tx.closed() => break,
@@ -426,10 +454,20 @@ pub fn accept_loop(
             let tx = tx.clone();
             let registry = registry.clone();
             let slots = slots.clone();
+            let (handshake_id, evicted) = pending.start(limits.max_handshakes, &registry);
+            let pending = pending.clone();
             tokio::spawn(async move {
                 let handshake =
                     tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
-                let stream = match handshake.await {
+                let outcome = tokio::select! {
+                    () = evicted.cancelled() => {
+                        tracing::debug!(peer = %remote_addr, "stalled TLS handshake dropped for a newer one");
+                        return;
+                    }
+                    outcome = handshake => outcome,
+                };
+                pending.finish(handshake_id);
+                let stream = match outcome {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
                         registry.handshake_failed(failure_reason(&e));
@@ -450,7 +488,6 @@ pub fn accept_loop(
                         return;
                     }
                 };
-                drop(handshake_permit);
                 let Ok(permit) = slots.try_acquire_owned() else {
                     tracing::warn!(peer = %remote_addr, node = %identity.node_id, "connection limit reached; refusing");
                     return;

@@ -15,5 +15,6 @@ mod lifecycle;
 mod merkle;
 mod mtls;
 mod ops;
+mod slowloris;
 mod support;
 mod transfer;
