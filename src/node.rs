@@ -299,6 +299,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
 
     registry.revoke_serials(creds.revoked.clone());
     let cell = ServerConfigCell::new(server_config);
+    let client_cell = tls::ClientConfigCell::new(tls::client_config(&creds.material)?);
     let stop_accept = CancellationToken::new();
     let incoming = ReceiverStream::new(tls::accept_loop(
         listener,
@@ -371,7 +372,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         catalog: Arc::new(catalog),
         publishing: tokio::sync::Mutex::new(()),
         grants: Arc::new(grants),
-        client_tls: tls::client_config(&creds.material)?,
+        client_tls: client_cell.clone(),
     });
     let limit = t.max_decoding_message_size;
     let router = Server::builder()
@@ -429,7 +430,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     tokio::spawn(watch_crl(
         config.data_dir.clone(),
         creds.material.clone(),
-        cell,
+        (cell, client_cell),
         registry.clone(),
         t.crl_reload_interval,
         shutdown.clone(),
@@ -556,7 +557,7 @@ fn file_stamp(path: &Path) -> Option<(u64, u64, SystemTime)> {
 async fn watch_crl(
     dir: DataDir,
     mut material: TlsMaterial,
-    cell: ServerConfigCell,
+    cells: (ServerConfigCell, tls::ClientConfigCell),
     registry: Arc<ConnectionRegistry>,
     interval: Duration,
     shutdown: CancellationToken,
@@ -582,7 +583,7 @@ async fn watch_crl(
             continue;
         }
         stamp = now;
-        match reload_crl(&path, &mut material, &cell, &registry, &mut crl_number) {
+        match reload_crl(&path, &mut material, &cells, &registry, &mut crl_number) {
             Ok((list, cut)) => tracing::info!(
                 crl_number = list.number,
                 revoked = list.revoked.len(),
@@ -597,7 +598,7 @@ async fn watch_crl(
 fn reload_crl(
     path: &Path,
     material: &mut TlsMaterial,
-    cell: &ServerConfigCell,
+    (cell, client_cell): &(ServerConfigCell, tls::ClientConfigCell),
     registry: &ConnectionRegistry,
     current_number: &mut u64,
 ) -> Result<(RevocationList, usize), NodeError> {
@@ -622,11 +623,13 @@ fn reload_crl(
     let mut next = material.clone();
     next.crl = crl;
     let config = tls::server_config(&next)?;
+    let client_config = tls::client_config(&next)?;
     // Revoked set first, then the new config: a handshake finishing under
     // the old config is refused when it registers.
     let serials: Vec<Vec<u8>> = list.revoked.iter().map(|r| r.serial.clone()).collect();
     let cut = registry.revoke_serials(serials);
     cell.replace(config);
+    client_cell.replace(client_config);
     *material = next;
     *current_number = list.number;
     Ok((list, cut))

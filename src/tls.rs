@@ -149,18 +149,23 @@ pub struct PeerConnectInfo {
     pub connection: u64,
 }
 
-/// The server's current TLS configuration; swapped when the CRL reloads.
-#[derive(Clone)]
-pub struct ServerConfigCell(Arc<RwLock<Arc<ServerConfig>>>);
+/// A TLS configuration in force; swapped when the CRL reloads.
+pub struct ConfigCell<T>(Arc<RwLock<Arc<T>>>);
 
-impl ServerConfigCell {
+impl<T> Clone for ConfigCell<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> ConfigCell<T> {
     /// A cell holding `config`.
-    pub fn new(config: Arc<ServerConfig>) -> Self {
+    pub fn new(config: Arc<T>) -> Self {
         Self(Arc::new(RwLock::new(config)))
     }
 
     /// The configuration new handshakes use.
-    pub fn current(&self) -> Arc<ServerConfig> {
+    pub fn current(&self) -> Arc<T> {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -168,10 +173,17 @@ impl ServerConfigCell {
     }
 
     /// Replaces the configuration for handshakes from now on.
-    pub fn replace(&self, config: Arc<ServerConfig>) {
+    pub fn replace(&self, config: Arc<T>) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = config;
     }
 }
+
+/// The server's configuration in force.
+pub type ServerConfigCell = ConfigCell<ServerConfig>;
+
+/// The configuration this node's outgoing connections use (its CRL too:
+/// a publisher revoked since start-up is refused).
+pub type ClientConfigCell = ConfigCell<ClientConfig>;
 
 /// The open connections, so that a CRL reload or a forced shutdown can cut
 /// them.

@@ -33,7 +33,7 @@ pub(super) async fn connect_peer(
     peer: &str,
 ) -> Result<crate::client::PeerChannel, Status> {
     crate::client::connect(
-        node.client_tls.clone(),
+        node.client_tls.current(),
         peer,
         crate::client::ClientSettings::default(),
     )

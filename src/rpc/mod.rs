@@ -83,7 +83,7 @@ pub struct NodeContext {
     /// Grants issued and held.
     pub grants: Arc<crate::exchange::book::GrantBook>,
     /// TLS for calls this node makes to other nodes.
-    pub client_tls: Arc<rustls::ClientConfig>,
+    pub client_tls: crate::tls::ClientConfigCell,
 }
 
 /// `dataspace.v1.Peering`.

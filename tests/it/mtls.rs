@@ -289,3 +289,48 @@ async fn connection_ends_within_max_age_plus_grace() {
     assert!(opened.elapsed() >= age, "ended before max_connection_age");
     node.shutdown().await.expect("shutdown");
 }
+
+/// Defence: a node's outgoing connections use the CRL in force, reloaded
+/// like the server's (row 7): once the operator revokes a publisher and
+/// the consumer's node reloads its CRL, the consumer's node refuses to
+/// talk to that publisher, though it was fine at start-up.
+#[tokio::test]
+async fn outgoing_calls_refuse_a_peer_revoked_after_start_up() {
+    let space = DataSpace::new();
+    let publisher = space.node("publisher", "publisher");
+    let consumer = space.node("consumer", "consumer");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let conn = support::connect(&consumer, &con_node).await;
+    let mut admin = pb::admin_client::AdminClient::new(conn.channel);
+    let ask = || pb::AdminRequestAccessRequest {
+        peer: pub_node.local_addr().to_string(),
+        dataset_id: dsnode::dataset::DatasetId::of_payload(b"x").to_string(),
+        purpose: "research".into(),
+        actions: vec!["read".into()],
+        duration_secs: 0,
+    };
+    // Before: the publisher answers (no such dataset).
+    let before = admin.request_access(ask()).await.expect_err("no dataset");
+    assert_eq!(before.code(), tonic::Code::NotFound, "{}", before.message());
+
+    space.revoke(&publisher);
+    space.publish_crl(&consumer.dir);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let err = admin.request_access(ask()).await.expect_err("refused");
+        if err.code() == tonic::Code::Unavailable {
+            assert!(err.message().contains("Revoked"), "{}", err.message());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still talking: {}",
+            err.message()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
