@@ -139,6 +139,23 @@ async fn open_transfer(
                 resume.from_chunk
             ))
         })?;
+    // A completed transfer (its receipt recorded) is not resumed: that
+    // would be a free new fetch.
+    let q = crate::ledger::Query {
+        grant: Some(id.to_string()),
+        kind: Some(EntryKind::ReceiptRecorded),
+        ..Default::default()
+    };
+    let closes = format!("; transfer entry {t}");
+    if node
+        .ledger
+        .find(&q, |e| e.draft.detail.ends_with(&closes))
+        .map_err(|e| status::ledger("looking for the receipt", e))?
+        .is_some()
+    {
+        let why = format!("transfer entry {t} of grant {id} was completed; fetch anew");
+        return Err(refuse_fetch(node, who, g, why).await);
+    }
     if count_entries(node, id, EntryKind::TransferResumed, MAX_RESUMES + 1)? >= MAX_RESUMES {
         let why =
             format!("grant {id}'s transfers were resumed {MAX_RESUMES} times, the most allowed");
@@ -199,7 +216,7 @@ pub(super) async fn serve(
         if tx.send(Ok(header)).await.is_err() {
             return;
         }
-        if let Err(status) = send_chunks(&node, &id, &dataset, first, &tx).await {
+        if let Err(status) = send_chunks(&node, &g, &dataset, first, &tx).await {
             node.metrics.transfer("failed");
             let _ = tx.send(Err(status)).await;
         }
@@ -212,11 +229,12 @@ pub(super) async fn serve(
 /// ends it quietly.
 async fn send_chunks(
     node: &NodeContext,
-    id: &GrantId,
+    grant: &Grant,
     dataset: &crate::dataset::catalog::Dataset,
     first: usize,
     tx: &mpsc::Sender<Result<pb::FetchResponse, Status>>,
 ) -> Result<(), Status> {
+    let id = &grant.id;
     for (index, hash) in dataset.chunks.iter().enumerate().skip(first) {
         if node
             .grants
@@ -225,6 +243,11 @@ async fn send_chunks(
         {
             return Err(Status::permission_denied(format!(
                 "grant {id} was revoked during the transfer"
+            )));
+        }
+        if let Err(e) = grant.check_use(&grant.grantee, node.clock.now_ms()) {
+            return Err(Status::permission_denied(format!(
+                "{e} (during the transfer)"
             )));
         }
         // Not hashed here: the consumer checks every chunk against the

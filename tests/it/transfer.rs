@@ -568,7 +568,7 @@ async fn futures_join_all<F: std::future::Future>(
 
 /// A receipt must close one of the grant's own transfers, with the
 /// dataset's hash and size; submitting the same receipt again records
-/// nothing new.
+/// nothing new; a transfer with a receipt cannot be resumed.
 #[tokio::test]
 async fn receipts_are_checked_and_recorded_once() {
     let space = DataSpace::new();
@@ -635,6 +635,19 @@ async fn receipts_are_checked_and_recorded_once() {
         assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
         assert!(err.message().contains(why), "{why}: {}", err.message());
     }
+    // A completed transfer is not resumed (it would be a free fetch).
+    let err = exchange
+        .fetch(pb::FetchRequest {
+            grant_id: grant.clone(),
+            resume: Some(pb::FetchResume {
+                transfer_index: receipt.transfer_index,
+                from_chunk: 0,
+            }),
+        })
+        .await
+        .expect_err("completed");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("was completed"), "{}", err.message());
     let receipts = kinds(&space_auditor(&space), &pub_node, by_grant(&grant))
         .await
         .into_iter()
