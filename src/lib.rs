@@ -31,6 +31,8 @@ pub mod demo;
 pub mod envelope;
 pub mod exchange;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod ledger;
 pub mod metrics;

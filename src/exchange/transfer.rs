@@ -405,72 +405,11 @@ impl Drop for Incoming {
 mod tests {
     use super::*;
     use crate::dataset::blob::LocalBlobStore;
-    use crate::envelope::Envelope;
-    use crate::exchange::grant::GrantId;
-    use crate::identity::NodeId;
-    use crate::policy::{Action, Classification, Policy};
 
     const CS: usize = 4096;
 
-    /// A signed manifest over `content` in 4 KiB chunks, a grant naming
-    /// it, and the chunk list.
     fn setup(content: &[u8]) -> (Verified<Manifest>, Grant, Vec<Vec<u8>>, Vec<Hash>) {
-        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
-        let publisher = NodeId::from_public_key(&key.verifying_key().to_bytes());
-        let pieces: Vec<Vec<u8>> = content.chunks(CS).map(<[u8]>::to_vec).collect();
-        let hashes: Vec<Hash> = pieces
-            .iter()
-            .map(|p| {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(digest::digest(&digest::SHA256, p).as_ref());
-                h
-            })
-            .collect();
-        let mut whole = [0u8; 32];
-        whole.copy_from_slice(digest::digest(&digest::SHA256, content).as_ref());
-        let policy = Policy {
-            classification: Classification::General,
-            permissions: vec![],
-            prohibitions: vec![],
-            obligations: vec![],
-        };
-        let manifest = Manifest {
-            title: "t".into(),
-            description: String::new(),
-            media_type: "x".into(),
-            size: content.len() as u64,
-            chunk_size: CS as u32,
-            chunk_count: pieces.len() as u64,
-            content_sha256: whole,
-            chunk_list_sha256: chunk_list_hash(&hashes),
-            classification: Classification::General,
-            policy,
-            derived_from: vec![],
-            supersedes: None,
-            version: 1,
-            lineage: None,
-            created_at_ms: 0,
-            publisher: publisher.clone(),
-        };
-        let env: Envelope = manifest.sign(&key);
-        let (id, verified) = crate::dataset::verify_manifest(env, &key.verifying_key().to_bytes())
-            .expect("manifest");
-        let grant = Grant {
-            id: GrantId::random().expect("id"),
-            dataset: id,
-            manifest_sha256: verified.envelope().payload_hash(),
-            publisher,
-            grantee: NodeId::from_public_key(&[4; 32]),
-            purpose: "research".into(),
-            actions: [Action::Read].into(),
-            not_before_ms: 0,
-            not_after_ms: 1,
-            max_fetches: None,
-            obligations: vec![],
-            policy_sha256: [0; 32],
-            issued_at_ms: 0,
-        };
-        (verified, grant, pieces, hashes)
+        crate::fuzzing::transfer_fixture(content, CS)
     }
 
     fn start(dir: &Path, content: &[u8]) -> (Incoming, Vec<Vec<u8>>) {
