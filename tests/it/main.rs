@@ -8,6 +8,7 @@ mod datasets;
 mod demo;
 mod deploy;
 mod exchange;
+mod faults;
 mod fuzz_corpus;
 mod h2limits;
 mod ledger;
