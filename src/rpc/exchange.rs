@@ -149,10 +149,13 @@ impl pb::exchange_server::Exchange for ExchangeService {
                     policy.hash(),
                     now,
                 );
-                let (grant, appended) = node
-                    .grants
-                    .issue(grant, &node.signing_key)
+                // In a task of its own: a caller that goes away cannot cut
+                // issuing between the grant file and its ledger entry.
+                let book = node.grants.clone();
+                let key = node.signing_key.clone();
+                let (grant, appended) = tokio::spawn(async move { book.issue(grant, &key).await })
                     .await
+                    .map_err(|e| status::internal("issuing a grant", &e))?
                     .map_err(|e| book_status("issuing a grant", e))?;
                 node.metrics.granted();
                 tracing::info!(grant = %grant.value().id, to = %who.node_id, index = appended.index, "access granted");
