@@ -223,8 +223,9 @@ async fn concurrent_clients_with_random_cancellations_lose_nothing() {
             let mut acked = Vec::new();
             for _ in 0..1_000 {
                 let roll = rng.next();
-                let cancel_after =
-                    (roll % 3 == 0).then(|| Duration::from_micros(rng.next() % 3_000));
+                let cancel_after = roll
+                    .is_multiple_of(3)
+                    .then(|| Duration::from_micros(rng.next() % 3_000));
                 let mut exchange = pb::exchange_client::ExchangeClient::new(channel.clone());
                 let mut ledger = pb::ledger_client::LedgerClient::new(channel.clone());
                 let ask = pb::RequestAccessRequest {
@@ -234,7 +235,7 @@ async fn concurrent_clients_with_random_cancellations_lose_nothing() {
                     duration_secs: 3_600,
                 };
                 let call = async {
-                    if roll % 10 == 0 {
+                    if roll.is_multiple_of(10) {
                         exchange
                             .request_access(ask)
                             .await
