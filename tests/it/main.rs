@@ -19,4 +19,5 @@ mod mtls;
 mod ops;
 mod slowloris;
 mod support;
+mod threats;
 mod transfer;
