@@ -300,3 +300,77 @@ async fn concurrent_clients_with_random_cancellations_lose_nothing() {
     );
     pub_node.shutdown().await.expect("stop");
 }
+
+/// A corrupted or truncated store file: the node either recovers within
+/// the rules (its log still extends every checkpoint it signed) or refuses
+/// to start with a message naming the problem; it never serves a root
+/// that contradicts a signed checkpoint.
+#[tokio::test]
+async fn damaged_store_files_are_recovered_within_the_rules_or_refused() {
+    for damage in ["truncate", "flip", "zero-conf"] {
+        let space = DataSpace::new();
+        let publisher = space.node("city-transport", "publisher");
+        let auditor = space.node("regulator", "auditor");
+        let node = support::start(&publisher, |_| {}).await;
+        for i in 0..20u8 {
+            publish(&publisher, &node, header("Counts", POLICY, 1), &[i])
+                .await
+                .expect("publish");
+        }
+        let mut a = Auditor::new(support::connect(&auditor, &node).await).expect("auditor");
+        let signed = a.checkpoint().await.expect("checkpoint");
+        node.shutdown().await.expect("stop");
+
+        let ledger = publisher.dir.ledger();
+        match damage {
+            "truncate" => {
+                let db = ledger.join("db");
+                let len = std::fs::metadata(&db).expect("db").len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&db)
+                    .expect("open")
+                    .set_len(len / 2)
+                    .expect("truncate");
+            }
+            "flip" => {
+                let db = ledger.join("db");
+                let mut bytes = std::fs::read(&db).expect("db");
+                let at = bytes.len() / 3;
+                for b in &mut bytes[at..at + 64] {
+                    *b ^= 0x5a;
+                }
+                std::fs::write(&db, bytes).expect("write");
+            }
+            _ => std::fs::write(ledger.join("conf"), b"").expect("conf"),
+        }
+
+        let mut config =
+            dsnode::config::Config::new(publisher.dir.root(), "127.0.0.1:0".parse().expect("addr"));
+        config.transport.drain_deadline = Duration::from_secs(2);
+        match dsnode::node::start(config).await {
+            Err(e) => {
+                let msg = e.to_string();
+                eprintln!("{damage}: refused to start: {msg}");
+                assert!(
+                    msg.contains("ledger") || msg.contains("store") || msg.contains("checkpoint"),
+                    "{damage}: the refusal names the problem: {msg}"
+                );
+            }
+            Ok(node) => {
+                // Recovered: it must still extend what it signed.
+                let mut a = Auditor::new(support::connect(&auditor, &node).await).expect("auditor");
+                let (old, _, _) = a
+                    .prove_consistency(signed.checkpoint.size, 0)
+                    .await
+                    .unwrap_or_else(|e| panic!("{damage}: recovered but inconsistent: {e}"));
+                assert_eq!(old.checkpoint.root, signed.checkpoint.root, "{damage}");
+                eprintln!(
+                    "{damage}: recovered, extends checkpoint {}",
+                    signed.checkpoint.size
+                );
+                node.shutdown().await.expect("stop");
+            }
+        }
+    }
+}
