@@ -389,6 +389,10 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .initial_stream_window_size(t.stream_window)
         .initial_connection_window_size(t.connection_window)
         .tcp_nodelay(true)
+        // Past `max_in_flight` (or the per-connection limit) a request is
+        // refused at once (ResourceExhausted) instead of queueing: under
+        // overload, latency stays bounded and clients back off.
+        .load_shed(true)
         .layer(crate::metrics::MetricsLayer::new(metrics.clone()))
         .layer(AuthzLayer::new(creds.identity.node_id.clone()))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(

@@ -74,3 +74,61 @@ async fn threat_11_stalled_handshakes_do_not_stop_a_real_client() {
     drop(stalled);
     node.shutdown().await.expect("stop");
 }
+
+/// Row 11, defence: load shedding. With `max_in_flight` calls running, one
+/// more is refused at once (ResourceExhausted), not queued; once they end,
+/// calls are served again.
+#[tokio::test]
+async fn threat_11_calls_past_the_in_flight_limit_are_shed_not_queued() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let node = support::start(&server, |t| t.max_in_flight = 2).await;
+    let conn = support::connect(&server, &node).await;
+    // Two publications whose content never ends hold both slots.
+    let mut holds = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Header(crate::datasets::header(
+                "held",
+                crate::datasets::POLICY,
+                10,
+            ))),
+        })
+        .await
+        .expect("send");
+        let mut admin = pb::admin_client::AdminClient::new(conn.channel.clone());
+        let call = tokio::spawn(async move {
+            admin
+                .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        holds.push((tx, call));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let mut admin = pb::admin_client::AdminClient::new(conn.channel.clone());
+    let shed = tokio::time::timeout(Duration::from_secs(2), admin.status(pb::StatusRequest {}))
+        .await
+        .expect("answered at once, not queued")
+        .expect_err("shed");
+    assert_eq!(
+        shed.code(),
+        tonic::Code::ResourceExhausted,
+        "{}",
+        shed.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
+    for (tx, call) in holds {
+        drop(tx);
+        let _ = call.await;
+    }
+    pb::admin_client::AdminClient::new(conn.channel)
+        .status(pb::StatusRequest {})
+        .await
+        .expect("served again");
+    node.shutdown().await.expect("stop");
+}
