@@ -374,3 +374,214 @@ async fn damaged_store_files_are_recovered_within_the_rules_or_refused() {
         }
     }
 }
+
+/// What the publisher acknowledged before it was killed.
+#[derive(Default)]
+struct Acked {
+    /// Payload hashes of grants received by the consumer.
+    grants: Vec<[u8; 32]>,
+    /// Datasets whose publication returned.
+    datasets: Vec<String>,
+    /// (publisher ledger index, receipt hash) of completed fetches.
+    receipts: Vec<(u64, [u8; 32])>,
+}
+
+/// kill -9 of a publishing node at random moments while it publishes,
+/// grants and serves fetches (whose receipts it records), many cycles: it
+/// starts every time (its whole ledger verified), and everything it
+/// acknowledged is in its ledger exactly once. `DSNODE_CRASH_CYCLES`
+/// (default 12) sets the number of cycles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_node_operations_loses_nothing() {
+    use std::sync::{Arc, Mutex};
+    let cycles: usize = std::env::var("DSNODE_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let auditor = space.node("regulator", "auditor");
+    std::fs::write(publisher.dir.config(), "listen = \"127.0.0.1:0\"\n").expect("config");
+    let con_node = support::start(&consumer, |_| {}).await;
+    let policy = POLICY.replace("max_fetches = 3\n", "");
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let out = tempfile::tempdir().expect("tempdir");
+    let own = |addr: std::net::SocketAddr| {
+        let material = support::material(&publisher);
+        async move {
+            dsnode::client::connect(
+                dsnode::tls::client_config(&material).expect("config"),
+                &addr.to_string(),
+                dsnode::client::ClientSettings::default(),
+            )
+            .await
+            .expect("connect")
+            .channel
+        }
+    };
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for cycle in 0..cycles {
+        let mut served = crate::cli::Served::start(publisher.dir.root());
+        let addr: std::net::SocketAddr = served.wait_for("serving")["fields"]["addr"]
+            .as_str()
+            .expect("addr")
+            .parse()
+            .expect("addr");
+
+        // Everything acknowledged before is there, once.
+        let mut a = Auditor::new(support::connect_addr(&auditor, addr).await).expect("auditor");
+        let (_, entries) = a
+            .entries(pb::QueryEntriesRequest::default(), true)
+            .await
+            .expect("the whole ledger verifies");
+        {
+            let acked = acked.lock().expect("acked");
+            let count = |kind: dsnode::ledger::entry::EntryKind, h: &[u8; 32]| {
+                entries
+                    .iter()
+                    .filter(|e| e.entry.draft.kind == kind && e.entry.draft.object_hash == Some(*h))
+                    .count()
+            };
+            for g in &acked.grants {
+                assert_eq!(
+                    count(dsnode::ledger::entry::EntryKind::AccessGranted, g),
+                    1,
+                    "cycle {cycle}: grant"
+                );
+            }
+            for (index, h) in &acked.receipts {
+                let e = entries
+                    .iter()
+                    .find(|e| e.entry.index == *index)
+                    .expect("receipt entry");
+                assert_eq!(
+                    e.entry.draft.object_hash,
+                    Some(*h),
+                    "cycle {cycle}: receipt"
+                );
+            }
+            for ds in &acked.datasets {
+                let published = entries.iter().any(|e| {
+                    e.entry.draft.kind == dsnode::ledger::entry::EntryKind::DatasetPublished
+                        && e.entry.draft.dataset.as_deref() == Some(ds.as_str())
+                });
+                assert!(published, "cycle {cycle}: dataset {ds}");
+            }
+        }
+
+        // Work until killed.
+        let work = {
+            let acked = acked.clone();
+            let channel = own(addr).await;
+            let con = support::connect(&consumer, &con_node).await.channel;
+            let policy = policy.clone();
+            let out = out.path().to_path_buf();
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let mut admin = pb::admin_client::AdminClient::new(channel.clone());
+                    let mut h = header("Counts", &policy, 70_000);
+                    h.chunk_size = 4096;
+                    let parts = vec![
+                        pb::PublishRequest {
+                            part: Some(pb::publish_request::Part::Header(h)),
+                        },
+                        pb::PublishRequest {
+                            part: Some(pb::publish_request::Part::Data(vec![
+                                (cycle * 31 + i) as u8;
+                                70_000
+                            ])),
+                        },
+                    ];
+                    let Ok(r) = admin.publish(tokio_stream::iter(parts)).await else {
+                        return;
+                    };
+                    let ds = r.into_inner().dataset_id;
+                    acked.lock().expect("acked").datasets.push(ds.clone());
+                    let mut cadmin = pb::admin_client::AdminClient::new(con.clone());
+                    let Ok(g) = cadmin
+                        .request_access(crate::exchange::ask(&ds, "research", addr))
+                        .await
+                    else {
+                        return;
+                    };
+                    let env: dsnode::envelope::Envelope =
+                        g.into_inner().grant.expect("grant").into();
+                    acked.lock().expect("acked").grants.push(env.payload_hash());
+                    let grant = dsnode::exchange::grant::Grant::decode(&env.payload)
+                        .expect("grant")
+                        .id
+                        .to_string();
+                    let target = out.join(format!("{cycle}-{i}"));
+                    let Ok(events) = cadmin
+                        .fetch(pb::AdminFetchRequest {
+                            peer: addr.to_string(),
+                            grant_id: grant,
+                            out: target.display().to_string(),
+                            force: true,
+                            retries: 0,
+                        })
+                        .await
+                    else {
+                        return;
+                    };
+                    let mut events = events.into_inner();
+                    let done = loop {
+                        match events.message().await {
+                            Ok(Some(pb::AdminFetchEvent {
+                                event: Some(pb::admin_fetch_event::Event::Done(d)),
+                            })) => break Some(d),
+                            Ok(Some(_)) => {}
+                            _ => break None,
+                        }
+                    };
+                    let Some(done) = done else {
+                        return;
+                    };
+                    // The receipt's hash, from the consumer's own entry:
+                    // the publisher's entry at its index must hold it.
+                    let receipt_hash = receipt_hash_of(&con, done.ledger_index).await;
+                    acked
+                        .lock()
+                        .expect("acked")
+                        .receipts
+                        .push((done.publisher_ledger_index, receipt_hash));
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50 + rng.next() % 400)).await;
+        served.child.kill().expect("kill -9");
+        let _ = served.child.wait();
+        work.abort();
+        let _ = work.await;
+    }
+    let (datasets, grants, receipts) = {
+        let acked = acked.lock().expect("acked");
+        (
+            acked.datasets.len(),
+            acked.grants.len(),
+            acked.receipts.len(),
+        )
+    };
+    eprintln!(
+        "{cycles} kill -9 cycles: {datasets} publications, {grants} grants, {receipts} receipts acknowledged, none lost"
+    );
+    assert!(grants > 0, "the cycles did some work");
+    con_node.shutdown().await.expect("stop");
+}
+
+/// The object hash of entry `index` of the node behind `channel` (its own
+/// ledger, read through the Ledger service as the node itself).
+async fn receipt_hash_of(channel: &tonic::transport::Channel, index: u64) -> [u8; 32] {
+    let r = pb::ledger_client::LedgerClient::new(channel.clone())
+        .prove_inclusion(pb::ProveInclusionRequest {
+            target: Some(pb::prove_inclusion_request::Target::Index(index)),
+            tree_size: 0,
+        })
+        .await
+        .expect("entry")
+        .into_inner();
+    let entry =
+        dsnode::ledger::entry::Entry::decode(&r.entry.expect("entry").entry).expect("decode");
+    entry.draft.object_hash.expect("receipt hash")
+}

@@ -193,6 +193,14 @@ pub(crate) async fn connect(as_node: &NodeDir, server: &RunningNode) -> PeerChan
     try_connect(as_node, server).await.expect("connect")
 }
 
+/// Connects to the node at `addr` (a node in another process) as `as_node`.
+pub(crate) async fn connect_addr(as_node: &NodeDir, addr: std::net::SocketAddr) -> PeerChannel {
+    let config = tls::client_config(&material(as_node)).expect("client config");
+    client::connect(config, &addr.to_string(), ClientSettings::default())
+        .await
+        .expect("connect")
+}
+
 pub(crate) async fn try_connect(
     as_node: &NodeDir,
     server: &RunningNode,
