@@ -281,3 +281,83 @@ async fn threat_09_a_message_over_the_limit_is_refused_from_its_prefix() {
     );
     node.shutdown().await.expect("stop");
 }
+
+/// VmRSS of a process, bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// Defence: HTTP/2 flow control and a two-message queue per stream. A
+/// grantee that opens a fetch of 64 MiB and stops reading after the first
+/// chunk costs the serving process a bounded amount of memory (windows
+/// and two chunks), not the dataset.
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_grow_the_server() {
+    use dsnode::pb;
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = crate::datasets::consumer_in(&space, "acme", "CN-HE");
+    std::fs::write(publisher.dir.config(), "listen = \"127.0.0.1:0\"\n").expect("config");
+    let mut served = crate::cli::Served::start(publisher.dir.root());
+    let addr: std::net::SocketAddr = served.wait_for("serving")["fields"]["addr"]
+        .as_str()
+        .expect("addr")
+        .parse()
+        .expect("addr");
+    let own = support::connect_addr(&publisher, addr).await;
+    let size = 64usize << 20;
+    let first = pb::PublishRequest {
+        part: Some(pb::publish_request::Part::Header(crate::datasets::header(
+            "Big",
+            crate::datasets::POLICY,
+            size as u64,
+        ))),
+    };
+    let pieces = (0..64).map(|i| pb::PublishRequest {
+        part: Some(pb::publish_request::Part::Data(vec![i as u8; 1 << 20])),
+    });
+    let ds = pb::admin_client::AdminClient::new(own.channel)
+        .publish(tokio_stream::iter(std::iter::once(first).chain(pieces)))
+        .await
+        .expect("publish")
+        .into_inner()
+        .dataset_id;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let grant = crate::exchange::granted(&consumer, &con_node, &ds, addr).await;
+    let pid = served.child.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss(pid);
+
+    let conn = support::connect_addr(&consumer, addr).await;
+    let mut stream = pb::exchange_client::ExchangeClient::new(conn.channel)
+        .max_decoding_message_size(2 << 20)
+        .fetch(pb::FetchRequest {
+            grant_id: grant,
+            resume: None,
+        })
+        .await
+        .expect("fetch")
+        .into_inner();
+    stream.message().await.expect("header");
+    stream.message().await.expect("chunk 0");
+    // Stop reading; give the server every chance to run ahead.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled = rss(pid);
+    let growth = stalled.saturating_sub(before);
+    assert!(
+        growth < 32 << 20,
+        "the server grew by {} MiB for a reader that stopped (before {} MiB)",
+        growth >> 20,
+        before >> 20
+    );
+    drop(stream);
+    served.signal("TERM");
+    let _ = served.child.wait();
+    con_node.shutdown().await.expect("stop");
+}
