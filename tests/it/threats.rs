@@ -76,3 +76,62 @@ async fn threat_17_a_huge_or_deep_policy_is_refused_at_publish() {
     assert_eq!(datasets, 0, "nothing published");
     node.shutdown().await.expect("stop");
 }
+
+/// Row 12, defence: blobs are written to a fresh temporary name (O_EXCL)
+/// and renamed over their hash's name, never opened for writing through
+/// a path that exists. A symlink planted in the consumer's blob store
+/// under the name of a chunk it is about to receive (one to a file that
+/// exists, one dangling) makes the node write through neither: the
+/// victim file is unchanged, the dangling target never created, and the
+/// fetched output is right.
+#[tokio::test]
+async fn threat_12_symlinks_planted_in_the_blob_store_are_not_written_through() {
+    use std::os::unix::fs::symlink;
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = crate::datasets::consumer_in(&space, "acme", "CN-HE");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let content: Vec<u8> = (0..2 * 4096u32).map(|i| (i % 199) as u8).collect();
+    let mut h = header("Two chunks", POLICY, content.len() as u64);
+    h.chunk_size = 4096;
+    let ds = publish(&publisher, &pub_node, h, &content)
+        .await
+        .expect("publish")
+        .dataset_id;
+    let grant = crate::exchange::granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+
+    let victim = space.dir.path().join("victim.txt");
+    std::fs::write(&victim, b"precious").expect("victim");
+    let never = space.dir.path().join("never-created");
+    let blob_path = |chunk: &[u8]| {
+        let hex = data_encoding::HEXLOWER.encode(&dsnode::ledger::merkle::sha256(chunk));
+        let dir = consumer.dir.blobs().join("sha256").join(&hex[..2]);
+        std::fs::create_dir_all(&dir).expect("fan-out");
+        dir.join(hex)
+    };
+    symlink(&victim, blob_path(&content[..4096])).expect("plant");
+    symlink(&never, blob_path(&content[4096..])).expect("plant dangling");
+
+    let out = space.dir.path().join("out.bin");
+    crate::exchange::fetch_to(
+        &consumer,
+        &con_node,
+        pub_node.local_addr(),
+        &grant,
+        &out,
+        false,
+    )
+    .await
+    .expect("fetch");
+    assert_eq!(
+        std::fs::read(&victim).expect("victim"),
+        b"precious",
+        "written through a symlink"
+    );
+    assert!(!never.exists(), "a dangling symlink was followed");
+    assert_eq!(std::fs::read(&out).expect("out"), content);
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
