@@ -80,6 +80,8 @@ pub struct Credentials {
     pub material: TlsMaterial,
     /// Serials the CRL revokes.
     pub revoked: Vec<Vec<u8>>,
+    /// The CRL's number.
+    pub crl_number: u64,
 }
 
 fn check_time(what: &str, at: Option<OffsetDateTime>, fix: &str) -> Result<(), NodeError> {
@@ -145,6 +147,7 @@ pub fn load_credentials(dir: &DataDir) -> Result<Credentials, NodeError> {
         identity,
         material,
         revoked: list.revoked.iter().map(|r| r.serial.clone()).collect(),
+        crl_number: list.number,
     })
 }
 
@@ -233,7 +236,10 @@ async fn set_health(reporter: &tonic_health::server::HealthReporter, status: Ser
 /// Starts a node from `config`: checks its credentials, binds the listen
 /// address, and serves until [`RunningNode::shutdown`].
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
+    // Stamped before the CRL is read: a change after this is reloaded.
+    let crl_stamp = file_stamp(&config.data_dir.crl());
     let creds = load_credentials(&config.data_dir)?;
+    check_crl_number(&config.data_dir, creds.crl_number)?;
     let t = config.transport.clone();
     let server_config = tls::server_config(&creds.material)?;
     let listener = TcpListener::bind(config.listen)
@@ -433,7 +439,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     metrics_guard.disarm();
     tokio::spawn(watch_crl(
         config.data_dir.clone(),
-        creds.material.clone(),
+        (creds.material.clone(), crl_stamp, creds.crl_number),
         (cell, client_cell),
         registry.clone(),
         t.crl_reload_interval,
@@ -497,6 +503,33 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     })
 }
 
+/// The highest CRL number this node has put in force is kept in
+/// `crl.number`: an older CRL could un-revoke certificates, so it is
+/// refused at start as it is at reload.
+fn check_crl_number(dir: &DataDir, number: u64) -> Result<(), NodeError> {
+    let path = dir.root().join("crl.number");
+    let seen = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if number < seen {
+        return Err(NodeError::Credentials(format!(
+            "{} is CRL #{number}, older than CRL #{seen} this node had in force; an older CRL could un-revoke certificates: install the current one",
+            dir.crl().display()
+        )));
+    }
+    record_crl_number(dir, number)
+}
+
+fn record_crl_number(dir: &DataDir, number: u64) -> Result<(), NodeError> {
+    fsutil::write_atomic(
+        &dir.root().join("crl.number"),
+        format!("{number}\n").as_bytes(),
+        fsutil::PUBLIC_MODE,
+    )?;
+    Ok(())
+}
+
 /// Checks that the data dir and blob store take a durable write (a full
 /// disk or a read-only mount is found here, before SERVING).
 fn check_writable(dir: &DataDir) -> Result<(), NodeError> {
@@ -548,7 +581,10 @@ async fn open_ledger(dir: &DataDir, creds: &Credentials) -> Result<Ledger, NodeE
 
 /// What identifies one version of a file: a rename (atomic write) changes
 /// the inode, an in-place edit the length or mtime.
-fn file_stamp(path: &Path) -> Option<(u64, u64, SystemTime)> {
+/// What identifies a version of a file: inode, length, modification time.
+type CrlStamp = (u64, u64, SystemTime);
+
+fn file_stamp(path: &Path) -> Option<CrlStamp> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.ino(), meta.len(), meta.modified().ok()?))
@@ -560,15 +596,13 @@ fn file_stamp(path: &Path) -> Option<(u64, u64, SystemTime)> {
 /// connections whose certificate the new CRL revokes are cut.
 async fn watch_crl(
     dir: DataDir,
-    mut material: TlsMaterial,
+    (mut material, mut stamp, mut crl_number): (TlsMaterial, Option<CrlStamp>, u64),
     cells: (ServerConfigCell, tls::ClientConfigCell),
     registry: Arc<ConnectionRegistry>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
     let path = dir.crl();
-    let mut stamp = file_stamp(&path);
-    let mut crl_number = ca::read_crl(&material.ca, &path).map_or(0, |l| l.number);
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -588,12 +622,17 @@ async fn watch_crl(
         }
         stamp = now;
         match reload_crl(&path, &mut material, &cells, &registry, &mut crl_number) {
-            Ok((list, cut)) => tracing::info!(
-                crl_number = list.number,
-                revoked = list.revoked.len(),
-                connections_cut = cut,
-                "CRL reloaded"
-            ),
+            Ok((list, cut)) => {
+                if let Err(e) = record_crl_number(&dir, list.number) {
+                    tracing::warn!(error = %e, "could not record the CRL number");
+                }
+                tracing::info!(
+                    crl_number = list.number,
+                    revoked = list.revoked.len(),
+                    connections_cut = cut,
+                    "CRL reloaded"
+                );
+            }
             Err(e) => tracing::error!(error = %e, "CRL reload failed; keeping the previous CRL"),
         }
     }

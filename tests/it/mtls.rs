@@ -334,3 +334,45 @@ async fn outgoing_calls_refuse_a_peer_revoked_after_start_up() {
         n.shutdown().await.expect("stop");
     }
 }
+
+/// Defence: CRL numbers only go up, at start as at reload (row 7): after
+/// a node put a newer CRL in force, restarting it with the older one
+/// (which does not list a revoked peer) is refused. The newer CRL is
+/// installed right after start-up, before the node's CRL watcher first
+/// runs: a change in that window is reloaded too (it was missed before).
+#[tokio::test]
+async fn an_older_crl_is_refused_at_start_too() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let other = space.node("other", "consumer");
+    let old_crl = std::fs::read(server.dir.crl()).expect("crl #0");
+    let node = support::start(&server, |_| {}).await;
+    let number = || -> u64 {
+        std::fs::read_to_string(server.dir.root().join("crl.number"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let first = number();
+    space.revoke(&other);
+    space.publish_crl(&server.dir);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while number() <= first {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new CRL not put in force"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let newer = number();
+    node.shutdown().await.expect("stop");
+
+    std::fs::write(server.dir.crl(), old_crl).expect("put the old CRL back");
+    let config =
+        dsnode::config::Config::new(server.dir.root(), "127.0.0.1:0".parse().expect("addr"));
+    let err = match dsnode::node::start(config).await {
+        Ok(_) => panic!("started with an older CRL"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&format!("older than CRL #{newer}")), "{err}");
+}
