@@ -135,3 +135,79 @@ async fn threat_12_symlinks_planted_in_the_blob_store_are_not_written_through() 
         n.shutdown().await.expect("stop");
     }
 }
+
+/// Row 4, defence: the fetch count is read from fsynced `TransferStarted`
+/// entries, not from memory: a publisher killed with `kill -9` right after
+/// serving a one-fetch grant refuses a second fetch after it restarts.
+#[tokio::test]
+async fn threat_04_a_used_grant_stays_used_after_kill_9() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = crate::datasets::consumer_in(&space, "acme", "CN-HE");
+    std::fs::write(publisher.dir.config(), "listen = \"127.0.0.1:0\"\n").expect("config");
+    let serve = || {
+        let served = crate::cli::Served::start(publisher.dir.root());
+        let addr: std::net::SocketAddr = served.wait_for("serving")["fields"]["addr"]
+            .as_str()
+            .expect("addr")
+            .parse()
+            .expect("addr");
+        (served, addr)
+    };
+    let (mut served, addr) = serve();
+    let own = support::connect_addr(&publisher, addr).await;
+    let policy = POLICY.replace("max_fetches = 3", "max_fetches = 1");
+    let parts = vec![
+        dsnode::pb::PublishRequest {
+            part: Some(dsnode::pb::publish_request::Part::Header(header(
+                "Once", &policy, 4,
+            ))),
+        },
+        dsnode::pb::PublishRequest {
+            part: Some(dsnode::pb::publish_request::Part::Data(b"once".to_vec())),
+        },
+    ];
+    let ds = dsnode::pb::admin_client::AdminClient::new(own.channel)
+        .publish(tokio_stream::iter(parts))
+        .await
+        .expect("publish")
+        .into_inner()
+        .dataset_id;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let grant = crate::exchange::granted(&consumer, &con_node, &ds, addr).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::exchange::fetch_to(
+        &consumer,
+        &con_node,
+        addr,
+        &grant,
+        &dir.path().join("a"),
+        false,
+    )
+    .await
+    .expect("the one fetch");
+    served.child.kill().expect("kill -9");
+    let _ = served.child.wait();
+
+    let (mut served, addr) = serve();
+    let err = crate::exchange::fetch_to(
+        &consumer,
+        &con_node,
+        addr,
+        &grant,
+        &dir.path().join("b"),
+        false,
+    )
+    .await
+    .expect_err("used up");
+    assert_eq!(
+        err.code(),
+        tonic::Code::PermissionDenied,
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("all used"), "{}", err.message());
+    served.signal("TERM");
+    let _ = served.child.wait();
+    con_node.shutdown().await.expect("stop");
+}
