@@ -38,9 +38,6 @@ pub enum BookError {
     /// No such grant.
     #[error("this node has no grant {0}")]
     Unknown(String),
-    /// A saved file of the book is not readable.
-    #[error("{0}")]
-    State(String),
 }
 
 /// A grant this node holds, with the key of the publisher that signed it.
@@ -351,11 +348,7 @@ impl GrantBook {
             manifest.to_json().as_bytes(),
             fsutil::PUBLIC_MODE,
         )?;
-        fsutil::write_atomic(
-            &dir.join(format!("{dataset}.chunks")),
-            &chunks.concat(),
-            fsutil::PUBLIC_MODE,
-        )?;
+        write_chunks(&dir.join(format!("{dataset}.chunks")), chunks)?;
         self.end_fetch(id)
     }
 
@@ -418,12 +411,14 @@ impl GrantBook {
     /// interrupted fetch it can still resume.
     pub fn received_chunks(&self) -> std::collections::HashSet<crate::ledger::merkle::Hash> {
         let mut out = std::collections::HashSet::new();
-        if let Ok(entries) = std::fs::read_dir(self.dir.join("received")) {
+        for sub in ["received", "fetching"] {
+            let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) else {
+                continue;
+            };
             for e in entries.flatten() {
-                if e.path().extension().is_none_or(|x| x != "chunks") {
-                    continue;
-                }
-                if let Ok(raw) = std::fs::read(e.path()) {
+                if e.path().extension().is_some_and(|x| x == "chunks")
+                    && let Ok(raw) = std::fs::read(e.path())
+                {
                     out.extend(
                         raw.chunks_exact(32)
                             .filter_map(|c| <[u8; 32]>::try_from(c).ok()),
@@ -431,64 +426,54 @@ impl GrantBook {
                 }
             }
         }
-        if let Ok(entries) = std::fs::read_dir(self.dir.join("fetching")) {
-            for e in entries.flatten() {
-                if let Ok(header) = read_header(&e.path()) {
-                    out.extend(
-                        header
-                            .chunk_hashes
-                            .iter()
-                            .filter_map(|c| <[u8; 32]>::try_from(c.as_slice()).ok()),
-                    );
-                }
-            }
-        }
         out
     }
 
-    fn fetching_path(&self, id: &GrantId) -> PathBuf {
-        self.dir.join("fetching").join(format!("{id}.pb"))
+    /// `grants/fetching/GRANT.header` and `GRANT.chunks`.
+    fn fetching_paths(&self, id: &GrantId) -> [PathBuf; 2] {
+        let dir = self.dir.join("fetching");
+        [
+            dir.join(format!("{id}.header")),
+            dir.join(format!("{id}.chunks")),
+        ]
     }
 
-    /// Remembers the publisher's header of a fetch that has started, so an
-    /// interrupted fetch can be resumed (and its chunks are kept) even
-    /// across restarts.
+    /// Remembers the publisher's header of a fetch that has started (as
+    /// received, opaque here) and its chunk list, so an interrupted fetch
+    /// can be resumed, and its chunks are kept, even across restarts.
     pub fn begin_fetch(
         &self,
         id: &GrantId,
-        header: &crate::pb::FetchHeader,
+        header: &[u8],
+        chunks: &[crate::ledger::merkle::Hash],
     ) -> Result<(), BookError> {
-        use prost::Message;
-        let dir = self.dir.join("fetching");
-        fsutil::create_private_dir(&dir)?;
-        fsutil::write_atomic(
-            &self.fetching_path(id),
-            &header.encode_to_vec(),
-            fsutil::PUBLIC_MODE,
-        )?;
+        fsutil::create_private_dir(&self.dir.join("fetching"))?;
+        let [header_path, chunks_path] = self.fetching_paths(id);
+        write_chunks(&chunks_path, chunks)?;
+        fsutil::write_atomic(&header_path, header, fsutil::PUBLIC_MODE)?;
         Ok(())
     }
 
-    /// The header of an interrupted fetch of grant `id`, if there is one.
-    pub fn interrupted_fetch(
-        &self,
-        id: &GrantId,
-    ) -> Result<Option<crate::pb::FetchHeader>, BookError> {
-        let path = self.fetching_path(id);
-        if !path.exists() {
+    /// The saved header of an interrupted fetch of grant `id`, if any (the
+    /// caller verifies it again before use).
+    pub fn interrupted_fetch(&self, id: &GrantId) -> Result<Option<Vec<u8>>, BookError> {
+        let [header_path, _] = self.fetching_paths(id);
+        if !header_path.exists() {
             return Ok(None);
         }
-        read_header(&path).map(Some)
+        Ok(Some(fsutil::read(&header_path)?))
     }
 
     /// Forgets an interrupted fetch.
     pub fn end_fetch(&self, id: &GrantId) -> Result<(), BookError> {
-        let path = self.fetching_path(id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(FileError::new("remove", &path, e).into()),
+        for path in self.fetching_paths(id) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(FileError::new("remove", &path, e).into()),
+            }
         }
+        Ok(())
     }
 
     /// A held grant.
@@ -530,17 +515,9 @@ impl GrantCheck for GrantBook {
     }
 }
 
-/// Reads an interrupted fetch's saved header (the publisher's, as
-/// received; it is verified again before use).
-fn read_header(path: &Path) -> Result<crate::pb::FetchHeader, BookError> {
-    use prost::Message;
-    let raw = fsutil::read(path)?;
-    crate::pb::FetchHeader::decode(raw.as_slice()).map_err(|e| {
-        BookError::State(format!(
-            "{} is not a saved fetch header ({e}); remove it to fetch afresh",
-            path.display()
-        ))
-    })
+/// A chunk list as stored: the 32-byte hashes, concatenated.
+fn write_chunks(path: &Path, chunks: &[crate::ledger::merkle::Hash]) -> Result<(), FileError> {
+    fsutil::write_atomic(path, &chunks.concat(), fsutil::PUBLIC_MODE)
 }
 
 fn json_files(dir: &Path) -> Result<Vec<PathBuf>, FileError> {

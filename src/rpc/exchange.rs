@@ -23,7 +23,6 @@ pub(super) fn book_status(context: &str, e: BookError) -> Status {
         BookError::Grant(e) => Status::invalid_argument(e.to_string()),
         BookError::Ledger(e) => status::ledger(context, e),
         BookError::File(e) => status::internal(context, &e),
-        BookError::State(m) => Status::failed_precondition(m),
     }
 }
 

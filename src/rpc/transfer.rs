@@ -606,11 +606,16 @@ async fn fetch(
     // taken from the blob store (each checked again), the rest asked for.
     let progress = Arc::new(Progress::new(events));
     let mut in_flight = None;
-    if let Some(header) = node
+    if let Some(saved) = node
         .grants
         .interrupted_fetch(&id)
         .map_err(|e| book_status("reading the interrupted fetch", e))?
     {
+        let header = <pb::FetchHeader as prost::Message>::decode(saved.as_slice()).map_err(|e| {
+            Status::failed_precondition(format!(
+                "the saved state of an interrupted fetch of grant {id} is not a fetch header ({e}); remove grants/fetching/{id}.* to fetch afresh"
+            ))
+        })?;
         let (manifest, chunks) = verify_header(&header, &held)?;
         let mut incoming =
             Incoming::start(&out, r.force, &manifest, chunks, &g, node.blobs.clone())
@@ -848,11 +853,15 @@ async fn attempt(
     let flight = match in_flight.take() {
         Some(f) => f,
         None => {
+            // Kept first: the publisher has counted this fetch already.
+            let saved = prost::Message::encode_to_vec(&header);
+            node.grants
+                .begin_fetch(&g.id, &saved, &chunks)
+                .map_err(|e| {
+                    Status::failed_precondition(format!("keeping the transfer header: {e}"))
+                })?;
             let incoming = Incoming::start(out, force, &manifest, chunks, g, node.blobs.clone())
                 .map_err(transfer_status)?;
-            node.grants.begin_fetch(&g.id, &header).map_err(|e| {
-                Status::failed_precondition(format!("keeping the transfer header: {e}"))
-            })?;
             progress.start(&incoming);
             InFlight {
                 transfer_index: header.transfer_index,
