@@ -73,31 +73,16 @@ fn recorded(ledger: &Ledger, grant: &GrantId, kind: EntryKind) -> Result<bool, L
 
 /// Every grant the ledger records as revoked.
 fn revoked_grants(ledger: &Ledger) -> Result<std::collections::HashSet<String>, LedgerError> {
-    let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
-    let mut out = std::collections::HashSet::new();
-    if size == 0 {
-        return Ok(out);
-    }
     let q = Query {
         kind: Some(EntryKind::GrantRevoked),
         ..Query::default()
     };
-    let mut token: Option<Vec<u8>> = None;
-    loop {
-        let page = ledger.query(&q, token.as_deref(), crate::ledger::MAX_PAGE, size)?;
-        for (_, raw) in &page.entries {
-            if let Some(g) = crate::ledger::entry::Entry::decode(raw)
-                .ok()
-                .and_then(|e| e.draft.grant)
-            {
-                out.insert(g);
-            }
-        }
-        match page.next {
-            Some(next) => token = Some(next),
-            None => return Ok(out),
-        }
-    }
+    let mut out = std::collections::HashSet::new();
+    ledger.scan(&q, |e| {
+        out.extend(e.draft.grant);
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok(out)
 }
 
 impl GrantBook {

@@ -452,52 +452,65 @@ impl Ledger {
         )?)
     }
 
-    /// How many entries below the latest checkpoint match `query`, counting
-    /// up to `cap` (every page is followed: a page examines a bounded
-    /// number of entries and may be short).
-    pub fn count(&self, query: &Query, cap: usize) -> Result<usize, LedgerError> {
+    /// Visits every entry below the latest checkpoint that matches
+    /// `query`, in the query's order, until `visit` breaks (every page is
+    /// followed: a page examines a bounded number of entries and may be
+    /// short).
+    pub fn scan(
+        &self,
+        query: &Query,
+        mut visit: impl FnMut(entry::Entry) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), LedgerError> {
         let size = self.size();
-        let mut found = 0;
         let mut token: Option<Vec<u8>> = None;
-        if size == 0 {
-            return Ok(0);
-        }
-        loop {
-            let want = (cap - found).clamp(1, MAX_PAGE);
-            let page = self.query(query, token.as_deref(), want, size)?;
-            found += page.entries.len();
+        while size > 0 {
+            let page = self.query(query, token.as_deref(), MAX_PAGE, size)?;
+            for (_, raw) in &page.entries {
+                if visit(entry::Entry::decode(raw)?).is_break() {
+                    return Ok(());
+                }
+            }
             match page.next {
-                Some(next) if found < cap => token = Some(next),
-                _ => return Ok(found.min(cap)),
+                Some(next) => token = Some(next),
+                None => break,
             }
         }
+        Ok(())
     }
 
-    /// The first entry below the latest checkpoint that matches `query`
-    /// and `wanted` (every page is followed).
+    /// How many entries match `query`, counting up to `cap`.
+    pub fn count(&self, query: &Query, cap: usize) -> Result<usize, LedgerError> {
+        let mut found = 0;
+        if cap == 0 {
+            return Ok(0);
+        }
+        self.scan(query, |_| {
+            found += 1;
+            if found >= cap {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })?;
+        Ok(found)
+    }
+
+    /// The first entry that matches `query` and `wanted`.
     pub fn find(
         &self,
         query: &Query,
         wanted: impl Fn(&entry::Entry) -> bool,
     ) -> Result<Option<entry::Entry>, LedgerError> {
-        let size = self.size();
-        if size == 0 {
-            return Ok(None);
-        }
-        let mut token: Option<Vec<u8>> = None;
-        loop {
-            let page = self.query(query, token.as_deref(), MAX_PAGE, size)?;
-            for (_, raw) in &page.entries {
-                let e = entry::Entry::decode(raw)?;
-                if wanted(&e) {
-                    return Ok(Some(e));
-                }
+        let mut hit = None;
+        self.scan(query, |e| {
+            if wanted(&e) {
+                hit = Some(e);
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
             }
-            match page.next {
-                Some(next) => token = Some(next),
-                None => return Ok(None),
-            }
-        }
+        })?;
+        Ok(hit)
     }
 
     /// One page of entries matching `query`, below `size` (normally the

@@ -84,6 +84,33 @@ fn count_entries(
         .map_err(|e| status::ledger("counting fetches", e))
 }
 
+/// Whether ledger entry `t` is a `TransferStarted` of grant `grant`.
+fn is_transfer_of(node: &NodeContext, t: u64, grant: &GrantId) -> Result<bool, Status> {
+    let started = node
+        .ledger
+        .entry(t)
+        .map_err(|e| status::ledger("reading the transfer", e))?
+        .and_then(|raw| Entry::decode(&raw).ok());
+    Ok(started.is_some_and(|e| {
+        e.draft.kind == EntryKind::TransferStarted
+            && e.draft.grant.as_deref() == Some(grant.as_str())
+    }))
+}
+
+/// The `ReceiptRecorded` entry that closes transfer `t` of `grant`, if
+/// one was recorded (its detail ends with the transfer's index).
+fn receipt_of(node: &NodeContext, grant: &GrantId, t: u64) -> Result<Option<Entry>, Status> {
+    let q = crate::ledger::Query {
+        grant: Some(grant.to_string()),
+        kind: Some(EntryKind::ReceiptRecorded),
+        ..Default::default()
+    };
+    let closes = format!("; transfer entry {t}");
+    node.ledger
+        .find(&q, |e| e.draft.detail.ends_with(&closes))
+        .map_err(|e| status::ledger("looking for the receipt", e))
+}
+
 /// Opens the transfer a Fetch serves: a new one (checked against the fetch
 /// count and recorded before any data flows) or a resumed one of the same
 /// grant (recorded, not counted). Returns the `TransferStarted` index and
@@ -116,16 +143,7 @@ async fn open_transfer(
         return Ok((transfer.index, 0));
     };
     let t = resume.transfer_index;
-    let started = node
-        .ledger
-        .entry(t)
-        .map_err(|e| status::ledger("reading the transfer to resume", e))?
-        .and_then(|raw| Entry::decode(&raw).ok());
-    let ours = started.is_some_and(|e| {
-        e.draft.kind == EntryKind::TransferStarted
-            && e.draft.grant.as_deref() == Some(id.to_string().as_str())
-    });
-    if !ours {
+    if !is_transfer_of(node, t, id)? {
         return Err(Status::invalid_argument(format!(
             "ledger entry {t} is not a transfer of grant {id}; fetch without resuming"
         )));
@@ -141,18 +159,7 @@ async fn open_transfer(
         })?;
     // A completed transfer (its receipt recorded) is not resumed: that
     // would be a free new fetch.
-    let q = crate::ledger::Query {
-        grant: Some(id.to_string()),
-        kind: Some(EntryKind::ReceiptRecorded),
-        ..Default::default()
-    };
-    let closes = format!("; transfer entry {t}");
-    if node
-        .ledger
-        .find(&q, |e| e.draft.detail.ends_with(&closes))
-        .map_err(|e| status::ledger("looking for the receipt", e))?
-        .is_some()
-    {
+    if receipt_of(node, id, t)?.is_some() {
         let why = format!("transfer entry {t} of grant {id} was completed; fetch anew");
         return Err(refuse_fetch(node, who, g, why).await);
     }
@@ -311,33 +318,14 @@ pub(super) async fn submit_receipt(
     }
     // It must close one of this grant's transfers, once.
     let t = rc.transfer_index;
-    let started = node
-        .ledger
-        .entry(t)
-        .map_err(|e| status::ledger("reading the transfer", e))?
-        .and_then(|raw| Entry::decode(&raw).ok());
-    let ours = started.is_some_and(|e| {
-        e.draft.kind == EntryKind::TransferStarted
-            && e.draft.grant.as_deref() == Some(g.id.as_str())
-    });
-    if !ours {
+    if !is_transfer_of(node, t, &g.id)? {
         return Err(Status::invalid_argument(format!(
             "ledger entry {t} is not a transfer of grant {}",
             g.id
         )));
     }
     let _one = node.opening.lock().await;
-    let q = crate::ledger::Query {
-        grant: Some(g.id.to_string()),
-        kind: Some(EntryKind::ReceiptRecorded),
-        ..Default::default()
-    };
-    let closes = format!("; transfer entry {t}");
-    if let Some(done) = node
-        .ledger
-        .find(&q, |e| e.draft.detail.ends_with(&closes))
-        .map_err(|e| status::ledger("looking for the receipt", e))?
-    {
+    if let Some(done) = receipt_of(node, &g.id, t)? {
         // Already recorded (a retried submission): the same answer.
         let cp = node
             .ledger
