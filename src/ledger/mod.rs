@@ -462,8 +462,11 @@ impl Ledger {
         mut visit: impl FnMut(entry::Entry) -> std::ops::ControlFlow<()>,
     ) -> Result<(), LedgerError> {
         let size = self.size();
+        if size == 0 {
+            return Ok(());
+        }
         let mut token: Option<Vec<u8>> = None;
-        while size > 0 {
+        loop {
             let page = self.query(query, token.as_deref(), MAX_PAGE, size)?;
             for (_, raw) in &page.entries {
                 if visit(entry::Entry::decode(raw)?).is_break() {
@@ -472,10 +475,9 @@ impl Ledger {
             }
             match page.next {
                 Some(next) => token = Some(next),
-                None => break,
+                None => return Ok(()),
             }
         }
-        Ok(())
     }
 
     /// How many entries match `query`, counting up to `cap`.
