@@ -322,6 +322,17 @@ impl Served {
         Self { child, lines }
     }
 
+    /// Starts a node and waits until it serves; its address.
+    pub(crate) fn start_serving(data_dir: &Path) -> (Self, std::net::SocketAddr) {
+        let served = Self::start(data_dir);
+        let addr = served.wait_for("serving")["fields"]["addr"]
+            .as_str()
+            .expect("addr")
+            .parse()
+            .expect("addr");
+        (served, addr)
+    }
+
     /// Waits for a log event whose message is `message`.
     pub(crate) fn wait_for(&self, message: &str) -> serde_json::Value {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -366,9 +377,8 @@ fn serve_reloads_crl_on_sighup_and_exits_cleanly_on_sigterm() {
         "listen = \"127.0.0.1:0\"\n[transport]\ncrl_reload_interval = \"1h\"\ndrain_deadline = \"2s\"\n",
     )
     .expect("config");
-    let mut served = Served::start(server.dir.root());
-    let ready = served.wait_for("serving");
-    let addr = ready["fields"]["addr"].as_str().expect("addr").to_owned();
+    let (mut served, addr) = Served::start_serving(server.dir.root());
+    let addr = addr.to_string();
 
     let hello = |expect_ok: bool| {
         let out = dsnode(&[

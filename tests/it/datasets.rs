@@ -46,6 +46,16 @@ pub(crate) async fn publish(
     content: &[u8],
 ) -> Result<pb::PublishResponse, tonic::Status> {
     let conn = support::connect(publisher, node).await;
+    publish_via(conn.channel, header, content).await
+}
+
+/// Publishes `content` through an Admin channel (a node's own, e.g. to a
+/// `dsnode serve` process).
+pub(crate) async fn publish_via(
+    channel: tonic::transport::Channel,
+    header: pb::PublishHeader,
+    content: &[u8],
+) -> Result<pb::PublishResponse, tonic::Status> {
     let mut parts = vec![pb::PublishRequest {
         part: Some(pb::publish_request::Part::Header(header)),
     }];
@@ -54,7 +64,7 @@ pub(crate) async fn publish(
             part: Some(pb::publish_request::Part::Data(piece.to_vec())),
         });
     }
-    pb::admin_client::AdminClient::new(conn.channel)
+    pb::admin_client::AdminClient::new(channel)
         .publish(tokio_stream::iter(parts))
         .await
         .map(tonic::Response::into_inner)

@@ -407,27 +407,9 @@ async fn kill9_during_node_operations_loses_nothing() {
     let policy = POLICY.replace("max_fetches = 3\n", "");
     let acked = Arc::new(Mutex::new(Acked::default()));
     let out = tempfile::tempdir().expect("tempdir");
-    let own = |addr: std::net::SocketAddr| {
-        let material = support::material(&publisher);
-        async move {
-            dsnode::client::connect(
-                dsnode::tls::client_config(&material).expect("config"),
-                &addr.to_string(),
-                dsnode::client::ClientSettings::default(),
-            )
-            .await
-            .expect("connect")
-            .channel
-        }
-    };
     let mut rng = Rng(0x1234_5678_9abc_def1);
     for cycle in 0..cycles {
-        let mut served = crate::cli::Served::start(publisher.dir.root());
-        let addr: std::net::SocketAddr = served.wait_for("serving")["fields"]["addr"]
-            .as_str()
-            .expect("addr")
-            .parse()
-            .expect("addr");
+        let (mut served, addr) = crate::cli::Served::start_serving(publisher.dir.root());
 
         // Everything acknowledged before is there, once.
         let mut a = Auditor::new(support::connect_addr(&auditor, addr).await).expect("auditor");
@@ -473,30 +455,20 @@ async fn kill9_during_node_operations_loses_nothing() {
         // Work until killed.
         let work = {
             let acked = acked.clone();
-            let channel = own(addr).await;
+            let channel = support::connect_addr(&publisher, addr).await.channel;
             let con = support::connect(&consumer, &con_node).await.channel;
             let policy = policy.clone();
             let out = out.path().to_path_buf();
             tokio::spawn(async move {
                 for i in 0.. {
-                    let mut admin = pb::admin_client::AdminClient::new(channel.clone());
                     let mut h = header("Counts", &policy, 70_000);
                     h.chunk_size = 4096;
-                    let parts = vec![
-                        pb::PublishRequest {
-                            part: Some(pb::publish_request::Part::Header(h)),
-                        },
-                        pb::PublishRequest {
-                            part: Some(pb::publish_request::Part::Data(vec![
-                                (cycle * 31 + i) as u8;
-                                70_000
-                            ])),
-                        },
-                    ];
-                    let Ok(r) = admin.publish(tokio_stream::iter(parts)).await else {
+                    let content = vec![(cycle * 31 + i) as u8; 70_000];
+                    let Ok(r) = crate::datasets::publish_via(channel.clone(), h, &content).await
+                    else {
                         return;
                     };
-                    let ds = r.into_inner().dataset_id;
+                    let ds = r.dataset_id;
                     acked.lock().expect("acked").datasets.push(ds.clone());
                     let mut cadmin = pb::admin_client::AdminClient::new(con.clone());
                     let Ok(g) = cadmin

@@ -304,29 +304,13 @@ async fn a_client_that_stops_reading_does_not_grow_the_server() {
     let publisher = space.node("city-transport", "publisher");
     let consumer = crate::datasets::consumer_in(&space, "acme", "CN-HE");
     std::fs::write(publisher.dir.config(), "listen = \"127.0.0.1:0\"\n").expect("config");
-    let mut served = crate::cli::Served::start(publisher.dir.root());
-    let addr: std::net::SocketAddr = served.wait_for("serving")["fields"]["addr"]
-        .as_str()
-        .expect("addr")
-        .parse()
-        .expect("addr");
+    let (mut served, addr) = crate::cli::Served::start_serving(publisher.dir.root());
     let own = support::connect_addr(&publisher, addr).await;
-    let size = 64usize << 20;
-    let first = pb::PublishRequest {
-        part: Some(pb::publish_request::Part::Header(crate::datasets::header(
-            "Big",
-            crate::datasets::POLICY,
-            size as u64,
-        ))),
-    };
-    let pieces = (0..64).map(|i| pb::PublishRequest {
-        part: Some(pb::publish_request::Part::Data(vec![i as u8; 1 << 20])),
-    });
-    let ds = pb::admin_client::AdminClient::new(own.channel)
-        .publish(tokio_stream::iter(std::iter::once(first).chain(pieces)))
+    let content: Vec<u8> = (0..64u8).flat_map(|i| vec![i; 1 << 20]).collect();
+    let h = crate::datasets::header("Big", crate::datasets::POLICY, content.len() as u64);
+    let ds = crate::datasets::publish_via(own.channel, h, &content)
         .await
         .expect("publish")
-        .into_inner()
         .dataset_id;
     let con_node = support::start(&consumer, |_| {}).await;
     let grant = crate::exchange::granted(&consumer, &con_node, &ds, addr).await;

@@ -208,39 +208,17 @@ async fn sigterm_during_a_fetch_drains_the_stream_and_exits_zero() {
         "listen = \"127.0.0.1:0\"\n[transport]\ndrain_deadline = \"30s\"\n",
     )
     .expect("config");
-    let mut served = Served::start(publisher.dir.root());
-    let ready = served.wait_for("serving");
-    let addr: SocketAddr = ready["fields"]["addr"]
-        .as_str()
-        .expect("addr")
-        .parse()
-        .expect("addr");
+    let (mut served, addr) = Served::start_serving(publisher.dir.root());
 
     // Publish through the process's own Admin API: 4 MiB in 64 KiB chunks.
-    let material = dsnode::node::load_credentials(&publisher.dir)
-        .expect("credentials")
-        .material;
-    let own = dsnode::client::connect(
-        dsnode::tls::client_config(&material).expect("config"),
-        &addr.to_string(),
-        dsnode::client::ClientSettings::default(),
-    )
-    .await
-    .expect("connect");
+    let own = support::connect_addr(&publisher, addr).await;
     let size = 4usize << 20;
     let mut h = header("Big", POLICY, size as u64);
     h.chunk_size = 64 << 10;
-    let first = pb::PublishRequest {
-        part: Some(pb::publish_request::Part::Header(h)),
-    };
-    let pieces = (0..4).map(|i| pb::PublishRequest {
-        part: Some(pb::publish_request::Part::Data(vec![i as u8; 1 << 20])),
-    });
-    let ds = pb::admin_client::AdminClient::new(own.channel)
-        .publish(tokio_stream::iter(std::iter::once(first).chain(pieces)))
+    let content: Vec<u8> = (0..4u8).flat_map(|i| vec![i; 1 << 20]).collect();
+    let ds = crate::datasets::publish_via(own.channel, h, &content)
         .await
         .expect("publish")
-        .into_inner()
         .dataset_id;
 
     let con_node = support::start(&consumer, |_| {}).await;

@@ -145,33 +145,12 @@ async fn threat_04_a_used_grant_stays_used_after_kill_9() {
     let publisher = space.node("city-transport", "publisher");
     let consumer = crate::datasets::consumer_in(&space, "acme", "CN-HE");
     std::fs::write(publisher.dir.config(), "listen = \"127.0.0.1:0\"\n").expect("config");
-    let serve = || {
-        let served = crate::cli::Served::start(publisher.dir.root());
-        let addr: std::net::SocketAddr = served.wait_for("serving")["fields"]["addr"]
-            .as_str()
-            .expect("addr")
-            .parse()
-            .expect("addr");
-        (served, addr)
-    };
-    let (mut served, addr) = serve();
+    let (mut served, addr) = crate::cli::Served::start_serving(publisher.dir.root());
     let own = support::connect_addr(&publisher, addr).await;
     let policy = POLICY.replace("max_fetches = 3", "max_fetches = 1");
-    let parts = vec![
-        dsnode::pb::PublishRequest {
-            part: Some(dsnode::pb::publish_request::Part::Header(header(
-                "Once", &policy, 4,
-            ))),
-        },
-        dsnode::pb::PublishRequest {
-            part: Some(dsnode::pb::publish_request::Part::Data(b"once".to_vec())),
-        },
-    ];
-    let ds = dsnode::pb::admin_client::AdminClient::new(own.channel)
-        .publish(tokio_stream::iter(parts))
+    let ds = crate::datasets::publish_via(own.channel, header("Once", &policy, 4), b"once")
         .await
         .expect("publish")
-        .into_inner()
         .dataset_id;
     let con_node = support::start(&consumer, |_| {}).await;
     let grant = crate::exchange::granted(&consumer, &con_node, &ds, addr).await;
@@ -189,7 +168,7 @@ async fn threat_04_a_used_grant_stays_used_after_kill_9() {
     served.child.kill().expect("kill -9");
     let _ = served.child.wait();
 
-    let (mut served, addr) = serve();
+    let (mut served, addr) = crate::cli::Served::start_serving(publisher.dir.root());
     let err = crate::exchange::fetch_to(
         &consumer,
         &con_node,
