@@ -719,10 +719,11 @@ async fn audit(
 
     // The receipt acme kept, as acme would hand it to an auditor.
     let transfer = find(&pub_entries, EntryKind::TransferStarted).map(|e| e.entry.index);
-    let receipt_path = acme.dir.grants().join("received").join(format!(
-        "{grant}.{}.receipt.json",
-        transfer.unwrap_or_default()
-    ));
+    let receipt_path = crate::exchange::book::receipt_path(
+        &acme.dir.grants(),
+        &g.id,
+        transfer.unwrap_or_default(),
+    );
     let receipt = std::fs::read_to_string(&receipt_path)
         .ok()
         .and_then(|t| Envelope::from_json(&t).ok());

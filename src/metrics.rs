@@ -13,7 +13,6 @@
 //! peer cannot grow the metric families.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -472,11 +471,6 @@ fn answer<B>(req: &Request<B>, scrape: &Scrape) -> Response<http_body_util::Full
             "paths: /metrics, /healthz, /readyz\n".into(),
         ),
     }
-}
-
-/// Binds the metrics listener.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 #[cfg(test)]

@@ -254,7 +254,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     })?;
     let metrics_listener = match config.metrics_listen {
         Some(addr) => {
-            let l = crate::metrics::bind(addr)
+            let l = TcpListener::bind(addr)
                 .await
                 .map_err(|source| NodeError::Bind { addr, source })?;
             let bound = l

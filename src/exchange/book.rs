@@ -348,19 +348,11 @@ impl GrantBook {
         let dir = self.dir.join("received");
         fsutil::create_private_dir(&dir)?;
         fsutil::write_atomic(
-            &self.receipt_path(id, transfer),
+            &receipt_path(&self.dir, id, transfer),
             receipt.to_json().as_bytes(),
             fsutil::PUBLIC_MODE,
         )?;
         Ok(())
-    }
-
-    /// Where the receipt for transfer `transfer` of grant `id` is kept:
-    /// `grants/received/GRANT.TRANSFER.receipt.json`.
-    pub fn receipt_path(&self, id: &GrantId, transfer: u64) -> PathBuf {
-        self.dir
-            .join("received")
-            .join(format!("{id}.{transfer}.receipt.json"))
     }
 
     /// The verified manifest of a dataset this node received under `held`.
@@ -498,6 +490,15 @@ impl GrantCheck for GrantBook {
             .map_err(|e| e.to_string())?;
         Ok(self.received_manifest(&held)?.value().classification)
     }
+}
+
+/// Where a node whose grants dir is `grants` keeps the receipt it signed
+/// for transfer `transfer` of grant `id`:
+/// `grants/received/GRANT.TRANSFER.receipt.json`.
+pub fn receipt_path(grants: &Path, id: &GrantId, transfer: u64) -> PathBuf {
+    grants
+        .join("received")
+        .join(format!("{id}.{transfer}.receipt.json"))
 }
 
 /// A chunk list as stored: the 32-byte hashes, concatenated.
