@@ -89,7 +89,7 @@ async fn ledger_run_in(
     n: u64,
     concurrency: u64,
 ) -> (f64, f64, Ledger) {
-    let (ledger, _) = Ledger::open(dir, key(), &node(), LedgerOptions::default()).expect("open");
+    let (ledger, _) = Ledger::open(dir, key(), LedgerOptions::default()).expect("open");
     let start = Instant::now();
     let per = n / concurrency;
     let mut tasks = Vec::new();
@@ -212,8 +212,7 @@ async fn main() {
     ledger.close().await;
     drop(ledger);
     let check = Instant::now();
-    let (ledger, report) =
-        Ledger::open(&dir, key(), &node(), LedgerOptions::default()).expect("reopen");
+    let (ledger, report) = Ledger::open(&dir, key(), LedgerOptions::default()).expect("reopen");
     println!(
         "start-up check (full verification) of {} entries, {} checkpoints: {:.1}s",
         report.size,

@@ -1,16 +1,19 @@
 //! The auditor's side of the Ledger service: every checkpoint signature,
 //! inclusion proof and consistency proof a node serves is verified here,
-//! against the key in the node's verified TLS certificate, before anything
-//! is shown. Nothing the node says is taken on trust.
+//! against the key in the node's verified TLS certificate (and the log's
+//! key history, which must end at that key, each rotation proven to be in
+//! the log), before anything is shown. Nothing the node says is taken on
+//! trust.
 
 use tonic::transport::Channel;
 
 use crate::client::PeerChannel;
 use crate::identity::PeerIdentity;
+use crate::ledger::Query;
 use crate::ledger::entry::{Entry, EntryError};
+use crate::ledger::keys::{KeyError, LogKeys};
 use crate::ledger::merkle::{self, ProofError};
-use crate::ledger::note::{NoteError, NoteVerifier, SignedCheckpoint};
-use crate::ledger::{Query, origin_for};
+use crate::ledger::note::{NoteError, SignedCheckpoint};
 use crate::pb;
 use crate::pb::ledger_client::LedgerClient;
 
@@ -28,6 +31,9 @@ pub enum AuditError {
     /// A checkpoint's signature or format is bad.
     #[error("checkpoint NOT verified: {0}")]
     Checkpoint(#[from] NoteError),
+    /// The log's key history, or a signature under it, is bad.
+    #[error("NOT verified: {0}")]
+    Keys(#[from] KeyError),
     /// An entry's bytes are not a valid entry.
     #[error("entry {index} NOT verified: {source}")]
     Entry {
@@ -100,19 +106,20 @@ pub struct VerifiedEntry {
 /// An auditor connected to one node.
 pub struct Auditor {
     client: LedgerClient<Channel>,
-    verifier: NoteVerifier,
+    /// The log's key history, loaded (and its rotations proven) on first
+    /// use.
+    keys: Option<LogKeys>,
     node: PeerIdentity,
 }
 
 impl Auditor {
     /// An auditor of the node at the other end of `conn`; its checkpoints
-    /// must be signed by the key its certificate carries.
+    /// must be signed by the key its certificate carries, or (older ones)
+    /// by a key the log's history hands over to it.
     pub fn new(conn: PeerChannel) -> Result<Self, AuditError> {
-        let verifier =
-            NoteVerifier::new(&origin_for(&conn.server.node_id), &conn.server.public_key)?;
         Ok(Self {
             client: LedgerClient::new(conn.channel),
-            verifier,
+            keys: None,
             node: conn.server,
         })
     }
@@ -122,31 +129,92 @@ impl Auditor {
         &self.node
     }
 
-    /// The verifier key the node's certificate implies.
+    /// The verifier key of the node's checkpoints: the log's origin and
+    /// the key its certificate carries.
     pub fn vkey(&self) -> String {
-        self.verifier.vkey()
+        match &self.keys {
+            Some(keys) => keys.verifier().vkey(),
+            None => LogKeys::new(&self.node.public_key)
+                .map(|k| k.verifier().vkey())
+                .unwrap_or_default(),
+        }
     }
 
-    fn checkpoint_of(&self, note: &[u8]) -> Result<SignedCheckpoint, AuditError> {
-        Ok(SignedCheckpoint::verify(note, &self.verifier)?)
+    /// The log's key history (loaded and checked on first use).
+    pub async fn keys(&mut self) -> Result<&LogKeys, AuditError> {
+        if self.keys.is_none() {
+            let r = self
+                .client
+                .get_checkpoint(pb::GetCheckpointRequest {})
+                .await?
+                .into_inner();
+            self.load_keys(&r).await?;
+        }
+        self.keys
+            .as_ref()
+            .ok_or_else(|| AuditError::Mismatch("no key history".into()))
+    }
+
+    /// Rebuilds the key history from a checkpoint answer: it must end at
+    /// the certificate's key, and every KeyRotated entry it was built from
+    /// must be proven in the log.
+    async fn load_keys(&mut self, r: &pb::GetCheckpointResponse) -> Result<(), AuditError> {
+        let rotations = r
+            .key_rotations
+            .iter()
+            .map(|bytes| {
+                Entry::decode(bytes).map_err(|source| AuditError::Entry { index: 0, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = LogKeys::from_rotations(&rotations, &self.node.public_key)?;
+        if r.vkey != keys.verifier().vkey() {
+            return Err(AuditError::Mismatch(format!(
+                "the node publishes vkey {} but its certificate and key history imply {}",
+                r.vkey,
+                keys.verifier().vkey()
+            )));
+        }
+        let cp = keys.verify_checkpoint(&r.checkpoint)?;
+        for rotation in rotations {
+            let index = rotation.index;
+            let answer = self.inclusion(index, cp.checkpoint.size).await?;
+            let proven_cp = keys.verify_checkpoint(&answer.checkpoint)?;
+            let (_, proven, _) =
+                self.check_inclusion(proven_cp, answer, index, cp.checkpoint.size)?;
+            if proven.entry != rotation {
+                return Err(AuditError::Mismatch(format!(
+                    "the key rotation shown as entry {index} is not the log's entry {index}"
+                )));
+            }
+        }
+        self.keys = Some(keys);
+        Ok(())
+    }
+
+    async fn checkpoint_of(&mut self, note: &[u8]) -> Result<SignedCheckpoint, AuditError> {
+        Ok(self.keys().await?.verify_checkpoint(note)?)
     }
 
     /// The latest checkpoint, verified; the node's published vkey must be
-    /// the one its certificate implies.
+    /// the one its certificate (and key history) implies.
     pub async fn checkpoint(&mut self) -> Result<SignedCheckpoint, AuditError> {
         let r = self
             .client
             .get_checkpoint(pb::GetCheckpointRequest {})
             .await?
             .into_inner();
-        if r.vkey != self.verifier.vkey() {
+        if self.keys.is_none() {
+            self.load_keys(&r).await?;
+        }
+        let keys = self.keys().await?;
+        if r.vkey != keys.verifier().vkey() {
             return Err(AuditError::Mismatch(format!(
                 "the node publishes vkey {} but its certificate implies {}",
                 r.vkey,
-                self.verifier.vkey()
+                keys.verifier().vkey()
             )));
         }
-        self.checkpoint_of(&r.checkpoint)
+        Ok(keys.verify_checkpoint(&r.checkpoint)?)
     }
 
     fn verify_entry(
@@ -203,7 +271,7 @@ impl Auditor {
         let mut last_index: Option<u64> = None;
         loop {
             let r = self.client.query_entries(req.clone()).await?.into_inner();
-            let cp = self.checkpoint_of(&r.checkpoint)?;
+            let cp = self.checkpoint_of(&r.checkpoint).await?;
             if let Some(p) = &pinned
                 && p.checkpoint != cp.checkpoint
             {
@@ -258,15 +326,34 @@ impl Auditor {
         index: u64,
         size: u64,
     ) -> Result<(SignedCheckpoint, VerifiedEntry, usize), AuditError> {
-        let r = self
+        let r = self.inclusion(index, size).await?;
+        let cp = self.checkpoint_of(&r.checkpoint).await?;
+        self.check_inclusion(cp, r, index, size)
+    }
+
+    async fn inclusion(
+        &mut self,
+        index: u64,
+        size: u64,
+    ) -> Result<pb::ProveInclusionResponse, AuditError> {
+        Ok(self
             .client
             .prove_inclusion(pb::ProveInclusionRequest {
                 target: Some(pb::prove_inclusion_request::Target::Index(index)),
                 tree_size: size,
             })
             .await?
-            .into_inner();
-        let cp = self.checkpoint_of(&r.checkpoint)?;
+            .into_inner())
+    }
+
+    /// Checks an inclusion answer whose checkpoint `cp` is verified.
+    fn check_inclusion(
+        &self,
+        cp: SignedCheckpoint,
+        r: pb::ProveInclusionResponse,
+        index: u64,
+        size: u64,
+    ) -> Result<(SignedCheckpoint, VerifiedEntry, usize), AuditError> {
         if size != 0 && cp.checkpoint.size != size {
             return Err(AuditError::Mismatch(format!(
                 "asked for a proof in tree {size}, got checkpoint {}",
@@ -302,8 +389,8 @@ impl Auditor {
             })
             .await?
             .into_inner();
-        let old_cp = self.checkpoint_of(&r.old_checkpoint)?;
-        let new_cp = self.checkpoint_of(&r.new_checkpoint)?;
+        let old_cp = self.checkpoint_of(&r.old_checkpoint).await?;
+        let new_cp = self.checkpoint_of(&r.new_checkpoint).await?;
         if old_cp.checkpoint.size != old || (new != 0 && new_cp.checkpoint.size != new) {
             return Err(AuditError::Mismatch(format!(
                 "asked for {old} → {new}, got checkpoints {} → {}",

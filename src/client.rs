@@ -14,6 +14,10 @@ use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::PeerIdentity;
+use crate::ledger::entry::Entry;
+use crate::ledger::keys::LogKeys;
+use crate::pb;
+use crate::pb::ledger_client::LedgerClient;
 use crate::tls;
 
 /// Why a peer could not be reached.
@@ -229,6 +233,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
+}
+
+/// The key history of the node at the other end of `conn`, read from its
+/// Ledger service and checked: every rotation signed by the key it retires
+/// and the key it introduces, the chain ending at the key of the node's
+/// TLS certificate. Old manifests and checkpoints of that node verify
+/// under it. (An auditor also proves each rotation is in the log:
+/// [`crate::audit::Auditor::keys`].)
+pub async fn peer_keys(conn: &PeerChannel) -> Result<LogKeys, tonic::Status> {
+    let r = LedgerClient::new(conn.channel.clone())
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner();
+    let rotations = r
+        .key_rotations
+        .iter()
+        .map(|bytes| Entry::decode(bytes))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tonic::Status::data_loss(format!("the node's key history: {e}")))?;
+    LogKeys::from_rotations(&rotations, &conn.server.public_key).map_err(|e| {
+        tonic::Status::data_loss(format!("the node's key history does NOT verify: {e}"))
+    })
 }
 
 /// The innermost error message of a chain: tonic wraps the useful TLS

@@ -52,6 +52,18 @@ impl DataDir {
     pub fn key(&self) -> PathBuf {
         self.root.join("node.key")
     }
+    /// `node.next.key`: the key a rotation will switch to.
+    pub fn next_key(&self) -> PathBuf {
+        self.root.join("node.next.key")
+    }
+    /// `node.next.csr`: its certificate signing request.
+    pub fn next_csr(&self) -> PathBuf {
+        self.root.join("node.next.csr")
+    }
+    /// `retired/`: certificates of keys this node retired (to revoke).
+    pub fn retired(&self) -> PathBuf {
+        self.root.join("retired")
+    }
     /// `node.csr`.
     pub fn csr(&self) -> PathBuf {
         self.root.join("node.csr")

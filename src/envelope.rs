@@ -26,6 +26,8 @@ pub enum PayloadType {
     Grant,
     /// A transfer receipt, signed by the consumer.
     Receipt,
+    /// A log's key rotation, signed by the retired and the new key.
+    KeyRotation,
 }
 
 impl PayloadType {
@@ -35,6 +37,7 @@ impl PayloadType {
             PayloadType::Manifest => "application/vnd.dsnode.manifest.v1+protobuf",
             PayloadType::Grant => "application/vnd.dsnode.grant.v1+protobuf",
             PayloadType::Receipt => "application/vnd.dsnode.receipt.v1+protobuf",
+            PayloadType::KeyRotation => "application/vnd.dsnode.key-rotation.v1+protobuf",
         }
     }
 }
@@ -136,6 +139,16 @@ impl Envelope {
                 sig: sig.to_bytes().to_vec(),
             }],
         }
+    }
+
+    /// Adds a signature by `key` over the same payload (an object two keys
+    /// must both vouch for).
+    pub fn cosign(&mut self, key: &SigningKey, keyid: &str) {
+        let sig = key.sign(&pae(&self.payload_type, &self.payload));
+        self.signatures.push(EnvelopeSignature {
+            keyid: keyid.to_owned(),
+            sig: sig.to_bytes().to_vec(),
+        });
     }
 
     /// Verifies the envelope is of `expected` type and signed by `key`

@@ -38,6 +38,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod node;
 pub mod policy;
+pub mod rotation;
 pub mod rpc;
 pub mod tls;
 

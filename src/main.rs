@@ -45,6 +45,10 @@ enum Command {
     Ca(CaCommand),
     /// Create a node's data dir: identity key, node.toml, CSR.
     Init(InitArgs),
+    /// Rotate the node's identity key (node stopped): `key new`, have the
+    /// operator issue a certificate, then `key rotate`.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Run a node.
     Serve(ServeArgs),
     /// Talk to another node.
@@ -305,6 +309,32 @@ struct JsonFlag {
 }
 
 #[derive(Subcommand)]
+enum KeyCommand {
+    /// Make the next key (node.next.key, mode 0600) and its CSR
+    /// (node.next.csr, same participant and hosts as node.crt).
+    New {
+        /// The node's data directory.
+        #[arg(long, env = DATA_DIR_ENV)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Switch to the next key: record the rotation in the ledger (signed
+    /// by both keys), install the key and its certificate. The node must
+    /// be stopped.
+    Rotate {
+        /// The node's data directory.
+        #[arg(long, env = DATA_DIR_ENV)]
+        data_dir: PathBuf,
+        /// The certificate the operator issued for node.next.csr.
+        #[arg(long)]
+        cert: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Subcommand)]
 enum CaCommand {
     /// Create a CA: ca.key (0600), ca.crt, and an empty signed crl.pem.
     Init {
@@ -523,6 +553,7 @@ fn wants_json(command: &Command) -> bool {
         ) => out.json,
         Command::Ca(CaCommand::Issue { json, .. }) => json.json,
         Command::Init(a) => a.out.json,
+        Command::Key(KeyCommand::New { out, .. } | KeyCommand::Rotate { out, .. }) => out.json,
         Command::Serve(_) | Command::Demo(_) => false,
         Command::Peer(PeerCommand::Hello { client, .. })
         | Command::Status(client)
@@ -548,6 +579,7 @@ async fn run(command: Command) -> Result<Option<Output>> {
     match command {
         Command::Ca(c) => ca_command(c).map(Some),
         Command::Init(a) => init(a).map(Some),
+        Command::Key(c) => key_command(c).await.map(Some),
         Command::Serve(a) => serve(a).await,
         Command::Demo(a) => demo(a).await,
         Command::Peer(PeerCommand::Hello { client, peer }) => hello(client, &peer).await.map(Some),
@@ -727,6 +759,59 @@ fn init(a: InitArgs) -> Result<Output> {
             "listen": a.listen.to_string(),
         }),
     })
+}
+
+async fn key_command(c: KeyCommand) -> Result<Output> {
+    match c {
+        KeyCommand::New { data_dir, .. } => {
+            let dir = DataDir::new(&data_dir);
+            let made = dsnode::rotation::prepare(&dir)?;
+            Ok(Output {
+                text: format!(
+                    "next key: node {} in {} (mode 0600)\n\
+                     next: the operator signs {} (`dsnode ca issue --csr {} --roles … --out NEW.crt`),\n\
+                     then, with the node stopped: `dsnode key rotate --data-dir {} --cert NEW.crt`",
+                    made.node_id,
+                    dir.next_key().display(),
+                    made.csr_path.display(),
+                    made.csr_path.display(),
+                    data_dir.display(),
+                ),
+                json: json!({"next_node_id": made.node_id.to_string(), "csr": made.csr_path}),
+            })
+        }
+        KeyCommand::Rotate { data_dir, cert, .. } => {
+            let dir = DataDir::new(&data_dir);
+            let pem = fsutil::read(&cert)?;
+            let done = dsnode::rotation::finish(&dir, &pem).await?;
+            let recorded = match done.index {
+                Some(i) => format!("ledger entry {i} (KeyRotated, signed by both keys)"),
+                None => "already in the ledger (an interrupted rotation was completed)".into(),
+            };
+            let revoke = match &done.retired_cert {
+                Some(p) => format!(
+                    "\nrevoke the old certificate: `dsnode ca revoke --ca-dir … --cert {}` and distribute the new crl.pem",
+                    p.display()
+                ),
+                None => String::new(),
+            };
+            Ok(Output {
+                text: format!(
+                    "key rotated: node {} -> {}\n  {recorded}\n  ledger vkey {}{revoke}",
+                    done.old.as_ref().map_or("?".into(), ToString::to_string),
+                    done.new,
+                    done.vkey,
+                ),
+                json: json!({
+                    "old_node_id": done.old.map(|n| n.to_string()),
+                    "node_id": done.new.to_string(),
+                    "ledger_index": done.index,
+                    "vkey": done.vkey,
+                    "retired_cert": done.retired_cert,
+                }),
+            })
+        }
+    }
 }
 
 async fn serve(a: ServeArgs) -> Result<Option<Output>> {
@@ -1035,15 +1120,16 @@ async fn audit(command: AuditCommand) -> Result<Output> {
             let dir = DataDir::new(&data_dir);
             let cert = dsnode::identity::cert::cert_der_from_pem(&fsutil::read(&dir.cert())?)?;
             let node = PeerIdentity::from_der(&cert)?;
-            let verifier = dsnode::ledger::note::NoteVerifier::new(
-                &dsnode::ledger::origin_for(&node.node_id),
-                &node.public_key,
-            )?;
-            let report = dsnode::ledger::verify_dir(&dir.ledger(), &verifier)
+            let (report, keys) = dsnode::ledger::verify_dir(&dir.ledger(), &node.public_key)
                 .with_context(|| format!("the ledger of node {} does NOT verify", node.node_id))?;
+            let history = if keys.keys().len() > 1 {
+                format!("\n{keys}")
+            } else {
+                String::new()
+            };
             Ok(Output {
                 text: format!(
-                    "ledger of node {} verified: {} entries, {} checkpoints (every signature checked), root {}",
+                    "ledger of node {} verified: {} entries, {} checkpoints (every signature checked), root {}{history}",
                     node.node_id,
                     report.size,
                     report.checkpoints,
@@ -1158,6 +1244,11 @@ async fn publish(a: PublishArgs) -> Result<Output> {
 async fn catalog(a: CatalogArgs) -> Result<Output> {
     let conn = connect(&a.client.data_dir, &a.peer).await?;
     let publisher = conn.server.clone();
+    // Manifests published before a key rotation are signed by a key the
+    // publisher's history retired.
+    let keys = dsnode::client::peer_keys(&conn)
+        .await
+        .map_err(|s| call_error(&a.peer, &s))?;
     let mut rpc = pb::catalog_client::CatalogClient::new(conn.channel);
     let mut rows = Vec::new();
     let mut token = String::new();
@@ -1180,7 +1271,8 @@ async fn catalog(a: CatalogArgs) -> Result<Output> {
                     anyhow::anyhow!("{} listed {} without its manifest", a.peer, e.dataset_id)
                 })?
                 .into();
-            let (id, manifest) = dsnode::dataset::verify_manifest(envelope, &publisher.public_key)
+            let ((id, manifest), _) = keys
+                .verify_any(|k| dsnode::dataset::verify_manifest(envelope.clone(), k))
                 .with_context(|| {
                     format!("manifest of {} from {} is NOT valid", e.dataset_id, a.peer)
                 })?;

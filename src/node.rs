@@ -552,14 +552,13 @@ fn check_writable(dir: &DataDir) -> Result<(), NodeError> {
 async fn open_ledger(dir: &DataDir, creds: &Credentials) -> Result<Ledger, NodeError> {
     let path = dir.ledger();
     let key = creds.key.signing_key().clone();
-    let node = creds.identity.node_id.clone();
     let (ledger, report) = tokio::task::spawn_blocking(move || {
         // sled releases its file lock from a background thread after the
         // previous handle closes (a restart in the same process, or a node
         // started right after `audit verify`): wait briefly for it.
         let mut tries = 0;
         loop {
-            match Ledger::open(&path, key.clone(), &node, LedgerOptions::default()) {
+            match Ledger::open(&path, key.clone(), LedgerOptions::default()) {
                 Err(crate::ledger::LedgerError::Store(
                     crate::ledger::store::StoreError::Locked { .. },
                 )) if tries < 150 => {
@@ -570,7 +569,16 @@ async fn open_ledger(dir: &DataDir, creds: &Credentials) -> Result<Ledger, NodeE
             }
         }
     })
-    .await??;
+    .await?
+    .map_err(|e| match e {
+        crate::ledger::LedgerError::Keys(keys @ crate::ledger::keys::KeyError::NotCurrent { .. }) => {
+            NodeError::Credentials(format!(
+                "{keys}: this node's ledger refuses {}; a retired key never signs for the node again (if node.key was restored from a backup, restore the current key; if a rotation was interrupted, run `dsnode key rotate` again)",
+                dir.key().display()
+            ))
+        }
+        other => other.into(),
+    })?;
     tracing::info!(
         size = report.size,
         checkpoints = report.checkpoints,

@@ -22,6 +22,7 @@ use crate::envelope::{Envelope, Verified};
 use crate::fsutil::{self, FileError};
 use crate::identity::NodeId;
 use crate::ledger::entry::{EntryDraft, EntryKind};
+use crate::ledger::keys::LogKeys;
 use crate::ledger::merkle::Hash;
 use crate::ledger::{Appended, Ledger, LedgerError, Query};
 use crate::policy::{Action, Classification, Policy};
@@ -145,8 +146,9 @@ fn now_ms() -> i64 {
 
 impl Catalog {
     /// Loads the catalog in `dir`, verifying every manifest with the
-    /// node's key and its chunk list with the manifest; removes datasets
-    /// the ledger does not record as published. Returns warnings for what
+    /// node's key (or, for manifests published before a key rotation, the
+    /// key then in force) and its chunk list with the manifest; removes
+    /// datasets the ledger does not record as published. Returns warnings for what
     /// was skipped.
     pub fn open(
         dir: &Path,
@@ -162,6 +164,7 @@ impl Catalog {
         };
         let mut warnings = Vec::new();
         let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
+        let keys = ledger.keys();
         let entries = std::fs::read_dir(dir).map_err(|e| FileError::new("read", dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| FileError::new("read", dir, e))?;
@@ -171,23 +174,40 @@ impl Catalog {
                 let _ = std::fs::remove_dir_all(&path);
                 continue;
             }
-            match catalog.load_one(&name, &path) {
+            match catalog.load_one(&name, &path, &keys) {
                 Ok(dataset) => {
                     let q = Query {
                         dataset: Some(dataset.id.to_string()),
                         kind: Some(EntryKind::DatasetPublished),
                         ..Query::default()
                     };
-                    let recorded = size > 0 && !ledger.query(&q, None, 1, size)?.entries.is_empty();
-                    if recorded {
-                        catalog
-                            .write()
-                            .insert(dataset.id.clone(), Arc::new(dataset));
+                    let recorded = if size > 0 {
+                        ledger
+                            .query(&q, None, 1, size)?
+                            .entries
+                            .first()
+                            .map(|e| e.0)
                     } else {
+                        None
+                    };
+                    let Some(published_at) = recorded else {
                         warnings.push(format!(
                             "{name}: no DatasetPublished entry in the ledger (publication interrupted); removed"
                         ));
                         let _ = std::fs::remove_dir_all(&path);
+                        continue;
+                    };
+                    // A manifest signed by a key this node has since retired
+                    // stands only if the log recorded it before the
+                    // retirement (a stolen old key cannot add datasets).
+                    let signer = dataset.manifest.signer();
+                    match keys.honours(signer, &format!("manifest {}", dataset.id), published_at) {
+                        Ok(()) => {
+                            catalog
+                                .write()
+                                .insert(dataset.id.clone(), Arc::new(dataset));
+                        }
+                        Err(e) => warnings.push(format!("{name}: not served: {e}")),
                     }
                 }
                 Err(e) => warnings.push(format!("{name}: skipped: {e}")),
@@ -196,11 +216,11 @@ impl Catalog {
         Ok((catalog, warnings))
     }
 
-    fn load_one(&self, name: &str, path: &Path) -> Result<Dataset, PublishError> {
+    fn load_one(&self, name: &str, path: &Path, keys: &LogKeys) -> Result<Dataset, PublishError> {
         let id: DatasetId = name.parse()?;
         let json = fsutil::read_to_string(&path.join("manifest.json"))?;
         let envelope = Envelope::from_json(&json).map_err(DatasetError::from)?;
-        let (actual, manifest) = verify_manifest(envelope, &self.key)?;
+        let ((actual, manifest), _) = keys.verify_any(|k| verify_manifest(envelope.clone(), k))?;
         if actual != id {
             return Err(PublishError::Content(format!(
                 "its manifest is dataset {actual}"

@@ -62,13 +62,13 @@ pub struct GrantBook {
     clock: Clock,
 }
 
-fn recorded(ledger: &Ledger, grant: &GrantId, kind: EntryKind) -> Result<bool, LedgerError> {
+fn recorded(ledger: &Ledger, grant: &GrantId, kind: EntryKind) -> Result<Option<u64>, LedgerError> {
     let q = Query {
         grant: Some(grant.to_string()),
         kind: Some(kind),
         ..Query::default()
     };
-    Ok(ledger.count(&q, 1)? > 0)
+    Ok(ledger.find(&q, |_| true)?.map(|e| e.index))
 }
 
 /// Every grant the ledger records as revoked.
@@ -108,24 +108,39 @@ impl GrantBook {
             clock,
         };
         let mut warnings = Vec::new();
+        let keys = book.ledger.keys();
         for path in json_files(&issued_dir)? {
             let loaded = fsutil::read_to_string(&path)
                 .map_err(BookError::from)
                 .and_then(|t| Envelope::from_json(&t).map_err(|e| GrantError::from(e).into()))
-                .and_then(|env| Ok(verify_grant(env, &own_key)?));
-            match loaded {
-                Ok(g) if recorded(&book.ledger, &g.value().id, EntryKind::AccessGranted)? => {
-                    book.write_issued()
-                        .insert(g.value().id.clone(), Arc::new(g));
+                .and_then(|env| {
+                    Ok(keys
+                        .verify_any(|k| verify_grant(env.clone(), k))
+                        .map(|(g, _)| g)?)
+                });
+            let g = match loaded {
+                Ok(g) => g,
+                Err(e) => {
+                    warnings.push(format!("{}: skipped: {e}", path.display()));
+                    continue;
                 }
-                Ok(_) => {
-                    warnings.push(format!(
-                        "{}: not recorded as granted (issuing interrupted); removed",
-                        path.display()
-                    ));
-                    let _ = std::fs::remove_file(&path);
+            };
+            let id = g.value().id.clone();
+            let Some(granted_at) = recorded(&book.ledger, &id, EntryKind::AccessGranted)? else {
+                warnings.push(format!(
+                    "{}: not recorded as granted (issuing interrupted); removed",
+                    path.display()
+                ));
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            // Signed by a key since retired: honoured only if the log
+            // recorded it before the rotation.
+            match keys.honours(g.signer(), &format!("grant {id}"), granted_at) {
+                Ok(()) => {
+                    book.write_issued().insert(id, Arc::new(g));
                 }
-                Err(e) => warnings.push(format!("{}: skipped: {e}", path.display())),
+                Err(e) => warnings.push(format!("{}: not honoured: {e}", path.display())),
             }
         }
         for path in json_files(&held_dir)? {

@@ -118,6 +118,35 @@ impl Host {
     }
 }
 
+/// The DNS and IP names a certificate (DER) is valid for.
+pub fn hosts_of(der: &[u8]) -> Result<Vec<Host>, CertError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::Malformed {
+        expected: "DER X.509 certificate",
+        detail: e.to_string(),
+    })?;
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| CertError::Attribute(format!("unreadable subject alternative names: {e}")))?;
+    let mut hosts = Vec::new();
+    for name in sans
+        .map(|s| s.value.general_names.as_slice())
+        .unwrap_or(&[])
+    {
+        match name {
+            GeneralName::DNSName(d) => hosts.push(d.parse()?),
+            GeneralName::IPAddress(ip) => {
+                if let Ok(v4) = <[u8; 4]>::try_from(*ip) {
+                    hosts.push(Host::Ip(IpAddr::from(v4)));
+                } else if let Ok(v6) = <[u8; 16]>::try_from(*ip) {
+                    hosts.push(Host::Ip(IpAddr::from(v6)));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(hosts)
+}
+
 /// Makes a PEM certificate signing request for `key`, naming `participant`
 /// (subject common name) and the `hosts` the node will listen on. The CA
 /// decides roles and region; a CSR cannot ask for them.

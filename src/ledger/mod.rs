@@ -5,6 +5,7 @@
 //! - [`merkle`]: hashing, proof generation from stored subtrees, and pure
 //!   offline proof verification.
 //! - [`note`]: C2SP signed notes and `tlog-checkpoint` checkpoints.
+//! - [`keys`]: the log's key history (rotations, retired keys).
 //! - [`store`]: the [`store::LedgerStore`] trait and its sled implementation
 //!   (entries in blocks of 64, packed index postings).
 //! - [`writer`]: builds group commits from entries.
@@ -20,6 +21,7 @@
 //! batches, each with its checkpoint.
 
 pub mod entry;
+pub mod keys;
 pub mod merkle;
 pub mod note;
 pub mod query;
@@ -37,6 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::identity::NodeId;
 use entry::{Entry, EntryDraft, EntryError};
+use keys::{KeyError, LogKeys};
 use merkle::{Hash, ProofError};
 use note::{NoteError, NoteSigner, NoteVerifier, SignedCheckpoint};
 pub use query::{Page, Query};
@@ -62,6 +65,9 @@ pub enum LedgerError {
     /// A checkpoint or note was refused.
     #[error(transparent)]
     Note(#[from] NoteError),
+    /// The log's key history is broken, or the key is not its current one.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
     /// The stored log does not match its hashes or signed checkpoints.
     #[error("ledger tampered at index {index}: {detail}")]
     Tampered {
@@ -132,6 +138,12 @@ enum Request {
         draft: EntryDraft,
         reply: oneshot::Sender<Result<Appended, LedgerError>>,
     },
+    /// Retire the key (see [`Ledger::rotate`]).
+    Rotate {
+        new_key: SigningKey,
+        participant: crate::identity::ParticipantId,
+        reply: oneshot::Sender<Result<Appended, LedgerError>>,
+    },
     /// Stop after the appends queued before it.
     Close,
 }
@@ -143,11 +155,56 @@ const LAST_CHECKPOINT: &str = "LAST_CHECKPOINT";
 /// Verifies a stopped node's ledger directory in full, as the start-up
 /// check does: the store (see [`verify_store`]) and the record of the last
 /// checkpoint signed, kept outside the store. For `dsnode audit verify`.
-pub fn verify_dir(dir: &Path, verifier: &NoteVerifier) -> Result<VerifyReport, LedgerError> {
+/// `current` is the node's key: the log's key history must end there.
+pub fn verify_dir(dir: &Path, current: &[u8; 32]) -> Result<(VerifyReport, LogKeys), LedgerError> {
     let store = SledStore::open(dir)?;
-    let report = verify_store(&store, verifier)?;
-    check_guard(&dir.join(LAST_CHECKPOINT), &store, verifier, &report)?;
-    Ok(report)
+    let keys = LogKeys::from_rotations(&load_rotations(&store)?, current)?;
+    let report = verify_store(&store, &keys)?;
+    check_guard(&dir.join(LAST_CHECKPOINT), &store, &keys, &report)?;
+    Ok((report, keys))
+}
+
+/// The log's KeyRotated entries, in index order, found through the kind
+/// index (the full verification then checks that index against every
+/// entry, so a rotation cannot be hidden from it).
+fn load_rotations(store: &dyn LedgerStore) -> Result<Vec<Entry>, LedgerError> {
+    let key = store::IndexKey::Kind(entry::EntryKind::KeyRotated.code());
+    let mut out = Vec::new();
+    let mut from = 0u64;
+    loop {
+        let page = store.scan_postings(&key, from, 64)?;
+        let Some(&(last, _)) = page.last() else {
+            break;
+        };
+        for (b, bits) in &page {
+            let block = store.block(*b)?.ok_or_else(|| LedgerError::Tampered {
+                index: b << store::BLOCK_BITS,
+                detail: "the kind index names a block that is not stored".into(),
+            })?;
+            let mut bits = *bits;
+            while bits != 0 {
+                let offset = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let index = (b << store::BLOCK_BITS) + offset as u64;
+                let bytes = block
+                    .entries
+                    .get(offset)
+                    .ok_or_else(|| LedgerError::Tampered {
+                        index,
+                        detail: "the kind index names an entry that is not stored".into(),
+                    })?;
+                out.push(Entry::decode(bytes).map_err(|e| LedgerError::Tampered {
+                    index,
+                    detail: e.to_string(),
+                })?);
+                if out.len() > keys::MAX_ROTATIONS {
+                    return Ok(out);
+                }
+            }
+        }
+        from = last + 1;
+    }
+    Ok(out)
 }
 
 /// Refuses a store that is behind, or disagrees with, the last checkpoint
@@ -155,7 +212,7 @@ pub fn verify_dir(dir: &Path, verifier: &NoteVerifier) -> Result<VerifyReport, L
 fn check_guard(
     path: &Path,
     store: &dyn LedgerStore,
-    verifier: &NoteVerifier,
+    keys: &LogKeys,
     report: &VerifyReport,
 ) -> Result<(), LedgerError> {
     let note = match std::fs::read(path) {
@@ -174,8 +231,9 @@ fn check_guard(
             .into());
         }
     };
-    let last =
-        SignedCheckpoint::verify(&note, verifier).map_err(|e| LedgerError::BadCheckpoint {
+    let last = keys
+        .verify_checkpoint(&note)
+        .map_err(|e| LedgerError::BadCheckpoint {
             size: 0,
             detail: format!("{}: {e}", path.display()),
         })?;
@@ -214,6 +272,9 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The log's key history, replaced when the key rotates.
+type SharedKeys = Arc<std::sync::RwLock<Arc<LogKeys>>>;
+
 /// The node's ledger.
 #[derive(Clone)]
 pub struct Ledger {
@@ -229,7 +290,7 @@ struct Shared {
     observer: Arc<std::sync::OnceLock<CommitObserver>>,
     tx: mpsc::Sender<Request>,
     head: watch::Receiver<Option<Arc<SignedCheckpoint>>>,
-    verifier: NoteVerifier,
+    keys: SharedKeys,
     failed: Arc<AtomicBool>,
     sequencer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -243,36 +304,39 @@ impl Ledger {
     pub fn open(
         dir: &Path,
         key: SigningKey,
-        node: &NodeId,
         options: LedgerOptions,
     ) -> Result<(Self, VerifyReport), LedgerError> {
         let store: Arc<dyn LedgerStore> = Arc::new(SledStore::open(dir)?);
-        Self::start(store, key, node, options, Some(dir.join(LAST_CHECKPOINT)))
+        Self::start(store, key, options, Some(dir.join(LAST_CHECKPOINT)))
     }
 
     /// Like [`Ledger::open`] over any store, without the rollback guard.
     pub fn with_store(
         store: Arc<dyn LedgerStore>,
         key: SigningKey,
-        node: &NodeId,
         options: LedgerOptions,
     ) -> Result<(Self, VerifyReport), LedgerError> {
-        Self::start(store, key, node, options, None)
+        Self::start(store, key, options, None)
     }
 
     fn start(
         store: Arc<dyn LedgerStore>,
         key: SigningKey,
-        node: &NodeId,
         options: LedgerOptions,
         guard: Option<std::path::PathBuf>,
     ) -> Result<(Self, VerifyReport), LedgerError> {
-        let signer = NoteSigner::new(&origin_for(node), key)?;
-        let verifier = signer.verifier();
-        let report = verify_store(store.as_ref(), &verifier)?;
+        // The key must be the log's current one: a retired key (a node
+        // restored with an old key file) is refused here, by name.
+        let log_keys = LogKeys::from_rotations(
+            &load_rotations(store.as_ref())?,
+            &key.verifying_key().to_bytes(),
+        )?;
+        let report = verify_store(store.as_ref(), &log_keys)?;
         if let Some(path) = &guard {
-            check_guard(path, store.as_ref(), &verifier, &report)?;
+            check_guard(path, store.as_ref(), &log_keys, &report)?;
         }
+        let signer = NoteSigner::new(log_keys.origin(), key)?;
+        let keys = Arc::new(std::sync::RwLock::new(Arc::new(log_keys)));
         let writer = Writer::open(store.as_ref(), report.size)?;
         let (head_tx, head_rx) = watch::channel(report.latest.clone().map(Arc::new));
         let (tx, rx) = mpsc::channel(options.queue.max(1));
@@ -282,6 +346,7 @@ impl Ledger {
             store: store.clone(),
             observer: observer.clone(),
             signer,
+            keys: keys.clone(),
             writer,
             last_signed: report
                 .latest
@@ -306,7 +371,7 @@ impl Ledger {
                     observer,
                     tx,
                     head: head_rx,
-                    verifier,
+                    keys,
                     failed,
                     sequencer: std::sync::Mutex::new(Some(thread)),
                 }),
@@ -362,9 +427,58 @@ impl Ledger {
         self.shared.head.clone()
     }
 
-    /// The verifier for this ledger's checkpoints.
-    pub fn verifier(&self) -> &NoteVerifier {
-        &self.shared.verifier
+    /// The verifier for this ledger's new checkpoints (the log's origin,
+    /// the current key).
+    pub fn verifier(&self) -> NoteVerifier {
+        self.keys().verifier().clone()
+    }
+
+    /// The log's key history.
+    pub fn keys(&self) -> Arc<LogKeys> {
+        self.shared
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The log's KeyRotated entries (canonical bytes), in index order: what
+    /// a client needs to rebuild the key history.
+    pub fn rotation_entries(&self) -> Result<Vec<Vec<u8>>, LedgerError> {
+        let keys = self.keys();
+        let mut out = Vec::new();
+        for index in keys.rotation_indices() {
+            out.push(self.shared.store.entry(index)?.ok_or_else(|| {
+                LedgerError::Range(format!("key rotation entry {index} is not stored"))
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Retires the log's key for `new_key`: appends a KeyRotated entry
+    /// (signed by both keys, for `participant`) and signs the checkpoint
+    /// over it with both; later checkpoints are signed by `new_key` only.
+    /// The caller installs the new key and certificate for the node once
+    /// this returns (the old key cannot open the ledger any more).
+    pub async fn rotate(
+        &self,
+        new_key: SigningKey,
+        participant: crate::identity::ParticipantId,
+    ) -> Result<Appended, LedgerError> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(LedgerError::Failed);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .tx
+            .send(Request::Rotate {
+                new_key,
+                participant,
+                reply,
+            })
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        rx.await.map_err(|_| LedgerError::Closed)?
     }
 
     fn size(&self) -> u64 {
@@ -416,10 +530,7 @@ impl Ledger {
         let Some(note) = self.shared.store.checkpoint(size)? else {
             return Ok(None);
         };
-        Ok(Some(SignedCheckpoint::verify(
-            note.as_bytes(),
-            &self.shared.verifier,
-        )?))
+        Ok(Some(self.keys().verify_checkpoint(note.as_bytes())?))
     }
 
     fn check_size(&self, size: u64) -> Result<(), LedgerError> {
@@ -535,6 +646,7 @@ struct Sequencer {
     store: Arc<dyn LedgerStore>,
     observer: Arc<std::sync::OnceLock<CommitObserver>>,
     signer: NoteSigner,
+    keys: SharedKeys,
     writer: Writer,
     last_signed: Option<(u64, Hash)>,
     head: watch::Sender<Option<Arc<SignedCheckpoint>>>,
@@ -552,10 +664,20 @@ impl Sequencer {
                 break;
             };
             let mut batch = Vec::new();
+            let mut rotate = None;
             let mut next = Some(first);
             while let Some(request) = next.take() {
                 match request {
                     Request::Append { draft, reply } => batch.push((draft, reply)),
+                    Request::Rotate {
+                        new_key,
+                        participant,
+                        reply,
+                    } => {
+                        // Alone in its batch, after what was queued before.
+                        rotate = Some((new_key, participant, reply));
+                        break;
+                    }
                     Request::Close => {
                         closing = true;
                         break;
@@ -565,29 +687,80 @@ impl Sequencer {
                     next = rx.try_recv().ok();
                 }
             }
-            if batch.is_empty() {
-                continue;
-            }
             if self.failed.load(Ordering::Acquire) {
                 for (_, reply) in batch {
                     let _ = reply.send(Err(LedgerError::Failed));
                 }
+                if let Some((_, _, reply)) = rotate {
+                    let _ = reply.send(Err(LedgerError::Failed));
+                }
                 continue;
             }
-            self.commit(batch);
+            if !batch.is_empty() {
+                self.commit(batch, None);
+            }
+            if let Some((new_key, participant, reply)) = rotate {
+                self.rotate(new_key, participant, reply);
+            }
         }
         rx.close();
         // Answer whatever raced in behind the close.
         while let Ok(request) = rx.try_recv() {
-            if let Request::Append { reply, .. } = request {
-                let _ = reply.send(Err(LedgerError::Closed));
+            match request {
+                Request::Append { reply, .. } | Request::Rotate { reply, .. } => {
+                    let _ = reply.send(Err(LedgerError::Closed));
+                }
+                Request::Close => {}
             }
         }
     }
 
+    /// Appends the KeyRotated entry (the next index) and commits it with
+    /// a checkpoint signed by both keys; then signs with the new key only.
+    fn rotate(
+        &mut self,
+        new_key: SigningKey,
+        participant: crate::identity::ParticipantId,
+        reply: oneshot::Sender<Result<Appended, LedgerError>>,
+    ) {
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let statement = keys::KeyRotation {
+            origin: keys.origin().to_owned(),
+            index: self.writer.size(),
+            old_key: self.signer.signing_key().verifying_key().to_bytes(),
+            new_key: new_key.verifying_key().to_bytes(),
+            participant,
+        };
+        let draft = statement.entry(self.signer.signing_key(), &new_key);
+        let mut after = (*keys).clone();
+        let prepared = Entry::check_draft(&draft)
+            .map_err(LedgerError::from)
+            .and_then(|()| {
+                after.push(&Entry {
+                    index: statement.index,
+                    time_ms: 0,
+                    draft: draft.clone(),
+                })?;
+                Ok(NoteSigner::new(keys.origin(), new_key)?)
+            });
+        match prepared {
+            Ok(successor) => self.commit(vec![(draft, reply)], Some((successor, after))),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Commits a batch under one checkpoint. With a `handover`, the
+    /// successor key cosigns that checkpoint and signs from then on.
     fn commit(
         &mut self,
         requests: Vec<(EntryDraft, oneshot::Sender<Result<Appended, LedgerError>>)>,
+        handover: Option<(NoteSigner, LogKeys)>,
     ) {
         // Anti-fork guard: the tree being extended must be exactly the one
         // last signed, so the new checkpoint is consistent with it.
@@ -632,7 +805,20 @@ impl Sequencer {
         if accepted.is_empty() {
             return;
         }
-        let (batch, signed) = self.writer.seal(&self.signer);
+        let (mut batch, mut signed) = self.writer.seal(&self.signer);
+        if let Some((successor, _)) = &handover {
+            match successor.cosign(&signed.note) {
+                Ok(note) => {
+                    batch.checkpoint = note.clone();
+                    signed.note = note;
+                }
+                Err(e) => {
+                    let replies = accepted.into_iter().map(|(_, _, r)| r);
+                    self.fail(replies, &LedgerError::CommitFailed(e.to_string()));
+                    return;
+                }
+            }
+        }
         let (size, root) = batch.head;
         let mut result = self
             .store
@@ -653,6 +839,14 @@ impl Sequencer {
                     observe(accepted.len(), started.elapsed());
                 }
                 self.last_signed = Some((size, root));
+                if let Some((successor, after)) = handover {
+                    self.signer = successor;
+                    *self
+                        .keys
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(after);
+                    tracing::info!(index = size - 1, key = %self.keys_current(), "ledger key rotated");
+                }
                 let signed = Arc::new(signed);
                 self.head.send_replace(Some(signed.clone()));
                 for (index, leaf_hash, reply) in accepted {
@@ -668,6 +862,12 @@ impl Sequencer {
                 self.fail(replies, &e);
             }
         }
+    }
+
+    fn keys_current(&self) -> crate::identity::NodeId {
+        crate::identity::NodeId::from_public_key(
+            &self.signer.signing_key().verifying_key().to_bytes(),
+        )
     }
 
     /// A commit failed: the batch may or may not be on disk, and the

@@ -85,11 +85,28 @@ impl NoteSigner {
 
     /// Signs `text` (which must end in a newline) and returns the note.
     pub fn sign(&self, text: &str) -> String {
+        format!("{text}\n{}", self.signature_line(text))
+    }
+
+    /// Adds this key's signature to a note another key of the same name
+    /// signed (a key handing over to its successor signs one checkpoint
+    /// with both). The note must be well formed.
+    pub fn cosign(&self, note: &str) -> Result<String, NoteError> {
+        let (text, _) = split_note(note.as_bytes())?;
+        Ok(format!("{note}{}", self.signature_line(text)))
+    }
+
+    fn signature_line(&self, text: &str) -> String {
         let sig = self.key.sign(text.as_bytes());
         let mut blob = Vec::with_capacity(68);
         blob.extend_from_slice(&self.id);
         blob.extend_from_slice(&sig.to_bytes());
-        format!("{text}\n{SIG_PREFIX}{} {}\n", self.name, B64.encode(&blob))
+        format!("{SIG_PREFIX}{} {}\n", self.name, B64.encode(&blob))
+    }
+
+    /// The signing key.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
     }
 }
 
@@ -195,6 +212,12 @@ impl NoteVerifier {
 /// Splits a note into its text and its (name, key id ‖ signature) lines.
 /// A signature line: key name and key id ‖ signature bytes.
 type SignatureLine<'a> = (&'a str, Vec<u8>);
+
+/// The text of a note, before any signature is checked (to learn which
+/// key must have signed it). Never trust what this returns on its own.
+pub(crate) fn unverified_text(note: &[u8]) -> Result<&str, NoteError> {
+    Ok(split_note(note)?.0)
+}
 
 fn split_note(note: &[u8]) -> Result<(&str, Vec<SignatureLine<'_>>), NoteError> {
     let bad = |m: &str| NoteError::Malformed(m.to_owned());

@@ -9,8 +9,10 @@ use std::collections::HashMap;
 
 use super::LedgerError;
 use super::entry::Entry;
+use super::entry::EntryKind;
+use super::keys::LogKeys;
 use super::merkle::{self, Frontier, Hash};
-use super::note::{NoteVerifier, SignedCheckpoint};
+use super::note::SignedCheckpoint;
 use super::store::{BLOCK_BITS, IndexKey, LedgerStore, STORED_LEVEL};
 use super::writer::index_keys;
 
@@ -45,7 +47,7 @@ fn bad_checkpoint(size: u64, detail: impl Into<String>) -> LedgerError {
 /// the tree as it is rebuilt.
 struct CheckpointCursor<'a> {
     store: &'a dyn LedgerStore,
-    verifier: &'a NoteVerifier,
+    keys: &'a LogKeys,
     pending: std::vec::IntoIter<(u64, String)>,
     next: Option<(u64, String)>,
     checked: u64,
@@ -53,10 +55,10 @@ struct CheckpointCursor<'a> {
 }
 
 impl<'a> CheckpointCursor<'a> {
-    fn new(store: &'a dyn LedgerStore, verifier: &'a NoteVerifier) -> Result<Self, LedgerError> {
+    fn new(store: &'a dyn LedgerStore, keys: &'a LogKeys) -> Result<Self, LedgerError> {
         let mut c = Self {
             store,
-            verifier,
+            keys,
             pending: Vec::new().into_iter(),
             next: None,
             checked: 0,
@@ -83,7 +85,9 @@ impl<'a> CheckpointCursor<'a> {
             if cp_size < size {
                 return Err(bad_checkpoint(cp_size, "stored out of order"));
             }
-            let signed = SignedCheckpoint::verify(note.as_bytes(), self.verifier)
+            let signed = self
+                .keys
+                .verify_checkpoint(note.as_bytes())
                 .map_err(|e| bad_checkpoint(cp_size, e.to_string()))?;
             if signed.checkpoint.size != cp_size || signed.checkpoint.root != root() {
                 return Err(bad_checkpoint(
@@ -105,13 +109,10 @@ impl<'a> CheckpointCursor<'a> {
 }
 
 /// Verifies the whole stored log; see the module docs.
-pub fn verify_store(
-    store: &dyn LedgerStore,
-    verifier: &NoteVerifier,
-) -> Result<VerifyReport, LedgerError> {
+pub fn verify_store(store: &dyn LedgerStore, keys: &LogKeys) -> Result<VerifyReport, LedgerError> {
     let (size, stored_root) = store.head()?.unwrap_or((0, merkle::empty_root()));
     let mut frontier = Frontier::default();
-    let mut checkpoints = CheckpointCursor::new(store, verifier)?;
+    let mut checkpoints = CheckpointCursor::new(store, keys)?;
     checkpoints.check_up_to(0, merkle::empty_root)?;
     let mut runs = TimeRuns::load(store)?;
     let mut next_block = 0u64;
@@ -154,6 +155,14 @@ pub fn verify_store(
                     ));
                 }
                 runs.check(index, entry.time_ms)?;
+                if entry.draft.kind == EntryKind::KeyRotated
+                    && !keys.rotation_indices().any(|r| r == index)
+                {
+                    return Err(tampered(
+                        index,
+                        "a key rotation the key history was not built from",
+                    ));
+                }
                 for key in index_keys(&entry) {
                     *postings.entry(key).or_default() |= 1 << k;
                 }

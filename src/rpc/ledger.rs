@@ -151,6 +151,10 @@ impl pb::ledger_server::Ledger for LedgerService {
         Ok(Response::new(pb::GetCheckpointResponse {
             checkpoint: latest.note.clone().into_bytes(),
             vkey: self.ledger().verifier().vkey(),
+            key_rotations: self
+                .ledger()
+                .rotation_entries()
+                .map_err(|e| status::ledger("reading the key history", e))?,
         }))
     }
 

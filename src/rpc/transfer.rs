@@ -32,6 +32,7 @@ use crate::exchange::grant::{Grant, GrantId};
 use crate::exchange::transfer::{Incoming, TransferError, check_header, check_output};
 use crate::identity::PeerIdentity;
 use crate::ledger::entry::{Entry, EntryDraft, EntryKind};
+use crate::ledger::keys::LogKeys;
 use crate::ledger::merkle::Hash;
 use crate::pb;
 use crate::pb::fetch_response::Part;
@@ -399,25 +400,33 @@ fn backoff(n: u32) -> Duration {
         .min(Duration::from_secs(5))
 }
 
-/// Connects to the publisher that issued a held grant (its key is pinned).
-async fn connect_publisher(node: &NodeContext, peer: &str, held: &Held) -> Result<Channel, Status> {
+/// Connects to the publisher that issued a held grant: its key is pinned,
+/// or (after the publisher rotated its key) must be in its key history.
+/// Returns the channel and that history.
+async fn connect_publisher(
+    node: &NodeContext,
+    peer: &str,
+    held: &Held,
+) -> Result<(Channel, LogKeys), Status> {
     let conn = connect_peer(node, peer).await?;
-    if conn.server.public_key != held.publisher_key {
+    let keys = crate::client::peer_keys(&conn).await?;
+    if keys.find(&held.publisher_key).is_none() {
         let g = held.grant.value();
         return Err(Status::failed_precondition(format!(
-            "{peer} is node {}, not the publisher {} that issued grant {}",
+            "{peer} is node {}, not the publisher {} that issued grant {} (nor a successor of its key)",
             conn.server.node_id, g.publisher, g.id
         )));
     }
-    Ok(conn.channel)
+    Ok((conn.channel, keys))
 }
 
 /// Verifies a transfer header: the manifest is signed by the grant's
-/// publisher and is the one the grant names, the chunk list the one the
+/// publisher (a key of its history) and is the one the grant names, the chunk list the one the
 /// manifest signs.
 fn verify_header(
     header: &pb::FetchHeader,
     held: &Held,
+    keys: &LogKeys,
 ) -> Result<(Verified<Manifest>, Vec<Hash>), Status> {
     let g = held.grant.value();
     let env: Envelope = header
@@ -425,7 +434,11 @@ fn verify_header(
         .clone()
         .ok_or_else(|| Status::data_loss("no manifest in the header"))?
         .into();
-    let (dataset_id, manifest) = crate::dataset::verify_manifest(env, &held.publisher_key)
+    // Signed by the publisher's key, or by a key its history retired (a
+    // dataset published before the rotation; the publisher serves only
+    // those its log recorded before the retirement).
+    let ((dataset_id, manifest), _) = keys
+        .verify_any(|k| crate::dataset::verify_manifest(env.clone(), k))
         .map_err(|e| Status::data_loss(format!("manifest NOT valid: {e}")))?;
     if dataset_id != g.dataset {
         return Err(Status::data_loss(
@@ -588,7 +601,7 @@ async fn fetch(
     let _only = FetchGuard::take(node, &id)?;
     let out = PathBuf::from(&r.out);
     check_output(&out, r.force).map_err(transfer_status)?;
-    let mut channel = connect_publisher(node, &r.peer, &held).await?;
+    let (mut channel, keys) = connect_publisher(node, &r.peer, &held).await?;
 
     // An interrupted fetch of this grant resumes: its verified chunks are
     // taken from the blob store (each checked again), the rest asked for.
@@ -604,7 +617,7 @@ async fn fetch(
                 "the saved state of an interrupted fetch of grant {id} is not a fetch header ({e}); remove grants/fetching/{id}.* to fetch afresh"
             ))
         })?;
-        let (manifest, chunks) = verify_header(&header, &held)?;
+        let (manifest, chunks) = verify_header(&header, &held, &keys)?;
         let mut incoming =
             Incoming::start(&out, r.force, &manifest, chunks, &g, node.blobs.clone())
                 .map_err(transfer_status)?;
@@ -632,7 +645,7 @@ async fn fetch(
         let attempted = attempt(
             node,
             channel.clone(),
-            &held,
+            (&held, &keys),
             (&out, r.force),
             &mut in_flight,
             &progress,
@@ -662,7 +675,7 @@ async fn fetch(
             tracing::warn!(grant = %id, error = %last.message(), reconnect = reconnects, "transfer interrupted; reconnecting to resume");
             tokio::time::sleep(backoff(reconnects)).await;
             match connect_publisher(node, &r.peer, &held).await {
-                Ok(c) => break c,
+                Ok((c, _)) => break c,
                 Err(e) if broken(&e) && reconnects < r.retries => last = e,
                 Err(e) => return Err(interrupted(e, in_flight.as_ref(), &r)),
             }
@@ -731,15 +744,9 @@ async fn fetch(
     // The publisher's checkpoint that covers the receipt, verified, goes
     // into this ledger: an auditor can later prove the publisher's log
     // still extends it (no fork, no rewritten history).
-    let verifier = crate::ledger::note::NoteVerifier::new(
-        &crate::ledger::origin_for(&g.publisher),
-        &held.publisher_key,
-    )
-    .map_err(|e| status::internal("checking the publisher's checkpoint", &e))?;
-    let witnessed = crate::ledger::note::SignedCheckpoint::verify(&answer.checkpoint, &verifier)
-        .map_err(|e| {
-            Status::data_loss(format!("the publisher's checkpoint does not verify: {e}"))
-        })?;
+    let witnessed = keys.verify_checkpoint(&answer.checkpoint).map_err(|e| {
+        Status::data_loss(format!("the publisher's checkpoint does not verify: {e}"))
+    })?;
     if witnessed.checkpoint.size <= answer.ledger_index {
         return Err(Status::data_loss(
             "the publisher's checkpoint does not cover its receipt entry",
@@ -797,7 +804,7 @@ fn interrupted(err: Status, in_flight: Option<&InFlight>, r: &pb::AdminFetchRequ
 async fn attempt(
     node: &NodeContext,
     channel: Channel,
-    held: &Held,
+    (held, keys): (&Held, &LogKeys),
     (out, force): (&Path, bool),
     in_flight: &mut Option<InFlight>,
     progress: &Arc<Progress>,
@@ -828,7 +835,7 @@ async fn attempt(
     };
     // A resumed header passes only if it is the same manifest and chunk
     // list: the grant pins the manifest's hash, which pins the list.
-    let (manifest, chunks) = verify_header(&header, held)?;
+    let (manifest, chunks) = verify_header(&header, held, keys)?;
     if header.first_chunk != expected_first
         || in_flight
             .as_ref()

@@ -14,12 +14,8 @@ fn key() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[42; 32])
 }
 
-fn node_id() -> NodeId {
-    NodeId::from_public_key(&key().verifying_key().to_bytes())
-}
-
 fn open(dir: &Path) -> Ledger {
-    Ledger::open(dir, key(), &node_id(), LedgerOptions::default())
+    Ledger::open(dir, key(), LedgerOptions::default())
         .expect("ledger opens")
         .0
 }
@@ -29,7 +25,7 @@ fn open(dir: &Path) -> Ledger {
 /// a "locked" answer right after a tamper helper is retried.
 fn open_must_fail(dir: &Path) -> LedgerError {
     for _ in 0..100 {
-        match Ledger::open(dir, key(), &node_id(), LedgerOptions::default()) {
+        match Ledger::open(dir, key(), LedgerOptions::default()) {
             Ok(_) => panic!("a tampered ledger opened"),
             Err(LedgerError::Store(dsnode::ledger::store::StoreError::Locked { .. })) => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -99,7 +95,7 @@ async fn appends_are_proven_under_signed_checkpoints_and_survive_reopen() {
     ledger.close().await;
     drop(ledger);
     let (reopened, report) =
-        Ledger::open(dir.path(), key(), &node_id(), LedgerOptions::default()).expect("reopen");
+        Ledger::open(dir.path(), key(), LedgerOptions::default()).expect("reopen");
     assert_eq!(report.size, 50);
     assert_eq!(report.root, latest.checkpoint.root);
     assert!(report.checkpoints >= 1);
@@ -430,9 +426,8 @@ fn kill9_crash_loop_loses_no_acknowledged_entry() {
         }
         // Reopen: full verification, then every acked entry at its index.
         runtime.block_on(async {
-            let (ledger, report) =
-                Ledger::open(&ledger_dir, key(), &node_id(), LedgerOptions::default())
-                    .unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
+            let (ledger, report) = Ledger::open(&ledger_dir, key(), LedgerOptions::default())
+                .unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
             for (index, leaf) in &acked {
                 assert!(
                     *index < report.size,

@@ -17,6 +17,7 @@ mod lifecycle;
 mod merkle;
 mod mtls;
 mod ops;
+mod rotation;
 mod slowloris;
 mod support;
 mod threats;

@@ -1,0 +1,195 @@
+//! Rotating a node's identity key (THREATS.md row 16), on a stopped node:
+//!
+//! 1. [`prepare`] (`dsnode key new`): a new key in `node.next.key` (mode
+//!    0600) and a CSR for it in `node.next.csr`, for the same participant
+//!    and hosts as the current certificate.
+//! 2. The operator issues a certificate for that CSR (`dsnode ca issue`),
+//!    as for any node.
+//! 3. [`finish`] (`dsnode key rotate --cert NEW.crt`): checks the
+//!    certificate (issued by the data space's CA, for the new key, to the
+//!    same participant), appends the `KeyRotated` entry signed by both keys
+//!    to the ledger (see [`crate::ledger::keys`]), then installs the new
+//!    key and certificate. The old certificate is kept in `retired/` for
+//!    the operator to revoke; the old private key is gone.
+//!
+//! A crash between the ledger entry and the installation leaves the old
+//! key in `node.key`, which the ledger now refuses; running [`finish`]
+//! again completes the installation.
+
+use std::path::PathBuf;
+
+use crate::config::DataDir;
+use crate::fsutil;
+use crate::identity::{NodeId, NodeKey, ParticipantId, ca, cert};
+use crate::ledger::{Ledger, LedgerError, LedgerOptions, keys::KeyError};
+use crate::node::NodeError;
+
+/// A prepared rotation.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The new key's node id.
+    pub node_id: NodeId,
+    /// Its CSR, for the operator.
+    pub csr_path: PathBuf,
+}
+
+/// A finished rotation.
+#[derive(Debug)]
+pub struct Rotated {
+    /// The retired key's node id (`None`: an interrupted run had installed
+    /// the new certificate already).
+    pub old: Option<NodeId>,
+    /// The new key's node id.
+    pub new: NodeId,
+    /// The KeyRotated entry's index (`None`: the ledger had it already,
+    /// from an interrupted run; only the files were installed now).
+    pub index: Option<u64>,
+    /// The old certificate, to revoke.
+    pub retired_cert: Option<PathBuf>,
+    /// The verifier key of the node's checkpoints from now on.
+    pub vkey: String,
+}
+
+fn refuse(msg: String) -> NodeError {
+    NodeError::Credentials(msg)
+}
+
+/// Makes the next key and its CSR; see the module docs. Refuses when a
+/// next key exists already (finish or remove that rotation first).
+pub fn prepare(dir: &DataDir) -> Result<Prepared, NodeError> {
+    if dir.next_key().exists() {
+        return Err(refuse(format!(
+            "{} exists: a rotation is already prepared (finish it with `dsnode key rotate`, or remove that file to start over)",
+            dir.next_key().display()
+        )));
+    }
+    let current = fsutil::read(&dir.cert())?;
+    let der = cert::cert_der_from_pem(&current)?;
+    let identity = crate::identity::PeerIdentity::from_der(&der)?;
+    let hosts = cert::hosts_of(&der)?;
+    let key = NodeKey::generate();
+    let csr = cert::make_csr(&key, &identity.participant, &hosts)?;
+    key.save_new(&dir.next_key())?;
+    fsutil::write_atomic(&dir.next_csr(), csr.as_bytes(), fsutil::PUBLIC_MODE)?;
+    Ok(Prepared {
+        node_id: key.node_id(),
+        csr_path: dir.next_csr(),
+    })
+}
+
+/// Rotates to the prepared key with its certificate `new_cert_pem`; see
+/// the module docs. The node must be stopped (the ledger is opened here).
+pub async fn finish(dir: &DataDir, new_cert_pem: &[u8]) -> Result<Rotated, NodeError> {
+    let next = NodeKey::load(&dir.next_key())
+        .map_err(|e| refuse(format!("no prepared key ({e}): run `dsnode key new` first")))?;
+    let ca_der = cert::cert_der_from_pem(&fsutil::read(&dir.ca_cert())?)?;
+    let new = ca::verify_issued_by(&ca_der, new_cert_pem, "the new certificate")?;
+    if new.public_key != next.public_key() {
+        return Err(refuse(format!(
+            "the new certificate is for node {}, not for the prepared key {} ({})",
+            new.node_id,
+            next.node_id(),
+            dir.next_key().display()
+        )));
+    }
+    let old_cert_pem = fsutil::read(&dir.cert())?;
+    let old = ca::verify_issued_by(&ca_der, &old_cert_pem, "the current certificate")?;
+    if old.participant != new.participant {
+        return Err(refuse(format!(
+            "the new certificate is for participant {}, the current one for {}: a key rotation keeps the participant",
+            new.participant, old.participant
+        )));
+    }
+    let participant: ParticipantId = new.participant.clone();
+    let resumed = old.public_key == next.public_key();
+    let index = if resumed {
+        // node.crt was installed by an interrupted run, after the ledger
+        // entry (which opening the ledger with the new key checks below).
+        None
+    } else {
+        let current = NodeKey::load(&dir.key())?;
+        append_rotation(dir, &current, &next, participant).await?
+    };
+    // The ledger must now take the new key (and gives the log's vkey).
+    let vkey = open_ledger(dir, &next).await?.verifier().vkey();
+    let retired_cert = (!resumed).then(|| retired_path(dir, &old.node_id));
+    if let Some(path) = &retired_cert {
+        fsutil::create_private_dir(&dir.retired())?;
+        fsutil::write_atomic(path, &old_cert_pem, fsutil::PUBLIC_MODE)?;
+    }
+    fsutil::write_atomic(&dir.cert(), new_cert_pem, fsutil::PUBLIC_MODE)?;
+    std::fs::rename(dir.next_key(), dir.key())
+        .map_err(|e| fsutil::FileError::new("install", &dir.key(), e))?;
+    fsutil::sync_dir(dir.root()).map_err(|e| fsutil::FileError::new("sync", dir.root(), e))?;
+    fsutil::write_atomic(
+        &dir.vkey(),
+        format!("{vkey}\n").as_bytes(),
+        fsutil::PUBLIC_MODE,
+    )?;
+    let _ = std::fs::remove_file(dir.next_csr());
+    Ok(Rotated {
+        old: (!resumed).then_some(old.node_id),
+        new: next.node_id(),
+        index,
+        retired_cert,
+        vkey,
+    })
+}
+
+fn retired_path(dir: &DataDir, node: &NodeId) -> PathBuf {
+    dir.retired().join(format!("{node}.crt"))
+}
+
+/// Opens the ledger with `key` (closed again when the result is dropped
+/// and the caller closes it); a ledger in use means the node runs.
+async fn open_ledger(dir: &DataDir, key: &NodeKey) -> Result<Ledger, NodeError> {
+    let path = dir.ledger();
+    let key = key.signing_key().clone();
+    let opened =
+        tokio::task::spawn_blocking(move || Ledger::open(&path, key, LedgerOptions::default()))
+            .await
+            .map_err(|e| refuse(format!("opening the ledger: {e}")))?;
+    match opened {
+        Ok((ledger, _)) => {
+            ledger.close().await;
+            Ok(ledger)
+        }
+        Err(LedgerError::Store(crate::ledger::store::StoreError::Locked { .. })) => Err(refuse(
+            "the ledger is in use: stop the node before rotating its key".into(),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Appends the KeyRotated entry with `current` retiring for `next`.
+/// Returns `None` when the ledger has it already (an interrupted run).
+async fn append_rotation(
+    dir: &DataDir,
+    current: &NodeKey,
+    next: &NodeKey,
+    participant: ParticipantId,
+) -> Result<Option<u64>, NodeError> {
+    let path = dir.ledger();
+    let key = current.signing_key().clone();
+    let opened =
+        tokio::task::spawn_blocking(move || Ledger::open(&path, key, LedgerOptions::default()))
+            .await
+            .map_err(|e| refuse(format!("opening the ledger: {e}")))?;
+    let ledger = match opened {
+        Ok((ledger, _)) => ledger,
+        Err(LedgerError::Keys(KeyError::NotCurrent { history, .. }))
+            if history == next.node_id() =>
+        {
+            return Ok(None);
+        }
+        Err(LedgerError::Store(crate::ledger::store::StoreError::Locked { .. })) => {
+            return Err(refuse(
+                "the ledger is in use: stop the node before rotating its key".into(),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let rotated = ledger.rotate(next.signing_key().clone(), participant).await;
+    ledger.close().await;
+    Ok(Some(rotated?.index))
+}
