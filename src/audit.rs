@@ -101,6 +101,8 @@ pub struct VerifiedEntry {
     pub entry: Entry,
     /// Its leaf hash.
     pub leaf_hash: merkle::Hash,
+    /// Its audit path in the checkpoint it was proven under.
+    pub inclusion_proof: Vec<merkle::Hash>,
 }
 
 /// An auditor connected to one node.
@@ -195,6 +197,32 @@ impl Auditor {
         Ok(self.keys().await?.verify_checkpoint(note)?)
     }
 
+    /// The node's checkpoint answer as served (its key history and the
+    /// cosigned checkpoints it keeps), after checking the history.
+    pub async fn checkpoint_answer(&mut self) -> Result<pb::GetCheckpointResponse, AuditError> {
+        let r = self
+            .client
+            .get_checkpoint(pb::GetCheckpointRequest {})
+            .await?
+            .into_inner();
+        if self.keys.is_none() {
+            self.load_keys(&r).await?;
+        }
+        Ok(r)
+    }
+
+    /// The signed objects the node holds about a grant, and its
+    /// certificate (unverified: see [`crate::evidence`]).
+    pub async fn evidence(&mut self, grant: &str) -> Result<pb::GetEvidenceResponse, AuditError> {
+        Ok(self
+            .client
+            .get_evidence(pb::GetEvidenceRequest {
+                grant_id: grant.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
     /// The latest checkpoint, verified; the node's published vkey must be
     /// the one its certificate (and key history) implies.
     pub async fn checkpoint(&mut self) -> Result<SignedCheckpoint, AuditError> {
@@ -246,7 +274,20 @@ impl Auditor {
             ),
             source,
         })?;
-        Ok(VerifiedEntry { entry, leaf_hash })
+        let inclusion_proof = proven
+            .inclusion_proof
+            .iter()
+            .map(|h| merkle::hash_from_slice(h))
+            .collect::<Result<_, _>>()
+            .map_err(|source| AuditError::Proof {
+                what: format!("inclusion of entry {index}"),
+                source,
+            })?;
+        Ok(VerifiedEntry {
+            entry,
+            leaf_hash,
+            inclusion_proof,
+        })
     }
 
     /// Entries matching `req`, every one proven against one verified

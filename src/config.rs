@@ -96,6 +96,11 @@ impl DataDir {
     pub fn grants(&self) -> PathBuf {
         self.root.join("grants")
     }
+    /// `witness/`: peers' checkpoints seen, cosignatures received, fork
+    /// evidence.
+    pub fn witness(&self) -> PathBuf {
+        self.root.join("witness")
+    }
     /// `blobs/`.
     pub fn blobs(&self) -> PathBuf {
         self.root.join("blobs")
@@ -156,6 +161,38 @@ pub struct RawConfig {
     /// Transport limits; every key optional.
     #[serde(default)]
     pub transport: RawTransport,
+    /// Checkpoint witnessing; every key optional.
+    #[serde(default)]
+    pub witness: RawWitness,
+}
+
+/// `[witness]` as written; see [`WitnessConfig`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawWitness {
+    pub peers: Option<Vec<String>>,
+    pub interval: Option<HumanDuration>,
+}
+
+/// Which peers this node exchanges checkpoints with on its own (it also
+/// does with every publisher it fetches from), and how often.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WitnessConfig {
+    /// `HOST:PORT` of nodes to witness (and be witnessed by): at start-up,
+    /// before serving, and every `interval`.
+    pub peers: Vec<String>,
+    /// Time between exchanges with each peer.
+    pub interval: Duration,
+}
+
+impl Default for WitnessConfig {
+    fn default() -> Self {
+        Self {
+            peers: Vec::new(),
+            interval: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `[transport]` as written; every key optional, see [`TransportConfig`].
@@ -272,6 +309,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Transport limits.
     pub transport: TransportConfig,
+    /// Checkpoint witnessing.
+    pub witness: WitnessConfig,
     /// The clock policy and grant windows are checked against (the system
     /// clock; tests inject one).
     pub clock: crate::clock::Clock,
@@ -285,6 +324,7 @@ impl Config {
             listen,
             metrics_listen: None,
             transport: TransportConfig::default(),
+            witness: WitnessConfig::default(),
             clock: crate::clock::Clock::system(),
         }
     }
@@ -382,11 +422,28 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, ok)| !ok) {
             return Err(invalid(key, "must be greater than zero"));
         }
+        let witness = WitnessConfig {
+            peers: raw.witness.peers.unwrap_or_default(),
+            interval: dur(raw.witness.interval, WitnessConfig::default().interval),
+        };
+        if witness.interval < Duration::from_secs(1) {
+            return Err(invalid("witness.interval", "must be at least 1s"));
+        }
+        if let Some(bad) = witness.peers.iter().find(|p| {
+            p.rsplit_once(':')
+                .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+        }) {
+            return Err(invalid(
+                "witness.peers",
+                &format!("`{bad}` is not HOST:PORT"),
+            ));
+        }
         Ok(Self {
             data_dir,
             listen: raw.listen,
             metrics_listen: raw.metrics_listen,
             transport,
+            witness,
             clock: crate::clock::Clock::system(),
         })
     }

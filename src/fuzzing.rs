@@ -78,6 +78,33 @@ pub fn checkpoint(data: &[u8]) {
     }
 }
 
+/// A key history as a peer serves it: KeyRotated entries (each
+/// `u16 length ‖ entry`), rebuilt into a history that must end at the
+/// test key, then the rest of the input verified as a checkpoint under it.
+pub fn key_history(data: &[u8]) {
+    use crate::ledger::entry::Entry;
+    use crate::ledger::keys::{KeyRotation, LogKeys};
+    let mut entries = Vec::new();
+    let mut rest = data;
+    while let [hi, lo, tail @ ..] = rest {
+        let n = usize::from(u16::from_be_bytes([*hi, *lo]));
+        let Some(bytes) = tail.get(..n) else {
+            break;
+        };
+        if let Ok(e) = Entry::decode(bytes) {
+            let _ = KeyRotation::from_entry(&e);
+            entries.push(e);
+        }
+        rest = &tail[n..];
+    }
+    if let Ok(keys) = LogKeys::from_rotations(&entries, &key()) {
+        let _ = keys.verify_checkpoint(rest);
+        for k in keys.keys() {
+            let _ = keys.honours(&k.public_key, "fuzzed object", 1);
+        }
+    }
+}
+
 /// Inclusion and consistency proofs: `index ‖ size ‖ leaf ‖ root ‖ proof`
 /// with every length taken from the input (hashes of any length).
 pub fn proof(data: &[u8]) {

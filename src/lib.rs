@@ -29,6 +29,7 @@ pub mod config;
 pub mod dataset;
 pub mod demo;
 pub mod envelope;
+pub mod evidence;
 pub mod exchange;
 pub mod fsutil;
 #[doc(hidden)]
@@ -41,6 +42,7 @@ pub mod policy;
 pub mod rotation;
 pub mod rpc;
 pub mod tls;
+pub mod witness;
 
 /// Generated code for `proto/dataspace/v1/*.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

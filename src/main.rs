@@ -299,6 +299,16 @@ enum AuditCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Forks this node found in peers' logs (witness/forks/): each piece
+    /// of evidence (two signed checkpoints no consistency proof joins) is
+    /// verified again and listed. Exits 1 if there is any.
+    Forks {
+        /// The node's data directory.
+        #[arg(long, env = DATA_DIR_ENV)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Args)]
@@ -458,6 +468,15 @@ enum PeerCommand {
         #[arg(long)]
         peer: String,
     },
+    /// Exchange checkpoints with a peer now (through the local node):
+    /// each verifies and cosigns the other's log; a fork is reported.
+    Witness {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The peer's address, HOST:PORT.
+        #[arg(long)]
+        peer: String,
+    },
 }
 
 /// What a command prints: a sentence or table for people, an object for
@@ -512,11 +531,37 @@ fn main() -> ExitCode {
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_sentence(&e));
+            if let Some(ReportedFailure(out)) = e.downcast_ref::<ReportedFailure>() {
+                if json {
+                    println!("{}", out.json);
+                } else {
+                    println!("{}", out.text);
+                }
+            } else {
+                eprintln!("error: {}", error_sentence(&e));
+            }
             ExitCode::FAILURE
         }
     }
 }
+
+/// A command that ran and found problems: its report is printed as usual
+/// and the exit status is 1.
+struct ReportedFailure(Output);
+
+impl std::fmt::Debug for ReportedFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.text)
+    }
+}
+
+impl std::fmt::Display for ReportedFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.text)
+    }
+}
+
+impl std::error::Error for ReportedFailure {}
 
 /// The error and those of its causes that its message does not already
 /// state (most of our errors name their cause in their own message).
@@ -555,14 +600,16 @@ fn wants_json(command: &Command) -> bool {
         Command::Init(a) => a.out.json,
         Command::Key(KeyCommand::New { out, .. } | KeyCommand::Rotate { out, .. }) => out.json,
         Command::Serve(_) | Command::Demo(_) => false,
-        Command::Peer(PeerCommand::Hello { client, .. })
+        Command::Peer(PeerCommand::Hello { client, .. } | PeerCommand::Witness { client, .. })
         | Command::Status(client)
         | Command::Audit(
             AuditCommand::Checkpoint { client, .. }
             | AuditCommand::Entries { client, .. }
             | AuditCommand::Prove { client, .. },
         ) => client.out.json,
-        Command::Audit(AuditCommand::Verify { out, .. }) => out.json,
+        Command::Audit(AuditCommand::Verify { out, .. } | AuditCommand::Forks { out, .. }) => {
+            out.json
+        }
         Command::Publish(a) => a.client.out.json,
         Command::Catalog(a) => a.client.out.json,
         Command::Policy(PolicyCommand::Check { out, .. }) => out.json,
@@ -583,6 +630,9 @@ async fn run(command: Command) -> Result<Option<Output>> {
         Command::Serve(a) => serve(a).await,
         Command::Demo(a) => demo(a).await,
         Command::Peer(PeerCommand::Hello { client, peer }) => hello(client, &peer).await.map(Some),
+        Command::Peer(PeerCommand::Witness { client, peer }) => {
+            witness(client, &peer).await.map(Some)
+        }
         Command::Status(a) => status(a).await.map(Some),
         Command::Audit(c) => audit(c).await.map(Some),
         Command::Publish(a) => publish(a).await.map(Some),
@@ -920,6 +970,30 @@ fn own_address(data_dir: &Path) -> Result<String> {
     Ok(addr.to_string())
 }
 
+async fn witness(a: ClientArgs, peer: &str) -> Result<Output> {
+    let addr = own_address(&a.data_dir)?;
+    let conn = connect(&a.data_dir, &addr).await?;
+    let r = pb::admin_client::AdminClient::new(conn.channel)
+        .witness(pb::AdminWitnessRequest { peer: peer.into() })
+        .await
+        .map_err(|e| call_error(peer, &e))?
+        .into_inner();
+    Ok(Output {
+        text: format!(
+            "witnessed {peer} (node {}): its log at size {}{} (signature and consistency verified), cosigned\n  {}",
+            r.peer_node_id,
+            r.peer_size,
+            if r.peer_grew { ", new" } else { ", unchanged" },
+            if r.cosigned_by_peer {
+                "it cosigned this node's checkpoint (kept in witness/cosigned/)"
+            } else {
+                "it did not cosign this node's checkpoint"
+            }
+        ),
+        json: json!({"peer": peer, "peer_node_id": r.peer_node_id, "peer_size": r.peer_size, "peer_grew": r.peer_grew, "cosigned_by_peer": r.cosigned_by_peer}),
+    })
+}
+
 async fn status(a: ClientArgs) -> Result<Output> {
     let addr = own_address(&a.data_dir)?;
     let conn = connect(&a.data_dir, &addr).await?;
@@ -1115,6 +1189,51 @@ async fn audit(command: AuditCommand) -> Result<Output> {
                 ),
                 json: json!({"peer": peer, "verified": true, "checkpoint": checkpoint_json(&cp), "entry": entry_json(&entry), "proof_hashes": len}),
             })
+        }
+        AuditCommand::Forks { data_dir, .. } => {
+            let dir = DataDir::new(&data_dir);
+            let found = dsnode::witness::WitnessBook::forks(&dir.witness())?;
+            let mut text = String::new();
+            let mut rows = Vec::new();
+            for (path, read) in &found {
+                let checked = read
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|e| e.verify().map(|pair| (e, pair)));
+                match checked {
+                    Ok((e, (a, b))) => {
+                        text.push_str(&format!(
+                            "FORK in log {} (node {}): {}, found {}\n  seen:        size {} root {}\n  conflicting: size {} root {}\n  both signatures verified; evidence {}\n",
+                            e.origin,
+                            e.node_id,
+                            e.kind,
+                            time_text(e.detected_at_ms),
+                            a.checkpoint.size,
+                            data_encoding::BASE64.encode(&a.checkpoint.root),
+                            b.checkpoint.size,
+                            data_encoding::BASE64.encode(&b.checkpoint.root),
+                            path.display()
+                        ));
+                        rows.push(json!({"origin": e.origin, "node_id": e.node_id, "kind": e.kind, "detected_at_ms": e.detected_at_ms, "seen": e.seen, "conflicting": e.conflicting, "verified": true, "path": path}));
+                    }
+                    Err(why) => {
+                        text.push_str(&format!("{}: NOT valid evidence: {why}\n", path.display()));
+                        rows.push(json!({"path": path, "verified": false, "error": why}));
+                    }
+                }
+            }
+            if found.is_empty() {
+                text.push_str("no forks found\n");
+            }
+            let output = Output {
+                text: text.trim_end().to_owned(),
+                json: json!({"forks": rows}),
+            };
+            if found.is_empty() {
+                Ok(output)
+            } else {
+                Err(ReportedFailure(output).into())
+            }
         }
         AuditCommand::Verify { data_dir, .. } => {
             let dir = DataDir::new(&data_dir);

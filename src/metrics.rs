@@ -64,6 +64,8 @@ pub struct Metrics {
     open_connections: Gauge,
     batch_size: Histogram,
     append_seconds: Histogram,
+    witness: Family<Kind, Counter>,
+    forks: Counter,
     /// Serialises scrapes (they mirror counters kept elsewhere).
     scrape: Mutex<()>,
     ready: AtomicBool,
@@ -139,6 +141,18 @@ impl Metrics {
             "Time to commit a ledger batch (hash, write, fsync, sign)",
             append_seconds.clone(),
         );
+        let witness = Family::<Kind, Counter>::default();
+        registry.register(
+            "witness_exchanges",
+            "Checkpoint exchanges with peers, by outcome (cosigned, refused, failed)",
+            witness.clone(),
+        );
+        let forks = Counter::default();
+        registry.register(
+            "forks_detected",
+            "Forks found in peers' logs (evidence kept in witness/forks/)",
+            forks.clone(),
+        );
         Self {
             registry,
             rpc,
@@ -150,6 +164,8 @@ impl Metrics {
             open_connections,
             batch_size,
             append_seconds,
+            witness,
+            forks,
             scrape: Mutex::new(()),
             ready: AtomicBool::new(false),
         }
@@ -182,6 +198,16 @@ impl Metrics {
     /// Dataset bytes sent.
     pub fn served(&self, bytes: u64) {
         self.bytes_served.inc_by(bytes);
+    }
+
+    /// A checkpoint exchange ended: `cosigned`, `refused` or `failed`.
+    pub fn witnessed(&self, kind: &'static str) {
+        self.witness.get_or_create(&Kind { kind }).inc();
+    }
+
+    /// A fork was found in a peer's log.
+    pub fn fork_detected(&self) {
+        self.forks.inc();
     }
 
     /// A ledger batch committed.

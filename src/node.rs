@@ -355,6 +355,14 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     for w in warnings {
         tracing::warn!(warning = %w, "grants");
     }
+    // The store must still hold every checkpoint a witness cosigned for
+    // this node (kept outside ledger/, so a whole ledger restored from an
+    // older backup is caught here).
+    let witness = Arc::new(
+        crate::witness::WitnessBook::open(&config.data_dir.witness())
+            .map_err(|e| NodeError::Credentials(format!("witness book: {e}")))?,
+    );
+    crate::witness::check_cosigned(&witness, &ledger).map_err(NodeError::Credentials)?;
     // Chunks of publications that failed or were cut off by a crash (chunks
     // of published and of received datasets are kept).
     let mut keep = catalog.referenced_chunks();
@@ -379,7 +387,15 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         publishing: tokio::sync::Mutex::new(()),
         grants: Arc::new(grants),
         client_tls: client_cell.clone(),
+        witness,
+        certificate_pem: fsutil::read(&config.data_dir.cert())?,
     });
+    // Configured witnesses first: a peer holding a cosigned checkpoint
+    // that this store no longer has reports a fork of this log, and the
+    // node does not serve.
+    for peer in &config.witness.peers {
+        witness_once(&ctx, peer).await?;
+    }
     let limit = t.max_decoding_message_size;
     let router = Server::builder()
         .max_concurrent_streams(t.max_concurrent_streams)
@@ -445,6 +461,13 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         t.crl_reload_interval,
         shutdown.clone(),
     ));
+    if !config.witness.peers.is_empty() {
+        tokio::spawn(witness_loop(
+            ctx.clone(),
+            config.witness.clone(),
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(
         addr = %local_addr,
         node = %creds.identity,
@@ -501,6 +524,54 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         shutdown,
         task,
     })
+}
+
+/// One checkpoint exchange with a configured witness. A peer reporting a
+/// fork of this node's own log is fatal; anything else is logged.
+async fn witness_once(ctx: &NodeContext, peer: &str) -> Result<(), NodeError> {
+    let exchange = rpc::witness::exchange_with(ctx, peer);
+    match tokio::time::timeout(Duration::from_secs(15), exchange).await {
+        Ok(Ok(done)) => {
+            tracing::info!(peer, node = %done.peer, size = done.peer_size, cosigned = done.cosigned_by_peer, "checkpoints exchanged");
+            Ok(())
+        }
+        Ok(Err(status)) if rpc::witness::reports_own_fork(ctx, &status) => {
+            Err(NodeError::Credentials(format!(
+                "witness {peer} reports that this node's log forked: {}; the store lost acknowledged entries or was replaced (see its fork evidence); not serving",
+                status.message()
+            )))
+        }
+        Ok(Err(status)) => {
+            tracing::warn!(peer, code = ?status.code(), error = %status.message(), "checkpoint exchange failed");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(peer, "checkpoint exchange timed out");
+            Ok(())
+        }
+    }
+}
+
+/// Exchanges checkpoints with every configured witness every interval.
+async fn witness_loop(
+    ctx: Arc<NodeContext>,
+    config: crate::config::WitnessConfig,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(config.interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        for peer in &config.peers {
+            if let Err(e) = witness_once(&ctx, peer).await {
+                tracing::error!(error = %e, "FORK of this node's log reported by a witness");
+                ctx.metrics.set_ready(false);
+            }
+        }
+    }
 }
 
 /// The highest CRL number this node has put in force is kept in

@@ -507,6 +507,59 @@ impl GrantCheck for GrantBook {
     }
 }
 
+/// The signed objects a node holds about one grant (for evidence
+/// bundles; unverified here, the bundle's reader verifies them).
+#[derive(Debug, Default)]
+pub struct GrantObjects {
+    /// The grant, issued or held here.
+    pub grant: Option<Envelope>,
+    /// The manifest received under it (consumer side).
+    pub manifest: Option<Envelope>,
+    /// The receipts this node signed for it, by transfer entry.
+    pub receipts: Vec<(u64, Envelope)>,
+}
+
+impl GrantBook {
+    /// What this node holds about grant `id`.
+    pub fn objects(&self, id: &GrantId) -> Result<GrantObjects, BookError> {
+        let mut out = GrantObjects::default();
+        if let Some(g) = self.issued_grant(id) {
+            out.grant = Some(g.envelope().clone());
+        } else if let Some(h) = self.held_grant(id) {
+            out.grant = Some(h.grant.envelope().clone());
+            let dataset = &h.grant.value().dataset;
+            let path = self
+                .dir
+                .join("received")
+                .join(format!("{dataset}.manifest.json"));
+            if let Ok(text) = fsutil::read_to_string(&path) {
+                out.manifest = Some(Envelope::from_json(&text).map_err(GrantError::from)?);
+            }
+        }
+        let received = self.dir.join("received");
+        let prefix = format!("{id}.");
+        if let Ok(entries) = std::fs::read_dir(&received) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(transfer) = name
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix(".receipt.json"))
+                    .and_then(|t| t.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let text = fsutil::read_to_string(&entry.path())?;
+                out.receipts.push((
+                    transfer,
+                    Envelope::from_json(&text).map_err(GrantError::from)?,
+                ));
+            }
+        }
+        out.receipts.sort_by_key(|(t, _)| *t);
+        Ok(out)
+    }
+}
+
 /// Where a node whose grants dir is `grants` keeps the receipt it signed
 /// for transfer `transfer` of grant `id`:
 /// `grants/received/GRANT.TRANSFER.receipt.json`.

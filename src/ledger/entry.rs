@@ -65,6 +65,8 @@ pub enum EntryKind {
     GrantReceived,
     /// The node's key was rotated.
     KeyRotated,
+    /// A peer's log forked (detail: both signed checkpoints).
+    ForkDetected,
     /// A kind this software does not know (written by a newer node); kept
     /// so that older auditors can still verify newer logs.
     Unknown(u16),
@@ -72,7 +74,7 @@ pub enum EntryKind {
 
 impl EntryKind {
     /// Every known kind.
-    pub const KNOWN: [EntryKind; 12] = [
+    pub const KNOWN: [EntryKind; 13] = [
         EntryKind::NodeStarted,
         EntryKind::DatasetPublished,
         EntryKind::AccessGranted,
@@ -85,6 +87,7 @@ impl EntryKind {
         EntryKind::GrantReceived,
         EntryKind::KeyRotated,
         EntryKind::TransferResumed,
+        EntryKind::ForkDetected,
     ];
 
     /// The kind's wire code.
@@ -102,6 +105,7 @@ impl EntryKind {
             EntryKind::GrantReceived => 10,
             EntryKind::KeyRotated => 11,
             EntryKind::TransferResumed => 12,
+            EntryKind::ForkDetected => 13,
             EntryKind::Unknown(c) => c,
         }
     }

@@ -53,6 +53,10 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
         "/dataspace.v1.Ledger/ProveConsistency",
         Access::AnyParticipant,
     ),
+    (
+        "/dataspace.v1.Ledger/GetEvidence",
+        Access::Role(Role::Auditor),
+    ),
     ("/dataspace.v1.Peering/Hello", Access::AnyParticipant),
     (
         "/dataspace.v1.Peering/ExchangeCheckpoints",
@@ -76,6 +80,7 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
     ),
     ("/dataspace.v1.Admin/ListGrants", Access::OwnNode(None)),
     ("/dataspace.v1.Admin/Status", Access::OwnNode(None)),
+    ("/dataspace.v1.Admin/Witness", Access::OwnNode(None)),
 ];
 
 /// Standard services every participant may use.

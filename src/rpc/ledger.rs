@@ -143,6 +143,38 @@ fn query_from(req: &pb::QueryEntriesRequest) -> Result<Query, Status> {
 
 #[tonic::async_trait]
 impl pb::ledger_server::Ledger for LedgerService {
+    async fn get_evidence(
+        &self,
+        request: Request<pb::GetEvidenceRequest>,
+    ) -> Result<Response<pb::GetEvidenceResponse>, Status> {
+        let id = super::exchange::grant_id(&request.get_ref().grant_id)?;
+        let objects = self
+            .node
+            .grants
+            .objects(&id)
+            .map_err(|e| status::internal("reading the grant's objects", &e))?;
+        let Some(grant) = objects.grant else {
+            return Err(Status::not_found(format!(
+                "this node neither issued nor holds grant {id}"
+            )));
+        };
+        // The publisher's manifest is its catalog's.
+        let manifest = match objects.manifest {
+            Some(m) => m.to_json(),
+            None => crate::exchange::grant::Grant::decode(&grant.payload)
+                .ok()
+                .and_then(|g| self.node.catalog.get(&g.dataset))
+                .map(|d| d.manifest.envelope().to_json())
+                .unwrap_or_default(),
+        };
+        Ok(Response::new(pb::GetEvidenceResponse {
+            certificate_pem: self.node.certificate_pem.clone(),
+            grant: grant.to_json(),
+            manifest,
+            receipts: objects.receipts.iter().map(|(_, r)| r.to_json()).collect(),
+        }))
+    }
+
     async fn get_checkpoint(
         &self,
         _request: Request<pb::GetCheckpointRequest>,
@@ -155,6 +187,14 @@ impl pb::ledger_server::Ledger for LedgerService {
                 .ledger()
                 .rotation_entries()
                 .map_err(|e| status::ledger("reading the key history", e))?,
+            cosigned_checkpoints: self
+                .node
+                .witness
+                .cosigned()
+                .map_err(|e| status::internal("reading cosignatures", &e))?
+                .into_iter()
+                .map(|(_, note)| note)
+                .collect(),
         }))
     }
 

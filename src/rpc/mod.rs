@@ -13,6 +13,7 @@ mod exchange;
 mod ledger;
 pub mod status;
 mod transfer;
+pub mod witness;
 
 pub use catalog::CatalogService;
 pub use exchange::ExchangeService;
@@ -84,6 +85,10 @@ pub struct NodeContext {
     pub grants: Arc<crate::exchange::book::GrantBook>,
     /// TLS for calls this node makes to other nodes.
     pub client_tls: crate::tls::ClientConfigCell,
+    /// Peers' checkpoints seen, cosignatures received, fork evidence.
+    pub witness: Arc<crate::witness::WitnessBook>,
+    /// This node's certificate (PEM), for evidence bundles.
+    pub certificate_pem: Vec<u8>,
 }
 
 /// `dataspace.v1.Peering`.
@@ -115,6 +120,16 @@ impl pb::peering_server::Peering for PeeringService {
             caller: Some(info.identity.as_ref().into()),
             software_version: SOFTWARE_VERSION.to_owned(),
         }))
+    }
+
+    async fn exchange_checkpoints(
+        &self,
+        request: Request<pb::ExchangeCheckpointsRequest>,
+    ) -> Result<Response<pb::ExchangeCheckpointsResponse>, Status> {
+        let who = caller(&request)?.identity.clone();
+        witness::serve(&self.node, &who, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 
@@ -189,6 +204,19 @@ impl pb::admin_server::Admin for AdminService {
             software_version: SOFTWARE_VERSION.to_owned(),
             uptime_seconds: self.node.started.elapsed().as_secs(),
             open_connections: self.node.connections.open_count() as u64,
+        }))
+    }
+
+    async fn witness(
+        &self,
+        request: Request<pb::AdminWitnessRequest>,
+    ) -> Result<Response<pb::AdminWitnessResponse>, Status> {
+        let done = witness::exchange_with(&self.node, &request.get_ref().peer).await?;
+        Ok(Response::new(pb::AdminWitnessResponse {
+            peer_node_id: done.peer.to_string(),
+            peer_size: done.peer_size,
+            peer_grew: done.peer_grew,
+            cosigned_by_peer: done.cosigned_by_peer,
         }))
     }
 }

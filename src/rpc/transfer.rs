@@ -573,11 +573,17 @@ pub(super) fn fetch_as_node(
 ) -> ReceiverStream<Result<pb::AdminFetchEvent, Status>> {
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
-        let result = fetch(&node, r, tx.clone())
-            .await
-            .map(|done| pb::AdminFetchEvent {
-                event: Some(pb::admin_fetch_event::Event::Done(done)),
-            });
+        let peer = r.peer.clone();
+        let result = fetch(&node, r, tx.clone()).await;
+        if result.is_ok() {
+            // Having talked, the two nodes witness each other's logs.
+            if let Err(e) = super::witness::exchange_with(&node, &peer).await {
+                tracing::warn!(peer, error = %e.message(), "checkpoint exchange after the fetch failed");
+            }
+        }
+        let result = result.map(|done| pb::AdminFetchEvent {
+            event: Some(pb::admin_fetch_event::Event::Done(done)),
+        });
         if let Err(e) = &result {
             tracing::warn!(error = %e.message(), "fetch failed");
         }

@@ -12,6 +12,7 @@ use crate::support::{self, DataSpace, NodeDir};
 enum Expect {
     Anyone,
     Consumer,
+    Auditor,
     OwnNode,
     /// The node itself, and only if it holds the consumer role.
     OwnNodeConsumer,
@@ -28,6 +29,7 @@ const TABLE: &[(&str, Expect)] = &[
     ("/dataspace.v1.Ledger/GetEntries", Expect::Anyone),
     ("/dataspace.v1.Ledger/ProveInclusion", Expect::Anyone),
     ("/dataspace.v1.Ledger/ProveConsistency", Expect::Anyone),
+    ("/dataspace.v1.Ledger/GetEvidence", Expect::Auditor),
     ("/dataspace.v1.Peering/Hello", Expect::Anyone),
     ("/dataspace.v1.Peering/ExchangeCheckpoints", Expect::Anyone),
     ("/dataspace.v1.Admin/Publish", Expect::OwnNode),
@@ -36,6 +38,7 @@ const TABLE: &[(&str, Expect)] = &[
     ("/dataspace.v1.Admin/Fetch", Expect::OwnNodeConsumer),
     ("/dataspace.v1.Admin/ListGrants", Expect::OwnNode),
     ("/dataspace.v1.Admin/Status", Expect::OwnNode),
+    ("/dataspace.v1.Admin/Witness", Expect::OwnNode),
     ("/grpc.health.v1.Health/Check", Expect::Anyone),
 ];
 
@@ -80,6 +83,7 @@ async fn every_role_against_every_rpc() {
             let allowed = match expect {
                 Expect::Anyone => true,
                 Expect::Consumer => who == "consumer",
+                Expect::Auditor => who == "auditor",
                 Expect::OwnNode => who == "own node",
                 // The server here is a publisher only.
                 Expect::OwnNodeConsumer => false,
@@ -95,6 +99,7 @@ async fn every_role_against_every_rpc() {
                 assert_eq!(code, Code::PermissionDenied, "{who} must be refused {path}");
                 let names_what_is_missing = match expect {
                     Expect::Consumer => message.contains("requires the consumer role"),
+                    Expect::Auditor => message.contains("requires the auditor role"),
                     Expect::OwnNode => message.contains("own operator only"),
                     Expect::OwnNodeConsumer => {
                         message.contains("own operator only")
@@ -125,15 +130,19 @@ async fn own_node_without_publisher_role_cannot_publish() {
     node.shutdown().await.expect("shutdown");
 }
 
-/// Unfilled RPCs answer Unimplemented to callers who pass the table.
+/// An empty checkpoint exchange (no checkpoint) is bad input, named.
 #[tokio::test]
-async fn declared_but_unfilled_rpcs_answer_unimplemented() {
+async fn an_empty_checkpoint_exchange_is_refused_as_bad_input() {
     let space = DataSpace::new();
     let server = space.node("server", "publisher");
     let consumer = space.node("consumer", "consumer");
     let node = support::start(&server, |_| {}).await;
     let conn = support::connect(&consumer, &node).await;
-    let (code, _) = call(conn.channel, "/dataspace.v1.Peering/ExchangeCheckpoints").await;
-    assert_eq!(code, Code::Unimplemented);
+    let (code, message) = call(conn.channel, "/dataspace.v1.Peering/ExchangeCheckpoints").await;
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(
+        message.contains("your checkpoint does NOT verify"),
+        "{message}"
+    );
     node.shutdown().await.expect("shutdown");
 }

@@ -502,3 +502,137 @@ fn publishing_a_file_that_cannot_be_read_is_one_sentence() {
     ]);
     fails_with(&out, &["cannot read", "missing.csv"]);
 }
+
+/// `dsnode key new` then `dsnode key rotate` from the command line, with
+/// the operator's `dsnode ca issue` between: a certificate for another
+/// participant or another key is refused with the reason, and the
+/// rotation is recorded once (a second `key rotate` has nothing to do).
+#[test]
+fn key_new_and_rotate_from_the_command_line() {
+    let space = DataSpace::new();
+    let node = space.node("city-transport", "publisher");
+    let other = space.node("city-water", "publisher");
+    let dir = node.dir.root();
+    let ca_dir = space.dir.path().join("ca");
+
+    // A ledger to rotate: start and stop the node once.
+    let (mut served, _) = Served::start_serving(dir);
+    served.signal("TERM");
+    assert!(served.child.wait().expect("exit").success());
+
+    let out = dsnode(&["key", "new", "--data-dir", p(dir), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let next_id = v["next_node_id"].as_str().expect("next id").to_owned();
+    fails_with(
+        &dsnode(&["key", "new", "--data-dir", p(dir)]),
+        &["a rotation is already prepared"],
+    );
+
+    // Another node's certificate: not for the prepared key.
+    fails_with(
+        &dsnode(&[
+            "key",
+            "rotate",
+            "--data-dir",
+            p(dir),
+            "--cert",
+            p(&other.dir.cert()),
+        ]),
+        &["not for the prepared key"],
+    );
+    // The prepared key certified for another participant.
+    let wrong = space.dir.path().join("wrong.crt");
+    let out = dsnode(&[
+        "ca",
+        "issue",
+        "--ca-dir",
+        p(&ca_dir),
+        "--csr",
+        p(&dir.join("node.next.csr")),
+        "--roles",
+        "publisher",
+        "--participant",
+        "city-water",
+        "--out",
+        p(&wrong),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fails_with(
+        &dsnode(&["key", "rotate", "--data-dir", p(dir), "--cert", p(&wrong)]),
+        &["a key rotation keeps the participant"],
+    );
+
+    let new_crt = space.dir.path().join("new.crt");
+    let out = dsnode(&[
+        "ca",
+        "issue",
+        "--ca-dir",
+        p(&ca_dir),
+        "--csr",
+        p(&dir.join("node.next.csr")),
+        "--roles",
+        "publisher",
+        "--out",
+        p(&new_crt),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = dsnode(&[
+        "key",
+        "rotate",
+        "--data-dir",
+        p(dir),
+        "--cert",
+        p(&new_crt),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["node_id"], next_id);
+    assert_eq!(v["old_node_id"], node.identity.node_id.to_string());
+    assert!(v["ledger_index"].as_u64().is_some(), "{v}");
+    assert!(
+        std::fs::read_to_string(dir.join("node.vkey"))
+            .expect("vkey")
+            .starts_with(&format!("dsnode/{}+", node.identity.node_id)),
+        "the log keeps its origin"
+    );
+    // Nothing left to rotate to.
+    fails_with(
+        &dsnode(&["key", "rotate", "--data-dir", p(dir), "--cert", p(&new_crt)]),
+        &["no prepared key", "dsnode key new"],
+    );
+
+    // The node starts with the new key and `audit verify` shows the history.
+    let (mut served, _) = Served::start_serving(dir);
+    served.signal("TERM");
+    assert!(served.child.wait().expect("exit").success());
+    let out = dsnode(&["audit", "verify", "--data-dir", p(dir)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("key {next_id} (since entry")),
+        "{text}"
+    );
+    assert!(text.contains("retired at entry"), "{text}");
+}

@@ -14,7 +14,7 @@ use dsnode::fuzzing;
 /// A fuzzing entry point.
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 10] = [
+const TARGETS: [(&str, Target); 11] = [
     ("envelope", fuzzing::envelope),
     ("manifest", fuzzing::manifest),
     ("grant", fuzzing::grant),
@@ -25,6 +25,7 @@ const TARGETS: [(&str, Target); 10] = [
     ("policy_toml", fuzzing::policy_toml),
     ("odrl_json", fuzzing::odrl_json),
     ("chunks", fuzzing::chunks),
+    ("key_history", fuzzing::key_history),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -119,6 +120,47 @@ fn write_seed_corpus() {
     };
     let signed = dsnode::ledger::note::SignedCheckpoint::sign(cp, &signer);
     write("checkpoint", "own", signed.note.as_bytes());
+
+    // A key history of two rotations ending at the fuzz key ([7; 32]),
+    // then the handover checkpoint signed by both keys.
+    let k = |b: u8| ed25519_dalek::SigningKey::from_bytes(&[b; 32]);
+    let origin = dsnode::ledger::origin_for(&dsnode::identity::NodeId::from_public_key(
+        &k(5).verifying_key().to_bytes(),
+    ));
+    let mut history = Vec::new();
+    for (index, old, new) in [(2u64, 5u8, 6u8), (4, 6, 7)] {
+        let statement = dsnode::ledger::keys::KeyRotation {
+            origin: origin.clone(),
+            index,
+            old_key: k(old).verifying_key().to_bytes(),
+            new_key: k(new).verifying_key().to_bytes(),
+            participant: "fuzz".parse().expect("participant"),
+        };
+        let bytes = dsnode::ledger::entry::Entry {
+            index,
+            time_ms: 1_764_000_000_000,
+            draft: statement.entry(&k(old), &k(new)),
+        }
+        .encode()
+        .expect("entry");
+        history.extend_from_slice(&u16::try_from(bytes.len()).expect("short").to_be_bytes());
+        history.extend_from_slice(&bytes);
+    }
+    let text = dsnode::ledger::note::Checkpoint {
+        origin: origin.clone(),
+        size: 5,
+        root: [1; 32],
+    }
+    .text();
+    let note = dsnode::ledger::note::NoteSigner::new(&origin, k(6))
+        .expect("signer")
+        .sign(&text);
+    let note = dsnode::ledger::note::NoteSigner::new(&origin, k(7))
+        .expect("signer")
+        .cosign(&note)
+        .expect("cosign");
+    history.extend_from_slice(note.as_bytes());
+    write("key_history", "two-rotations", &history);
 
     // Proofs from the RFC 6962 vectors: index ‖ size ‖ 32 ‖ leaf ‖ root ‖ path.
     let b64 = data_encoding::BASE64;

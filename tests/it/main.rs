@@ -22,3 +22,4 @@ mod slowloris;
 mod support;
 mod threats;
 mod transfer;
+mod witness;

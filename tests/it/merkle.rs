@@ -204,3 +204,50 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Consistency proofs between random sizes (issue 8, witnessing): the
+    /// proof verifies, and every mutation of it fails: a flipped bit, a
+    /// hash dropped or added, another root on either side. (The sizes are
+    /// bound to the roots by the signed checkpoints, not by the proof: two
+    /// size pairs can share one proof shape.)
+    #[test]
+    fn consistency_between_random_sizes_and_every_mutation(
+        new in 1u64..700,
+        old_pick in any::<u64>(),
+        seed in any::<u64>(),
+        bit in any::<u16>(),
+    ) {
+        let old = 1 + old_pick % new;
+        let all = leaves(new, seed);
+        let tree = MemoryTree::from_leaves(all.iter().copied());
+        let new_root = merkle::root_from_leaves(&all);
+        let old_root = merkle::root_from_leaves(&all[..old as usize]);
+        let proof = merkle::consistency_proof(&tree, old, new).expect("proof");
+        prop_assert!(merkle::verify_consistency(old, new, &proof, &old_root, &new_root).is_ok());
+        if old == new {
+            prop_assert!(proof.is_empty());
+            prop_assert!(merkle::verify_consistency(old, new, &proof, &old_root, &[0; 32]).is_err());
+            return Ok(());
+        }
+        let fails = |p: &[Hash], o: u64, n: u64, or: &Hash, nr: &Hash| {
+            merkle::verify_consistency(o, n, p, or, nr).is_err()
+        };
+        let mut flipped = proof.clone();
+        let i = usize::from(bit) % (flipped.len() * 256);
+        flipped[i / 256][(i % 256) / 8] ^= 1 << (i % 8);
+        prop_assert!(fails(&flipped, old, new, &old_root, &new_root), "flipped bit");
+        prop_assert!(fails(&proof[..proof.len() - 1], old, new, &old_root, &new_root), "dropped hash");
+        let mut longer = proof.clone();
+        longer.push([7; 32]);
+        prop_assert!(fails(&longer, old, new, &old_root, &new_root), "extra hash");
+        let mut other = old_root;
+        other[usize::from(bit) % 32] ^= 1;
+        prop_assert!(fails(&proof, old, new, &other, &new_root), "another old root");
+        let mut other = new_root;
+        other[usize::from(bit) % 32] ^= 1;
+        prop_assert!(fails(&proof, old, new, &old_root, &other), "another new root");
+    }
+}

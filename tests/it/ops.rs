@@ -157,8 +157,11 @@ async fn metrics_are_served_parsed_and_follow_the_traffic() {
         ) >= 1.0
     );
     // NodeStarted, DatasetPublished, AccessGranted, TransferStarted,
-    // ReceiptRecorded, AccessDenied.
-    assert_eq!(get(&s, "dsnode_ledger_entries"), 6.0);
+    // ReceiptRecorded, PeerCheckpointSeen (the consumer's log, witnessed
+    // after the fetch), AccessDenied.
+    assert_eq!(get(&s, "dsnode_ledger_entries"), 7.0);
+    assert!(get(&s, "dsnode_witness_exchanges_total{kind=\"cosigned\"}") >= 1.0);
+    assert_eq!(get(&s, "dsnode_forks_detected_total"), 0.0);
     assert!(get(&s, "dsnode_ledger_append_batch_entries_count") >= 5.0);
     assert!(get(&s, "dsnode_ledger_append_batch_seconds_sum") > 0.0);
 

@@ -1,0 +1,540 @@
+//! Evidence bundles (issue 8): one file that proves an exchange, checkable
+//! offline with only the data space's CA certificate.
+//!
+//! Format `dsnode-evidence-bundle` version 1 (docs/evidence.md): canonical
+//! JSON (exactly what [`Bundle::to_bytes`] writes; any other byte sequence
+//! is refused), holding the manifest, grant and receipt DSSE envelopes and,
+//! for each side of the exchange (publisher, consumer), its certificate,
+//! its log's key history, a checkpoint of its log cosigned by the other
+//! side, and every ledger entry naming the grant with its inclusion proof
+//! under that checkpoint.
+//!
+//! [`verify`] checks all of it: the certificates were issued by the CA;
+//! each checkpoint is signed by its node's key (history) and cosigned by
+//! the other node; each entry is in its checkpoint; the envelopes are
+//! signed by the right node and name each other (grant → manifest hash,
+//! receipt → grant, dataset and content hash); and both ledgers recorded
+//! the grant and every receipt with the objects' hashes. Certificate
+//! expiry and revocation are not checked: a bundle is evidence of the past.
+
+use data_encoding::BASE64;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditError, Auditor, VerifiedEntry};
+use crate::dataset::Manifest;
+use crate::envelope::{Envelope, Verified};
+use crate::exchange::grant::{Grant, verify_grant};
+use crate::exchange::receipt::{Receipt, verify_receipt};
+use crate::identity::{PeerIdentity, ca};
+use crate::ledger::entry::{Entry, EntryKind};
+use crate::ledger::keys::LogKeys;
+use crate::ledger::merkle::{self, Hash};
+use crate::ledger::note::SignedCheckpoint;
+use crate::pb;
+use crate::witness::cosig;
+
+/// The bundle's format name.
+pub const FORMAT: &str = "dsnode-evidence-bundle";
+/// The only version written and read.
+pub const VERSION: u32 = 1;
+/// Largest bundle read.
+pub const MAX_BUNDLE_BYTES: usize = 16 << 20;
+
+/// An evidence bundle; see the module docs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// [`FORMAT`].
+    pub format: String,
+    /// [`VERSION`].
+    pub version: u32,
+    /// The grant the bundle is about.
+    pub grant_id: String,
+    /// The manifest the grant names (DSSE JSON).
+    pub manifest: String,
+    /// The grant (DSSE JSON).
+    pub grant: String,
+    /// The consumer's receipts for it (DSSE JSON), in transfer order.
+    pub receipts: Vec<String>,
+    /// The publisher's side.
+    pub publisher: Side,
+    /// The consumer's side.
+    pub consumer: Side,
+}
+
+/// One node's side of the exchange.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Side {
+    /// Its certificate, base64 DER.
+    pub certificate: String,
+    /// Its log's KeyRotated entries, base64.
+    pub key_rotations: Vec<String>,
+    /// A checkpoint of its log (signed note) cosigned by the other side.
+    pub checkpoint: String,
+    /// Every entry of its log naming the grant, proven in `checkpoint`.
+    pub entries: Vec<ProvenEntry>,
+}
+
+/// An entry and its inclusion proof.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProvenEntry {
+    /// Its index.
+    pub index: u64,
+    /// Its canonical bytes, base64.
+    pub entry: String,
+    /// Its RFC 6962 audit path, base64 hashes.
+    pub proof: Vec<String>,
+}
+
+/// Why a bundle does not verify (or could not be made).
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The bytes are not a bundle.
+    #[error("not a dsnode evidence bundle: {0}")]
+    Format(String),
+    /// Part of it does not verify.
+    #[error("NOT verified: {0}")]
+    Invalid(String),
+    /// Making one failed.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+fn invalid(msg: impl Into<String>) -> BundleError {
+    BundleError::Invalid(msg.into())
+}
+
+impl Bundle {
+    /// The canonical bytes (pretty JSON, one trailing newline).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// Parses a bundle, refusing anything but its canonical bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BundleError> {
+        if bytes.len() > MAX_BUNDLE_BYTES {
+            return Err(BundleError::Format(format!(
+                "{} bytes; at most {MAX_BUNDLE_BYTES}",
+                bytes.len()
+            )));
+        }
+        let bundle: Bundle = serde_json::from_slice(bytes).map_err(|e| {
+            BundleError::Format(format!(
+                "{e} (expected the JSON object of docs/evidence.md)"
+            ))
+        })?;
+        if bundle.format != FORMAT || bundle.version != VERSION {
+            return Err(BundleError::Format(format!(
+                "format `{}` version {}, expected `{FORMAT}` version {VERSION}",
+                bundle.format, bundle.version
+            )));
+        }
+        if bundle.to_bytes() != bytes {
+            return Err(BundleError::Format(
+                "not in canonical form: bytes were changed, added or removed".into(),
+            ));
+        }
+        Ok(bundle)
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    BASE64.encode(bytes)
+}
+
+fn unb64(what: &str, text: &str) -> Result<Vec<u8>, BundleError> {
+    BASE64
+        .decode(text.as_bytes())
+        .map_err(|e| invalid(format!("{what} is not base64: {e}")))
+}
+
+/// A DSSE JSON envelope, which must be in its canonical form.
+fn envelope(what: &str, json: &str) -> Result<Envelope, BundleError> {
+    let env = Envelope::from_json(json).map_err(|e| invalid(format!("{what}: {e}")))?;
+    if env.to_json() != json {
+        return Err(invalid(format!(
+            "{what} is not in canonical DSSE JSON form"
+        )));
+    }
+    Ok(env)
+}
+
+/// Builds one side from its auditor: the checkpoint `witness` cosigned
+/// that covers every entry of the grant, and those entries proven in it.
+async fn side(
+    node: &mut Auditor,
+    witness: &PeerIdentity,
+    grant: &str,
+    role: &str,
+) -> Result<(Side, pb::GetEvidenceResponse), BundleError> {
+    let answer = node.checkpoint_answer().await?;
+    let keys = node.keys().await?.clone();
+    let by_grant = pb::QueryEntriesRequest {
+        grant: grant.to_owned(),
+        ..Default::default()
+    };
+    let (_, all) = node.entries(by_grant.clone(), true).await?;
+    if all.is_empty() {
+        return Err(invalid(format!(
+            "the {role}'s ledger has no entry naming grant {grant}"
+        )));
+    }
+    let last = all.iter().map(|e| e.entry.index).max().unwrap_or(0);
+    let cosigned = answer
+        .cosigned_checkpoints
+        .iter()
+        .filter(|note| cosig::verify(note, &witness.public_key).is_ok())
+        .filter_map(|note| keys.verify_checkpoint(note).ok())
+        .find(|cp| cp.checkpoint.size > last)
+        .ok_or_else(|| {
+            invalid(format!(
+                "no checkpoint of the {role} ({}) cosigned by {} covers its entries for grant {grant} yet: have them exchange checkpoints (`dsnode peer witness`) and try again",
+                node.node().node_id, witness.node_id
+            ))
+        })?;
+    let mut at = by_grant;
+    at.tree_size = cosigned.checkpoint.size;
+    let (proven_cp, entries) = node.entries(at, true).await?;
+    if proven_cp.checkpoint.root != cosigned.checkpoint.root || entries.len() != all.len() {
+        return Err(invalid(format!(
+            "the {role}'s entries for grant {grant} could not be proven in its cosigned checkpoint"
+        )));
+    }
+    let evidence = node.evidence(grant).await?;
+    let certificate = crate::identity::cert::cert_der_from_pem(&evidence.certificate_pem)
+        .map_err(|e| invalid(format!("the {role}'s certificate: {e}")))?;
+    let identity = PeerIdentity::from_der(&certificate)
+        .map_err(|e| invalid(format!("the {role}'s certificate: {e}")))?;
+    if identity.public_key != node.node().public_key {
+        return Err(invalid(format!(
+            "the {role} served a certificate for another key than its TLS certificate's"
+        )));
+    }
+    Ok((
+        Side {
+            certificate: b64(&certificate),
+            key_rotations: answer.key_rotations.iter().map(|r| b64(r)).collect(),
+            checkpoint: cosigned.note.clone(),
+            entries: entries.iter().map(proven).collect(),
+        },
+        evidence,
+    ))
+}
+
+fn proven(v: &VerifiedEntry) -> ProvenEntry {
+    ProvenEntry {
+        index: v.entry.index,
+        entry: v.entry.encode().map(|b| b64(&b)).unwrap_or_default(),
+        proof: v.inclusion_proof.iter().map(|h| b64(h)).collect(),
+    }
+}
+
+/// Collects a bundle for `grant` from auditors of its publisher and its
+/// consumer (either order).
+pub async fn build(a: &mut Auditor, b: &mut Auditor, grant: &str) -> Result<Bundle, BundleError> {
+    let ev_a = a.evidence(grant).await?;
+    let env = envelope("the grant", &ev_a.grant)?;
+    let g = Grant::decode(&env.payload).map_err(|e| invalid(format!("the grant: {e}")))?;
+    let a_is_publisher = a
+        .keys()
+        .await?
+        .keys()
+        .iter()
+        .any(|k| k.node_id == g.publisher);
+    let (publisher, consumer) = if a_is_publisher { (a, b) } else { (b, a) };
+    let (pub_identity, con_identity) = (publisher.node().clone(), consumer.node().clone());
+    let (pub_side, pub_ev) = side(publisher, &con_identity, grant, "publisher").await?;
+    let (con_side, con_ev) = side(consumer, &pub_identity, grant, "consumer").await?;
+    if pub_ev.manifest.is_empty() || con_ev.receipts.is_empty() {
+        return Err(invalid(format!(
+            "grant {grant}: the publisher holds no manifest or the consumer no receipt (nothing was transferred yet)"
+        )));
+    }
+    Ok(Bundle {
+        format: FORMAT.into(),
+        version: VERSION,
+        grant_id: grant.to_owned(),
+        manifest: pub_ev.manifest,
+        grant: pub_ev.grant,
+        receipts: con_ev.receipts,
+        publisher: pub_side,
+        consumer: con_side,
+    })
+}
+
+/// A side, verified.
+struct CheckedSide {
+    identity: PeerIdentity,
+    keys: LogKeys,
+    checkpoint: SignedCheckpoint,
+    cosigned_at: u64,
+    entries: Vec<Entry>,
+}
+
+fn check_side(
+    role: &str,
+    side: &Side,
+    ca_der: &[u8],
+    grant: &str,
+) -> Result<(CheckedSide, Vec<u8>), BundleError> {
+    let der = unb64(&format!("the {role}'s certificate"), &side.certificate)?;
+    let pem = pem_of(&der);
+    let identity =
+        ca::verify_issued_by(ca_der, pem.as_bytes(), &format!("the {role}'s certificate"))
+            .map_err(|e| invalid(format!("{e}")))?;
+    let rotations = side
+        .key_rotations
+        .iter()
+        .map(|r| {
+            let bytes = unb64(&format!("a key rotation of the {role}"), r)?;
+            Entry::decode(&bytes).map_err(|e| invalid(format!("a key rotation of the {role}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = LogKeys::from_rotations(&rotations, &identity.public_key)
+        .map_err(|e| invalid(format!("the {role}'s key history: {e}")))?;
+    let checkpoint = keys
+        .verify_checkpoint(side.checkpoint.as_bytes())
+        .map_err(|e| invalid(format!("the {role}'s checkpoint: {e}")))?;
+    let (size, root) = (checkpoint.checkpoint.size, checkpoint.checkpoint.root);
+    let mut entries = Vec::new();
+    let mut last = None;
+    for p in &side.entries {
+        let bytes = unb64(&format!("entry {} of the {role}", p.index), &p.entry)?;
+        let entry = Entry::decode(&bytes)
+            .map_err(|e| invalid(format!("entry {} of the {role}: {e}", p.index)))?;
+        if entry.index != p.index || last.is_some_and(|l| p.index <= l) {
+            return Err(invalid(format!(
+                "entry {} of the {role} is out of order or says it is entry {}",
+                p.index, entry.index
+            )));
+        }
+        last = Some(p.index);
+        if entry.draft.grant.as_deref() != Some(grant) {
+            return Err(invalid(format!(
+                "entry {} of the {role} is not about grant {grant}",
+                p.index
+            )));
+        }
+        let proof = p
+            .proof
+            .iter()
+            .map(|h| {
+                let raw = unb64("a proof hash", h)?;
+                merkle::hash_from_slice(&raw).map_err(|e| invalid(e.to_string()))
+            })
+            .collect::<Result<Vec<Hash>, _>>()?;
+        merkle::verify_inclusion(&merkle::leaf_hash(&bytes), p.index, size, &proof, &root)
+            .map_err(|e| {
+                invalid(format!(
+                    "entry {} of the {role} is NOT proven in its checkpoint of size {size}: {e}",
+                    p.index
+                ))
+            })?;
+        entries.push(entry);
+    }
+    Ok((
+        CheckedSide {
+            identity,
+            keys,
+            checkpoint,
+            cosigned_at: 0,
+            entries,
+        },
+        der,
+    ))
+}
+
+fn pem_of(der: &[u8]) -> String {
+    let body = BASE64.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+fn has(side: &CheckedSide, kind: EntryKind, object: &Hash) -> Option<u64> {
+    side.entries
+        .iter()
+        .find(|e| e.draft.kind == kind && e.draft.object_hash.as_ref() == Some(object))
+        .map(|e| e.index)
+}
+
+fn time_text(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// Verifies a bundle offline against the CA certificate (PEM) and returns
+/// a human-readable account of the exchange.
+pub fn verify(bytes: &[u8], ca_pem: &[u8]) -> Result<String, BundleError> {
+    let bundle = Bundle::from_bytes(bytes)?;
+    let ca_der = crate::identity::cert::cert_der_from_pem(ca_pem)
+        .map_err(|e| BundleError::Format(format!("the CA certificate: {e}")))?;
+    let grant_id = bundle.grant_id.as_str();
+    let (mut publisher, _) = check_side("publisher", &bundle.publisher, &ca_der, grant_id)?;
+    let (mut consumer, _) = check_side("consumer", &bundle.consumer, &ca_der, grant_id)?;
+    // Each checkpoint cosigned by the other side.
+    let (pub_key, con_key) = (publisher.identity.public_key, consumer.identity.public_key);
+    for (role, side, witness) in [
+        ("publisher", &mut publisher, &con_key),
+        ("consumer", &mut consumer, &pub_key),
+    ] {
+        let c = cosig::verify(side.checkpoint.note.as_bytes(), witness).map_err(|e| {
+            invalid(format!(
+                "the {role}'s checkpoint is not cosigned by the other side: {e}"
+            ))
+        })?;
+        side.cosigned_at = c.timestamp;
+    }
+
+    // The signed objects, each by the right node, naming each other.
+    let grant_env = envelope("the grant", &bundle.grant)?;
+    let (grant, _): (Verified<Grant>, _) = publisher
+        .keys
+        .verify_any(|k| verify_grant(grant_env.clone(), k))
+        .map_err(|e| invalid(format!("the grant is not signed by the publisher: {e}")))?;
+    let g = grant.value();
+    if g.id.as_str() != grant_id {
+        return Err(invalid(format!("the grant is {}, not {grant_id}", g.id)));
+    }
+    if consumer.keys.keys().iter().all(|k| k.node_id != g.grantee) {
+        return Err(invalid(format!(
+            "the grant is for node {}, not the consumer {}",
+            g.grantee, consumer.identity.node_id
+        )));
+    }
+    let manifest_env = envelope("the manifest", &bundle.manifest)?;
+    let ((dataset, manifest), _): ((_, Verified<Manifest>), _) = publisher
+        .keys
+        .verify_any(|k| crate::dataset::verify_manifest(manifest_env.clone(), k))
+        .map_err(|e| invalid(format!("the manifest is not signed by the publisher: {e}")))?;
+    if dataset != g.dataset || manifest_env.payload_hash() != g.manifest_sha256 {
+        return Err(invalid(format!(
+            "the manifest (dataset {dataset}) is not the one grant {grant_id} names"
+        )));
+    }
+    let m = manifest.value();
+    let mut receipts = Vec::new();
+    for (i, json) in bundle.receipts.iter().enumerate() {
+        let env = envelope(&format!("receipt {}", i + 1), json)?;
+        let (r, _): (Verified<Receipt>, _) = consumer
+            .keys
+            .verify_any(|k| verify_receipt(env.clone(), k))
+            .map_err(|e| {
+                invalid(format!(
+                    "receipt {} is not signed by the consumer: {e}",
+                    i + 1
+                ))
+            })?;
+        let rv = r.value();
+        if rv.grant != g.id {
+            return Err(invalid(format!(
+                "receipt {} is for grant {}, not {grant_id}",
+                i + 1,
+                rv.grant
+            )));
+        }
+        if rv.dataset != g.dataset || rv.content_sha256 != m.content_sha256 || rv.bytes != m.size {
+            return Err(invalid(format!(
+                "receipt {} does not attest the manifest's dataset, size and content hash",
+                i + 1
+            )));
+        }
+        receipts.push((env.payload_hash(), r));
+    }
+    if receipts.is_empty() {
+        return Err(invalid("no receipt: nothing was transferred"));
+    }
+
+    // Both ledgers recorded the grant and every receipt.
+    let grant_hash = grant_env.payload_hash();
+    let granted_at = has(&publisher, EntryKind::AccessGranted, &grant_hash).ok_or_else(|| {
+        invalid(format!(
+            "the publisher's ledger has no AccessGranted entry for grant {grant_id}"
+        ))
+    })?;
+    let received_at = has(&consumer, EntryKind::GrantReceived, &grant_hash).ok_or_else(|| {
+        invalid(format!(
+            "the consumer's ledger has no GrantReceived entry for grant {grant_id}"
+        ))
+    })?;
+    let completed = has(&consumer, EntryKind::TransferCompleted, &m.content_sha256).ok_or_else(|| {
+        invalid("the consumer's ledger has no TransferCompleted entry with the manifest's content hash")
+    })?;
+    let mut receipt_lines = String::new();
+    for (i, (hash, r)) in receipts.iter().enumerate() {
+        let at_publisher = has(&publisher, EntryKind::ReceiptRecorded, hash).ok_or_else(|| {
+            invalid(format!(
+                "the publisher's ledger did not record receipt {}",
+                i + 1
+            ))
+        })?;
+        let at_consumer = has(&consumer, EntryKind::ReceiptRecorded, hash).ok_or_else(|| {
+            invalid(format!(
+                "the consumer's ledger did not record receipt {}",
+                i + 1
+            ))
+        })?;
+        receipt_lines.push_str(&format!(
+            "  receipt {}: signed by the consumer at {} for {} bytes, content sha256 {};\n    recorded by the publisher (entry {at_publisher}) and the consumer (entry {at_consumer})\n",
+            i + 1,
+            time_text(r.value().received_at_ms),
+            r.value().bytes,
+            data_encoding::HEXLOWER.encode(&r.value().content_sha256),
+        ));
+    }
+    let entry_time = |side: &CheckedSide, index: u64| {
+        side.entries
+            .iter()
+            .find(|e| e.index == index)
+            .map_or_else(String::new, |e| time_text(e.time_ms))
+    };
+    let who = |s: &CheckedSide| format!("{} (node {})", s.identity.participant, s.identity.node_id);
+    let actions: Vec<&str> = g.actions.iter().map(|a| a.as_str()).collect();
+    Ok(format!(
+        "evidence bundle for grant {grant_id}: VERIFIED offline against the CA\n\
+         publisher: {}\n\
+         consumer:  {}\n\
+         dataset:   \"{}\" {} ({} bytes, content sha256 {}), classification {}\n\
+         grant:     purpose \"{}\", actions {}, valid {} to {}{}\n\
+         \x20 granted at {} (publisher entry {granted_at}); received by the consumer (entry {received_at})\n\
+         \x20 transfer completed at {} (consumer entry {completed})\n\
+         {receipt_lines}\
+         publisher's log: checkpoint of size {} ({} entries about the grant proven), cosigned by the consumer at {}\n\
+         consumer's log:  checkpoint of size {} ({} entries about the grant proven), cosigned by the publisher at {}",
+        who(&publisher),
+        who(&consumer),
+        m.title,
+        dataset,
+        m.size,
+        data_encoding::HEXLOWER.encode(&m.content_sha256),
+        m.classification,
+        g.purpose,
+        actions.join(", "),
+        time_text(g.not_before_ms),
+        time_text(g.not_after_ms),
+        g.max_fetches
+            .map(|n| format!(", at most {n} fetches"))
+            .unwrap_or_default(),
+        entry_time(&publisher, granted_at),
+        entry_time(&consumer, completed),
+        publisher.checkpoint.checkpoint.size,
+        publisher.entries.len(),
+        time_text(publisher.cosigned_at as i64 * 1000),
+        consumer.checkpoint.checkpoint.size,
+        consumer.entries.len(),
+        time_text(consumer.cosigned_at as i64 * 1000),
+    ))
+}

@@ -1,0 +1,353 @@
+//! `Peering.ExchangeCheckpoints`, both sides (see [`crate::witness`]).
+
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+use super::NodeContext;
+use super::exchange::connect_peer;
+use crate::client::PeerChannel;
+use crate::identity::{NodeId, PeerIdentity};
+use crate::ledger::entry::{Entry, EntryDraft, EntryKind, MAX_DETAIL_BYTES};
+use crate::ledger::keys::LogKeys;
+use crate::ledger::merkle::{self, Hash};
+use crate::ledger::note::SignedCheckpoint;
+use crate::pb;
+use crate::witness::{Observed, WitnessError, cosig};
+
+/// Metadata key naming the log a witness found forked.
+pub const FORK_ORIGIN: &str = "dsnode-fork-origin";
+
+/// What one exchange did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchanged {
+    /// The peer's node id.
+    pub peer: NodeId,
+    /// The peer's checkpoint size now witnessed.
+    pub peer_size: u64,
+    /// Whether it was larger than any seen before (recorded).
+    pub peer_grew: bool,
+    /// Whether the peer cosigned this node's checkpoint.
+    pub cosigned_by_peer: bool,
+}
+
+fn keys_of(rotations: &[Vec<u8>], current: &[u8; 32], whose: &str) -> Result<LogKeys, Status> {
+    let entries = rotations
+        .iter()
+        .map(|b| Entry::decode(b))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(format!("{whose} key history: {e}")))?;
+    LogKeys::from_rotations(&entries, current)
+        .map_err(|e| Status::invalid_argument(format!("{whose} key history does NOT verify: {e}")))
+}
+
+fn hashes(proof: &[Vec<u8>]) -> Result<Vec<Hash>, Status> {
+    proof
+        .iter()
+        .map(|h| merkle::hash_from_slice(h))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Status::invalid_argument(format!("consistency proof: {e}")))
+}
+
+/// The note with only the log's own signature lines (what the ledger keeps
+/// of a peer's checkpoint; cosignatures of others are not ours to record).
+fn log_lines_only(note: &str, origin: &str) -> String {
+    let prefix = format!("\u{2014} {origin} ");
+    let Some(split) = note.rfind("\n\n") else {
+        return note.to_owned();
+    };
+    let mut out = note[..split + 2].to_owned();
+    for line in note[split + 2..].lines().filter(|l| l.starts_with(&prefix)) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Compares a peer's verified checkpoint with what this node saw of its
+/// log; records a newly seen one (`PeerCheckpointSeen`) and a fork
+/// (`ForkDetected`, metrics, error log).
+async fn witness(
+    node: &NodeContext,
+    peer: &PeerIdentity,
+    keys: &LogKeys,
+    new: &SignedCheckpoint,
+    old: Option<&SignedCheckpoint>,
+    proof: &[Hash],
+) -> Result<Observed, Status> {
+    match node.witness.observe(keys, new, old, proof) {
+        Ok(Observed::Grew) => {
+            let mut seen = EntryDraft::new(EntryKind::PeerCheckpointSeen);
+            seen.parties = vec![peer.node_id.clone()];
+            let note = log_lines_only(&new.note, keys.origin());
+            seen.object_hash = Some(merkle::sha256(note.as_bytes()));
+            seen.detail = note;
+            node.ledger
+                .append(seen)
+                .await
+                .map_err(|e| super::status::ledger("recording the peer's checkpoint", e))?;
+            Ok(Observed::Grew)
+        }
+        Ok(other) => Ok(other),
+        Err(WitnessError::Fork(evidence)) => {
+            node.metrics.fork_detected();
+            tracing::error!(
+                log = %evidence.origin,
+                peer = %peer.node_id,
+                kind = %evidence.kind,
+                "FORK: two signed checkpoints of one log that no consistency proof joins; evidence kept, not cosigning"
+            );
+            let mut draft = EntryDraft::new(EntryKind::ForkDetected);
+            draft.parties = vec![peer.node_id.clone()];
+            let seen = log_lines_only(&evidence.seen, &evidence.origin);
+            let conflicting = log_lines_only(&evidence.conflicting, &evidence.origin);
+            draft.object_hash = Some(merkle::sha256(conflicting.as_bytes()));
+            let detail = format!("{}\n{seen}\n{conflicting}", evidence.kind);
+            draft.detail = if detail.len() <= MAX_DETAIL_BYTES {
+                detail
+            } else {
+                format!("{} (notes in witness/forks/)", evidence.kind)
+            };
+            if let Err(e) = node.ledger.append(draft).await {
+                tracing::error!(error = %e, "could not record the fork in the ledger");
+            }
+            let mut status = Status::failed_precondition(format!(
+                "fork in log {} ({}): both signed checkpoints kept as evidence; not cosigning",
+                evidence.origin, evidence.kind
+            ));
+            if let Ok(v) = MetadataValue::try_from(evidence.origin.as_str()) {
+                status.metadata_mut().insert(FORK_ORIGIN, v);
+            }
+            Err(status)
+        }
+        Err(WitnessError::Forked(origin)) => {
+            let mut status = Status::failed_precondition(format!(
+                "log {origin} forked before (evidence kept); not cosigning it"
+            ));
+            if let Ok(v) = MetadataValue::try_from(origin.as_str()) {
+                status.metadata_mut().insert(FORK_ORIGIN, v);
+            }
+            Err(status)
+        }
+        Err(WitnessError::Inconsistent(m)) => Err(Status::invalid_argument(m)),
+        Err(e) => Err(super::status::internal("witnessing a checkpoint", &e)),
+    }
+}
+
+/// This node's latest checkpoint and key history, proven from `seen_size`.
+fn own_side(node: &NodeContext, seen_size: u64) -> Result<pb::ExchangeCheckpointsResponse, Status> {
+    let latest = node
+        .ledger
+        .latest()
+        .ok_or_else(|| Status::unavailable("this node's ledger has no checkpoint yet"))?;
+    let size = latest.checkpoint.size;
+    let mut out = pb::ExchangeCheckpointsResponse {
+        checkpoint: latest.note.clone().into_bytes(),
+        key_rotations: node
+            .ledger
+            .rotation_entries()
+            .map_err(|e| super::status::ledger("reading the key history", e))?,
+        ..Default::default()
+    };
+    if seen_size > 0
+        && seen_size < size
+        && let Some(old) = node
+            .ledger
+            .checkpoint_at(seen_size)
+            .map_err(|e| super::status::ledger("reading a checkpoint", e))?
+    {
+        out.old_checkpoint = old.note.into_bytes();
+        out.consistency_proof = node
+            .ledger
+            .prove_consistency(seen_size, size)
+            .map_err(|e| super::status::ledger("proving consistency", e))?
+            .iter()
+            .map(|h| h.to_vec())
+            .collect();
+    }
+    Ok(out)
+}
+
+/// Keeps a peer's cosignature of this node's checkpoint, after checking
+/// both this log's signature and the peer's cosignature.
+fn keep_cosigned(
+    node: &NodeContext,
+    peer: &PeerIdentity,
+    cosigned: &[u8],
+) -> Result<SignedCheckpoint, Status> {
+    let cp = node
+        .ledger
+        .keys()
+        .verify_checkpoint(cosigned)
+        .map_err(|e| {
+            Status::invalid_argument(format!("the cosigned checkpoint is not this node's: {e}"))
+        })?;
+    cosig::verify(cosigned, &peer.public_key)
+        .map_err(|e| Status::invalid_argument(format!("the cosignature does not verify: {e}")))?;
+    node.witness
+        .keep_cosigned(&peer.node_id, &cp)
+        .map_err(|e| super::status::internal("keeping a cosignature", &e))?;
+    Ok(cp)
+}
+
+fn cosign(node: &NodeContext, cp: &SignedCheckpoint) -> Result<Vec<u8>, Status> {
+    let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+    let line = cosig::cosign(cp.note.as_bytes(), &node.signing_key, now)
+        .map_err(|e| super::status::internal("cosigning", &e))?;
+    Ok(format!("{}{line}", cp.note).into_bytes())
+}
+
+/// The server side: witness the caller's checkpoint, cosign it, keep the
+/// caller's cosignature of ours, answer with ours.
+pub(super) async fn serve(
+    node: &NodeContext,
+    caller: &PeerIdentity,
+    req: pb::ExchangeCheckpointsRequest,
+) -> Result<pb::ExchangeCheckpointsResponse, Status> {
+    let keys = keys_of(&req.key_rotations, &caller.public_key, "your")?;
+    let new = keys
+        .verify_checkpoint(&req.checkpoint)
+        .map_err(|e| Status::invalid_argument(format!("your checkpoint does NOT verify: {e}")))?;
+    let old = if req.old_checkpoint.is_empty() {
+        None
+    } else {
+        Some(keys.verify_checkpoint(&req.old_checkpoint).map_err(|e| {
+            Status::invalid_argument(format!("your old checkpoint does NOT verify: {e}"))
+        })?)
+    };
+    let proof = hashes(&req.consistency_proof)?;
+    let observed = witness(node, caller, &keys, &new, old.as_ref(), &proof).await;
+    if observed.is_err() {
+        node.metrics.witnessed("refused");
+    }
+    let observed = observed?;
+    if !req.cosigned.is_empty() {
+        keep_cosigned(node, caller, &req.cosigned)?;
+    }
+    let mut out = own_side(node, req.seen_size)?;
+    match observed {
+        Observed::NeedProofFrom(size) => out.need_proof_from = size,
+        Observed::Grew | Observed::Same => {
+            out.cosigned = cosign(node, &new)?;
+            node.metrics.witnessed("cosigned");
+        }
+    }
+    Ok(out)
+}
+
+/// Exchanges checkpoints with the node at `peer` (see the module docs of
+/// [`crate::witness`]).
+pub async fn exchange_with(node: &NodeContext, peer: &str) -> Result<Exchanged, Status> {
+    let conn = connect_peer(node, peer).await?;
+    exchange_over(node, &conn).await
+}
+
+/// Exchanges checkpoints over an open connection.
+pub async fn exchange_over(node: &NodeContext, conn: &PeerChannel) -> Result<Exchanged, Status> {
+    let result = exchange_inner(node, conn).await;
+    node.metrics
+        .witnessed(if result.is_ok() { "cosigned" } else { "failed" });
+    result
+}
+
+async fn exchange_inner(node: &NodeContext, conn: &PeerChannel) -> Result<Exchanged, Status> {
+    let server = &conn.server;
+    let their_keys = crate::client::peer_keys(conn).await?;
+    let seen = node
+        .witness
+        .seen(&their_keys)
+        .map_err(|e| super::status::internal("reading witnessed checkpoints", &e))?;
+    let seen_size = seen.as_ref().map_or(0, |s| s.checkpoint.size);
+    let mut client = pb::peering_client::PeeringClient::new(conn.channel.clone());
+    let mut from = node.witness.cosigned_size(&server.node_id);
+    let mut answer = None;
+    for _ in 0..2 {
+        let req = request(node, from, seen_size, Vec::new())?;
+        let r = client.exchange_checkpoints(req).await?.into_inner();
+        if r.need_proof_from != 0 && r.need_proof_from != from {
+            from = r.need_proof_from;
+            continue;
+        }
+        answer = Some(r);
+        break;
+    }
+    let r = answer.ok_or_else(|| Status::data_loss("the peer asked twice for another proof"))?;
+    if r.need_proof_from != 0 {
+        return Err(Status::failed_precondition(format!(
+            "{} wants a consistency proof from size {} of this log, which this node cannot give",
+            server.node_id, r.need_proof_from
+        )));
+    }
+    let keys = keys_of(&r.key_rotations, &server.public_key, "the peer's")?;
+    let theirs = keys
+        .verify_checkpoint(&r.checkpoint)
+        .map_err(|e| Status::data_loss(format!("the peer's checkpoint does NOT verify: {e}")))?;
+    let old = if r.old_checkpoint.is_empty() {
+        None
+    } else {
+        Some(keys.verify_checkpoint(&r.old_checkpoint).map_err(|e| {
+            Status::data_loss(format!("the peer's old checkpoint does NOT verify: {e}"))
+        })?)
+    };
+    let proof = hashes(&r.consistency_proof)?;
+    let observed = witness(node, server, &keys, &theirs, old.as_ref(), &proof).await?;
+    if let Observed::NeedProofFrom(size) = observed {
+        return Err(Status::data_loss(format!(
+            "the peer did not prove its log consistent with its checkpoint of size {size} this node saw"
+        )));
+    }
+    // Hand the peer this node's cosignature of the checkpoint just
+    // verified, with the checkpoint of this log it just cosigned (nothing
+    // new for it to record).
+    let cosigned = cosign(node, &theirs)?;
+    let cosigned_by_peer = !r.cosigned.is_empty();
+    let req = if cosigned_by_peer {
+        let mine = keep_cosigned(node, server, &r.cosigned)?;
+        pb::ExchangeCheckpointsRequest {
+            checkpoint: log_lines_only(&mine.note, &mine.checkpoint.origin).into_bytes(),
+            key_rotations: node
+                .ledger
+                .rotation_entries()
+                .map_err(|e| super::status::ledger("reading the key history", e))?,
+            seen_size: theirs.checkpoint.size,
+            cosigned,
+            ..Default::default()
+        }
+    } else {
+        request(node, from, theirs.checkpoint.size, cosigned)?
+    };
+    client.exchange_checkpoints(req).await?;
+    Ok(Exchanged {
+        peer: server.node_id.clone(),
+        peer_size: theirs.checkpoint.size,
+        peer_grew: observed == Observed::Grew,
+        cosigned_by_peer,
+    })
+}
+
+/// This node's side of a request: its latest checkpoint, proven from
+/// `from` (the size the peer last cosigned; 0: none).
+fn request(
+    node: &NodeContext,
+    from: u64,
+    seen_size: u64,
+    cosigned: Vec<u8>,
+) -> Result<pb::ExchangeCheckpointsRequest, Status> {
+    let own = own_side(node, from)?;
+    Ok(pb::ExchangeCheckpointsRequest {
+        checkpoint: own.checkpoint,
+        key_rotations: own.key_rotations,
+        old_checkpoint: own.old_checkpoint,
+        consistency_proof: own.consistency_proof,
+        seen_size,
+        cosigned,
+    })
+}
+
+/// Whether a refused exchange says this node's own log forked.
+pub fn reports_own_fork(node: &NodeContext, status: &Status) -> bool {
+    status
+        .metadata()
+        .get(FORK_ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|o| o == node.ledger.keys().origin())
+}

@@ -1,0 +1,428 @@
+//! Witnessing: nodes watch each other's logs (issue 8, THREATS.md row 14).
+//!
+//! When two nodes talk, and periodically for configured peers, the caller
+//! sends `Peering.ExchangeCheckpoints` its latest checkpoint with a
+//! consistency proof from the checkpoint the other node last saw of it;
+//! the other node answers with its own, proven from the size the caller
+//! last saw. Each side verifies the signature (under the log's key
+//! history) and the proof against what it saw before ([`WitnessBook::observe`]),
+//! records a newly seen checkpoint as `PeerCheckpointSeen`, and cosigns
+//! it (C2SP `tlog-cosignature`, [`cosig`]). A node keeps the latest
+//! cosignature each witness gave it and serves them beside its checkpoint.
+//!
+//! Two signed checkpoints of one log that no consistency proof can join
+//! are a fork: the same size with different roots, or a smaller tree after
+//! a larger one. The witness then refuses to cosign, keeps both signed
+//! notes as evidence (`witness/forks/`, a `ForkDetected` ledger entry,
+//! the `dsnode_forks_detected_total` metric, an error log), and
+//! `dsnode audit forks` lists and re-verifies them. A node checks at
+//! start-up that its store holds every checkpoint a witness cosigned for
+//! it: a store that lost acknowledged entries refuses to serve.
+//!
+//! Files (in the data dir, outside `ledger/`):
+//!
+//! - `witness/seen/<origin>.note`: the largest verified checkpoint of each
+//!   peer log;
+//! - `witness/cosigned/<witness node id>.note`: this node's checkpoint with
+//!   that witness's cosignature line, the latest one each witness gave;
+//! - `witness/forks/<origin>.<ms>.json`: fork evidence.
+
+pub mod cosig;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{self, FileError};
+use crate::identity::NodeId;
+use crate::ledger::keys::LogKeys;
+use crate::ledger::merkle::{self, Hash};
+use crate::ledger::note::{NoteVerifier, SignedCheckpoint};
+
+/// Why a peer's checkpoint was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    /// The log forked; the evidence is kept.
+    #[error("fork in log {}: {}", .0.origin, .0.kind)]
+    Fork(Box<ForkEvidence>),
+    /// The proof does not join the checkpoints (nothing was recorded).
+    #[error("{0}")]
+    Inconsistent(String),
+    /// Evidence of an earlier fork of this log is on file: nothing of it
+    /// is cosigned any more.
+    #[error("log {0} forked before (evidence in witness/forks/); not cosigning it")]
+    Forked(String),
+    /// The book's files could not be read or written.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A stored file is damaged.
+    #[error("{path}: {detail}")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// What observing a peer's checkpoint found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// A checkpoint larger than any seen before (or the first): recorded.
+    Grew,
+    /// The checkpoint already seen.
+    Same,
+    /// A larger checkpoint, but the proof does not start from the size
+    /// last seen: send one from this size.
+    NeedProofFrom(u64),
+}
+
+/// Two signed checkpoints of one log that no consistency proof joins.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ForkEvidence {
+    /// Always `dsnode-fork-evidence`.
+    pub format: String,
+    /// Format version (1).
+    pub version: u32,
+    /// The log's origin.
+    pub origin: String,
+    /// The log's node (its current key) when the fork was found.
+    pub node_id: String,
+    /// The C2SP vkeys of every key of the log's history.
+    pub vkeys: Vec<String>,
+    /// "same size, different roots" or "a smaller tree after a larger".
+    pub kind: String,
+    /// The checkpoint seen first (signed note).
+    pub seen: String,
+    /// The checkpoint that contradicts it (signed note).
+    pub conflicting: String,
+    /// When it was found (ms since the Unix epoch, this node's clock).
+    pub detected_at_ms: i64,
+}
+
+const SAME_SIZE: &str = "same size, different roots";
+const SMALLER: &str = "a smaller tree after a larger";
+
+impl ForkEvidence {
+    /// Checks the evidence on its own: both notes verify under one of the
+    /// vkeys, are of the stated log, and contradict each other as stated.
+    pub fn verify(&self) -> Result<(SignedCheckpoint, SignedCheckpoint), String> {
+        if self.format != "dsnode-fork-evidence" || self.version != 1 {
+            return Err(format!(
+                "not dsnode fork evidence v1 (format `{}`, version {})",
+                self.format, self.version
+            ));
+        }
+        let verifiers = self
+            .vkeys
+            .iter()
+            .map(|v| NoteVerifier::from_vkey(v).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let check = |what: &str, note: &str| {
+            verifiers
+                .iter()
+                .filter(|v| v.name() == self.origin)
+                .find_map(|v| SignedCheckpoint::verify(note.as_bytes(), v).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "the {what} checkpoint is not signed by a key of log {}",
+                        self.origin
+                    )
+                })
+        };
+        let (a, b) = (
+            check("seen", &self.seen)?,
+            check("conflicting", &self.conflicting)?,
+        );
+        let contradicts = match self.kind.as_str() {
+            SAME_SIZE => {
+                a.checkpoint.size == b.checkpoint.size && a.checkpoint.root != b.checkpoint.root
+            }
+            SMALLER => b.checkpoint.size < a.checkpoint.size,
+            other => return Err(format!("unknown kind of fork `{other}`")),
+        };
+        if !contradicts {
+            return Err(format!("the two checkpoints do not show `{}`", self.kind));
+        }
+        Ok((a, b))
+    }
+}
+
+/// An evidence file and what reading it gave.
+pub type FoundEvidence = (PathBuf, Result<ForkEvidence, String>);
+
+/// Keeps what this node witnessed of other logs and the cosignatures it
+/// received for its own; see the module docs.
+pub struct WitnessBook {
+    dir: PathBuf,
+    /// One observation at a time (compare, then store).
+    lock: Mutex<()>,
+}
+
+/// A file name for a log origin (origins are `dsnode/dsn1…`).
+fn slug(origin: &str) -> String {
+    origin
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+impl WitnessBook {
+    /// The book in `dir` (created, mode 0700).
+    pub fn open(dir: &Path) -> Result<Self, WitnessError> {
+        for sub in ["seen", "cosigned", "forks"] {
+            fsutil::create_private_dir(&dir.join(sub))?;
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn seen_path(&self, origin: &str) -> PathBuf {
+        self.dir.join("seen").join(format!("{}.note", slug(origin)))
+    }
+
+    /// The largest checkpoint of log `origin` seen (verified with `keys`).
+    pub fn seen(&self, keys: &LogKeys) -> Result<Option<SignedCheckpoint>, WitnessError> {
+        let path = self.seen_path(keys.origin());
+        let note = match std::fs::read(&path) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FileError::new("read", &path, e).into()),
+        };
+        keys.verify_checkpoint(&note)
+            .map(Some)
+            .map_err(|e| WitnessError::Damaged {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })
+    }
+
+    fn forked(&self, origin: &str) -> Result<bool, WitnessError> {
+        let prefix = format!("{}.", slug(origin));
+        let dir = self.dir.join("forks");
+        let entries = std::fs::read_dir(&dir).map_err(|e| FileError::new("read", &dir, e))?;
+        Ok(entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix)))
+    }
+
+    /// Compares a peer's verified checkpoint `new` with the largest seen of
+    /// its log. `old` is the peer's checkpoint its `proof` starts from.
+    /// A fork is recorded here (evidence file) and returned as an error;
+    /// the caller records it in the ledger and metrics.
+    pub fn observe(
+        &self,
+        keys: &LogKeys,
+        new: &SignedCheckpoint,
+        old: Option<&SignedCheckpoint>,
+        proof: &[Hash],
+    ) -> Result<Observed, WitnessError> {
+        let _one = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let origin = keys.origin();
+        if self.forked(origin)? {
+            return Err(WitnessError::Forked(origin.to_owned()));
+        }
+        let fork = |seen: &SignedCheckpoint, conflicting: &SignedCheckpoint, kind: &str| {
+            let evidence = ForkEvidence {
+                format: "dsnode-fork-evidence".into(),
+                version: 1,
+                origin: origin.to_owned(),
+                node_id: keys.current().node_id.to_string(),
+                vkeys: keys
+                    .keys()
+                    .iter()
+                    .filter_map(|k| NoteVerifier::new(origin, &k.public_key).ok())
+                    .map(|v| v.vkey())
+                    .collect(),
+                kind: kind.to_owned(),
+                seen: seen.note.clone(),
+                conflicting: conflicting.note.clone(),
+                detected_at_ms: now_ms(),
+            };
+            self.keep_evidence(&evidence)
+                .map(|()| WitnessError::Fork(Box::new(evidence)))
+                .unwrap_or_else(|e| e)
+        };
+        let Some(seen) = self.seen(keys)? else {
+            self.store_seen(origin, new)?;
+            return Ok(Observed::Grew);
+        };
+        let (s, n) = (&seen.checkpoint, &new.checkpoint);
+        if n.size == s.size {
+            return if n.root == s.root {
+                Ok(Observed::Same)
+            } else {
+                Err(fork(&seen, new, SAME_SIZE))
+            };
+        }
+        if n.size < s.size {
+            return Err(fork(&seen, new, SMALLER));
+        }
+        let Some(old) = old.filter(|o| o.checkpoint.size == s.size) else {
+            return Ok(Observed::NeedProofFrom(s.size));
+        };
+        if old.checkpoint.root != s.root {
+            return Err(fork(&seen, old, SAME_SIZE));
+        }
+        merkle::verify_consistency(s.size, n.size, proof, &s.root, &n.root).map_err(|e| {
+            WitnessError::Inconsistent(format!(
+                "the consistency proof from size {} to {} does not verify: {e}",
+                s.size, n.size
+            ))
+        })?;
+        self.store_seen(origin, new)?;
+        Ok(Observed::Grew)
+    }
+
+    fn store_seen(&self, origin: &str, cp: &SignedCheckpoint) -> Result<(), WitnessError> {
+        Ok(fsutil::write_atomic(
+            &self.seen_path(origin),
+            cp.note.as_bytes(),
+            fsutil::PUBLIC_MODE,
+        )?)
+    }
+
+    fn keep_evidence(&self, evidence: &ForkEvidence) -> Result<(), WitnessError> {
+        let path = self.dir.join("forks").join(format!(
+            "{}.{}.json",
+            slug(&evidence.origin),
+            evidence.detected_at_ms
+        ));
+        let json = serde_json::to_vec_pretty(evidence).map_err(|e| WitnessError::Damaged {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(fsutil::write_atomic(&path, &json, fsutil::PUBLIC_MODE)?)
+    }
+
+    /// Every fork evidence file, read (not verified: see
+    /// [`ForkEvidence::verify`]), with its path.
+    pub fn forks(dir: &Path) -> Result<Vec<FoundEvidence>, WitnessError> {
+        let forks = dir.join("forks");
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&forks) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(FileError::new("read", &forks, e).into()),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let read = fsutil::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    serde_json::from_slice(&b).map_err(|e| format!("not fork evidence: {e}"))
+                });
+            out.push((path, read));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Keeps the cosignature `witness` gave this node's checkpoint (the
+    /// cosigned note), if it is for a checkpoint at least as large as the
+    /// one kept from that witness.
+    pub fn keep_cosigned(
+        &self,
+        witness: &NodeId,
+        cosigned: &SignedCheckpoint,
+    ) -> Result<(), WitnessError> {
+        let _one = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let path = self.dir.join("cosigned").join(format!("{witness}.note"));
+        if let Ok(kept) = std::fs::read(&path)
+            && let Ok(text) = crate::ledger::note::unverified_text(&kept)
+            && let Ok(cp) = crate::ledger::note::Checkpoint::parse(text)
+            && cp.size > cosigned.checkpoint.size
+        {
+            return Ok(());
+        }
+        Ok(fsutil::write_atomic(
+            &path,
+            cosigned.note.as_bytes(),
+            fsutil::PUBLIC_MODE,
+        )?)
+    }
+
+    /// The size of this node's checkpoint `witness` last cosigned (0: none).
+    pub fn cosigned_size(&self, witness: &NodeId) -> u64 {
+        let path = self.dir.join("cosigned").join(format!("{witness}.note"));
+        std::fs::read(&path)
+            .ok()
+            .and_then(|kept| {
+                let text = crate::ledger::note::unverified_text(&kept).ok()?;
+                crate::ledger::note::Checkpoint::parse(text)
+                    .ok()
+                    .map(|c| c.size)
+            })
+            .unwrap_or(0)
+    }
+
+    /// The cosigned checkpoints kept, by witness node id (unverified bytes).
+    pub fn cosigned(&self) -> Result<Vec<(NodeId, Vec<u8>)>, WitnessError> {
+        let dir = self.dir.join("cosigned");
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| FileError::new("read", &dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(Ok(witness)) = name.strip_suffix(".note").map(str::parse::<NodeId>) else {
+                continue;
+            };
+            let path = entry.path();
+            out.push((witness, fsutil::read(&path)?));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+/// Checks that the ledger holds every checkpoint a witness cosigned for
+/// this node: each kept cosigned note whose own signature verifies must be
+/// a checkpoint the store still has, with the same root. A store restored
+/// from an older backup (or that lost acknowledged entries) fails here.
+pub fn check_cosigned(book: &WitnessBook, ledger: &crate::ledger::Ledger) -> Result<(), String> {
+    let keys = ledger.keys();
+    let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
+    for (witness, note) in book.cosigned().map_err(|e| e.to_string())? {
+        let Ok(cp) = keys.verify_checkpoint(&note) else {
+            tracing::warn!(%witness, "a kept cosigned checkpoint is not this log's; ignored");
+            continue;
+        };
+        let n = &cp.checkpoint;
+        let stored = if n.size <= size {
+            ledger.checkpoint_at(n.size).map_err(|e| e.to_string())?
+        } else {
+            None
+        };
+        if stored.as_ref().is_none_or(|s| s.checkpoint.root != n.root) {
+            return Err(format!(
+                "witness {witness} cosigned this node's checkpoint of size {} (root {}), but the ledger {}: the store lost acknowledged entries or was replaced by an older copy; restore the ledger that matches it",
+                n.size,
+                data_encoding::BASE64.encode(&n.root),
+                if n.size > size {
+                    format!("ends at {size}")
+                } else {
+                    "has another root at that size".to_owned()
+                }
+            ));
+        }
+    }
+    Ok(())
+}

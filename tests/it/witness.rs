@@ -1,0 +1,278 @@
+//! Witnessing (THREATS.md row 14): checkpoint exchanges with cosignatures,
+//! fork detection with evidence, and a node that lost acknowledged entries
+//! finding out from its witnesses.
+
+use std::path::Path;
+use std::process::Command;
+
+use dsnode::config::{Config, DataDir};
+use dsnode::identity::NodeKey;
+use dsnode::ledger::entry::{Entry, EntryDraft, EntryKind};
+use dsnode::ledger::{Ledger, LedgerError, LedgerOptions};
+use dsnode::node::RunningNode;
+use dsnode::pb;
+use tonic::Code;
+
+use crate::datasets::{POLICY, header, publish};
+use crate::support::{self, DataSpace, NodeDir};
+
+/// Has `witness` (through its own Admin API) exchange checkpoints with
+/// the node at `peer`.
+async fn witness(
+    witness: &NodeDir,
+    node: &RunningNode,
+    peer: &RunningNode,
+) -> Result<pb::AdminWitnessResponse, tonic::Status> {
+    let conn = support::connect(witness, node).await;
+    pb::admin_client::AdminClient::new(conn.channel)
+        .witness(pb::AdminWitnessRequest {
+            peer: peer.local_addr().to_string(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn open_ledger(dir: &Path, key: &NodeKey) -> Ledger {
+    for _ in 0..200 {
+        match Ledger::open(dir, key.signing_key().clone(), LedgerOptions::default()) {
+            Ok((ledger, _)) => return ledger,
+            Err(LedgerError::Store(dsnode::ledger::store::StoreError::Locked { .. })) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("open {}: {e}", dir.display()),
+        }
+    }
+    panic!("{} stays locked", dir.display());
+}
+
+/// The test-only fork hook: rewrites a stopped node's ledger so that it
+/// keeps its first `keep` entries, then other entries up to `size`, every
+/// one signed over with the node's own key (a node signing a second
+/// history). The node's record of cosignatures is removed too, as a node
+/// hiding its fork would.
+async fn fork_ledger(dir: &DataDir, keep: u64, size: u64) {
+    let key = NodeKey::load(&dir.key()).expect("key");
+    let old = open_ledger(&dir.ledger(), &key);
+    let kept = old.entries(0, keep as usize).expect("entries");
+    old.close().await;
+    drop(old);
+    let forked_dir = dir.root().join("ledger.forked");
+    let forked = open_ledger(&forked_dir, &key);
+    for (_, bytes) in kept {
+        forked
+            .append(Entry::decode(&bytes).expect("entry").draft)
+            .await
+            .expect("replay");
+    }
+    for i in keep..size {
+        let mut draft = EntryDraft::new(EntryKind::NodeStarted);
+        draft.detail = format!("rewritten history {i}");
+        forked.append(draft).await.expect("append");
+    }
+    forked.close().await;
+    drop(forked);
+    std::fs::remove_dir_all(dir.ledger()).expect("remove");
+    std::fs::rename(&forked_dir, dir.ledger()).expect("swap");
+    std::fs::remove_dir_all(dir.witness()).expect("hide cosignatures");
+}
+
+fn size_of(node: &NodeDir) -> u64 {
+    let key = NodeKey::load(&node.dir.key()).expect("key");
+    let ledger = open_ledger(&node.dir.ledger(), &key);
+    let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
+    drop(ledger);
+    size
+}
+
+/// Row 14, defence: witnesses keep each log's largest verified checkpoint
+/// and accept a new one only with a consistency proof from it
+/// (src/witness/mod.rs, `WitnessBook::observe`). Two witnesses watch a
+/// publisher, cosign its checkpoints (it keeps and serves the
+/// cosignatures), and follow it as it grows. Then the publisher signs a
+/// second history (the fork hook): both witnesses find the same size with
+/// two roots, refuse to cosign, record `ForkDetected`, keep both signed
+/// notes, and `dsnode audit forks` lists the verified evidence.
+#[tokio::test]
+async fn threat_14_a_forked_log_is_caught_by_both_witnesses_with_evidence() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let w1 = space.node("water-authority", "publisher");
+    let w2 = space.node("acme", "consumer");
+    let mut p_node = support::start(&publisher, |_| {}).await;
+    let w1_node = support::start(&w1, |_| {}).await;
+    let w2_node = support::start(&w2, |_| {}).await;
+    publish(&publisher, &p_node, header("Lanes", POLICY, 1), b"1")
+        .await
+        .expect("publish");
+
+    for (w, n) in [(&w1, &w1_node), (&w2, &w2_node)] {
+        let r = witness(w, n, &p_node).await.expect("exchange");
+        assert_eq!(r.peer_node_id, publisher.identity.node_id.to_string());
+        assert!(r.peer_grew && r.cosigned_by_peer, "{r:?}");
+        // The publisher's log grew by one entry since: its record of the
+        // witness's checkpoint (every exchange records what is new).
+        let again = witness(w, n, &p_node).await.expect("again");
+        assert!(
+            again.peer_grew && again.peer_size > r.peer_size,
+            "{again:?}"
+        );
+    }
+    // The publisher keeps both witnesses' cosignatures and serves them.
+    let conn = support::connect(&w1, &p_node).await;
+    let served = pb::ledger_client::LedgerClient::new(conn.channel)
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .expect("checkpoint")
+        .into_inner();
+    assert_eq!(served.cosigned_checkpoints.len(), 2);
+    for w in [&w1, &w2] {
+        let ok = served
+            .cosigned_checkpoints
+            .iter()
+            .any(|note| dsnode::witness::cosig::verify(note, &w.identity.public_key).is_ok());
+        assert!(
+            ok,
+            "{}'s cosignature is served and verifies",
+            w.identity.node_id
+        );
+    }
+
+    // The publisher grows; the witnesses follow with a consistency proof.
+    publish(&publisher, &p_node, header("Lanes v2", POLICY, 2), b"22")
+        .await
+        .expect("publish");
+    let r = witness(&w1, &w1_node, &p_node).await.expect("grown");
+    assert!(r.peer_grew);
+    witness(&w2, &w2_node, &p_node).await.expect("grown");
+    p_node.shutdown().await.expect("stop");
+
+    // The publisher rewrites its history and signs it.
+    let size = size_of(&publisher);
+    fork_ledger(&publisher.dir, size - 2, size).await;
+    p_node = support::start(&publisher, |_| {}).await;
+
+    for (w, n) in [(&w1, &w1_node), (&w2, &w2_node)] {
+        let err = witness(w, n, &p_node).await.expect_err("fork");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+        assert!(
+            err.message().contains("fork in log")
+                && err.message().contains("same size, different roots"),
+            "{}",
+            err.message()
+        );
+        // Once forked, never cosigned again.
+        let err = witness(w, n, &p_node).await.expect_err("still forked");
+        assert!(err.message().contains("forked"), "{}", err.message());
+        // The witness's ledger records it, with both notes.
+        let mut a = dsnode::audit::Auditor::new(
+            support::connect(
+                &space.node(&format!("auditor-{}", w.identity.participant), "auditor"),
+                n,
+            )
+            .await,
+        )
+        .expect("auditor");
+        let (_, entries) = a
+            .entries(
+                pb::QueryEntriesRequest {
+                    kind: "ForkDetected".into(),
+                    ..Default::default()
+                },
+                true,
+            )
+            .await
+            .expect("entries");
+        assert_eq!(entries.len(), 1, "one fork recorded");
+        let detail = &entries[0].entry.draft.detail;
+        assert!(
+            detail.starts_with("same size, different roots\n"),
+            "{detail}"
+        );
+        let origin = format!("dsnode/{}", publisher.identity.node_id);
+        assert_eq!(
+            detail.matches(&format!("\n{origin}\n")).count(),
+            2,
+            "two notes: {detail}"
+        );
+
+        // `dsnode audit forks` re-verifies the evidence and exits 1.
+        let out = Command::new(env!("CARGO_BIN_EXE_dsnode"))
+            .args(["audit", "forks", "--data-dir"])
+            .arg(w.dir.root())
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains("FORK in log"), "{text}");
+        assert!(text.contains("both signatures verified"), "{text}");
+        assert!(text.contains("same size, different roots"), "{text}");
+    }
+    for n in [p_node, w1_node, w2_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
+
+/// Row 14 and the faults table (a store that lost acknowledged entries):
+/// a node restored with an older ledger (its `LAST_CHECKPOINT` restored
+/// with it, so the rollback guard inside `ledger/` cannot tell) refuses to
+/// start because a witness cosigned a later checkpoint of it; with that
+/// record gone too, a configured witness reports the rollback at start-up
+/// and the node still refuses to serve.
+#[tokio::test]
+async fn a_node_whose_store_lost_witnessed_entries_refuses_to_serve() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let w1 = space.node("water-authority", "publisher");
+    let w1_node = support::start(&w1, |_| {}).await;
+    let p_node = support::start(&publisher, |_| {}).await;
+    p_node.shutdown().await.expect("stop");
+    let backup = publisher.dir.root().join("ledger.backup");
+    copy_dir(&publisher.dir.ledger(), &backup);
+
+    let p_node = support::start(&publisher, |_| {}).await;
+    publish(&publisher, &p_node, header("Lanes", POLICY, 1), b"1")
+        .await
+        .expect("publish");
+    witness(&w1, &w1_node, &p_node).await.expect("witnessed");
+    p_node.shutdown().await.expect("stop");
+
+    std::fs::remove_dir_all(publisher.dir.ledger()).expect("rm");
+    copy_dir(&backup, &publisher.dir.ledger());
+    let config = || {
+        let mut c = Config::new(publisher.dir.root(), "127.0.0.1:0".parse().expect("addr"));
+        c.transport.drain_deadline = std::time::Duration::from_secs(1);
+        c
+    };
+    let err = dsnode::node::start(config()).await.err().expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "witness {} cosigned this node's checkpoint",
+            w1.identity.node_id
+        )) && msg.contains("lost acknowledged entries"),
+        "{msg}"
+    );
+
+    // Without the local record, the configured witness tells it.
+    std::fs::remove_dir_all(publisher.dir.witness()).expect("rm witness");
+    let mut c = config();
+    c.witness.peers = vec![w1_node.local_addr().to_string()];
+    let err = dsnode::node::start(c).await.err().expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("reports that this node's log forked"), "{msg}");
+    assert!(msg.contains("a smaller tree after a larger"), "{msg}");
+    w1_node.shutdown().await.expect("stop");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("ls") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
