@@ -163,6 +163,23 @@ fn envelope(what: &str, json: &str) -> Result<Envelope, BundleError> {
     Ok(env)
 }
 
+/// DSSE key ids are not signed: in a bundle each must name the signer, so
+/// that no byte of the file escapes verification.
+fn check_keyid<T>(what: &str, v: &Verified<T>) -> Result<(), BundleError> {
+    let signer = crate::identity::NodeId::from_public_key(v.signer());
+    if v.envelope()
+        .signatures
+        .iter()
+        .all(|s| s.keyid == signer.as_str())
+    {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{what}: a signature's key id is not the signer {signer}"
+        )))
+    }
+}
+
 /// Builds one side from its auditor: the checkpoint `witness` cosigned
 /// that covers every entry of the grant, and those entries proven in it.
 async fn side(
@@ -405,6 +422,7 @@ pub fn verify(bytes: &[u8], ca_pem: &[u8]) -> Result<String, BundleError> {
         .keys
         .verify_any(|k| verify_grant(grant_env.clone(), k))
         .map_err(|e| invalid(format!("the grant is not signed by the publisher: {e}")))?;
+    check_keyid("the grant", &grant)?;
     let g = grant.value();
     if g.id.as_str() != grant_id {
         return Err(invalid(format!("the grant is {}, not {grant_id}", g.id)));
@@ -425,6 +443,7 @@ pub fn verify(bytes: &[u8], ca_pem: &[u8]) -> Result<String, BundleError> {
             "the manifest (dataset {dataset}) is not the one grant {grant_id} names"
         )));
     }
+    check_keyid("the manifest", &manifest)?;
     let m = manifest.value();
     let mut receipts = Vec::new();
     for (i, json) in bundle.receipts.iter().enumerate() {
@@ -438,6 +457,7 @@ pub fn verify(bytes: &[u8], ca_pem: &[u8]) -> Result<String, BundleError> {
                     i + 1
                 ))
             })?;
+        check_keyid(&format!("receipt {}", i + 1), &r)?;
         let rv = r.value();
         if rv.grant != g.id {
             return Err(invalid(format!(

@@ -39,6 +39,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod node;
 pub mod policy;
+pub mod reconcile;
 pub mod rotation;
 pub mod rpc;
 pub mod tls;

@@ -299,6 +299,62 @@ enum AuditCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Do two nodes' ledgers tell the same story? For every grant between
+    /// them: the grant and every receipt recorded on both sides with the
+    /// same hashes, and every entry under a checkpoint the other side
+    /// witnessed. Prints each discrepancy; exits 1 if there is any.
+    Reconcile {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The two nodes, HOST:PORT (give --peer twice).
+        #[arg(long = "peer", num_args = 1, required = true)]
+        peers: Vec<String>,
+        /// Only entries at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Write one self-contained evidence file for a grant: manifest, grant
+    /// and receipts, both ledgers' entries about it with proofs, cosigned
+    /// checkpoints and certificates (docs/evidence.md).
+    Bundle {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The publisher and the consumer, HOST:PORT (give --peer twice).
+        #[arg(long = "peer", num_args = 1, required = true)]
+        peers: Vec<String>,
+        /// The grant id.
+        #[arg(long)]
+        grant: String,
+        /// Where to write the bundle (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify an evidence bundle offline with only the CA certificate, and
+    /// print an account of the exchange.
+    VerifyBundle {
+        /// The bundle file.
+        file: PathBuf,
+        /// The data space's CA certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// The grants of a dataset in force at a time, each proven in the
+    /// publisher's log.
+    WhoCould {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The publisher, HOST:PORT.
+        #[arg(long)]
+        peer: String,
+        /// The dataset id.
+        #[arg(long)]
+        dataset: String,
+        /// The time (RFC 3339).
+        #[arg(long)]
+        at: String,
+    },
     /// Forks this node found in peers' logs (witness/forks/): each piece
     /// of evidence (two signed checkpoints no consistency proof joins) is
     /// verified again and listed. Exits 1 if there is any.
@@ -605,11 +661,16 @@ fn wants_json(command: &Command) -> bool {
         | Command::Audit(
             AuditCommand::Checkpoint { client, .. }
             | AuditCommand::Entries { client, .. }
+            | AuditCommand::Reconcile { client, .. }
+            | AuditCommand::Bundle { client, .. }
+            | AuditCommand::WhoCould { client, .. }
             | AuditCommand::Prove { client, .. },
         ) => client.out.json,
-        Command::Audit(AuditCommand::Verify { out, .. } | AuditCommand::Forks { out, .. }) => {
-            out.json
-        }
+        Command::Audit(
+            AuditCommand::Verify { out, .. }
+            | AuditCommand::Forks { out, .. }
+            | AuditCommand::VerifyBundle { out, .. },
+        ) => out.json,
         Command::Publish(a) => a.client.out.json,
         Command::Catalog(a) => a.client.out.json,
         Command::Policy(PolicyCommand::Check { out, .. }) => out.json,
@@ -1096,8 +1157,118 @@ async fn auditor(client: &ClientArgs, peer: &str) -> Result<audit::Auditor> {
     Ok(audit::Auditor::new(conn)?)
 }
 
+async fn two_auditors(
+    client: &ClientArgs,
+    peers: &[String],
+) -> Result<(audit::Auditor, audit::Auditor)> {
+    let [a, b] = peers else {
+        bail!("give exactly two nodes: --peer A --peer B");
+    };
+    Ok((auditor(client, a).await?, auditor(client, b).await?))
+}
+
 async fn audit(command: AuditCommand) -> Result<Output> {
     match command {
+        AuditCommand::Reconcile {
+            client,
+            peers,
+            since,
+        } => {
+            let (mut a, mut b) = two_auditors(&client, &peers).await?;
+            let since = since
+                .as_deref()
+                .map(|t| parse_time("since", Some(t)))
+                .transpose()?;
+            let r = dsnode::reconcile::reconcile(&mut a, &mut b, since).await?;
+            let mut text = format!(
+                "reconciled A = {} (node {}) and B = {} (node {}): {} grants, {} receipts; B witnessed A up to size {}, A witnessed B up to size {}\n",
+                peers[0],
+                a.node().node_id,
+                peers[1],
+                b.node().node_id,
+                r.grants,
+                r.receipts,
+                r.witnessed.0,
+                r.witnessed.1
+            );
+            for d in &r.discrepancies {
+                text.push_str(&format!("DISCREPANCY: {d}\n"));
+            }
+            if r.discrepancies.is_empty() {
+                text.push_str("no discrepancies: both ledgers tell the same story\n");
+            }
+            let output = Output {
+                text: text.trim_end().to_owned(),
+                json: json!({"grants": r.grants, "receipts": r.receipts, "witnessed": [r.witnessed.0, r.witnessed.1], "discrepancies": r.discrepancies}),
+            };
+            if r.discrepancies.is_empty() {
+                Ok(output)
+            } else {
+                Err(ReportedFailure(output).into())
+            }
+        }
+        AuditCommand::Bundle {
+            client,
+            peers,
+            grant,
+            out,
+        } => {
+            let (mut a, mut b) = two_auditors(&client, &peers).await?;
+            let bundle = dsnode::evidence::build(&mut a, &mut b, &grant).await?;
+            let bytes = bundle.to_bytes();
+            fsutil::create_new_atomic(&out, &bytes, fsutil::PUBLIC_MODE)?;
+            Ok(Output {
+                text: format!(
+                    "evidence bundle for grant {grant} written to {} ({} bytes): {} publisher and {} consumer entries with proofs, {} receipts\ncheck it anywhere with: dsnode audit verify-bundle {} --ca CA.pem",
+                    out.display(),
+                    bytes.len(),
+                    bundle.publisher.entries.len(),
+                    bundle.consumer.entries.len(),
+                    bundle.receipts.len(),
+                    out.display()
+                ),
+                json: json!({"grant": grant, "out": out, "bytes": bytes.len()}),
+            })
+        }
+        AuditCommand::VerifyBundle { file, ca, .. } => {
+            let bytes = fsutil::read(&file)?;
+            let ca_pem = fsutil::read(&ca)?;
+            let account = dsnode::evidence::verify(&bytes, &ca_pem)
+                .with_context(|| format!("{} does NOT verify", file.display()))?;
+            Ok(Output {
+                json: json!({"file": file, "verified": true, "account": account}),
+                text: account,
+            })
+        }
+        AuditCommand::WhoCould {
+            client,
+            peer,
+            dataset,
+            at,
+        } => {
+            let at_ms = parse_time("at", Some(&at))?;
+            let mut p = auditor(&client, &peer).await?;
+            let found = dsnode::reconcile::who_could(&mut p, &dataset, at_ms).await?;
+            let mut text = format!(
+                "grants of {dataset} in force at {} on {peer} (node {}): {}\n",
+                time_text(at_ms),
+                p.node().node_id,
+                found.len()
+            );
+            let mut rows = Vec::new();
+            for f in &found {
+                let g = &f.grant;
+                text.push_str(&format!(
+                    "{}  to {}  purpose {}  {} .. {}\n  AccessGranted entry {} proven in checkpoint {} ({} hashes, signature verified)\n",
+                    g.id, g.grantee, g.purpose, time_text(g.not_before_ms), time_text(g.not_after_ms), f.entry_index, f.checkpoint_size, f.proof_len
+                ));
+                rows.push(json!({"grant": g.id.to_string(), "grantee": g.grantee.to_string(), "purpose": g.purpose, "not_before_ms": g.not_before_ms, "not_after_ms": g.not_after_ms, "entry": f.entry_index, "checkpoint": f.checkpoint_size}));
+            }
+            Ok(Output {
+                text: text.trim_end().to_owned(),
+                json: json!({"dataset": dataset, "at_ms": at_ms, "grants": rows}),
+            })
+        }
         AuditCommand::Checkpoint { client, peer } => {
             let mut a = auditor(&client, &peer).await?;
             let cp = a.checkpoint().await?;

@@ -36,6 +36,8 @@ fn the_demo_tells_the_story_and_every_verification_passes() {
             "acme fetching again is refused",
             "log now provably extends it",
             "Provenance of ds_",
+            "the regulator reconciles them and hands over one evidence file",
+            "VERIFIED offline against the CA",
             "All verifications passed",
         ] {
             assert!(
@@ -43,7 +45,7 @@ fn the_demo_tells_the_story_and_every_verification_passes() {
                 "run {run}: missing `{needle}` in:\n{stdout}"
             );
         }
-        assert_eq!(stdout.matches("[ok]").count(), 10, "{stdout}");
+        assert_eq!(stdout.matches("[ok]").count(), 13, "{stdout}");
         assert!(!stdout.contains("FAILED"), "{stdout}");
     }
 }

@@ -7,6 +7,7 @@ mod cli;
 mod datasets;
 mod demo;
 mod deploy;
+mod evidence;
 mod exchange;
 mod faults;
 mod fuzz_corpus;

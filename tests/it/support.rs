@@ -314,3 +314,59 @@ pub(crate) fn receipt_file(consumer: &NodeDir, grant: &str) -> std::path::PathBu
     assert_eq!(found.len(), 1, "receipts kept: {found:?}");
     found.pop().expect("one").into()
 }
+
+/// Opens a closed node's ledger (retrying while sled still holds the lock
+/// of the handle just closed).
+pub(crate) fn open_ledger(dir: &Path, key: &dsnode::identity::NodeKey) -> dsnode::ledger::Ledger {
+    use dsnode::ledger::{Ledger, LedgerError, LedgerOptions};
+    for _ in 0..200 {
+        match Ledger::open(dir, key.signing_key().clone(), LedgerOptions::default()) {
+            Ok((ledger, _)) => return ledger,
+            Err(LedgerError::Store(dsnode::ledger::store::StoreError::Locked { .. })) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("open {}: {e}", dir.display()),
+        }
+    }
+    panic!("{} stays locked", dir.display());
+}
+
+/// The test-only history hook: rewrites a stopped node's ledger keeping
+/// the entries `keep` accepts (re-appended one by one, so every size has a
+/// checkpoint), then other entries up to `size` entries, every checkpoint
+/// signed with the node's own key: a node signing a second history (a
+/// fork), or one that dropped an entry. Its record of witnesses'
+/// cosignatures goes too, as a node hiding that would do.
+pub(crate) async fn rewrite_history(
+    dir: &DataDir,
+    keep: impl Fn(&dsnode::ledger::entry::Entry) -> bool,
+    size: u64,
+) {
+    use dsnode::ledger::entry::{Entry, EntryDraft, EntryKind};
+    let key = dsnode::identity::NodeKey::load(&dir.key()).expect("key");
+    let old = open_ledger(&dir.ledger(), &key);
+    let all = old.entries(0, 1000).expect("entries");
+    old.close().await;
+    drop(old);
+    let rewritten_dir = dir.root().join("ledger.rewritten");
+    let rewritten = open_ledger(&rewritten_dir, &key);
+    let mut n = 0;
+    for (_, bytes) in all {
+        let entry = Entry::decode(&bytes).expect("entry");
+        if keep(&entry) {
+            rewritten.append(entry.draft).await.expect("replay");
+            n += 1;
+        }
+    }
+    while n < size {
+        let mut draft = EntryDraft::new(EntryKind::NodeStarted);
+        draft.detail = format!("rewritten history {n}");
+        rewritten.append(draft).await.expect("append");
+        n += 1;
+    }
+    rewritten.close().await;
+    drop(rewritten);
+    std::fs::remove_dir_all(dir.ledger()).expect("remove");
+    std::fs::rename(&rewritten_dir, dir.ledger()).expect("swap");
+    std::fs::remove_dir_all(dir.witness()).expect("hide cosignatures");
+}

@@ -5,10 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use dsnode::config::{Config, DataDir};
+use dsnode::config::Config;
 use dsnode::identity::NodeKey;
-use dsnode::ledger::entry::{Entry, EntryDraft, EntryKind};
-use dsnode::ledger::{Ledger, LedgerError, LedgerOptions};
 use dsnode::node::RunningNode;
 use dsnode::pb;
 use tonic::Code;
@@ -32,53 +30,9 @@ async fn witness(
         .map(tonic::Response::into_inner)
 }
 
-fn open_ledger(dir: &Path, key: &NodeKey) -> Ledger {
-    for _ in 0..200 {
-        match Ledger::open(dir, key.signing_key().clone(), LedgerOptions::default()) {
-            Ok((ledger, _)) => return ledger,
-            Err(LedgerError::Store(dsnode::ledger::store::StoreError::Locked { .. })) => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("open {}: {e}", dir.display()),
-        }
-    }
-    panic!("{} stays locked", dir.display());
-}
-
-/// The test-only fork hook: rewrites a stopped node's ledger so that it
-/// keeps its first `keep` entries, then other entries up to `size`, every
-/// one signed over with the node's own key (a node signing a second
-/// history). The node's record of cosignatures is removed too, as a node
-/// hiding its fork would.
-async fn fork_ledger(dir: &DataDir, keep: u64, size: u64) {
-    let key = NodeKey::load(&dir.key()).expect("key");
-    let old = open_ledger(&dir.ledger(), &key);
-    let kept = old.entries(0, keep as usize).expect("entries");
-    old.close().await;
-    drop(old);
-    let forked_dir = dir.root().join("ledger.forked");
-    let forked = open_ledger(&forked_dir, &key);
-    for (_, bytes) in kept {
-        forked
-            .append(Entry::decode(&bytes).expect("entry").draft)
-            .await
-            .expect("replay");
-    }
-    for i in keep..size {
-        let mut draft = EntryDraft::new(EntryKind::NodeStarted);
-        draft.detail = format!("rewritten history {i}");
-        forked.append(draft).await.expect("append");
-    }
-    forked.close().await;
-    drop(forked);
-    std::fs::remove_dir_all(dir.ledger()).expect("remove");
-    std::fs::rename(&forked_dir, dir.ledger()).expect("swap");
-    std::fs::remove_dir_all(dir.witness()).expect("hide cosignatures");
-}
-
 fn size_of(node: &NodeDir) -> u64 {
     let key = NodeKey::load(&node.dir.key()).expect("key");
-    let ledger = open_ledger(&node.dir.ledger(), &key);
+    let ledger = support::open_ledger(&node.dir.ledger(), &key);
     let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
     drop(ledger);
     size
@@ -148,7 +102,7 @@ async fn threat_14_a_forked_log_is_caught_by_both_witnesses_with_evidence() {
 
     // The publisher rewrites its history and signs it.
     let size = size_of(&publisher);
-    fork_ledger(&publisher.dir, size - 2, size).await;
+    support::rewrite_history(&publisher.dir, |e| e.index < size - 2, size).await;
     p_node = support::start(&publisher, |_| {}).await;
 
     for (w, n) in [(&w1, &w1_node), (&w2, &w2_node)] {

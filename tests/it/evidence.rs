@@ -1,0 +1,262 @@
+//! Reconciliation, evidence bundles and the point-in-time question
+//! (issue 8), over real nodes.
+
+use dsnode::audit::Auditor;
+use dsnode::evidence::{self, Bundle, BundleError};
+use dsnode::identity::ca::CertificateAuthority;
+use dsnode::node::RunningNode;
+
+use crate::datasets::{POLICY, consumer_in, header, publish};
+use crate::exchange::{fetch_to, granted};
+use crate::support::{self, DataSpace, NodeDir};
+
+struct Exchange {
+    space: DataSpace,
+    publisher: NodeDir,
+    consumer: NodeDir,
+    auditor: NodeDir,
+    pub_node: RunningNode,
+    con_node: RunningNode,
+    dataset: String,
+    grants: Vec<String>,
+}
+
+/// A publisher, a consumer and an auditor; one dataset fetched under
+/// `grants` separate grants (each fetch ends with a checkpoint exchange).
+async fn exchange(grants: usize) -> Exchange {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let auditor = space.node("regulator", "auditor");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let content = b"stop,passengers\n1,12\n2,40\n".to_vec();
+    let dataset = publish(
+        &publisher,
+        &pub_node,
+        header("Bus stops", POLICY, content.len() as u64),
+        &content,
+    )
+    .await
+    .expect("publish")
+    .dataset_id;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ids = Vec::new();
+    for i in 0..grants {
+        let g = granted(&consumer, &con_node, &dataset, pub_node.local_addr()).await;
+        let out = dir.path().join(format!("out{i}.csv"));
+        fetch_to(&consumer, &con_node, pub_node.local_addr(), &g, &out, false)
+            .await
+            .expect("fetch");
+        ids.push(g);
+    }
+    Exchange {
+        space,
+        publisher,
+        consumer,
+        auditor,
+        pub_node,
+        con_node,
+        dataset,
+        grants: ids,
+    }
+}
+
+async fn auditors(x: &Exchange) -> (Auditor, Auditor) {
+    (
+        Auditor::new(support::connect(&x.auditor, &x.pub_node).await).expect("a"),
+        Auditor::new(support::connect(&x.auditor, &x.con_node).await).expect("b"),
+    )
+}
+
+fn ca_pem(x: &Exchange) -> Vec<u8> {
+    x.space.ca.ca().cert_pem().as_bytes().to_vec()
+}
+
+/// A bundle verifies offline with the CA certificate alone and tells who,
+/// what, when, which purpose and which bytes; any changed byte, a
+/// truncation, another CA, a swapped proof and a receipt of another grant
+/// each fail, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_verifies_offline_and_every_kind_of_tampering_fails() {
+    let x = exchange(2).await;
+    let (mut p, mut c) = auditors(&x).await;
+    // Either order of the two nodes.
+    let bundle = evidence::build(&mut c, &mut p, &x.grants[0])
+        .await
+        .expect("bundle");
+    let other = evidence::build(&mut p, &mut c, &x.grants[1])
+        .await
+        .expect("second bundle");
+    let bytes = bundle.to_bytes();
+    let ca = ca_pem(&x);
+    let account = evidence::verify(&bytes, &ca).expect("verifies");
+    for needle in [
+        "VERIFIED offline",
+        "city-transport",
+        "acme",
+        &x.dataset,
+        "Bus stops",
+        "purpose \"research\"",
+        "26 bytes",
+        "cosigned by the consumer",
+        "cosigned by the publisher",
+    ] {
+        assert!(
+            account.contains(needle),
+            "missing `{needle}` in:\n{account}"
+        );
+    }
+
+    let fails = |b: &[u8], why: &str| {
+        let err = evidence::verify(b, &ca).expect_err(why);
+        err.to_string()
+    };
+    // Truncated.
+    let msg = fails(&bytes[..bytes.len() / 2], "truncated");
+    assert!(msg.contains("not a dsnode evidence bundle"), "{msg}");
+    // Every byte matters: change each one in turn (a stride keeps it
+    // quick; the stride is odd so every part of the file is hit).
+    for i in (0..bytes.len()).step_by(7) {
+        let mut b = bytes.clone();
+        b[i] ^= 0x01;
+        assert!(
+            evidence::verify(&b, &ca).is_err(),
+            "flipping byte {i} went unnoticed: …{}…",
+            String::from_utf8_lossy(&bytes[i.saturating_sub(60)..(i + 20).min(bytes.len())])
+        );
+    }
+    // Another CA.
+    let stranger = CertificateAuthority::generate("Another CA").expect("ca");
+    let err = evidence::verify(&bytes, stranger.cert_pem().as_bytes()).expect_err("other CA");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    // A swapped proof.
+    let mut swapped: Bundle = bundle.clone();
+    let e = &mut swapped.publisher.entries;
+    assert!(e.len() >= 2);
+    let p0 = e[0].proof.clone();
+    e[0].proof = e[1].proof.clone();
+    e[1].proof = p0;
+    let msg = fails(&swapped.to_bytes(), "swapped proof");
+    assert!(msg.contains("NOT proven"), "{msg}");
+    // A receipt of another grant.
+    let mut mixed = bundle.clone();
+    mixed.receipts = other.receipts.clone();
+    let msg = fails(&mixed.to_bytes(), "receipt of another grant");
+    assert!(
+        msg.contains(&format!(
+            "is for grant {}, not {}",
+            x.grants[1], x.grants[0]
+        )),
+        "{msg}"
+    );
+    // A bundle that is not canonical (re-indented) is refused too.
+    let reindented = serde_json::to_vec(&bundle).expect("json");
+    assert!(matches!(
+        evidence::verify(&reindented, &ca),
+        Err(BundleError::Format(_))
+    ));
+
+    // The CLI writes it, and verifies it with nothing but the CA file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("evidence.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsnode"))
+        .args(["audit", "bundle", "--data-dir"])
+        .arg(x.auditor.dir.root())
+        .args(["--peer", &x.pub_node.local_addr().to_string()])
+        .args(["--peer", &x.con_node.local_addr().to_string()])
+        .args(["--grant", &x.grants[0], "--out"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsnode"))
+        .args(["audit", "verify-bundle"])
+        .arg(&file)
+        .arg("--ca")
+        .arg(x.space.dir.path().join("ca/ca.crt"))
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("VERIFIED offline"), "{text}");
+    for n in [x.pub_node, x.con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
+
+/// Reconciliation passes on a clean exchange, and fails naming the entry
+/// when one side's entry is gone (the consumer's ledger rewritten without
+/// its ReceiptRecorded).
+#[tokio::test]
+async fn reconciliation_passes_and_then_names_the_missing_entry() {
+    let x = exchange(1).await;
+    let (mut p, mut c) = auditors(&x).await;
+    let clean = dsnode::reconcile::reconcile(&mut p, &mut c, None)
+        .await
+        .expect("reconcile");
+    assert!(clean.discrepancies.is_empty(), "{:?}", clean.discrepancies);
+    assert_eq!((clean.grants, clean.receipts), (1, 1));
+    assert!(clean.witnessed.0 > 0 && clean.witnessed.1 > 0, "{clean:?}");
+
+    // Who could read the dataset: the grant now; nobody before it existed.
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let found = dsnode::reconcile::who_could(&mut p, &x.dataset, now)
+        .await
+        .expect("who could");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].grant.id.to_string(), x.grants[0]);
+    assert_eq!(found[0].grant.grantee, x.consumer.identity.node_id);
+    assert_eq!(found[0].grant.publisher, x.publisher.identity.node_id);
+    let before = dsnode::reconcile::who_could(&mut p, &x.dataset, now - 3_600_000)
+        .await
+        .expect("who could");
+    assert!(before.is_empty());
+
+    // The consumer's ledger loses its ReceiptRecorded entry.
+    let Exchange {
+        consumer,
+        con_node,
+        pub_node,
+        auditor,
+        grants,
+        ..
+    } = x;
+    con_node.shutdown().await.expect("stop");
+    let size = {
+        let key = dsnode::identity::NodeKey::load(&consumer.dir.key()).expect("key");
+        let l = support::open_ledger(&consumer.dir.ledger(), &key);
+        let s = l.latest().map_or(0, |c| c.checkpoint.size);
+        l.close().await;
+        s
+    };
+    support::rewrite_history(
+        &consumer.dir,
+        |e| e.draft.kind != dsnode::ledger::entry::EntryKind::ReceiptRecorded,
+        size - 1,
+    )
+    .await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let mut p = Auditor::new(support::connect(&auditor, &pub_node).await).expect("a");
+    let mut c = Auditor::new(support::connect(&auditor, &con_node).await).expect("b");
+    let r = dsnode::reconcile::reconcile(&mut p, &mut c, None)
+        .await
+        .expect("reconcile");
+    let all = r.discrepancies.join("\n");
+    assert!(
+        all.contains(&format!("grant {}: A (", grants[0]))
+            && all.contains("(ReceiptRecorded) has no matching ReceiptRecorded entry on B"),
+        "{all}"
+    );
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
