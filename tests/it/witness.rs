@@ -230,3 +230,120 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Bad input from a peer (issue 8): a checkpoint with a bad signature, or
+/// a larger one whose consistency proof does not verify, is refused with
+/// the reason, nothing is cosigned and nothing is recorded; the witness
+/// still holds the checkpoint it verified before.
+#[tokio::test]
+async fn a_bad_signature_or_an_inconsistent_proof_is_refused_and_nothing_cosigned() {
+    use dsnode::ledger::note::{Checkpoint, NoteSigner};
+    let space = DataSpace::new();
+    let w = space.node("water-authority", "publisher");
+    let caller = space.node("city-transport", "publisher");
+    let w_node = support::start(&w, |_| {}).await;
+    let key = NodeKey::load(&caller.dir.key()).expect("key");
+    let origin = dsnode::ledger::origin_for(&caller.identity.node_id);
+    let note = |signer: &ed25519_dalek::SigningKey, size: u64, root: [u8; 32]| {
+        NoteSigner::new(&origin, signer.clone())
+            .expect("signer")
+            .sign(
+                &Checkpoint {
+                    origin: origin.clone(),
+                    size,
+                    root,
+                }
+                .text(),
+            )
+            .into_bytes()
+    };
+    let call = |req: pb::ExchangeCheckpointsRequest| {
+        let (caller, w_node) = (&caller, &w_node);
+        async move {
+            let conn = support::connect(caller, w_node).await;
+            pb::peering_client::PeeringClient::new(conn.channel)
+                .exchange_checkpoints(req)
+                .await
+        }
+    };
+    let seen_entries = || async {
+        let auditor = space.node(&format!("auditor-{}", rand_suffix()), "auditor");
+        let mut a = dsnode::audit::Auditor::new(support::connect(&auditor, &w_node).await)
+            .expect("auditor");
+        let (_, e) = a
+            .entries(
+                pb::QueryEntriesRequest {
+                    kind: "PeerCheckpointSeen".into(),
+                    ..Default::default()
+                },
+                true,
+            )
+            .await
+            .expect("entries");
+        e.len()
+    };
+
+    // Signed by another key than the caller's certificate carries.
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let err = call(pb::ExchangeCheckpointsRequest {
+        checkpoint: note(&stranger, 4, [1; 32]),
+        ..Default::default()
+    })
+    .await
+    .expect_err("bad signature");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("your checkpoint does NOT verify"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(seen_entries().await, 0, "nothing recorded");
+
+    // A real first checkpoint (a two-leaf tree), witnessed and cosigned.
+    let leaves = [[1u8; 32], [2u8; 32], [3u8; 32], [4u8; 32]];
+    let root_of = |n: usize| dsnode::ledger::merkle::root_from_leaves(&leaves[..n]);
+    let first = call(pb::ExchangeCheckpointsRequest {
+        checkpoint: note(key.signing_key(), 2, root_of(2)),
+        ..Default::default()
+    })
+    .await
+    .expect("first")
+    .into_inner();
+    assert!(!first.cosigned.is_empty());
+    assert_eq!(seen_entries().await, 1);
+
+    // A larger one with a proof that does not join them.
+    let err = call(pb::ExchangeCheckpointsRequest {
+        checkpoint: note(key.signing_key(), 4, root_of(4)),
+        old_checkpoint: note(key.signing_key(), 2, root_of(2)),
+        consistency_proof: vec![vec![7; 32]],
+        ..Default::default()
+    })
+    .await
+    .expect_err("inconsistent proof");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("consistency proof from size 2 to 4 does not verify"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(seen_entries().await, 1, "nothing recorded");
+    // Without a proof, the witness asks for one from what it saw.
+    let again = call(pb::ExchangeCheckpointsRequest {
+        checkpoint: note(key.signing_key(), 4, root_of(4)),
+        ..Default::default()
+    })
+    .await
+    .expect("asks for a proof")
+    .into_inner();
+    assert_eq!(again.need_proof_from, 2);
+    assert!(again.cosigned.is_empty(), "nothing cosigned");
+    w_node.shutdown().await.expect("stop");
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
