@@ -376,3 +376,41 @@ async fn an_older_crl_is_refused_at_start_too() {
     };
     assert!(err.contains(&format!("older than CRL #{newer}")), "{err}");
 }
+
+/// Row 7, defence: an expired CRL is refused (DESIGN.md: "expired CRL =
+/// refuse"), both by the TLS verifier of a running node (a handshake after
+/// the CRL in force expired fails, so revocations cannot silently lapse)
+/// and at start-up.
+#[tokio::test]
+async fn threat_07_an_expired_crl_is_refused_at_handshake_and_at_start() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    space
+        .ca
+        .refresh_crl(Duration::from_secs(2))
+        .expect("short CRL");
+    space.publish_crl(&server.dir);
+    let node = support::start(&server, |_| {}).await;
+    assert!(
+        support::try_connect(&client, &node).await.is_ok(),
+        "the CRL is still valid"
+    );
+    tokio::time::sleep(Duration::from_millis(2_600)).await;
+    let err = support::try_connect(&client, &node)
+        .await
+        .err()
+        .expect("refused once the CRL expired");
+    let text = err.to_string();
+    assert!(!text.is_empty(), "{text}");
+    node.shutdown().await.expect("stop");
+
+    let config =
+        dsnode::config::Config::new(server.dir.root(), "127.0.0.1:0".parse().expect("addr"));
+    let err = dsnode::node::start(config)
+        .await
+        .err()
+        .expect("refused at start");
+    let msg = err.to_string();
+    assert!(msg.contains("crl.pem") && msg.contains("expired"), "{msg}");
+}
