@@ -226,14 +226,7 @@ impl Auditor {
     /// The latest checkpoint, verified; the node's published vkey must be
     /// the one its certificate (and key history) implies.
     pub async fn checkpoint(&mut self) -> Result<SignedCheckpoint, AuditError> {
-        let r = self
-            .client
-            .get_checkpoint(pb::GetCheckpointRequest {})
-            .await?
-            .into_inner();
-        if self.keys.is_none() {
-            self.load_keys(&r).await?;
-        }
+        let r = self.checkpoint_answer().await?;
         let keys = self.keys().await?;
         if r.vkey != keys.verifier().vkey() {
             return Err(AuditError::Mismatch(format!(

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{AuditError, Auditor, VerifiedEntry};
 use crate::dataset::Manifest;
 use crate::envelope::{Envelope, Verified};
-use crate::exchange::grant::{Grant, verify_grant};
+use crate::exchange::grant::{Grant, time_text, verify_grant};
 use crate::exchange::receipt::{Receipt, verify_receipt};
 use crate::identity::{PeerIdentity, ca};
 use crate::ledger::entry::{Entry, EntryKind};
@@ -381,16 +381,6 @@ fn has(side: &CheckedSide, kind: EntryKind, object: &Hash) -> Option<u64> {
         .iter()
         .find(|e| e.draft.kind == kind && e.draft.object_hash.as_ref() == Some(object))
         .map(|e| e.index)
-}
-
-fn time_text(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 /// Verifies a bundle offline against the CA certificate (PEM) and returns

@@ -1082,15 +1082,7 @@ async fn status(a: ClientArgs) -> Result<Output> {
     })
 }
 
-fn time_text(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{ms}ms"))
-}
+use dsnode::exchange::grant::time_text;
 
 fn parse_time(flag: &str, value: Option<&str>) -> Result<i64> {
     let Some(v) = value else { return Ok(0) };

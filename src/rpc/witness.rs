@@ -48,6 +48,48 @@ fn hashes(proof: &[Vec<u8>]) -> Result<Vec<Hash>, Status> {
         .map_err(|e| Status::invalid_argument(format!("consistency proof: {e}")))
 }
 
+/// One side's log as sent in an exchange (either direction).
+struct Sent<'a> {
+    rotations: &'a [Vec<u8>],
+    checkpoint: &'a [u8],
+    old_checkpoint: &'a [u8],
+    proof: &'a [Vec<u8>],
+}
+
+type Checked = (
+    LogKeys,
+    SignedCheckpoint,
+    Option<SignedCheckpoint>,
+    Vec<Hash>,
+);
+
+impl Sent<'_> {
+    /// Checks it against the sender's certificate key: the key history,
+    /// the checkpoint and the old one (`whose` names the sender in errors,
+    /// `bad` is the status a failure gets).
+    fn verify(
+        self,
+        key: &[u8; 32],
+        whose: &str,
+        bad: fn(String) -> Status,
+    ) -> Result<Checked, Status> {
+        let keys = keys_of(self.rotations, key, whose)?;
+        let new = keys
+            .verify_checkpoint(self.checkpoint)
+            .map_err(|e| bad(format!("{whose} checkpoint does NOT verify: {e}")))?;
+        let old = if self.old_checkpoint.is_empty() {
+            None
+        } else {
+            Some(
+                keys.verify_checkpoint(self.old_checkpoint)
+                    .map_err(|e| bad(format!("{whose} old checkpoint does NOT verify: {e}")))?,
+            )
+        };
+        let proof = hashes(self.proof)?;
+        Ok((keys, new, old, proof))
+    }
+}
+
 /// The note with only the log's own signature lines (what the ledger keeps
 /// of a peer's checkpoint; cosignatures of others are not ours to record).
 fn log_lines_only(note: &str, origin: &str) -> String {
@@ -203,18 +245,13 @@ pub(super) async fn serve(
     caller: &PeerIdentity,
     req: pb::ExchangeCheckpointsRequest,
 ) -> Result<pb::ExchangeCheckpointsResponse, Status> {
-    let keys = keys_of(&req.key_rotations, &caller.public_key, "your")?;
-    let new = keys
-        .verify_checkpoint(&req.checkpoint)
-        .map_err(|e| Status::invalid_argument(format!("your checkpoint does NOT verify: {e}")))?;
-    let old = if req.old_checkpoint.is_empty() {
-        None
-    } else {
-        Some(keys.verify_checkpoint(&req.old_checkpoint).map_err(|e| {
-            Status::invalid_argument(format!("your old checkpoint does NOT verify: {e}"))
-        })?)
-    };
-    let proof = hashes(&req.consistency_proof)?;
+    let (keys, new, old, proof) = Sent {
+        rotations: &req.key_rotations,
+        checkpoint: &req.checkpoint,
+        old_checkpoint: &req.old_checkpoint,
+        proof: &req.consistency_proof,
+    }
+    .verify(&caller.public_key, "your", Status::invalid_argument)?;
     let observed = witness(node, caller, &keys, &new, old.as_ref(), &proof).await;
     if observed.is_err() {
         node.metrics.witnessed("refused");
@@ -277,18 +314,13 @@ async fn exchange_inner(node: &NodeContext, conn: &PeerChannel) -> Result<Exchan
             server.node_id, r.need_proof_from
         )));
     }
-    let keys = keys_of(&r.key_rotations, &server.public_key, "the peer's")?;
-    let theirs = keys
-        .verify_checkpoint(&r.checkpoint)
-        .map_err(|e| Status::data_loss(format!("the peer's checkpoint does NOT verify: {e}")))?;
-    let old = if r.old_checkpoint.is_empty() {
-        None
-    } else {
-        Some(keys.verify_checkpoint(&r.old_checkpoint).map_err(|e| {
-            Status::data_loss(format!("the peer's old checkpoint does NOT verify: {e}"))
-        })?)
-    };
-    let proof = hashes(&r.consistency_proof)?;
+    let (keys, theirs, old, proof) = Sent {
+        rotations: &r.key_rotations,
+        checkpoint: &r.checkpoint,
+        old_checkpoint: &r.old_checkpoint,
+        proof: &r.consistency_proof,
+    }
+    .verify(&server.public_key, "the peer's", Status::data_loss)?;
     let observed = witness(node, server, &keys, &theirs, old.as_ref(), &proof).await?;
     if let Observed::NeedProofFrom(size) = observed {
         return Err(Status::data_loss(format!(

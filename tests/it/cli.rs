@@ -15,6 +15,29 @@ fn dsnode(args: &[&str]) -> Output {
         .expect("run dsnode")
 }
 
+/// `dsnode ca issue` of `csr` into `out` with `roles` and `extra` flags;
+/// asserts success.
+fn ca_issue(ca_dir: &Path, csr: &Path, roles: &str, extra: &[&str], out: &Path) {
+    let mut args = vec![
+        "ca",
+        "issue",
+        "--ca-dir",
+        p(ca_dir),
+        "--csr",
+        p(csr),
+        "--roles",
+        roles,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--out", p(out)]);
+    let done = dsnode(&args);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
 /// Asserts a clean failure whose message contains every `needle`.
 fn fails_with(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -547,24 +570,12 @@ fn key_new_and_rotate_from_the_command_line() {
     );
     // The prepared key certified for another participant.
     let wrong = space.dir.path().join("wrong.crt");
-    let out = dsnode(&[
-        "ca",
-        "issue",
-        "--ca-dir",
-        p(&ca_dir),
-        "--csr",
-        p(&dir.join("node.next.csr")),
-        "--roles",
+    ca_issue(
+        &ca_dir,
+        &dir.join("node.next.csr"),
         "publisher",
-        "--participant",
-        "city-water",
-        "--out",
-        p(&wrong),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["--participant", "city-water"],
+        &wrong,
     );
     fails_with(
         &dsnode(&["key", "rotate", "--data-dir", p(dir), "--cert", p(&wrong)]),
@@ -572,22 +583,12 @@ fn key_new_and_rotate_from_the_command_line() {
     );
 
     let new_crt = space.dir.path().join("new.crt");
-    let out = dsnode(&[
-        "ca",
-        "issue",
-        "--ca-dir",
-        p(&ca_dir),
-        "--csr",
-        p(&dir.join("node.next.csr")),
-        "--roles",
+    ca_issue(
+        &ca_dir,
+        &dir.join("node.next.csr"),
         "publisher",
-        "--out",
-        p(&new_crt),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &[],
+        &new_crt,
     );
     let out = dsnode(&[
         "key",

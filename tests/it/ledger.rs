@@ -233,6 +233,44 @@ async fn tampered_entry_is_found_with_its_index() {
     );
 }
 
+/// Row 13, defence: the tree is recomputed from the stored entries at
+/// open and checked against the stored hashes and signed checkpoints. Two
+/// entries swapped (their leaf hashes fixed up too), or one deleted from
+/// its block, are found and the first bad index named.
+#[tokio::test]
+async fn threat_13_a_swapped_or_deleted_entry_is_found_with_its_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = open(dir.path());
+    for i in 0..20 {
+        ledger.append(draft(i)).await.expect("append");
+    }
+    ledger.close().await;
+    drop(ledger);
+    let deleted = tempfile::tempdir().expect("tempdir");
+    copy_dir(dir.path(), deleted.path());
+
+    // Swap entries 7 and 8 (each keeps its index field; leaves fixed up).
+    let (mut d7, mut d8) = (None, None);
+    crate::support::rewrite_entry(dir.path(), 8, false, |e| d8 = Some(e.draft.clone()));
+    crate::support::rewrite_entry(dir.path(), 7, true, |e| {
+        d7 = Some(std::mem::replace(&mut e.draft, d8.clone().expect("8")));
+    });
+    crate::support::rewrite_entry(dir.path(), 8, true, |e| e.draft = d7.clone().expect("7"));
+    let err = open_must_fail(dir.path());
+    assert!(
+        matches!(err, LedgerError::Tampered { index: 7, .. }),
+        "{err}"
+    );
+
+    // Delete entry 7 from its block (the later ones move up one place).
+    crate::support::delete_entry(deleted.path(), 7);
+    let err = open_must_fail(deleted.path());
+    assert!(
+        matches!(err, LedgerError::Tampered { index: 7, .. }),
+        "{err}"
+    );
+}
+
 /// Defence: the last signed checkpoint is kept outside the store, so a
 /// store rolled back to an older copy is refused instead of being extended
 /// into a fork (THREATS.md row 14).

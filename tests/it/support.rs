@@ -302,6 +302,26 @@ pub(crate) fn rewrite_entry(
         .expect("overwrite");
 }
 
+/// Deletes entry `index` from its block of the (closed) ledger in `dir`,
+/// as an attacker with write access to the store would: the entries after
+/// it in the block move up one place.
+pub(crate) fn delete_entry(dir: &Path, index: u64) {
+    use dsnode::ledger::store::{BLOCK_BITS, Block, LedgerStore, SledStore};
+    let store = SledStore::open(dir).expect("raw store");
+    let b = index >> BLOCK_BITS;
+    let mut block: Block = store.block(b).expect("read").expect("block");
+    let k = (index - (b << BLOCK_BITS)) as usize;
+    block.entries.remove(k);
+    block.leaves.remove(k);
+    let (entries_key, leaves_key) = SledStore::block_keys(b);
+    store
+        .dangerous_overwrite(&entries_key, &block.encode_entries())
+        .expect("overwrite");
+    store
+        .dangerous_overwrite(&leaves_key, &block.encode_leaves())
+        .expect("overwrite");
+}
+
 /// The one receipt `consumer` kept for `grant` (`GRANT.TRANSFER.receipt.json`).
 pub(crate) fn receipt_file(consumer: &NodeDir, grant: &str) -> std::path::PathBuf {
     let dir = consumer.dir.grants().join("received");
