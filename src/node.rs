@@ -82,6 +82,8 @@ pub struct Credentials {
     pub revoked: Vec<Vec<u8>>,
     /// The CRL's number.
     pub crl_number: u64,
+    /// When the CRL expires (`nextUpdate`), if it says.
+    pub crl_expires: Option<OffsetDateTime>,
 }
 
 fn check_time(what: &str, at: Option<OffsetDateTime>, fix: &str) -> Result<(), NodeError> {
@@ -148,6 +150,7 @@ pub fn load_credentials(dir: &DataDir) -> Result<Credentials, NodeError> {
         material,
         revoked: list.revoked.iter().map(|r| r.serial.clone()).collect(),
         crl_number: list.number,
+        crl_expires: list.next_update,
     })
 }
 
@@ -458,6 +461,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         (creds.material.clone(), crl_stamp, creds.crl_number),
         (cell, client_cell),
         registry.clone(),
+        (health.clone(), metrics.clone(), creds.crl_expires),
         t.crl_reload_interval,
         shutdown.clone(),
     ));
@@ -678,10 +682,19 @@ async fn watch_crl(
     (mut material, mut stamp, mut crl_number): (TlsMaterial, Option<CrlStamp>, u64),
     cells: (ServerConfigCell, tls::ClientConfigCell),
     registry: Arc<ConnectionRegistry>,
+    (health, metrics, mut expires): (
+        tonic_health::server::HealthReporter,
+        Arc<crate::metrics::Metrics>,
+        Option<OffsetDateTime>,
+    ),
     interval: Duration,
     shutdown: CancellationToken,
 ) {
     let path = dir.crl();
+    // Whether the CRL in force has expired: every handshake is then
+    // refused, so the node reports NOT_SERVING (gRPC health, /readyz)
+    // until a fresh CRL is installed.
+    let mut lapsed = false;
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -696,23 +709,63 @@ async fn watch_crl(
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
         let now = file_stamp(&path);
-        if !forced && now == stamp {
-            continue;
-        }
-        stamp = now;
-        match reload_crl(&path, &mut material, &cells, &registry, &mut crl_number) {
-            Ok((list, cut)) => {
-                if let Err(e) = record_crl_number(&dir, list.number) {
-                    tracing::warn!(error = %e, "could not record the CRL number");
-                }
-                tracing::info!(
-                    crl_number = list.number,
-                    revoked = list.revoked.len(),
-                    connections_cut = cut,
-                    "CRL reloaded"
-                );
+        if forced || now != stamp {
+            stamp = now;
+            if let Some(list) = reload(
+                &dir,
+                &path,
+                &mut material,
+                &cells,
+                &registry,
+                &mut crl_number,
+            ) {
+                expires = list.next_update;
             }
-            Err(e) => tracing::error!(error = %e, "CRL reload failed; keeping the previous CRL"),
+        }
+        let expired = expires.is_some_and(|t| t <= OffsetDateTime::now_utc());
+        if expired != lapsed && !shutdown.is_cancelled() {
+            lapsed = expired;
+            if expired {
+                tracing::error!(
+                    crl = %path.display(),
+                    "the CRL in force has expired: every handshake is refused; NOT_SERVING until the operator installs a fresh CRL"
+                );
+                set_health(&health, ServingStatus::NotServing).await;
+                metrics.set_ready(false);
+            } else {
+                tracing::info!("a valid CRL is in force again: SERVING");
+                set_health(&health, ServingStatus::Serving).await;
+                metrics.set_ready(true);
+            }
+        }
+    }
+}
+
+/// One CRL reload, logged; the list put in force, if any.
+fn reload(
+    dir: &DataDir,
+    path: &Path,
+    material: &mut TlsMaterial,
+    cells: &(ServerConfigCell, tls::ClientConfigCell),
+    registry: &ConnectionRegistry,
+    crl_number: &mut u64,
+) -> Option<RevocationList> {
+    match reload_crl(path, material, cells, registry, crl_number) {
+        Ok((list, cut)) => {
+            if let Err(e) = record_crl_number(dir, list.number) {
+                tracing::warn!(error = %e, "could not record the CRL number");
+            }
+            tracing::info!(
+                crl_number = list.number,
+                revoked = list.revoked.len(),
+                connections_cut = cut,
+                "CRL reloaded"
+            );
+            Some(list)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "CRL reload failed; keeping the previous CRL");
+            None
         }
     }
 }

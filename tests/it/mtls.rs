@@ -380,7 +380,8 @@ async fn an_older_crl_is_refused_at_start_too() {
 /// Row 7, defence: an expired CRL is refused (DESIGN.md: "expired CRL =
 /// refuse"), both by the TLS verifier of a running node (a handshake after
 /// the CRL in force expired fails, so revocations cannot silently lapse)
-/// and at start-up.
+/// and at start-up; while it is expired the node reports not ready
+/// (`/readyz` 503), and ready again once a fresh CRL is installed.
 #[tokio::test]
 async fn threat_07_an_expired_crl_is_refused_at_handshake_and_at_start() {
     let space = DataSpace::new();
@@ -391,20 +392,40 @@ async fn threat_07_an_expired_crl_is_refused_at_handshake_and_at_start() {
         .refresh_crl(Duration::from_secs(2))
         .expect("short CRL");
     space.publish_crl(&server.dir);
-    let node = support::start(&server, |_| {}).await;
+    let node = support::start_with(&server, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let metrics = node.metrics_addr().expect("metrics listener");
     assert!(
         support::try_connect(&client, &node).await.is_ok(),
         "the CRL is still valid"
     );
+    assert_eq!(crate::ops::http(metrics, "GET", "/readyz").await.0, 200);
     tokio::time::sleep(Duration::from_millis(2_600)).await;
-    let err = support::try_connect(&client, &node)
-        .await
-        .err()
-        .expect("refused once the CRL expired");
-    let text = err.to_string();
-    assert!(!text.is_empty(), "{text}");
+    assert!(
+        support::try_connect(&client, &node).await.is_err(),
+        "refused once the CRL expired"
+    );
+    assert_eq!(crate::ops::http(metrics, "GET", "/readyz").await.0, 503);
+    // The operator publishes a fresh CRL: ready again, handshakes pass.
+    space
+        .ca
+        .refresh_crl(Duration::from_secs(3600))
+        .expect("fresh CRL");
+    space.publish_crl(&server.dir);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(crate::ops::http(metrics, "GET", "/readyz").await.0, 200);
+    assert!(support::try_connect(&client, &node).await.is_ok());
     node.shutdown().await.expect("stop");
 
+    // At start-up, an expired CRL is refused outright.
+    space
+        .ca
+        .refresh_crl(Duration::from_secs(1))
+        .expect("short CRL");
+    space.publish_crl(&server.dir);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
     let config =
         dsnode::config::Config::new(server.dir.root(), "127.0.0.1:0".parse().expect("addr"));
     let err = dsnode::node::start(config)

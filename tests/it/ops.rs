@@ -16,7 +16,7 @@ use crate::exchange::{fetch_to, granted};
 use crate::support::{self, DataSpace};
 
 /// `method path` over plain HTTP/1.1; the status code and body.
-async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+pub(crate) async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!("{method} {path} HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
