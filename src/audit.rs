@@ -169,6 +169,7 @@ impl Auditor {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let keys = LogKeys::from_rotations(&rotations, &self.node.public_key)?;
+        keys.check_participant(&self.node.participant)?;
         if r.vkey != keys.verifier().vkey() {
             return Err(AuditError::Mismatch(format!(
                 "the node publishes vkey {} but its certificate and key history imply {}",

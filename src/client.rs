@@ -252,9 +252,11 @@ pub async fn peer_keys(conn: &PeerChannel) -> Result<LogKeys, tonic::Status> {
         .map(|bytes| Entry::decode(bytes))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| tonic::Status::data_loss(format!("the node's key history: {e}")))?;
-    LogKeys::from_rotations(&rotations, &conn.server.public_key).map_err(|e| {
-        tonic::Status::data_loss(format!("the node's key history does NOT verify: {e}"))
-    })
+    LogKeys::from_rotations(&rotations, &conn.server.public_key)
+        .and_then(|k| k.check_participant(&conn.server.participant).map(|()| k))
+        .map_err(|e| {
+            tonic::Status::data_loss(format!("the node's key history does NOT verify: {e}"))
+        })
 }
 
 /// The innermost error message of a chain: tonic wraps the useful TLS

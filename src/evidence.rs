@@ -68,8 +68,8 @@ pub struct Bundle {
 pub struct Side {
     /// Its certificate, base64 DER.
     pub certificate: String,
-    /// Its log's KeyRotated entries, base64.
-    pub key_rotations: Vec<String>,
+    /// Its log's KeyRotated entries, each proven in `checkpoint`.
+    pub key_rotations: Vec<ProvenEntry>,
     /// A checkpoint of its log (signed note) cosigned by the other side.
     pub checkpoint: String,
     /// Every entry of its log naming the grant, proven in `checkpoint`.
@@ -167,15 +167,12 @@ fn envelope(what: &str, json: &str) -> Result<Envelope, BundleError> {
 /// that no byte of the file escapes verification.
 fn check_keyid<T>(what: &str, v: &Verified<T>) -> Result<(), BundleError> {
     let signer = crate::identity::NodeId::from_public_key(v.signer());
-    if v.envelope()
-        .signatures
-        .iter()
-        .all(|s| s.keyid == signer.as_str())
-    {
+    let sigs = &v.envelope().signatures;
+    if sigs.len() == 1 && sigs[0].keyid == signer.as_str() {
         Ok(())
     } else {
         Err(invalid(format!(
-            "{what}: a signature's key id is not the signer {signer}"
+            "{what}: expected exactly one signature, with the signer's key id {signer}"
         )))
     }
 }
@@ -221,6 +218,13 @@ async fn side(
             "the {role}'s entries for grant {grant} could not be proven in its cosigned checkpoint"
         )));
     }
+    let mut rotations = Vec::new();
+    for index in keys.rotation_indices() {
+        let (_, v, _) = node
+            .prove_inclusion(index, cosigned.checkpoint.size)
+            .await?;
+        rotations.push(v);
+    }
     let evidence = node.evidence(grant).await?;
     let certificate = crate::identity::cert::cert_der_from_pem(&evidence.certificate_pem)
         .map_err(|e| invalid(format!("the {role}'s certificate: {e}")))?;
@@ -234,7 +238,7 @@ async fn side(
     Ok((
         Side {
             certificate: b64(&certificate),
-            key_rotations: answer.key_rotations.iter().map(|r| b64(r)).collect(),
+            key_rotations: rotations.iter().map(proven).collect(),
             checkpoint: cosigned.note.clone(),
             entries: entries.iter().map(proven).collect(),
         },
@@ -299,6 +303,16 @@ fn check_side(
     grant: &str,
 ) -> Result<(CheckedSide, Vec<u8>), BundleError> {
     let der = unb64(&format!("the {role}'s certificate"), &side.certificate)?;
+    match <x509_parser::prelude::X509Certificate as x509_parser::prelude::FromDer<_>>::from_der(
+        &der,
+    ) {
+        Ok(([], _)) => {}
+        _ => {
+            return Err(invalid(format!(
+                "the {role}'s certificate is not exactly one DER certificate"
+            )));
+        }
+    }
     let pem = pem_of(&der);
     let identity =
         ca::verify_issued_by(ca_der, pem.as_bytes(), &format!("the {role}'s certificate"))
@@ -306,27 +320,39 @@ fn check_side(
     let rotations = side
         .key_rotations
         .iter()
-        .map(|r| {
-            let bytes = unb64(&format!("a key rotation of the {role}"), r)?;
-            Entry::decode(&bytes).map_err(|e| invalid(format!("a key rotation of the {role}: {e}")))
-        })
+        .map(|p| decode_proven(role, "key rotation", p))
         .collect::<Result<Vec<_>, _>>()?;
-    let keys = LogKeys::from_rotations(&rotations, &identity.public_key)
-        .map_err(|e| invalid(format!("the {role}'s key history: {e}")))?;
+    let keys = LogKeys::from_rotations(
+        &rotations
+            .iter()
+            .map(|(e, _, _)| e.clone())
+            .collect::<Vec<_>>(),
+        &identity.public_key,
+    )
+    .and_then(|k| k.check_participant(&identity.participant).map(|()| k))
+    .map_err(|e| invalid(format!("the {role}'s key history: {e}")))?;
     let checkpoint = keys
         .verify_checkpoint(side.checkpoint.as_bytes())
         .map_err(|e| invalid(format!("the {role}'s checkpoint: {e}")))?;
-    let (size, root) = (checkpoint.checkpoint.size, checkpoint.checkpoint.root);
+    // Every signature line accounted for: this log's key(s), and one more
+    // (the other side's cosignature, checked by the caller).
+    let lines = signature_lines(&side.checkpoint);
+    if lines != keys.signature_count(side.checkpoint.as_bytes()) + 1 {
+        return Err(invalid(format!(
+            "the {role}'s checkpoint carries {lines} signature lines; expected its log's and one cosignature"
+        )));
+    }
+    for (entry, bytes, proof) in &rotations {
+        prove(role, entry.index, bytes, proof, &checkpoint)?;
+    }
     let mut entries = Vec::new();
     let mut last = None;
     for p in &side.entries {
-        let bytes = unb64(&format!("entry {} of the {role}", p.index), &p.entry)?;
-        let entry = Entry::decode(&bytes)
-            .map_err(|e| invalid(format!("entry {} of the {role}: {e}", p.index)))?;
-        if entry.index != p.index || last.is_some_and(|l| p.index <= l) {
+        let (entry, bytes, proof) = decode_proven(role, "entry", p)?;
+        if last.is_some_and(|l| p.index <= l) {
             return Err(invalid(format!(
-                "entry {} of the {role} is out of order or says it is entry {}",
-                p.index, entry.index
+                "entry {} of the {role} is out of order",
+                p.index
             )));
         }
         last = Some(p.index);
@@ -336,21 +362,7 @@ fn check_side(
                 p.index
             )));
         }
-        let proof = p
-            .proof
-            .iter()
-            .map(|h| {
-                let raw = unb64("a proof hash", h)?;
-                merkle::hash_from_slice(&raw).map_err(|e| invalid(e.to_string()))
-            })
-            .collect::<Result<Vec<Hash>, _>>()?;
-        merkle::verify_inclusion(&merkle::leaf_hash(&bytes), p.index, size, &proof, &root)
-            .map_err(|e| {
-                invalid(format!(
-                    "entry {} of the {role} is NOT proven in its checkpoint of size {size}: {e}",
-                    p.index
-                ))
-            })?;
+        prove(role, p.index, &bytes, &proof, &checkpoint)?;
         entries.push(entry);
     }
     Ok((
@@ -363,6 +375,55 @@ fn check_side(
         },
         der,
     ))
+}
+
+/// A proven entry's bytes decoded: the entry (its index must be the one
+/// given), its bytes, its audit path.
+fn decode_proven(
+    role: &str,
+    what: &str,
+    p: &ProvenEntry,
+) -> Result<(Entry, Vec<u8>, Vec<Hash>), BundleError> {
+    let bytes = unb64(&format!("{what} {} of the {role}", p.index), &p.entry)?;
+    let entry = Entry::decode(&bytes)
+        .map_err(|e| invalid(format!("{what} {} of the {role}: {e}", p.index)))?;
+    if entry.index != p.index {
+        return Err(invalid(format!(
+            "{what} {} of the {role} says it is entry {}",
+            p.index, entry.index
+        )));
+    }
+    let proof = p
+        .proof
+        .iter()
+        .map(|h| {
+            let raw = unb64("a proof hash", h)?;
+            merkle::hash_from_slice(&raw).map_err(|e| invalid(e.to_string()))
+        })
+        .collect::<Result<Vec<Hash>, _>>()?;
+    Ok((entry, bytes, proof))
+}
+
+/// Checks an entry's inclusion proof in a checkpoint.
+fn prove(
+    role: &str,
+    index: u64,
+    bytes: &[u8],
+    proof: &[Hash],
+    cp: &SignedCheckpoint,
+) -> Result<(), BundleError> {
+    let (size, root) = (cp.checkpoint.size, cp.checkpoint.root);
+    merkle::verify_inclusion(&merkle::leaf_hash(bytes), index, size, proof, &root).map_err(|e| {
+        invalid(format!(
+            "entry {index} of the {role} is NOT proven in its checkpoint of size {size}: {e}"
+        ))
+    })
+}
+
+/// How many signature lines a note carries.
+fn signature_lines(note: &str) -> usize {
+    note.rsplit_once("\n\n")
+        .map_or(0, |(_, sigs)| sigs.lines().count())
 }
 
 fn pem_of(der: &[u8]) -> String {
@@ -475,6 +536,12 @@ pub fn verify(bytes: &[u8], ca_pem: &[u8]) -> Result<String, BundleError> {
             "the publisher's ledger has no AccessGranted entry for grant {grant_id}"
         ))
     })?;
+    // The grant's signer must have been in force when it was recorded;
+    // the manifest is then the one the grant pins, whoever signed it.
+    publisher
+        .keys
+        .honours(grant.signer(), "the grant", granted_at)
+        .map_err(|e| invalid(e.to_string()))?;
     let received_at = has(&consumer, EntryKind::GrantReceived, &grant_hash).ok_or_else(|| {
         invalid(format!(
             "the consumer's ledger has no GrantReceived entry for grant {grant_id}"
@@ -497,6 +564,11 @@ pub fn verify(bytes: &[u8], ca_pem: &[u8]) -> Result<String, BundleError> {
                 i + 1
             ))
         })?;
+        // A key retired since signs only what its log recorded before.
+        consumer
+            .keys
+            .honours(r.signer(), &format!("receipt {}", i + 1), at_consumer)
+            .map_err(|e| invalid(e.to_string()))?;
         receipt_lines.push_str(&format!(
             "  receipt {}: signed by the consumer at {} for {} bytes, content sha256 {};\n    recorded by the publisher (entry {at_publisher}) and the consumer (entry {at_consumer})\n",
             i + 1,

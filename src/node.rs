@@ -539,9 +539,9 @@ async fn witness_once(ctx: &NodeContext, peer: &str) -> Result<(), NodeError> {
             tracing::info!(peer, node = %done.peer, size = done.peer_size, cosigned = done.cosigned_by_peer, "checkpoints exchanged");
             Ok(())
         }
-        Ok(Err(status)) if rpc::witness::reports_own_fork(ctx, &status) => {
+        Ok(Err(status)) if let Some(lost) = rpc::witness::own_fork(ctx, &status) => {
             Err(NodeError::Credentials(format!(
-                "witness {peer} reports that this node's log forked: {}; the store lost acknowledged entries or was replaced (see its fork evidence); not serving",
+                "witness {peer} reports that this node's log forked ({}), and it is right: {lost}; the store lost acknowledged entries or was replaced; not serving",
                 status.message()
             )))
         }

@@ -307,6 +307,7 @@ pub async fn who_could(
         let (grant, _) = keys
             .verify_any(|k| verify_grant(env.clone(), k))
             .map_err(|err| AuditError::Mismatch(format!("grant {id}: {err}")))?;
+        keys.honours(grant.signer(), &format!("grant {id}"), e.index)?;
         let g = grant.value();
         if g.not_before_ms <= at_ms && at_ms < g.not_after_ms {
             out.push(InForce {

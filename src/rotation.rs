@@ -117,15 +117,17 @@ pub async fn finish(dir: &DataDir, new_cert_pem: &[u8]) -> Result<Rotated, NodeE
         fsutil::create_private_dir(&dir.retired())?;
         fsutil::write_atomic(path, &old_cert_pem, fsutil::PUBLIC_MODE)?;
     }
-    fsutil::write_atomic(&dir.cert(), new_cert_pem, fsutil::PUBLIC_MODE)?;
-    std::fs::rename(dir.next_key(), dir.key())
-        .map_err(|e| fsutil::FileError::new("install", &dir.key(), e))?;
-    fsutil::sync_dir(dir.root()).map_err(|e| fsutil::FileError::new("sync", dir.root(), e))?;
+    // vkey and certificate first, the key last: until the rename, a re-run
+    // finds the prepared key and completes the installation.
     fsutil::write_atomic(
         &dir.vkey(),
         format!("{vkey}\n").as_bytes(),
         fsutil::PUBLIC_MODE,
     )?;
+    fsutil::write_atomic(&dir.cert(), new_cert_pem, fsutil::PUBLIC_MODE)?;
+    std::fs::rename(dir.next_key(), dir.key())
+        .map_err(|e| fsutil::FileError::new("install", &dir.key(), e))?;
+    fsutil::sync_dir(dir.root()).map_err(|e| fsutil::FileError::new("sync", dir.root(), e))?;
     let _ = std::fs::remove_file(dir.next_csr());
     Ok(Rotated {
         old: (!resumed).then_some(old.node_id),

@@ -62,13 +62,17 @@ pub struct GrantBook {
     clock: Clock,
 }
 
-fn recorded(ledger: &Ledger, grant: &GrantId, kind: EntryKind) -> Result<Option<u64>, LedgerError> {
+fn recorded(
+    ledger: &Ledger,
+    grant: &GrantId,
+    kind: EntryKind,
+) -> Result<Option<crate::ledger::entry::Entry>, LedgerError> {
     let q = Query {
         grant: Some(grant.to_string()),
         kind: Some(kind),
         ..Query::default()
     };
-    Ok(ledger.find(&q, |_| true)?.map(|e| e.index))
+    ledger.find(&q, |_| true)
 }
 
 /// Every grant the ledger records as revoked.
@@ -126,7 +130,7 @@ impl GrantBook {
                 }
             };
             let id = g.value().id.clone();
-            let Some(granted_at) = recorded(&book.ledger, &id, EntryKind::AccessGranted)? else {
+            let Some(granted) = recorded(&book.ledger, &id, EntryKind::AccessGranted)? else {
                 warnings.push(format!(
                     "{}: not recorded as granted (issuing interrupted); removed",
                     path.display()
@@ -134,9 +138,19 @@ impl GrantBook {
                 let _ = std::fs::remove_file(&path);
                 continue;
             };
-            // Signed by a key since retired: honoured only if the log
-            // recorded it before the rotation.
-            match keys.honours(g.signer(), &format!("grant {id}"), granted_at) {
+            // The very grant the ledger recorded (grant ids are random, not
+            // hashes: a file swapped for another grant under the same id
+            // is refused), and signed by a key since retired only if the
+            // log recorded it before the rotation.
+            if granted.draft.object_hash != Some(g.envelope().payload_hash()) {
+                warnings.push(format!(
+                    "{}: not the grant the ledger recorded as {id} (entry {}); not honoured",
+                    path.display(),
+                    granted.index
+                ));
+                continue;
+            }
+            match keys.honours(g.signer(), &format!("grant {id}"), granted.index) {
                 Ok(()) => {
                     book.write_issued().insert(id, Arc::new(g));
                 }

@@ -175,6 +175,32 @@ impl KeyRotation {
         })
         .map_err(|e| bad(format!("not signed by the new key: {e}")))?;
         let statement = by_old.value().clone();
+        // Every byte of the entry is accounted for: the envelope in its
+        // canonical form, key ids naming the two keys, the object hash the
+        // new key's.
+        let ids = [
+            NodeId::from_public_key(&statement.old_key).to_string(),
+            NodeId::from_public_key(&statement.new_key).to_string(),
+        ];
+        let env_again = Envelope::from_json(&entry.draft.detail).map_err(|e| bad(e.to_string()))?;
+        if env_again.to_json() != entry.draft.detail
+            || env_again.signatures.len() != 2
+            || env_again.signatures[0].keyid != ids[0]
+            || env_again.signatures[1].keyid != ids[1]
+        {
+            return Err(bad(
+                "the statement is not the canonical envelope signed by the two keys, in order"
+                    .into(),
+            ));
+        }
+        if entry.draft.object_hash != Some(super::merkle::sha256(&statement.new_key))
+            || entry.draft.dataset.is_some()
+            || entry.draft.grant.is_some()
+        {
+            return Err(bad(
+                "the entry's object hash is not the new key's hash".into()
+            ));
+        }
         if statement.index != entry.index {
             return Err(bad(format!(
                 "the statement names entry {}",
@@ -213,10 +239,12 @@ pub struct LogKey {
 
 impl LogKey {
     /// Whether it may sign the checkpoint of `size`: from the size after
-    /// its introduction to the size after its retirement (the handover
-    /// checkpoint carries both keys' signatures).
+    /// its introduction up to the size before its retirement entry. The
+    /// handover checkpoint (`r + 1`) carries both keys' signatures, but
+    /// only the new key's counts: a stolen retired key cannot sign any
+    /// checkpoint that includes its own retirement.
     fn signs_size(&self, size: u64) -> bool {
-        self.introduced_at.is_none_or(|r| size > r) && self.retired_at.is_none_or(|r| size <= r + 1)
+        self.introduced_at.is_none_or(|r| size > r) && self.retired_at.is_none_or(|r| size <= r)
     }
 }
 
@@ -225,6 +253,8 @@ impl LogKey {
 pub struct LogKeys {
     origin: String,
     keys: Vec<LogKey>,
+    /// The participant each rotation (by entry index) names.
+    participants: Vec<(u64, ParticipantId)>,
 }
 
 impl LogKeys {
@@ -241,6 +271,7 @@ impl LogKeys {
                 verifier: NoteVerifier::new(&origin, genesis)?,
             }],
             origin,
+            participants: Vec::new(),
         })
     }
 
@@ -309,6 +340,8 @@ impl LogKeys {
             return Err(bad("the new key is one the log used before".into()));
         }
         let verifier = NoteVerifier::new(&self.origin, &statement.new_key)?;
+        self.participants
+            .push((entry.index, statement.participant.clone()));
         if let Some(last) = self.keys.last_mut() {
             last.retired_at = Some(entry.index);
         }
@@ -320,6 +353,21 @@ impl LogKeys {
             verifier,
         });
         Ok(())
+    }
+
+    /// Checks that every rotation was made for `participant` (the one the
+    /// CA certifies the current key for): a key of another participant
+    /// cannot claim a log's history.
+    pub fn check_participant(&self, participant: &ParticipantId) -> Result<(), KeyError> {
+        match self.participants.iter().find(|(_, p)| p != participant) {
+            Some((index, p)) => Err(KeyError::Rotation {
+                index: *index,
+                detail: format!(
+                    "the rotation is for participant {p}, but the node's certificate is {participant}'s"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The log's origin.
@@ -412,6 +460,15 @@ impl LogKeys {
         Err(first_error
             .map(KeyError::from)
             .unwrap_or_else(|| KeyError::Unknown(format!("the checkpoint of size {size}"))))
+    }
+
+    /// How many keys of the history have a valid signature line on the
+    /// note (an evidence bundle accounts for every line).
+    pub fn signature_count(&self, note_bytes: &[u8]) -> usize {
+        self.keys
+            .iter()
+            .filter(|k| k.verifier.verify(note_bytes).is_ok())
+            .count()
     }
 
     /// Whether the signature of `signer` on `what` is honoured, the log
@@ -558,6 +615,9 @@ mod tests {
             5
         );
         assert!(keys.verify_checkpoint(&checkpoint(6, &[1, 2])).is_ok());
+        // The handover needs the new key: the retired key alone cannot
+        // sign the checkpoint holding its own retirement.
+        assert!(keys.verify_checkpoint(&checkpoint(6, &[1])).is_err());
         assert!(keys.verify_checkpoint(&checkpoint(7, &[2])).is_ok());
         // A stolen retired key signing a newer checkpoint is refused.
         let err = keys

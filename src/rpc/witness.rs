@@ -16,6 +16,8 @@ use crate::witness::{Observed, WitnessError, cosig};
 
 /// Metadata key naming the log a witness found forked.
 pub const FORK_ORIGIN: &str = "dsnode-fork-origin";
+/// Binary metadata key carrying the checkpoint of that log the witness saw.
+pub const FORK_SEEN: &str = "dsnode-fork-seen-bin";
 
 /// What one exchange did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,14 +32,18 @@ pub struct Exchanged {
     pub cosigned_by_peer: bool,
 }
 
-fn keys_of(rotations: &[Vec<u8>], current: &[u8; 32], whose: &str) -> Result<LogKeys, Status> {
+fn keys_of(rotations: &[Vec<u8>], node: &PeerIdentity, whose: &str) -> Result<LogKeys, Status> {
     let entries = rotations
         .iter()
         .map(|b| Entry::decode(b))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Status::invalid_argument(format!("{whose} key history: {e}")))?;
-    LogKeys::from_rotations(&entries, current)
-        .map_err(|e| Status::invalid_argument(format!("{whose} key history does NOT verify: {e}")))
+    let keys = LogKeys::from_rotations(&entries, &node.public_key)
+        .and_then(|k| k.check_participant(&node.participant).map(|()| k))
+        .map_err(|e| {
+            Status::invalid_argument(format!("{whose} key history does NOT verify: {e}"))
+        })?;
+    Ok(keys)
 }
 
 fn hashes(proof: &[Vec<u8>]) -> Result<Vec<Hash>, Status> {
@@ -69,11 +75,11 @@ impl Sent<'_> {
     /// `bad` is the status a failure gets).
     fn verify(
         self,
-        key: &[u8; 32],
+        node: &PeerIdentity,
         whose: &str,
         bad: fn(String) -> Status,
     ) -> Result<Checked, Status> {
-        let keys = keys_of(self.rotations, key, whose)?;
+        let keys = keys_of(self.rotations, node, whose)?;
         let new = keys
             .verify_checkpoint(self.checkpoint)
             .map_err(|e| bad(format!("{whose} checkpoint does NOT verify: {e}")))?;
@@ -152,27 +158,36 @@ async fn witness(
             if let Err(e) = node.ledger.append(draft).await {
                 tracing::error!(error = %e, "could not record the fork in the ledger");
             }
-            let mut status = Status::failed_precondition(format!(
-                "fork in log {} ({}): both signed checkpoints kept as evidence; not cosigning",
-                evidence.origin, evidence.kind
-            ));
-            if let Ok(v) = MetadataValue::try_from(evidence.origin.as_str()) {
-                status.metadata_mut().insert(FORK_ORIGIN, v);
-            }
-            Err(status)
+            Err(fork_status(
+                &evidence,
+                "both signed checkpoints kept as evidence",
+            ))
         }
-        Err(WitnessError::Forked(origin)) => {
-            let mut status = Status::failed_precondition(format!(
-                "log {origin} forked before (evidence kept); not cosigning it"
-            ));
-            if let Ok(v) = MetadataValue::try_from(origin.as_str()) {
-                status.metadata_mut().insert(FORK_ORIGIN, v);
-            }
-            Err(status)
-        }
+        Err(WitnessError::Forked(evidence)) => Err(fork_status(
+            &evidence,
+            "it forked before (evidence kept); never cosigned again",
+        )),
         Err(WitnessError::Inconsistent(m)) => Err(Status::invalid_argument(m)),
         Err(e) => Err(super::status::internal("witnessing a checkpoint", &e)),
     }
+}
+
+/// The refusal a forked log's node gets: the reason, the log's origin and
+/// the checkpoint of it this witness saw first (so that node can check the
+/// claim against its own store: [`own_fork`]).
+fn fork_status(evidence: &crate::witness::ForkEvidence, what: &str) -> Status {
+    let mut status = Status::failed_precondition(format!(
+        "fork in log {} ({}): {what}; not cosigning",
+        evidence.origin, evidence.kind
+    ));
+    if let Ok(v) = MetadataValue::try_from(evidence.origin.as_str()) {
+        status.metadata_mut().insert(FORK_ORIGIN, v);
+    }
+    status.metadata_mut().insert_bin(
+        FORK_SEEN,
+        tonic::metadata::MetadataValue::from_bytes(evidence.seen.as_bytes()),
+    );
+    status
 }
 
 /// This node's latest checkpoint and key history, proven from `seen_size`.
@@ -225,6 +240,18 @@ fn keep_cosigned(
         })?;
     cosig::verify(cosigned, &peer.public_key)
         .map_err(|e| Status::invalid_argument(format!("the cosignature does not verify: {e}")))?;
+    // Only a checkpoint this store holds (not one a retired key could
+    // sign): kept cosignatures are checked against the store at start-up.
+    let held = node
+        .ledger
+        .checkpoint_at(cp.checkpoint.size)
+        .map_err(|e| super::status::ledger("reading a checkpoint", e))?;
+    if held.is_none_or(|h| h.checkpoint.root != cp.checkpoint.root) {
+        return Err(Status::invalid_argument(format!(
+            "the cosigned checkpoint of size {} is not one this node signed",
+            cp.checkpoint.size
+        )));
+    }
     node.witness
         .keep_cosigned(&peer.node_id, &cp)
         .map_err(|e| super::status::internal("keeping a cosignature", &e))?;
@@ -251,7 +278,7 @@ pub(super) async fn serve(
         old_checkpoint: &req.old_checkpoint,
         proof: &req.consistency_proof,
     }
-    .verify(&caller.public_key, "your", Status::invalid_argument)?;
+    .verify(caller, "your", Status::invalid_argument)?;
     let observed = witness(node, caller, &keys, &new, old.as_ref(), &proof).await;
     if observed.is_err() {
         node.metrics.witnessed("refused");
@@ -288,6 +315,7 @@ pub async fn exchange_over(node: &NodeContext, conn: &PeerChannel) -> Result<Exc
 
 async fn exchange_inner(node: &NodeContext, conn: &PeerChannel) -> Result<Exchanged, Status> {
     let server = &conn.server;
+    let _one_at_a_time = node.witness.exchange_slot(&server.node_id).await;
     let their_keys = crate::client::peer_keys(conn).await?;
     let seen = node
         .witness
@@ -320,7 +348,7 @@ async fn exchange_inner(node: &NodeContext, conn: &PeerChannel) -> Result<Exchan
         old_checkpoint: &r.old_checkpoint,
         proof: &r.consistency_proof,
     }
-    .verify(&server.public_key, "the peer's", Status::data_loss)?;
+    .verify(server, "the peer's", Status::data_loss)?;
     let observed = witness(node, server, &keys, &theirs, old.as_ref(), &proof).await?;
     if let Observed::NeedProofFrom(size) = observed {
         return Err(Status::data_loss(format!(
@@ -375,11 +403,30 @@ fn request(
     })
 }
 
-/// Whether a refused exchange says this node's own log forked.
-pub fn reports_own_fork(node: &NodeContext, status: &Status) -> bool {
-    status
-        .metadata()
-        .get(FORK_ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|o| o == node.ledger.keys().origin())
+/// Whether a refused exchange proves that this node's own store lost
+/// what it signed: the witness's checkpoint of this log verifies under
+/// this log's keys and the store contradicts it (it is larger than the
+/// store, or the store has another root at its size). A bare claim is not
+/// believed. Returns what the store lost.
+pub fn own_fork(node: &NodeContext, status: &Status) -> Option<String> {
+    let origin = status.metadata().get(FORK_ORIGIN)?.to_str().ok()?;
+    let keys = node.ledger.keys();
+    if origin != keys.origin() {
+        return None;
+    }
+    let note = status.metadata().get_bin(FORK_SEEN)?.to_bytes().ok()?;
+    let seen = keys.verify_checkpoint(&note).ok()?;
+    let (size, root) = (seen.checkpoint.size, seen.checkpoint.root);
+    let ours = node.ledger.latest().map_or(0, |c| c.checkpoint.size);
+    if size > ours {
+        return Some(format!(
+            "the witness holds this node's signed checkpoint of size {size}, but its store ends at {ours}"
+        ));
+    }
+    match node.ledger.checkpoint_at(size) {
+        Ok(Some(cp)) if cp.checkpoint.root == root => None,
+        _ => Some(format!(
+            "the witness holds this node's signed checkpoint of size {size} with a root this store does not have"
+        )),
+    }
 }

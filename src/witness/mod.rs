@@ -25,7 +25,11 @@
 //!   peer log;
 //! - `witness/cosigned/<witness node id>.note`: this node's checkpoint with
 //!   that witness's cosignature line, the latest one each witness gave;
-//! - `witness/forks/<origin>.<ms>.json`: fork evidence.
+//! - `witness/seen/<origin>.keys`: the key history seen of each log (a
+//!   new one must extend it); `witness/seen/<node id>.origin`: the log each
+//!   key was seen heading;
+//! - `witness/forks/<origin>.first.json`: the first fork evidence of a log
+//!   (it is never cosigned again).
 
 pub mod cosig;
 
@@ -51,8 +55,8 @@ pub enum WitnessError {
     Inconsistent(String),
     /// Evidence of an earlier fork of this log is on file: nothing of it
     /// is cosigned any more.
-    #[error("log {0} forked before (evidence in witness/forks/); not cosigning it")]
-    Forked(String),
+    #[error("log {} forked before (evidence in witness/forks/); not cosigning it", .0.origin)]
+    Forked(Box<ForkEvidence>),
     /// The book's files could not be read or written.
     #[error(transparent)]
     File(#[from] FileError),
@@ -139,6 +143,8 @@ impl ForkEvidence {
             SAME_SIZE => {
                 a.checkpoint.size == b.checkpoint.size && a.checkpoint.root != b.checkpoint.root
             }
+            // The order (larger seen first) is the witness's observation;
+            // the two signed sizes are what the notes prove.
             SMALLER => b.checkpoint.size < a.checkpoint.size,
             other => return Err(format!("unknown kind of fork `{other}`")),
         };
@@ -158,6 +164,9 @@ pub struct WitnessBook {
     dir: PathBuf,
     /// One observation at a time (compare, then store).
     lock: Mutex<()>,
+    /// One exchange at a time with each peer (two interleaved exchanges
+    /// could show it this log's checkpoints out of order).
+    exchanges: Mutex<std::collections::HashMap<NodeId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A file name for a log origin (origins are `dsnode/dsn1…`).
@@ -187,7 +196,20 @@ impl WitnessBook {
         Ok(Self {
             dir: dir.to_path_buf(),
             lock: Mutex::new(()),
+            exchanges: Mutex::default(),
         })
+    }
+
+    /// Waits for, then holds, the right to exchange with `peer`.
+    pub async fn exchange_slot(&self, peer: &NodeId) -> tokio::sync::OwnedMutexGuard<()> {
+        let slot = self
+            .exchanges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(peer.clone())
+            .or_default()
+            .clone();
+        slot.lock_owned().await
     }
 
     fn seen_path(&self, origin: &str) -> PathBuf {
@@ -210,13 +232,70 @@ impl WitnessBook {
             })
     }
 
-    fn forked(&self, origin: &str) -> Result<bool, WitnessError> {
-        let prefix = format!("{}.", slug(origin));
-        let dir = self.dir.join("forks");
-        let entries = std::fs::read_dir(&dir).map_err(|e| FileError::new("read", &dir, e))?;
-        Ok(entries
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix)))
+    /// The first fork evidence kept for log `origin`, if any.
+    fn forked(&self, origin: &str) -> Result<Option<ForkEvidence>, WitnessError> {
+        let path = self
+            .dir
+            .join("forks")
+            .join(format!("{}.first.json", slug(origin)));
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| WitnessError::Damaged {
+                        path: path.display().to_string(),
+                        detail: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(FileError::new("read", &path, e).into()),
+        }
+    }
+
+    /// Checks that a log's key history extends the one seen before for its
+    /// origin, and that its current key was never seen heading another
+    /// log; records both. (A stolen retired key cannot pose as the log's
+    /// current key once a witness saw the rotation; a certificate cannot
+    /// open one log after another.)
+    fn check_history(&self, keys: &LogKeys) -> Result<(), WitnessError> {
+        let origin = keys.origin();
+        let hex = |k: &[u8; 32]| data_encoding::HEXLOWER.encode(k);
+        let now: Vec<String> = keys.keys().iter().map(|k| hex(&k.public_key)).collect();
+        let path = self.dir.join("seen").join(format!("{}.keys", slug(origin)));
+        let before: Vec<String> = match std::fs::read_to_string(&path) {
+            Ok(t) => t.lines().map(str::to_owned).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(FileError::new("read", &path, e).into()),
+        };
+        if before.len() > now.len() || before[..] != now[..before.len()] {
+            return Err(WitnessError::Inconsistent(format!(
+                "log {origin} presented a key history that does not extend the {} key(s) seen before (a retired key posing as current?)",
+                before.len()
+            )));
+        }
+        let current = &keys.current().node_id;
+        let by_key = self.dir.join("seen").join(format!("{current}.origin"));
+        match std::fs::read_to_string(&by_key) {
+            Ok(o) if o.trim() != origin => {
+                return Err(WitnessError::Inconsistent(format!(
+                    "node {current} presented log {} before, now log {origin}",
+                    o.trim()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fsutil::write_atomic(&by_key, origin.as_bytes(), fsutil::PUBLIC_MODE)?;
+            }
+            Err(e) => return Err(FileError::new("read", &by_key, e).into()),
+        }
+        if before.len() != now.len() {
+            fsutil::write_atomic(
+                &path,
+                format!("{}\n", now.join("\n")).as_bytes(),
+                fsutil::PUBLIC_MODE,
+            )?;
+        }
+        Ok(())
     }
 
     /// Compares a peer's verified checkpoint `new` with the largest seen of
@@ -235,9 +314,10 @@ impl WitnessBook {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let origin = keys.origin();
-        if self.forked(origin)? {
-            return Err(WitnessError::Forked(origin.to_owned()));
+        if let Some(evidence) = self.forked(origin)? {
+            return Err(WitnessError::Forked(Box::new(evidence)));
         }
+        self.check_history(keys)?;
         let fork = |seen: &SignedCheckpoint, conflicting: &SignedCheckpoint, kind: &str| {
             let evidence = ForkEvidence {
                 format: "dsnode-fork-evidence".into(),
@@ -298,12 +378,13 @@ impl WitnessBook {
         )?)
     }
 
+    /// Keeps the first evidence of a log's fork (later contradictions of
+    /// an already forked log are refused without new files).
     fn keep_evidence(&self, evidence: &ForkEvidence) -> Result<(), WitnessError> {
-        let path = self.dir.join("forks").join(format!(
-            "{}.{}.json",
-            slug(&evidence.origin),
-            evidence.detected_at_ms
-        ));
+        let path = self
+            .dir
+            .join("forks")
+            .join(format!("{}.first.json", slug(&evidence.origin)));
         let json = serde_json::to_vec_pretty(evidence).map_err(|e| WitnessError::Damaged {
             path: path.display().to_string(),
             detail: e.to_string(),

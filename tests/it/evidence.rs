@@ -150,6 +150,31 @@ async fn a_bundle_verifies_offline_and_every_kind_of_tampering_fails() {
         )),
         "{msg}"
     );
+    // Additions that leave every signature intact: a stray signature line
+    // on a checkpoint, a second DSSE signature, bytes after a certificate.
+    let mut extra_line = bundle.clone();
+    extra_line
+        .consumer
+        .checkpoint
+        .push_str("\u{2014} someone/else AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n");
+    let msg = fails(&extra_line.to_bytes(), "extra signature line");
+    assert!(msg.contains("signature lines"), "{msg}");
+    let mut extra_sig = bundle.clone();
+    let mut env = dsnode::envelope::Envelope::from_json(&extra_sig.grant).expect("grant");
+    let mut second = env.signatures[0].clone();
+    second.sig = vec![0; 64];
+    env.signatures.push(second);
+    extra_sig.grant = env.to_json();
+    let msg = fails(&extra_sig.to_bytes(), "second DSSE signature");
+    assert!(msg.contains("exactly one signature"), "{msg}");
+    let mut trailing = bundle.clone();
+    let mut der = data_encoding::BASE64
+        .decode(trailing.publisher.certificate.as_bytes())
+        .expect("der");
+    der.extend_from_slice(b"junk");
+    trailing.publisher.certificate = data_encoding::BASE64.encode(&der);
+    let msg = fails(&trailing.to_bytes(), "bytes after the certificate");
+    assert!(msg.contains("exactly one DER certificate"), "{msg}");
     // A bundle that is not canonical (re-indented) is refused too.
     let reindented = serde_json::to_vec(&bundle).expect("json");
     assert!(matches!(

@@ -190,3 +190,53 @@ async fn threat_04_a_used_grant_stays_used_after_kill_9() {
     let _ = served.child.wait();
     con_node.shutdown().await.expect("stop");
 }
+
+/// Rows 4 and 16, defence: an issued grant is honoured at start-up only if
+/// its bytes are the grant the ledger recorded (`AccessGranted` holds its
+/// hash; grant ids are random, not hashes). A grant file replaced on disk
+/// by another grant under the same id, validly signed with the
+/// publisher's own key (say, more fetches), is not served.
+#[tokio::test]
+async fn a_grant_file_swapped_on_disk_is_not_honoured() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = crate::datasets::consumer_in(&space, "acme", "CN-HE");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let ds = publish(&publisher, &pub_node, header("Lanes", POLICY, 2), b"ab")
+        .await
+        .expect("publish")
+        .dataset_id;
+    let grant = crate::exchange::granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+    pub_node.shutdown().await.expect("stop");
+
+    let file = publisher
+        .dir
+        .grants()
+        .join("issued")
+        .join(format!("{grant}.json"));
+    let env =
+        dsnode::envelope::Envelope::from_json(&std::fs::read_to_string(&file).expect("grant"))
+            .expect("envelope");
+    let mut g = dsnode::exchange::grant::Grant::decode(&env.payload).expect("grant");
+    g.max_fetches = Some(1000);
+    let key = dsnode::identity::NodeKey::load(&publisher.dir.key()).expect("key");
+    std::fs::write(&file, g.sign(key.signing_key()).to_json()).expect("swap");
+
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = crate::exchange::fetch_to(
+        &consumer,
+        &con_node,
+        pub_node.local_addr(),
+        &grant,
+        &dir.path().join("out"),
+        false,
+    )
+    .await
+    .expect_err("the swapped grant is not served");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{}", err.message());
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
