@@ -282,17 +282,25 @@ pub(crate) fn rewrite_entry(
     change: impl FnOnce(&mut dsnode::ledger::entry::Entry),
 ) {
     use dsnode::ledger::entry::Entry;
-    use dsnode::ledger::store::{BLOCK_BITS, Block, LedgerStore, SledStore};
+    edit_block(dir, index, |block, k| {
+        let mut entry = Entry::decode(&block.entries[k]).expect("entry");
+        change(&mut entry);
+        block.entries[k] = entry.encode().expect("encode");
+        if fix_leaf {
+            block.leaves[k] = dsnode::ledger::merkle::leaf_hash(&block.entries[k]);
+        }
+    });
+}
+
+/// Edits, behind the ledger's back, the stored block holding entry
+/// `index` of the (closed) ledger in `dir`; `edit` gets the block and the
+/// entry's offset in it.
+fn edit_block(dir: &Path, index: u64, edit: impl FnOnce(&mut dsnode::ledger::store::Block, usize)) {
+    use dsnode::ledger::store::{BLOCK_BITS, LedgerStore, SledStore};
     let store = SledStore::open(dir).expect("raw store");
     let b = index >> BLOCK_BITS;
-    let mut block: Block = store.block(b).expect("read").expect("block");
-    let k = (index - (b << BLOCK_BITS)) as usize;
-    let mut entry = Entry::decode(&block.entries[k]).expect("entry");
-    change(&mut entry);
-    block.entries[k] = entry.encode().expect("encode");
-    if fix_leaf {
-        block.leaves[k] = dsnode::ledger::merkle::leaf_hash(&block.entries[k]);
-    }
+    let mut block = store.block(b).expect("read").expect("block");
+    edit(&mut block, (index - (b << BLOCK_BITS)) as usize);
     let (entries_key, leaves_key) = SledStore::block_keys(b);
     store
         .dangerous_overwrite(&entries_key, &block.encode_entries())
@@ -306,20 +314,10 @@ pub(crate) fn rewrite_entry(
 /// as an attacker with write access to the store would: the entries after
 /// it in the block move up one place.
 pub(crate) fn delete_entry(dir: &Path, index: u64) {
-    use dsnode::ledger::store::{BLOCK_BITS, Block, LedgerStore, SledStore};
-    let store = SledStore::open(dir).expect("raw store");
-    let b = index >> BLOCK_BITS;
-    let mut block: Block = store.block(b).expect("read").expect("block");
-    let k = (index - (b << BLOCK_BITS)) as usize;
-    block.entries.remove(k);
-    block.leaves.remove(k);
-    let (entries_key, leaves_key) = SledStore::block_keys(b);
-    store
-        .dangerous_overwrite(&entries_key, &block.encode_entries())
-        .expect("overwrite");
-    store
-        .dangerous_overwrite(&leaves_key, &block.encode_leaves())
-        .expect("overwrite");
+    edit_block(dir, index, |block, k| {
+        block.entries.remove(k);
+        block.leaves.remove(k);
+    });
 }
 
 /// The one receipt `consumer` kept for `grant` (`GRANT.TRANSFER.receipt.json`).
