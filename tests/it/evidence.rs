@@ -218,10 +218,27 @@ async fn a_bundle_verifies_offline_and_every_kind_of_tampering_fails() {
     }
 }
 
+/// `dsnode audit reconcile` as the auditor `x.auditor`: its stdout and
+/// exit status.
+fn reconcile_cli(auditor: &NodeDir, a: &RunningNode, b: &RunningNode) -> (String, Option<i32>) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsnode"))
+        .args(["audit", "reconcile", "--data-dir"])
+        .arg(auditor.dir.root())
+        .args(["--peer", &a.local_addr().to_string()])
+        .args(["--peer", &b.local_addr().to_string()])
+        .output()
+        .expect("run");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code(),
+    )
+}
+
 /// Reconciliation passes on a clean exchange, and fails naming the entry
 /// when one side's entry is gone (the consumer's ledger rewritten without
-/// its ReceiptRecorded).
-#[tokio::test]
+/// its ReceiptRecorded); the same from the command line, with its exit
+/// status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_passes_and_then_names_the_missing_entry() {
     let x = exchange(1).await;
     let (mut p, mut c) = auditors(&x).await;
@@ -231,6 +248,9 @@ async fn reconciliation_passes_and_then_names_the_missing_entry() {
     assert!(clean.discrepancies.is_empty(), "{:?}", clean.discrepancies);
     assert_eq!((clean.grants, clean.receipts), (1, 1));
     assert!(clean.witnessed.0 > 0 && clean.witnessed.1 > 0, "{clean:?}");
+    let (text, code) = reconcile_cli(&x.auditor, &x.pub_node, &x.con_node);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("no discrepancies"), "{text}");
 
     // Who could read the dataset: the grant now; nobody before it existed.
     let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
@@ -245,6 +265,26 @@ async fn reconciliation_passes_and_then_names_the_missing_entry() {
         .await
         .expect("who could");
     assert!(before.is_empty());
+    let at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("time");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsnode"))
+        .args(["audit", "who-could", "--data-dir"])
+        .arg(x.auditor.dir.root())
+        .args(["--peer", &x.pub_node.local_addr().to_string()])
+        .args(["--dataset", &x.dataset, "--at", &at])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&x.grants[0]) && text.contains("proven in checkpoint"),
+        "{text}"
+    );
 
     // The consumer's ledger loses its ReceiptRecorded entry.
     let Exchange {
@@ -276,6 +316,9 @@ async fn reconciliation_passes_and_then_names_the_missing_entry() {
         .await
         .expect("reconcile");
     let all = r.discrepancies.join("\n");
+    let (text, code) = reconcile_cli(&auditor, &pub_node, &con_node);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("DISCREPANCY: grant"), "{text}");
     assert!(
         all.contains(&format!("grant {}: A (", grants[0]))
             && all.contains("(ReceiptRecorded) has no matching ReceiptRecorded entry on B"),
