@@ -936,27 +936,54 @@ async fn serve(a: ServeArgs) -> Result<Option<Output>> {
         );
         return Ok(None);
     }
+    // Listen for SIGTERM/SIGINT before starting: a signal that arrives as
+    // soon as the node says "serving" must drain it, not kill it.
+    let signals = Signals::listen();
     let running = node::start(config).await?;
     let stop = running.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.wait().await;
         stop.cancel();
     });
     running.wait().await?;
     Ok(None)
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+/// SIGTERM and SIGINT, registered when made.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    }
+
+    async fn wait(mut self) {
+        let term = async {
+            match self.term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let int = async {
+            match self.int.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = term => {}
+            () = int => {}
         }
     }
 }

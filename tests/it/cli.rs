@@ -371,6 +371,20 @@ impl Served {
         }
     }
 
+    /// Sends SIGTERM and waits for the process to exit 0; on anything
+    /// else, fails showing the exit status and the log it wrote.
+    pub(crate) fn terminate_cleanly(mut self) {
+        self.signal("TERM");
+        let status = self.child.wait().expect("exit");
+        if !status.success() {
+            let log: Vec<String> = self.lines.try_iter().map(|l| l.to_string()).collect();
+            panic!(
+                "dsnode serve ended with {status} after SIGTERM; its log:\n{}",
+                log.join("\n")
+            );
+        }
+    }
+
     pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
@@ -539,9 +553,7 @@ fn key_new_and_rotate_from_the_command_line() {
     let ca_dir = space.dir.path().join("ca");
 
     // A ledger to rotate: start and stop the node once.
-    let (mut served, _) = Served::start_serving(dir);
-    served.signal("TERM");
-    assert!(served.child.wait().expect("exit").success());
+    Served::start_serving(dir).0.terminate_cleanly();
 
     let out = dsnode(&["key", "new", "--data-dir", p(dir), "--json"]);
     assert!(
@@ -621,9 +633,7 @@ fn key_new_and_rotate_from_the_command_line() {
     );
 
     // The node starts with the new key and `audit verify` shows the history.
-    let (mut served, _) = Served::start_serving(dir);
-    served.signal("TERM");
-    assert!(served.child.wait().expect("exit").success());
+    Served::start_serving(dir).0.terminate_cleanly();
     let out = dsnode(&["audit", "verify", "--data-dir", p(dir)]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -636,4 +646,18 @@ fn key_new_and_rotate_from_the_command_line() {
         "{text}"
     );
     assert!(text.contains("retired at entry"), "{text}");
+}
+
+/// SIGTERM the moment a node says "serving" (as a service manager may
+/// send it) drains and exits 0: the signal handlers are in place before
+/// the node starts, so the signal's default action never kills it. (The
+/// window was small: a loaded CI machine hit it once, this machine not in
+/// ten rounds.)
+#[test]
+fn sigterm_right_after_serving_drains_and_exits_zero() {
+    let space = DataSpace::new();
+    let node = space.node("city-transport", "publisher");
+    for _ in 0..10 {
+        Served::start_serving(node.dir.root()).0.terminate_cleanly();
+    }
 }
