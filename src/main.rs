@@ -72,6 +72,9 @@ enum Command {
     /// The grants this node issued and holds; revoke one it issued.
     #[command(subcommand)]
     Grants(GrantsCommand),
+    /// Receipts this node signed as a consumer.
+    #[command(subcommand)]
+    Receipts(ReceiptsCommand),
     /// Fetch a dataset with a held grant (through the local node, which
     /// verifies every chunk and exchanges receipts).
     Fetch(FetchArgs),
@@ -132,6 +135,21 @@ struct RequestArgs {
     /// policy allows.
     #[arg(long = "for")]
     duration: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ReceiptsCommand {
+    /// Submit again the receipts kept for a held grant that the publisher
+    /// did not take (it stopped between the last chunk and the receipt).
+    Resend {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The publisher, HOST:PORT.
+        #[arg(long)]
+        peer: String,
+        /// The grant id.
+        grant: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -677,6 +695,7 @@ fn wants_json(command: &Command) -> bool {
         Command::Policy(_) => false,
         Command::Request(a) => a.client.out.json,
         Command::Fetch(a) => a.client.out.json,
+        Command::Receipts(ReceiptsCommand::Resend { client, .. }) => client.out.json,
         Command::Grants(GrantsCommand::List(c) | GrantsCommand::Revoke { client: c, .. }) => {
             c.out.json
         }
@@ -701,6 +720,11 @@ async fn run(command: Command) -> Result<Option<Output>> {
         Command::Policy(c) => policy(c).map(Some),
         Command::Request(a) => request(a).await.map(Some),
         Command::Grants(c) => grants(c).await.map(Some),
+        Command::Receipts(ReceiptsCommand::Resend {
+            client,
+            peer,
+            grant,
+        }) => resend_receipts(client, &peer, &grant).await.map(Some),
         Command::Fetch(a) => fetch(a).await.map(Some),
     }
 }
@@ -1079,6 +1103,37 @@ async fn witness(a: ClientArgs, peer: &str) -> Result<Output> {
             }
         ),
         json: json!({"peer": peer, "peer_node_id": r.peer_node_id, "peer_size": r.peer_size, "peer_grew": r.peer_grew, "cosigned_by_peer": r.cosigned_by_peer}),
+    })
+}
+
+async fn resend_receipts(a: ClientArgs, peer: &str, grant: &str) -> Result<Output> {
+    let addr = own_address(&a.data_dir)?;
+    let conn = connect(&a.data_dir, &addr).await?;
+    let r = pb::admin_client::AdminClient::new(conn.channel)
+        .resend_receipts(pb::AdminResendReceiptsRequest {
+            peer: peer.into(),
+            grant_id: grant.into(),
+        })
+        .await
+        .map_err(|e| call_error(peer, &e))?
+        .into_inner();
+    let mut text = format!(
+        "grant {grant}: {} receipt(s) kept, {} submitted now",
+        r.kept,
+        r.resent.len()
+    );
+    for x in &r.resent {
+        text.push_str(&format!(
+            "\n  transfer entry {}: recorded at entry {} here and {} at the publisher",
+            x.transfer_index, x.ledger_index, x.publisher_ledger_index
+        ));
+    }
+    if r.resent.is_empty() {
+        text.push_str(" (the publisher had them all)");
+    }
+    Ok(Output {
+        text,
+        json: json!({"grant": grant, "kept": r.kept, "resent": r.resent.iter().map(|x| json!({"transfer_index": x.transfer_index, "ledger_index": x.ledger_index, "publisher_ledger_index": x.publisher_ledger_index})).collect::<Vec<_>>()}),
     })
 }
 

@@ -81,6 +81,10 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
     ("/dataspace.v1.Admin/ListGrants", Access::OwnNode(None)),
     ("/dataspace.v1.Admin/Status", Access::OwnNode(None)),
     ("/dataspace.v1.Admin/Witness", Access::OwnNode(None)),
+    (
+        "/dataspace.v1.Admin/ResendReceipts",
+        Access::OwnNode(Some(Role::Consumer)),
+    ),
 ];
 
 /// Standard services every participant may use.

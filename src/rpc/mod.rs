@@ -207,6 +207,15 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn resend_receipts(
+        &self,
+        request: Request<pb::AdminResendReceiptsRequest>,
+    ) -> Result<Response<pb::AdminResendReceiptsResponse>, Status> {
+        transfer::resend_receipts(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn witness(
         &self,
         request: Request<pb::AdminWitnessRequest>,

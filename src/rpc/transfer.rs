@@ -729,23 +729,48 @@ async fn fetch(
     node.grants
         .keep_receipt(&id, transfer_index, &envelope)
         .map_err(|e| book_status("keeping the receipt", e))?;
-    let mut submit = tonic::Request::new(pb::SubmitReceiptRequest {
-        receipt: Some((&envelope).into()),
-    });
-    submit.set_timeout(IDLE);
-    let answer = pb::exchange_client::ExchangeClient::new(channel)
-        .submit_receipt(submit)
+    let (own, publisher_index) = send_receipt(node, channel, &keys, &g, &envelope)
         .await
         .map_err(|e| {
             Status::new(
                 e.code(),
                 format!(
-                    "the content is at {} and verified, but the publisher did not take the receipt: {}",
+                    "the content is at {} and verified, but the publisher did not take the receipt: {}; `dsnode receipts resend` submits it again",
                     received.out.display(),
                     e.message()
                 ),
             )
-        })?
+        })?;
+    Ok(pb::AdminFetchResponse {
+        dataset_id: g.dataset.to_string(),
+        bytes: received.bytes,
+        content_sha256: received.content_sha256.to_vec(),
+        ledger_index: own,
+        publisher_ledger_index: publisher_index,
+        resumed_chunks: progress.resumed_chunks.load(Ordering::Relaxed),
+        reconnects,
+    })
+}
+
+/// Submits a receipt this node signed to the grant's publisher and records
+/// it (`ReceiptRecorded`, naming the publisher's entry) with the
+/// publisher's checkpoint that covers it (`PeerCheckpointSeen`). The
+/// publisher answers a receipt it already has with its first entry, so
+/// this may be repeated. Returns this node's entry and the publisher's.
+async fn send_receipt(
+    node: &NodeContext,
+    channel: Channel,
+    keys: &LogKeys,
+    g: &Grant,
+    envelope: &Envelope,
+) -> Result<(u64, u64), Status> {
+    let mut submit = tonic::Request::new(pb::SubmitReceiptRequest {
+        receipt: Some(envelope.into()),
+    });
+    submit.set_timeout(IDLE);
+    let answer = pb::exchange_client::ExchangeClient::new(channel)
+        .submit_receipt(submit)
+        .await?
         .into_inner();
     // The publisher's checkpoint that covers the receipt, verified, goes
     // into this ledger: an auditor can later prove the publisher's log
@@ -773,15 +798,61 @@ async fn fetch(
         .append(seen)
         .await
         .map_err(|e| status::ledger("recording the publisher's checkpoint", e))?;
-    Ok(pb::AdminFetchResponse {
-        dataset_id: g.dataset.to_string(),
-        bytes: received.bytes,
-        content_sha256: received.content_sha256.to_vec(),
-        ledger_index: own.index,
-        publisher_ledger_index: answer.ledger_index,
-        resumed_chunks: progress.resumed_chunks.load(Ordering::Relaxed),
-        reconnects,
-    })
+    Ok((own.index, answer.ledger_index))
+}
+
+/// `Admin.ResendReceipts`: submits again every receipt this node keeps for
+/// a held grant that its ledger does not record as taken by the publisher
+/// (a publisher that stopped between the last chunk and the receipt).
+pub(super) async fn resend_receipts(
+    node: &NodeContext,
+    r: pb::AdminResendReceiptsRequest,
+) -> Result<pb::AdminResendReceiptsResponse, Status> {
+    let id = grant_id(&r.grant_id)?;
+    let held = node
+        .grants
+        .held_grant(&id)
+        .ok_or_else(|| Status::not_found(format!("this node holds no grant {id}")))?;
+    let g = held.grant.value().clone();
+    let kept = node
+        .grants
+        .objects(&id)
+        .map_err(|e| book_status("reading the kept receipts", e))?
+        .receipts;
+    let recorded = |hash: crate::ledger::merkle::Hash| {
+        let q = crate::ledger::Query {
+            grant: Some(id.to_string()),
+            kind: Some(EntryKind::ReceiptRecorded),
+            ..crate::ledger::Query::default()
+        };
+        node.ledger
+            .find(&q, |e| e.draft.object_hash == Some(hash))
+            .map(|e| e.is_some())
+            .map_err(|e| status::ledger("reading the ledger", e))
+    };
+    let mut out = pb::AdminResendReceiptsResponse {
+        kept: kept.len() as u64,
+        resent: Vec::new(),
+    };
+    let mut pending = Vec::new();
+    for (transfer, envelope) in kept {
+        if !recorded(envelope.payload_hash())? {
+            pending.push((transfer, envelope));
+        }
+    }
+    if pending.is_empty() {
+        return Ok(out);
+    }
+    let (channel, keys) = connect_publisher(node, &r.peer, &held).await?;
+    for (transfer, envelope) in pending {
+        let (own, publisher) = send_receipt(node, channel.clone(), &keys, &g, &envelope).await?;
+        out.resent.push(pb::ResentReceipt {
+            transfer_index: transfer,
+            ledger_index: own,
+            publisher_ledger_index: publisher,
+        });
+    }
+    Ok(out)
 }
 
 /// The error a fetch ends with; a broken transfer says how to resume it.

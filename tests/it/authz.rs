@@ -39,6 +39,10 @@ const TABLE: &[(&str, Expect)] = &[
     ("/dataspace.v1.Admin/ListGrants", Expect::OwnNode),
     ("/dataspace.v1.Admin/Status", Expect::OwnNode),
     ("/dataspace.v1.Admin/Witness", Expect::OwnNode),
+    (
+        "/dataspace.v1.Admin/ResendReceipts",
+        Expect::OwnNodeConsumer,
+    ),
     ("/grpc.health.v1.Health/Check", Expect::Anyone),
 ];
 

@@ -662,3 +662,68 @@ async fn receipts_are_checked_and_recorded_once() {
 fn space_auditor(space: &DataSpace) -> NodeDir {
     space.node("regulator", "auditor")
 }
+
+/// A receipt the publisher did not take (it stopped between the last
+/// chunk and the receipt; here: the consumer's record of it is gone) is
+/// submitted again with `Admin.ResendReceipts`: the publisher answers with
+/// the entry it recorded, the consumer records it, and a second resend has
+/// nothing to do.
+#[tokio::test]
+async fn a_receipt_the_publisher_did_not_take_is_resent() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let ds = publish_once_fetchable(&publisher, &pub_node, b"a,b\n1,2\n", 4096).await;
+    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let done = fetch_to(
+        &consumer,
+        &con_node,
+        pub_node.local_addr(),
+        &grant,
+        &dir.path().join("out.csv"),
+        false,
+    )
+    .await
+    .expect("fetch");
+    con_node.shutdown().await.expect("stop");
+    let size = {
+        let key = dsnode::identity::NodeKey::load(&consumer.dir.key()).expect("key");
+        let l = support::open_ledger(&consumer.dir.ledger(), &key);
+        let s = l.latest().map_or(0, |c| c.checkpoint.size);
+        l.close().await;
+        s
+    };
+    support::rewrite_history(
+        &consumer.dir,
+        |e| e.draft.kind != EntryKind::ReceiptRecorded,
+        size - 1,
+    )
+    .await;
+    let con_node = support::start(&consumer, |_| {}).await;
+
+    let resend = || async {
+        let conn = support::connect(&consumer, &con_node).await;
+        pb::admin_client::AdminClient::new(conn.channel)
+            .resend_receipts(pb::AdminResendReceiptsRequest {
+                peer: pub_node.local_addr().to_string(),
+                grant_id: grant.clone(),
+            })
+            .await
+            .expect("resend")
+            .into_inner()
+    };
+    let first = resend().await;
+    assert_eq!((first.kept, first.resent.len()), (1, 1), "{first:?}");
+    assert_eq!(
+        first.resent[0].publisher_ledger_index, done.publisher_ledger_index,
+        "the publisher answers with the entry it recorded"
+    );
+    let again = resend().await;
+    assert_eq!((again.kept, again.resent.len()), (1, 0), "{again:?}");
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
