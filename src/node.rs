@@ -393,12 +393,6 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         witness,
         certificate_pem: fsutil::read(&config.data_dir.cert())?,
     });
-    // Configured witnesses first: a peer holding a cosigned checkpoint
-    // that this store no longer has reports a fork of this log, and the
-    // node does not serve.
-    for peer in &config.witness.peers {
-        witness_once(&ctx, peer).await?;
-    }
     let limit = t.max_decoding_message_size;
     let router = Server::builder()
         .max_concurrent_streams(t.max_concurrent_streams)
@@ -451,6 +445,18 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_serving_rx.await;
     }));
+    // Configured witnesses before reporting SERVING (the server already
+    // answers, so two nodes that witness each other can start together):
+    // a peer holding a cosigned checkpoint that this store no longer has
+    // reports a fork of this log, and the node does not serve.
+    for peer in &config.witness.peers {
+        if let Err(e) = witness_once(&ctx, peer).await {
+            let _ = stop_serving_tx.send(());
+            let _ = server.await;
+            ledger.close().await;
+            return Err(e);
+        }
+    }
     set_health(&health, ServingStatus::Serving).await;
     metrics.set_ready(true);
 
@@ -541,7 +547,7 @@ async fn witness_once(ctx: &NodeContext, peer: &str) -> Result<(), NodeError> {
         }
         Ok(Err(status)) if let Some(lost) = rpc::witness::own_fork(ctx, &status) => {
             Err(NodeError::Credentials(format!(
-                "witness {peer} reports that this node's log forked ({}), and it is right: {lost}; the store lost acknowledged entries or was replaced; not serving",
+                "witness {peer} refused this node's checkpoint ({}), and it is right: {lost}; the store lost acknowledged entries or was replaced; not serving",
                 status.message()
             )))
         }

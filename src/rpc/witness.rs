@@ -190,6 +190,26 @@ fn fork_status(evidence: &crate::witness::ForkEvidence, what: &str) -> Status {
     status
 }
 
+/// The refusal of a checkpoint older than one seen of the same log: the
+/// caller is shown the larger one ([`own_fork`] checks it against its own
+/// store; a stale message from an honest node passes that check).
+fn stale_status(keys: &LogKeys, sent: &SignedCheckpoint, seen: &SignedCheckpoint) -> Status {
+    let mut status = Status::failed_precondition(format!(
+        "your checkpoint of size {} is older than the checkpoint of size {} this node saw of log {}; not cosigning",
+        sent.checkpoint.size,
+        seen.checkpoint.size,
+        keys.origin()
+    ));
+    if let Ok(v) = MetadataValue::try_from(keys.origin()) {
+        status.metadata_mut().insert(FORK_ORIGIN, v);
+    }
+    status.metadata_mut().insert_bin(
+        FORK_SEEN,
+        tonic::metadata::MetadataValue::from_bytes(seen.note.as_bytes()),
+    );
+    status
+}
+
 /// This node's latest checkpoint and key history, proven from `seen_size`.
 fn own_side(node: &NodeContext, seen_size: u64) -> Result<pb::ExchangeCheckpointsResponse, Status> {
     let latest = node
@@ -290,6 +310,10 @@ pub(super) async fn serve(
     let mut out = own_side(node, req.seen_size)?;
     match observed {
         Observed::NeedProofFrom(size) => out.need_proof_from = size,
+        Observed::Stale(seen) => {
+            node.metrics.witnessed("refused");
+            return Err(stale_status(&keys, &new, &seen));
+        }
         Observed::Grew | Observed::Same => {
             out.cosigned = cosign(node, &new)?;
             node.metrics.witnessed("cosigned");
@@ -317,13 +341,13 @@ async fn exchange_inner(node: &NodeContext, conn: &PeerChannel) -> Result<Exchan
     let server = &conn.server;
     let _one_at_a_time = node.witness.exchange_slot(&server.node_id).await;
     let their_keys = crate::client::peer_keys(conn).await?;
-    let seen = node
-        .witness
-        .seen(&their_keys)
-        .map_err(|e| super::status::internal("reading witnessed checkpoints", &e))?;
-    let seen_size = seen.as_ref().map_or(0, |s| s.checkpoint.size);
     let mut client = pb::peering_client::PeeringClient::new(conn.channel.clone());
     let mut from = node.witness.cosigned_size(&server.node_id);
+    let seen_size = node
+        .witness
+        .seen(&their_keys)
+        .map_err(|e| super::status::internal("reading witnessed checkpoints", &e))?
+        .map_or(0, |s| s.checkpoint.size);
     let mut answer = None;
     for _ in 0..2 {
         let req = request(node, from, seen_size, Vec::new())?;
@@ -349,11 +373,31 @@ async fn exchange_inner(node: &NodeContext, conn: &PeerChannel) -> Result<Exchan
         proof: &r.consistency_proof,
     }
     .verify(server, "the peer's", Status::data_loss)?;
-    let observed = witness(node, server, &keys, &theirs, old.as_ref(), &proof).await?;
+    let mut observed = witness(node, server, &keys, &theirs, old.as_ref(), &proof).await?;
     if let Observed::NeedProofFrom(size) = observed {
-        return Err(Status::data_loss(format!(
-            "the peer did not prove its log consistent with its checkpoint of size {size} this node saw"
-        )));
+        // The peer witnessed this node meanwhile, so this node now holds a
+        // newer checkpoint of it than the one its answer was proven from:
+        // ask for a proof from that one.
+        let (old, proof) = proof_from(conn, &keys, size, theirs.checkpoint.size).await?;
+        observed = witness(node, server, &keys, &theirs, Some(&old), &proof).await?;
+        if let Observed::NeedProofFrom(size) = observed {
+            return Err(Status::data_loss(format!(
+                "the peer did not prove its log consistent with its checkpoint of size {size} this node saw"
+            )));
+        }
+    }
+    if let Observed::Stale(_) = observed {
+        // Its answer is older than what it showed this node meanwhile:
+        // nothing new to witness or cosign.
+        if !r.cosigned.is_empty() {
+            keep_cosigned(node, server, &r.cosigned)?;
+        }
+        return Ok(Exchanged {
+            peer: server.node_id.clone(),
+            peer_size: theirs.checkpoint.size,
+            peer_grew: false,
+            cosigned_by_peer: !r.cosigned.is_empty(),
+        });
     }
     // Hand the peer this node's cosignature of the checkpoint just
     // verified, with the checkpoint of this log it just cosigned (nothing
@@ -375,13 +419,45 @@ async fn exchange_inner(node: &NodeContext, conn: &PeerChannel) -> Result<Exchan
     } else {
         request(node, from, theirs.checkpoint.size, cosigned)?
     };
-    client.exchange_checkpoints(req).await?;
+    // Best effort: if the peer saw a newer checkpoint of this log
+    // meanwhile (it is witnessing this node too), it refuses this one as
+    // stale, and the next exchange delivers the cosignature.
+    if let Err(e) = client.exchange_checkpoints(req).await {
+        tracing::debug!(peer = %server.node_id, error = %e.message(), "cosignature not delivered");
+    }
     Ok(Exchanged {
         peer: server.node_id.clone(),
         peer_size: theirs.checkpoint.size,
-        peer_grew: observed == Observed::Grew,
+        peer_grew: matches!(observed, Observed::Grew),
         cosigned_by_peer,
     })
+}
+
+/// The peer's checkpoint of size `old` and a consistency proof from it to
+/// `new`, from its Ledger service, verified.
+async fn proof_from(
+    conn: &PeerChannel,
+    keys: &LogKeys,
+    old: u64,
+    new: u64,
+) -> Result<(SignedCheckpoint, Vec<Hash>), Status> {
+    let r = pb::ledger_client::LedgerClient::new(conn.channel.clone())
+        .prove_consistency(pb::ProveConsistencyRequest {
+            old_size: old,
+            new_size: new,
+        })
+        .await?
+        .into_inner();
+    let old_cp = keys.verify_checkpoint(&r.old_checkpoint).map_err(|e| {
+        Status::data_loss(format!("the peer's old checkpoint does NOT verify: {e}"))
+    })?;
+    if old_cp.checkpoint.size != old {
+        return Err(Status::data_loss(format!(
+            "asked the peer for its checkpoint of size {old}, got size {}",
+            old_cp.checkpoint.size
+        )));
+    }
+    Ok((old_cp, hashes(&r.proof)?))
 }
 
 /// This node's side of a request: its latest checkpoint, proven from

@@ -10,14 +10,16 @@
 //! it (C2SP `tlog-cosignature`, [`cosig`]). A node keeps the latest
 //! cosignature each witness gave it and serves them beside its checkpoint.
 //!
-//! Two signed checkpoints of one log that no consistency proof can join
-//! are a fork: the same size with different roots, or a smaller tree after
-//! a larger one. The witness then refuses to cosign, keeps both signed
+//! Two signed checkpoints of one log of the same size with different roots
+//! are a fork (self-proving: no consistency proof can join them). The
+//! witness then refuses to cosign, keeps both signed
 //! notes as evidence (`witness/forks/`, a `ForkDetected` ledger entry,
 //! the `dsnode_forks_detected_total` metric, an error log), and
-//! `dsnode audit forks` lists and re-verifies them. A node checks at
-//! start-up that its store holds every checkpoint a witness cosigned for
-//! it: a store that lost acknowledged entries refuses to serve.
+//! `dsnode audit forks` lists and re-verifies them. A checkpoint smaller
+//! than one seen is refused as stale and the larger one shown to its node,
+//! which refuses to serve if its own store contradicts it; a node also
+//! checks at start-up that its store holds every checkpoint a witness
+//! cosigned for it.
 //!
 //! Files (in the data dir, outside `ledger/`):
 //!
@@ -80,6 +82,13 @@ pub enum Observed {
     /// A larger checkpoint, but the proof does not start from the size
     /// last seen: send one from this size.
     NeedProofFrom(u64),
+    /// A smaller checkpoint than the one seen (kept here): stale, or the
+    /// log lost entries. Not recorded, not cosigned, and not fork evidence
+    /// by itself (an honest node's message can arrive late when two nodes
+    /// witness each other at once); the node is shown the larger one and
+    /// checks it against its own store ([`check_cosigned`], and
+    /// `rpc::witness::own_fork`).
+    Stale(Box<SignedCheckpoint>),
 }
 
 /// Two signed checkpoints of one log that no consistency proof joins.
@@ -95,7 +104,7 @@ pub struct ForkEvidence {
     pub node_id: String,
     /// The C2SP vkeys of every key of the log's history.
     pub vkeys: Vec<String>,
-    /// "same size, different roots" or "a smaller tree after a larger".
+    /// "same size, different roots".
     pub kind: String,
     /// The checkpoint seen first (signed note).
     pub seen: String,
@@ -106,7 +115,6 @@ pub struct ForkEvidence {
 }
 
 const SAME_SIZE: &str = "same size, different roots";
-const SMALLER: &str = "a smaller tree after a larger";
 
 impl ForkEvidence {
     /// Checks the evidence on its own: both notes verify under one of the
@@ -143,9 +151,6 @@ impl ForkEvidence {
             SAME_SIZE => {
                 a.checkpoint.size == b.checkpoint.size && a.checkpoint.root != b.checkpoint.root
             }
-            // The order (larger seen first) is the witness's observation;
-            // the two signed sizes are what the notes prove.
-            SMALLER => b.checkpoint.size < a.checkpoint.size,
             other => return Err(format!("unknown kind of fork `{other}`")),
         };
         if !contradicts {
@@ -352,7 +357,7 @@ impl WitnessBook {
             };
         }
         if n.size < s.size {
-            return Err(fork(&seen, new, SMALLER));
+            return Ok(Observed::Stale(Box::new(seen)));
         }
         let Some(old) = old.filter(|o| o.checkpoint.size == s.size) else {
             return Ok(Observed::NeedProofFrom(s.size));

@@ -296,8 +296,19 @@ pub(crate) fn rewrite_entry(
 /// `index` of the (closed) ledger in `dir`; `edit` gets the block and the
 /// entry's offset in it.
 fn edit_block(dir: &Path, index: u64, edit: impl FnOnce(&mut dsnode::ledger::store::Block, usize)) {
-    use dsnode::ledger::store::{BLOCK_BITS, LedgerStore, SledStore};
-    let store = SledStore::open(dir).expect("raw store");
+    use dsnode::ledger::store::{BLOCK_BITS, LedgerStore, SledStore, StoreError};
+    // sled releases its lock from a background thread after the last
+    // handle is dropped: wait for it.
+    let store = (0..200)
+        .find_map(|_| match SledStore::open(dir) {
+            Ok(s) => Some(s),
+            Err(StoreError::Locked { .. }) => {
+                std::thread::sleep(Duration::from_millis(20));
+                None
+            }
+            Err(e) => panic!("raw store: {e}"),
+        })
+        .expect("the store stays locked");
     let b = index >> BLOCK_BITS;
     let mut block = store.block(b).expect("read").expect("block");
     edit(&mut block, (index - (b << BLOCK_BITS)) as usize);

@@ -170,8 +170,9 @@ async fn threat_14_a_forked_log_is_caught_by_both_witnesses_with_evidence() {
 /// a node restored with an older ledger (its `LAST_CHECKPOINT` restored
 /// with it, so the rollback guard inside `ledger/` cannot tell) refuses to
 /// start because a witness cosigned a later checkpoint of it; with that
-/// record gone too, a configured witness reports the rollback at start-up
-/// and the node still refuses to serve.
+/// record gone too, a configured witness refuses the older checkpoint and
+/// shows the node the larger one it signed, and the node, finding its
+/// store contradicts its own signature, still refuses to serve.
 #[tokio::test]
 async fn a_node_whose_store_lost_witnessed_entries_refuses_to_serve() {
     let space = DataSpace::new();
@@ -213,8 +214,12 @@ async fn a_node_whose_store_lost_witnessed_entries_refuses_to_serve() {
     c.witness.peers = vec![w1_node.local_addr().to_string()];
     let err = dsnode::node::start(c).await.err().expect("refused");
     let msg = err.to_string();
-    assert!(msg.contains("reports that this node's log forked"), "{msg}");
-    assert!(msg.contains("a smaller tree after a larger"), "{msg}");
+    assert!(
+        msg.contains("is older than the checkpoint of size"),
+        "{msg}"
+    );
+    assert!(msg.contains("and it is right"), "{msg}");
+    assert!(msg.contains("lost acknowledged entries"), "{msg}");
     w1_node.shutdown().await.expect("stop");
 }
 
@@ -346,4 +351,53 @@ fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+/// Two nodes configured as each other's witnesses start at the same time:
+/// each exchanges checkpoints with the other before reporting SERVING
+/// (its server already answers, so neither waits for the other), and each
+/// keeps the other's cosignature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_that_witness_each_other_start_together() {
+    let space = DataSpace::new();
+    let a = space.node("city-transport", "publisher");
+    let b = space.node("water-authority", "publisher");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+    };
+    let (addr_a, addr_b) = (free(), free());
+    let config = |dir: &NodeDir, listen, peer: std::net::SocketAddr| {
+        let mut c = Config::new(dir.dir.root(), listen);
+        c.transport.drain_deadline = std::time::Duration::from_secs(1);
+        c.witness.peers = vec![peer.to_string()];
+        c
+    };
+    let started = std::time::Instant::now();
+    let (na, nb) = tokio::join!(
+        dsnode::node::start(config(&a, addr_a, addr_b)),
+        dsnode::node::start(config(&b, addr_b, addr_a)),
+    );
+    let (na, nb) = (na.expect("a starts"), nb.expect("b starts"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Whichever started second reached the other: at least one side holds
+    // the other's cosignature now; one more exchange gives both.
+    let cosigned = |me: &NodeDir, by: &NodeDir| {
+        me.dir
+            .witness()
+            .join("cosigned")
+            .join(format!("{}.note", by.identity.node_id))
+            .exists()
+    };
+    assert!(cosigned(&a, &b) || cosigned(&b, &a));
+    witness(&a, &na, &nb).await.expect("exchange");
+    assert!(cosigned(&a, &b) && cosigned(&b, &a));
+    for n in [na, nb] {
+        n.shutdown().await.expect("stop");
+    }
 }
