@@ -296,13 +296,7 @@ async fn reconciliation_passes_and_then_names_the_missing_entry() {
         ..
     } = x;
     con_node.shutdown().await.expect("stop");
-    let size = {
-        let key = dsnode::identity::NodeKey::load(&consumer.dir.key()).expect("key");
-        let l = support::open_ledger(&consumer.dir.ledger(), &key);
-        let s = l.latest().map_or(0, |c| c.checkpoint.size);
-        l.close().await;
-        s
-    };
+    let size = support::ledger_size(&consumer.dir).await;
     support::rewrite_history(
         &consumer.dir,
         |e| e.draft.kind != dsnode::ledger::entry::EntryKind::ReceiptRecorded,

@@ -360,6 +360,15 @@ pub(crate) fn open_ledger(dir: &Path, key: &dsnode::identity::NodeKey) -> dsnode
     panic!("{} stays locked", dir.display());
 }
 
+/// The size of a stopped node's ledger.
+pub(crate) async fn ledger_size(dir: &DataDir) -> u64 {
+    let key = dsnode::identity::NodeKey::load(&dir.key()).expect("key");
+    let ledger = open_ledger(&dir.ledger(), &key);
+    let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
+    ledger.close().await;
+    size
+}
+
 /// The test-only history hook: rewrites a stopped node's ledger keeping
 /// the entries `keep` accepts (re-appended one by one, so every size has a
 /// checkpoint), then other entries up to `size` entries, every checkpoint

@@ -689,13 +689,7 @@ async fn a_receipt_the_publisher_did_not_take_is_resent() {
     .await
     .expect("fetch");
     con_node.shutdown().await.expect("stop");
-    let size = {
-        let key = dsnode::identity::NodeKey::load(&consumer.dir.key()).expect("key");
-        let l = support::open_ledger(&consumer.dir.ledger(), &key);
-        let s = l.latest().map_or(0, |c| c.checkpoint.size);
-        l.close().await;
-        s
-    };
+    let size = support::ledger_size(&consumer.dir).await;
     support::rewrite_history(
         &consumer.dir,
         |e| e.draft.kind != EntryKind::ReceiptRecorded,

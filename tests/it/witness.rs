@@ -30,14 +30,6 @@ async fn witness(
         .map(tonic::Response::into_inner)
 }
 
-fn size_of(node: &NodeDir) -> u64 {
-    let key = NodeKey::load(&node.dir.key()).expect("key");
-    let ledger = support::open_ledger(&node.dir.ledger(), &key);
-    let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
-    drop(ledger);
-    size
-}
-
 /// Row 14, defence: witnesses keep each log's largest verified checkpoint
 /// and accept a new one only with a consistency proof from it
 /// (src/witness/mod.rs, `WitnessBook::observe`). Two witnesses watch a
@@ -101,7 +93,7 @@ async fn threat_14_a_forked_log_is_caught_by_both_witnesses_with_evidence() {
     p_node.shutdown().await.expect("stop");
 
     // The publisher rewrites its history and signs it.
-    let size = size_of(&publisher);
+    let size = support::ledger_size(&publisher.dir).await;
     support::rewrite_history(&publisher.dir, |e| e.index < size - 2, size).await;
     p_node = support::start(&publisher, |_| {}).await;
 
