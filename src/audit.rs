@@ -168,8 +168,7 @@ impl Auditor {
                 Entry::decode(bytes).map_err(|source| AuditError::Entry { index: 0, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let keys = LogKeys::from_rotations(&rotations, &self.node.public_key)?;
-        keys.check_participant(&self.node.participant)?;
+        let keys = LogKeys::of_node(&rotations, &self.node)?;
         if r.vkey != keys.verifier().vkey() {
             return Err(AuditError::Mismatch(format!(
                 "the node publishes vkey {} but its certificate and key history imply {}",

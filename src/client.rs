@@ -14,8 +14,7 @@ use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::PeerIdentity;
-use crate::ledger::entry::Entry;
-use crate::ledger::keys::LogKeys;
+use crate::ledger::keys::{LogKeys, decode_rotations};
 use crate::pb;
 use crate::pb::ledger_client::LedgerClient;
 use crate::tls;
@@ -246,14 +245,8 @@ pub async fn peer_keys(conn: &PeerChannel) -> Result<LogKeys, tonic::Status> {
         .get_checkpoint(pb::GetCheckpointRequest {})
         .await?
         .into_inner();
-    let rotations = r
-        .key_rotations
-        .iter()
-        .map(|bytes| Entry::decode(bytes))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tonic::Status::data_loss(format!("the node's key history: {e}")))?;
-    LogKeys::from_rotations(&rotations, &conn.server.public_key)
-        .and_then(|k| k.check_participant(&conn.server.participant).map(|()| k))
+    decode_rotations(&r.key_rotations)
+        .and_then(|rotations| LogKeys::of_node(&rotations, &conn.server))
         .map_err(|e| {
             tonic::Status::data_loss(format!("the node's key history does NOT verify: {e}"))
         })

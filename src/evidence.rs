@@ -181,6 +181,7 @@ fn check_keyid<T>(what: &str, v: &Verified<T>) -> Result<(), BundleError> {
 /// that covers every entry of the grant, and those entries proven in it.
 async fn side(
     node: &mut Auditor,
+    evidence: pb::GetEvidenceResponse,
     witness: &PeerIdentity,
     grant: &str,
     role: &str,
@@ -225,7 +226,6 @@ async fn side(
             .await?;
         rotations.push(v);
     }
-    let evidence = node.evidence(grant).await?;
     let certificate = crate::identity::cert::cert_der_from_pem(&evidence.certificate_pem)
         .map_err(|e| invalid(format!("the {role}'s certificate: {e}")))?;
     let identity = PeerIdentity::from_der(&certificate)
@@ -266,10 +266,15 @@ pub async fn build(a: &mut Auditor, b: &mut Auditor, grant: &str) -> Result<Bund
         .keys()
         .iter()
         .any(|k| k.node_id == g.publisher);
-    let (publisher, consumer) = if a_is_publisher { (a, b) } else { (b, a) };
+    let ev_b = b.evidence(grant).await?;
+    let ((publisher, pub_ev), (consumer, con_ev)) = if a_is_publisher {
+        ((a, ev_a), (b, ev_b))
+    } else {
+        ((b, ev_b), (a, ev_a))
+    };
     let (pub_identity, con_identity) = (publisher.node().clone(), consumer.node().clone());
-    let (pub_side, pub_ev) = side(publisher, &con_identity, grant, "publisher").await?;
-    let (con_side, con_ev) = side(consumer, &pub_identity, grant, "consumer").await?;
+    let (pub_side, pub_ev) = side(publisher, pub_ev, &con_identity, grant, "publisher").await?;
+    let (con_side, con_ev) = side(consumer, con_ev, &pub_identity, grant, "consumer").await?;
     if pub_ev.manifest.is_empty() || con_ev.receipts.is_empty() {
         return Err(invalid(format!(
             "grant {grant}: the publisher holds no manifest or the consumer no receipt (nothing was transferred yet)"
@@ -301,36 +306,18 @@ fn check_side(
     side: &Side,
     ca_der: &[u8],
     grant: &str,
-) -> Result<(CheckedSide, Vec<u8>), BundleError> {
+) -> Result<CheckedSide, BundleError> {
     let der = unb64(&format!("the {role}'s certificate"), &side.certificate)?;
-    match <x509_parser::prelude::X509Certificate as x509_parser::prelude::FromDer<_>>::from_der(
-        &der,
-    ) {
-        Ok(([], _)) => {}
-        _ => {
-            return Err(invalid(format!(
-                "the {role}'s certificate is not exactly one DER certificate"
-            )));
-        }
-    }
-    let pem = pem_of(&der);
-    let identity =
-        ca::verify_issued_by(ca_der, pem.as_bytes(), &format!("the {role}'s certificate"))
-            .map_err(|e| invalid(format!("{e}")))?;
+    let identity = ca::verify_der_issued_by(ca_der, &der, &format!("the {role}'s certificate"))
+        .map_err(|e| invalid(format!("{e}")))?;
     let rotations = side
         .key_rotations
         .iter()
         .map(|p| decode_proven(role, "key rotation", p))
         .collect::<Result<Vec<_>, _>>()?;
-    let keys = LogKeys::from_rotations(
-        &rotations
-            .iter()
-            .map(|(e, _, _)| e.clone())
-            .collect::<Vec<_>>(),
-        &identity.public_key,
-    )
-    .and_then(|k| k.check_participant(&identity.participant).map(|()| k))
-    .map_err(|e| invalid(format!("the {role}'s key history: {e}")))?;
+    let rotation_entries: Vec<Entry> = rotations.iter().map(|(e, _, _)| e.clone()).collect();
+    let keys = LogKeys::of_node(&rotation_entries, &identity)
+        .map_err(|e| invalid(format!("the {role}'s key history: {e}")))?;
     let checkpoint = keys
         .verify_checkpoint(side.checkpoint.as_bytes())
         .map_err(|e| invalid(format!("the {role}'s checkpoint: {e}")))?;
@@ -365,16 +352,13 @@ fn check_side(
         prove(role, p.index, &bytes, &proof, &checkpoint)?;
         entries.push(entry);
     }
-    Ok((
-        CheckedSide {
-            identity,
-            keys,
-            checkpoint,
-            cosigned_at: 0,
-            entries,
-        },
-        der,
-    ))
+    Ok(CheckedSide {
+        identity,
+        keys,
+        checkpoint,
+        cosigned_at: 0,
+        entries,
+    })
 }
 
 /// A proven entry's bytes decoded: the entry (its index must be the one
@@ -426,17 +410,6 @@ fn signature_lines(note: &str) -> usize {
         .map_or(0, |(_, sigs)| sigs.lines().count())
 }
 
-fn pem_of(der: &[u8]) -> String {
-    let body = BASE64.encode(der);
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in body.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
-}
-
 fn has(side: &CheckedSide, kind: EntryKind, object: &Hash) -> Option<u64> {
     side.entries
         .iter()
@@ -451,8 +424,8 @@ pub fn verify(bytes: &[u8], ca_pem: &[u8]) -> Result<String, BundleError> {
     let ca_der = crate::identity::cert::cert_der_from_pem(ca_pem)
         .map_err(|e| BundleError::Format(format!("the CA certificate: {e}")))?;
     let grant_id = bundle.grant_id.as_str();
-    let (mut publisher, _) = check_side("publisher", &bundle.publisher, &ca_der, grant_id)?;
-    let (mut consumer, _) = check_side("consumer", &bundle.consumer, &ca_der, grant_id)?;
+    let mut publisher = check_side("publisher", &bundle.publisher, &ca_der, grant_id)?;
+    let mut consumer = check_side("consumer", &bundle.consumer, &ca_der, grant_id)?;
     // Each checkpoint cosigned by the other side.
     let (pub_key, con_key) = (publisher.identity.public_key, consumer.identity.public_key);
     for (role, side, witness) in [

@@ -101,17 +101,30 @@ pub async fn finish(dir: &DataDir, new_cert_pem: &[u8]) -> Result<Rotated, NodeE
         )));
     }
     let participant: ParticipantId = new.participant.clone();
+    // node.crt already the new one: an interrupted run installed it, after
+    // the ledger entry (which opening the ledger with the new key checks).
     let resumed = old.public_key == next.public_key();
-    let index = if resumed {
-        // node.crt was installed by an interrupted run, after the ledger
-        // entry (which opening the ledger with the new key checks below).
-        None
+    let (index, vkey) = if resumed {
+        (None, vkey_of(dir, &next).await?)
     } else {
         let current = NodeKey::load(&dir.key())?;
-        append_rotation(dir, &current, &next, participant).await?
+        match open_ledger(dir, &current).await? {
+            Ok(ledger) => {
+                let rotated = ledger.rotate(next.signing_key().clone(), participant).await;
+                let vkey = ledger.verifier().vkey();
+                ledger.close().await;
+                (Some(rotated?.index), vkey)
+            }
+            // The ledger has the rotation to this very key already (an
+            // interrupted run): only the files are left to install.
+            Err(LedgerError::Keys(KeyError::NotCurrent { history, .. }))
+                if history == next.node_id() =>
+            {
+                (None, vkey_of(dir, &next).await?)
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
-    // The ledger must now take the new key (and gives the log's vkey).
-    let vkey = open_ledger(dir, &next).await?.verifier().vkey();
     let retired_cert = (!resumed).then(|| retired_path(dir, &old.node_id));
     if let Some(path) = &retired_cert {
         fsutil::create_private_dir(&dir.retired())?;
@@ -142,9 +155,13 @@ fn retired_path(dir: &DataDir, node: &NodeId) -> PathBuf {
     dir.retired().join(format!("{node}.crt"))
 }
 
-/// Opens the ledger with `key` (closed again when the result is dropped
-/// and the caller closes it); a ledger in use means the node runs.
-async fn open_ledger(dir: &DataDir, key: &NodeKey) -> Result<Ledger, NodeError> {
+/// Opens the ledger with `key` (the inner error is the ledger's own: a
+/// retired or unknown key, a damaged store); a ledger in use means the
+/// node runs.
+async fn open_ledger(
+    dir: &DataDir,
+    key: &NodeKey,
+) -> Result<Result<Ledger, LedgerError>, NodeError> {
     let path = dir.ledger();
     let key = key.signing_key().clone();
     let opened =
@@ -152,46 +169,19 @@ async fn open_ledger(dir: &DataDir, key: &NodeKey) -> Result<Ledger, NodeError> 
             .await
             .map_err(|e| refuse(format!("opening the ledger: {e}")))?;
     match opened {
-        Ok((ledger, _)) => {
-            ledger.close().await;
-            Ok(ledger)
-        }
+        Ok((ledger, _)) => Ok(Ok(ledger)),
         Err(LedgerError::Store(crate::ledger::store::StoreError::Locked { .. })) => Err(refuse(
             "the ledger is in use: stop the node before rotating its key".into(),
         )),
-        Err(e) => Err(e.into()),
+        Err(e) => Ok(Err(e)),
     }
 }
 
-/// Appends the KeyRotated entry with `current` retiring for `next`.
-/// Returns `None` when the ledger has it already (an interrupted run).
-async fn append_rotation(
-    dir: &DataDir,
-    current: &NodeKey,
-    next: &NodeKey,
-    participant: ParticipantId,
-) -> Result<Option<u64>, NodeError> {
-    let path = dir.ledger();
-    let key = current.signing_key().clone();
-    let opened =
-        tokio::task::spawn_blocking(move || Ledger::open(&path, key, LedgerOptions::default()))
-            .await
-            .map_err(|e| refuse(format!("opening the ledger: {e}")))?;
-    let ledger = match opened {
-        Ok((ledger, _)) => ledger,
-        Err(LedgerError::Keys(KeyError::NotCurrent { history, .. }))
-            if history == next.node_id() =>
-        {
-            return Ok(None);
-        }
-        Err(LedgerError::Store(crate::ledger::store::StoreError::Locked { .. })) => {
-            return Err(refuse(
-                "the ledger is in use: stop the node before rotating its key".into(),
-            ));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let rotated = ledger.rotate(next.signing_key().clone(), participant).await;
+/// The log's verifier key once `key` is its current key (which opening
+/// the ledger with it checks).
+async fn vkey_of(dir: &DataDir, key: &NodeKey) -> Result<String, NodeError> {
+    let ledger = open_ledger(dir, key).await??;
+    let vkey = ledger.verifier().vkey();
     ledger.close().await;
-    Ok(Some(rotated?.index))
+    Ok(vkey)
 }

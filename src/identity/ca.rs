@@ -391,11 +391,27 @@ pub fn verify_issued_by(
     cert_pem: &[u8],
     what: &str,
 ) -> Result<PeerIdentity, CaError> {
-    let der = cert::cert_der_from_pem(cert_pem)?;
-    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| CertError::Malformed {
+    verify_der_issued_by(ca_der, &cert::cert_der_from_pem(cert_pem)?, what)
+}
+
+/// Like [`verify_issued_by`] for a DER certificate, which must be exactly
+/// one certificate (no bytes after it).
+pub fn verify_der_issued_by(
+    ca_der: &[u8],
+    cert_der: &[u8],
+    what: &str,
+) -> Result<PeerIdentity, CaError> {
+    let (rest, cert) = X509Certificate::from_der(cert_der).map_err(|e| CertError::Malformed {
         expected: "X.509 certificate",
         detail: e.to_string(),
     })?;
+    if !rest.is_empty() {
+        return Err(CertError::Malformed {
+            expected: "exactly one DER certificate",
+            detail: format!("{what} has {} bytes after the certificate", rest.len()),
+        }
+        .into());
+    }
     let (_, ca) = X509Certificate::from_der(ca_der).map_err(|e| CertError::Malformed {
         expected: "X.509 CA certificate",
         detail: e.to_string(),

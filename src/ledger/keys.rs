@@ -22,7 +22,7 @@ use std::fmt;
 use prost::Message;
 
 use crate::envelope::{Envelope, PayloadType};
-use crate::identity::{NodeId, ParticipantId};
+use crate::identity::{NodeId, ParticipantId, PeerIdentity};
 use crate::pb;
 
 use super::entry::{Entry, EntryDraft, EntryKind};
@@ -223,6 +223,18 @@ impl KeyRotation {
     }
 }
 
+/// Decodes KeyRotated entries as a node serves them (canonical bytes).
+pub fn decode_rotations(raw: &[Vec<u8>]) -> Result<Vec<Entry>, KeyError> {
+    raw.iter()
+        .map(|bytes| {
+            Entry::decode(bytes).map_err(|e| KeyError::Rotation {
+                index: 0,
+                detail: format!("not a ledger entry: {e}"),
+            })
+        })
+        .collect()
+}
+
 /// One key of a log's history.
 #[derive(Clone, Debug)]
 pub struct LogKey {
@@ -307,6 +319,14 @@ impl LogKeys {
         Ok(keys)
     }
 
+    /// The history of `node`'s log: a chain ending at the key of its
+    /// certificate, every rotation made for its participant.
+    pub fn of_node(rotations: &[Entry], node: &PeerIdentity) -> Result<Self, KeyError> {
+        let keys = Self::from_rotations(rotations, &node.public_key)?;
+        keys.check_participant(&node.participant)?;
+        Ok(keys)
+    }
+
     /// Extends the history with a KeyRotated entry: its statement must be
     /// for this log, come after the last rotation, and retire the current
     /// key for one the log never used.
@@ -358,7 +378,7 @@ impl LogKeys {
     /// Checks that every rotation was made for `participant` (the one the
     /// CA certifies the current key for): a key of another participant
     /// cannot claim a log's history.
-    pub fn check_participant(&self, participant: &ParticipantId) -> Result<(), KeyError> {
+    fn check_participant(&self, participant: &ParticipantId) -> Result<(), KeyError> {
         match self.participants.iter().find(|(_, p)| p != participant) {
             Some((index, p)) => Err(KeyError::Rotation {
                 index: *index,

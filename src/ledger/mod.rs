@@ -840,12 +840,12 @@ impl Sequencer {
                 }
                 self.last_signed = Some((size, root));
                 if let Some((successor, after)) = handover {
+                    tracing::info!(index = size - 1, key = %after.current().node_id, "ledger key rotated");
                     self.signer = successor;
                     *self
                         .keys
                         .write()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(after);
-                    tracing::info!(index = size - 1, key = %self.keys_current(), "ledger key rotated");
                 }
                 let signed = Arc::new(signed);
                 self.head.send_replace(Some(signed.clone()));
@@ -862,12 +862,6 @@ impl Sequencer {
                 self.fail(replies, &e);
             }
         }
-    }
-
-    fn keys_current(&self) -> crate::identity::NodeId {
-        crate::identity::NodeId::from_public_key(
-            &self.signer.signing_key().verifying_key().to_bytes(),
-        )
     }
 
     /// A commit failed: the batch may or may not be on disk, and the

@@ -7,8 +7,8 @@ use super::NodeContext;
 use super::exchange::connect_peer;
 use crate::client::PeerChannel;
 use crate::identity::{NodeId, PeerIdentity};
-use crate::ledger::entry::{Entry, EntryDraft, EntryKind, MAX_DETAIL_BYTES};
-use crate::ledger::keys::LogKeys;
+use crate::ledger::entry::{EntryDraft, EntryKind, MAX_DETAIL_BYTES};
+use crate::ledger::keys::{LogKeys, decode_rotations};
 use crate::ledger::merkle::{self, Hash};
 use crate::ledger::note::SignedCheckpoint;
 use crate::pb;
@@ -33,17 +33,9 @@ pub struct Exchanged {
 }
 
 fn keys_of(rotations: &[Vec<u8>], node: &PeerIdentity, whose: &str) -> Result<LogKeys, Status> {
-    let entries = rotations
-        .iter()
-        .map(|b| Entry::decode(b))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Status::invalid_argument(format!("{whose} key history: {e}")))?;
-    let keys = LogKeys::from_rotations(&entries, &node.public_key)
-        .and_then(|k| k.check_participant(&node.participant).map(|()| k))
-        .map_err(|e| {
-            Status::invalid_argument(format!("{whose} key history does NOT verify: {e}"))
-        })?;
-    Ok(keys)
+    decode_rotations(rotations)
+        .and_then(|entries| LogKeys::of_node(&entries, node))
+        .map_err(|e| Status::invalid_argument(format!("{whose} key history does NOT verify: {e}")))
 }
 
 fn hashes(proof: &[Vec<u8>]) -> Result<Vec<Hash>, Status> {

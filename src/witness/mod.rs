@@ -432,14 +432,10 @@ impl WitnessBook {
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let path = self.dir.join("cosigned").join(format!("{witness}.note"));
-        if let Ok(kept) = std::fs::read(&path)
-            && let Ok(text) = crate::ledger::note::unverified_text(&kept)
-            && let Ok(cp) = crate::ledger::note::Checkpoint::parse(text)
-            && cp.size > cosigned.checkpoint.size
-        {
+        if self.cosigned_size(witness) > cosigned.checkpoint.size {
             return Ok(());
         }
+        let path = self.cosigned_path(witness);
         Ok(fsutil::write_atomic(
             &path,
             cosigned.note.as_bytes(),
@@ -447,10 +443,13 @@ impl WitnessBook {
         )?)
     }
 
+    fn cosigned_path(&self, witness: &NodeId) -> PathBuf {
+        self.dir.join("cosigned").join(format!("{witness}.note"))
+    }
+
     /// The size of this node's checkpoint `witness` last cosigned (0: none).
     pub fn cosigned_size(&self, witness: &NodeId) -> u64 {
-        let path = self.dir.join("cosigned").join(format!("{witness}.note"));
-        std::fs::read(&path)
+        std::fs::read(self.cosigned_path(witness))
             .ok()
             .and_then(|kept| {
                 let text = crate::ledger::note::unverified_text(&kept).ok()?;
