@@ -6,7 +6,7 @@ use dsnode::evidence::{self, Bundle, BundleError};
 use dsnode::identity::ca::CertificateAuthority;
 use dsnode::node::RunningNode;
 
-use crate::datasets::{POLICY, consumer_in, header, publish};
+use crate::datasets::{POLICY, header, publish};
 use crate::exchange::{fetch_to, granted};
 use crate::support::{self, DataSpace, NodeDir};
 
@@ -24,12 +24,14 @@ struct Exchange {
 /// A publisher, a consumer and an auditor; one dataset fetched under
 /// `grants` separate grants (each fetch ends with a checkpoint exchange).
 async fn exchange(grants: usize) -> Exchange {
-    let space = DataSpace::new();
-    let publisher = space.node("city-transport", "publisher");
-    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let support::Pair {
+        space,
+        publisher,
+        consumer,
+        pub_node,
+        con_node,
+    } = support::publisher_and_consumer().await;
     let auditor = space.node("regulator", "auditor");
-    let pub_node = support::start(&publisher, |_| {}).await;
-    let con_node = support::start(&consumer, |_| {}).await;
     let content = b"stop,passengers\n1,12\n2,40\n".to_vec();
     let dataset = publish(
         &publisher,

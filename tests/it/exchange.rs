@@ -278,12 +278,14 @@ pub(crate) async fn fetch_with(
 /// receipts on both sides, and the ledgers tell the story in order.
 #[tokio::test]
 async fn fetch_verifies_writes_and_both_ledgers_record_the_receipt() {
-    let space = DataSpace::new();
-    let publisher = space.node("city-transport", "publisher");
-    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let support::Pair {
+        space,
+        publisher,
+        consumer,
+        pub_node,
+        con_node,
+    } = support::publisher_and_consumer().await;
     let auditor = space.node("regulator", "auditor");
-    let pub_node = support::start(&publisher, |_| {}).await;
-    let con_node = support::start(&consumer, |_| {}).await;
     let content: Vec<u8> = (0..3_300_000u32).map(|i| (i * 7 % 253) as u8).collect();
     let ds = publish(
         &publisher,
@@ -538,11 +540,13 @@ async fn stolen_revoked_used_up_and_tampered_fetches_are_refused() {
 #[tokio::test]
 async fn revocation_mid_transfer_stops_the_stream() {
     use tokio_stream::StreamExt;
-    let space = DataSpace::new();
-    let publisher = space.node("city-transport", "publisher");
-    let consumer = consumer_in(&space, "acme", "CN-HE");
-    let pub_node = support::start(&publisher, |_| {}).await;
-    let con_node = support::start(&consumer, |_| {}).await;
+    let support::Pair {
+        space: _space,
+        publisher,
+        consumer,
+        pub_node,
+        con_node,
+    } = support::publisher_and_consumer().await;
     let content = vec![7u8; 40 << 20];
     let ds = publish(
         &publisher,

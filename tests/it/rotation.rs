@@ -7,9 +7,9 @@ use dsnode::ledger::entry::EntryKind;
 use dsnode::ledger::note::{Checkpoint, NoteSigner};
 use dsnode::pb;
 
-use crate::datasets::{POLICY, consumer_in, header, publish};
+use crate::datasets::{POLICY, header, publish};
 use crate::exchange::{fetch_to, granted};
-use crate::support::{self, DataSpace, NodeDir};
+use crate::support::{self, NodeDir};
 
 /// Row 16, defence: the key history in the ledger (src/ledger/keys.rs).
 /// A publisher rotates to a key the CA certified for the same participant;
@@ -22,12 +22,14 @@ use crate::support::{self, DataSpace, NodeDir};
 /// log's current size is refused, naming the rotation.
 #[tokio::test]
 async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
-    let space = DataSpace::new();
-    let publisher = space.node("city-transport", "publisher");
-    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let support::Pair {
+        space,
+        publisher,
+        consumer,
+        pub_node,
+        con_node,
+    } = support::publisher_and_consumer().await;
     let auditor = space.node("regulator", "auditor");
-    let pub_node = support::start(&publisher, |_| {}).await;
-    let con_node = support::start(&consumer, |_| {}).await;
     let content = b"stop,passengers\n1,12\n2,40\n".to_vec();
     let before = publish(
         &publisher,
