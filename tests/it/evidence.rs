@@ -24,13 +24,7 @@ struct Exchange {
 /// A publisher, a consumer and an auditor; one dataset fetched under
 /// `grants` separate grants (each fetch ends with a checkpoint exchange).
 async fn exchange(grants: usize) -> Exchange {
-    let support::Pair {
-        space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    } = support::publisher_and_consumer().await;
+    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
     let auditor = space.node("regulator", "auditor");
     let content = b"stop,passengers\n1,12\n2,40\n".to_vec();
     let dataset = publish(

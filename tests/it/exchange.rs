@@ -278,13 +278,7 @@ pub(crate) async fn fetch_with(
 /// receipts on both sides, and the ledgers tell the story in order.
 #[tokio::test]
 async fn fetch_verifies_writes_and_both_ledgers_record_the_receipt() {
-    let support::Pair {
-        space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    } = support::publisher_and_consumer().await;
+    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
     let auditor = space.node("regulator", "auditor");
     let content: Vec<u8> = (0..3_300_000u32).map(|i| (i * 7 % 253) as u8).collect();
     let ds = publish(
@@ -540,13 +534,7 @@ async fn stolen_revoked_used_up_and_tampered_fetches_are_refused() {
 #[tokio::test]
 async fn revocation_mid_transfer_stops_the_stream() {
     use tokio_stream::StreamExt;
-    let support::Pair {
-        space: _space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    } = support::publisher_and_consumer().await;
+    let (_space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
     let content = vec![7u8; 40 << 20];
     let ds = publish(
         &publisher,

@@ -22,13 +22,7 @@ use crate::support::{self, NodeDir};
 /// log's current size is refused, naming the rotation.
 #[tokio::test]
 async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
-    let support::Pair {
-        space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    } = support::publisher_and_consumer().await;
+    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
     let auditor = space.node("regulator", "auditor");
     let content = b"stop,passengers\n1,12\n2,40\n".to_vec();
     let before = publish(

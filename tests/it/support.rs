@@ -103,28 +103,14 @@ pub(crate) fn expired(roles: &str) -> IssueRequest {
 }
 
 /// A data space with a publisher (city-transport) and a consumer (acme,
-/// region CN-HE), both started.
-pub(crate) struct Pair {
-    pub(crate) space: DataSpace,
-    pub(crate) publisher: NodeDir,
-    pub(crate) consumer: NodeDir,
-    pub(crate) pub_node: RunningNode,
-    pub(crate) con_node: RunningNode,
-}
-
-pub(crate) async fn publisher_and_consumer() -> Pair {
+/// region CN-HE), both started: the space, their dirs, their nodes.
+pub(crate) async fn two_nodes() -> (DataSpace, NodeDir, NodeDir, RunningNode, RunningNode) {
     let space = DataSpace::new();
     let publisher = space.node("city-transport", "publisher");
     let consumer = crate::datasets::consumer_in(&space, "acme", "CN-HE");
     let pub_node = start(&publisher, |_| {}).await;
     let con_node = start(&consumer, |_| {}).await;
-    Pair {
-        space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    }
+    (space, publisher, consumer, pub_node, con_node)
 }
 
 /// Starts a node on 127.0.0.1:0 with short test-friendly timings.

@@ -87,13 +87,7 @@ async fn threat_17_a_huge_or_deep_policy_is_refused_at_publish() {
 #[tokio::test]
 async fn threat_12_symlinks_planted_in_the_blob_store_are_not_written_through() {
     use std::os::unix::fs::symlink;
-    let support::Pair {
-        space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    } = support::publisher_and_consumer().await;
+    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
     let content: Vec<u8> = (0..2 * 4096u32).map(|i| (i % 199) as u8).collect();
     let mut h = header("Two chunks", POLICY, content.len() as u64);
     h.chunk_size = 4096;
@@ -200,13 +194,7 @@ async fn threat_04_a_used_grant_stays_used_after_kill_9() {
 /// publisher's own key (say, more fetches), is not served.
 #[tokio::test]
 async fn a_grant_file_swapped_on_disk_is_not_honoured() {
-    let support::Pair {
-        space: _space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    } = support::publisher_and_consumer().await;
+    let (_space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
     let ds = publish(&publisher, &pub_node, header("Lanes", POLICY, 2), b"ab")
         .await
         .expect("publish")

@@ -127,13 +127,7 @@ async fn grant_windows_are_checked_against_the_publishers_clock() {
 
 #[tokio::test]
 async fn a_cut_connection_is_resumed_from_the_first_missing_chunk() {
-    let support::Pair {
-        space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    } = support::publisher_and_consumer().await;
+    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
     let auditor = space.node("regulator", "auditor");
     let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
     let ds = publish_once_fetchable(&publisher, &pub_node, &content, 64 << 10).await;
@@ -184,13 +178,7 @@ async fn a_cut_connection_is_resumed_from_the_first_missing_chunk() {
 
 #[tokio::test]
 async fn an_interrupted_fetch_resumes_after_a_restart_without_counting_a_new_fetch() {
-    let support::Pair {
-        space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    } = support::publisher_and_consumer().await;
+    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
     let auditor = space.node("regulator", "auditor");
     let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 241) as u8).collect();
     let ds = publish_once_fetchable(&publisher, &pub_node, &content, 64 << 10).await;
@@ -423,13 +411,7 @@ async fn a_grant_is_refused_by_any_other_publisher() {
 /// fetches).
 #[tokio::test]
 async fn resume_requests_are_checked_and_bounded() {
-    let support::Pair {
-        space: _space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    } = support::publisher_and_consumer().await;
+    let (_space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
     let content = vec![7u8; 10_000];
     let ds = publish_once_fetchable(&publisher, &pub_node, &content, 4096).await;
     let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
@@ -511,13 +493,7 @@ async fn resume_requests_are_checked_and_bounded() {
 /// grant asked for eight times at once is served once.
 #[tokio::test]
 async fn parallel_fetches_of_a_one_fetch_grant_are_served_once() {
-    let support::Pair {
-        space: _space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    } = support::publisher_and_consumer().await;
+    let (_space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
     let ds = publish_once_fetchable(&publisher, &pub_node, &[3u8; 10_000], 4096).await;
     let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
     let conn = support::connect(&consumer, &pub_node).await;
@@ -579,13 +555,7 @@ async fn futures_join_all<F: std::future::Future>(
 /// nothing new; a transfer with a receipt cannot be resumed.
 #[tokio::test]
 async fn receipts_are_checked_and_recorded_once() {
-    let support::Pair {
-        space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    } = support::publisher_and_consumer().await;
+    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
     let content = vec![9u8; 10_000];
     let ds = publish_once_fetchable(&publisher, &pub_node, &content, 4096).await;
     let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
@@ -680,13 +650,7 @@ fn space_auditor(space: &DataSpace) -> NodeDir {
 /// nothing to do.
 #[tokio::test]
 async fn a_receipt_the_publisher_did_not_take_is_resent() {
-    let support::Pair {
-        space: _space,
-        publisher,
-        consumer,
-        pub_node,
-        con_node,
-    } = support::publisher_and_consumer().await;
+    let (_space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
     let ds = publish_once_fetchable(&publisher, &pub_node, b"a,b\n1,2\n", 4096).await;
     let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
     let dir = tempfile::tempdir().expect("tempdir");
