@@ -89,7 +89,7 @@ fn main() {
 /// A store that keeps nothing: for the breakdown only.
 struct Discard;
 
-type H = dsnode::ledger::merkle::Hash;
+type H = dsnode::digest::Hash;
 type E = dsnode::dataset::blob::BlobError;
 
 impl BlobStore for Discard {

@@ -27,13 +27,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dsnode::client::{self, ClientSettings};
-use dsnode::config::{DataDir, TransportConfig};
+use dsnode::fsutil;
 use dsnode::identity::RoleSet;
 use dsnode::identity::ca::{CaDir, CertificateAuthority, IssueRequest};
 use dsnode::identity::cert::Host;
-use dsnode::pb;
-use dsnode::{fsutil, node, tls};
+use dsnode::runtime::config::{DataDir, TransportConfig};
+use dsnode::runtime::{node, tls};
+use dsnode::wire::client::{self, ClientSettings};
+use dsnode::wire::pb;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
@@ -121,7 +122,7 @@ struct NodeProcess {
 
 impl NodeProcess {
     async fn start(bin: &Path, dir: &DataDir) -> Result<Self, BoxError> {
-        let config = dsnode::config::Config::load(dir.root())?;
+        let config = dsnode::runtime::config::Config::load(dir.root())?;
         let log = std::fs::File::create(dir.root().join("serve.log"))?;
         let child = Command::new(bin)
             .args(["serve", "--data-dir"])

@@ -243,7 +243,7 @@ impl Envelope {
 
     /// SHA-256 of the signed payload: what ledger entries reference.
     pub fn payload_hash(&self) -> [u8; 32] {
-        crate::ledger::merkle::sha256(&self.payload)
+        crate::digest::sha256(&self.payload)
     }
 }
 

@@ -11,11 +11,11 @@ use std::sync::{Arc, OnceLock};
 
 use crate::dataset::blob::{BlobStore, LocalBlobStore};
 use crate::dataset::{Manifest, chunk_list_hash};
+use crate::digest::{Hash, sha256};
 use crate::envelope::{Envelope, Verified};
 use crate::exchange::grant::{Grant, GrantId};
 use crate::exchange::transfer::Incoming;
 use crate::identity::NodeId;
-use crate::ledger::merkle::{Hash, sha256};
 use crate::policy::{Action, Classification, Policy};
 
 /// A test key's public half: real objects never verify under it, so the

@@ -23,34 +23,19 @@
 //!   [`rpc`] and [`client`] callers use it.
 
 pub mod audit;
-pub mod client;
+pub mod cli;
 pub mod clock;
-pub mod config;
 pub mod dataset;
-pub mod demo;
+pub mod digest;
 pub mod envelope;
-pub mod evidence;
 pub mod exchange;
 pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
 pub mod ledger;
-pub mod metrics;
-pub mod node;
 pub mod policy;
-pub mod reconcile;
-pub mod rotation;
-pub mod rpc;
-pub mod tls;
+pub mod runtime;
+pub mod service;
+pub mod wire;
 pub mod witness;
-
-/// Generated code for `proto/dataspace/v1/*.proto`.
-#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
-pub mod pb {
-    tonic::include_proto!("dataspace.v1");
-
-    /// The encoded descriptor set of `dataspace.v1`, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/dataspace_descriptor.bin"));
-}

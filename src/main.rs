@@ -12,12 +12,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
-use dsnode::config::{Config, DATA_DIR_ENV, DataDir};
 use dsnode::identity::ca::{self, CaDir, CertificateAuthority, IssueRequest};
 use dsnode::identity::cert::Host;
 use dsnode::identity::{PeerIdentity, RoleSet};
 use dsnode::ledger::note::SignedCheckpoint;
-use dsnode::{audit, client, fsutil, node, pb, tls};
+use dsnode::runtime::config::{Config, DATA_DIR_ENV, DataDir};
+use dsnode::runtime::{node, tls};
+use dsnode::wire::{client, pb};
+use dsnode::{audit, fsutil};
 
 #[derive(Parser)]
 #[command(name = "dsnode", version, about = "A trusted data-space exchange node")]
@@ -900,7 +902,7 @@ async fn key_command(c: KeyCommand) -> Result<Output> {
     match c {
         KeyCommand::New { data_dir, .. } => {
             let dir = DataDir::new(&data_dir);
-            let made = dsnode::rotation::prepare(&dir)?;
+            let made = dsnode::runtime::rotation::prepare(&dir)?;
             Ok(Output {
                 text: format!(
                     "next key: node {} in {} (mode 0600)\n\
@@ -918,7 +920,7 @@ async fn key_command(c: KeyCommand) -> Result<Output> {
         KeyCommand::Rotate { data_dir, cert, .. } => {
             let dir = DataDir::new(&data_dir);
             let pem = fsutil::read(&cert)?;
-            let done = dsnode::rotation::finish(&dir, &pem).await?;
+            let done = dsnode::runtime::rotation::finish(&dir, &pem).await?;
             let recorded = match done.index {
                 Some(i) => format!("ledger entry {i} (KeyRotated, signed by both keys)"),
                 None => "already in the ledger (an interrupted rotation was completed)".into(),
@@ -1039,7 +1041,7 @@ async fn hello(a: ClientArgs, peer: &str) -> Result<Output> {
     let mut rpc = pb::peering_client::PeeringClient::new(conn.channel);
     let reply = rpc
         .hello(pb::HelloRequest {
-            software_version: dsnode::rpc::SOFTWARE_VERSION.to_owned(),
+            software_version: dsnode::wire::server::SOFTWARE_VERSION.to_owned(),
         })
         .await
         .map_err(|s| call_error(peer, &s))?
@@ -1253,7 +1255,7 @@ async fn audit(command: AuditCommand) -> Result<Output> {
                 .as_deref()
                 .map(|t| parse_time("since", Some(t)))
                 .transpose()?;
-            let r = dsnode::reconcile::reconcile(&mut a, &mut b, since).await?;
+            let r = dsnode::audit::reconcile::reconcile(&mut a, &mut b, since).await?;
             let mut text = format!(
                 "reconciled A = {} (node {}) and B = {} (node {}): {} grants, {} receipts; B witnessed A up to size {}, A witnessed B up to size {}\n",
                 peers[0],
@@ -1288,7 +1290,7 @@ async fn audit(command: AuditCommand) -> Result<Output> {
             out,
         } => {
             let (mut a, mut b) = two_auditors(&client, &peers).await?;
-            let bundle = dsnode::evidence::build(&mut a, &mut b, &grant).await?;
+            let bundle = dsnode::audit::evidence::build(&mut a, &mut b, &grant).await?;
             let bytes = bundle.to_bytes();
             fsutil::create_new_atomic(&out, &bytes, fsutil::PUBLIC_MODE)?;
             Ok(Output {
@@ -1307,7 +1309,7 @@ async fn audit(command: AuditCommand) -> Result<Output> {
         AuditCommand::VerifyBundle { file, ca, .. } => {
             let bytes = fsutil::read(&file)?;
             let ca_pem = fsutil::read(&ca)?;
-            let account = dsnode::evidence::verify(&bytes, &ca_pem)
+            let account = dsnode::audit::evidence::verify(&bytes, &ca_pem)
                 .with_context(|| format!("{} does NOT verify", file.display()))?;
             Ok(Output {
                 json: json!({"file": file, "verified": true, "account": account}),
@@ -1322,7 +1324,7 @@ async fn audit(command: AuditCommand) -> Result<Output> {
         } => {
             let at_ms = parse_time("at", Some(&at))?;
             let mut p = auditor(&client, &peer).await?;
-            let found = dsnode::reconcile::who_could(&mut p, &dataset, at_ms).await?;
+            let found = dsnode::audit::reconcile::who_could(&mut p, &dataset, at_ms).await?;
             let mut text = format!(
                 "grants of {dataset} in force at {} on {peer} (node {}): {}\n",
                 time_text(at_ms),
@@ -1371,7 +1373,7 @@ async fn audit(command: AuditCommand) -> Result<Output> {
             limit,
             first_page,
         } => {
-            let req = dsnode::pb::QueryEntriesRequest {
+            let req = dsnode::wire::pb::QueryEntriesRequest {
                 dataset: dataset.unwrap_or_default(),
                 party: party.unwrap_or_default(),
                 kind: kind.unwrap_or_default(),
@@ -1610,7 +1612,7 @@ async fn catalog(a: CatalogArgs) -> Result<Output> {
     let publisher = conn.server.clone();
     // Manifests published before a key rotation are signed by a key the
     // publisher's history retired.
-    let keys = dsnode::client::peer_keys(&conn)
+    let keys = dsnode::wire::client::peer_keys(&conn)
         .await
         .map_err(|s| call_error(&a.peer, &s))?;
     let mut rpc = pb::catalog_client::CatalogClient::new(conn.channel);
@@ -1931,7 +1933,7 @@ async fn demo(a: DemoArgs) -> Result<Option<Output>> {
     if a.size == 0 {
         anyhow::bail!("--size must be at least 1 byte");
     }
-    dsnode::demo::run(dsnode::demo::DemoOptions {
+    dsnode::cli::demo::run(dsnode::cli::demo::DemoOptions {
         dir: a.dir,
         size: a.size,
         keep: a.keep,

@@ -8,8 +8,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::digest::Hash;
 use crate::fsutil::FileError;
-use crate::ledger::merkle::Hash;
 
 /// Why a blob operation failed.
 #[derive(Debug, thiserror::Error)]

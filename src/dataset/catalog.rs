@@ -18,12 +18,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::chunk::Chunked;
 use super::{DatasetError, DatasetId, Derivation, Manifest, chunk_list_hash, verify_manifest};
+use crate::digest::Hash;
 use crate::envelope::{Envelope, Verified};
 use crate::fsutil::{self, FileError};
 use crate::identity::NodeId;
 use crate::ledger::entry::{EntryDraft, EntryKind};
 use crate::ledger::keys::LogKeys;
-use crate::ledger::merkle::Hash;
 use crate::ledger::{Appended, Ledger, LedgerError, Query};
 use crate::policy::{Action, Classification, Policy};
 

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use ring::digest;
 
 use super::blob::{BlobError, BlobStore};
-use crate::ledger::merkle::Hash;
+use crate::digest::Hash;
 
 /// What chunking produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub struct Chunker {
     writer: Option<Writer>,
 }
 
-use crate::ledger::merkle::sha256;
+use crate::digest::sha256;
 
 impl Chunker {
     /// A chunker writing into `store`.

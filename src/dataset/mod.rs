@@ -21,11 +21,11 @@ use std::str::FromStr;
 
 use prost::Message;
 
+use crate::digest::Hash;
 use crate::envelope::{Envelope, EnvelopeError, PayloadType, Verified};
 use crate::identity::NodeId;
-use crate::ledger::merkle::Hash;
-use crate::pb;
 use crate::policy::{Classification, Policy, PolicyError};
+use crate::wire::pb;
 
 /// Default chunk size: 1 MiB.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;

@@ -353,7 +353,7 @@ impl GrantBook {
         id: &GrantId,
         dataset: &DatasetId,
         manifest: &Envelope,
-        chunks: &[crate::ledger::merkle::Hash],
+        chunks: &[crate::digest::Hash],
     ) -> Result<(), BookError> {
         let dir = self.dir.join("received");
         fsutil::create_private_dir(&dir)?;
@@ -415,7 +415,7 @@ impl GrantBook {
 
     /// Every chunk of every dataset this node received, and of every
     /// interrupted fetch it can still resume.
-    pub fn received_chunks(&self) -> std::collections::HashSet<crate::ledger::merkle::Hash> {
+    pub fn received_chunks(&self) -> std::collections::HashSet<crate::digest::Hash> {
         let mut out = std::collections::HashSet::new();
         for sub in ["received", "fetching"] {
             let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) else {
@@ -451,7 +451,7 @@ impl GrantBook {
         &self,
         id: &GrantId,
         header: &[u8],
-        chunks: &[crate::ledger::merkle::Hash],
+        chunks: &[crate::digest::Hash],
     ) -> Result<(), BookError> {
         fsutil::create_private_dir(&self.dir.join("fetching"))?;
         let [header_path, chunks_path] = self.fetching_paths(id);
@@ -584,7 +584,7 @@ pub fn receipt_path(grants: &Path, id: &GrantId, transfer: u64) -> PathBuf {
 }
 
 /// A chunk list as stored: the 32-byte hashes, concatenated.
-fn write_chunks(path: &Path, chunks: &[crate::ledger::merkle::Hash]) -> Result<(), FileError> {
+fn write_chunks(path: &Path, chunks: &[crate::digest::Hash]) -> Result<(), FileError> {
     fsutil::write_atomic(path, &chunks.concat(), fsutil::PUBLIC_MODE)
 }
 

@@ -16,12 +16,12 @@ use prost::Message;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::dataset::{DatasetError, DatasetId};
+use crate::digest::Hash;
 use crate::envelope::{Envelope, EnvelopeError, PayloadType, Verified};
 use crate::identity::NodeId;
-use crate::ledger::merkle::Hash;
-use crate::pb;
 use crate::policy::eval::Terms;
 use crate::policy::{Action, Duty, Obligation};
+use crate::wire::pb;
 
 /// Clock skew tolerated between nodes when checking a grant's window.
 pub const MAX_SKEW: Duration = Duration::from_secs(120);

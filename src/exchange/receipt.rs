@@ -9,10 +9,10 @@ use prost::Message;
 
 use super::grant::{GrantError, GrantId};
 use crate::dataset::{DatasetError, DatasetId};
+use crate::digest::Hash;
 use crate::envelope::{Envelope, PayloadType, Verified};
 use crate::identity::NodeId;
-use crate::ledger::merkle::Hash;
-use crate::pb;
+use crate::wire::pb;
 
 /// A receipt.
 #[derive(Clone, Debug, PartialEq, Eq)]

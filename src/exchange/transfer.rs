@@ -15,9 +15,9 @@ use ring::digest;
 use super::grant::Grant;
 use crate::dataset::blob::{BlobError, BlobStore};
 use crate::dataset::{Manifest, chunk_list_hash};
+use crate::digest::Hash;
 use crate::envelope::Verified;
 use crate::fsutil::FileError;
-use crate::ledger::merkle::Hash;
 
 /// Why a transfer was aborted.
 #[derive(Debug, thiserror::Error)]

@@ -24,7 +24,7 @@ use std::fmt;
 
 use crate::identity::NodeId;
 
-use super::merkle::Hash;
+use crate::digest::Hash;
 
 /// The only encoding version this node writes and reads.
 pub const ENTRY_VERSION: u8 = 1;

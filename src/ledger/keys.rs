@@ -23,7 +23,7 @@ use prost::Message;
 
 use crate::envelope::{Envelope, PayloadType};
 use crate::identity::{NodeId, ParticipantId, PeerIdentity};
-use crate::pb;
+use crate::wire::pb;
 
 use super::entry::{Entry, EntryDraft, EntryKind};
 use super::note::{self, Checkpoint, NoteError, NoteVerifier, SignedCheckpoint};
@@ -144,7 +144,7 @@ impl KeyRotation {
             NodeId::from_public_key(&self.old_key),
             NodeId::from_public_key(&self.new_key),
         ];
-        draft.object_hash = Some(super::merkle::sha256(&self.new_key));
+        draft.object_hash = Some(crate::digest::sha256(&self.new_key));
         draft.detail = self.sign(old, new).to_json();
         draft
     }
@@ -193,7 +193,7 @@ impl KeyRotation {
                     .into(),
             ));
         }
-        if entry.draft.object_hash != Some(super::merkle::sha256(&statement.new_key))
+        if entry.draft.object_hash != Some(crate::digest::sha256(&statement.new_key))
             || entry.draft.dataset.is_some()
             || entry.draft.grant.is_some()
         {

@@ -10,8 +10,7 @@
 
 use ring::digest;
 
-/// A SHA-256 hash.
-pub type Hash = [u8; 32];
+use crate::digest::Hash;
 
 /// Why a proof could not be made or did not verify.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -36,13 +35,6 @@ pub enum ProofError {
     /// The store failed.
     #[error("store: {0}")]
     Store(String),
-}
-
-/// SHA-256 of `bytes`.
-pub fn sha256(bytes: &[u8]) -> Hash {
-    let mut h = [0u8; 32];
-    h.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-    h
 }
 
 /// SHA-256(0x00 ‖ data).

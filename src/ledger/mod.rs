@@ -37,10 +37,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::digest::Hash;
 use crate::identity::NodeId;
 use entry::{Entry, EntryDraft, EntryError};
 use keys::{KeyError, LogKeys};
-use merkle::{Hash, ProofError};
+use merkle::ProofError;
 use note::{NoteError, NoteSigner, NoteVerifier, SignedCheckpoint};
 pub use query::{Page, Query};
 use store::{LedgerStore, SledStore, StoreError, StoredTree};

@@ -11,7 +11,7 @@ use data_encoding::BASE64 as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use ring::digest;
 
-use super::merkle::Hash;
+use crate::digest::Hash;
 
 /// Largest note accepted from the network or disk.
 pub const MAX_NOTE_BYTES: usize = 16 << 10;

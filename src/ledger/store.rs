@@ -29,7 +29,9 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::merkle::{self, Hash, ProofError, SubtreeSource};
+use crate::digest::Hash;
+
+use super::merkle::{self, ProofError, SubtreeSource};
 
 /// log2 of the block length.
 pub const BLOCK_BITS: u32 = 6;

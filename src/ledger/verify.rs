@@ -11,10 +11,11 @@ use super::LedgerError;
 use super::entry::Entry;
 use super::entry::EntryKind;
 use super::keys::LogKeys;
-use super::merkle::{self, Frontier, Hash};
+use super::merkle::{self, Frontier};
 use super::note::SignedCheckpoint;
 use super::store::{BLOCK_BITS, IndexKey, LedgerStore, STORED_LEVEL};
 use super::writer::index_keys;
+use crate::digest::Hash;
 
 /// What a full verification of a stored log found.
 #[derive(Clone, Debug)]

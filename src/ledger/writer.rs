@@ -7,11 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::LedgerError;
 use super::entry::Entry;
-use super::merkle::{self, Frontier, Hash};
+use super::merkle::{self, Frontier};
 use super::note::{Checkpoint, NoteSigner, SignedCheckpoint};
 use super::store::{
     AppendBatch, BLOCK_BITS, BLOCK_LEN, Block, IndexKey, LedgerStore, STORED_LEVEL, StoredTree,
 };
+use crate::digest::Hash;
 
 /// The index keys an entry is filed under.
 pub fn index_keys(entry: &Entry) -> Vec<IndexKey> {

@@ -40,10 +40,11 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::Hash;
 use crate::fsutil::{self, FileError};
 use crate::identity::NodeId;
 use crate::ledger::keys::LogKeys;
-use crate::ledger::merkle::{self, Hash};
+use crate::ledger::merkle;
 use crate::ledger::note::{NoteVerifier, SignedCheckpoint};
 
 /// Why a peer's checkpoint was not taken.

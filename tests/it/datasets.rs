@@ -6,8 +6,8 @@ use dsnode::envelope::Envelope;
 use dsnode::identity::RoleSet;
 use dsnode::identity::ca::IssueRequest;
 use dsnode::ledger::entry::EntryKind;
-use dsnode::node::RunningNode;
-use dsnode::pb;
+use dsnode::runtime::node::RunningNode;
+use dsnode::wire::pb;
 use tonic::Code;
 
 use crate::support::{self, DataSpace, NodeDir};

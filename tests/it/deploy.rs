@@ -114,7 +114,7 @@ struct Node {
     name: &'static str,
     child: Child,
     log: PathBuf,
-    config: dsnode::config::Config,
+    config: dsnode::runtime::config::Config,
 }
 
 impl Node {
@@ -131,7 +131,7 @@ impl Node {
             assert!(Instant::now() < deadline, "{name}: no node.toml");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let config = dsnode::config::Config::load(data_dir).expect("node.toml");
+        let config = dsnode::runtime::config::Config::load(data_dir).expect("node.toml");
         Self {
             name,
             child,
@@ -226,7 +226,7 @@ fn make_space_and_entrypoint_serve_three_nodes_on_loopback() {
     succeeded(&out, "make-space.sh");
     for (i, (name, _, participant)) in NODES.iter().enumerate() {
         let node_dir = space.join(name);
-        let config = dsnode::config::Config::load(&node_dir).expect("node.toml");
+        let config = dsnode::runtime::config::Config::load(&node_dir).expect("node.toml");
         assert_eq!(
             config.listen,
             SocketAddr::from(([127, 0, 0, 1], ports[2 * i]))
@@ -581,7 +581,7 @@ fn dockerfile() -> Dockerfile {
 fn made_by_compose_setup(
     env: &BTreeMap<String, String>,
     dir: &Path,
-) -> BTreeMap<String, dsnode::config::Config> {
+) -> BTreeMap<String, dsnode::runtime::config::Config> {
     let space = dir.join("space");
     let mut cmd = script("make-space.sh");
     cmd.envs(env).env("DSNODE_SPACE_DIR", &space);
@@ -590,7 +590,8 @@ fn made_by_compose_setup(
     NODES
         .iter()
         .map(|(name, _, _)| {
-            let config = dsnode::config::Config::load(&space.join(name)).expect("node.toml");
+            let config =
+                dsnode::runtime::config::Config::load(&space.join(name)).expect("node.toml");
             ((*name).to_owned(), config)
         })
         .collect()
@@ -921,7 +922,8 @@ fn deploy_files_agree_with_the_cli_and_with_each_other() {
                 let check = tmp.path().join(format!("k8s-{role}"));
                 std::fs::create_dir_all(&check).expect("mkdir");
                 std::fs::write(check.join("node.toml"), toml).expect("write");
-                let config = dsnode::config::Config::load(&check).expect("ConfigMap node.toml");
+                let config =
+                    dsnode::runtime::config::Config::load(&check).expect("ConfigMap node.toml");
                 assert_eq!(
                     config.listen, configs[role].listen,
                     "{role}: ConfigMap listen"

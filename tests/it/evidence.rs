@@ -2,9 +2,9 @@
 //! (issue 8), over real nodes.
 
 use dsnode::audit::Auditor;
-use dsnode::evidence::{self, Bundle, BundleError};
+use dsnode::audit::evidence::{self, Bundle, BundleError};
 use dsnode::identity::ca::CertificateAuthority;
-use dsnode::node::RunningNode;
+use dsnode::runtime::node::RunningNode;
 
 use crate::datasets::{POLICY, header, publish};
 use crate::exchange::{fetch_to, granted};
@@ -238,7 +238,7 @@ fn reconcile_cli(auditor: &NodeDir, a: &RunningNode, b: &RunningNode) -> (String
 async fn reconciliation_passes_and_then_names_the_missing_entry() {
     let x = exchange(1).await;
     let (mut p, mut c) = auditors(&x).await;
-    let clean = dsnode::reconcile::reconcile(&mut p, &mut c, None)
+    let clean = dsnode::audit::reconcile::reconcile(&mut p, &mut c, None)
         .await
         .expect("reconcile");
     assert!(clean.discrepancies.is_empty(), "{:?}", clean.discrepancies);
@@ -250,14 +250,14 @@ async fn reconciliation_passes_and_then_names_the_missing_entry() {
 
     // Who could read the dataset: the grant now; nobody before it existed.
     let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    let found = dsnode::reconcile::who_could(&mut p, &x.dataset, now)
+    let found = dsnode::audit::reconcile::who_could(&mut p, &x.dataset, now)
         .await
         .expect("who could");
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].grant.id.to_string(), x.grants[0]);
     assert_eq!(found[0].grant.grantee, x.consumer.identity.node_id);
     assert_eq!(found[0].grant.publisher, x.publisher.identity.node_id);
-    let before = dsnode::reconcile::who_could(&mut p, &x.dataset, now - 3_600_000)
+    let before = dsnode::audit::reconcile::who_could(&mut p, &x.dataset, now - 3_600_000)
         .await
         .expect("who could");
     assert!(before.is_empty());
@@ -302,7 +302,7 @@ async fn reconciliation_passes_and_then_names_the_missing_entry() {
     let con_node = support::start(&consumer, |_| {}).await;
     let mut p = Auditor::new(support::connect(&auditor, &pub_node).await).expect("a");
     let mut c = Auditor::new(support::connect(&auditor, &con_node).await).expect("b");
-    let r = dsnode::reconcile::reconcile(&mut p, &mut c, None)
+    let r = dsnode::audit::reconcile::reconcile(&mut p, &mut c, None)
         .await
         .expect("reconcile");
     let all = r.discrepancies.join("\n");

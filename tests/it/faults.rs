@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use dsnode::audit::Auditor;
-use dsnode::pb;
+use dsnode::wire::pb;
 
 use crate::datasets::{POLICY, consumer_in, header, publish};
 use crate::support::{self, DataSpace};
@@ -65,7 +65,7 @@ async fn disk_full_refuses_cleanly_keeps_reads_and_recovers() {
     };
     // The publisher's data dir lives on the small disk.
     let made = space.node("city-transport", "publisher");
-    let on_disk = dsnode::config::DataDir::new(mount_at.join("transport"));
+    let on_disk = dsnode::runtime::config::DataDir::new(mount_at.join("transport"));
     let copy = Command::new("cp")
         .args(["-a"])
         .arg(made.dir.root())
@@ -345,10 +345,12 @@ async fn damaged_store_files_are_recovered_within_the_rules_or_refused() {
             _ => std::fs::write(ledger.join("conf"), b"").expect("conf"),
         }
 
-        let mut config =
-            dsnode::config::Config::new(publisher.dir.root(), "127.0.0.1:0".parse().expect("addr"));
+        let mut config = dsnode::runtime::config::Config::new(
+            publisher.dir.root(),
+            "127.0.0.1:0".parse().expect("addr"),
+        );
         config.transport.drain_deadline = Duration::from_secs(2);
-        match dsnode::node::start(config).await {
+        match dsnode::runtime::node::start(config).await {
             Err(e) => {
                 let msg = e.to_string();
                 eprintln!("{damage}: refused to start: {msg}");

@@ -266,8 +266,8 @@ async fn threat_09_a_message_over_the_limit_is_refused_from_its_prefix() {
     assert!(status, "no answer before the body");
     // Read through tonic: the same refusal, with its message.
     let conn = support::connect(&space.node("caller", "consumer"), &node).await;
-    let err = dsnode::pb::peering_client::PeeringClient::new(conn.channel)
-        .hello(dsnode::pb::HelloRequest {
+    let err = dsnode::wire::pb::peering_client::PeeringClient::new(conn.channel)
+        .hello(dsnode::wire::pb::HelloRequest {
             software_version: "x".repeat(limit + 1),
         })
         .await
@@ -299,7 +299,7 @@ fn rss(pid: u32) -> u64 {
 /// and two chunks), not the dataset.
 #[tokio::test]
 async fn a_client_that_stops_reading_does_not_grow_the_server() {
-    use dsnode::pb;
+    use dsnode::wire::pb;
     let space = DataSpace::new();
     let publisher = space.node("city-transport", "publisher");
     let consumer = crate::datasets::consumer_in(&space, "acme", "CN-HE");

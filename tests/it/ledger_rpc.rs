@@ -4,7 +4,7 @@
 
 use dsnode::audit::{AuditError, Auditor};
 use dsnode::ledger::entry::EntryKind;
-use dsnode::pb;
+use dsnode::wire::pb;
 use tonic::Code;
 
 use crate::support::{self, DataSpace};
@@ -218,10 +218,12 @@ async fn tampered_ledger_refuses_to_start_and_audit_verify_names_the_index() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("tampered at index 2"), "{stderr}");
 
-    let mut config =
-        dsnode::config::Config::new(server.dir.root(), "127.0.0.1:0".parse().expect("addr"));
+    let mut config = dsnode::runtime::config::Config::new(
+        server.dir.root(),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
     config.transport.drain_deadline = std::time::Duration::from_secs(1);
-    let err = match dsnode::node::start(config).await {
+    let err = match dsnode::runtime::node::start(config).await {
         Ok(_) => panic!("a node with a tampered ledger started"),
         Err(e) => e.to_string(),
     };

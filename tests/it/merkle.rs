@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use data_encoding::BASE64;
-use dsnode::ledger::merkle::{self, Hash, MemoryTree};
+use dsnode::digest::Hash;
+use dsnode::ledger::merkle::{self, MemoryTree};
 use dsnode::ledger::note::{Checkpoint, NoteSigner, NoteVerifier, SignedCheckpoint};
 use proptest::prelude::*;
 

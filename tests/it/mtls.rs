@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use dsnode::pb;
+use dsnode::wire::pb;
 use tokio_stream::StreamExt;
 
 use crate::support::{self, DataSpace};
@@ -368,9 +368,11 @@ async fn an_older_crl_is_refused_at_start_too() {
     node.shutdown().await.expect("stop");
 
     std::fs::write(server.dir.crl(), old_crl).expect("put the old CRL back");
-    let config =
-        dsnode::config::Config::new(server.dir.root(), "127.0.0.1:0".parse().expect("addr"));
-    let err = match dsnode::node::start(config).await {
+    let config = dsnode::runtime::config::Config::new(
+        server.dir.root(),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    let err = match dsnode::runtime::node::start(config).await {
         Ok(_) => panic!("started with an older CRL"),
         Err(e) => e.to_string(),
     };
@@ -426,9 +428,11 @@ async fn threat_07_an_expired_crl_is_refused_at_handshake_and_at_start() {
         .expect("short CRL");
     space.publish_crl(&server.dir);
     tokio::time::sleep(Duration::from_millis(1_300)).await;
-    let config =
-        dsnode::config::Config::new(server.dir.root(), "127.0.0.1:0".parse().expect("addr"));
-    let err = dsnode::node::start(config)
+    let config = dsnode::runtime::config::Config::new(
+        server.dir.root(),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    let err = dsnode::runtime::node::start(config)
         .await
         .err()
         .expect("refused at start");

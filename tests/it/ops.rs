@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dsnode::pb;
+use dsnode::wire::pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::Served;
@@ -226,10 +226,10 @@ async fn sigterm_during_a_fetch_drains_the_stream_and_exits_zero() {
 
     let con_node = support::start(&consumer, |_| {}).await;
     let grant = granted(&consumer, &con_node, &ds, addr).await;
-    let conn = dsnode::client::connect(
-        dsnode::tls::client_config(&support::material(&consumer)).expect("config"),
+    let conn = dsnode::wire::client::connect(
+        dsnode::runtime::tls::client_config(&support::material(&consumer)).expect("config"),
         &addr.to_string(),
-        dsnode::client::ClientSettings::default(),
+        dsnode::wire::client::ClientSettings::default(),
     )
     .await
     .expect("connect");
@@ -265,10 +265,10 @@ async fn sigterm_during_a_fetch_drains_the_stream_and_exits_zero() {
     // New connections are refused while the stream drains (the accept
     // loop stops just after the log line).
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while dsnode::client::connect(
-        dsnode::tls::client_config(&support::material(&consumer)).expect("config"),
+    while dsnode::wire::client::connect(
+        dsnode::runtime::tls::client_config(&support::material(&consumer)).expect("config"),
         &addr.to_string(),
-        dsnode::client::ClientSettings::default(),
+        dsnode::wire::client::ClientSettings::default(),
     )
     .await
     .is_ok()

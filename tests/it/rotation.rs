@@ -5,7 +5,7 @@ use dsnode::identity::RoleSet;
 use dsnode::identity::ca::IssueRequest;
 use dsnode::ledger::entry::EntryKind;
 use dsnode::ledger::note::{Checkpoint, NoteSigner};
-use dsnode::pb;
+use dsnode::wire::pb;
 
 use crate::datasets::{POLICY, header, publish};
 use crate::exchange::{fetch_to, granted};
@@ -46,7 +46,7 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
     let old_cert_pem = std::fs::read(publisher.dir.cert()).expect("old cert");
 
     // Rotate: next key and CSR, the operator issues, the node switches.
-    let prepared = dsnode::rotation::prepare(&publisher.dir).expect("prepare");
+    let prepared = dsnode::runtime::rotation::prepare(&publisher.dir).expect("prepare");
     let csr = std::fs::read_to_string(publisher.dir.next_csr()).expect("csr");
     let issued = space
         .ca
@@ -57,7 +57,7 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
         )
         .expect("issue");
     assert_eq!(issued.identity.participant, publisher.identity.participant);
-    let rotated = dsnode::rotation::finish(&publisher.dir, issued.pem.as_bytes())
+    let rotated = dsnode::runtime::rotation::finish(&publisher.dir, issued.pem.as_bytes())
         .await
         .expect("rotate");
     assert_eq!(rotated.new, prepared.node_id);
@@ -75,10 +75,12 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
     let new_key_pem = std::fs::read(publisher.dir.key()).expect("new key");
     std::fs::write(publisher.dir.key(), &old_key_pem).expect("restore old key");
     std::fs::write(publisher.dir.cert(), &old_cert_pem).expect("restore old cert");
-    let mut config =
-        dsnode::config::Config::new(publisher.dir.root(), "127.0.0.1:0".parse().expect("addr"));
+    let mut config = dsnode::runtime::config::Config::new(
+        publisher.dir.root(),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
     config.transport.drain_deadline = std::time::Duration::from_secs(1);
-    let err = dsnode::node::start(config)
+    let err = dsnode::runtime::node::start(config)
         .await
         .err()
         .expect("the retired key is refused");
@@ -123,7 +125,9 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
 
     // The catalog lists it, the signature checked against the history.
     let conn = support::connect(&consumer, &pub_node).await;
-    let keys = dsnode::client::peer_keys(&conn).await.expect("history");
+    let keys = dsnode::wire::client::peer_keys(&conn)
+        .await
+        .expect("history");
     assert_eq!(keys.keys().len(), 2);
     let listed = pb::catalog_client::CatalogClient::new(conn.channel)
         .list_datasets(pb::ListDatasetsRequest::default())

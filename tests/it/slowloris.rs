@@ -3,14 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use dsnode::pb;
+use dsnode::wire::pb;
 
 use crate::support::{self, DataSpace};
 
 /// Median and worst of `n` real hellos (connect, mutual TLS, one call).
 async fn hello_latency(
     client: &crate::support::NodeDir,
-    server: &dsnode::node::RunningNode,
+    server: &dsnode::runtime::node::RunningNode,
     n: usize,
 ) -> (Duration, Duration) {
     let mut times = Vec::with_capacity(n);

@@ -7,13 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dsnode::client::{self, ClientSettings, PeerChannel};
-use dsnode::config::{Config, DataDir, TransportConfig};
+use dsnode::fsutil;
 use dsnode::identity::ca::{CaDir, CertificateAuthority, IssueRequest};
 use dsnode::identity::cert::Host;
 use dsnode::identity::{PeerIdentity, RoleSet};
-use dsnode::node::{self, RunningNode};
-use dsnode::{fsutil, tls};
+use dsnode::runtime::config::{Config, DataDir, TransportConfig};
+use dsnode::runtime::node::{self, RunningNode};
+use dsnode::runtime::tls;
+use dsnode::wire::client::{self, ClientSettings, PeerChannel};
 use rustls_pki_types::ServerName;
 use tempfile::TempDir;
 use time::OffsetDateTime;

@@ -101,7 +101,7 @@ async fn threat_12_symlinks_planted_in_the_blob_store_are_not_written_through() 
     std::fs::write(&victim, b"precious").expect("victim");
     let never = space.dir.path().join("never-created");
     let blob_path = |chunk: &[u8]| {
-        let hex = data_encoding::HEXLOWER.encode(&dsnode::ledger::merkle::sha256(chunk));
+        let hex = data_encoding::HEXLOWER.encode(&dsnode::digest::sha256(chunk));
         let dir = consumer.dir.blobs().join("sha256").join(&hex[..2]);
         std::fs::create_dir_all(&dir).expect("fan-out");
         dir.join(hex)

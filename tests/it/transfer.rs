@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use dsnode::audit::Auditor;
 use dsnode::clock::Clock;
 use dsnode::ledger::entry::{Entry, EntryKind};
-use dsnode::node::RunningNode;
-use dsnode::pb;
+use dsnode::runtime::node::RunningNode;
+use dsnode::wire::pb;
 use time::OffsetDateTime;
 use tonic::Code;
 

@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use dsnode::config::Config;
 use dsnode::identity::NodeKey;
-use dsnode::node::RunningNode;
-use dsnode::pb;
+use dsnode::runtime::config::Config;
+use dsnode::runtime::node::RunningNode;
+use dsnode::wire::pb;
 use tonic::Code;
 
 use crate::datasets::{POLICY, header, publish};
@@ -190,7 +190,10 @@ async fn a_node_whose_store_lost_witnessed_entries_refuses_to_serve() {
         c.transport.drain_deadline = std::time::Duration::from_secs(1);
         c
     };
-    let err = dsnode::node::start(config()).await.err().expect("refused");
+    let err = dsnode::runtime::node::start(config())
+        .await
+        .err()
+        .expect("refused");
     let msg = err.to_string();
     assert!(
         msg.contains(&format!(
@@ -204,7 +207,10 @@ async fn a_node_whose_store_lost_witnessed_entries_refuses_to_serve() {
     std::fs::remove_dir_all(publisher.dir.witness()).expect("rm witness");
     let mut c = config();
     c.witness.peers = vec![w1_node.local_addr().to_string()];
-    let err = dsnode::node::start(c).await.err().expect("refused");
+    let err = dsnode::runtime::node::start(c)
+        .await
+        .err()
+        .expect("refused");
     let msg = err.to_string();
     assert!(
         msg.contains("is older than the checkpoint of size"),
@@ -368,8 +374,8 @@ async fn two_nodes_that_witness_each_other_start_together() {
     };
     let started = std::time::Instant::now();
     let (na, nb) = tokio::join!(
-        dsnode::node::start(config(&a, addr_a, addr_b)),
-        dsnode::node::start(config(&b, addr_b, addr_a)),
+        dsnode::runtime::node::start(config(&a, addr_a, addr_b)),
+        dsnode::runtime::node::start(config(&b, addr_b, addr_a)),
     );
     let (na, nb) = (na.expect("a starts"), nb.expect("b starts"));
     assert!(

@@ -23,9 +23,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use super::NodeContext;
 use super::exchange::{book_status, connect_peer, grant_id};
-use super::{NodeContext, status};
 use crate::dataset::Manifest;
+use crate::digest::Hash;
 use crate::envelope::{Envelope, Verified};
 use crate::exchange::book::Held;
 use crate::exchange::grant::{Grant, GrantId};
@@ -33,9 +34,9 @@ use crate::exchange::transfer::{Incoming, TransferError, check_header, check_out
 use crate::identity::PeerIdentity;
 use crate::ledger::entry::{Entry, EntryDraft, EntryKind};
 use crate::ledger::keys::LogKeys;
-use crate::ledger::merkle::Hash;
-use crate::pb;
-use crate::pb::fetch_response::Part;
+use crate::wire::pb;
+use crate::wire::pb::fetch_response::Part;
+use crate::wire::status;
 
 /// Resumed transfers one grant may have at most. A resume is not counted
 /// as a fetch, so this bounds what a grantee can make the publisher send.
@@ -409,7 +410,7 @@ async fn connect_publisher(
     held: &Held,
 ) -> Result<(Channel, LogKeys), Status> {
     let conn = connect_peer(node, peer).await?;
-    let keys = crate::client::peer_keys(&conn).await?;
+    let keys = crate::wire::client::peer_keys(&conn).await?;
     if keys.find(&held.publisher_key).is_none() {
         let g = held.grant.value();
         return Err(Status::failed_precondition(format!(
@@ -787,7 +788,7 @@ async fn send_receipt(
     recorded.object_hash = Some(envelope.payload_hash());
     recorded.detail = format!("publisher entry {}", answer.ledger_index);
     let mut seen = g.entry(EntryKind::PeerCheckpointSeen);
-    seen.object_hash = Some(crate::ledger::merkle::sha256(witnessed.note.as_bytes()));
+    seen.object_hash = Some(crate::digest::sha256(witnessed.note.as_bytes()));
     seen.detail = witnessed.note.clone();
     let own = node
         .ledger
@@ -819,7 +820,7 @@ pub(super) async fn resend_receipts(
         .objects(&id)
         .map_err(|e| book_status("reading the kept receipts", e))?
         .receipts;
-    let recorded = |hash: crate::ledger::merkle::Hash| {
+    let recorded = |hash: crate::digest::Hash| {
         let q = crate::ledger::Query {
             grant: Some(id.to_string()),
             kind: Some(EntryKind::ReceiptRecorded),

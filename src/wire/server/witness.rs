@@ -5,13 +5,14 @@ use tonic::metadata::MetadataValue;
 
 use super::NodeContext;
 use super::exchange::connect_peer;
-use crate::client::PeerChannel;
+use crate::digest::Hash;
 use crate::identity::{NodeId, PeerIdentity};
 use crate::ledger::entry::{EntryDraft, EntryKind, MAX_DETAIL_BYTES};
 use crate::ledger::keys::{LogKeys, decode_rotations};
-use crate::ledger::merkle::{self, Hash};
+use crate::ledger::merkle;
 use crate::ledger::note::SignedCheckpoint;
-use crate::pb;
+use crate::wire::client::PeerChannel;
+use crate::wire::pb;
 use crate::witness::{Observed, WitnessError, cosig};
 
 /// Metadata key naming the log a witness found forked.
@@ -119,12 +120,12 @@ async fn witness(
             let mut seen = EntryDraft::new(EntryKind::PeerCheckpointSeen);
             seen.parties = vec![peer.node_id.clone()];
             let note = log_lines_only(&new.note, keys.origin());
-            seen.object_hash = Some(merkle::sha256(note.as_bytes()));
+            seen.object_hash = Some(crate::digest::sha256(note.as_bytes()));
             seen.detail = note;
             node.ledger
                 .append(seen)
                 .await
-                .map_err(|e| super::status::ledger("recording the peer's checkpoint", e))?;
+                .map_err(|e| crate::wire::status::ledger("recording the peer's checkpoint", e))?;
             Ok(Observed::Grew)
         }
         Ok(other) => Ok(other),
@@ -140,7 +141,7 @@ async fn witness(
             draft.parties = vec![peer.node_id.clone()];
             let seen = log_lines_only(&evidence.seen, &evidence.origin);
             let conflicting = log_lines_only(&evidence.conflicting, &evidence.origin);
-            draft.object_hash = Some(merkle::sha256(conflicting.as_bytes()));
+            draft.object_hash = Some(crate::digest::sha256(conflicting.as_bytes()));
             let detail = format!("{}\n{seen}\n{conflicting}", evidence.kind);
             draft.detail = if detail.len() <= MAX_DETAIL_BYTES {
                 detail
@@ -160,7 +161,7 @@ async fn witness(
             "it forked before (evidence kept); never cosigned again",
         )),
         Err(WitnessError::Inconsistent(m)) => Err(Status::invalid_argument(m)),
-        Err(e) => Err(super::status::internal("witnessing a checkpoint", &e)),
+        Err(e) => Err(crate::wire::status::internal("witnessing a checkpoint", &e)),
     }
 }
 
@@ -214,7 +215,7 @@ fn own_side(node: &NodeContext, seen_size: u64) -> Result<pb::ExchangeCheckpoint
         key_rotations: node
             .ledger
             .rotation_entries()
-            .map_err(|e| super::status::ledger("reading the key history", e))?,
+            .map_err(|e| crate::wire::status::ledger("reading the key history", e))?,
         ..Default::default()
     };
     if seen_size > 0
@@ -222,13 +223,13 @@ fn own_side(node: &NodeContext, seen_size: u64) -> Result<pb::ExchangeCheckpoint
         && let Some(old) = node
             .ledger
             .checkpoint_at(seen_size)
-            .map_err(|e| super::status::ledger("reading a checkpoint", e))?
+            .map_err(|e| crate::wire::status::ledger("reading a checkpoint", e))?
     {
         out.old_checkpoint = old.note.into_bytes();
         out.consistency_proof = node
             .ledger
             .prove_consistency(seen_size, size)
-            .map_err(|e| super::status::ledger("proving consistency", e))?
+            .map_err(|e| crate::wire::status::ledger("proving consistency", e))?
             .iter()
             .map(|h| h.to_vec())
             .collect();
@@ -257,7 +258,7 @@ fn keep_cosigned(
     let held = node
         .ledger
         .checkpoint_at(cp.checkpoint.size)
-        .map_err(|e| super::status::ledger("reading a checkpoint", e))?;
+        .map_err(|e| crate::wire::status::ledger("reading a checkpoint", e))?;
     if held.is_none_or(|h| h.checkpoint.root != cp.checkpoint.root) {
         return Err(Status::invalid_argument(format!(
             "the cosigned checkpoint of size {} is not one this node signed",
@@ -266,14 +267,14 @@ fn keep_cosigned(
     }
     node.witness
         .keep_cosigned(&peer.node_id, &cp)
-        .map_err(|e| super::status::internal("keeping a cosignature", &e))?;
+        .map_err(|e| crate::wire::status::internal("keeping a cosignature", &e))?;
     Ok(cp)
 }
 
 fn cosign(node: &NodeContext, cp: &SignedCheckpoint) -> Result<Vec<u8>, Status> {
     let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
     let line = cosig::cosign(cp.note.as_bytes(), &node.signing_key, now)
-        .map_err(|e| super::status::internal("cosigning", &e))?;
+        .map_err(|e| crate::wire::status::internal("cosigning", &e))?;
     Ok(format!("{}{line}", cp.note).into_bytes())
 }
 
@@ -332,13 +333,13 @@ pub async fn exchange_over(node: &NodeContext, conn: &PeerChannel) -> Result<Exc
 async fn exchange_inner(node: &NodeContext, conn: &PeerChannel) -> Result<Exchanged, Status> {
     let server = &conn.server;
     let _one_at_a_time = node.witness.exchange_slot(&server.node_id).await;
-    let their_keys = crate::client::peer_keys(conn).await?;
+    let their_keys = crate::wire::client::peer_keys(conn).await?;
     let mut client = pb::peering_client::PeeringClient::new(conn.channel.clone());
     let mut from = node.witness.cosigned_size(&server.node_id);
     let seen_size = node
         .witness
         .seen(&their_keys)
-        .map_err(|e| super::status::internal("reading witnessed checkpoints", &e))?
+        .map_err(|e| crate::wire::status::internal("reading witnessed checkpoints", &e))?
         .map_or(0, |s| s.checkpoint.size);
     let mut answer = None;
     for _ in 0..2 {
@@ -403,7 +404,7 @@ async fn exchange_inner(node: &NodeContext, conn: &PeerChannel) -> Result<Exchan
             key_rotations: node
                 .ledger
                 .rotation_entries()
-                .map_err(|e| super::status::ledger("reading the key history", e))?,
+                .map_err(|e| crate::wire::status::ledger("reading the key history", e))?,
             seen_size: theirs.checkpoint.size,
             cosigned,
             ..Default::default()

@@ -231,7 +231,11 @@ impl Metrics {
 
     /// The text exposition, with the values kept elsewhere (ledger size,
     /// connections, handshake failures) read now.
-    pub fn render(&self, ledger_size: u64, connections: &crate::tls::ConnectionRegistry) -> String {
+    pub fn render(
+        &self,
+        ledger_size: u64,
+        connections: &crate::runtime::tls::ConnectionRegistry,
+    ) -> String {
         let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
         self.ledger_size
             .set(i64::try_from(ledger_size).unwrap_or(i64::MAX));
@@ -258,7 +262,7 @@ fn rpc_labels(path: &str) -> (String, String) {
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
     ];
     let known = OPEN.contains(&path)
-        || crate::rpc::authz::RPC_ACCESS
+        || crate::wire::authz::RPC_ACCESS
             .iter()
             .any(|(p, _)| *p == path);
     match path.trim_start_matches('/').split_once('/') {
@@ -406,7 +410,7 @@ pub struct Scrape {
     /// Its ledger (for its size), once opened.
     pub ledger: std::sync::OnceLock<crate::ledger::Ledger>,
     /// Its connections (open count, handshake failures).
-    pub connections: Arc<crate::tls::ConnectionRegistry>,
+    pub connections: Arc<crate::runtime::tls::ConnectionRegistry>,
 }
 
 /// Connections the metrics listener serves at once, at most.
@@ -532,7 +536,7 @@ mod tests {
         let m = Metrics::new();
         m.granted();
         m.committed(3, Duration::from_millis(2));
-        let registry = crate::tls::ConnectionRegistry::default();
+        let registry = crate::runtime::tls::ConnectionRegistry::default();
         let text = m.render(42, &registry);
         assert!(text.contains("dsnode_ledger_entries 42"), "{text}");
         assert!(

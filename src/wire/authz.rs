@@ -14,7 +14,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::identity::{NodeId, PeerIdentity, Role};
-use crate::tls::PeerConnectInfo;
+use crate::runtime::tls::PeerConnectInfo;
 
 /// Who may call an RPC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +217,7 @@ mod tests {
     #[test]
     fn every_declared_rpc_has_a_row() {
         use prost::Message;
-        let fds = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET)
+        let fds = prost_types::FileDescriptorSet::decode(crate::wire::pb::FILE_DESCRIPTOR_SET)
             .expect("descriptor");
         let mut declared = Vec::new();
         for file in &fds.file {

@@ -5,17 +5,20 @@
 //! the log), before anything is shown. Nothing the node says is taken on
 //! trust.
 
+pub mod evidence;
+pub mod reconcile;
+
 use tonic::transport::Channel;
 
-use crate::client::PeerChannel;
 use crate::identity::PeerIdentity;
 use crate::ledger::Query;
 use crate::ledger::entry::{Entry, EntryError};
 use crate::ledger::keys::{KeyError, LogKeys};
 use crate::ledger::merkle::{self, ProofError};
 use crate::ledger::note::{NoteError, SignedCheckpoint};
-use crate::pb;
-use crate::pb::ledger_client::LedgerClient;
+use crate::wire::client::PeerChannel;
+use crate::wire::pb;
+use crate::wire::pb::ledger_client::LedgerClient;
 
 /// Why an audit step failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,9 +103,9 @@ pub struct VerifiedEntry {
     /// The decoded entry (its index is the proven index).
     pub entry: Entry,
     /// Its leaf hash.
-    pub leaf_hash: merkle::Hash,
+    pub leaf_hash: crate::digest::Hash,
     /// Its audit path in the checkpoint it was proven under.
-    pub inclusion_proof: Vec<merkle::Hash>,
+    pub inclusion_proof: Vec<crate::digest::Hash>,
 }
 
 /// An auditor connected to one node.
@@ -212,7 +215,7 @@ impl Auditor {
     }
 
     /// The signed objects the node holds about a grant, and its
-    /// certificate (unverified: see [`crate::evidence`]).
+    /// certificate (unverified: see [`crate::audit::evidence`]).
     pub async fn evidence(&mut self, grant: &str) -> Result<pb::GetEvidenceResponse, AuditError> {
         Ok(self
             .client

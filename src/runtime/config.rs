@@ -512,7 +512,7 @@ mod tests {
     /// default the code uses.
     #[test]
     fn the_configuration_reference_matches_the_code() {
-        let doc = include_str!("../docs/configuration.md");
+        let doc = include_str!("../../docs/configuration.md");
         let table = doc
             .split("## `[transport]`")
             .nth(1)

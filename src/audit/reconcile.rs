@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 
 use crate::audit::{AuditError, Auditor, VerifiedEntry};
+use crate::digest::Hash;
 use crate::exchange::grant::verify_grant;
 use crate::identity::PeerIdentity;
 use crate::ledger::entry::{Entry, EntryKind};
 use crate::ledger::keys::LogKeys;
-use crate::ledger::merkle::Hash;
-use crate::pb;
+use crate::wire::pb;
 
 /// What a reconciliation found.
 #[derive(Debug, Default)]

@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{NodeContext, caller, status};
+use super::{NodeContext, caller};
+use crate::digest::Hash;
 use crate::identity::{NodeId, PeerIdentity, Role};
 use crate::ledger::entry::{Entry, EntryKind, MAX_REF_LEN};
-use crate::ledger::merkle::{self, Hash};
+use crate::ledger::merkle;
 use crate::ledger::note::SignedCheckpoint;
 use crate::ledger::{Ledger, MAX_PAGE, Query};
-use crate::pb;
+use crate::wire::pb;
+use crate::wire::status;
 
 /// Default page size of `QueryEntries`.
 const DEFAULT_PAGE: usize = 100;

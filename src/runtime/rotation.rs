@@ -18,11 +18,11 @@
 
 use std::path::PathBuf;
 
-use crate::config::DataDir;
 use crate::fsutil;
 use crate::identity::{NodeId, NodeKey, ParticipantId, ca, cert};
 use crate::ledger::{Ledger, LedgerError, LedgerOptions, keys::KeyError};
-use crate::node::NodeError;
+use crate::runtime::config::DataDir;
+use crate::runtime::node::NodeError;
 
 /// A prepared rotation.
 #[derive(Debug)]

@@ -22,15 +22,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditError, Auditor, VerifiedEntry};
 use crate::dataset::Manifest;
+use crate::digest::Hash;
 use crate::envelope::{Envelope, Verified};
 use crate::exchange::grant::{Grant, time_text, verify_grant};
 use crate::exchange::receipt::{Receipt, verify_receipt};
 use crate::identity::{PeerIdentity, ca};
 use crate::ledger::entry::{Entry, EntryKind};
 use crate::ledger::keys::LogKeys;
-use crate::ledger::merkle::{self, Hash};
+use crate::ledger::merkle;
 use crate::ledger::note::SignedCheckpoint;
-use crate::pb;
+use crate::wire::pb;
 use crate::witness::cosig;
 
 /// The bundle's format name.

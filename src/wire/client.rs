@@ -15,9 +15,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::PeerIdentity;
 use crate::ledger::keys::{LogKeys, decode_rotations};
-use crate::pb;
-use crate::pb::ledger_client::LedgerClient;
-use crate::tls;
+use crate::runtime::tls;
+use crate::wire::pb;
+use crate::wire::pb::ledger_client::LedgerClient;
 
 /// Why a peer could not be reached.
 #[derive(Debug, thiserror::Error)]

@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::{NodeContext, caller, status};
+use super::{NodeContext, caller};
 use crate::dataset::DatasetId;
 use crate::envelope::Envelope;
 use crate::exchange::book::BookError;
 use crate::exchange::grant::{Grant, GrantId};
 use crate::ledger::entry::{EntryDraft, EntryKind};
-use crate::pb;
 use crate::policy::Action;
 use crate::policy::eval::{AccessRequest, Decision, could_ever_grant, evaluate};
+use crate::wire::pb;
+use crate::wire::status;
 
 pub(super) fn book_status(context: &str, e: BookError) -> Status {
     match e {
@@ -30,11 +31,11 @@ pub(super) fn book_status(context: &str, e: BookError) -> Status {
 pub(super) async fn connect_peer(
     node: &NodeContext,
     peer: &str,
-) -> Result<crate::client::PeerChannel, Status> {
-    crate::client::connect(
+) -> Result<crate::wire::client::PeerChannel, Status> {
+    crate::wire::client::connect(
         node.client_tls.current(),
         peer,
-        crate::client::ClientSettings::default(),
+        crate::wire::client::ClientSettings::default(),
     )
     .await
     .map_err(|e| Status::unavailable(e.to_string()))

@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::config::{Config, DataDir};
 use crate::dataset::blob::{BlobStore, LocalBlobStore};
 use crate::dataset::catalog::Catalog;
 use crate::fsutil::{self, FileError};
@@ -25,9 +24,14 @@ use crate::identity::key::KeyError;
 use crate::identity::{NodeKey, PeerIdentity};
 use crate::ledger::entry::{EntryDraft, EntryKind};
 use crate::ledger::{Ledger, LedgerOptions};
-use crate::pb;
-use crate::rpc::{self, NodeContext, authz::AuthzLayer};
-use crate::tls::{self, AcceptLimits, ConnectionRegistry, ServerConfigCell, TlsError, TlsMaterial};
+use crate::runtime::config::{Config, DataDir};
+use crate::runtime::tls::{
+    self, AcceptLimits, ConnectionRegistry, ServerConfigCell, TlsError, TlsMaterial,
+};
+use crate::service::NodeContext;
+use crate::wire::authz::AuthzLayer;
+use crate::wire::pb;
+use crate::wire::server;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -267,20 +271,20 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         }
         None => None,
     };
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(crate::runtime::metrics::Metrics::new());
     let registry = Arc::new(ConnectionRegistry::default());
     // Metrics and probes answer from now on (readiness 503 until SERVING;
     // a long start-up check must not look like a dead process), through
     // the drain, and stop with the node (or if start-up fails).
     let stop_metrics = CancellationToken::new();
     let metrics_guard = stop_metrics.clone().drop_guard();
-    let scrape = Arc::new(crate::metrics::Scrape {
+    let scrape = Arc::new(crate::runtime::metrics::Scrape {
         metrics: metrics.clone(),
         ledger: std::sync::OnceLock::new(),
         connections: registry.clone(),
     });
     let metrics_addr = metrics_listener.map(|(l, bound)| {
-        tokio::spawn(crate::metrics::serve(
+        tokio::spawn(crate::runtime::metrics::serve(
             l,
             scrape.clone(),
             stop_metrics.clone(),
@@ -298,7 +302,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     ledger.observe_commits(Arc::new(move |n, took| observed.committed(n, took)));
     let mut started = EntryDraft::new(EntryKind::NodeStarted);
     started.parties = vec![creds.identity.node_id.clone()];
-    started.detail = rpc::SOFTWARE_VERSION.to_owned();
+    started.detail = server::SOFTWARE_VERSION.to_owned();
     let started = ledger.append(started).await?;
     tracing::info!(
         index = started.index,
@@ -412,7 +416,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         // refused at once (ResourceExhausted) instead of queueing: under
         // overload, latency stays bounded and clients back off.
         .load_shed(true)
-        .layer(crate::metrics::MetricsLayer::new(metrics.clone()))
+        .layer(crate::runtime::metrics::MetricsLayer::new(metrics.clone()))
         .layer(AuthzLayer::new(creds.identity.node_id.clone()))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             t.max_in_flight,
@@ -421,23 +425,23 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            pb::peering_server::PeeringServer::new(rpc::PeeringService::new(ctx.clone()))
+            pb::peering_server::PeeringServer::new(server::PeeringService::new(ctx.clone()))
                 .max_decoding_message_size(limit),
         )
         .add_service(
-            pb::admin_server::AdminServer::new(rpc::AdminService::new(ctx.clone()))
+            pb::admin_server::AdminServer::new(server::AdminService::new(ctx.clone()))
                 .max_decoding_message_size(limit),
         )
         .add_service(
-            pb::catalog_server::CatalogServer::new(rpc::CatalogService::new(ctx.clone()))
+            pb::catalog_server::CatalogServer::new(server::CatalogService::new(ctx.clone()))
                 .max_decoding_message_size(limit),
         )
         .add_service(
-            pb::exchange_server::ExchangeServer::new(rpc::ExchangeService::new(ctx.clone()))
+            pb::exchange_server::ExchangeServer::new(server::ExchangeService::new(ctx.clone()))
                 .max_decoding_message_size(limit),
         )
         .add_service(
-            pb::ledger_server::LedgerServer::new(rpc::LedgerService::new(ctx.clone()))
+            pb::ledger_server::LedgerServer::new(server::LedgerService::new(ctx.clone()))
                 .max_decoding_message_size(limit),
         );
 
@@ -539,13 +543,13 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
 /// One checkpoint exchange with a configured witness. A peer reporting a
 /// fork of this node's own log is fatal; anything else is logged.
 async fn witness_once(ctx: &NodeContext, peer: &str) -> Result<(), NodeError> {
-    let exchange = rpc::witness::exchange_with(ctx, peer);
+    let exchange = server::witness::exchange_with(ctx, peer);
     match tokio::time::timeout(Duration::from_secs(15), exchange).await {
         Ok(Ok(done)) => {
             tracing::info!(peer, node = %done.peer, size = done.peer_size, cosigned = done.cosigned_by_peer, "checkpoints exchanged");
             Ok(())
         }
-        Ok(Err(status)) if let Some(lost) = rpc::witness::own_fork(ctx, &status) => {
+        Ok(Err(status)) if let Some(lost) = server::witness::own_fork(ctx, &status) => {
             Err(NodeError::Credentials(format!(
                 "witness {peer} refused this node's checkpoint ({}), and it is right: {lost}; the store lost acknowledged entries or was replaced; not serving",
                 status.message()
@@ -565,7 +569,7 @@ async fn witness_once(ctx: &NodeContext, peer: &str) -> Result<(), NodeError> {
 /// Exchanges checkpoints with every configured witness every interval.
 async fn witness_loop(
     ctx: Arc<NodeContext>,
-    config: crate::config::WitnessConfig,
+    config: crate::runtime::config::WitnessConfig,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(config.interval);
@@ -690,7 +694,7 @@ async fn watch_crl(
     registry: Arc<ConnectionRegistry>,
     (health, metrics, mut expires): (
         tonic_health::server::HealthReporter,
-        Arc<crate::metrics::Metrics>,
+        Arc<crate::runtime::metrics::Metrics>,
         Option<OffsetDateTime>,
     ),
     interval: Duration,

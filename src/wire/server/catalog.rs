@@ -7,15 +7,16 @@ use time::OffsetDateTime;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{NodeContext, caller, status};
+use super::{NodeContext, caller};
 use crate::dataset::catalog::{Dataset, PublishError, PublishRequest};
 use crate::dataset::chunk::Chunker;
 use crate::dataset::{DEFAULT_CHUNK_SIZE, DatasetId, Derivation};
 use crate::envelope::{Envelope, EnvelopeSignature};
 use crate::identity::PeerIdentity;
-use crate::pb;
 use crate::policy::eval::could_ever_grant;
 use crate::policy::{Classification, Policy};
+use crate::wire::pb;
+use crate::wire::status;
 
 /// Default and largest catalog page.
 const DEFAULT_PAGE: usize = 100;

@@ -1,17 +1,13 @@
-//! The gRPC edge: tonic services that convert between protobuf messages and
-//! domain types, and call the domain. Generated code is used only here.
+//! The tonic services: one per `dataspace.v1` service, each converting
+//! between protobuf messages and domain types and calling the node.
 //!
-//! - [`authz`]: the role × RPC table, enforced as a tower layer.
-//! - [`status`]: the one place domain errors become `tonic::Status`.
-//! - Services: Peering (`Hello`), Admin (`Status`, `Publish`), Catalog,
-//!   Ledger; Exchange is declared and answers `Unimplemented` until its
-//!   issue lands.
+//! Services: Peering (`Hello`, `ExchangeCheckpoints`), Admin (the node's
+//! own operator), Catalog, Exchange (`RequestAccess`, `Fetch`,
+//! `SubmitReceipt`), Ledger.
 
-pub mod authz;
 mod catalog;
 mod exchange;
 mod ledger;
-pub mod status;
 mod transfer;
 pub mod witness;
 
@@ -20,13 +16,14 @@ pub use exchange::ExchangeService;
 pub use ledger::LedgerService;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
 use crate::identity::PeerIdentity;
-use crate::pb;
-use crate::tls::{ConnectionRegistry, PeerConnectInfo};
+use crate::runtime::tls::PeerConnectInfo;
+use crate::service::NodeContext;
+use crate::wire::pb;
+use crate::wire::status;
 
 /// The software version every node reports.
 pub const SOFTWARE_VERSION: &str = concat!("dsnode ", env!("CARGO_PKG_VERSION"));
@@ -52,43 +49,6 @@ fn caller<T>(req: &Request<T>) -> Result<&PeerConnectInfo, Status> {
     req.extensions()
         .get::<PeerConnectInfo>()
         .ok_or_else(|| Status::internal("no verified peer identity on this connection"))
-}
-
-/// What every service knows of the node serving it.
-pub struct NodeContext {
-    /// This node's identity, from its own certificate.
-    pub identity: PeerIdentity,
-    /// The clock policy and grant windows are checked against.
-    pub clock: crate::clock::Clock,
-    /// The node's metrics.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// One transfer opened at a time (its count checked and recorded).
-    pub opening: tokio::sync::Mutex<()>,
-    /// Grants this node is fetching now (one fetch per grant at a time).
-    pub fetching: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// When the node started serving.
-    pub started: Instant,
-    /// Open connections.
-    pub connections: Arc<ConnectionRegistry>,
-    /// The node's ledger.
-    pub ledger: crate::ledger::Ledger,
-    /// The node's identity key, for signing manifests and grants.
-    pub signing_key: ed25519_dalek::SigningKey,
-    /// Where dataset chunks are stored.
-    pub blobs: Arc<dyn crate::dataset::blob::BlobStore>,
-    /// The datasets this node published.
-    pub catalog: Arc<crate::dataset::catalog::Catalog>,
-    /// One publication at a time: chunks a failed publication created are
-    /// then its own to remove, and version checks cannot race.
-    pub publishing: tokio::sync::Mutex<()>,
-    /// Grants issued and held.
-    pub grants: Arc<crate::exchange::book::GrantBook>,
-    /// TLS for calls this node makes to other nodes.
-    pub client_tls: crate::tls::ClientConfigCell,
-    /// Peers' checkpoints seen, cosignatures received, fork evidence.
-    pub witness: Arc<crate::witness::WitnessBook>,
-    /// This node's certificate (PEM), for evidence bundles.
-    pub certificate_pem: Vec<u8>,
 }
 
 /// `dataspace.v1.Peering`.

@@ -19,15 +19,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::audit::{Auditor, VerifiedEntry};
-use crate::client::{self, ClientSettings, PeerChannel};
-use crate::config::{Config, DataDir};
 use crate::envelope::Envelope;
+use crate::fsutil;
 use crate::identity::ca::{CaDir, CertificateAuthority, IssueRequest};
 use crate::identity::cert::Host;
 use crate::identity::{PeerIdentity, RoleSet};
 use crate::ledger::entry::EntryKind;
-use crate::node::{self, RunningNode};
-use crate::{fsutil, pb, tls};
+use crate::runtime::config::{Config, DataDir};
+use crate::runtime::node::{self, RunningNode};
+use crate::runtime::tls;
+use crate::wire::client::{self, ClientSettings, PeerChannel};
+use crate::wire::pb;
 
 /// Marks a directory as made by `dsnode demo` (so it may be reused).
 const MARKER: &str = ".dsnode-demo";
@@ -396,7 +398,7 @@ async fn story_and_audit(
     // 3. Publish.
     story.step("The transport bureau publishes hourly road-sensor counts under a policy");
     let content = road_sensor_counts(options.size);
-    let content_sha256 = crate::ledger::merkle::sha256(&content);
+    let content_sha256 = crate::digest::sha256(&content);
     let policy = crate::policy::Policy::from_toml(POLICY).map_err(step_err("the demo policy"))?;
     for line in policy.explain().lines() {
         story.say(&format!("policy: {line}"));
@@ -503,7 +505,7 @@ async fn story_and_audit(
     };
     bar.finish_and_clear();
     let written = std::fs::read(&out).map_err(step_err("reading the fetched file"))?;
-    let same = crate::ledger::merkle::sha256(&written) == content_sha256;
+    let same = crate::digest::sha256(&written) == content_sha256;
     story.say(&format!(
         "{} bytes to {}; sha256 {}… {}",
         fetched.bytes,
@@ -626,7 +628,7 @@ async fn story_and_audit(
     let auditor_of = |n: &DemoNode| regulator.connect_to(n.addr());
     let mut on_bureau = Auditor::new(auditor_of(transport).await?).map_err(step_err("auditing"))?;
     let mut on_acme = Auditor::new(auditor_of(acme).await?).map_err(step_err("auditing"))?;
-    let r = crate::reconcile::reconcile(&mut on_bureau, &mut on_acme, None)
+    let r = crate::audit::reconcile::reconcile(&mut on_bureau, &mut on_acme, None)
         .await
         .map_err(step_err("reconciling"))?;
     for d in &r.discrepancies {
@@ -639,7 +641,7 @@ async fn story_and_audit(
         ),
         r.discrepancies.is_empty() && r.grants == 1 && r.receipts == 1,
     )];
-    let bundle = crate::evidence::build(&mut on_bureau, &mut on_acme, &g.id.to_string())
+    let bundle = crate::audit::evidence::build(&mut on_bureau, &mut on_acme, &g.id.to_string())
         .await
         .map_err(step_err("building the evidence bundle"))?;
     let file = root.join(format!("evidence-{}.json", g.id));
@@ -648,7 +650,7 @@ async fn story_and_audit(
         .map_err(step_err("writing the evidence bundle"))?;
     let ca_pem =
         std::fs::read(root.join("ca").join("ca.crt")).map_err(step_err("the CA certificate"))?;
-    let verified = crate::evidence::verify(&bytes, &ca_pem);
+    let verified = crate::audit::evidence::verify(&bytes, &ca_pem);
     story.say(&format!(
         "wrote {} ({} bytes); checked offline with only ca.crt (`dsnode audit verify-bundle {} --ca {}`):",
         file.display(),
@@ -674,7 +676,7 @@ async fn story_and_audit(
     }
     checks.push((
         "the same bundle with one byte changed does not".into(),
-        crate::evidence::verify(&tampered, &ca_pem).is_err(),
+        crate::audit::evidence::verify(&tampered, &ca_pem).is_err(),
     ));
     for (what, ok) in &checks {
         story.say(&format!("[{}] {what}", if *ok { "ok" } else { "FAILED" }));
