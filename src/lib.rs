@@ -34,6 +34,8 @@ pub mod fsutil;
 pub mod fuzzing;
 pub mod identity;
 pub mod ledger;
+pub mod node;
+pub mod peer;
 pub mod policy;
 pub mod runtime;
 pub mod service;

@@ -16,8 +16,9 @@ use dsnode::identity::ca::{self, CaDir, CertificateAuthority, IssueRequest};
 use dsnode::identity::cert::Host;
 use dsnode::identity::{PeerIdentity, RoleSet};
 use dsnode::ledger::note::SignedCheckpoint;
+use dsnode::node;
 use dsnode::runtime::config::{Config, DATA_DIR_ENV, DataDir};
-use dsnode::runtime::{node, tls};
+use dsnode::runtime::tls;
 use dsnode::wire::{client, pb};
 use dsnode::{audit, fsutil};
 
@@ -902,7 +903,7 @@ async fn key_command(c: KeyCommand) -> Result<Output> {
     match c {
         KeyCommand::New { data_dir, .. } => {
             let dir = DataDir::new(&data_dir);
-            let made = dsnode::runtime::rotation::prepare(&dir)?;
+            let made = dsnode::node::rotation::prepare(&dir)?;
             Ok(Output {
                 text: format!(
                     "next key: node {} in {} (mode 0600)\n\
@@ -920,7 +921,7 @@ async fn key_command(c: KeyCommand) -> Result<Output> {
         KeyCommand::Rotate { data_dir, cert, .. } => {
             let dir = DataDir::new(&data_dir);
             let pem = fsutil::read(&cert)?;
-            let done = dsnode::runtime::rotation::finish(&dir, &pem).await?;
+            let done = dsnode::node::rotation::finish(&dir, &pem).await?;
             let recorded = match done.index {
                 Some(i) => format!("ledger entry {i} (KeyRotated, signed by both keys)"),
                 None => "already in the ledger (an interrupted rotation was completed)".into(),

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::identity::PeerIdentity;
+use crate::peer::{CheckpointAnswer, CheckpointOffer, Dialer, Peer};
 use crate::runtime::tls::ConnectionRegistry;
+use crate::witness::protocol::{ExchangeError, Exchanged, Witnessing};
 
 /// What every service knows of the node serving it.
 pub struct NodeContext {
@@ -40,8 +42,64 @@ pub struct NodeContext {
     pub grants: Arc<crate::exchange::book::GrantBook>,
     /// TLS for calls this node makes to other nodes.
     pub client_tls: crate::runtime::tls::ClientConfigCell,
+    /// Connects to other nodes as this node.
+    pub dialer: Arc<dyn Dialer>,
     /// Peers' checkpoints seen, cosignatures received, fork evidence.
     pub witness: Arc<crate::witness::WitnessBook>,
     /// This node's certificate (PEM), for evidence bundles.
     pub certificate_pem: Vec<u8>,
+}
+
+impl NodeContext {
+    /// What the witness protocol needs of this node.
+    fn witnessing(&self) -> Witnessing<'_> {
+        Witnessing {
+            ledger: &self.ledger,
+            book: &self.witness,
+            key: &self.signing_key,
+        }
+    }
+
+    /// Counts a fork an exchange found.
+    fn count_fork<T>(&self, result: &Result<T, ExchangeError>) {
+        if let Err(ExchangeError::Fork { first: true, .. }) = result {
+            self.metrics.fork_detected();
+        }
+    }
+
+    /// `Peering.ExchangeCheckpoints`: witnesses the caller's checkpoint
+    /// and answers with this node's (see [`Witnessing::answer`]).
+    pub async fn answer_checkpoints(
+        &self,
+        caller: &PeerIdentity,
+        offer: &CheckpointOffer,
+    ) -> Result<CheckpointAnswer, ExchangeError> {
+        let result = self.witnessing().answer(caller, offer).await;
+        self.count_fork(&result);
+        match &result {
+            Ok(a) if !a.cosigned.is_empty() => self.metrics.witnessed("cosigned"),
+            Err(e) if e.is_refusal() => self.metrics.witnessed("refused"),
+            _ => {}
+        }
+        result
+    }
+
+    /// Exchanges checkpoints with the node at `addr` (see
+    /// [`Witnessing::exchange`]).
+    pub async fn exchange_checkpoints_with(&self, addr: &str) -> Result<Exchanged, ExchangeError> {
+        let peer = self.dialer.dial(addr).await?;
+        self.exchange_checkpoints_over(peer.as_ref()).await
+    }
+
+    /// Exchanges checkpoints over an open connection.
+    pub async fn exchange_checkpoints_over(
+        &self,
+        peer: &dyn Peer,
+    ) -> Result<Exchanged, ExchangeError> {
+        let result = self.witnessing().exchange(peer).await;
+        self.count_fork(&result);
+        self.metrics
+            .witnessed(if result.is_ok() { "cosigned" } else { "failed" });
+        result
+    }
 }

@@ -15,6 +15,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::PeerIdentity;
 use crate::ledger::keys::{LogKeys, decode_rotations};
+use crate::peer::{
+    CheckpointAnswer, CheckpointOffer, ConsistencyAnswer, Dialer, Peer, PeerError, PeerFuture,
+};
 use crate::runtime::tls;
 use crate::wire::pb;
 use crate::wire::pb::ledger_client::LedgerClient;
@@ -260,4 +263,74 @@ pub fn deepest_cause(err: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+impl Peer for PeerChannel {
+    fn identity(&self) -> &PeerIdentity {
+        &self.server
+    }
+
+    fn key_rotations(&self) -> PeerFuture<'_, Vec<Vec<u8>>> {
+        Box::pin(async move {
+            let r = LedgerClient::new(self.channel.clone())
+                .get_checkpoint(pb::GetCheckpointRequest {})
+                .await?
+                .into_inner();
+            Ok(r.key_rotations)
+        })
+    }
+
+    fn exchange_checkpoints(&self, offer: CheckpointOffer) -> PeerFuture<'_, CheckpointAnswer> {
+        Box::pin(async move {
+            let r = pb::peering_client::PeeringClient::new(self.channel.clone())
+                .exchange_checkpoints(pb::ExchangeCheckpointsRequest::from(offer))
+                .await?
+                .into_inner();
+            Ok(r.into())
+        })
+    }
+
+    fn prove_consistency(&self, old: u64, new: u64) -> PeerFuture<'_, ConsistencyAnswer> {
+        Box::pin(async move {
+            let r = LedgerClient::new(self.channel.clone())
+                .prove_consistency(pb::ProveConsistencyRequest {
+                    old_size: old,
+                    new_size: new,
+                })
+                .await?
+                .into_inner();
+            Ok(r.into())
+        })
+    }
+}
+
+/// Dials other nodes with this node's current client TLS configuration
+/// (replaced when the CRL is reloaded).
+pub struct TlsDialer {
+    tls: tls::ClientConfigCell,
+    settings: ClientSettings,
+}
+
+impl TlsDialer {
+    /// A dialer presenting the certificate of `tls`.
+    pub fn new(tls: tls::ClientConfigCell) -> Self {
+        Self {
+            tls,
+            settings: ClientSettings::default(),
+        }
+    }
+
+    /// A connection to `addr` as a channel (for the calls that are not on
+    /// [`Peer`] yet).
+    pub async fn channel(&self, addr: &str) -> Result<PeerChannel, PeerError> {
+        connect(self.tls.current(), addr, self.settings)
+            .await
+            .map_err(|e| PeerError::unreachable(e.to_string()))
+    }
+}
+
+impl Dialer for TlsDialer {
+    fn dial<'a>(&'a self, addr: &'a str) -> PeerFuture<'a, Box<dyn Peer>> {
+        Box::pin(async move { Ok(Box::new(self.channel(addr).await?) as Box<dyn Peer>) })
+    }
 }

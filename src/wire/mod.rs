@@ -1,13 +1,17 @@
 //! The wire: everything that knows gRPC and protobuf.
 //!
 //! - [`pb`]: generated code for `proto/dataspace/v1/*.proto`.
+//! - [`convert`]: protobuf messages to domain types and back.
 //! - [`status`]: the one place domain errors become `tonic::Status`.
 //! - [`authz`]: the role × RPC table, enforced as a tower layer.
 //! - [`server`]: the tonic services (check input, call the node, convert).
 //! - [`client`]: calling another node over mutual TLS.
+//! - [`rpc_metrics`]: every RPC counted by its final status.
 
 pub mod authz;
 pub mod client;
+pub mod convert;
+pub mod rpc_metrics;
 pub mod server;
 pub mod status;
 

@@ -34,6 +34,7 @@
 //!   (it is never cosigned again).
 
 pub mod cosig;
+pub mod protocol;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -88,7 +89,7 @@ pub enum Observed {
     /// by itself (an honest node's message can arrive late when two nodes
     /// witness each other at once); the node is shown the larger one and
     /// checks it against its own store ([`check_cosigned`], and
-    /// `rpc::witness::own_fork`).
+    /// [`protocol::own_fork`]).
     Stale(Box<SignedCheckpoint>),
 }
 

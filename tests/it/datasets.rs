@@ -6,7 +6,7 @@ use dsnode::envelope::Envelope;
 use dsnode::identity::RoleSet;
 use dsnode::identity::ca::IssueRequest;
 use dsnode::ledger::entry::EntryKind;
-use dsnode::runtime::node::RunningNode;
+use dsnode::node::RunningNode;
 use dsnode::wire::pb;
 use tonic::Code;
 

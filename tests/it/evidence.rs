@@ -4,7 +4,7 @@
 use dsnode::audit::Auditor;
 use dsnode::audit::evidence::{self, Bundle, BundleError};
 use dsnode::identity::ca::CertificateAuthority;
-use dsnode::runtime::node::RunningNode;
+use dsnode::node::RunningNode;
 
 use crate::datasets::{POLICY, header, publish};
 use crate::exchange::{fetch_to, granted};

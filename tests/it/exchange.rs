@@ -29,7 +29,7 @@ pub(crate) fn ask(
 
 pub(crate) async fn kinds(
     auditor: &NodeDir,
-    node: &dsnode::runtime::node::RunningNode,
+    node: &dsnode::node::RunningNode,
     grant_or_dataset: pb::QueryEntriesRequest,
 ) -> Vec<EntryKind> {
     let mut a = Auditor::new(support::connect(auditor, node).await).expect("auditor");
@@ -211,7 +211,7 @@ async fn requests_are_checked_at_the_edge() {
 
 pub(crate) async fn granted(
     consumer: &NodeDir,
-    con_node: &dsnode::runtime::node::RunningNode,
+    con_node: &dsnode::node::RunningNode,
     ds: &str,
     publisher_addr: std::net::SocketAddr,
 ) -> String {
@@ -230,7 +230,7 @@ pub(crate) async fn granted(
 
 pub(crate) async fn fetch_to(
     consumer: &NodeDir,
-    con_node: &dsnode::runtime::node::RunningNode,
+    con_node: &dsnode::node::RunningNode,
     publisher_addr: std::net::SocketAddr,
     grant: &str,
     out: &std::path::Path,
@@ -245,7 +245,7 @@ pub(crate) async fn fetch_to(
 /// result and the progress events seen before it.
 pub(crate) async fn fetch_with(
     consumer: &NodeDir,
-    con_node: &dsnode::runtime::node::RunningNode,
+    con_node: &dsnode::node::RunningNode,
     peer: std::net::SocketAddr,
     grant: &str,
     out: &std::path::Path,

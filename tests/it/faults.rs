@@ -350,7 +350,7 @@ async fn damaged_store_files_are_recovered_within_the_rules_or_refused() {
             "127.0.0.1:0".parse().expect("addr"),
         );
         config.transport.drain_deadline = Duration::from_secs(2);
-        match dsnode::runtime::node::start(config).await {
+        match dsnode::node::start(config).await {
             Err(e) => {
                 let msg = e.to_string();
                 eprintln!("{damage}: refused to start: {msg}");

@@ -223,7 +223,7 @@ async fn tampered_ledger_refuses_to_start_and_audit_verify_names_the_index() {
         "127.0.0.1:0".parse().expect("addr"),
     );
     config.transport.drain_deadline = std::time::Duration::from_secs(1);
-    let err = match dsnode::runtime::node::start(config).await {
+    let err = match dsnode::node::start(config).await {
         Ok(_) => panic!("a node with a tampered ledger started"),
         Err(e) => e.to_string(),
     };

@@ -65,7 +65,7 @@ async fn address_in_use_is_a_clear_error() {
     let node = support::start(&server, |_| {}).await;
     let mut config = dsnode::runtime::config::Config::new(server.dir.root(), node.local_addr());
     config.transport.drain_deadline = Duration::from_secs(1);
-    let err = match dsnode::runtime::node::start(config).await {
+    let err = match dsnode::node::start(config).await {
         Ok(_) => panic!("second bind must fail"),
         Err(e) => e.to_string(),
     };

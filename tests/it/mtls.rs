@@ -372,7 +372,7 @@ async fn an_older_crl_is_refused_at_start_too() {
         server.dir.root(),
         "127.0.0.1:0".parse().expect("addr"),
     );
-    let err = match dsnode::runtime::node::start(config).await {
+    let err = match dsnode::node::start(config).await {
         Ok(_) => panic!("started with an older CRL"),
         Err(e) => e.to_string(),
     };
@@ -432,7 +432,7 @@ async fn threat_07_an_expired_crl_is_refused_at_handshake_and_at_start() {
         server.dir.root(),
         "127.0.0.1:0".parse().expect("addr"),
     );
-    let err = dsnode::runtime::node::start(config)
+    let err = dsnode::node::start(config)
         .await
         .err()
         .expect("refused at start");

@@ -46,7 +46,7 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
     let old_cert_pem = std::fs::read(publisher.dir.cert()).expect("old cert");
 
     // Rotate: next key and CSR, the operator issues, the node switches.
-    let prepared = dsnode::runtime::rotation::prepare(&publisher.dir).expect("prepare");
+    let prepared = dsnode::node::rotation::prepare(&publisher.dir).expect("prepare");
     let csr = std::fs::read_to_string(publisher.dir.next_csr()).expect("csr");
     let issued = space
         .ca
@@ -57,7 +57,7 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
         )
         .expect("issue");
     assert_eq!(issued.identity.participant, publisher.identity.participant);
-    let rotated = dsnode::runtime::rotation::finish(&publisher.dir, issued.pem.as_bytes())
+    let rotated = dsnode::node::rotation::finish(&publisher.dir, issued.pem.as_bytes())
         .await
         .expect("rotate");
     assert_eq!(rotated.new, prepared.node_id);
@@ -80,7 +80,7 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
         "127.0.0.1:0".parse().expect("addr"),
     );
     config.transport.drain_deadline = std::time::Duration::from_secs(1);
-    let err = dsnode::runtime::node::start(config)
+    let err = dsnode::node::start(config)
         .await
         .err()
         .expect("the retired key is refused");

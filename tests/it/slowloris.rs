@@ -10,7 +10,7 @@ use crate::support::{self, DataSpace};
 /// Median and worst of `n` real hellos (connect, mutual TLS, one call).
 async fn hello_latency(
     client: &crate::support::NodeDir,
-    server: &dsnode::runtime::node::RunningNode,
+    server: &dsnode::node::RunningNode,
     n: usize,
 ) -> (Duration, Duration) {
     let mut times = Vec::with_capacity(n);

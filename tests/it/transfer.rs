@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use dsnode::audit::Auditor;
 use dsnode::clock::Clock;
 use dsnode::ledger::entry::{Entry, EntryKind};
-use dsnode::runtime::node::RunningNode;
+use dsnode::node::RunningNode;
 use dsnode::wire::pb;
 use time::OffsetDateTime;
 use tonic::Code;

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use dsnode::identity::NodeKey;
+use dsnode::node::RunningNode;
 use dsnode::runtime::config::Config;
-use dsnode::runtime::node::RunningNode;
 use dsnode::wire::pb;
 use tonic::Code;
 
@@ -190,10 +190,7 @@ async fn a_node_whose_store_lost_witnessed_entries_refuses_to_serve() {
         c.transport.drain_deadline = std::time::Duration::from_secs(1);
         c
     };
-    let err = dsnode::runtime::node::start(config())
-        .await
-        .err()
-        .expect("refused");
+    let err = dsnode::node::start(config()).await.err().expect("refused");
     let msg = err.to_string();
     assert!(
         msg.contains(&format!(
@@ -207,10 +204,7 @@ async fn a_node_whose_store_lost_witnessed_entries_refuses_to_serve() {
     std::fs::remove_dir_all(publisher.dir.witness()).expect("rm witness");
     let mut c = config();
     c.witness.peers = vec![w1_node.local_addr().to_string()];
-    let err = dsnode::runtime::node::start(c)
-        .await
-        .err()
-        .expect("refused");
+    let err = dsnode::node::start(c).await.err().expect("refused");
     let msg = err.to_string();
     assert!(
         msg.contains("is older than the checkpoint of size"),
@@ -374,8 +368,8 @@ async fn two_nodes_that_witness_each_other_start_together() {
     };
     let started = std::time::Instant::now();
     let (na, nb) = tokio::join!(
-        dsnode::runtime::node::start(config(&a, addr_a, addr_b)),
-        dsnode::runtime::node::start(config(&b, addr_b, addr_a)),
+        dsnode::node::start(config(&a, addr_a, addr_b)),
+        dsnode::node::start(config(&b, addr_b, addr_a)),
     );
     let (na, nb) = (na.expect("a starts"), nb.expect("b starts"));
     assert!(

@@ -11,7 +11,6 @@ use super::{NodeContext, caller};
 use crate::dataset::catalog::{Dataset, PublishError, PublishRequest};
 use crate::dataset::chunk::Chunker;
 use crate::dataset::{DEFAULT_CHUNK_SIZE, DatasetId, Derivation};
-use crate::envelope::{Envelope, EnvelopeSignature};
 use crate::identity::PeerIdentity;
 use crate::policy::eval::could_ever_grant;
 use crate::policy::{Classification, Policy};
@@ -23,44 +22,6 @@ const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 /// Content pieces buffered between the stream and the chunker.
 const PIECES_IN_FLIGHT: usize = 16;
-
-impl From<&Envelope> for pb::Envelope {
-    fn from(e: &Envelope) -> Self {
-        Self {
-            payload_type: e.payload_type.clone(),
-            payload: e.payload.clone(),
-            signatures: e
-                .signatures
-                .iter()
-                .map(|s| pb::EnvelopeSignature {
-                    keyid: s.keyid.clone(),
-                    sig: s.sig.clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<pb::Envelope> for Envelope {
-    fn from(e: pb::Envelope) -> Self {
-        let pb::Envelope {
-            payload_type,
-            payload,
-            signatures,
-        } = e;
-        Self {
-            payload_type,
-            payload,
-            signatures: signatures
-                .into_iter()
-                .map(|s| {
-                    let pb::EnvelopeSignature { keyid, sig } = s;
-                    EnvelopeSignature { keyid, sig }
-                })
-                .collect(),
-        }
-    }
-}
 
 fn entry(d: &Dataset) -> pb::CatalogEntry {
     pb::CatalogEntry {

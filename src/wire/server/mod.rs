@@ -9,7 +9,7 @@ mod catalog;
 mod exchange;
 mod ledger;
 mod transfer;
-pub mod witness;
+mod witness;
 
 pub use catalog::CatalogService;
 pub use exchange::ExchangeService;
@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::identity::PeerIdentity;
 use crate::runtime::tls::PeerConnectInfo;
 use crate::service::NodeContext;
 use crate::wire::pb;
@@ -27,21 +26,6 @@ use crate::wire::status;
 
 /// The software version every node reports.
 pub const SOFTWARE_VERSION: &str = concat!("dsnode ", env!("CARGO_PKG_VERSION"));
-
-impl From<&PeerIdentity> for pb::Identity {
-    fn from(id: &PeerIdentity) -> Self {
-        Self {
-            node_id: id.node_id.to_string(),
-            participant: id.participant.to_string(),
-            roles: id.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-            region: id
-                .region
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-        }
-    }
-}
 
 /// The caller's verified identity; the authz layer has already refused
 /// requests without one, so its absence here is an internal error.
@@ -180,7 +164,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::AdminWitnessRequest>,
     ) -> Result<Response<pb::AdminWitnessResponse>, Status> {
-        let done = witness::exchange_with(&self.node, &request.get_ref().peer).await?;
+        let done = self
+            .node
+            .exchange_checkpoints_with(&request.get_ref().peer)
+            .await?;
         Ok(Response::new(pb::AdminWitnessResponse {
             peer_node_id: done.peer.to_string(),
             peer_size: done.peer_size,

@@ -578,8 +578,8 @@ pub(super) fn fetch_as_node(
         let result = fetch(&node, r, tx.clone()).await;
         if result.is_ok() {
             // Having talked, the two nodes witness each other's logs.
-            if let Err(e) = super::witness::exchange_with(&node, &peer).await {
-                tracing::warn!(peer, error = %e.message(), "checkpoint exchange after the fetch failed");
+            if let Err(e) = node.exchange_checkpoints_with(&peer).await {
+                tracing::warn!(peer, error = %e, "checkpoint exchange after the fetch failed");
             }
         }
         let result = result.map(|done| pb::AdminFetchEvent {

@@ -2,6 +2,8 @@
 //! TLS accept loop, tonic with its HTTP/2 guards, the authz layer, health
 //! and reflection, the CRL reloader, and the shutdown drain.
 
+pub mod rotation;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,6 +34,7 @@ use crate::service::NodeContext;
 use crate::wire::authz::AuthzLayer;
 use crate::wire::pb;
 use crate::wire::server;
+use crate::witness::protocol::{ExchangeError, own_fork};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -394,6 +397,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         publishing: tokio::sync::Mutex::new(()),
         grants: Arc::new(grants),
         client_tls: client_cell.clone(),
+        dialer: Arc::new(crate::wire::client::TlsDialer::new(client_cell.clone())),
         witness,
         certificate_pem: fsutil::read(&config.data_dir.cert())?,
     });
@@ -416,7 +420,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         // refused at once (ResourceExhausted) instead of queueing: under
         // overload, latency stays bounded and clients back off.
         .load_shed(true)
-        .layer(crate::runtime::metrics::MetricsLayer::new(metrics.clone()))
+        .layer(crate::wire::rpc_metrics::MetricsLayer::new(metrics.clone()))
         .layer(AuthzLayer::new(creds.identity.node_id.clone()))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             t.max_in_flight,
@@ -543,20 +547,22 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
 /// One checkpoint exchange with a configured witness. A peer reporting a
 /// fork of this node's own log is fatal; anything else is logged.
 async fn witness_once(ctx: &NodeContext, peer: &str) -> Result<(), NodeError> {
-    let exchange = server::witness::exchange_with(ctx, peer);
+    let exchange = ctx.exchange_checkpoints_with(peer);
     match tokio::time::timeout(Duration::from_secs(15), exchange).await {
         Ok(Ok(done)) => {
             tracing::info!(peer, node = %done.peer, size = done.peer_size, cosigned = done.cosigned_by_peer, "checkpoints exchanged");
             Ok(())
         }
-        Ok(Err(status)) if let Some(lost) = server::witness::own_fork(ctx, &status) => {
+        Ok(Err(ExchangeError::Peer(refusal)))
+            if let Some(lost) = own_fork(&ctx.ledger, &refusal) =>
+        {
             Err(NodeError::Credentials(format!(
                 "witness {peer} refused this node's checkpoint ({}), and it is right: {lost}; the store lost acknowledged entries or was replaced; not serving",
-                status.message()
+                refusal.message
             )))
         }
-        Ok(Err(status)) => {
-            tracing::warn!(peer, code = ?status.code(), error = %status.message(), "checkpoint exchange failed");
+        Ok(Err(e)) => {
+            tracing::warn!(peer, error = %e, "checkpoint exchange failed");
             Ok(())
         }
         Err(_) => {

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use crate::fsutil;
 use crate::identity::{NodeId, NodeKey, ParticipantId, ca, cert};
 use crate::ledger::{Ledger, LedgerError, LedgerOptions, keys::KeyError};
+use crate::node::NodeError;
 use crate::runtime::config::DataDir;
-use crate::runtime::node::NodeError;
 
 /// A prepared rotation.
 #[derive(Debug)]
