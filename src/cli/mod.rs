@@ -1,5 +1,123 @@
-//! The command line's library half.
+//! The command line's library half: the binary (`src/main.rs`) parses
+//! [`args::Cli`], sets up logging, calls [`run`] and prints its
+//! [`output::Output`]. `anyhow` is allowed here, at the binary's edge, and
+//! nowhere else in the crate.
 //!
+//! # Layout
+//!
+//! - `mod.rs`: [`run`], the dispatcher, and the client plumbing every
+//!   group shares (connecting as the local node, call errors, the local
+//!   node's address).
+//! - [`args`]: the clap types, and which commands asked for `--json`.
+//! - [`output`]: what a command prints (text or JSON), failures, errors.
+//! - `ca.rs`: `ca init`, `ca issue`, `ca revoke`, `ca crl`.
+//! - `node.rs`: `init`, `key new`, `key rotate`, `serve`, `status`,
+//!   `peer hello`, `peer witness`, `receipts resend`.
+//! - `data.rs`: `publish`, `catalog`, `policy …`, `request`, `fetch`, `grants …`.
+//! - `audit.rs`: `audit …`, the auditor's view of other nodes' ledgers.
 //! - [`demo`]: `dsnode demo`, a whole data space on loopback and its story, audited.
 
+pub mod args;
+mod audit;
+mod ca;
+mod data;
 pub mod demo;
+mod node;
+pub mod output;
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::identity::cert::Host;
+use crate::runtime::config::{Config, DataDir};
+use crate::runtime::tls;
+use crate::wire::client;
+
+use args::{Command, DemoArgs, PeerCommand, ReceiptsCommand};
+use output::Output;
+
+/// Runs a command: its output to print, or `None` if it printed what it
+/// had to say itself (`serve`, `demo`). A [`output::ReportedFailure`] error
+/// carries a report to print before exiting with status 1.
+pub async fn run(command: Command) -> Result<Option<Output>> {
+    match command {
+        Command::Ca(c) => ca::ca_command(c).map(Some),
+        Command::Init(a) => node::init(a).map(Some),
+        Command::Key(c) => node::key_command(c).await.map(Some),
+        Command::Serve(a) => node::serve(a).await,
+        Command::Demo(a) => demo(a).await,
+        Command::Peer(PeerCommand::Hello { client, peer }) => {
+            node::hello(client, &peer).await.map(Some)
+        }
+        Command::Peer(PeerCommand::Witness { client, peer }) => {
+            node::witness(client, &peer).await.map(Some)
+        }
+        Command::Status(a) => node::status(a).await.map(Some),
+        Command::Audit(c) => audit::audit(c).await.map(Some),
+        Command::Publish(a) => data::publish(a).await.map(Some),
+        Command::Catalog(a) => data::catalog(a).await.map(Some),
+        Command::Policy(c) => data::policy(c).map(Some),
+        Command::Request(a) => data::request(a).await.map(Some),
+        Command::Grants(c) => data::grants(c).await.map(Some),
+        Command::Receipts(ReceiptsCommand::Resend {
+            client,
+            peer,
+            grant,
+        }) => node::resend_receipts(client, &peer, &grant).await.map(Some),
+        Command::Fetch(a) => data::fetch(a).await.map(Some),
+    }
+}
+
+/// `--host` values.
+fn parse_hosts(hosts: &[String]) -> Result<Vec<Host>> {
+    Ok(hosts.iter().map(|h| h.parse()).collect::<Result<_, _>>()?)
+}
+
+/// Connects to `addr` as the node of `data_dir`.
+async fn connect(data_dir: &Path, addr: &str) -> Result<client::PeerChannel> {
+    let creds = crate::node::load_credentials(&DataDir::new(data_dir))?;
+    let config = tls::client_config(&creds.material)?;
+    Ok(client::connect(config, addr, client::ClientSettings::default()).await?)
+}
+
+/// A failed call, with the deepest cause (e.g. the TLS alert) spelled out.
+fn call_error(addr: &str, status: &tonic::Status) -> anyhow::Error {
+    let cause = client::deepest_cause(status);
+    if status.message() == "transport error" {
+        anyhow::anyhow!(
+            "{addr} closed the connection ({cause}); if this persists, it refused this node's \
+             certificate (revoked, expired or issued by another CA) and its log says which"
+        )
+    } else if cause == status.message() {
+        anyhow::anyhow!("{addr} answered {:?}: {}", status.code(), status.message())
+    } else {
+        anyhow::anyhow!("call to {addr} failed: {} ({cause})", status.message())
+    }
+}
+
+/// The local node's address, from its node.toml.
+fn own_address(data_dir: &Path) -> Result<String> {
+    let config = Config::load(data_dir)?;
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(addr.to_string())
+}
+
+/// `dsnode demo`: checks the flags, then runs [`demo::run`].
+async fn demo(a: DemoArgs) -> Result<Option<Output>> {
+    use std::io::IsTerminal;
+    if a.size == 0 {
+        anyhow::bail!("--size must be at least 1 byte");
+    }
+    demo::run(demo::DemoOptions {
+        dir: a.dir,
+        size: a.size,
+        keep: a.keep,
+        progress: std::io::stderr().is_terminal(),
+    })
+    .await?;
+    Ok(None)
+}

@@ -1,0 +1,355 @@
+//! `dsnode audit …`: a node's ledger seen by an auditor (checkpoint,
+//! entries, proofs, reconciliation, evidence bundles, who-could), and the
+//! offline checks of a stopped node's ledger and of the forks it found.
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::args::{AuditCommand, ClientArgs};
+use super::connect;
+use super::output::{Output, ReportedFailure};
+use crate::audit;
+use crate::exchange::grant::time_text;
+use crate::fsutil;
+use crate::identity::PeerIdentity;
+use crate::ledger::note::SignedCheckpoint;
+use crate::runtime::config::DataDir;
+
+fn parse_time(flag: &str, value: Option<&str>) -> Result<i64> {
+    let Some(v) = value else { return Ok(0) };
+    let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+        .with_context(|| {
+            format!("--{flag} `{v}` is not an RFC 3339 time such as 2026-11-26T08:00:00Z")
+        })?;
+    Ok(i64::try_from(t.unix_timestamp_nanos() / 1_000_000)?)
+}
+
+fn checkpoint_json(cp: &SignedCheckpoint) -> Value {
+    json!({
+        "origin": cp.checkpoint.origin,
+        "size": cp.checkpoint.size,
+        "root": data_encoding::BASE64.encode(&cp.checkpoint.root),
+        "note": cp.note,
+    })
+}
+
+fn entry_json(v: &audit::VerifiedEntry) -> Value {
+    let e = &v.entry;
+    json!({
+        "index": e.index,
+        "time": time_text(e.time_ms),
+        "time_ms": e.time_ms,
+        "kind": e.draft.kind.name(),
+        "parties": e.draft.parties.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "dataset": e.draft.dataset,
+        "grant": e.draft.grant,
+        "object_hash": e.draft.object_hash.map(|h| data_encoding::HEXLOWER.encode(&h)),
+        "detail": e.draft.detail,
+        "leaf_hash": data_encoding::HEXLOWER.encode(&v.leaf_hash),
+    })
+}
+
+fn entry_text(v: &audit::VerifiedEntry) -> String {
+    let e = &v.entry;
+    let mut line = format!(
+        "#{:<6} {}  {:<18}",
+        e.index,
+        time_text(e.time_ms),
+        e.draft.kind.name()
+    );
+    let parties: Vec<String> = e.draft.parties.iter().map(ToString::to_string).collect();
+    if !parties.is_empty() {
+        line.push_str(&format!(" parties={}", parties.join(",")));
+    }
+    if let Some(d) = &e.draft.dataset {
+        line.push_str(&format!(" dataset={d}"));
+    }
+    if let Some(g) = &e.draft.grant {
+        line.push_str(&format!(" grant={g}"));
+    }
+    if !e.draft.detail.is_empty() {
+        // Escaped: a detail may hold newlines (a witnessed checkpoint)
+        // and must never move a terminal's cursor.
+        line.push_str(&format!(" \"{}\"", e.draft.detail.escape_debug()));
+    }
+    line
+}
+
+async fn auditor(client: &ClientArgs, peer: &str) -> Result<audit::Auditor> {
+    let conn = connect(&client.data_dir, peer).await?;
+    Ok(audit::Auditor::new(conn)?)
+}
+
+async fn two_auditors(
+    client: &ClientArgs,
+    peers: &[String],
+) -> Result<(audit::Auditor, audit::Auditor)> {
+    let [a, b] = peers else {
+        bail!("give exactly two nodes: --peer A --peer B");
+    };
+    Ok((auditor(client, a).await?, auditor(client, b).await?))
+}
+
+pub(super) async fn audit(command: AuditCommand) -> Result<Output> {
+    match command {
+        AuditCommand::Reconcile {
+            client,
+            peers,
+            since,
+        } => {
+            let (mut a, mut b) = two_auditors(&client, &peers).await?;
+            let since = since
+                .as_deref()
+                .map(|t| parse_time("since", Some(t)))
+                .transpose()?;
+            let r = crate::audit::reconcile::reconcile(&mut a, &mut b, since).await?;
+            let mut text = format!(
+                "reconciled A = {} (node {}) and B = {} (node {}): {} grants, {} receipts; B witnessed A up to size {}, A witnessed B up to size {}\n",
+                peers[0],
+                a.node().node_id,
+                peers[1],
+                b.node().node_id,
+                r.grants,
+                r.receipts,
+                r.witnessed.0,
+                r.witnessed.1
+            );
+            for d in &r.discrepancies {
+                text.push_str(&format!("DISCREPANCY: {d}\n"));
+            }
+            if r.discrepancies.is_empty() {
+                text.push_str("no discrepancies: both ledgers tell the same story\n");
+            }
+            let output = Output {
+                text: text.trim_end().to_owned(),
+                json: json!({"grants": r.grants, "receipts": r.receipts, "witnessed": [r.witnessed.0, r.witnessed.1], "discrepancies": r.discrepancies}),
+            };
+            if r.discrepancies.is_empty() {
+                Ok(output)
+            } else {
+                Err(ReportedFailure(output).into())
+            }
+        }
+        AuditCommand::Bundle {
+            client,
+            peers,
+            grant,
+            out,
+        } => {
+            let (mut a, mut b) = two_auditors(&client, &peers).await?;
+            let bundle = crate::audit::evidence::build(&mut a, &mut b, &grant).await?;
+            let bytes = bundle.to_bytes();
+            fsutil::create_new_atomic(&out, &bytes, fsutil::PUBLIC_MODE)?;
+            Ok(Output {
+                text: format!(
+                    "evidence bundle for grant {grant} written to {} ({} bytes): {} publisher and {} consumer entries with proofs, {} receipts\ncheck it anywhere with: dsnode audit verify-bundle {} --ca CA.pem",
+                    out.display(),
+                    bytes.len(),
+                    bundle.publisher.entries.len(),
+                    bundle.consumer.entries.len(),
+                    bundle.receipts.len(),
+                    out.display()
+                ),
+                json: json!({"grant": grant, "out": out, "bytes": bytes.len()}),
+            })
+        }
+        AuditCommand::VerifyBundle { file, ca, .. } => {
+            let bytes = fsutil::read(&file)?;
+            let ca_pem = fsutil::read(&ca)?;
+            let account = crate::audit::evidence::verify(&bytes, &ca_pem)
+                .with_context(|| format!("{} does NOT verify", file.display()))?;
+            Ok(Output {
+                json: json!({"file": file, "verified": true, "account": account}),
+                text: account,
+            })
+        }
+        AuditCommand::WhoCould {
+            client,
+            peer,
+            dataset,
+            at,
+        } => {
+            let at_ms = parse_time("at", Some(&at))?;
+            let mut p = auditor(&client, &peer).await?;
+            let found = crate::audit::reconcile::who_could(&mut p, &dataset, at_ms).await?;
+            let mut text = format!(
+                "grants of {dataset} in force at {} on {peer} (node {}): {}\n",
+                time_text(at_ms),
+                p.node().node_id,
+                found.len()
+            );
+            let mut rows = Vec::new();
+            for f in &found {
+                let g = &f.grant;
+                text.push_str(&format!(
+                    "{}  to {}  purpose {}  {} .. {}\n  AccessGranted entry {} proven in checkpoint {} ({} hashes, signature verified)\n",
+                    g.id, g.grantee, g.purpose, time_text(g.not_before_ms), time_text(g.not_after_ms), f.entry_index, f.checkpoint_size, f.proof_len
+                ));
+                rows.push(json!({"grant": g.id.to_string(), "grantee": g.grantee.to_string(), "purpose": g.purpose, "not_before_ms": g.not_before_ms, "not_after_ms": g.not_after_ms, "entry": f.entry_index, "checkpoint": f.checkpoint_size}));
+            }
+            Ok(Output {
+                text: text.trim_end().to_owned(),
+                json: json!({"dataset": dataset, "at_ms": at_ms, "grants": rows}),
+            })
+        }
+        AuditCommand::Checkpoint { client, peer } => {
+            let mut a = auditor(&client, &peer).await?;
+            let cp = a.checkpoint().await?;
+            Ok(Output {
+                text: format!(
+                    "checkpoint of {} (node {}): verified\n  size {}\n  root {}\n  vkey {}\n\n{}",
+                    peer,
+                    a.node().node_id,
+                    cp.checkpoint.size,
+                    data_encoding::BASE64.encode(&cp.checkpoint.root),
+                    a.vkey(),
+                    cp.note.trim_end()
+                ),
+                json: json!({"peer": peer, "node_id": a.node().node_id.to_string(), "verified": true, "vkey": a.vkey(), "checkpoint": checkpoint_json(&cp)}),
+            })
+        }
+        AuditCommand::Entries {
+            client,
+            peer,
+            dataset,
+            party,
+            kind,
+            grant,
+            since,
+            until,
+            limit,
+            first_page,
+        } => {
+            let req = crate::wire::pb::QueryEntriesRequest {
+                dataset: dataset.unwrap_or_default(),
+                party: party.unwrap_or_default(),
+                kind: kind.unwrap_or_default(),
+                since_ms: parse_time("since", since.as_deref())?,
+                until_ms: parse_time("until", until.as_deref())?,
+                limit,
+                page_token: Vec::new(),
+                tree_size: 0,
+                grant: grant.unwrap_or_default(),
+            };
+            let mut a = auditor(&client, &peer).await?;
+            let (cp, entries) = a.entries(req, !first_page).await?;
+            let mut text = format!(
+                "{} entries of {} (node {}), each verified against checkpoint {} (signature verified)",
+                entries.len(),
+                peer,
+                a.node().node_id,
+                cp.checkpoint.size
+            );
+            for e in &entries {
+                text.push('\n');
+                text.push_str(&entry_text(e));
+            }
+            Ok(Output {
+                text,
+                json: json!({"peer": peer, "verified": true, "checkpoint": checkpoint_json(&cp), "entries": entries.iter().map(entry_json).collect::<Vec<_>>()}),
+            })
+        }
+        AuditCommand::Prove {
+            client,
+            peer,
+            index,
+            size,
+            consistency,
+        } => {
+            let mut a = auditor(&client, &peer).await?;
+            if let Some(sizes) = consistency {
+                let [old, new] = sizes[..] else {
+                    bail!("--consistency takes two sizes: OLD NEW");
+                };
+                let (old_cp, new_cp, len) = a.prove_consistency(old, new).await?;
+                return Ok(Output {
+                    text: format!(
+                        "consistency {} → {}: verified ({len} hashes); both checkpoints' signatures verified",
+                        old_cp.checkpoint.size, new_cp.checkpoint.size
+                    ),
+                    json: json!({"peer": peer, "verified": true, "old": checkpoint_json(&old_cp), "new": checkpoint_json(&new_cp), "proof_hashes": len}),
+                });
+            }
+            let Some(index) = index else {
+                bail!("give --index N or --consistency OLD NEW");
+            };
+            let (cp, entry, len) = a.prove_inclusion(index, size.unwrap_or(0)).await?;
+            Ok(Output {
+                text: format!(
+                    "entry {index} is in checkpoint {} of {}: verified ({len} hashes; checkpoint signature verified)\n{}",
+                    cp.checkpoint.size,
+                    peer,
+                    entry_text(&entry)
+                ),
+                json: json!({"peer": peer, "verified": true, "checkpoint": checkpoint_json(&cp), "entry": entry_json(&entry), "proof_hashes": len}),
+            })
+        }
+        AuditCommand::Forks { data_dir, .. } => {
+            let dir = DataDir::new(&data_dir);
+            let found = crate::witness::WitnessBook::forks(&dir.witness())?;
+            let mut text = String::new();
+            let mut rows = Vec::new();
+            for (path, read) in &found {
+                let checked = read
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|e| e.verify().map(|pair| (e, pair)));
+                match checked {
+                    Ok((e, (a, b))) => {
+                        text.push_str(&format!(
+                            "FORK in log {} (node {}): {}, found {}\n  seen:        size {} root {}\n  conflicting: size {} root {}\n  both signatures verified; evidence {}\n",
+                            e.origin,
+                            e.node_id,
+                            e.kind,
+                            time_text(e.detected_at_ms),
+                            a.checkpoint.size,
+                            data_encoding::BASE64.encode(&a.checkpoint.root),
+                            b.checkpoint.size,
+                            data_encoding::BASE64.encode(&b.checkpoint.root),
+                            path.display()
+                        ));
+                        rows.push(json!({"origin": e.origin, "node_id": e.node_id, "kind": e.kind, "detected_at_ms": e.detected_at_ms, "seen": e.seen, "conflicting": e.conflicting, "verified": true, "path": path}));
+                    }
+                    Err(why) => {
+                        text.push_str(&format!("{}: NOT valid evidence: {why}\n", path.display()));
+                        rows.push(json!({"path": path, "verified": false, "error": why}));
+                    }
+                }
+            }
+            if found.is_empty() {
+                text.push_str("no forks found\n");
+            }
+            let output = Output {
+                text: text.trim_end().to_owned(),
+                json: json!({"forks": rows}),
+            };
+            if found.is_empty() {
+                Ok(output)
+            } else {
+                Err(ReportedFailure(output).into())
+            }
+        }
+        AuditCommand::Verify { data_dir, .. } => {
+            let dir = DataDir::new(&data_dir);
+            let cert = crate::identity::cert::cert_der_from_pem(&fsutil::read(&dir.cert())?)?;
+            let node = PeerIdentity::from_der(&cert)?;
+            let (report, keys) = crate::ledger::verify_dir(&dir.ledger(), &node.public_key)
+                .with_context(|| format!("the ledger of node {} does NOT verify", node.node_id))?;
+            let history = if keys.keys().len() > 1 {
+                format!("\n{keys}")
+            } else {
+                String::new()
+            };
+            Ok(Output {
+                text: format!(
+                    "ledger of node {} verified: {} entries, {} checkpoints (every signature checked), root {}{history}",
+                    node.node_id,
+                    report.size,
+                    report.checkpoints,
+                    data_encoding::BASE64.encode(&report.root)
+                ),
+                json: json!({"node_id": node.node_id.to_string(), "verified": true, "size": report.size, "checkpoints": report.checkpoints, "root": data_encoding::BASE64.encode(&report.root)}),
+            })
+        }
+    }
+}

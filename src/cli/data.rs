@@ -1,0 +1,534 @@
+//! The commands about datasets and access to them: `publish`, `catalog`,
+//! `policy …`, `request`, `grants …`, `fetch`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::args::{CatalogArgs, FetchArgs, GrantsCommand, PolicyCommand, PublishArgs, RequestArgs};
+use super::output::{Output, identity_json};
+use super::{call_error, connect, own_address};
+use crate::exchange::grant::time_text;
+use crate::fsutil;
+use crate::wire::pb;
+
+fn size_text(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+pub(super) async fn publish(a: PublishArgs) -> Result<Output> {
+    use tokio::io::AsyncReadExt;
+    let policy_toml = fsutil::read_to_string(&a.policy)?;
+    // Checked here for a quick answer; the node checks again.
+    crate::policy::Policy::from_toml(&policy_toml)
+        .with_context(|| format!("{} is not a valid policy", a.policy.display()))?;
+    if a.grants.len() > a.derived_from.len() {
+        bail!("more --grant than --derived-from");
+    }
+    let mut file = tokio::fs::File::open(&a.file)
+        .await
+        .with_context(|| format!("cannot read {}", a.file.display()))?;
+    let size = file.metadata().await?.len();
+    let header = pb::PublishHeader {
+        title: a.title.clone(),
+        description: a.description.clone(),
+        media_type: a.media_type.clone(),
+        policy_toml,
+        derived_from: a
+            .derived_from
+            .iter()
+            .enumerate()
+            .map(|(i, d)| pb::Derivation {
+                dataset_id: d.clone(),
+                grant_id: a.grants.get(i).cloned().unwrap_or_default(),
+            })
+            .collect(),
+        supersedes: a.supersedes.clone().unwrap_or_default(),
+        chunk_size: a.chunk_size,
+        size,
+    };
+    let addr = own_address(&a.client.data_dir)?;
+    let conn = connect(&a.client.data_dir, &addr).await?;
+    let bar = if a.client.out.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(size)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let reader_bar = bar.clone();
+    let reader = tokio::spawn(async move {
+        let first = pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Header(header)),
+        };
+        if tx.send(first).await.is_err() {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            reader_bar.inc(n as u64);
+            let piece = pb::PublishRequest {
+                part: Some(pb::publish_request::Part::Data(buf[..n].to_vec())),
+            };
+            if tx.send(piece).await.is_err() {
+                return Ok(());
+            }
+        }
+    });
+    let mut rpc =
+        pb::admin_client::AdminClient::new(conn.channel).max_decoding_message_size(16 << 20);
+    let result = rpc
+        .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    bar.finish_and_clear();
+    reader
+        .await?
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let r = result.map_err(|s| call_error(&addr, &s))?.into_inner();
+    Ok(Output {
+        text: format!(
+            "published {} ({}, {})\n  dataset id {}\n  ledger entry {} (DatasetPublished)",
+            a.file.display(),
+            a.title,
+            size_text(size),
+            r.dataset_id,
+            r.ledger_index
+        ),
+        json: json!({"dataset_id": r.dataset_id, "ledger_index": r.ledger_index, "size": size, "title": a.title}),
+    })
+}
+
+pub(super) async fn catalog(a: CatalogArgs) -> Result<Output> {
+    let conn = connect(&a.client.data_dir, &a.peer).await?;
+    let publisher = conn.server.clone();
+    // Manifests published before a key rotation are signed by a key the
+    // publisher's history retired.
+    let keys = crate::wire::client::peer_keys(&conn)
+        .await
+        .map_err(|s| call_error(&a.peer, &s))?;
+    let mut rpc = pb::catalog_client::CatalogClient::new(conn.channel);
+    let mut rows = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = rpc
+            .list_datasets(pb::ListDatasetsRequest {
+                text: a.text.clone().unwrap_or_default(),
+                classification: a.classification.clone().unwrap_or_default(),
+                publisher: String::new(),
+                limit: 1000,
+                page_token: token.clone(),
+            })
+            .await
+            .map_err(|s| call_error(&a.peer, &s))?
+            .into_inner();
+        for e in page.datasets {
+            let envelope: crate::envelope::Envelope = e
+                .manifest
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{} listed {} without its manifest", a.peer, e.dataset_id)
+                })?
+                .into();
+            let ((id, manifest), _) = keys
+                .verify_any(|k| crate::dataset::verify_manifest(envelope.clone(), k))
+                .with_context(|| {
+                    format!("manifest of {} from {} is NOT valid", e.dataset_id, a.peer)
+                })?;
+            if id.as_str() != e.dataset_id {
+                bail!(
+                    "{} listed {} but its manifest is dataset {id}",
+                    a.peer,
+                    e.dataset_id
+                );
+            }
+            rows.push((id, manifest));
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        // Tokens are dataset ids in increasing order; anything else is a
+        // node leading the client in circles.
+        if page.next_page_token <= token || rows.len() > 1_000_000 {
+            bail!("{} paginates its catalog incorrectly; stopping", a.peer);
+        }
+        token = page.next_page_token;
+    }
+    let mut text = format!(
+        "{} dataset(s) of {} (publisher {}, participant {}); every manifest signature verified\n",
+        rows.len(),
+        a.peer,
+        publisher.node_id,
+        publisher.participant
+    );
+    text.push_str(&format!(
+        "{:<55}  {:>3}  {:<10}  {:>10}  {:<28}  {}",
+        "DATASET", "VER", "CLASS", "SIZE", "MAY BE GRANTED", "TITLE"
+    ));
+    let mut json_rows = Vec::new();
+    for (id, v) in &rows {
+        let m = v.value();
+        let grantable: Vec<String> = m
+            .policy
+            .grantable_actions()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        // Titles are the publisher's text: no control or direction
+        // characters may fake table rows.
+        let title: String = m
+            .title
+            .chars()
+            .map(|c| {
+                if c.is_control()
+                    || ('\u{202a}'..='\u{202e}').contains(&c)
+                    || ('\u{2066}'..='\u{2069}').contains(&c)
+                {
+                    '?'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        text.push_str(&format!(
+            "\n{:<55}  {:>3}  {:<10}  {:>10}  {:<28}  {}",
+            id.as_str(),
+            m.version,
+            m.classification.as_str(),
+            size_text(m.size),
+            grantable.join(","),
+            title
+        ));
+        json_rows.push(json!({
+            "dataset_id": id.to_string(),
+            "title": m.title,
+            "description": m.description,
+            "media_type": m.media_type,
+            "size": m.size,
+            "version": m.version,
+            "classification": m.classification.as_str(),
+            "publisher": m.publisher.to_string(),
+            "content_sha256": data_encoding::HEXLOWER.encode(&m.content_sha256),
+            "grantable_actions": grantable,
+            "policy": serde_json::from_slice::<Value>(&m.policy.canonical_json()).unwrap_or(Value::Null),
+            // The DSSE JSON envelope, for third-party DSSE verifiers.
+            "envelope": serde_json::from_str::<Value>(&v.envelope().to_json()).unwrap_or(Value::Null),
+        }));
+    }
+    Ok(Output {
+        text,
+        json: json!({"peer": a.peer, "publisher": identity_json(&publisher), "verified": true, "datasets": json_rows}),
+    })
+}
+
+fn load_policy(path: &Path) -> Result<crate::policy::Policy> {
+    let text = fsutil::read_to_string(path)?;
+    let policy = if path.extension().is_some_and(|e| e == "json") {
+        let doc: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        crate::policy::odrl::import(&doc)
+    } else {
+        crate::policy::Policy::from_toml(&text)
+    };
+    policy.with_context(|| format!("{} is not a valid policy", path.display()))
+}
+
+pub(super) fn policy(command: PolicyCommand) -> Result<Output> {
+    match command {
+        PolicyCommand::Check { file, .. } => {
+            let p = load_policy(&file)?;
+            let hash = data_encoding::HEXLOWER.encode(&p.hash());
+            Ok(Output {
+                text: format!(
+                    "{}: valid policy (hash {hash})\n{}",
+                    file.display(),
+                    p.explain()
+                ),
+                json: json!({"file": file, "valid": true, "hash": hash, "explanation": p.explain(),
+                    "policy": serde_json::from_slice::<Value>(&p.canonical_json()).unwrap_or(Value::Null)}),
+            })
+        }
+        PolicyCommand::Export { file, odrl } => {
+            let p = load_policy(&file)?;
+            let doc = crate::policy::odrl::export(&p);
+            let text = serde_json::to_string_pretty(&doc)?;
+            fsutil::write_atomic(&odrl, format!("{text}\n").as_bytes(), fsutil::PUBLIC_MODE)?;
+            Ok(Output {
+                text: format!("wrote {} (ODRL JSON-LD)", odrl.display()),
+                json: json!({"odrl": odrl}),
+            })
+        }
+        PolicyCommand::Import { odrl, out } => {
+            let text = fsutil::read_to_string(&odrl)?;
+            let doc: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", odrl.display()))?;
+            let p = crate::policy::odrl::import(&doc).with_context(|| {
+                format!("{} is not a policy dsnode can enforce", odrl.display())
+            })?;
+            let toml = p.to_toml();
+            match out {
+                Some(path) => {
+                    fsutil::write_atomic(&path, toml.as_bytes(), fsutil::PUBLIC_MODE)?;
+                    Ok(Output {
+                        text: format!("wrote {}", path.display()),
+                        json: json!({"policy": path}),
+                    })
+                }
+                None => Ok(Output {
+                    text: toml.trim_end().to_owned(),
+                    json: json!({"toml": toml}),
+                }),
+            }
+        }
+    }
+}
+
+fn grant_json(g: &crate::exchange::grant::Grant) -> Value {
+    json!({
+        "grant_id": g.id.to_string(),
+        "dataset_id": g.dataset.to_string(),
+        "publisher": g.publisher.to_string(),
+        "grantee": g.grantee.to_string(),
+        "purpose": g.purpose,
+        "actions": g.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+        "not_before": time_text(g.not_before_ms),
+        "not_after": time_text(g.not_after_ms),
+        "max_fetches": g.max_fetches,
+        "obligations": g.obligations.iter().map(|o| json!({"action": o.action.as_str(), "after_secs": o.after_secs})).collect::<Vec<_>>(),
+    })
+}
+
+/// Decodes a grant envelope the local node returned (its own store: the
+/// node verified it against the publisher's certificate).
+fn local_grant(env: Option<pb::Envelope>) -> Result<crate::exchange::grant::Grant> {
+    let env: crate::envelope::Envelope = env
+        .ok_or_else(|| anyhow::anyhow!("the node returned no grant"))?
+        .into();
+    Ok(crate::exchange::grant::Grant::decode(&env.payload)?)
+}
+
+pub(super) async fn request(a: RequestArgs) -> Result<Output> {
+    let duration_secs = match a.duration.as_deref() {
+        None => 0,
+        Some(d) => humantime::parse_duration(d)
+            .with_context(|| format!("--for `{d}` is not a duration such as 30d or 12h"))?
+            .as_secs(),
+    };
+    let addr = own_address(&a.client.data_dir)?;
+    let conn = connect(&a.client.data_dir, &addr).await?;
+    let r = pb::admin_client::AdminClient::new(conn.channel)
+        .request_access(pb::AdminRequestAccessRequest {
+            peer: a.peer.clone(),
+            dataset_id: a.dataset.clone(),
+            purpose: a.purpose.clone(),
+            actions: a
+                .actions
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            duration_secs,
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::PermissionDenied => anyhow::anyhow!("{} refused: {}", a.peer, s.message()),
+            _ => call_error(&addr, &s),
+        })?
+        .into_inner();
+    let g = local_grant(r.grant)?;
+    let actions: Vec<&str> = g.actions.iter().map(|x| x.as_str()).collect();
+    Ok(Output {
+        text: format!(
+            "granted {}\n  dataset   {}\n  purpose   {}\n  actions   {}\n  valid     {} to {}\n  fetches   {}\n  recorded as entry {} (GrantReceived) in this node's ledger",
+            g.id,
+            g.dataset,
+            g.purpose,
+            actions.join(","),
+            time_text(g.not_before_ms),
+            time_text(g.not_after_ms),
+            g.max_fetches.map_or("unlimited".into(), |n| n.to_string()),
+            r.ledger_index
+        ),
+        json: json!({"grant": grant_json(&g), "ledger_index": r.ledger_index}),
+    })
+}
+
+pub(super) async fn grants(command: GrantsCommand) -> Result<Output> {
+    match command {
+        GrantsCommand::List(c) => {
+            let addr = own_address(&c.data_dir)?;
+            let conn = connect(&c.data_dir, &addr).await?;
+            let r = pb::admin_client::AdminClient::new(conn.channel)
+                .list_grants(pb::ListGrantsRequest {})
+                .await
+                .map_err(|s| call_error(&addr, &s))?
+                .into_inner();
+            let mut text = format!("{} grant(s)", r.grants.len());
+            let mut rows = Vec::new();
+            for s in r.grants {
+                let g = local_grant(s.grant)?;
+                let state = match (s.issued, s.revoked) {
+                    (true, true) => "issued, REVOKED",
+                    (true, false) => "issued",
+                    (false, _) => "held",
+                };
+                text.push_str(&format!(
+                    "\n{}  {:<15}  {}  to {}  purpose {}  until {}",
+                    g.id,
+                    state,
+                    g.dataset,
+                    g.grantee,
+                    g.purpose,
+                    time_text(g.not_after_ms)
+                ));
+                let mut j = grant_json(&g);
+                j["issued"] = json!(s.issued);
+                j["revoked"] = json!(s.revoked);
+                rows.push(j);
+            }
+            Ok(Output {
+                text,
+                json: json!({"grants": rows}),
+            })
+        }
+        GrantsCommand::Revoke {
+            client,
+            grant,
+            reason,
+        } => {
+            let addr = own_address(&client.data_dir)?;
+            let conn = connect(&client.data_dir, &addr).await?;
+            let r = pb::admin_client::AdminClient::new(conn.channel)
+                .revoke_grant(pb::RevokeGrantRequest {
+                    grant_id: grant.clone(),
+                    reason,
+                })
+                .await
+                .map_err(|s| call_error(&addr, &s))?
+                .into_inner();
+            Ok(Output {
+                text: if r.already_revoked {
+                    format!("{grant} was already revoked")
+                } else {
+                    format!(
+                        "revoked {grant} (GrantRevoked, ledger entry {})",
+                        r.ledger_index
+                    )
+                },
+                json: json!({"grant_id": grant, "already_revoked": r.already_revoked, "ledger_index": r.ledger_index}),
+            })
+        }
+    }
+}
+
+pub(super) async fn fetch(a: FetchArgs) -> Result<Output> {
+    // The node writes the file: give it a path that does not depend on
+    // its working directory.
+    let out = std::path::absolute(&a.out)
+        .with_context(|| format!("cannot resolve {}", a.out.display()))?;
+    let addr = own_address(&a.client.data_dir)?;
+    let conn = connect(&a.client.data_dir, &addr).await?;
+    let bar = if a.client.out.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    bar.set_message(format!("fetching with grant {} from {}", a.grant, a.peer));
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let failed = |s: tonic::Status| match s.code() {
+        tonic::Code::PermissionDenied
+        | tonic::Code::DataLoss
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::NotFound
+        | tonic::Code::InvalidArgument => anyhow::anyhow!("fetch failed: {}", s.message()),
+        _ => call_error(&addr, &s),
+    };
+    let started = std::time::Instant::now();
+    let mut events = pb::admin_client::AdminClient::new(conn.channel)
+        .fetch(pb::AdminFetchRequest {
+            peer: a.peer.clone(),
+            grant_id: a.grant.clone(),
+            out: out.display().to_string(),
+            force: a.force,
+            retries: a.retries,
+        })
+        .await
+        .map_err(failed)?
+        .into_inner();
+    let mut sized = false;
+    let done = loop {
+        let event = match events.message().await {
+            Ok(Some(e)) => e.event,
+            Ok(None) => {
+                bar.finish_and_clear();
+                anyhow::bail!("the node ended the fetch without a result; see its log");
+            }
+            Err(s) => {
+                bar.finish_and_clear();
+                return Err(failed(s));
+            }
+        };
+        match event {
+            Some(pb::admin_fetch_event::Event::Progress(p)) => {
+                if !sized && p.total_bytes > 0 {
+                    sized = true;
+                    bar.set_length(p.total_bytes);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    if p.resumed_chunks > 0 {
+                        bar.println(format!(
+                            "resuming: {} of {} chunks were already verified",
+                            p.resumed_chunks, p.total_chunks
+                        ));
+                    }
+                    bar.set_position(p.bytes);
+                    bar.reset_eta();
+                }
+                bar.set_position(p.bytes);
+            }
+            Some(pb::admin_fetch_event::Event::Done(d)) => break d,
+            None => {}
+        }
+    };
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64().max(1e-6);
+    let resumed = if done.resumed_chunks > 0 || done.reconnects > 0 {
+        format!(
+            "\n  resumed: {} chunk(s) kept from an interrupted attempt, {} reconnect(s)",
+            done.resumed_chunks, done.reconnects
+        )
+    } else {
+        String::new()
+    };
+    Ok(Output {
+        text: format!(
+            "fetched {} ({}) to {} in {:.1}s ({:.0} MB/s)\n  content sha256 {} (matches the manifest)\n  receipt recorded: entry {} here, entry {} at the publisher{resumed}",
+            done.dataset_id,
+            size_text(done.bytes),
+            out.display(),
+            secs,
+            done.bytes as f64 / secs / 1e6,
+            data_encoding::HEXLOWER.encode(&done.content_sha256),
+            done.ledger_index,
+            done.publisher_ledger_index
+        ),
+        json: json!({"dataset_id": done.dataset_id, "bytes": done.bytes, "out": out, "content_sha256": data_encoding::HEXLOWER.encode(&done.content_sha256), "ledger_index": done.ledger_index, "publisher_ledger_index": done.publisher_ledger_index, "resumed_chunks": done.resumed_chunks, "reconnects": done.reconnects}),
+    })
+}
