@@ -13,6 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     files.sort();
     println!("cargo:rerun-if-changed=proto");
+    // Checkouts of this repository that share one target dir (git
+    // worktrees) share this script's output too: run again when built
+    // from another directory, so each gets code from its own protos.
+    println!("cargo:rerun-if-env-changed=PWD");
 
     let fds = protox::compile(&files, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

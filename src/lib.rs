@@ -35,6 +35,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod ledger;
 pub mod node;
+pub mod payload;
 pub mod peer;
 pub mod policy;
 pub mod runtime;

@@ -10,15 +10,34 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::envelope::Envelope;
 use crate::identity::PeerIdentity;
 
 /// A future a [`Peer`] returns (boxed: peers are used as trait objects).
 pub type PeerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, PeerError>> + Send + 'a>>;
 
+/// The parts of a transfer as the publisher sends them: one header, then
+/// the chunks in order.
+pub type FetchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<FetchPart, PeerError>> + Send>>;
+
 /// Another node, reached over a connection whose certificate was verified.
 pub trait Peer: Send + Sync {
     /// The node at the other end, as its verified certificate states it.
     fn identity(&self) -> &PeerIdentity;
+
+    /// Asks the node (a publisher) for access to one of its datasets
+    /// (`Exchange.RequestAccess`); the answer is its signed grant, not yet
+    /// verified.
+    fn request_access(&self, request: AccessAsk) -> PeerFuture<'_, Envelope>;
+
+    /// Opens a transfer of a granted dataset (`Exchange.Fetch`), new or
+    /// resumed.
+    fn fetch(&self, request: FetchAsk) -> PeerFuture<'_, FetchStream>;
+
+    /// Hands the node (the grant's publisher) a receipt this node signed
+    /// (`Exchange.SubmitReceipt`).
+    fn submit_receipt(&self, receipt: &Envelope) -> PeerFuture<'_, ReceiptTaken>;
 
     /// The raw `KeyRotated` entries of its log (`Ledger.GetCheckpoint`),
     /// to rebuild and check its key history.
@@ -36,6 +55,71 @@ pub trait Peer: Send + Sync {
 pub trait Dialer: Send + Sync {
     /// Connects, with this node's certificate, and verifies the other's.
     fn dial<'a>(&'a self, addr: &'a str) -> PeerFuture<'a, Box<dyn Peer>>;
+}
+
+/// An access request as sent to a publisher (the requester is the
+/// certificate of the connection, never a field).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessAsk {
+    /// The dataset.
+    pub dataset_id: String,
+    /// The purpose asked for.
+    pub purpose: String,
+    /// The actions asked for (read, derive, redistribute, aggregate).
+    pub actions: Vec<String>,
+    /// Wanted grant lifetime in seconds; 0: as long as the policy allows.
+    pub duration_secs: u64,
+}
+
+/// A transfer request: a new fetch of a grant, or a resume of one of its
+/// transfers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchAsk {
+    /// The grant.
+    pub grant_id: String,
+    /// Set to resume: (the publisher's `TransferStarted` index, the first
+    /// chunk wanted).
+    pub resume: Option<Resume>,
+}
+
+/// Where a resumed transfer starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// The publisher's `TransferStarted` entry of the interrupted transfer.
+    pub transfer_index: u64,
+    /// The first chunk wanted (every one before it is verified).
+    pub from_chunk: u64,
+}
+
+/// One part of a transfer stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchPart {
+    /// The first part: what the transfer carries.
+    Header(FetchHeader),
+    /// The next chunk's bytes.
+    Chunk(Vec<u8>),
+}
+
+/// What a transfer carries, as the publisher states it (unverified).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FetchHeader {
+    /// The publisher-signed manifest (`None`: the publisher sent none).
+    pub manifest: Option<Envelope>,
+    /// SHA-256 of every chunk, in order (each should be 32 bytes).
+    pub chunk_hashes: Vec<Vec<u8>>,
+    /// The publisher's `TransferStarted` entry.
+    pub transfer_index: u64,
+    /// The index of the first chunk the stream carries.
+    pub first_chunk: u64,
+}
+
+/// A publisher's answer to a receipt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptTaken {
+    /// The publisher's `ReceiptRecorded` entry.
+    pub ledger_index: u64,
+    /// Its checkpoint that covers that entry (a signed note, unverified).
+    pub checkpoint: Vec<u8>,
 }
 
 /// One side's log as sent in a checkpoint exchange: the caller's request.

@@ -6,8 +6,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::envelope::Envelope;
+use crate::exchange::Publisher;
+use crate::exchange::access::{self, AccessError, Ask};
+use crate::exchange::book::{BookError, Held};
+use crate::exchange::fetch::{self, Consumer, FetchError, FetchOrder, Fetched, Progress, Resent};
+use crate::exchange::grant::GrantId;
 use crate::identity::PeerIdentity;
-use crate::peer::{CheckpointAnswer, CheckpointOffer, Dialer, Peer};
+use crate::peer::{AccessAsk, CheckpointAnswer, CheckpointOffer, Dialer, Peer};
 use crate::runtime::tls::ConnectionRegistry;
 use crate::witness::protocol::{ExchangeError, Exchanged, Witnessing};
 
@@ -40,8 +46,6 @@ pub struct NodeContext {
     pub publishing: tokio::sync::Mutex<()>,
     /// Grants issued and held.
     pub grants: Arc<crate::exchange::book::GrantBook>,
-    /// TLS for calls this node makes to other nodes.
-    pub client_tls: crate::runtime::tls::ClientConfigCell,
     /// Connects to other nodes as this node.
     pub dialer: Arc<dyn Dialer>,
     /// Peers' checkpoints seen, cosignatures received, fork evidence.
@@ -102,4 +106,125 @@ impl NodeContext {
             .witnessed(if result.is_ok() { "cosigned" } else { "failed" });
         result
     }
+}
+
+impl NodeContext {
+    /// What the publisher's side of the exchange needs of this node.
+    pub fn publisher(&self) -> Publisher<'_> {
+        Publisher {
+            identity: &self.identity,
+            clock: &self.clock,
+            ledger: &self.ledger,
+            grants: &self.grants,
+            catalog: &self.catalog,
+            blobs: &self.blobs,
+            key: &self.signing_key,
+            metrics: &self.metrics,
+            opening: &self.opening,
+        }
+    }
+
+    /// What the consumer's side of the exchange needs of this node.
+    pub fn consumer(&self) -> Consumer<'_> {
+        Consumer {
+            identity: &self.identity,
+            ledger: &self.ledger,
+            grants: &self.grants,
+            blobs: &self.blobs,
+            key: &self.signing_key,
+            fetching: &self.fetching,
+            dialer: self.dialer.as_ref(),
+        }
+    }
+
+    /// `Admin.RequestAccess`: asks the publisher at `addr` for access as
+    /// this node; keeps and records the grant it answers with.
+    pub async fn request_access_as_node(
+        &self,
+        addr: &str,
+        ask: &AccessAsk,
+    ) -> Result<(Arc<Held>, u64), AccessError> {
+        let ask = Ask::try_from(ask)?;
+        let publisher = self.dialer.dial(addr).await?;
+        access::request(
+            &self.grants,
+            &self.identity.node_id,
+            publisher.as_ref(),
+            &ask,
+        )
+        .await
+    }
+
+    /// `Admin.Fetch`: fetches as this node; having talked, the two nodes
+    /// then witness each other's logs.
+    pub async fn fetch_as_node(
+        &self,
+        order: FetchOrder,
+        progress: Arc<Progress>,
+    ) -> Result<Fetched, FetchError> {
+        let peer = order.peer.clone();
+        let result = fetch::fetch(self.consumer(), order, progress).await;
+        if result.is_ok()
+            && let Err(e) = self.exchange_checkpoints_with(&peer).await
+        {
+            tracing::warn!(peer, error = %e, "checkpoint exchange after the fetch failed");
+        }
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "fetch failed");
+        }
+        result
+    }
+
+    /// `Admin.ResendReceipts`.
+    pub async fn resend_receipts(
+        &self,
+        grant: &GrantId,
+        addr: &str,
+    ) -> Result<(u64, Vec<Resent>), FetchError> {
+        fetch::resend_receipts(&self.consumer(), grant, addr).await
+    }
+
+    /// `Admin.ListGrants`: every grant issued (and whether revoked), then
+    /// every grant held.
+    pub fn grants(&self) -> Result<Vec<GrantStatus>, BookError> {
+        let mut out = Vec::new();
+        for g in self.grants.issued() {
+            let revoked = self.grants.is_revoked(&g.value().id)?;
+            out.push(GrantStatus {
+                grant: g.envelope().clone(),
+                revoked,
+                issued: true,
+            });
+        }
+        for h in self.grants.held() {
+            out.push(GrantStatus {
+                grant: h.grant.envelope().clone(),
+                revoked: false,
+                issued: false,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `Admin.RevokeGrant`: records `GrantRevoked` (no reason: "revoked by
+    /// the publisher"); `None` if it was revoked before.
+    pub async fn revoke(&self, grant: &GrantId, reason: &str) -> Result<Option<u64>, BookError> {
+        let reason = if reason.is_empty() {
+            "revoked by the publisher"
+        } else {
+            reason
+        };
+        Ok(self.grants.revoke(grant, reason).await?.map(|a| a.index))
+    }
+}
+
+/// A grant as `Admin.ListGrants` shows it.
+#[derive(Clone, Debug)]
+pub struct GrantStatus {
+    /// The signed grant.
+    pub grant: Envelope,
+    /// Revoked (issued grants only).
+    pub revoked: bool,
+    /// Issued by this node (else held).
+    pub issued: bool,
 }

@@ -396,7 +396,6 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         catalog: Arc::new(catalog),
         publishing: tokio::sync::Mutex::new(()),
         grants: Arc::new(grants),
-        client_tls: client_cell.clone(),
         dialer: Arc::new(crate::wire::client::TlsDialer::new(client_cell.clone())),
         witness,
         certificate_pem: fsutil::read(&config.data_dir.cert())?,

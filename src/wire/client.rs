@@ -15,9 +15,17 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::PeerIdentity;
 use crate::ledger::keys::{LogKeys, decode_rotations};
+use tokio_stream::StreamExt;
+
+use crate::envelope::Envelope;
 use crate::peer::{
-    CheckpointAnswer, CheckpointOffer, ConsistencyAnswer, Dialer, Peer, PeerError, PeerFuture,
+    AccessAsk, CheckpointAnswer, CheckpointOffer, Code, ConsistencyAnswer, Dialer, FetchAsk,
+    FetchPart, FetchStream, Peer, PeerError, PeerFuture, ReceiptTaken,
 };
+
+/// How long a receipt submission may take (as long as a silent publisher
+/// is waited for during a transfer).
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(60);
 use crate::runtime::tls;
 use crate::wire::pb;
 use crate::wire::pb::ledger_client::LedgerClient;
@@ -268,6 +276,48 @@ pub fn deepest_cause(err: &(dyn std::error::Error + 'static)) -> String {
 impl Peer for PeerChannel {
     fn identity(&self) -> &PeerIdentity {
         &self.server
+    }
+
+    fn request_access(&self, request: AccessAsk) -> PeerFuture<'_, Envelope> {
+        Box::pin(async move {
+            let answer = pb::exchange_client::ExchangeClient::new(self.channel.clone())
+                .request_access(pb::RequestAccessRequest::from(request))
+                .await?
+                .into_inner();
+            let pb::RequestAccessResponse { grant } = answer;
+            grant.map(Into::into).ok_or_else(|| {
+                PeerError::new(Code::Internal, "the publisher answered without a grant")
+            })
+        })
+    }
+
+    fn fetch(&self, request: FetchAsk) -> PeerFuture<'_, FetchStream> {
+        Box::pin(async move {
+            let mut exchange = pb::exchange_client::ExchangeClient::new(self.channel.clone())
+                .max_decoding_message_size(
+                    *crate::dataset::CHUNK_SIZE_RANGE.end() as usize + (64 << 10),
+                );
+            let stream = exchange
+                .fetch(pb::FetchRequest::from(request))
+                .await?
+                .into_inner()
+                .map(|m| m.map_err(PeerError::from).and_then(FetchPart::try_from));
+            Ok(Box::pin(stream) as FetchStream)
+        })
+    }
+
+    fn submit_receipt(&self, receipt: &Envelope) -> PeerFuture<'_, ReceiptTaken> {
+        let mut submit = tonic::Request::new(pb::SubmitReceiptRequest {
+            receipt: Some(receipt.into()),
+        });
+        submit.set_timeout(RECEIPT_TIMEOUT);
+        Box::pin(async move {
+            let answer = pb::exchange_client::ExchangeClient::new(self.channel.clone())
+                .submit_receipt(submit)
+                .await?
+                .into_inner();
+            Ok(answer.into())
+        })
     }
 
     fn key_rotations(&self) -> PeerFuture<'_, Vec<Vec<u8>>> {

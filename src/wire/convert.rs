@@ -4,7 +4,10 @@
 
 use crate::envelope::{Envelope, EnvelopeSignature};
 use crate::identity::PeerIdentity;
-use crate::peer::{CheckpointAnswer, CheckpointOffer, ConsistencyAnswer};
+use crate::peer::{
+    AccessAsk, CheckpointAnswer, CheckpointOffer, Code, ConsistencyAnswer, FetchAsk, FetchHeader,
+    FetchPart, PeerError, ReceiptTaken, Resume,
+};
 use crate::wire::pb;
 
 impl From<&PeerIdentity> for pb::Identity {
@@ -156,5 +159,197 @@ impl From<pb::ProveConsistencyResponse> for ConsistencyAnswer {
             old_checkpoint,
             proof,
         }
+    }
+}
+
+impl From<AccessAsk> for pb::RequestAccessRequest {
+    fn from(a: AccessAsk) -> Self {
+        let AccessAsk {
+            dataset_id,
+            purpose,
+            actions,
+            duration_secs,
+        } = a;
+        Self {
+            dataset_id,
+            purpose,
+            actions,
+            duration_secs,
+        }
+    }
+}
+
+impl From<pb::RequestAccessRequest> for AccessAsk {
+    fn from(r: pb::RequestAccessRequest) -> Self {
+        let pb::RequestAccessRequest {
+            dataset_id,
+            purpose,
+            actions,
+            duration_secs,
+        } = r;
+        Self {
+            dataset_id,
+            purpose,
+            actions,
+            duration_secs,
+        }
+    }
+}
+
+impl From<FetchAsk> for pb::FetchRequest {
+    fn from(f: FetchAsk) -> Self {
+        let FetchAsk { grant_id, resume } = f;
+        Self {
+            grant_id,
+            resume: resume.map(|r| {
+                let Resume {
+                    transfer_index,
+                    from_chunk,
+                } = r;
+                pb::FetchResume {
+                    transfer_index,
+                    from_chunk,
+                }
+            }),
+        }
+    }
+}
+
+impl From<pb::FetchRequest> for FetchAsk {
+    fn from(f: pb::FetchRequest) -> Self {
+        let pb::FetchRequest { grant_id, resume } = f;
+        Self {
+            grant_id,
+            resume: resume.map(|r| {
+                let pb::FetchResume {
+                    transfer_index,
+                    from_chunk,
+                } = r;
+                Resume {
+                    transfer_index,
+                    from_chunk,
+                }
+            }),
+        }
+    }
+}
+
+impl From<FetchHeader> for pb::FetchHeader {
+    fn from(h: FetchHeader) -> Self {
+        let FetchHeader {
+            manifest,
+            chunk_hashes,
+            transfer_index,
+            first_chunk,
+        } = h;
+        Self {
+            manifest: manifest.as_ref().map(Into::into),
+            chunk_hashes,
+            transfer_index,
+            first_chunk,
+        }
+    }
+}
+
+impl From<pb::FetchHeader> for FetchHeader {
+    fn from(h: pb::FetchHeader) -> Self {
+        let pb::FetchHeader {
+            manifest,
+            chunk_hashes,
+            transfer_index,
+            first_chunk,
+        } = h;
+        Self {
+            manifest: manifest.map(Into::into),
+            chunk_hashes,
+            transfer_index,
+            first_chunk,
+        }
+    }
+}
+
+impl From<FetchPart> for pb::FetchResponse {
+    fn from(p: FetchPart) -> Self {
+        Self {
+            part: Some(match p {
+                FetchPart::Header(h) => pb::fetch_response::Part::Header(h.into()),
+                FetchPart::Chunk(c) => pb::fetch_response::Part::Chunk(c),
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::FetchResponse> for FetchPart {
+    type Error = PeerError;
+
+    fn try_from(r: pb::FetchResponse) -> Result<Self, PeerError> {
+        let pb::FetchResponse { part } = r;
+        match part {
+            Some(pb::fetch_response::Part::Header(h)) => Ok(Self::Header(h.into())),
+            Some(pb::fetch_response::Part::Chunk(c)) => Ok(Self::Chunk(c)),
+            None => Err(PeerError::new(
+                Code::DataLoss,
+                "a transfer message with neither a header nor a chunk",
+            )),
+        }
+    }
+}
+
+impl From<ReceiptTaken> for pb::SubmitReceiptResponse {
+    fn from(t: ReceiptTaken) -> Self {
+        let ReceiptTaken {
+            ledger_index,
+            checkpoint,
+        } = t;
+        Self {
+            ledger_index,
+            checkpoint,
+        }
+    }
+}
+
+impl From<pb::SubmitReceiptResponse> for ReceiptTaken {
+    fn from(r: pb::SubmitReceiptResponse) -> Self {
+        let pb::SubmitReceiptResponse {
+            ledger_index,
+            checkpoint,
+        } = r;
+        Self {
+            ledger_index,
+            checkpoint,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// The saved header of an interrupted fetch is the protobuf encoding of
+    /// `dataspace.v1.FetchHeader`, whoever writes it: a state saved by an
+    /// earlier build (which saved the message itself) still resumes.
+    #[test]
+    fn a_saved_fetch_header_is_the_wire_message() {
+        let header = FetchHeader {
+            manifest: Some(Envelope {
+                payload_type: "application/vnd.dsnode.manifest.v1+protobuf".into(),
+                payload: vec![1, 2, 3],
+                signatures: vec![EnvelopeSignature {
+                    keyid: "dsn1x".into(),
+                    sig: vec![9; 64],
+                }],
+            }),
+            chunk_hashes: vec![vec![7; 32], vec![8; 32]],
+            transfer_index: 12,
+            first_chunk: 1,
+        };
+        let wire = pb::FetchHeader::from(header.clone()).encode_to_vec();
+        let saved = crate::payload::fetch_state::encode(&header);
+        assert_eq!(saved, wire);
+        let back = crate::payload::fetch_state::decode(&wire).expect("decodes");
+        assert_eq!(back, header);
+        let err = crate::payload::fetch_state::decode(b"\xff\xff garbage").expect_err("garbage");
+        assert!(err.to_string().starts_with("not a fetch header"), "{err}");
     }
 }

@@ -6,6 +6,10 @@
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
+use crate::exchange::access::AccessError;
+use crate::exchange::book::BookError;
+use crate::exchange::fetch::FetchError;
+use crate::exchange::serve::ServeError;
 use crate::ledger::LedgerError;
 use crate::ledger::merkle::ProofError;
 use crate::peer::{Code as PeerCode, PeerError, ShownCheckpoint};
@@ -142,5 +146,82 @@ fn peer_code(c: Code) -> PeerCode {
         Code::Unavailable => PeerCode::Unavailable,
         Code::DataLoss => PeerCode::DataLoss,
         Code::Unauthenticated => PeerCode::Unauthenticated,
+    }
+}
+
+/// A grant-book error, while doing `context`.
+pub fn book(context: &str, e: BookError) -> Status {
+    match e {
+        BookError::Unknown(m) => Status::not_found(format!("this node has no grant {m}")),
+        BookError::Grant(e) => Status::invalid_argument(e.to_string()),
+        BookError::Ledger(e) => ledger(context, e),
+        BookError::File(e) => internal(context, &e),
+    }
+}
+
+impl From<AccessError> for Status {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::BadRequest(m) => Status::invalid_argument(m),
+            e @ AccessError::NotVisible(_) => Status::not_found(e.to_string()),
+            e @ AccessError::OtherDataset => Status::internal(e.to_string()),
+            AccessError::Book { context, source } => book(context, source),
+            AccessError::Ledger { context, source } => ledger(context, source),
+            AccessError::Internal { context, source } => internal(context, &*source),
+            AccessError::Peer(e) => e.into(),
+        }
+    }
+}
+
+impl From<ServeError> for Status {
+    fn from(e: ServeError) -> Self {
+        match e {
+            ServeError::BadRequest(m) => Status::invalid_argument(m),
+            ServeError::NotFound(m) => Status::not_found(m),
+            ServeError::Refused(m) => Status::permission_denied(m),
+            e @ ServeError::MissingChunk { .. } => Status::data_loss(e.to_string()),
+            ServeError::Book { context, source } => book(context, source),
+            ServeError::Ledger { context, source } => ledger(context, source),
+            e @ ServeError::NoCheckpoint => Status::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<FetchError> for Status {
+    /// Local failures are `FailedPrecondition` (retrying over the network
+    /// cannot fix them); what the publisher sent that does not verify is
+    /// `DataLoss`; the publisher's own answers pass as they were given.
+    fn from(e: FetchError) -> Self {
+        match e {
+            FetchError::BadRequest(m) => Status::invalid_argument(m),
+            e @ FetchError::NoGrant(_) => Status::not_found(e.to_string()),
+            FetchError::Precondition(m) | FetchError::Local(m) => Status::failed_precondition(m),
+            FetchError::BadAnswer(m) => Status::data_loss(m),
+            e @ FetchError::Idle => Status::unavailable(e.to_string()),
+            e @ FetchError::CallerGone => Status::cancelled(e.to_string()),
+            FetchError::Peer(e) => e.into(),
+            e @ FetchError::Interrupted { .. } => Status::unavailable(e.to_string()),
+            FetchError::Retried { cause, retries } => {
+                let s = Status::from(*cause);
+                Status::new(
+                    s.code(),
+                    format!("{} (after {retries} retries)", s.message()),
+                )
+            }
+            FetchError::ReceiptNotTaken { out, cause } => {
+                let s = Status::from(*cause);
+                Status::new(
+                    s.code(),
+                    format!(
+                        "the content is at {} and verified, but the publisher did not take the receipt: {}; `dsnode receipts resend` submits it again",
+                        out.display(),
+                        s.message()
+                    ),
+                )
+            }
+            FetchError::Book { context, source } => book(context, source),
+            FetchError::Ledger { context, source } => ledger(context, source),
+            FetchError::Internal { context, source } => internal(context, &*source),
+        }
     }
 }

@@ -583,10 +583,13 @@ pub fn own_fork(ledger: &Ledger, refusal: &PeerError) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::Envelope;
     use crate::identity::RoleSet;
     use crate::ledger::LedgerOptions;
     use crate::ledger::entry::Entry;
-    use crate::peer::{Code, ConsistencyAnswer, PeerFuture};
+    use crate::peer::{
+        AccessAsk, Code, ConsistencyAnswer, FetchAsk, FetchStream, PeerFuture, ReceiptTaken,
+    };
 
     /// One node's witnessing state, in a temporary dir.
     struct Side {
@@ -682,6 +685,18 @@ mod tests {
     impl Peer for InMemory<'_> {
         fn identity(&self) -> &PeerIdentity {
             &self.callee.id
+        }
+
+        fn request_access(&self, _: AccessAsk) -> PeerFuture<'_, Envelope> {
+            Box::pin(async { Err(PeerError::new(Code::Unimplemented, "not a publisher")) })
+        }
+
+        fn fetch(&self, _: FetchAsk) -> PeerFuture<'_, FetchStream> {
+            Box::pin(async { Err(PeerError::new(Code::Unimplemented, "not a publisher")) })
+        }
+
+        fn submit_receipt(&self, _: &Envelope) -> PeerFuture<'_, ReceiptTaken> {
+            Box::pin(async { Err(PeerError::new(Code::Unimplemented, "not a publisher")) })
         }
 
         fn key_rotations(&self) -> PeerFuture<'_, Vec<Vec<u8>>> {

@@ -149,7 +149,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         request: Request<pb::GetEvidenceRequest>,
     ) -> Result<Response<pb::GetEvidenceResponse>, Status> {
-        let id = super::exchange::grant_id(&request.get_ref().grant_id)?;
+        let id = super::grant_id(&request.get_ref().grant_id)?;
         let objects = self
             .node
             .grants

@@ -1,0 +1,993 @@
+//! The consumer's side of a transfer, as states that consume themselves:
+//!
+//! ```text
+//! Fetch::open ─► Opened ─restore─► Transferring ─receive─► Received ─finish─► Signed ─deliver─► Fetched
+//!                 (grant held,        (an interrupted         (every chunk      (content durable,   (receipt taken
+//!                  one fetch at a      fetch's verified        verified and      TransferCompleted,  by the publisher,
+//!                  time, output ok,    chunks taken back)      written)          receipt signed      both ledgers
+//!                  publisher's key)                                              and kept)           record it)
+//! ```
+//!
+//! Chunks are verified and written on a blocking thread while the next
+//! ones arrive. A broken connection is resumed from the first missing
+//! chunk, within the call (`retries`) or by a later call: the publisher's
+//! header is kept until the fetch completes and the verified chunks are in
+//! the blob store.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use super::book::{BookError, GrantBook, Held};
+use super::grant::{Grant, GrantId};
+use super::receipt::Receipt;
+use super::transfer::{Incoming, TransferError, check_header, check_output};
+use crate::dataset::Manifest;
+use crate::dataset::blob::BlobStore;
+use crate::digest::{Hash, sha256};
+use crate::envelope::{Envelope, Verified};
+use crate::identity::PeerIdentity;
+use crate::ledger::entry::EntryKind;
+use crate::ledger::keys::{LogKeys, decode_rotations};
+use crate::ledger::{Ledger, LedgerError, Query, merkle};
+use crate::payload::fetch_state;
+use crate::peer::{
+    Code, Dialer, FetchAsk, FetchHeader, FetchPart, FetchStream, Peer, PeerError, Resume,
+};
+
+/// Chunks queued between the network and the verifying writer at most.
+const WRITE_QUEUE: usize = 4;
+
+/// How often a fetch reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// A publisher silent this long on an open stream is treated as a broken
+/// connection (and the transfer resumed).
+pub const IDLE: Duration = Duration::from_secs(60);
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// This node holds no such grant.
+    #[error("this node holds no grant {0}")]
+    NoGrant(GrantId),
+    /// Something on this node stands in the way (a fetch of the grant
+    /// already running, saved state that is no use): retrying over the
+    /// network cannot help.
+    #[error("{0}")]
+    Precondition(String),
+    /// Writing the output or the blob store failed, or the output is not
+    /// usable: local, never retried (a retry must never turn into a new,
+    /// counted fetch).
+    #[error("{0}")]
+    Local(String),
+    /// What the publisher sent does not verify, or breaks the protocol.
+    #[error("{0}")]
+    BadAnswer(String),
+    /// The publisher went silent.
+    #[error("the publisher sent nothing for {}s", IDLE.as_secs())]
+    Idle,
+    /// The one who asked for the fetch went away.
+    #[error("the fetch's caller went away")]
+    CallerGone,
+    /// The publisher could not be reached, or refused.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The transfer broke off with verified chunks kept: a later fetch of
+    /// the same grant resumes it.
+    #[error(
+        "{cause}; {received} of {total} chunks are verified and kept: run the same fetch again to resume"
+    )]
+    Interrupted {
+        /// Why it broke off.
+        #[source]
+        cause: Box<FetchError>,
+        /// Chunks verified.
+        received: usize,
+        /// Chunks in all.
+        total: usize,
+    },
+    /// The call broke off again after every retry.
+    #[error("{cause} (after {retries} retries)")]
+    Retried {
+        /// The last failure.
+        #[source]
+        cause: Box<FetchError>,
+        /// Retries made.
+        retries: u32,
+    },
+    /// The content is written and verified, but the publisher did not take
+    /// the receipt.
+    #[error(
+        "the content is at {} and verified, but the publisher did not take the receipt: {cause}; `dsnode receipts resend` submits it again",
+        .out.display()
+    )]
+    ReceiptNotTaken {
+        /// Where the content is.
+        out: PathBuf,
+        /// Why the receipt was not taken.
+        #[source]
+        cause: Box<FetchError>,
+    },
+    /// The grant book failed.
+    #[error("{context}: {source}")]
+    Book {
+        /// What was being done.
+        context: &'static str,
+        /// The failure.
+        #[source]
+        source: BookError,
+    },
+    /// The ledger failed.
+    #[error("{context}: {source}")]
+    Ledger {
+        /// What was being done.
+        context: &'static str,
+        /// The failure.
+        #[source]
+        source: LedgerError,
+    },
+    /// A task of this node failed.
+    #[error("{context}: {source}")]
+    Internal {
+        /// What was being done.
+        context: &'static str,
+        /// The failure.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl FetchError {
+    /// Whether the call broke off (connection lost, stream reset, a
+    /// silent publisher) rather than being answered: only those are
+    /// retried.
+    pub fn is_broken(&self) -> bool {
+        match self {
+            Self::Peer(e) => e.is_broken(),
+            Self::Idle | Self::CallerGone => true,
+            Self::Interrupted { cause, .. }
+            | Self::Retried { cause, .. }
+            | Self::ReceiptNotTaken { cause, .. } => cause.is_broken(),
+            _ => false,
+        }
+    }
+
+    fn book(context: &'static str) -> impl FnOnce(BookError) -> Self {
+        move |source| Self::Book { context, source }
+    }
+
+    fn ledger(context: &'static str) -> impl FnOnce(LedgerError) -> Self {
+        move |source| Self::Ledger { context, source }
+    }
+
+    fn internal<E: std::error::Error + Send + Sync + 'static>(
+        context: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        move |e| Self::Internal {
+            context,
+            source: Box::new(e),
+        }
+    }
+}
+
+impl From<TransferError> for FetchError {
+    /// Local failures (the output, the blob store) are never retried;
+    /// anything else is the publisher's data not matching.
+    fn from(e: TransferError) -> Self {
+        match e {
+            TransferError::Output(m) => Self::Local(m),
+            TransferError::File(e) => Self::Local(format!("writing the output: {e}")),
+            TransferError::Blob(e) => Self::Local(format!("storing chunks: {e}")),
+            TransferError::Thread(e) => Self::Local(format!("writing: {e}")),
+            other => Self::BadAnswer(other.to_string()),
+        }
+    }
+}
+
+/// What a consumer needs of its node to fetch.
+pub struct Consumer<'a> {
+    /// This node, from its own certificate.
+    pub identity: &'a PeerIdentity,
+    /// Its ledger.
+    pub ledger: &'a Ledger,
+    /// The grants it holds, and the saved state of interrupted fetches.
+    pub grants: &'a Arc<GrantBook>,
+    /// Where verified chunks are kept.
+    pub blobs: &'a Arc<dyn BlobStore>,
+    /// Its signing key, for receipts.
+    pub key: &'a SigningKey,
+    /// Grants being fetched now (one fetch per grant at a time).
+    pub fetching: &'a Mutex<HashSet<String>>,
+    /// Connects to the publisher.
+    pub dialer: &'a dyn Dialer,
+}
+
+/// What to fetch, from whom, to where.
+#[derive(Clone, Debug)]
+pub struct FetchOrder {
+    /// The grant this node holds.
+    pub grant: GrantId,
+    /// The publisher's address.
+    pub peer: String,
+    /// The output file.
+    pub out: PathBuf,
+    /// Replace the output if it exists.
+    pub force: bool,
+    /// Reconnects allowed after a broken connection.
+    pub retries: u32,
+}
+
+/// How far a fetch is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchProgress {
+    /// Bytes verified.
+    pub bytes: u64,
+    /// Bytes in all.
+    pub total_bytes: u64,
+    /// Chunks verified.
+    pub chunks: u64,
+    /// Chunks in all.
+    pub total_chunks: u64,
+    /// Chunks taken from an interrupted fetch.
+    pub resumed_chunks: u64,
+}
+
+/// A completed fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetched {
+    /// The dataset.
+    pub dataset_id: String,
+    /// Bytes written.
+    pub bytes: u64,
+    /// SHA-256 of the content (the manifest's).
+    pub content_sha256: Hash,
+    /// This node's `ReceiptRecorded` entry.
+    pub ledger_index: u64,
+    /// The publisher's.
+    pub publisher_ledger_index: u64,
+    /// Chunks taken from an interrupted fetch.
+    pub resumed_chunks: u64,
+    /// Reconnects made.
+    pub reconnects: u32,
+}
+
+/// Progress of one fetch, shared with the writer thread; reports go to a
+/// channel whose closing means the caller went away.
+pub struct Progress {
+    events: mpsc::Sender<FetchProgress>,
+    chunks: AtomicU64,
+    bytes: AtomicU64,
+    total_chunks: AtomicU64,
+    total_bytes: AtomicU64,
+    resumed_chunks: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Progress {
+    /// Progress reported to `events`.
+    pub fn new(events: mpsc::Sender<FetchProgress>) -> Self {
+        Self {
+            events,
+            chunks: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            total_chunks: AtomicU64::new(0),
+            total_bytes: AtomicU64::new(0),
+            resumed_chunks: AtomicU64::new(0),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Takes the totals and the position of a transfer.
+    fn start(&self, incoming: &Incoming) {
+        self.total_chunks
+            .store(incoming.chunk_count() as u64, Ordering::Relaxed);
+        self.total_bytes.store(incoming.size(), Ordering::Relaxed);
+        self.record(incoming);
+    }
+
+    fn record(&self, incoming: &Incoming) {
+        self.chunks
+            .store(incoming.received() as u64, Ordering::Relaxed);
+        self.bytes
+            .store(incoming.bytes_received(), Ordering::Relaxed);
+    }
+
+    fn caller_gone(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Sends a progress report if the last was long enough ago (never
+    /// waits: a slow reader misses updates, not data).
+    fn report(&self, force: bool) {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if !force && last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let _ = self.events.try_send(FetchProgress {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            total_bytes: self.total_bytes.load(Ordering::Relaxed),
+            chunks: self.chunks.load(Ordering::Relaxed),
+            total_chunks: self.total_chunks.load(Ordering::Relaxed),
+            resumed_chunks: self.resumed_chunks.load(Ordering::Relaxed),
+        });
+    }
+}
+
+/// Marks a grant as being fetched by this node until dropped.
+struct FetchGuard<'a> {
+    fetching: &'a Mutex<HashSet<String>>,
+    grant: String,
+}
+
+impl<'a> FetchGuard<'a> {
+    fn take(fetching: &'a Mutex<HashSet<String>>, grant: &GrantId) -> Result<Self, FetchError> {
+        let mut running = fetching.lock().unwrap_or_else(PoisonError::into_inner);
+        if !running.insert(grant.to_string()) {
+            return Err(FetchError::Precondition(format!(
+                "a fetch of grant {grant} is already running on this node"
+            )));
+        }
+        Ok(Self {
+            fetching,
+            grant: grant.to_string(),
+        })
+    }
+}
+
+impl Drop for FetchGuard<'_> {
+    fn drop(&mut self) {
+        self.fetching
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.grant);
+    }
+}
+
+/// A transfer in progress: the publisher's transfer entry and the
+/// verified output so far.
+struct InFlight {
+    transfer_index: u64,
+    manifest: Envelope,
+    incoming: Incoming,
+}
+
+/// The wait before reconnect `n` (1-based): 200 ms, doubling, at most 5 s.
+fn backoff(n: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << n.saturating_sub(1).min(5)))
+        .min(Duration::from_secs(5))
+}
+
+/// The publisher that issued a held grant, connected: its key is pinned,
+/// or (after the publisher rotated its key) must be in its key history.
+/// Returns the connection and that history.
+async fn connect_publisher(
+    dialer: &dyn Dialer,
+    peer: &str,
+    held: &Held,
+) -> Result<(Box<dyn Peer>, LogKeys), FetchError> {
+    let conn = dialer.dial(peer).await?;
+    let keys = decode_rotations(&conn.key_rotations().await?)
+        .and_then(|rotations| LogKeys::of_node(&rotations, conn.identity()))
+        .map_err(|e| {
+            FetchError::BadAnswer(format!("the node's key history does NOT verify: {e}"))
+        })?;
+    if keys.find(&held.publisher_key).is_none() {
+        let g = held.grant.value();
+        return Err(FetchError::Precondition(format!(
+            "{peer} is node {}, not the publisher {} that issued grant {} (nor a successor of its key)",
+            conn.identity().node_id,
+            g.publisher,
+            g.id
+        )));
+    }
+    Ok((conn, keys))
+}
+
+/// Verifies a transfer header: the manifest is signed by the grant's
+/// publisher (a key of its history) and is the one the grant names, the
+/// chunk list the one the manifest signs.
+fn verify_header(
+    header: &FetchHeader,
+    held: &Held,
+    keys: &LogKeys,
+) -> Result<(Verified<Manifest>, Vec<Hash>), FetchError> {
+    let g = held.grant.value();
+    let env = header
+        .manifest
+        .clone()
+        .ok_or_else(|| FetchError::BadAnswer("no manifest in the header".into()))?;
+    // Signed by the publisher's key, or by a key its history retired (a
+    // dataset published before the rotation; the publisher serves only
+    // those its log recorded before the retirement).
+    let ((dataset_id, manifest), _) = keys
+        .verify_any(|k| crate::dataset::verify_manifest(env.clone(), k))
+        .map_err(|e| FetchError::BadAnswer(format!("manifest NOT valid: {e}")))?;
+    if dataset_id != g.dataset {
+        return Err(FetchError::BadAnswer(
+            "the publisher sent another dataset than the grant names".into(),
+        ));
+    }
+    let chunks = header
+        .chunk_hashes
+        .iter()
+        .map(|h| merkle::hash_from_slice(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| FetchError::BadAnswer(format!("chunk list: {e}")))?;
+    check_header(&manifest, &chunks, g)?;
+    Ok((manifest, chunks))
+}
+
+/// The next part of a stream, or [`FetchError::Idle`] after [`IDLE`].
+async fn next_or_idle(stream: &mut FetchStream) -> Option<Result<FetchPart, FetchError>> {
+    match tokio::time::timeout(IDLE, stream.next()).await {
+        Ok(next) => next.map(|r| r.map_err(FetchError::from)),
+        Err(_) => Some(Err(FetchError::Idle)),
+    }
+}
+
+/// A fetch about to start: the grant is held, no other fetch of it runs,
+/// the output can be written, the publisher is connected and its key
+/// checked.
+pub struct Opened<'a> {
+    consumer: Consumer<'a>,
+    order: FetchOrder,
+    held: Arc<Held>,
+    publisher: Box<dyn Peer>,
+    keys: LogKeys,
+    progress: Arc<Progress>,
+    _only: FetchGuard<'a>,
+}
+
+impl<'a> Opened<'a> {
+    /// Checks what can be checked before the publisher is asked for
+    /// anything (a bad path costs no fetch), then connects.
+    pub async fn open(
+        consumer: Consumer<'a>,
+        order: FetchOrder,
+        progress: Arc<Progress>,
+    ) -> Result<Self, FetchError> {
+        let held = consumer
+            .grants
+            .held_grant(&order.grant)
+            .ok_or_else(|| FetchError::NoGrant(order.grant.clone()))?;
+        // One fetch per grant at a time: two would share the saved state.
+        let only = FetchGuard::take(consumer.fetching, &order.grant)?;
+        check_output(&order.out, order.force)?;
+        let (publisher, keys) = connect_publisher(consumer.dialer, &order.peer, &held).await?;
+        Ok(Self {
+            consumer,
+            order,
+            held,
+            publisher,
+            keys,
+            progress,
+            _only: only,
+        })
+    }
+
+    /// Takes back an interrupted fetch of this grant, if there is one: its
+    /// verified chunks come from the blob store (each checked again), the
+    /// rest will be asked for.
+    pub async fn restore(self) -> Result<Transferring<'a>, FetchError> {
+        let id = &self.order.grant;
+        let mut in_flight = None;
+        if let Some(saved) = self
+            .consumer
+            .grants
+            .interrupted_fetch(id)
+            .map_err(FetchError::book("reading the interrupted fetch"))?
+        {
+            let header = fetch_state::decode(&saved).map_err(|e| {
+                FetchError::Precondition(format!(
+                    "the saved state of an interrupted fetch of grant {id} is {e}; remove grants/fetching/{id}.* to fetch afresh"
+                ))
+            })?;
+            let (manifest, chunks) = verify_header(&header, &self.held, &self.keys)?;
+            let mut incoming = Incoming::start(
+                &self.order.out,
+                self.order.force,
+                &manifest,
+                chunks,
+                self.held.grant.value(),
+                self.consumer.blobs.clone(),
+            )?;
+            let (incoming, taken) = tokio::task::spawn_blocking(move || {
+                let taken = incoming.resume_from_store();
+                (incoming, taken)
+            })
+            .await
+            .map_err(FetchError::internal("resuming"))?;
+            let taken = taken?;
+            tracing::info!(grant = %id, chunks = taken, "resuming an interrupted fetch");
+            self.progress.start(&incoming);
+            self.progress
+                .resumed_chunks
+                .store(taken as u64, Ordering::Relaxed);
+            in_flight = Some(InFlight {
+                transfer_index: header.transfer_index,
+                manifest: manifest.envelope().clone(),
+                incoming,
+            });
+        }
+        Ok(Transferring {
+            opened: self,
+            in_flight,
+            reconnects: 0,
+        })
+    }
+}
+
+/// A fetch receiving chunks, resuming after a broken connection.
+pub struct Transferring<'a> {
+    opened: Opened<'a>,
+    in_flight: Option<InFlight>,
+    reconnects: u32,
+}
+
+impl<'a> Transferring<'a> {
+    /// Receives every chunk: calls the publisher, and after a broken
+    /// connection reconnects (each try counts against the retries) and
+    /// resumes from the first chunk not yet verified.
+    pub async fn receive(mut self) -> Result<Received<'a>, FetchError> {
+        let id = self.opened.order.grant.clone();
+        loop {
+            let err = match self.attempt().await {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            if self.in_flight.is_some()
+                && matches!(&err, FetchError::Peer(e) if e.code == Code::InvalidArgument)
+            {
+                // The publisher will not resume this transfer: the saved
+                // state is of no use; the next fetch starts afresh.
+                drop(self.in_flight.take());
+                let _ = self.opened.consumer.grants.end_fetch(&id);
+                return Err(FetchError::Precondition(format!(
+                    "the publisher will not resume this transfer ({err}); the saved state was dropped: run the same fetch again for a new fetch"
+                )));
+            }
+            let retries = self.opened.order.retries;
+            if !err.is_broken() || self.reconnects >= retries || self.opened.progress.caller_gone()
+            {
+                return Err(self.interrupted(err));
+            }
+            // Reconnect (each try counts) and resume from the first chunk
+            // not yet verified.
+            let mut last = err;
+            self.opened.publisher = loop {
+                self.reconnects += 1;
+                tracing::warn!(grant = %id, error = %last, reconnect = self.reconnects, "transfer interrupted; reconnecting to resume");
+                tokio::time::sleep(backoff(self.reconnects)).await;
+                let o = &self.opened;
+                match connect_publisher(o.consumer.dialer, &o.order.peer, &o.held).await {
+                    Ok((c, _)) => break c,
+                    Err(e) if e.is_broken() && self.reconnects < retries => last = e,
+                    Err(e) => return Err(self.interrupted(e)),
+                }
+            };
+        }
+        let in_flight = self
+            .in_flight
+            .take()
+            .ok_or_else(|| FetchError::BadAnswer("the fetch ended without a transfer".into()))?;
+        Ok(Received {
+            opened: self.opened,
+            in_flight,
+            reconnects: self.reconnects,
+        })
+    }
+
+    /// The error a fetch ends with; a broken transfer says how to resume it.
+    fn interrupted(&self, err: FetchError) -> FetchError {
+        let retries = self.opened.order.retries;
+        match &self.in_flight {
+            Some(f) if err.is_broken() => FetchError::Interrupted {
+                cause: Box::new(err),
+                received: f.incoming.received(),
+                total: f.incoming.chunk_count(),
+            },
+            _ if err.is_broken() && retries > 0 => FetchError::Retried {
+                cause: Box::new(err),
+                retries,
+            },
+            _ => err,
+        }
+    }
+
+    /// One call: a new transfer, or a resume of the one in flight from its
+    /// first missing chunk. Chunks go to a blocking thread that verifies and
+    /// writes them while the next ones arrive.
+    async fn attempt(&mut self) -> Result<(), FetchError> {
+        let o = &self.opened;
+        let g = o.held.grant.value();
+        let resume = self.in_flight.as_ref().map(|f| Resume {
+            transfer_index: f.transfer_index,
+            from_chunk: f.incoming.received() as u64,
+        });
+        let expected_first = resume.as_ref().map_or(0, |r| r.from_chunk);
+        let mut stream = o
+            .publisher
+            .fetch(FetchAsk {
+                grant_id: g.id.to_string(),
+                resume,
+            })
+            .await?;
+        let first = next_or_idle(&mut stream)
+            .await
+            .ok_or_else(|| FetchError::BadAnswer("the publisher sent nothing".into()))??;
+        let FetchPart::Header(header) = first else {
+            return Err(FetchError::BadAnswer(
+                "the publisher's stream does not start with its header".into(),
+            ));
+        };
+        // A resumed header passes only if it is the same manifest and chunk
+        // list: the grant pins the manifest's hash, which pins the list.
+        let (manifest, chunks) = verify_header(&header, &o.held, &o.keys)?;
+        if header.first_chunk != expected_first
+            || self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.transfer_index != header.transfer_index)
+        {
+            return Err(FetchError::BadAnswer(
+                "the publisher resumed another transfer or chunk than asked for".into(),
+            ));
+        }
+        let flight = match self.in_flight.take() {
+            Some(f) => f,
+            None => {
+                // Kept first: the publisher has counted this fetch already.
+                o.consumer
+                    .grants
+                    .begin_fetch(&g.id, &fetch_state::encode(&header), &chunks)
+                    .map_err(|e| FetchError::Local(format!("keeping the transfer header: {e}")))?;
+                let incoming = Incoming::start(
+                    &o.order.out,
+                    o.order.force,
+                    &manifest,
+                    chunks,
+                    g,
+                    o.consumer.blobs.clone(),
+                )?;
+                o.progress.start(&incoming);
+                InFlight {
+                    transfer_index: header.transfer_index,
+                    manifest: manifest.envelope().clone(),
+                    incoming,
+                }
+            }
+        };
+        o.progress.report(true);
+
+        let InFlight {
+            transfer_index,
+            manifest,
+            mut incoming,
+        } = flight;
+        let (queue, mut queued) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let shared = o.progress.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = queued.blocking_recv() {
+                incoming.chunk(chunk)?;
+                shared.record(&incoming);
+            }
+            Ok::<_, TransferError>(incoming)
+        });
+        let mut outcome = Ok(());
+        while let Some(part) = next_or_idle(&mut stream).await {
+            match part {
+                Ok(FetchPart::Chunk(chunk)) => {
+                    if queue.send(chunk).await.is_err() {
+                        break; // the writer stopped: its error says why
+                    }
+                }
+                Ok(FetchPart::Header(_)) => {
+                    outcome = Err(FetchError::BadAnswer(
+                        "a second header in the stream".into(),
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+            if o.progress.caller_gone() {
+                outcome = Err(FetchError::CallerGone);
+                break;
+            }
+            o.progress.report(false);
+        }
+        drop(queue);
+        // A chunk that did not verify beats a broken stream as the reason.
+        let incoming = writer
+            .await
+            .map_err(|e| FetchError::Local(format!("writing the output: {e}")))??;
+        self.in_flight = Some(InFlight {
+            transfer_index,
+            manifest,
+            incoming,
+        });
+        outcome
+    }
+}
+
+/// Every chunk verified and written; the output not yet in place.
+pub struct Received<'a> {
+    opened: Opened<'a>,
+    in_flight: InFlight,
+    reconnects: u32,
+}
+
+impl<'a> Received<'a> {
+    /// Puts the output in place (durable), remembers the dataset, records
+    /// `TransferCompleted`, and signs and keeps the receipt.
+    pub async fn finish(self) -> Result<Signed<'a>, FetchError> {
+        let Self {
+            opened,
+            in_flight,
+            reconnects,
+        } = self;
+        let InFlight {
+            transfer_index,
+            manifest,
+            incoming,
+        } = in_flight;
+        let c = &opened.consumer;
+        let g = opened.held.grant.value().clone();
+        let received = tokio::task::spawn_blocking(move || incoming.finish())
+            .await
+            .map_err(FetchError::internal("finishing the output"))??;
+        opened.progress.report(true);
+        c.grants
+            .complete_fetch(&g.id, &g.dataset, &manifest, &received.chunks)
+            .map_err(FetchError::book("recording the received dataset"))?;
+
+        // Both sides record what was received.
+        let mut completed = g.entry(EntryKind::TransferCompleted);
+        completed.object_hash = Some(received.content_sha256);
+        completed.detail = format!("{} bytes", received.bytes);
+        c.ledger
+            .append(completed)
+            .await
+            .map_err(FetchError::ledger("recording the transfer"))?;
+        let receipt = Receipt {
+            grant: g.id.clone(),
+            dataset: g.dataset.clone(),
+            content_sha256: received.content_sha256,
+            bytes: received.bytes,
+            received_at_ms: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+            consumer_checkpoint: c
+                .ledger
+                .latest()
+                .map(|cp| cp.note.clone())
+                .unwrap_or_default(),
+            consumer: c.identity.node_id.clone(),
+            transfer_index,
+        };
+        let envelope = receipt.sign(c.key);
+        // Kept whatever happens next: it is what an auditor is shown.
+        c.grants
+            .keep_receipt(&g.id, transfer_index, &envelope)
+            .map_err(FetchError::book("keeping the receipt"))?;
+        Ok(Signed {
+            opened,
+            grant: g,
+            received,
+            envelope,
+            reconnects,
+        })
+    }
+}
+
+/// The content is in place and the receipt signed and kept.
+pub struct Signed<'a> {
+    opened: Opened<'a>,
+    grant: Grant,
+    received: super::transfer::Received,
+    envelope: Envelope,
+    reconnects: u32,
+}
+
+impl Signed<'_> {
+    /// Hands the receipt to the publisher and records its answer.
+    pub async fn deliver(self) -> Result<Fetched, FetchError> {
+        let o = &self.opened;
+        let (own, publisher_index) = send_receipt(
+            o.consumer.ledger,
+            o.publisher.as_ref(),
+            &o.keys,
+            &self.grant,
+            &self.envelope,
+        )
+        .await
+        .map_err(|e| FetchError::ReceiptNotTaken {
+            out: self.received.out.clone(),
+            cause: Box::new(e),
+        })?;
+        Ok(Fetched {
+            dataset_id: self.grant.dataset.to_string(),
+            bytes: self.received.bytes,
+            content_sha256: self.received.content_sha256,
+            ledger_index: own,
+            publisher_ledger_index: publisher_index,
+            resumed_chunks: o.progress.resumed_chunks.load(Ordering::Relaxed),
+            reconnects: self.reconnects,
+        })
+    }
+}
+
+/// Fetches as `consumer`, through every state.
+pub async fn fetch(
+    consumer: Consumer<'_>,
+    order: FetchOrder,
+    progress: Arc<Progress>,
+) -> Result<Fetched, FetchError> {
+    Opened::open(consumer, order, progress)
+        .await?
+        .restore()
+        .await?
+        .receive()
+        .await?
+        .finish()
+        .await?
+        .deliver()
+        .await
+}
+
+/// Submits a receipt this node signed to the grant's publisher and records
+/// it (`ReceiptRecorded`, naming the publisher's entry) with the
+/// publisher's checkpoint that covers it (`PeerCheckpointSeen`). The
+/// publisher answers a receipt it already has with its first entry, so
+/// this may be repeated. Returns this node's entry and the publisher's.
+async fn send_receipt(
+    ledger: &Ledger,
+    publisher: &dyn Peer,
+    keys: &LogKeys,
+    g: &Grant,
+    envelope: &Envelope,
+) -> Result<(u64, u64), FetchError> {
+    let answer = publisher.submit_receipt(envelope).await?;
+    // The publisher's checkpoint that covers the receipt, verified, goes
+    // into this ledger: an auditor can later prove the publisher's log
+    // still extends it (no fork, no rewritten history).
+    let witnessed = keys.verify_checkpoint(&answer.checkpoint).map_err(|e| {
+        FetchError::BadAnswer(format!("the publisher's checkpoint does not verify: {e}"))
+    })?;
+    if witnessed.checkpoint.size <= answer.ledger_index {
+        return Err(FetchError::BadAnswer(
+            "the publisher's checkpoint does not cover its receipt entry".into(),
+        ));
+    }
+    let mut recorded = g.entry(EntryKind::ReceiptRecorded);
+    recorded.object_hash = Some(envelope.payload_hash());
+    recorded.detail = format!("publisher entry {}", answer.ledger_index);
+    let mut seen = g.entry(EntryKind::PeerCheckpointSeen);
+    seen.object_hash = Some(sha256(witnessed.note.as_bytes()));
+    seen.detail = witnessed.note.clone();
+    let own = ledger
+        .append(recorded)
+        .await
+        .map_err(FetchError::ledger("recording the receipt"))?;
+    ledger
+        .append(seen)
+        .await
+        .map_err(FetchError::ledger("recording the publisher's checkpoint"))?;
+    Ok((own.index, answer.ledger_index))
+}
+
+/// A receipt submitted again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resent {
+    /// The publisher's `TransferStarted` entry the receipt closes.
+    pub transfer_index: u64,
+    /// This node's `ReceiptRecorded` entry.
+    pub ledger_index: u64,
+    /// The publisher's.
+    pub publisher_ledger_index: u64,
+}
+
+/// Submits again every receipt this node keeps for a held grant that its
+/// ledger does not record as taken by the publisher (a publisher that
+/// stopped between the last chunk and the receipt). Returns how many are
+/// kept and those resent.
+pub async fn resend_receipts(
+    consumer: &Consumer<'_>,
+    grant: &GrantId,
+    peer: &str,
+) -> Result<(u64, Vec<Resent>), FetchError> {
+    let held = consumer
+        .grants
+        .held_grant(grant)
+        .ok_or_else(|| FetchError::NoGrant(grant.clone()))?;
+    let g = held.grant.value().clone();
+    let kept = consumer
+        .grants
+        .objects(grant)
+        .map_err(FetchError::book("reading the kept receipts"))?
+        .receipts;
+    let recorded = |hash: Hash| {
+        let q = Query {
+            grant: Some(grant.to_string()),
+            kind: Some(EntryKind::ReceiptRecorded),
+            ..Query::default()
+        };
+        consumer
+            .ledger
+            .find(&q, |e| e.draft.object_hash == Some(hash))
+            .map(|e| e.is_some())
+            .map_err(FetchError::ledger("reading the ledger"))
+    };
+    let count = kept.len() as u64;
+    let mut pending = Vec::new();
+    for (transfer, envelope) in kept {
+        if !recorded(envelope.payload_hash())? {
+            pending.push((transfer, envelope));
+        }
+    }
+    let mut resent = Vec::new();
+    if pending.is_empty() {
+        return Ok((count, resent));
+    }
+    let (publisher, keys) = connect_publisher(consumer.dialer, peer, &held).await?;
+    for (transfer, envelope) in pending {
+        let (own, publisher_ledger_index) =
+            send_receipt(consumer.ledger, publisher.as_ref(), &keys, &g, &envelope).await?;
+        resent.push(Resent {
+            transfer_index: transfer,
+            ledger_index: own,
+            publisher_ledger_index,
+        });
+    }
+    Ok((count, resent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_seconds() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(2), Duration::from_millis(400));
+        assert_eq!(backoff(5), Duration::from_millis(3200));
+        assert_eq!(backoff(6), Duration::from_secs(5));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn only_broken_calls_are_retried() {
+        for code in [
+            Code::Unavailable,
+            Code::Unknown,
+            Code::Cancelled,
+            Code::Aborted,
+            Code::Internal,
+        ] {
+            assert!(FetchError::Peer(PeerError::new(code, "x")).is_broken());
+        }
+        for code in [
+            Code::PermissionDenied,
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::DataLoss,
+            Code::FailedPrecondition,
+        ] {
+            assert!(!FetchError::Peer(PeerError::new(code, "x")).is_broken());
+        }
+        assert!(FetchError::Idle.is_broken());
+        assert!(!FetchError::Local("disk full".into()).is_broken());
+        assert!(!FetchError::BadAnswer("chunk 3 does not match".into()).is_broken());
+    }
+}

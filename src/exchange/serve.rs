@@ -1,0 +1,392 @@
+//! The publisher's side of a transfer: a fetch is served to the grantee of
+//! a valid, unrevoked grant under its fetch count (a new fetch is counted,
+//! durably, before any data flows; a resumed one is recorded but not
+//! counted), revocation and the grant's window are checked again before
+//! every chunk, and the consumer's receipt is checked and recorded once.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::Publisher;
+use super::book::{BookError, GrantBook};
+use super::grant::{Grant, GrantId};
+use crate::clock::Clock;
+use crate::dataset::blob::BlobStore;
+use crate::dataset::catalog::Dataset;
+use crate::envelope::Envelope;
+use crate::identity::PeerIdentity;
+use crate::ledger::entry::{Entry, EntryDraft, EntryKind};
+use crate::ledger::{LedgerError, Query};
+use crate::peer::{FetchAsk, FetchHeader, FetchPart, ReceiptTaken, Resume};
+use crate::runtime::metrics::Metrics;
+
+/// Resumed transfers one grant may have at most. A resume is not counted
+/// as a fetch, so this bounds what a grantee can make the publisher send.
+pub const MAX_RESUMES: usize = 32;
+
+/// Why a fetch or a receipt was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The request is malformed or names something it may not.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such grant or dataset here.
+    #[error("{0}")]
+    NotFound(String),
+    /// Refused (stolen, expired, revoked, used up): recorded as
+    /// `AccessDenied` where a fetch was refused.
+    #[error("{0}")]
+    Refused(String),
+    /// A chunk of the dataset is missing on this node's disk.
+    #[error("chunk {chunk} of dataset {dataset} is missing on the publisher's disk")]
+    MissingChunk {
+        /// The chunk's index.
+        chunk: usize,
+        /// The dataset.
+        dataset: String,
+    },
+    /// The grant book failed.
+    #[error("{context}: {source}")]
+    Book {
+        /// What was being done.
+        context: &'static str,
+        /// The failure.
+        #[source]
+        source: BookError,
+    },
+    /// The ledger failed.
+    #[error("{context}: {source}")]
+    Ledger {
+        /// What was being done.
+        context: &'static str,
+        /// The failure.
+        #[source]
+        source: LedgerError,
+    },
+    /// This node has no checkpoint to answer with.
+    #[error("no checkpoint")]
+    NoCheckpoint,
+}
+
+fn ledger(context: &'static str) -> impl FnOnce(LedgerError) -> ServeError {
+    move |source| ServeError::Ledger { context, source }
+}
+
+fn book(context: &'static str) -> impl FnOnce(BookError) -> ServeError {
+    move |source| ServeError::Book { context, source }
+}
+
+/// The parts of a transfer as they are sent: the header, then chunks; an
+/// `Err` ends the stream.
+pub type Parts = mpsc::Receiver<Result<FetchPart, ServeError>>;
+
+/// Counts the ledger entries of `kind` naming `grant`, up to `cap`.
+fn count(
+    p: &Publisher<'_>,
+    grant: &GrantId,
+    kind: EntryKind,
+    cap: usize,
+) -> Result<usize, ServeError> {
+    let q = Query {
+        grant: Some(grant.to_string()),
+        kind: Some(kind),
+        ..Default::default()
+    };
+    p.ledger.count(&q, cap).map_err(ledger("counting fetches"))
+}
+
+/// Whether ledger entry `t` is a `TransferStarted` of grant `grant`.
+fn is_transfer_of(p: &Publisher<'_>, t: u64, grant: &GrantId) -> Result<bool, ServeError> {
+    let started = p
+        .ledger
+        .entry(t)
+        .map_err(ledger("reading the transfer"))?
+        .and_then(|raw| Entry::decode(&raw).ok());
+    Ok(started.is_some_and(|e| {
+        e.draft.kind == EntryKind::TransferStarted
+            && e.draft.grant.as_deref() == Some(grant.as_str())
+    }))
+}
+
+/// The `ReceiptRecorded` entry that closes transfer `t` of `grant`, if
+/// one was recorded (its detail ends with the transfer's index).
+fn receipt_of(p: &Publisher<'_>, grant: &GrantId, t: u64) -> Result<Option<Entry>, ServeError> {
+    let q = Query {
+        grant: Some(grant.to_string()),
+        kind: Some(EntryKind::ReceiptRecorded),
+        ..Default::default()
+    };
+    let closes = format!("; transfer entry {t}");
+    p.ledger
+        .find(&q, |e| e.draft.detail.ends_with(&closes))
+        .map_err(ledger("looking for the receipt"))
+}
+
+impl Publisher<'_> {
+    /// Records a refused fetch (stolen, expired, revoked, used up) and
+    /// returns the refusal.
+    async fn refuse(&self, who: &PeerIdentity, grant: &Grant, why: String) -> ServeError {
+        let mut draft = EntryDraft::new(EntryKind::AccessDenied);
+        draft.parties = vec![self.identity.node_id.clone(), who.node_id.clone()];
+        draft.dataset = Some(grant.dataset.to_string());
+        draft.grant = Some(grant.id.to_string());
+        draft.detail = format!("fetch refused: {why}").chars().take(2000).collect();
+        if let Err(source) = self.ledger.append(draft).await {
+            return ServeError::Ledger {
+                context: "recording a refused fetch",
+                source,
+            };
+        }
+        self.metrics.fetch_refused();
+        tracing::info!(grant = %grant.id, by = %who.node_id, reason = %why, "fetch refused");
+        ServeError::Refused(why)
+    }
+
+    /// Opens the transfer a fetch serves: a new one (checked against the
+    /// fetch count and recorded before any data flows) or a resumed one of
+    /// the same grant (recorded, not counted). Returns the
+    /// `TransferStarted` index and the first chunk to send.
+    async fn open_transfer(
+        &self,
+        who: &PeerIdentity,
+        g: &Grant,
+        resume: Option<Resume>,
+        chunk_count: usize,
+    ) -> Result<(u64, usize), ServeError> {
+        let id = &g.id;
+        // Counting and recording happen under one lock, so parallel requests
+        // cannot all count before any records (max_fetches, resume cap).
+        let _one = self.opening.lock().await;
+        let Some(resume) = resume else {
+            if let Some(max) = g.max_fetches {
+                let used = count(self, id, EntryKind::TransferStarted, max as usize + 1)?;
+                if used >= max as usize {
+                    let why = format!("grant {id} allowed {max} fetch(es), all used");
+                    return Err(self.refuse(who, g, why).await);
+                }
+            }
+            let transfer = self
+                .ledger
+                .append(g.entry(EntryKind::TransferStarted))
+                .await
+                .map_err(ledger("counting the fetch"))?;
+            self.metrics.transfer("started");
+            return Ok((transfer.index, 0));
+        };
+        let t = resume.transfer_index;
+        if !is_transfer_of(self, t, id)? {
+            return Err(ServeError::BadRequest(format!(
+                "ledger entry {t} is not a transfer of grant {id}; fetch without resuming"
+            )));
+        }
+        let from = usize::try_from(resume.from_chunk)
+            .ok()
+            .filter(|f| *f <= chunk_count)
+            .ok_or_else(|| {
+                ServeError::BadRequest(format!(
+                    "cannot resume from chunk {}: the dataset has {chunk_count} chunks",
+                    resume.from_chunk
+                ))
+            })?;
+        // A completed transfer (its receipt recorded) is not resumed: that
+        // would be a free new fetch.
+        if receipt_of(self, id, t)?.is_some() {
+            let why = format!("transfer entry {t} of grant {id} was completed; fetch anew");
+            return Err(self.refuse(who, g, why).await);
+        }
+        if count(self, id, EntryKind::TransferResumed, MAX_RESUMES + 1)? >= MAX_RESUMES {
+            let why = format!(
+                "grant {id}'s transfers were resumed {MAX_RESUMES} times, the most allowed"
+            );
+            return Err(self.refuse(who, g, why).await);
+        }
+        let mut draft = g.entry(EntryKind::TransferResumed);
+        draft.detail = format!("transfer entry {t} from chunk {from}");
+        self.ledger
+            .append(draft)
+            .await
+            .map_err(ledger("recording the resume"))?;
+        self.metrics.transfer("resumed");
+        Ok((t, from))
+    }
+
+    /// Serves a fetch to `who`: a dataset to the grantee of a valid,
+    /// unrevoked grant under its fetch count. Revocation is checked again
+    /// before every chunk.
+    pub async fn serve(&self, who: &PeerIdentity, ask: FetchAsk) -> Result<Parts, ServeError> {
+        let id: GrantId = ask
+            .grant_id
+            .parse()
+            .map_err(|e: super::grant::GrantError| ServeError::BadRequest(e.to_string()))?;
+        let grant = self
+            .grants
+            .issued_grant(&id)
+            .ok_or_else(|| ServeError::NotFound(format!("no grant {id} issued by this node")))?;
+        let g = grant.value().clone();
+        if let Err(e) = g.check_use(&who.node_id, self.clock.now_ms()) {
+            return Err(self.refuse(who, &g, e.to_string()).await);
+        }
+        if self
+            .grants
+            .is_revoked(&id)
+            .map_err(book("checking revocation"))?
+        {
+            return Err(self.refuse(who, &g, format!("grant {id} is revoked")).await);
+        }
+        let dataset = self.catalog.get(&g.dataset).ok_or_else(|| {
+            ServeError::NotFound(format!("dataset {} is no longer published here", g.dataset))
+        })?;
+        let (transfer_index, first) = self
+            .open_transfer(who, &g, ask.resume, dataset.chunks.len())
+            .await?;
+
+        // Two messages in flight at most: HTTP/2 flow control does the rest,
+        // so a slow reader costs the server two chunks of memory.
+        let (tx, rx) = mpsc::channel(2);
+        let header = FetchPart::Header(FetchHeader {
+            manifest: Some(dataset.manifest.envelope().clone()),
+            chunk_hashes: dataset.chunks.iter().map(|h| h.to_vec()).collect(),
+            transfer_index,
+            first_chunk: first as u64,
+        });
+        let sender = ChunkSender {
+            grants: self.grants.clone(),
+            clock: self.clock.clone(),
+            blobs: self.blobs.clone(),
+            metrics: self.metrics.clone(),
+            grant: g,
+            dataset,
+        };
+        tokio::spawn(async move {
+            if tx.send(Ok(header)).await.is_err() {
+                return;
+            }
+            if let Err(e) = sender.send(first, &tx).await {
+                sender.metrics.transfer("failed");
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Checks the consumer's receipt (signed by `who`, for one of this
+    /// grant's transfers, of the dataset's content) and records it, once:
+    /// a receipt submitted again gets the first answer.
+    pub async fn take_receipt(
+        &self,
+        who: &PeerIdentity,
+        env: Envelope,
+    ) -> Result<ReceiptTaken, ServeError> {
+        let receipt = super::receipt::verify_receipt(env, &who.public_key)
+            .map_err(|e| ServeError::BadRequest(e.to_string()))?;
+        let rc = receipt.value();
+        let grant = self.grants.issued_grant(&rc.grant).ok_or_else(|| {
+            ServeError::NotFound(format!("no grant {} issued by this node", rc.grant))
+        })?;
+        let g = grant.value();
+        if g.grantee != who.node_id || g.dataset != rc.dataset {
+            return Err(ServeError::BadRequest(
+                "the receipt does not match its grant".into(),
+            ));
+        }
+        let dataset = self.catalog.get(&g.dataset).ok_or_else(|| {
+            ServeError::NotFound("the dataset is no longer published here".into())
+        })?;
+        let m = dataset.manifest.value();
+        if m.content_sha256 != rc.content_sha256 || m.size != rc.bytes {
+            return Err(ServeError::BadRequest(
+                "the receipt's content hash or size is not the dataset's".into(),
+            ));
+        }
+        // It must close one of this grant's transfers, once.
+        let t = rc.transfer_index;
+        if !is_transfer_of(self, t, &g.id)? {
+            return Err(ServeError::BadRequest(format!(
+                "ledger entry {t} is not a transfer of grant {}",
+                g.id
+            )));
+        }
+        let _one = self.opening.lock().await;
+        if let Some(done) = receipt_of(self, &g.id, t)? {
+            // Already recorded (a retried submission): the same answer.
+            let cp = self.ledger.latest().ok_or(ServeError::NoCheckpoint)?;
+            return Ok(ReceiptTaken {
+                ledger_index: done.index,
+                checkpoint: cp.note.clone().into_bytes(),
+            });
+        }
+        let mut draft = g.entry(EntryKind::ReceiptRecorded);
+        draft.object_hash = Some(receipt.envelope().payload_hash());
+        draft.detail = format!(
+            "{} bytes received; transfer entry {}",
+            rc.bytes, rc.transfer_index
+        );
+        let appended = self
+            .ledger
+            .append(draft)
+            .await
+            .map_err(ledger("recording a receipt"))?;
+        Ok(ReceiptTaken {
+            ledger_index: appended.index,
+            checkpoint: appended.checkpoint.note.clone().into_bytes(),
+        })
+    }
+}
+
+/// Sends a transfer's chunks, in a task of its own.
+struct ChunkSender {
+    grants: Arc<GrantBook>,
+    clock: Clock,
+    blobs: Arc<dyn BlobStore>,
+    metrics: Arc<Metrics>,
+    grant: Grant,
+    dataset: Arc<Dataset>,
+}
+
+impl ChunkSender {
+    /// Sends the chunks from `first` on, checking revocation and the
+    /// grant's window before each. `Err` ends the stream; a consumer that
+    /// went away ends it quietly.
+    async fn send(
+        &self,
+        first: usize,
+        tx: &mpsc::Sender<Result<FetchPart, ServeError>>,
+    ) -> Result<(), ServeError> {
+        let (grant, dataset) = (&self.grant, &self.dataset);
+        let id = &grant.id;
+        for (index, hash) in dataset.chunks.iter().enumerate().skip(first) {
+            if self
+                .grants
+                .is_revoked(id)
+                .map_err(book("checking revocation"))?
+            {
+                return Err(ServeError::Refused(format!(
+                    "grant {id} was revoked during the transfer"
+                )));
+            }
+            if let Err(e) = grant.check_use(&grant.grantee, self.clock.now_ms()) {
+                return Err(ServeError::Refused(format!("{e} (during the transfer)")));
+            }
+            // Not hashed here: the consumer checks every chunk against the
+            // signed chunk list and names the one that does not match.
+            let blobs = self.blobs.clone();
+            let h = *hash;
+            let Ok(Ok(Some(chunk))) =
+                tokio::task::spawn_blocking(move || blobs.get_unverified(&h)).await
+            else {
+                tracing::error!(dataset = %dataset.id, chunk = index, "chunk missing on this node's disk");
+                return Err(ServeError::MissingChunk {
+                    chunk: index,
+                    dataset: dataset.id.to_string(),
+                });
+            };
+            let bytes = chunk.len() as u64;
+            if tx.send(Ok(FetchPart::Chunk(chunk))).await.is_err() {
+                return Ok(());
+            }
+            self.metrics.served(bytes);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+//! `dataspace.v1.Admin`: the node's own operator (the authz layer admits
+//! only this node's certificate).
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{NodeContext, SOFTWARE_VERSION, catalog, grant_id};
+use crate::exchange::fetch::{FetchOrder, FetchProgress, Fetched, Progress};
+use crate::wire::{pb, status};
+
+/// `dataspace.v1.Admin`.
+pub struct AdminService {
+    node: Arc<NodeContext>,
+}
+
+impl AdminService {
+    /// An Admin service for `node`.
+    pub fn new(node: Arc<NodeContext>) -> Self {
+        Self { node }
+    }
+}
+
+impl From<FetchProgress> for pb::AdminFetchProgress {
+    fn from(p: FetchProgress) -> Self {
+        let FetchProgress {
+            bytes,
+            total_bytes,
+            chunks,
+            total_chunks,
+            resumed_chunks,
+        } = p;
+        Self {
+            bytes,
+            total_bytes,
+            chunks,
+            total_chunks,
+            resumed_chunks,
+        }
+    }
+}
+
+impl From<Fetched> for pb::AdminFetchResponse {
+    fn from(f: Fetched) -> Self {
+        let Fetched {
+            dataset_id,
+            bytes,
+            content_sha256,
+            ledger_index,
+            publisher_ledger_index,
+            resumed_chunks,
+            reconnects,
+        } = f;
+        Self {
+            dataset_id,
+            bytes,
+            content_sha256: content_sha256.to_vec(),
+            ledger_index,
+            publisher_ledger_index,
+            resumed_chunks,
+            reconnects,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn request_access(
+        &self,
+        request: Request<pb::AdminRequestAccessRequest>,
+    ) -> Result<Response<pb::AdminRequestAccessResponse>, Status> {
+        let pb::AdminRequestAccessRequest {
+            peer,
+            dataset_id,
+            purpose,
+            actions,
+            duration_secs,
+        } = request.into_inner();
+        let ask = crate::peer::AccessAsk {
+            dataset_id,
+            purpose,
+            actions,
+            duration_secs,
+        };
+        let (held, ledger_index) = self.node.request_access_as_node(&peer, &ask).await?;
+        Ok(Response::new(pb::AdminRequestAccessResponse {
+            grant: Some(held.grant.envelope().into()),
+            ledger_index,
+        }))
+    }
+
+    /// Runs the fetch in its own task and streams its progress, then its
+    /// result. If the caller goes away the fetch stops; what it verified
+    /// is kept for a resume.
+    async fn fetch(
+        &self,
+        request: Request<pb::AdminFetchRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<pb::AdminFetchEvent>>, Status> {
+        let pb::AdminFetchRequest {
+            peer,
+            grant_id: grant,
+            out,
+            force,
+            retries,
+        } = request.into_inner();
+        let order = FetchOrder {
+            grant: grant_id(&grant)?,
+            peer,
+            out: out.into(),
+            force,
+            retries,
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let (progress_tx, mut progress_rx) = mpsc::channel(8);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let progress = Arc::new(Progress::new(progress_tx));
+            let fetching = node.fetch_as_node(order, progress);
+            tokio::pin!(fetching);
+            // Progress is passed on until the fetch ends; the caller going
+            // away closes the progress channel, which stops the fetch.
+            let mut gone = false;
+            let result = loop {
+                tokio::select! {
+                    result = &mut fetching => break result,
+                    Some(p) = progress_rx.recv() => {
+                        let event = pb::AdminFetchEvent {
+                            event: Some(pb::admin_fetch_event::Event::Progress(p.into())),
+                        };
+                        let _ = tx.try_send(Ok(event));
+                    }
+                    () = tx.closed(), if !gone => {
+                        gone = true;
+                        progress_rx.close();
+                    }
+                }
+            };
+            let event = result
+                .map(|done| pb::AdminFetchEvent {
+                    event: Some(pb::admin_fetch_event::Event::Done(done.into())),
+                })
+                .map_err(Status::from);
+            let _ = tx.send(event).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_grants(
+        &self,
+        _request: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        let grants = self
+            .node
+            .grants()
+            .map_err(|e| status::book("reading grants", e))?
+            .into_iter()
+            .map(|g| pb::GrantStatus {
+                grant: Some((&g.grant).into()),
+                revoked: g.revoked,
+                issued: g.issued,
+            })
+            .collect();
+        Ok(Response::new(pb::ListGrantsResponse { grants }))
+    }
+
+    async fn revoke_grant(
+        &self,
+        request: Request<pb::RevokeGrantRequest>,
+    ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
+        let pb::RevokeGrantRequest {
+            grant_id: id,
+            reason,
+        } = request.into_inner();
+        let revoked = self
+            .node
+            .revoke(&grant_id(&id)?, &reason)
+            .await
+            .map_err(|e| status::book("revoking", e))?;
+        Ok(Response::new(pb::RevokeGrantResponse {
+            ledger_index: revoked.unwrap_or(0),
+            already_revoked: revoked.is_none(),
+        }))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<tonic::Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        // The publication runs in its own task: if the caller goes away
+        // (or the connection is cut), it still reaches its all-or-nothing
+        // end instead of stopping halfway.
+        let node = self.node.clone();
+        let stream = request.into_inner();
+        tokio::spawn(async move { catalog::publish(&node, stream).await })
+            .await
+            .map_err(|e| status::internal("publishing", &e))?
+            .map(Response::new)
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(pb::StatusResponse {
+            node: Some((&self.node.identity).into()),
+            software_version: SOFTWARE_VERSION.to_owned(),
+            uptime_seconds: self.node.started.elapsed().as_secs(),
+            open_connections: self.node.connections.open_count() as u64,
+        }))
+    }
+
+    async fn resend_receipts(
+        &self,
+        request: Request<pb::AdminResendReceiptsRequest>,
+    ) -> Result<Response<pb::AdminResendReceiptsResponse>, Status> {
+        let pb::AdminResendReceiptsRequest { peer, grant_id: id } = request.into_inner();
+        let (kept, resent) = self.node.resend_receipts(&grant_id(&id)?, &peer).await?;
+        Ok(Response::new(pb::AdminResendReceiptsResponse {
+            kept,
+            resent: resent
+                .into_iter()
+                .map(|r| pb::ResentReceipt {
+                    transfer_index: r.transfer_index,
+                    ledger_index: r.ledger_index,
+                    publisher_ledger_index: r.publisher_ledger_index,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn witness(
+        &self,
+        request: Request<pb::AdminWitnessRequest>,
+    ) -> Result<Response<pb::AdminWitnessResponse>, Status> {
+        let pb::AdminWitnessRequest { peer } = request.into_inner();
+        let done = self.node.exchange_checkpoints_with(&peer).await?;
+        Ok(Response::new(pb::AdminWitnessResponse {
+            peer_node_id: done.peer.to_string(),
+            peer_size: done.peer_size,
+            peer_grew: done.peer_grew,
+            cosigned_by_peer: done.cosigned_by_peer,
+        }))
+    }
+}
