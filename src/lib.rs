@@ -16,6 +16,8 @@
 //! - [`clock`]: the time policy and grant decisions are made at.
 //! - [`audit`]: the auditor side: verifies every checkpoint and proof a node serves.
 //! - [`ledger`]: the verifiable ledger (Merkle log on sled, checkpoints, proofs).
+//! - [`payload`]: the canonical codecs of the signed payloads (manifest,
+//!   grant, receipt, key rotation; protobuf package `dsnode.payload.v1`).
 //! - [`metrics`]: Prometheus metrics and the plain-HTTP `/metrics`, `/healthz`, `/readyz` listener.
 //! - [`rpc`]: tonic services, the role × RPC table, status mapping.
 //! - [`fsutil`]: atomic writes and the secret-file permission check.
@@ -35,6 +37,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod ledger;
 pub mod node;
+pub mod payload;
 pub mod peer;
 pub mod policy;
 pub mod runtime;
