@@ -39,23 +39,24 @@ pub fn envelope(data: &[u8]) {
     }
 }
 
-/// A manifest payload (ManifestV1 protobuf).
+/// A manifest payload (`ManifestV1` protobuf, [`crate::payload::manifest`]).
 pub fn manifest(data: &[u8]) {
-    if let Ok(m) = Manifest::decode(data) {
+    use crate::payload::manifest::{decode, encode};
+    if let Ok(m) = decode(data) {
         // Whatever decodes re-encodes and decodes to the same value.
-        let again = Manifest::decode(&m.encode()).expect("a decoded manifest re-decodes");
+        let again = decode(&encode(&m)).expect("a decoded manifest re-decodes");
         assert_eq!(again, m);
     }
 }
 
-/// A grant payload (GrantV1 protobuf).
+/// A grant payload (`GrantV1` protobuf, [`crate::payload::grant`]).
 pub fn grant(data: &[u8]) {
-    let _ = Grant::decode(data);
+    let _ = crate::payload::grant::decode(data);
 }
 
-/// A receipt payload (ReceiptV1 protobuf).
+/// A receipt payload (`ReceiptV1` protobuf, [`crate::payload::receipt`]).
 pub fn receipt(data: &[u8]) {
-    let _ = crate::exchange::receipt::Receipt::decode(data);
+    let _ = crate::payload::receipt::decode(data);
 }
 
 /// A ledger entry (the binary v1 format): one encoding per value.

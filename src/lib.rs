@@ -16,6 +16,8 @@
 //! - [`clock`]: the time policy and grant decisions are made at.
 //! - [`audit`]: the auditor side: verifies every checkpoint and proof a node serves.
 //! - [`ledger`]: the verifiable ledger (Merkle log on sled, checkpoints, proofs).
+//! - [`payload`]: the canonical codecs of the signed payloads (manifest,
+//!   grant, receipt, key rotation; protobuf package `dsnode.payload.v1`).
 //! - [`metrics`]: Prometheus metrics and the plain-HTTP `/metrics`, `/healthz`, `/readyz` listener.
 //! - [`rpc`]: tonic services, the role × RPC table, status mapping.
 //! - [`fsutil`]: atomic writes and the secret-file permission check.

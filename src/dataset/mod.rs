@@ -9,8 +9,7 @@
 //! `application/vnd.dsnode.manifest.v1+protobuf`; the dataset id is `ds_`
 //! followed by the base32 SHA-256 of the exact signed payload bytes, so a
 //! changed byte is a different dataset. The payload is protobuf by design
-//! (DESIGN.md), so this module is the one place outside `rpc/` that uses a
-//! generated type, and only to encode and decode that payload.
+//! (DESIGN.md); its codec is [`crate::payload::manifest`].
 
 pub mod blob;
 pub mod catalog;
@@ -19,13 +18,11 @@ pub mod chunk;
 use std::fmt;
 use std::str::FromStr;
 
-use prost::Message;
-
 use crate::digest::Hash;
 use crate::envelope::{Envelope, EnvelopeError, PayloadType, Verified};
 use crate::identity::NodeId;
+use crate::payload::PayloadError;
 use crate::policy::{Classification, Policy, PolicyError};
-use crate::wire::pb;
 
 /// Default chunk size: 1 MiB.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
@@ -47,6 +44,9 @@ pub enum DatasetError {
     /// A manifest field is invalid.
     #[error("invalid manifest: {0}")]
     Manifest(String),
+    /// The payload is not a `ManifestV1` protobuf.
+    #[error("invalid manifest: {0}")]
+    Payload(#[from] PayloadError),
     /// The envelope did not verify.
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
@@ -146,20 +146,6 @@ pub struct Manifest {
     pub publisher: NodeId,
 }
 
-fn hash32(bytes: &[u8], what: &str) -> Result<Hash, DatasetError> {
-    bytes.try_into().map_err(|_| {
-        DatasetError::Manifest(format!("{what} must be 32 bytes, got {}", bytes.len()))
-    })
-}
-
-fn optional_id(s: &str) -> Result<Option<DatasetId>, DatasetError> {
-    if s.is_empty() {
-        Ok(None)
-    } else {
-        s.parse().map(Some)
-    }
-}
-
 pub(crate) fn check_text(what: &str, s: &str) -> Result<(), DatasetError> {
     if s.len() > MAX_TEXT {
         return Err(DatasetError::Manifest(format!(
@@ -218,94 +204,12 @@ impl Manifest {
 
     /// The signed payload bytes.
     pub fn encode(&self) -> Vec<u8> {
-        pb::ManifestV1 {
-            title: self.title.clone(),
-            description: self.description.clone(),
-            media_type: self.media_type.clone(),
-            size: self.size,
-            chunk_size: self.chunk_size,
-            chunk_count: self.chunk_count,
-            content_sha256: self.content_sha256.to_vec(),
-            chunk_list_sha256: self.chunk_list_sha256.to_vec(),
-            classification: self.classification.as_str().to_owned(),
-            policy: self.policy.canonical_json(),
-            derived_from: self
-                .derived_from
-                .iter()
-                .map(|d| pb::Derivation {
-                    dataset_id: d.dataset.to_string(),
-                    grant_id: d.grant.clone(),
-                })
-                .collect(),
-            supersedes: self
-                .supersedes
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            version: self.version,
-            lineage: self
-                .lineage
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            created_at_ms: self.created_at_ms,
-            publisher: self.publisher.to_string(),
-        }
-        .encode_to_vec()
+        crate::payload::manifest::encode(self)
     }
 
-    /// Decodes a verified payload. Every field is taken apart here, so a
-    /// new proto field breaks the build until it is handled.
+    /// Decodes a verified payload into a checked manifest.
     pub fn decode(bytes: &[u8]) -> Result<Self, DatasetError> {
-        let pb::ManifestV1 {
-            title,
-            description,
-            media_type,
-            size,
-            chunk_size,
-            chunk_count,
-            content_sha256,
-            chunk_list_sha256,
-            classification,
-            policy,
-            derived_from,
-            supersedes,
-            version,
-            lineage,
-            created_at_ms,
-            publisher,
-        } = pb::ManifestV1::decode(bytes)
-            .map_err(|e| DatasetError::Manifest(format!("not a ManifestV1 protobuf: {e}")))?;
-        let manifest = Self {
-            title,
-            description,
-            media_type,
-            size,
-            chunk_size,
-            chunk_count,
-            content_sha256: hash32(&content_sha256, "content_sha256")?,
-            chunk_list_sha256: hash32(&chunk_list_sha256, "chunk_list_sha256")?,
-            classification: classification.parse()?,
-            policy: Policy::from_canonical_json(&policy)?,
-            derived_from: derived_from
-                .into_iter()
-                .map(|d| {
-                    Ok(Derivation {
-                        dataset: d.dataset_id.parse()?,
-                        grant: d.grant_id,
-                    })
-                })
-                .collect::<Result<_, DatasetError>>()?,
-            supersedes: optional_id(&supersedes)?,
-            version,
-            lineage: optional_id(&lineage)?,
-            created_at_ms,
-            publisher: publisher
-                .parse()
-                .map_err(|e| DatasetError::Manifest(format!("publisher: {e}")))?,
-        };
-        manifest.check()?;
-        Ok(manifest)
+        crate::payload::manifest::decode(bytes)
     }
 
     /// Signs the manifest with the publisher's key.

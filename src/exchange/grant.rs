@@ -4,24 +4,23 @@
 //! (node id), so it is useless to anyone else (a stolen grant is refused
 //! by comparing with the TLS client certificate on every call).
 //!
-//! The payload is protobuf by design (DESIGN.md): like the manifest, this
-//! module uses the generated type only to encode and decode it.
+//! The payload is protobuf by design (DESIGN.md); its codec is
+//! [`crate::payload::grant`].
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use prost::Message;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::dataset::{DatasetError, DatasetId};
+use crate::dataset::DatasetId;
 use crate::digest::Hash;
 use crate::envelope::{Envelope, EnvelopeError, PayloadType, Verified};
 use crate::identity::NodeId;
+use crate::payload::PayloadError;
 use crate::policy::eval::Terms;
-use crate::policy::{Action, Duty, Obligation};
-use crate::wire::pb;
+use crate::policy::{Action, Obligation};
 
 /// Clock skew tolerated between nodes when checking a grant's window.
 pub const MAX_SKEW: Duration = Duration::from_secs(120);
@@ -35,6 +34,10 @@ pub enum GrantError {
     /// The payload is not a valid grant.
     #[error("invalid grant: {0}")]
     Malformed(String),
+    /// The payload is not a `GrantV1` (or, for a receipt, `ReceiptV1`)
+    /// protobuf.
+    #[error("invalid grant: {0}")]
+    Payload(#[from] PayloadError),
     /// The envelope did not verify.
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
@@ -149,12 +152,6 @@ pub fn time_text(ms: i64) -> String {
         .unwrap_or_else(|_| format!("{ms}ms"))
 }
 
-fn hash32(bytes: &[u8], what: &str) -> Result<Hash, GrantError> {
-    bytes
-        .try_into()
-        .map_err(|_| GrantError::Malformed(format!("{what} must be 32 bytes")))
-}
-
 impl Grant {
     /// The grant a permit decision yields.
     #[allow(clippy::too_many_arguments)]
@@ -187,101 +184,13 @@ impl Grant {
 
     /// The signed payload bytes.
     pub fn encode(&self) -> Vec<u8> {
-        pb::GrantV1 {
-            grant_id: self.id.to_string(),
-            dataset_id: self.dataset.to_string(),
-            manifest_sha256: self.manifest_sha256.to_vec(),
-            publisher: self.publisher.to_string(),
-            grantee: self.grantee.to_string(),
-            purpose: self.purpose.clone(),
-            actions: self.actions.iter().map(|a| a.as_str().to_owned()).collect(),
-            not_before_ms: self.not_before_ms,
-            not_after_ms: self.not_after_ms,
-            max_fetches: self.max_fetches.unwrap_or(0),
-            obligations: self
-                .obligations
-                .iter()
-                .map(|o| pb::GrantObligation {
-                    action: o.action.as_str().to_owned(),
-                    after_secs: o.after_secs.unwrap_or(0),
-                })
-                .collect(),
-            policy_sha256: self.policy_sha256.to_vec(),
-            issued_at_ms: self.issued_at_ms,
-        }
-        .encode_to_vec()
+        crate::payload::grant::encode(self)
     }
 
-    /// Decodes a verified payload; every field is taken apart, so a new
-    /// proto field breaks the build until it is handled.
+    /// Decodes a verified payload: at least one action, a non-empty
+    /// window, every id and hash well formed.
     pub fn decode(bytes: &[u8]) -> Result<Self, GrantError> {
-        let pb::GrantV1 {
-            grant_id,
-            dataset_id,
-            manifest_sha256,
-            publisher,
-            grantee,
-            purpose,
-            actions,
-            not_before_ms,
-            not_after_ms,
-            max_fetches,
-            obligations,
-            policy_sha256,
-            issued_at_ms,
-        } = pb::GrantV1::decode(bytes)
-            .map_err(|e| GrantError::Malformed(format!("not a GrantV1 protobuf: {e}")))?;
-        let node = |s: &str, what: &str| {
-            s.parse::<NodeId>()
-                .map_err(|e| GrantError::Malformed(format!("{what}: {e}")))
-        };
-        let actions = actions
-            .iter()
-            .map(|a| {
-                a.parse::<Action>()
-                    .map_err(|e| GrantError::Malformed(e.to_string()))
-            })
-            .collect::<Result<BTreeSet<_>, _>>()?;
-        if actions.is_empty() {
-            return Err(GrantError::Malformed(
-                "a grant allows at least one action".into(),
-            ));
-        }
-        if not_after_ms <= not_before_ms {
-            return Err(GrantError::Malformed("the grant's window is empty".into()));
-        }
-        let obligations = obligations
-            .into_iter()
-            .map(|o| {
-                let action = match o.action.as_str() {
-                    "delete" => Duty::Delete,
-                    "attribute" => Duty::Attribute,
-                    "report" => Duty::Report,
-                    other => return Err(GrantError::Malformed(format!("unknown duty `{other}`"))),
-                };
-                Ok(Obligation {
-                    action,
-                    after_secs: (o.after_secs != 0).then_some(o.after_secs),
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            id: grant_id.parse()?,
-            dataset: dataset_id
-                .parse()
-                .map_err(|e: DatasetError| GrantError::Malformed(e.to_string()))?,
-            manifest_sha256: hash32(&manifest_sha256, "manifest_sha256")?,
-            publisher: node(&publisher, "publisher")?,
-            grantee: node(&grantee, "grantee")?,
-            purpose,
-            actions,
-            not_before_ms,
-            not_after_ms,
-            max_fetches: (max_fetches != 0).then_some(max_fetches),
-            obligations,
-            policy_sha256: hash32(&policy_sha256, "policy_sha256")?,
-            issued_at_ms,
-        })
+        crate::payload::grant::decode(bytes)
     }
 
     /// A ledger entry of `kind` about this grant: both parties, the
@@ -352,6 +261,7 @@ pub fn verify_grant(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Duty;
 
     fn key(b: u8) -> ed25519_dalek::SigningKey {
         ed25519_dalek::SigningKey::from_bytes(&[b; 32])

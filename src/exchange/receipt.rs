@@ -2,17 +2,14 @@
 //! consumer as a DSSE envelope of payload type
 //! `application/vnd.dsnode.receipt.v1+protobuf`. With the publisher-signed
 //! manifest and grant, it proves what was offered, allowed and received.
-//! The payload is protobuf by design; this module uses the generated type
-//! only to encode and decode it.
-
-use prost::Message;
+//! The payload is protobuf by design; its codec is
+//! [`crate::payload::receipt`].
 
 use super::grant::{GrantError, GrantId};
-use crate::dataset::{DatasetError, DatasetId};
+use crate::dataset::DatasetId;
 use crate::digest::Hash;
 use crate::envelope::{Envelope, PayloadType, Verified};
 use crate::identity::NodeId;
-use crate::wire::pb;
 
 /// A receipt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,51 +35,12 @@ pub struct Receipt {
 impl Receipt {
     /// The signed payload bytes.
     pub fn encode(&self) -> Vec<u8> {
-        pb::ReceiptV1 {
-            grant_id: self.grant.to_string(),
-            dataset_id: self.dataset.to_string(),
-            content_sha256: self.content_sha256.to_vec(),
-            bytes: self.bytes,
-            received_at_ms: self.received_at_ms,
-            consumer_checkpoint: self.consumer_checkpoint.clone().into_bytes(),
-            consumer: self.consumer.to_string(),
-            transfer_index: self.transfer_index,
-        }
-        .encode_to_vec()
+        crate::payload::receipt::encode(self)
     }
 
-    /// Decodes a verified payload, taking every field apart.
+    /// Decodes a verified payload, every id and hash well formed.
     pub fn decode(bytes: &[u8]) -> Result<Self, GrantError> {
-        let pb::ReceiptV1 {
-            grant_id,
-            dataset_id,
-            content_sha256,
-            bytes,
-            received_at_ms,
-            consumer_checkpoint,
-            consumer,
-            transfer_index,
-        } = pb::ReceiptV1::decode(bytes)
-            .map_err(|e| GrantError::Malformed(format!("not a ReceiptV1 protobuf: {e}")))?;
-        Ok(Self {
-            grant: grant_id.parse()?,
-            dataset: dataset_id
-                .parse()
-                .map_err(|e: DatasetError| GrantError::Malformed(e.to_string()))?,
-            content_sha256: content_sha256
-                .as_slice()
-                .try_into()
-                .map_err(|_| GrantError::Malformed("content_sha256 must be 32 bytes".into()))?,
-            bytes,
-            received_at_ms,
-            consumer_checkpoint: String::from_utf8(consumer_checkpoint).map_err(|_| {
-                GrantError::Malformed("the consumer checkpoint is not UTF-8".into())
-            })?,
-            consumer: consumer
-                .parse()
-                .map_err(|e: crate::identity::IdError| GrantError::Malformed(e.to_string()))?,
-            transfer_index,
-        })
+        crate::payload::receipt::decode(bytes)
     }
 
     /// Signs the receipt with the consumer's key.

@@ -19,11 +19,9 @@
 
 use std::fmt;
 
-use prost::Message;
-
 use crate::envelope::{Envelope, PayloadType};
 use crate::identity::{NodeId, ParticipantId, PeerIdentity};
-use crate::wire::pb;
+use crate::payload::PayloadError;
 
 use super::entry::{Entry, EntryDraft, EntryKind};
 use super::note::{self, Checkpoint, NoteError, NoteVerifier, SignedCheckpoint};
@@ -90,30 +88,13 @@ pub struct KeyRotation {
 }
 
 impl KeyRotation {
+    /// The signed payload bytes ([`crate::payload::key_rotation`]).
     fn encode(&self) -> Vec<u8> {
-        pb::KeyRotationV1 {
-            origin: self.origin.clone(),
-            index: self.index,
-            old_key: self.old_key.to_vec(),
-            new_key: self.new_key.to_vec(),
-            participant: self.participant.to_string(),
-        }
-        .encode_to_vec()
+        crate::payload::key_rotation::encode(self)
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let m = pb::KeyRotationV1::decode(bytes).map_err(|e| e.to_string())?;
-        let key = |k: Vec<u8>, what: &str| {
-            <[u8; 32]>::try_from(k.as_slice())
-                .map_err(|_| format!("{what} is {} bytes, expected 32", k.len()))
-        };
-        Ok(Self {
-            origin: m.origin,
-            index: m.index,
-            old_key: key(m.old_key, "old_key")?,
-            new_key: key(m.new_key, "new_key")?,
-            participant: m.participant.parse().map_err(|e| format!("{e}"))?,
-        })
+    fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        crate::payload::key_rotation::decode(bytes)
     }
 
     /// The statement as a DSSE envelope signed by both keys; `old` and
