@@ -9,8 +9,8 @@ use super::args::{ClientArgs, InitArgs, KeyCommand, ServeArgs};
 use super::output::{Output, identity_json};
 use super::{call_error, connect, own_address, parse_hosts};
 use crate::fsutil;
-use crate::runtime::config::{Config, DataDir};
 use crate::node;
+use crate::runtime::config::{Config, DataDir};
 use crate::wire::pb;
 
 fn pb_identity_json(id: &pb::Identity) -> Value {
