@@ -586,7 +586,10 @@ mod tests {
     use crate::identity::RoleSet;
     use crate::ledger::LedgerOptions;
     use crate::ledger::entry::Entry;
-    use crate::peer::{Code, ConsistencyAnswer, PeerFuture};
+    use crate::peer::{
+        Code, ConsistencyAnswer, EntryPage, EntryQuery, GrantEvidence, InclusionAnswer,
+        LatestCheckpoint, PeerFuture,
+    };
 
     /// One node's witnessing state, in a temporary dir.
     struct Side {
@@ -702,13 +705,16 @@ mod tests {
         fn prove_consistency(&self, old: u64, new: u64) -> PeerFuture<'_, ConsistencyAnswer> {
             Box::pin(async move {
                 let l = &self.callee.ledger;
-                Ok(ConsistencyAnswer {
-                    old_checkpoint: l
-                        .checkpoint_at(old)
+                let note = |size| {
+                    l.checkpoint_at(size)
                         .expect("checkpoint")
                         .expect("held")
                         .note
-                        .into_bytes(),
+                        .into_bytes()
+                };
+                Ok(ConsistencyAnswer {
+                    old_checkpoint: note(old),
+                    new_checkpoint: note(new),
                     proof: l
                         .prove_consistency(old, new)
                         .expect("proof")
@@ -718,6 +724,28 @@ mod tests {
                 })
             })
         }
+
+        // The auditor's reads: not part of the witness protocol.
+
+        fn checkpoint(&self) -> PeerFuture<'_, LatestCheckpoint> {
+            Box::pin(async { Err(unused()) })
+        }
+
+        fn query_entries(&self, _: EntryQuery) -> PeerFuture<'_, EntryPage> {
+            Box::pin(async { Err(unused()) })
+        }
+
+        fn prove_inclusion(&self, _: u64, _: u64) -> PeerFuture<'_, InclusionAnswer> {
+            Box::pin(async { Err(unused()) })
+        }
+
+        fn evidence<'a>(&'a self, _: &'a str) -> PeerFuture<'a, GrantEvidence> {
+            Box::pin(async { Err(unused()) })
+        }
+    }
+
+    fn unused() -> PeerError {
+        PeerError::new(Code::Unimplemented, "not used by the witness protocol")
     }
 
     fn call<'a>(from: &Side, to: &'a Side) -> InMemory<'a> {
