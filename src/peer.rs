@@ -3,7 +3,8 @@
 //!
 //! [`crate::wire::client`] implements [`Peer`] and [`Dialer`] over mutual
 //! TLS; unit tests implement them in memory, so a use case that talks to
-//! another node (the witness protocol, a fetch) can be tested without one.
+//! another node (the witness protocol, an audit, a fetch) can be tested
+//! without one.
 //! Messages here are what the other node sent, unverified: the use case
 //! that receives them checks every signature and proof.
 
@@ -12,6 +13,7 @@ use std::pin::Pin;
 
 use crate::envelope::Envelope;
 use crate::identity::PeerIdentity;
+use crate::ledger::Query;
 
 /// A future a [`Peer`] returns (boxed: peers are used as trait objects).
 pub type PeerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, PeerError>> + Send + 'a>>;
@@ -46,9 +48,42 @@ pub trait Peer: Send + Sync {
     /// One call of the checkpoint exchange (`Peering.ExchangeCheckpoints`).
     fn exchange_checkpoints(&self, offer: CheckpointOffer) -> PeerFuture<'_, CheckpointAnswer>;
 
-    /// Its checkpoint of size `old` and a consistency proof from it to
-    /// `new` (`Ledger.ProveConsistency`).
+    /// Its checkpoints of sizes `old` and `new` (0: its latest) and a
+    /// consistency proof from the one to the other
+    /// (`Ledger.ProveConsistency`).
     fn prove_consistency(&self, old: u64, new: u64) -> PeerFuture<'_, ConsistencyAnswer>;
+
+    // Ledger reads: what an auditor asks of a node
+    // (`dataspace.v1.Ledger`). `crate::audit::Auditor` verifies every
+    // answer against the node's certificate key before using it.
+
+    /// Its latest checkpoint, verifier key, key history and the
+    /// cosignatures witnesses gave it (`Ledger.GetCheckpoint`).
+    fn checkpoint(&self) -> PeerFuture<'_, LatestCheckpoint>;
+
+    /// One page of its entries matching `query`, each with an inclusion
+    /// proof (`Ledger.QueryEntries`).
+    fn query_entries(&self, query: EntryQuery) -> PeerFuture<'_, EntryPage>;
+
+    /// Its entry `index` with an inclusion proof in its checkpoint of
+    /// `size` entries (0: its latest) (`Ledger.ProveInclusion`).
+    fn prove_inclusion(&self, index: u64, size: u64) -> PeerFuture<'_, InclusionAnswer>;
+
+    /// The signed objects it holds about grant `grant`, and its
+    /// certificate (`Ledger.GetEvidence`; auditors only).
+    fn evidence<'a>(&'a self, grant: &'a str) -> PeerFuture<'a, GrantEvidence>;
+}
+
+/// The answer of a peer that does not serve a call: `Unimplemented`, as a
+/// gRPC server answers a method it does not have (for peers that stand in
+/// for one side only, such as in-memory test peers).
+pub fn unanswered<'a, T: Send + 'a>(call: &'static str) -> PeerFuture<'a, T> {
+    Box::pin(async move {
+        Err(PeerError::new(
+            Code::Unimplemented,
+            format!("this peer does not answer {call}"),
+        ))
+    })
 }
 
 /// Opens connections to other nodes by address (`HOST:PORT`).
@@ -165,8 +200,109 @@ pub struct CheckpointAnswer {
 pub struct ConsistencyAnswer {
     /// The checkpoint of the smaller size (a signed note).
     pub old_checkpoint: Vec<u8>,
+    /// The checkpoint of the larger size (a signed note): the one asked
+    /// for, or the latest when asked for size 0.
+    pub new_checkpoint: Vec<u8>,
     /// The proof.
     pub proof: Vec<Vec<u8>>,
+}
+
+// Ledger reads: the answers to an auditor's questions
+// (`dataspace.v1.Ledger`), as the node sent them.
+
+/// A node's latest checkpoint and what verifies it
+/// (`Ledger.GetCheckpoint`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatestCheckpoint {
+    /// The latest checkpoint (a signed note).
+    pub checkpoint: Vec<u8>,
+    /// The verifier key (C2SP vkey) the node publishes for its
+    /// checkpoints: the log's origin as key name, its current key. It must
+    /// be the one its certificate and key history imply.
+    pub vkey: String,
+    /// The log's key history: every `KeyRotated` entry (canonical bytes),
+    /// in index order; empty while the key that started the log still
+    /// signs.
+    pub key_rotations: Vec<Vec<u8>>,
+    /// The latest cosignature each witness gave the log: the cosigned
+    /// checkpoint (the log's signature lines and one witness line).
+    pub cosigned_checkpoints: Vec<Vec<u8>>,
+}
+
+/// One page of a query over a node's entries (`Ledger.QueryEntries`).
+#[derive(Clone, Debug, Default)]
+pub struct EntryQuery {
+    /// The filters; every one given must match.
+    pub filter: Query,
+    /// Most entries to return (the node caps it at 1000; 0: its default,
+    /// 100).
+    pub limit: u32,
+    /// The previous page's `next_page_token`; empty for the first page.
+    pub page_token: Vec<u8>,
+    /// The tree size the whole pagination runs against (0: the latest);
+    /// the first page's checkpoint size keeps the view stable.
+    pub tree_size: u64,
+}
+
+impl From<Query> for EntryQuery {
+    /// The first page of `filter`, of the node's default size, against
+    /// its latest checkpoint.
+    fn from(filter: Query) -> Self {
+        Self {
+            filter,
+            ..Self::default()
+        }
+    }
+}
+
+/// An entry and its inclusion proof, as a node served them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProvenEntry {
+    /// The entry's index.
+    pub index: u64,
+    /// The entry's canonical bytes (its leaf hash is computed over them).
+    pub entry: Vec<u8>,
+    /// Its RFC 6962 audit path in the answer's checkpoint, innermost
+    /// sibling first.
+    pub inclusion_proof: Vec<Vec<u8>>,
+}
+
+/// One page of entries matching a query (`Ledger.QueryEntries`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntryPage {
+    /// The checkpoint every proof in the page is against (a signed note).
+    pub checkpoint: Vec<u8>,
+    /// The matching entries of the page.
+    pub entries: Vec<ProvenEntry>,
+    /// The token for the next page; empty when there is nothing more.
+    pub next_page_token: Vec<u8>,
+}
+
+/// An entry proven in a checkpoint (`Ledger.ProveInclusion`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InclusionAnswer {
+    /// The checkpoint of the size asked for (a signed note).
+    pub checkpoint: Vec<u8>,
+    /// The entry and its proof; `None` if the node sent none (which an
+    /// auditor refuses).
+    pub entry: Option<ProvenEntry>,
+}
+
+/// The signed objects a node holds about one grant, for an evidence
+/// bundle (`Ledger.GetEvidence`); the entries and proofs come from
+/// [`Peer::query_entries`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrantEvidence {
+    /// The node's certificate (PEM), issued by the data space's CA.
+    pub certificate_pem: Vec<u8>,
+    /// The grant, issued or held by the node (DSSE JSON).
+    pub grant: String,
+    /// The manifest the grant names, published or received by the node
+    /// (DSSE JSON); empty when not held there.
+    pub manifest: String,
+    /// The receipts the node signed for the grant (consumer side), as
+    /// DSSE JSON; empty when it holds none.
+    pub receipts: Vec<String>,
 }
 
 /// How a call to another node failed, as gRPC classes it (the wire maps

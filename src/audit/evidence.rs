@@ -27,11 +27,12 @@ use crate::envelope::{Envelope, Verified};
 use crate::exchange::grant::{Grant, time_text, verify_grant};
 use crate::exchange::receipt::{Receipt, verify_receipt};
 use crate::identity::{PeerIdentity, ca};
+use crate::ledger::Query;
 use crate::ledger::entry::{Entry, EntryKind};
 use crate::ledger::keys::LogKeys;
 use crate::ledger::merkle;
 use crate::ledger::note::SignedCheckpoint;
-use crate::wire::pb;
+use crate::peer::{EntryQuery, GrantEvidence};
 use crate::witness::cosig;
 
 /// The bundle's format name.
@@ -182,16 +183,16 @@ fn check_keyid<T>(what: &str, v: &Verified<T>) -> Result<(), BundleError> {
 /// that covers every entry of the grant, and those entries proven in it.
 async fn side(
     node: &mut Auditor,
-    evidence: pb::GetEvidenceResponse,
+    evidence: GrantEvidence,
     witness: &PeerIdentity,
     grant: &str,
     role: &str,
-) -> Result<(Side, pb::GetEvidenceResponse), BundleError> {
+) -> Result<(Side, GrantEvidence), BundleError> {
     let answer = node.checkpoint_answer().await?;
     let keys = node.keys().await?.clone();
-    let by_grant = pb::QueryEntriesRequest {
-        grant: grant.to_owned(),
-        ..Default::default()
+    let by_grant = Query {
+        grant: Some(grant.to_owned()),
+        ..Query::default()
     };
     let (_, all) = node.entries(by_grant.clone(), true).await?;
     if all.is_empty() {
@@ -212,8 +213,11 @@ async fn side(
                 node.node().node_id, witness.node_id
             ))
         })?;
-    let mut at = by_grant;
-    at.tree_size = cosigned.checkpoint.size;
+    let at = EntryQuery {
+        filter: by_grant,
+        tree_size: cosigned.checkpoint.size,
+        ..EntryQuery::default()
+    };
     let (proven_cp, entries) = node.entries(at, true).await?;
     if proven_cp.checkpoint.root != cosigned.checkpoint.root || entries.len() != all.len() {
         return Err(invalid(format!(

@@ -9,9 +9,9 @@ use crate::audit::{AuditError, Auditor, VerifiedEntry};
 use crate::digest::Hash;
 use crate::exchange::grant::verify_grant;
 use crate::identity::PeerIdentity;
+use crate::ledger::Query;
 use crate::ledger::entry::{Entry, EntryKind};
 use crate::ledger::keys::LogKeys;
-use crate::wire::pb;
 
 /// What a reconciliation found.
 #[derive(Debug, Default)]
@@ -45,10 +45,10 @@ async fn side(
     let keys = a.keys().await?.clone();
     let (_, entries) = a
         .entries(
-            pb::QueryEntriesRequest {
-                party: other.node_id.to_string(),
-                since_ms: since_ms.unwrap_or(0),
-                ..Default::default()
+            Query {
+                party: Some(other.node_id.clone()),
+                since_ms,
+                ..Query::default()
             },
             true,
         )
@@ -262,20 +262,20 @@ pub async fn who_could(
     let keys = p.keys().await?.clone();
     let (cp, granted) = p
         .entries(
-            pb::QueryEntriesRequest {
-                dataset: dataset.to_owned(),
-                kind: "AccessGranted".into(),
-                ..Default::default()
+            Query {
+                dataset: Some(dataset.to_owned()),
+                kind: Some(EntryKind::AccessGranted),
+                ..Query::default()
             },
             true,
         )
         .await?;
     let (_, revoked) = p
         .entries(
-            pb::QueryEntriesRequest {
-                dataset: dataset.to_owned(),
-                kind: "GrantRevoked".into(),
-                ..Default::default()
+            Query {
+                dataset: Some(dataset.to_owned()),
+                kind: Some(EntryKind::GrantRevoked),
+                ..Query::default()
             },
             true,
         )

@@ -6,13 +6,16 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::args::{AuditCommand, ClientArgs};
-use super::connect;
+use super::auditor;
 use super::output::{Output, ReportedFailure};
-use crate::audit;
+use crate::audit::{self, AuditError};
 use crate::exchange::grant::time_text;
 use crate::fsutil;
-use crate::identity::PeerIdentity;
+use crate::identity::{NodeId, PeerIdentity};
+use crate::ledger::Query;
+use crate::ledger::entry::EntryKind;
 use crate::ledger::note::SignedCheckpoint;
+use crate::peer::EntryQuery;
 use crate::runtime::config::DataDir;
 
 fn parse_time(flag: &str, value: Option<&str>) -> Result<i64> {
@@ -75,9 +78,31 @@ fn entry_text(v: &audit::VerifiedEntry) -> String {
     line
 }
 
-async fn auditor(client: &ClientArgs, peer: &str) -> Result<audit::Auditor> {
-    let conn = connect(&client.data_dir, peer).await?;
-    Ok(audit::Auditor::new(conn)?)
+/// The filter of `audit entries` (an empty value: any). A party or kind
+/// that does not parse is refused as the auditor refuses a bad filter.
+fn filter(
+    dataset: Option<String>,
+    party: Option<String>,
+    kind: Option<String>,
+    grant: Option<String>,
+    (since_ms, until_ms): (i64, i64),
+) -> Result<Query, AuditError> {
+    let bad = |e: String| AuditError::Mismatch(format!("bad filter: {e}"));
+    let given = |v: Option<String>| v.filter(|v| !v.is_empty());
+    Ok(Query {
+        dataset: given(dataset),
+        party: given(party)
+            .map(|p| p.parse::<NodeId>())
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?,
+        kind: given(kind)
+            .map(|k| EntryKind::parse(&k))
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?,
+        grant: given(grant),
+        since_ms: (since_ms != 0).then_some(since_ms),
+        until_ms: (until_ms != 0).then_some(until_ms),
+    })
 }
 
 async fn two_auditors(
@@ -87,7 +112,10 @@ async fn two_auditors(
     let [a, b] = peers else {
         bail!("give exactly two nodes: --peer A --peer B");
     };
-    Ok((auditor(client, a).await?, auditor(client, b).await?))
+    Ok((
+        auditor(&client.data_dir, a).await?,
+        auditor(&client.data_dir, b).await?,
+    ))
 }
 
 pub(super) async fn audit(command: AuditCommand) -> Result<Output> {
@@ -170,7 +198,7 @@ pub(super) async fn audit(command: AuditCommand) -> Result<Output> {
             at,
         } => {
             let at_ms = parse_time("at", Some(&at))?;
-            let mut p = auditor(&client, &peer).await?;
+            let mut p = auditor(&client.data_dir, &peer).await?;
             let found = crate::audit::reconcile::who_could(&mut p, &dataset, at_ms).await?;
             let mut text = format!(
                 "grants of {dataset} in force at {} on {peer} (node {}): {}\n",
@@ -193,7 +221,7 @@ pub(super) async fn audit(command: AuditCommand) -> Result<Output> {
             })
         }
         AuditCommand::Checkpoint { client, peer } => {
-            let mut a = auditor(&client, &peer).await?;
+            let mut a = auditor(&client.data_dir, &peer).await?;
             let cp = a.checkpoint().await?;
             Ok(Output {
                 text: format!(
@@ -220,19 +248,17 @@ pub(super) async fn audit(command: AuditCommand) -> Result<Output> {
             limit,
             first_page,
         } => {
-            let req = crate::wire::pb::QueryEntriesRequest {
-                dataset: dataset.unwrap_or_default(),
-                party: party.unwrap_or_default(),
-                kind: kind.unwrap_or_default(),
-                since_ms: parse_time("since", since.as_deref())?,
-                until_ms: parse_time("until", until.as_deref())?,
+            let times = (
+                parse_time("since", since.as_deref())?,
+                parse_time("until", until.as_deref())?,
+            );
+            let mut a = auditor(&client.data_dir, &peer).await?;
+            let query = EntryQuery {
+                filter: filter(dataset, party, kind, grant, times)?,
                 limit,
-                page_token: Vec::new(),
-                tree_size: 0,
-                grant: grant.unwrap_or_default(),
+                ..EntryQuery::default()
             };
-            let mut a = auditor(&client, &peer).await?;
-            let (cp, entries) = a.entries(req, !first_page).await?;
+            let (cp, entries) = a.entries(query, !first_page).await?;
             let mut text = format!(
                 "{} entries of {} (node {}), each verified against checkpoint {} (signature verified)",
                 entries.len(),
@@ -256,7 +282,7 @@ pub(super) async fn audit(command: AuditCommand) -> Result<Output> {
             size,
             consistency,
         } => {
-            let mut a = auditor(&client, &peer).await?;
+            let mut a = auditor(&client.data_dir, &peer).await?;
             if let Some(sizes) = consistency {
                 let [old, new] = sizes[..] else {
                     bail!("--consistency takes two sizes: OLD NEW");

@@ -24,11 +24,11 @@ use crate::fsutil;
 use crate::identity::ca::{CaDir, CertificateAuthority, IssueRequest};
 use crate::identity::cert::Host;
 use crate::identity::{PeerIdentity, RoleSet};
+use crate::ledger::Query;
 use crate::ledger::entry::EntryKind;
 use crate::node::{self, RunningNode};
 use crate::runtime::config::{Config, DataDir};
-use crate::runtime::tls;
-use crate::wire::client::{self, ClientSettings, PeerChannel};
+use crate::wire::client::PeerChannel;
 use crate::wire::pb;
 
 /// Marks a directory as made by `dsnode demo` (so it may be reused).
@@ -97,9 +97,16 @@ struct DemoNode {
 impl DemoNode {
     /// A channel to `peer` as this node.
     async fn connect_to(&self, peer: SocketAddr) -> Result<PeerChannel> {
-        let creds = node::load_credentials(&self.dir).map_err(step_err("credentials"))?;
-        let config = tls::client_config(&creds.material).map_err(step_err("TLS"))?;
-        client::connect(config, &peer.to_string(), ClientSettings::default())
+        super::connect(self.dir.root(), &peer.to_string())
+            .await
+            .map_err(step_err(&format!("{} connecting to {peer}", self.name)))
+    }
+
+    /// An auditor of `node`, connected as this node (as `dsnode audit`
+    /// connects).
+    async fn auditor_of(&self, node: &DemoNode) -> Result<Auditor> {
+        let peer = node.addr();
+        super::auditor(self.dir.root(), &peer.to_string())
             .await
             .map_err(step_err(&format!("{} connecting to {peer}", self.name)))
     }
@@ -625,9 +632,8 @@ async fn story_and_audit(
         "acme verified the bureau's log at size {} (consistent with what it saw before) and cosigned it; the bureau cosigned acme's",
         witnessed.peer_size
     ));
-    let auditor_of = |n: &DemoNode| regulator.connect_to(n.addr());
-    let mut on_bureau = Auditor::new(auditor_of(transport).await?).map_err(step_err("auditing"))?;
-    let mut on_acme = Auditor::new(auditor_of(acme).await?).map_err(step_err("auditing"))?;
+    let mut on_bureau = regulator.auditor_of(transport).await?;
+    let mut on_acme = regulator.auditor_of(acme).await?;
     let r = crate::audit::reconcile::reconcile(&mut on_bureau, &mut on_acme, None)
         .await
         .map_err(step_err("reconciling"))?;
@@ -703,11 +709,10 @@ async fn entries_of(
     Vec<VerifiedEntry>,
     Auditor,
 )> {
-    let mut auditor =
-        Auditor::new(regulator.connect_to(node.addr()).await?).map_err(step_err("auditing"))?;
-    let q = pb::QueryEntriesRequest {
-        grant: grant.into(),
-        ..Default::default()
+    let mut auditor = regulator.auditor_of(node).await?;
+    let q = Query {
+        grant: Some(grant.into()),
+        ..Query::default()
     };
     let (cp, entries) = auditor
         .entries(q, true)

@@ -29,6 +29,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use crate::audit::Auditor;
 use crate::identity::cert::Host;
 use crate::runtime::config::{Config, DataDir};
 use crate::runtime::tls;
@@ -79,6 +80,13 @@ async fn connect(data_dir: &Path, addr: &str) -> Result<client::PeerChannel> {
     let creds = crate::node::load_credentials(&DataDir::new(data_dir))?;
     let config = tls::client_config(&creds.material)?;
     Ok(client::connect(config, addr, client::ClientSettings::default()).await?)
+}
+
+/// An auditor of the node at `addr`, connected as the node of `data_dir`:
+/// how `audit …` commands and the demo's regulator reach the nodes they
+/// audit.
+async fn auditor(data_dir: &Path, addr: &str) -> Result<Auditor> {
+    Ok(Auditor::new(Box::new(connect(data_dir, addr).await?)))
 }
 
 /// A failed call, with the deepest cause (e.g. the TLS alert) spelled out.

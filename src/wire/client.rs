@@ -19,8 +19,9 @@ use tokio_stream::StreamExt;
 
 use crate::envelope::Envelope;
 use crate::peer::{
-    AccessAsk, CheckpointAnswer, CheckpointOffer, Code, ConsistencyAnswer, Dialer, FetchAsk,
-    FetchPart, FetchStream, Peer, PeerError, PeerFuture, ReceiptTaken,
+    AccessAsk, CheckpointAnswer, CheckpointOffer, Code, ConsistencyAnswer, Dialer, EntryPage,
+    EntryQuery, FetchAsk, FetchPart, FetchStream, GrantEvidence, InclusionAnswer, LatestCheckpoint,
+    Peer, PeerError, PeerFuture, ReceiptTaken,
 };
 
 /// How long a receipt submission may take (as long as a silent publisher
@@ -346,6 +347,53 @@ impl Peer for PeerChannel {
                 .prove_consistency(pb::ProveConsistencyRequest {
                     old_size: old,
                     new_size: new,
+                })
+                .await?
+                .into_inner();
+            Ok(r.into())
+        })
+    }
+
+    // Ledger reads (the auditor's questions).
+
+    fn checkpoint(&self) -> PeerFuture<'_, LatestCheckpoint> {
+        Box::pin(async move {
+            let r = LedgerClient::new(self.channel.clone())
+                .get_checkpoint(pb::GetCheckpointRequest {})
+                .await?
+                .into_inner();
+            Ok(r.into())
+        })
+    }
+
+    fn query_entries(&self, query: EntryQuery) -> PeerFuture<'_, EntryPage> {
+        Box::pin(async move {
+            let r = LedgerClient::new(self.channel.clone())
+                .query_entries(pb::QueryEntriesRequest::from(query))
+                .await?
+                .into_inner();
+            Ok(r.into())
+        })
+    }
+
+    fn prove_inclusion(&self, index: u64, size: u64) -> PeerFuture<'_, InclusionAnswer> {
+        Box::pin(async move {
+            let r = LedgerClient::new(self.channel.clone())
+                .prove_inclusion(pb::ProveInclusionRequest {
+                    target: Some(pb::prove_inclusion_request::Target::Index(index)),
+                    tree_size: size,
+                })
+                .await?
+                .into_inner();
+            Ok(r.into())
+        })
+    }
+
+    fn evidence<'a>(&'a self, grant: &'a str) -> PeerFuture<'a, GrantEvidence> {
+        Box::pin(async move {
+            let r = LedgerClient::new(self.channel.clone())
+                .get_evidence(pb::GetEvidenceRequest {
+                    grant_id: grant.to_owned(),
                 })
                 .await?
                 .into_inner();

@@ -4,9 +4,11 @@
 
 use crate::envelope::{Envelope, EnvelopeSignature};
 use crate::identity::PeerIdentity;
+use crate::ledger::Query;
 use crate::peer::{
-    AccessAsk, CheckpointAnswer, CheckpointOffer, Code, ConsistencyAnswer, FetchAsk, FetchHeader,
-    FetchPart, PeerError, ReceiptTaken, Resume,
+    AccessAsk, CheckpointAnswer, CheckpointOffer, Code, ConsistencyAnswer, EntryPage, EntryQuery,
+    FetchAsk, FetchHeader, FetchPart, GrantEvidence, InclusionAnswer, LatestCheckpoint, PeerError,
+    ProvenEntry, ReceiptTaken, Resume,
 };
 use crate::wire::pb;
 
@@ -149,15 +151,124 @@ impl From<CheckpointAnswer> for pb::ExchangeCheckpointsResponse {
 
 impl From<pb::ProveConsistencyResponse> for ConsistencyAnswer {
     fn from(r: pb::ProveConsistencyResponse) -> Self {
-        // The new checkpoint is not needed: the caller holds it already.
         let pb::ProveConsistencyResponse {
             old_checkpoint,
-            new_checkpoint: _,
+            new_checkpoint,
             proof,
         } = r;
         Self {
             old_checkpoint,
+            new_checkpoint,
             proof,
+        }
+    }
+}
+
+// Ledger reads (the auditor's questions). The answers keep the node's
+// bytes as sent, so these conversions cannot fail: the auditor verifies
+// every checkpoint, entry and proof itself.
+
+impl From<pb::GetCheckpointResponse> for LatestCheckpoint {
+    fn from(r: pb::GetCheckpointResponse) -> Self {
+        let pb::GetCheckpointResponse {
+            checkpoint,
+            vkey,
+            key_rotations,
+            cosigned_checkpoints,
+        } = r;
+        Self {
+            checkpoint,
+            vkey,
+            key_rotations,
+            cosigned_checkpoints,
+        }
+    }
+}
+
+impl From<EntryQuery> for pb::QueryEntriesRequest {
+    /// A filter not given is sent as the wire's "any": empty or zero.
+    fn from(q: EntryQuery) -> Self {
+        let EntryQuery {
+            filter:
+                Query {
+                    dataset,
+                    party,
+                    kind,
+                    grant,
+                    since_ms,
+                    until_ms,
+                },
+            limit,
+            page_token,
+            tree_size,
+        } = q;
+        Self {
+            dataset: dataset.unwrap_or_default(),
+            party: party.map(|p| p.to_string()).unwrap_or_default(),
+            kind: kind.map(|k| k.name()).unwrap_or_default(),
+            since_ms: since_ms.unwrap_or(0),
+            until_ms: until_ms.unwrap_or(0),
+            limit,
+            page_token,
+            tree_size,
+            grant: grant.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<pb::ProvenEntry> for ProvenEntry {
+    fn from(p: pb::ProvenEntry) -> Self {
+        let pb::ProvenEntry {
+            index,
+            entry,
+            inclusion_proof,
+        } = p;
+        Self {
+            index,
+            entry,
+            inclusion_proof,
+        }
+    }
+}
+
+impl From<pb::QueryEntriesResponse> for EntryPage {
+    fn from(r: pb::QueryEntriesResponse) -> Self {
+        let pb::QueryEntriesResponse {
+            checkpoint,
+            entries,
+            next_page_token,
+        } = r;
+        Self {
+            checkpoint,
+            entries: entries.into_iter().map(ProvenEntry::from).collect(),
+            next_page_token,
+        }
+    }
+}
+
+impl From<pb::ProveInclusionResponse> for InclusionAnswer {
+    fn from(r: pb::ProveInclusionResponse) -> Self {
+        let pb::ProveInclusionResponse { checkpoint, entry } = r;
+        Self {
+            checkpoint,
+            entry: entry.map(ProvenEntry::from),
+        }
+    }
+}
+
+impl From<pb::GetEvidenceResponse> for GrantEvidence {
+    fn from(r: pb::GetEvidenceResponse) -> Self {
+        let pb::GetEvidenceResponse {
+            certificate_pem,
+            grant,
+            manifest,
+            receipts,
+        } = r;
+        Self {
+            certificate_pem,
+            grant,
+            manifest,
+            receipts,
         }
     }
 }

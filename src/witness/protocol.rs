@@ -588,7 +588,8 @@ mod tests {
     use crate::ledger::LedgerOptions;
     use crate::ledger::entry::Entry;
     use crate::peer::{
-        AccessAsk, Code, ConsistencyAnswer, FetchAsk, FetchStream, PeerFuture, ReceiptTaken,
+        AccessAsk, Code, ConsistencyAnswer, EntryPage, EntryQuery, FetchAsk, FetchStream,
+        GrantEvidence, InclusionAnswer, LatestCheckpoint, PeerFuture, ReceiptTaken, unanswered,
     };
 
     /// One node's witnessing state, in a temporary dir.
@@ -688,15 +689,15 @@ mod tests {
         }
 
         fn request_access(&self, _: AccessAsk) -> PeerFuture<'_, Envelope> {
-            Box::pin(async { Err(PeerError::new(Code::Unimplemented, "not a publisher")) })
+            unanswered("RequestAccess")
         }
 
         fn fetch(&self, _: FetchAsk) -> PeerFuture<'_, FetchStream> {
-            Box::pin(async { Err(PeerError::new(Code::Unimplemented, "not a publisher")) })
+            unanswered("Fetch")
         }
 
         fn submit_receipt(&self, _: &Envelope) -> PeerFuture<'_, ReceiptTaken> {
-            Box::pin(async { Err(PeerError::new(Code::Unimplemented, "not a publisher")) })
+            unanswered("SubmitReceipt")
         }
 
         fn key_rotations(&self) -> PeerFuture<'_, Vec<Vec<u8>>> {
@@ -717,13 +718,16 @@ mod tests {
         fn prove_consistency(&self, old: u64, new: u64) -> PeerFuture<'_, ConsistencyAnswer> {
             Box::pin(async move {
                 let l = &self.callee.ledger;
-                Ok(ConsistencyAnswer {
-                    old_checkpoint: l
-                        .checkpoint_at(old)
+                let note = |size| {
+                    l.checkpoint_at(size)
                         .expect("checkpoint")
                         .expect("held")
                         .note
-                        .into_bytes(),
+                        .into_bytes()
+                };
+                Ok(ConsistencyAnswer {
+                    old_checkpoint: note(old),
+                    new_checkpoint: note(new),
                     proof: l
                         .prove_consistency(old, new)
                         .expect("proof")
@@ -732,6 +736,24 @@ mod tests {
                         .collect(),
                 })
             })
+        }
+
+        // The auditor's reads: not part of the witness protocol.
+
+        fn checkpoint(&self) -> PeerFuture<'_, LatestCheckpoint> {
+            unanswered("a ledger read")
+        }
+
+        fn query_entries(&self, _: EntryQuery) -> PeerFuture<'_, EntryPage> {
+            unanswered("a ledger read")
+        }
+
+        fn prove_inclusion(&self, _: u64, _: u64) -> PeerFuture<'_, InclusionAnswer> {
+            unanswered("a ledger read")
+        }
+
+        fn evidence<'a>(&'a self, _: &'a str) -> PeerFuture<'a, GrantEvidence> {
+            unanswered("a ledger read")
         }
     }
 

@@ -5,6 +5,7 @@ use dsnode::dataset::{DatasetId, verify_manifest};
 use dsnode::envelope::Envelope;
 use dsnode::identity::RoleSet;
 use dsnode::identity::ca::IssueRequest;
+use dsnode::ledger::Query;
 use dsnode::ledger::entry::EntryKind;
 use dsnode::node::RunningNode;
 use dsnode::wire::pb;
@@ -144,13 +145,12 @@ async fn published_dataset_is_listed_to_those_the_policy_could_grant() {
     }
 
     // The publication is in the ledger, naming the manifest's hash.
-    let mut a =
-        dsnode::audit::Auditor::new(support::connect(&auditor, &node).await).expect("auditor");
+    let mut a = dsnode::audit::Auditor::new(Box::new(support::connect(&auditor, &node).await));
     let (_, entries) = a
         .entries(
-            pb::QueryEntriesRequest {
-                dataset: id.to_string(),
-                ..Default::default()
+            Query {
+                dataset: Some(id.to_string()),
+                ..Query::default()
             },
             true,
         )

@@ -60,8 +60,8 @@ async fn exchange(grants: usize) -> Exchange {
 
 async fn auditors(x: &Exchange) -> (Auditor, Auditor) {
     (
-        Auditor::new(support::connect(&x.auditor, &x.pub_node).await).expect("a"),
-        Auditor::new(support::connect(&x.auditor, &x.con_node).await).expect("b"),
+        Auditor::new(Box::new(support::connect(&x.auditor, &x.pub_node).await)),
+        Auditor::new(Box::new(support::connect(&x.auditor, &x.con_node).await)),
     )
 }
 
@@ -300,8 +300,8 @@ async fn reconciliation_passes_and_then_names_the_missing_entry() {
     )
     .await;
     let con_node = support::start(&consumer, |_| {}).await;
-    let mut p = Auditor::new(support::connect(&auditor, &pub_node).await).expect("a");
-    let mut c = Auditor::new(support::connect(&auditor, &con_node).await).expect("b");
+    let mut p = Auditor::new(Box::new(support::connect(&auditor, &pub_node).await));
+    let mut c = Auditor::new(Box::new(support::connect(&auditor, &con_node).await));
     let r = dsnode::audit::reconcile::reconcile(&mut p, &mut c, None)
         .await
         .expect("reconcile");

@@ -6,6 +6,7 @@
 use dsnode::audit::Auditor;
 use dsnode::envelope::Envelope;
 use dsnode::exchange::grant::verify_grant;
+use dsnode::ledger::Query;
 use dsnode::ledger::entry::EntryKind;
 use dsnode::wire::pb;
 use tonic::Code;
@@ -30,9 +31,9 @@ pub(crate) fn ask(
 pub(crate) async fn kinds(
     auditor: &NodeDir,
     node: &dsnode::node::RunningNode,
-    grant_or_dataset: pb::QueryEntriesRequest,
+    grant_or_dataset: Query,
 ) -> Vec<EntryKind> {
-    let mut a = Auditor::new(support::connect(auditor, node).await).expect("auditor");
+    let mut a = Auditor::new(Box::new(support::connect(auditor, node).await));
     let (_, entries) = a
         .entries(grant_or_dataset, true)
         .await
@@ -104,9 +105,9 @@ async fn grant_and_denial_are_decided_by_certificate_and_recorded_on_both_sides(
     assert_eq!(err.code(), Code::NotFound);
 
     // Both ledgers tell the story.
-    let grant_q = pb::QueryEntriesRequest {
-        grant: g.id.to_string(),
-        ..Default::default()
+    let grant_q = Query {
+        grant: Some(g.id.to_string()),
+        ..Query::default()
     };
     assert_eq!(
         kinds(&auditor, &pub_node, grant_q.clone()).await,
@@ -116,9 +117,9 @@ async fn grant_and_denial_are_decided_by_certificate_and_recorded_on_both_sides(
         kinds(&auditor, &con_node, grant_q).await,
         vec![EntryKind::GrantReceived]
     );
-    let ds_q = pb::QueryEntriesRequest {
-        dataset: ds.clone(),
-        ..Default::default()
+    let ds_q = Query {
+        dataset: Some(ds.clone()),
+        ..Query::default()
     };
     assert_eq!(
         kinds(&auditor, &pub_node, ds_q).await,
@@ -326,9 +327,9 @@ async fn fetch_verifies_writes_and_both_ledgers_record_the_receipt() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("--force"), "{}", err.message());
 
-    let q = pb::QueryEntriesRequest {
-        grant: grant.clone(),
-        ..Default::default()
+    let q = Query {
+        grant: Some(grant.clone()),
+        ..Query::default()
     };
     assert_eq!(
         kinds(&auditor, &pub_node, q.clone()).await,
@@ -351,11 +352,11 @@ async fn fetch_verifies_writes_and_both_ledgers_record_the_receipt() {
     // The consumer's ledger holds the publisher's checkpoint that covers
     // the receipt; the publisher's log is provably an extension of it, and
     // the receipt the consumer kept is the one both ledgers name.
-    let mut on_consumer = Auditor::new(support::connect(&auditor, &con_node).await).expect("a");
+    let mut on_consumer = Auditor::new(Box::new(support::connect(&auditor, &con_node).await));
     let (_, entries) = on_consumer.entries(q, true).await.expect("entries");
     let receipt_hash = entries[2].entry.draft.object_hash.expect("receipt hash");
     let note = &entries[3].entry.draft.detail;
-    let mut on_publisher = Auditor::new(support::connect(&auditor, &pub_node).await).expect("a");
+    let mut on_publisher = Auditor::new(Box::new(support::connect(&auditor, &pub_node).await));
     let vkey = dsnode::ledger::note::NoteVerifier::new(
         &dsnode::ledger::origin_for(&publisher.identity.node_id),
         &publisher.identity.public_key,

@@ -5,6 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use dsnode::audit::Auditor;
+use dsnode::ledger::Query;
+use dsnode::ledger::entry::EntryKind;
 use dsnode::wire::pb;
 
 use crate::datasets::{POLICY, consumer_in, header, publish};
@@ -90,7 +92,7 @@ async fn disk_full_refuses_cleanly_keeps_reads_and_recovers() {
     .await
     .expect("publish")
     .dataset_id;
-    let mut a = Auditor::new(support::connect(&auditor, &pub_node).await).expect("auditor");
+    let mut a = Auditor::new(Box::new(support::connect(&auditor, &pub_node).await));
     let before = a.checkpoint().await.expect("checkpoint");
 
     let filler = disk.fill();
@@ -138,7 +140,7 @@ async fn disk_full_refuses_cleanly_keeps_reads_and_recovers() {
     let during = a.checkpoint().await.expect("checkpoint while full");
     assert_eq!(during.checkpoint.size, before.checkpoint.size);
     let (_, entries) = a
-        .entries(pb::QueryEntriesRequest::default(), true)
+        .entries(Query::default(), true)
         .await
         .expect("entries while full");
     assert_eq!(entries.len() as u64, before.checkpoint.size);
@@ -157,7 +159,7 @@ async fn disk_full_refuses_cleanly_keeps_reads_and_recovers() {
     std::fs::remove_file(&filler).expect("free space");
     pub_node.shutdown().await.expect("stop");
     let pub_node = support::start(&publisher, |_| {}).await;
-    let mut a = Auditor::new(support::connect(&auditor, &pub_node).await).expect("auditor");
+    let mut a = Auditor::new(Box::new(support::connect(&auditor, &pub_node).await));
     let (old, _, _) = a
         .prove_consistency(before.checkpoint.size, 0)
         .await
@@ -269,10 +271,10 @@ async fn concurrent_clients_with_random_cancellations_lose_nothing() {
     }
     let took = started.elapsed();
 
-    let mut a = Auditor::new(support::connect(&auditor, &pub_node).await).expect("auditor");
-    let q = pb::QueryEntriesRequest {
-        kind: "AccessGranted".into(),
-        ..Default::default()
+    let mut a = Auditor::new(Box::new(support::connect(&auditor, &pub_node).await));
+    let q = Query {
+        kind: Some(EntryKind::AccessGranted),
+        ..Query::default()
     };
     let (_, entries) = a.entries(q, true).await.expect("every entry verifies");
     let recorded: Vec<[u8; 32]> = entries
@@ -317,7 +319,7 @@ async fn damaged_store_files_are_recovered_within_the_rules_or_refused() {
                 .await
                 .expect("publish");
         }
-        let mut a = Auditor::new(support::connect(&auditor, &node).await).expect("auditor");
+        let mut a = Auditor::new(Box::new(support::connect(&auditor, &node).await));
         let signed = a.checkpoint().await.expect("checkpoint");
         node.shutdown().await.expect("stop");
 
@@ -361,7 +363,7 @@ async fn damaged_store_files_are_recovered_within_the_rules_or_refused() {
             }
             Ok(node) => {
                 // Recovered: it must still extend what it signed.
-                let mut a = Auditor::new(support::connect(&auditor, &node).await).expect("auditor");
+                let mut a = Auditor::new(Box::new(support::connect(&auditor, &node).await));
                 let (old, _, _) = a
                     .prove_consistency(signed.checkpoint.size, 0)
                     .await
@@ -414,9 +416,9 @@ async fn kill9_during_node_operations_loses_nothing() {
         let (mut served, addr) = crate::cli::Served::start_serving(publisher.dir.root());
 
         // Everything acknowledged before is there, once.
-        let mut a = Auditor::new(support::connect_addr(&auditor, addr).await).expect("auditor");
+        let mut a = Auditor::new(Box::new(support::connect_addr(&auditor, addr).await));
         let (_, entries) = a
-            .entries(pb::QueryEntriesRequest::default(), true)
+            .entries(Query::default(), true)
             .await
             .expect("the whole ledger verifies");
         {

@@ -3,16 +3,18 @@
 //! start-up check refusing a tampered ledger.
 
 use dsnode::audit::{AuditError, Auditor};
+use dsnode::ledger::Query;
 use dsnode::ledger::entry::EntryKind;
+use dsnode::peer::{Code as PeerCode, EntryQuery, PeerError};
 use dsnode::wire::pb;
 use tonic::Code;
 
 use crate::support::{self, DataSpace};
 
-fn query(kind: &str) -> pb::QueryEntriesRequest {
-    pb::QueryEntriesRequest {
-        kind: kind.into(),
-        ..Default::default()
+fn query(kind: Option<EntryKind>) -> Query {
+    Query {
+        kind,
+        ..Query::default()
     }
 }
 
@@ -30,7 +32,7 @@ async fn auditor_reads_and_verifies_everything() {
             .expect("stop");
     }
     let node = support::start(&server, |_| {}).await;
-    let mut auditor = Auditor::new(support::connect(&auditor_dir, &node).await).expect("auditor");
+    let mut auditor = Auditor::new(Box::new(support::connect(&auditor_dir, &node).await));
 
     let cp = auditor.checkpoint().await.expect("checkpoint verifies");
     assert_eq!(cp.checkpoint.size, 3);
@@ -40,7 +42,7 @@ async fn auditor_reads_and_verifies_everything() {
     );
 
     let (at, entries) = auditor
-        .entries(query("NodeStarted"), true)
+        .entries(query(Some(EntryKind::NodeStarted)), true)
         .await
         .expect("entries verify");
     assert_eq!(at.checkpoint.size, 3);
@@ -51,8 +53,10 @@ async fn auditor_reads_and_verifies_everything() {
         assert_eq!(e.entry.draft.parties, vec![server.identity.node_id.clone()]);
     }
     // Pagination with a page of one still proves every entry.
-    let mut one = query("");
-    one.limit = 1;
+    let one = EntryQuery {
+        limit: 1,
+        ..query(None).into()
+    };
     let (_, paged) = auditor.entries(one, true).await.expect("paged");
     assert_eq!(paged.len(), 3);
 
@@ -74,31 +78,32 @@ async fn non_auditors_see_only_entries_naming_them_and_bad_input_is_refused() {
     let node = support::start(&server, |_| {}).await;
     let conn = support::connect(&consumer, &node).await;
     let mut raw = pb::ledger_client::LedgerClient::new(conn.channel.clone());
-    let mut auditor = Auditor::new(conn).expect("client");
+    let mut auditor = Auditor::new(Box::new(conn));
 
     // The checkpoint and consistency proofs are public; entries are not.
     auditor.checkpoint().await.expect("checkpoint");
-    let (_, mine) = auditor.entries(query(""), true).await.expect("query");
+    let (_, mine) = auditor.entries(query(None), true).await.expect("query");
     assert!(mine.is_empty(), "the consumer is named by no entry");
-    let other = pb::QueryEntriesRequest {
-        party: server.identity.node_id.to_string(),
-        ..Default::default()
+    let other = Query {
+        party: Some(server.identity.node_id.clone()),
+        ..Query::default()
     };
     match auditor.entries(other, false).await {
-        Err(AuditError::Rpc {
-            code: Code::PermissionDenied,
+        Err(AuditError::Peer(PeerError {
+            code: PeerCode::PermissionDenied,
             message,
-        }) => {
+            ..
+        })) => {
             assert!(message.contains("only auditors"), "{message}")
         }
         other => panic!("expected PermissionDenied, got {other:?}"),
     }
     // An entry that does not name the caller looks exactly like a missing one.
     match auditor.prove_inclusion(0, 0).await {
-        Err(AuditError::Rpc {
-            code: Code::NotFound,
+        Err(AuditError::Peer(PeerError {
+            code: PeerCode::NotFound,
             ..
-        }) => {}
+        })) => {}
         other => panic!("expected NotFound, got {other:?}"),
     }
     let entries = raw

@@ -3,6 +3,7 @@
 use dsnode::audit::Auditor;
 use dsnode::identity::RoleSet;
 use dsnode::identity::ca::IssueRequest;
+use dsnode::ledger::Query;
 use dsnode::ledger::entry::EntryKind;
 use dsnode::ledger::note::{Checkpoint, NoteSigner};
 use dsnode::wire::pb;
@@ -36,7 +37,7 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
     .dataset_id;
     let old_grant = granted(&consumer, &con_node, &before, pub_node.local_addr()).await;
     let size_before = {
-        let mut a = Auditor::new(support::connect(&auditor, &pub_node).await).expect("auditor");
+        let mut a = Auditor::new(Box::new(support::connect(&auditor, &pub_node).await));
         a.checkpoint().await.expect("checkpoint").checkpoint.size
     };
     pub_node.shutdown().await.expect("stop");
@@ -166,11 +167,8 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
     // An auditor verifies the log across the rotation: the history (the
     // rotation proven in the log), every entry, and the old checkpoint
     // (old key) consistent with the latest (new key).
-    let mut a = Auditor::new(support::connect(&auditor, &pub_node).await).expect("auditor");
-    let (latest, entries) = a
-        .entries(pb::QueryEntriesRequest::default(), true)
-        .await
-        .expect("entries");
+    let mut a = Auditor::new(Box::new(support::connect(&auditor, &pub_node).await));
+    let (latest, entries) = a.entries(Query::default(), true).await.expect("entries");
     let rotation = &entries[rotation_index as usize].entry;
     assert_eq!(rotation.draft.kind, EntryKind::KeyRotated);
     assert_eq!(

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use dsnode::audit::Auditor;
 use dsnode::clock::Clock;
+use dsnode::ledger::Query;
 use dsnode::ledger::entry::{Entry, EntryKind};
 use dsnode::node::RunningNode;
 use dsnode::wire::pb;
@@ -21,19 +22,19 @@ use crate::support::{self, CutProxy, DataSpace, NodeDir};
 
 /// The entries naming `grant` on `node`, verified by an auditor.
 async fn entries(auditor: &NodeDir, node: &RunningNode, grant: &str) -> Vec<Entry> {
-    let mut a = Auditor::new(support::connect(auditor, node).await).expect("auditor");
-    let q = pb::QueryEntriesRequest {
-        grant: grant.into(),
-        ..Default::default()
+    let mut a = Auditor::new(Box::new(support::connect(auditor, node).await));
+    let q = Query {
+        grant: Some(grant.into()),
+        ..Query::default()
     };
     let (_, found) = a.entries(q, true).await.expect("entries verify");
     found.into_iter().map(|e| e.entry).collect()
 }
 
-fn by_grant(grant: &str) -> pb::QueryEntriesRequest {
-    pb::QueryEntriesRequest {
-        grant: grant.into(),
-        ..Default::default()
+fn by_grant(grant: &str) -> Query {
+    Query {
+        grant: Some(grant.into()),
+        ..Query::default()
     }
 }
 

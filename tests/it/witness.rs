@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use dsnode::identity::NodeKey;
+use dsnode::ledger::Query;
+use dsnode::ledger::entry::EntryKind;
 use dsnode::node::RunningNode;
 use dsnode::runtime::config::Config;
 use dsnode::wire::pb;
@@ -110,19 +112,18 @@ async fn threat_14_a_forked_log_is_caught_by_both_witnesses_with_evidence() {
         let err = witness(w, n, &p_node).await.expect_err("still forked");
         assert!(err.message().contains("forked"), "{}", err.message());
         // The witness's ledger records it, with both notes.
-        let mut a = dsnode::audit::Auditor::new(
+        let mut a = dsnode::audit::Auditor::new(Box::new(
             support::connect(
                 &space.node(&format!("auditor-{}", w.identity.participant), "auditor"),
                 n,
             )
             .await,
-        )
-        .expect("auditor");
+        ));
         let (_, entries) = a
             .entries(
-                pb::QueryEntriesRequest {
-                    kind: "ForkDetected".into(),
-                    ..Default::default()
+                Query {
+                    kind: Some(EntryKind::ForkDetected),
+                    ..Query::default()
                 },
                 true,
             )
@@ -265,13 +266,13 @@ async fn a_bad_signature_or_an_inconsistent_proof_is_refused_and_nothing_cosigne
     };
     let seen_entries = || async {
         let auditor = space.node(&format!("auditor-{}", rand_suffix()), "auditor");
-        let mut a = dsnode::audit::Auditor::new(support::connect(&auditor, &w_node).await)
-            .expect("auditor");
+        let mut a =
+            dsnode::audit::Auditor::new(Box::new(support::connect(&auditor, &w_node).await));
         let (_, e) = a
             .entries(
-                pb::QueryEntriesRequest {
-                    kind: "PeerCheckpointSeen".into(),
-                    ..Default::default()
+                Query {
+                    kind: Some(EntryKind::PeerCheckpointSeen),
+                    ..Query::default()
                 },
                 true,
             )
