@@ -96,6 +96,26 @@ pub struct Envelope {
     pub signatures: Vec<EnvelopeSignature>,
 }
 
+/// A signed object that names the node that signs it (a manifest its
+/// publisher, a grant its publisher, a receipt its consumer): verified
+/// with [`Envelope::verify_signed`], which checks both.
+pub trait SignedBy: Sized {
+    /// Its payload type.
+    const TYPE: PayloadType;
+    /// What it is called in errors ("manifest").
+    const NOUN: &'static str;
+    /// What its signer is called in errors ("publisher").
+    const SIGNER_ROLE: &'static str;
+    /// Its module's error.
+    type Error: From<EnvelopeError> + std::fmt::Display;
+    /// Decodes the signed payload.
+    fn decode(payload: &[u8]) -> Result<Self, Self::Error>;
+    /// The node it names as its signer.
+    fn signer(&self) -> &crate::identity::NodeId;
+    /// The error for an object signed by another node than it names.
+    fn wrong_signer(message: String) -> Self::Error;
+}
+
 /// A value whose envelope verified with a known key. Only this module
 /// makes one, so holding a `Verified<T>` proves the check was done.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,6 +216,23 @@ impl Envelope {
             envelope: self,
             signer: *key,
         })
+    }
+
+    /// Verifies an object that names its signer ([`SignedBy`]): the
+    /// signature by `key` as [`Envelope::verify`] does, then that the node
+    /// the object names as its signer is the node of `key`.
+    pub fn verify_signed<T: SignedBy>(self, key: &[u8; 32]) -> Result<Verified<T>, T::Error> {
+        let verified = self.verify(T::TYPE, key, T::decode)?;
+        let signer = crate::identity::NodeId::from_public_key(key);
+        if *verified.value().signer() != signer {
+            return Err(T::wrong_signer(format!(
+                "the {} names {} {} but was signed by {signer}",
+                T::NOUN,
+                T::SIGNER_ROLE,
+                verified.value().signer()
+            )));
+        }
+        Ok(verified)
     }
 
     /// The DSSE JSON envelope.

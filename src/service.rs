@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::dataset::publish::Publishing;
 use crate::envelope::Envelope;
 use crate::exchange::Publisher;
 use crate::exchange::access::{self, AccessError, Ask};
@@ -121,6 +122,18 @@ impl NodeContext {
             key: &self.signing_key,
             metrics: &self.metrics,
             opening: &self.opening,
+        }
+    }
+
+    /// What publishing needs of this node.
+    pub fn publishing(&self) -> Publishing<'_> {
+        Publishing {
+            catalog: &self.catalog,
+            blobs: &self.blobs,
+            grants: self.grants.as_ref(),
+            ledger: &self.ledger,
+            key: &self.signing_key,
+            one_at_a_time: &self.publishing,
         }
     }
 

@@ -338,7 +338,9 @@ pub(super) async fn audit(command: AuditCommand) -> Result<Output> {
                     }
                     Err(why) => {
                         text.push_str(&format!("{}: NOT valid evidence: {why}\n", path.display()));
-                        rows.push(json!({"path": path, "verified": false, "error": why}));
+                        rows.push(
+                            json!({"path": path, "verified": false, "error": why.to_string()}),
+                        );
                     }
                 }
             }

@@ -46,9 +46,22 @@ pub enum PublishError {
     /// dataset is kept and settled against the ledger at the next start.
     #[error("the publication may or may not be recorded (settled at the next start): {0}")]
     Uncertain(LedgerError),
-    /// The content does not match what the request announced.
+    /// The content does not match what the request announced, or the
+    /// stream carrying it is malformed.
     #[error("{0}")]
     Content(String),
+    /// The stream carrying the content broke off.
+    #[error("the publish stream broke off: {0}")]
+    Interrupted(String),
+    /// Chunks could not be stored.
+    #[error("{context}: {source}")]
+    Store {
+        /// What was being done.
+        context: &'static str,
+        /// The failure.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// A published dataset.

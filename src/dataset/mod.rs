@@ -14,12 +14,13 @@
 pub mod blob;
 pub mod catalog;
 pub mod chunk;
+pub mod publish;
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::digest::Hash;
-use crate::envelope::{Envelope, EnvelopeError, PayloadType, Verified};
+use crate::envelope::{Envelope, EnvelopeError, PayloadType, SignedBy, Verified};
 use crate::identity::NodeId;
 use crate::payload::PayloadError;
 use crate::policy::{Classification, Policy, PolicyError};
@@ -231,15 +232,26 @@ pub fn verify_manifest(
     publisher_key: &[u8; 32],
 ) -> Result<(DatasetId, Verified<Manifest>), DatasetError> {
     let id = DatasetId::of_payload(&envelope.payload);
-    let verified = envelope.verify(PayloadType::Manifest, publisher_key, Manifest::decode)?;
-    let signer = NodeId::from_public_key(publisher_key);
-    if verified.value().publisher != signer {
-        return Err(DatasetError::Manifest(format!(
-            "the manifest names publisher {} but was signed by {signer}",
-            verified.value().publisher
-        )));
+    Ok((id, envelope.verify_signed(publisher_key)?))
+}
+
+impl SignedBy for Manifest {
+    const TYPE: PayloadType = PayloadType::Manifest;
+    const NOUN: &'static str = "manifest";
+    const SIGNER_ROLE: &'static str = "publisher";
+    type Error = DatasetError;
+
+    fn decode(payload: &[u8]) -> Result<Self, DatasetError> {
+        Manifest::decode(payload)
     }
-    Ok((id, verified))
+
+    fn signer(&self) -> &NodeId {
+        &self.publisher
+    }
+
+    fn wrong_signer(message: String) -> DatasetError {
+        DatasetError::Manifest(message)
+    }
 }
 
 /// SHA-256 of the concatenated chunk hashes.

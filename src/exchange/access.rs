@@ -13,7 +13,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use super::Publisher;
@@ -25,8 +24,8 @@ use crate::identity::{NodeId, PeerIdentity};
 use crate::ledger::entry::{EntryDraft, EntryKind};
 use crate::ledger::{Appended, LedgerError};
 use crate::peer::{AccessAsk, Peer, PeerError};
-use crate::policy::Action;
 use crate::policy::eval::{AccessRequest, Decision, could_ever_grant, evaluate};
+use crate::policy::{Action, Purpose};
 
 /// Why an access request failed (a denial is not a failure: see
 /// [`Decided`]).
@@ -73,36 +72,6 @@ pub enum AccessError {
     Peer(#[from] PeerError),
 }
 
-/// A declared purpose: 1 to 64 characters of `a-z`, `0-9`, `-`, `_`, `.`
-/// (policies list purposes; nothing else can match one).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Purpose(String);
-
-impl FromStr for Purpose {
-    type Err = AccessError;
-
-    fn from_str(s: &str) -> Result<Self, AccessError> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
-            });
-        if !ok {
-            return Err(AccessError::BadRequest(format!(
-                "purpose `{}` must be 1 to 64 characters of a-z, 0-9, '-', '_', '.'",
-                s.chars().take(64).collect::<String>()
-            )));
-        }
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl fmt::Display for Purpose {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// A checked access request: which dataset, and what for.
 #[derive(Clone, Debug)]
 pub struct Ask {
@@ -128,12 +97,12 @@ impl TryFrom<&AccessAsk> for Ask {
                 "name at least one action (read, derive, redistribute, aggregate)".into(),
             ));
         }
-        let purpose: Purpose = a.purpose.parse()?;
+        let purpose: Purpose = a.purpose.parse().map_err(|e| bad(&e))?;
         Ok(Self {
             dataset,
             access: AccessRequest {
                 actions,
-                purpose: purpose.0,
+                purpose: purpose.as_str().to_owned(),
                 duration: (a.duration_secs != 0).then(|| Duration::from_secs(a.duration_secs)),
             },
         })

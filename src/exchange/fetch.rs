@@ -212,6 +212,15 @@ pub struct Consumer<'a> {
     pub dialer: &'a dyn Dialer,
 }
 
+impl Consumer<'_> {
+    /// A grant this node holds.
+    fn held(&self, grant: &GrantId) -> Result<Arc<Held>, FetchError> {
+        self.grants
+            .held_grant(grant)
+            .ok_or_else(|| FetchError::NoGrant(grant.clone()))
+    }
+}
+
 /// What to fetch, from whom, to where.
 #[derive(Clone, Debug)]
 pub struct FetchOrder {
@@ -457,10 +466,7 @@ impl<'a> Opened<'a> {
         order: FetchOrder,
         progress: Arc<Progress>,
     ) -> Result<Self, FetchError> {
-        let held = consumer
-            .grants
-            .held_grant(&order.grant)
-            .ok_or_else(|| FetchError::NoGrant(order.grant.clone()))?;
+        let held = consumer.held(&order.grant)?;
         // One fetch per grant at a time: two would share the saved state.
         let only = FetchGuard::take(consumer.fetching, &order.grant)?;
         check_output(&order.out, order.force)?;
@@ -907,10 +913,7 @@ pub async fn resend_receipts(
     grant: &GrantId,
     peer: &str,
 ) -> Result<(u64, Vec<Resent>), FetchError> {
-    let held = consumer
-        .grants
-        .held_grant(grant)
-        .ok_or_else(|| FetchError::NoGrant(grant.clone()))?;
+    let held = consumer.held(grant)?;
     let g = held.grant.value().clone();
     let kept = consumer
         .grants

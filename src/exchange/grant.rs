@@ -16,7 +16,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::dataset::DatasetId;
 use crate::digest::Hash;
-use crate::envelope::{Envelope, EnvelopeError, PayloadType, Verified};
+use crate::envelope::{Envelope, EnvelopeError, PayloadType, SignedBy, Verified};
 use crate::identity::NodeId;
 use crate::payload::PayloadError;
 use crate::policy::eval::Terms;
@@ -247,15 +247,26 @@ pub fn verify_grant(
     envelope: Envelope,
     publisher_key: &[u8; 32],
 ) -> Result<Verified<Grant>, GrantError> {
-    let verified = envelope.verify(PayloadType::Grant, publisher_key, Grant::decode)?;
-    let signer = NodeId::from_public_key(publisher_key);
-    if verified.value().publisher != signer {
-        return Err(GrantError::Malformed(format!(
-            "the grant names publisher {} but was signed by {signer}",
-            verified.value().publisher
-        )));
+    envelope.verify_signed(publisher_key)
+}
+
+impl SignedBy for Grant {
+    const TYPE: PayloadType = PayloadType::Grant;
+    const NOUN: &'static str = "grant";
+    const SIGNER_ROLE: &'static str = "publisher";
+    type Error = GrantError;
+
+    fn decode(payload: &[u8]) -> Result<Self, GrantError> {
+        Grant::decode(payload)
     }
-    Ok(verified)
+
+    fn signer(&self) -> &NodeId {
+        &self.publisher
+    }
+
+    fn wrong_signer(message: String) -> GrantError {
+        GrantError::Malformed(message)
+    }
 }
 
 #[cfg(test)]

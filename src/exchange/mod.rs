@@ -17,6 +17,9 @@ pub mod receipt;
 pub mod serve;
 pub mod transfer;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;

@@ -8,7 +8,7 @@
 use super::grant::{GrantError, GrantId};
 use crate::dataset::DatasetId;
 use crate::digest::Hash;
-use crate::envelope::{Envelope, PayloadType, Verified};
+use crate::envelope::{Envelope, PayloadType, SignedBy, Verified};
 use crate::identity::NodeId;
 
 /// A receipt.
@@ -60,13 +60,24 @@ pub fn verify_receipt(
     envelope: Envelope,
     consumer_key: &[u8; 32],
 ) -> Result<Verified<Receipt>, GrantError> {
-    let verified = envelope.verify(PayloadType::Receipt, consumer_key, Receipt::decode)?;
-    let signer = NodeId::from_public_key(consumer_key);
-    if verified.value().consumer != signer {
-        return Err(GrantError::Malformed(format!(
-            "the receipt names consumer {} but was signed by {signer}",
-            verified.value().consumer
-        )));
+    envelope.verify_signed(consumer_key)
+}
+
+impl SignedBy for Receipt {
+    const TYPE: PayloadType = PayloadType::Receipt;
+    const NOUN: &'static str = "receipt";
+    const SIGNER_ROLE: &'static str = "consumer";
+    type Error = GrantError;
+
+    fn decode(payload: &[u8]) -> Result<Self, GrantError> {
+        Receipt::decode(payload)
     }
-    Ok(verified)
+
+    fn signer(&self) -> &NodeId {
+        &self.consumer
+    }
+
+    fn wrong_signer(message: String) -> GrantError {
+        GrantError::Malformed(message)
+    }
 }

@@ -14,7 +14,7 @@ use super::grant::{Grant, GrantId};
 use crate::clock::Clock;
 use crate::dataset::blob::BlobStore;
 use crate::dataset::catalog::Dataset;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Verified};
 use crate::identity::PeerIdentity;
 use crate::ledger::entry::{Entry, EntryDraft, EntryKind};
 use crate::ledger::{LedgerError, Query};
@@ -124,6 +124,13 @@ fn receipt_of(p: &Publisher<'_>, grant: &GrantId, t: u64) -> Result<Option<Entry
 }
 
 impl Publisher<'_> {
+    /// A grant this node issued.
+    fn issued(&self, id: &GrantId) -> Result<Arc<Verified<Grant>>, ServeError> {
+        self.grants
+            .issued_grant(id)
+            .ok_or_else(|| ServeError::NotFound(format!("no grant {id} issued by this node")))
+    }
+
     /// Records a refused fetch (stolen, expired, revoked, used up) and
     /// returns the refusal.
     async fn refuse(&self, who: &PeerIdentity, grant: &Grant, why: String) -> ServeError {
@@ -219,11 +226,7 @@ impl Publisher<'_> {
             .grant_id
             .parse()
             .map_err(|e: super::grant::GrantError| ServeError::BadRequest(e.to_string()))?;
-        let grant = self
-            .grants
-            .issued_grant(&id)
-            .ok_or_else(|| ServeError::NotFound(format!("no grant {id} issued by this node")))?;
-        let g = grant.value().clone();
+        let g = self.issued(&id)?.value().clone();
         if let Err(e) = g.check_use(&who.node_id, self.clock.now_ms()) {
             return Err(self.refuse(who, &g, e.to_string()).await);
         }
@@ -281,9 +284,7 @@ impl Publisher<'_> {
         let receipt = super::receipt::verify_receipt(env, &who.public_key)
             .map_err(|e| ServeError::BadRequest(e.to_string()))?;
         let rc = receipt.value();
-        let grant = self.grants.issued_grant(&rc.grant).ok_or_else(|| {
-            ServeError::NotFound(format!("no grant {} issued by this node", rc.grant))
-        })?;
+        let grant = self.issued(&rc.grant)?;
         let g = grant.value();
         if g.grantee != who.node_id || g.dataset != rc.dataset {
             return Err(ServeError::BadRequest(

@@ -93,7 +93,7 @@ pub enum LedgerError {
     /// The commit holding this append failed (disk full, I/O error); the
     /// append is not acknowledged.
     #[error("ledger commit failed: {0}")]
-    CommitFailed(String),
+    CommitFailed(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// An earlier commit failed; appends are refused until restart.
     #[error("the ledger stopped accepting appends after a failed commit; restart the node")]
     Failed,
@@ -775,10 +775,7 @@ impl Sequencer {
                 self.writer.size(),
                 self.last_signed.map(|(s, _)| s)
             );
-            self.fail(
-                requests.into_iter().map(|(_, r)| r),
-                &LedgerError::Fork(msg),
-            );
+            self.fail(requests.into_iter().map(|(_, r)| r), LedgerError::Fork(msg));
             return;
         }
         let started = std::time::Instant::now();
@@ -795,10 +792,8 @@ impl Sequencer {
             match self.writer.add(self.store.as_ref(), &entry) {
                 Ok(leaf) => accepted.push((entry.index, leaf, reply)),
                 Err(e) => {
-                    let msg = e.to_string();
-                    let _ = reply.send(Err(e));
                     let replies = accepted.into_iter().map(|(_, _, r)| r);
-                    self.fail(replies, &LedgerError::CommitFailed(msg));
+                    self.fail(replies.chain([reply]), e);
                     return;
                 }
             }
@@ -815,7 +810,7 @@ impl Sequencer {
                 }
                 Err(e) => {
                     let replies = accepted.into_iter().map(|(_, _, r)| r);
-                    self.fail(replies, &LedgerError::CommitFailed(e.to_string()));
+                    self.fail(replies, LedgerError::Note(e));
                     return;
                 }
             }
@@ -832,7 +827,7 @@ impl Sequencer {
                 signed.note.as_bytes(),
                 crate::fsutil::PUBLIC_MODE,
             )
-            .map_err(|e| LedgerError::CommitFailed(e.to_string()));
+            .map_err(|e| LedgerError::CommitFailed(Arc::new(e)));
         }
         match result {
             Ok(()) => {
@@ -860,7 +855,7 @@ impl Sequencer {
             }
             Err(e) => {
                 let replies = accepted.into_iter().map(|(_, _, r)| r);
-                self.fail(replies, &e);
+                self.fail(replies, e);
             }
         }
     }
@@ -871,13 +866,17 @@ impl Sequencer {
     fn fail(
         &self,
         replies: impl Iterator<Item = oneshot::Sender<Result<Appended, LedgerError>>>,
-        err: &LedgerError,
+        err: LedgerError,
     ) {
         tracing::error!(error = %err, "ledger commit failed; refusing further appends until restart");
         self.failed.store(true, Ordering::Release);
-        let msg = err.to_string();
+        // Every waiter gets the same cause, kept as the error's source.
+        let cause: Arc<dyn std::error::Error + Send + Sync> = match err {
+            LedgerError::CommitFailed(cause) => cause,
+            other => Arc::new(other),
+        };
         for reply in replies {
-            let _ = reply.send(Err(LedgerError::CommitFailed(msg.clone())));
+            let _ = reply.send(Err(LedgerError::CommitFailed(cause.clone())));
         }
     }
 }

@@ -60,6 +60,10 @@ pub enum NodeError {
     /// The ledger could not be opened or failed its start-up check.
     #[error("ledger: {0}")]
     Ledger(#[from] crate::ledger::LedgerError),
+    /// The store does not hold what a witness cosigned, or the witness
+    /// book could not be read.
+    #[error(transparent)]
+    Witness(#[from] crate::witness::WitnessError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -372,7 +376,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         crate::witness::WitnessBook::open(&config.data_dir.witness())
             .map_err(|e| NodeError::Credentials(format!("witness book: {e}")))?,
     );
-    crate::witness::check_cosigned(&witness, &ledger).map_err(NodeError::Credentials)?;
+    crate::witness::check_cosigned(&witness, &ledger)?;
     // Chunks of publications that failed or were cut off by a crash (chunks
     // of published and of received datasets are kept).
     let mut keep = catalog.referenced_chunks();

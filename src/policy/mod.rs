@@ -260,18 +260,43 @@ macro_rules! serde_via_str {
 }
 serde_via_str!(NodeId, ParticipantId, Role, Region);
 
-fn check_purpose(p: &str) -> Result<(), String> {
-    let ok = !p.is_empty()
-        && p.len() <= 64
-        && p.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "purpose `{p}` must be 1 to 64 characters of a-z, 0-9, '-', '_', '.'"
-        ))
+/// A declared purpose: 1 to 64 characters of `a-z`, `0-9`, `-`, `_`, `.`
+/// (what policies list, and what a request must name exactly).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Purpose(String);
+
+/// A purpose that is not one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("purpose `{0}` must be 1 to 64 characters of a-z, 0-9, '-', '_', '.'")]
+pub struct BadPurpose(String);
+
+impl std::str::FromStr for Purpose {
+    type Err = BadPurpose;
+
+    fn from_str(s: &str) -> Result<Self, BadPurpose> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+            });
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(BadPurpose(s.chars().take(64).collect()))
+        }
+    }
+}
+
+impl Purpose {
+    /// The purpose as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -323,7 +348,9 @@ impl Policy {
                 )));
             }
             for purpose in &p.purpose {
-                check_purpose(purpose).map_err(|m| invalid("permission", i, m))?;
+                purpose
+                    .parse::<Purpose>()
+                    .map_err(|e| invalid("permission", i, e.to_string()))?;
             }
             if let (Some(a), Some(b)) = (p.not_before, p.not_after)
                 && a >= b

@@ -126,15 +126,33 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<PeerIdentit
     Ok(PeerIdentity::from_der(leaf)?)
 }
 
+/// A peer address that is not `HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// No port, or not a number.
+    #[error("invalid peer address `{0}`: expected HOST:PORT")]
+    NotHostPort(String),
+    /// The host is neither a DNS name nor an IP literal.
+    #[error("invalid peer address `{addr}`: `{host}` is not a host name")]
+    NotAHost {
+        /// The address.
+        addr: String,
+        /// Its host part.
+        host: String,
+    },
+}
+
 /// A server name for a `host:port` address (DNS name or IP literal).
-pub fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
+pub fn server_name(addr: &str) -> Result<ServerName<'static>, AddressError> {
     let host = match addr.rsplit_once(':') {
         Some((host, port)) if port.parse::<u16>().is_ok() => host,
-        _ => return Err(format!("invalid peer address `{addr}`: expected HOST:PORT")),
+        _ => return Err(AddressError::NotHostPort(addr.to_owned())),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(host.to_owned())
-        .map_err(|_| format!("invalid peer address `{addr}`: `{host}` is not a host name"))
+    ServerName::try_from(host.to_owned()).map_err(|_| AddressError::NotAHost {
+        addr: addr.to_owned(),
+        host: host.to_owned(),
+    })
 }
 
 /// What tonic hands to every handler of a connection as a request

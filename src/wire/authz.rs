@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::identity::{NodeId, PeerIdentity, Role};
+use crate::identity::{NodeId, PeerIdentity, Role, RoleSet};
 use crate::runtime::tls::PeerConnectInfo;
 
 /// Who may call an RPC.
@@ -102,29 +102,69 @@ pub fn access_for(path: &str) -> Option<Access> {
     RPC_ACCESS.iter().find(|(p, _)| *p == path).map(|(_, a)| *a)
 }
 
-/// Decides whether `caller` may call `path` on the node `own`. The error
-/// is the sentence returned with `PermissionDenied`.
-pub fn authorize(path: &str, caller: &PeerIdentity, own: &NodeId) -> Result<(), String> {
-    let method = path.trim_start_matches('/');
+/// Why a call is refused: the sentence returned with `PermissionDenied`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No row of the table names the method.
+    #[error("{method} is not a method this node serves to anyone")]
+    UnknownMethod {
+        /// The method (`package.Service/Method`).
+        method: String,
+    },
+    /// The caller's certificate does not attest the role the method needs.
+    #[error("{method} requires the {role} role; the certificate of {caller} attests roles {roles}")]
+    LacksRole {
+        /// The method.
+        method: String,
+        /// The role it needs.
+        role: Role,
+        /// The caller.
+        caller: NodeId,
+        /// The roles its certificate attests.
+        roles: RoleSet,
+    },
+    /// The method is for the node's own operator, and the caller is
+    /// another node.
+    #[error(
+        "{method} is for this node's own operator only (the node's own certificate, {own}); caller is {caller} with roles {roles}"
+    )]
+    NotOwnNode {
+        /// The method.
+        method: String,
+        /// This node.
+        own: NodeId,
+        /// The caller.
+        caller: NodeId,
+        /// The roles its certificate attests.
+        roles: RoleSet,
+    },
+    /// The connection carries no verified client certificate.
+    #[error("the connection carries no verified client certificate")]
+    NoCertificate,
+}
+
+/// Decides whether `caller` may call `path` on the node `own`.
+pub fn authorize(path: &str, caller: &PeerIdentity, own: &NodeId) -> Result<(), Refusal> {
+    let method = path.trim_start_matches('/').to_owned();
     let Some(access) = access_for(path) else {
-        return Err(format!(
-            "{method} is not a method this node serves to anyone"
-        ));
+        return Err(Refusal::UnknownMethod { method });
     };
-    let lacks = |role: Role| {
-        format!(
-            "{method} requires the {role} role; the certificate of {} attests roles {}",
-            caller.node_id, caller.roles
-        )
+    let lacks = |role: Role| Refusal::LacksRole {
+        method: method.clone(),
+        role,
+        caller: caller.node_id.clone(),
+        roles: caller.roles.clone(),
     };
     match access {
         Access::AnyParticipant => Ok(()),
         Access::Role(role) if caller.has_role(role) => Ok(()),
         Access::Role(role) => Err(lacks(role)),
-        Access::OwnNode(_) if caller.node_id != *own => Err(format!(
-            "{method} is for this node's own operator only (the node's own certificate, {own}); caller is {} with roles {}",
-            caller.node_id, caller.roles
-        )),
+        Access::OwnNode(_) if caller.node_id != *own => Err(Refusal::NotOwnNode {
+            method: method.clone(),
+            own: own.clone(),
+            caller: caller.node_id.clone(),
+            roles: caller.roles.clone(),
+        }),
         Access::OwnNode(Some(role)) if !caller.has_role(role) => Err(lacks(role)),
         Access::OwnNode(_) => Ok(()),
     }
@@ -181,11 +221,11 @@ where
         let path = req.uri().path();
         let decision = match req.extensions().get::<PeerConnectInfo>() {
             Some(info) => authorize(path, &info.identity, &self.own),
-            None => Err("the connection carries no verified client certificate".to_owned()),
+            None => Err(Refusal::NoCertificate),
         };
         if let Err(reason) = decision {
             tracing::info!(path, %reason, "call refused");
-            let response = tonic::Status::permission_denied(reason).into_http::<RB>();
+            let response = tonic::Status::permission_denied(reason.to_string()).into_http::<RB>();
             return Box::pin(async move { Ok(response) });
         }
         // The service that was polled ready is the one that must be called.
@@ -198,7 +238,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::RoleSet;
 
     fn caller(roles: &str, key: u8) -> PeerIdentity {
         let public_key = [key; 32];
@@ -247,12 +286,15 @@ mod tests {
         let auditor = caller("auditor", 2);
         let err = authorize("/dataspace.v1.Exchange/Fetch", &auditor, &own.node_id)
             .expect_err("auditor cannot fetch");
-        assert!(err.contains("requires the consumer role"), "{err}");
+        assert!(
+            err.to_string().contains("requires the consumer role"),
+            "{err}"
+        );
         let err = authorize("/dataspace.v1.Admin/Publish", &auditor, &own.node_id)
             .expect_err("auditor cannot publish");
-        assert!(err.contains("own operator only"), "{err}");
+        assert!(err.to_string().contains("own operator only"), "{err}");
         assert!(authorize("/dataspace.v1.Admin/Publish", &own, &own.node_id).is_ok());
         let err = authorize("/x.Y/Z", &own, &own.node_id).expect_err("unknown");
-        assert!(err.contains("not a method"), "{err}");
+        assert!(err.to_string().contains("not a method"), "{err}");
     }
 }

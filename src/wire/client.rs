@@ -35,8 +35,17 @@ use crate::wire::pb::ledger_client::LedgerClient;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The address is not `HOST:PORT`.
-    #[error("{0}")]
-    Address(String),
+    #[error(transparent)]
+    Address(#[from] tls::AddressError),
+    /// The address is not one an HTTP/2 endpoint can be made of.
+    #[error("invalid peer address `{addr}`: {source}")]
+    Endpoint {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
     /// TCP or TLS failed; the message names the deepest cause.
     #[error("could not connect to {addr}: {reason}")]
     Connect {
@@ -89,9 +98,12 @@ pub async fn connect(
     addr: &str,
     settings: ClientSettings,
 ) -> Result<PeerChannel, ConnectError> {
-    let server_name = tls::server_name(addr).map_err(ConnectError::Address)?;
+    let server_name = tls::server_name(addr)?;
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ConnectError::Address(format!("invalid peer address `{addr}`: {e}")))?
+        .map_err(|source| ConnectError::Endpoint {
+            addr: addr.to_owned(),
+            source,
+        })?
         .connect_timeout(settings.connect_timeout)
         .initial_stream_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)

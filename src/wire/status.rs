@@ -6,6 +6,7 @@
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
+use crate::dataset::catalog::PublishError;
 use crate::exchange::access::AccessError;
 use crate::exchange::book::BookError;
 use crate::exchange::fetch::FetchError;
@@ -222,6 +223,21 @@ impl From<FetchError> for Status {
             FetchError::Book { context, source } => book(context, source),
             FetchError::Ledger { context, source } => ledger(context, source),
             FetchError::Internal { context, source } => internal(context, &*source),
+        }
+    }
+}
+
+impl From<PublishError> for Status {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Invalid(m) | PublishError::Content(m) => Status::invalid_argument(m),
+            PublishError::Dataset(e) => Status::invalid_argument(e.to_string()),
+            PublishError::Ledger(e) | PublishError::Uncertain(e) => {
+                ledger("recording the publication", e)
+            }
+            PublishError::File(e) => internal("storing the dataset", &e),
+            e @ PublishError::Interrupted(_) => Status::cancelled(e.to_string()),
+            PublishError::Store { context, source } => internal(context, &*source),
         }
     }
 }

@@ -37,7 +37,7 @@ pub mod cosig;
 pub mod protocol;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +64,26 @@ pub enum WitnessError {
     /// The book's files could not be read or written.
     #[error(transparent)]
     File(#[from] FileError),
+    /// A witness cosigned a checkpoint of this node that its store does
+    /// not hold (lost acknowledged entries, or an older copy restored).
+    #[error(
+        "witness {witness} cosigned this node's checkpoint of size {size} (root {}), but the ledger {}: the store lost acknowledged entries or was replaced by an older copy; restore the ledger that matches it",
+        data_encoding::BASE64.encode(.root),
+        if .size > .store_size { format!("ends at {}", .store_size) } else { "has another root at that size".to_owned() }
+    )]
+    StoreBehind {
+        /// The witness.
+        witness: NodeId,
+        /// The cosigned checkpoint's size.
+        size: u64,
+        /// Its root.
+        root: Hash,
+        /// The size of this node's store.
+        store_size: u64,
+    },
+    /// The ledger could not be read.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
     /// A stored file is damaged.
     #[error("{path}: {detail}")]
     Damaged {
@@ -121,28 +141,27 @@ const SAME_SIZE: &str = "same size, different roots";
 impl ForkEvidence {
     /// Checks the evidence on its own: both notes verify under one of the
     /// vkeys, are of the stated log, and contradict each other as stated.
-    pub fn verify(&self) -> Result<(SignedCheckpoint, SignedCheckpoint), String> {
+    pub fn verify(&self) -> Result<(SignedCheckpoint, SignedCheckpoint), EvidenceError> {
         if self.format != "dsnode-fork-evidence" || self.version != 1 {
-            return Err(format!(
-                "not dsnode fork evidence v1 (format `{}`, version {})",
-                self.format, self.version
-            ));
+            return Err(EvidenceError::Format {
+                format: self.format.clone(),
+                version: self.version,
+            });
         }
         let verifiers = self
             .vkeys
             .iter()
-            .map(|v| NoteVerifier::from_vkey(v).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let check = |what: &str, note: &str| {
+            .map(|v| NoteVerifier::from_vkey(v))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EvidenceError::Vkey(Arc::new(e)))?;
+        let check = |what: &'static str, note: &str| {
             verifiers
                 .iter()
                 .filter(|v| v.name() == self.origin)
                 .find_map(|v| SignedCheckpoint::verify(note.as_bytes(), v).ok())
-                .ok_or_else(|| {
-                    format!(
-                        "the {what} checkpoint is not signed by a key of log {}",
-                        self.origin
-                    )
+                .ok_or_else(|| EvidenceError::NotSigned {
+                    what,
+                    origin: self.origin.clone(),
                 })
         };
         let (a, b) = (
@@ -153,17 +172,50 @@ impl ForkEvidence {
             SAME_SIZE => {
                 a.checkpoint.size == b.checkpoint.size && a.checkpoint.root != b.checkpoint.root
             }
-            other => return Err(format!("unknown kind of fork `{other}`")),
+            other => return Err(EvidenceError::UnknownKind(other.to_owned())),
         };
         if !contradicts {
-            return Err(format!("the two checkpoints do not show `{}`", self.kind));
+            return Err(EvidenceError::NoContradiction(self.kind.clone()));
         }
         Ok((a, b))
     }
 }
 
+/// Why fork evidence does not prove a fork, or could not be read.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum EvidenceError {
+    /// Not the evidence format.
+    #[error("not dsnode fork evidence v1 (format `{format}`, version {version})")]
+    Format {
+        /// The format it states.
+        format: String,
+        /// The version it states.
+        version: u32,
+    },
+    /// A verifier key does not parse.
+    #[error(transparent)]
+    Vkey(Arc<crate::ledger::note::NoteError>),
+    /// A checkpoint is not signed by a key of the log.
+    #[error("the {what} checkpoint is not signed by a key of log {origin}")]
+    NotSigned {
+        /// Which checkpoint ("seen", "conflicting").
+        what: &'static str,
+        /// The log.
+        origin: String,
+    },
+    /// A kind of fork this node does not know.
+    #[error("unknown kind of fork `{0}`")]
+    UnknownKind(String),
+    /// The checkpoints do not contradict each other as stated.
+    #[error("the two checkpoints do not show `{0}`")]
+    NoContradiction(String),
+    /// The file could not be read or is not JSON evidence.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
 /// An evidence file and what reading it gave.
-pub type FoundEvidence = (PathBuf, Result<ForkEvidence, String>);
+pub type FoundEvidence = (PathBuf, Result<ForkEvidence, EvidenceError>);
 
 /// Keeps what this node witnessed of other logs and the cosignatures it
 /// received for its own; see the module docs.
@@ -412,9 +464,10 @@ impl WitnessBook {
         for entry in entries.flatten() {
             let path = entry.path();
             let read = fsutil::read(&path)
-                .map_err(|e| e.to_string())
+                .map_err(|e| EvidenceError::Unreadable(e.to_string()))
                 .and_then(|b| {
-                    serde_json::from_slice(&b).map_err(|e| format!("not fork evidence: {e}"))
+                    serde_json::from_slice(&b)
+                        .map_err(|e| EvidenceError::Unreadable(format!("not fork evidence: {e}")))
                 });
             out.push((path, read));
         }
@@ -484,31 +537,30 @@ impl WitnessBook {
 /// this node: each kept cosigned note whose own signature verifies must be
 /// a checkpoint the store still has, with the same root. A store restored
 /// from an older backup (or that lost acknowledged entries) fails here.
-pub fn check_cosigned(book: &WitnessBook, ledger: &crate::ledger::Ledger) -> Result<(), String> {
+pub fn check_cosigned(
+    book: &WitnessBook,
+    ledger: &crate::ledger::Ledger,
+) -> Result<(), WitnessError> {
     let keys = ledger.keys();
     let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
-    for (witness, note) in book.cosigned().map_err(|e| e.to_string())? {
+    for (witness, note) in book.cosigned()? {
         let Ok(cp) = keys.verify_checkpoint(&note) else {
             tracing::warn!(%witness, "a kept cosigned checkpoint is not this log's; ignored");
             continue;
         };
         let n = &cp.checkpoint;
         let stored = if n.size <= size {
-            ledger.checkpoint_at(n.size).map_err(|e| e.to_string())?
+            ledger.checkpoint_at(n.size)?
         } else {
             None
         };
         if stored.as_ref().is_none_or(|s| s.checkpoint.root != n.root) {
-            return Err(format!(
-                "witness {witness} cosigned this node's checkpoint of size {} (root {}), but the ledger {}: the store lost acknowledged entries or was replaced by an older copy; restore the ledger that matches it",
-                n.size,
-                data_encoding::BASE64.encode(&n.root),
-                if n.size > size {
-                    format!("ends at {size}")
-                } else {
-                    "has another root at that size".to_owned()
-                }
-            ));
+            return Err(WitnessError::StoreBehind {
+                witness,
+                size: n.size,
+                root: n.root,
+                store_size: size,
+            });
         }
     }
     Ok(())

@@ -9,19 +9,15 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{NodeContext, caller};
 use crate::dataset::catalog::{Dataset, PublishError, PublishRequest};
-use crate::dataset::chunk::Chunker;
 use crate::dataset::{DEFAULT_CHUNK_SIZE, DatasetId, Derivation};
 use crate::identity::PeerIdentity;
 use crate::policy::eval::could_ever_grant;
 use crate::policy::{Classification, Policy};
 use crate::wire::pb;
-use crate::wire::status;
 
 /// Default and largest catalog page.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
-/// Content pieces buffered between the stream and the chunker.
-const PIECES_IN_FLIGHT: usize = 16;
 
 fn entry(d: &Dataset) -> pb::CatalogEntry {
     pb::CatalogEntry {
@@ -185,20 +181,8 @@ fn publish_request(h: pb::PublishHeader) -> Result<(PublishRequest, u64), Status
     ))
 }
 
-fn publish_status(e: PublishError) -> Status {
-    match e {
-        PublishError::Invalid(m) | PublishError::Content(m) => Status::invalid_argument(m),
-        PublishError::Dataset(e) => Status::invalid_argument(e.to_string()),
-        PublishError::Ledger(e) | PublishError::Uncertain(e) => {
-            status::ledger("recording the publication", e)
-        }
-        PublishError::File(e) => status::internal("storing the dataset", &e),
-    }
-}
-
-/// `Admin.Publish`: stores the streamed content in chunks, signs the
-/// manifest and records `DatasetPublished`. Nothing is published unless
-/// everything succeeds.
+/// `Admin.Publish`: the header checked at the edge, then the content
+/// streamed into the publication ([`crate::dataset::publish`]).
 pub(super) async fn publish(
     node: &NodeContext,
     mut stream: Streaming<pb::PublishRequest>,
@@ -213,86 +197,19 @@ pub(super) async fn publish(
         ));
     };
     let (request, announced) = publish_request(header)?;
-    let _one_at_a_time = node.publishing.lock().await;
-    // Every check that needs no content happens before any byte is stored.
-    let prepared = node
-        .catalog
-        .prepare(request, node.grants.as_ref())
-        .map_err(publish_status)?;
-
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PIECES_IN_FLIGHT);
-    let mut chunker = Chunker::new(node.blobs.clone(), prepared.chunk_size());
-    let worker = tokio::task::spawn_blocking(move || {
-        while let Some(piece) = rx.blocking_recv() {
-            chunker.push(&piece)?;
-        }
-        chunker.finish()
+    let pieces = stream.map(|msg| match msg {
+        Ok(pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Data(bytes)),
+        }) => Ok(bytes),
+        Ok(_) => Err(PublishError::Content(
+            "a publish stream has one header, then data".into(),
+        )),
+        Err(s) => Err(PublishError::Interrupted(s.message().to_owned())),
     });
-    let mut received = 0u64;
-    let mut failure = None;
-    while let Some(msg) = stream.next().await {
-        let part = match msg {
-            Ok(m) => m.part,
-            Err(s) => {
-                failure = Some(s);
-                break;
-            }
-        };
-        match part {
-            Some(pb::publish_request::Part::Data(bytes)) => {
-                received += bytes.len() as u64;
-                if announced != 0 && received > announced {
-                    failure = Some(Status::invalid_argument(format!(
-                        "the stream carries more than the announced {announced} bytes"
-                    )));
-                    break;
-                }
-                if tx.send(bytes).await.is_err() {
-                    break;
-                }
-            }
-            _ => {
-                failure = Some(Status::invalid_argument(
-                    "a publish stream has one header, then data",
-                ));
-                break;
-            }
-        }
-    }
-    drop(tx);
-    let chunked = worker
-        .await
-        .map_err(|e| status::internal("chunking", &e))?
-        .map_err(|e| status::internal("storing chunks", &e))?;
-    let failure = failure.or_else(|| {
-        (announced != 0 && chunked.size != announced).then(|| {
-            Status::invalid_argument(format!(
-                "announced {announced} bytes but the stream carried {}",
-                chunked.size
-            ))
-        })
-    });
-    if let Some(s) = failure {
-        node.blobs.remove(&chunked.created);
-        return Err(s);
-    }
-    let created = chunked.created.clone();
-    let (dataset, appended) = match node
-        .catalog
-        .finish(prepared, chunked, &node.signing_key, &node.ledger)
-        .await
-    {
-        Ok(done) => done,
-        Err(e) => {
-            // If the ledger may hold the entry, keep everything: the
-            // catalog settles it against the ledger at the next start.
-            if !matches!(e, PublishError::Uncertain(_)) {
-                node.blobs.remove(&created);
-            }
-            return Err(publish_status(e));
-        }
-    };
-    tracing::info!(dataset = %dataset.id, index = appended.index, "published");
+    let (dataset, appended) = node
+        .publishing()
+        .publish(request, announced, pieces)
+        .await?;
     Ok(pb::PublishResponse {
         dataset_id: dataset.id.to_string(),
         manifest: Some(dataset.manifest.envelope().into()),

@@ -1,0 +1,557 @@
+//! The exchange's use cases, both sides at once, over an in-memory peer:
+//! a consumer asks a publisher for access and fetches through the fetch
+//! states ([`super::fetch`]) while the publisher decides and serves
+//! ([`super::access`], [`super::serve`]), with no network between them.
+//! The peer can damage or cut the stream, to show what the consumer
+//! refuses and how it resumes.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::mpsc;
+
+use super::Publisher;
+use super::access::{self, Ask};
+use super::book::GrantBook;
+use super::fetch::{self, Consumer, FetchError, FetchOrder, Progress};
+use super::serve::ServeError;
+use crate::clock::Clock;
+use crate::dataset::DatasetId;
+use crate::dataset::blob::{BlobStore, LocalBlobStore};
+use crate::dataset::catalog::{Catalog, PublishRequest};
+use crate::dataset::publish::Publishing;
+use crate::digest::sha256;
+use crate::envelope::Envelope;
+use crate::identity::{NodeId, PeerIdentity, RoleSet};
+use crate::ledger::entry::{Entry, EntryKind};
+use crate::ledger::{Ledger, LedgerOptions};
+use crate::peer::{
+    AccessAsk, CheckpointAnswer, CheckpointOffer, Code, ConsistencyAnswer, Dialer, EntryPage,
+    EntryQuery, FetchAsk, FetchPart, FetchStream, GrantEvidence, InclusionAnswer, LatestCheckpoint,
+    Peer, PeerError, PeerFuture, ReceiptTaken, unanswered,
+};
+use crate::policy::Policy;
+use crate::runtime::metrics::Metrics;
+
+const POLICY: &str = r#"classification = "general"
+
+[[permission]]
+actions = ["read"]
+purpose = ["research"]
+roles = ["consumer"]
+max_fetches = 2
+"#;
+
+/// One node's exchange state in a temporary dir.
+struct Node {
+    dir: tempfile::TempDir,
+    id: PeerIdentity,
+    key: SigningKey,
+    ledger: Ledger,
+    grants: Arc<GrantBook>,
+    catalog: Catalog,
+    blobs: Arc<dyn BlobStore>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    opening: tokio::sync::Mutex<()>,
+    fetching: Mutex<HashSet<String>>,
+}
+
+impl Node {
+    fn new(seed: u8, name: &str, roles: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        let public_key = key.verifying_key().to_bytes();
+        let id = PeerIdentity {
+            node_id: NodeId::from_public_key(&public_key),
+            public_key,
+            participant: name.parse().expect("participant"),
+            roles: RoleSet::parse_list(roles).expect("roles"),
+            region: None,
+            serial: vec![seed],
+            not_after: 0,
+        };
+        let (ledger, _) = Ledger::open(
+            &dir.path().join("ledger"),
+            key.clone(),
+            LedgerOptions::default(),
+        )
+        .expect("ledger");
+        let clock = Clock::default();
+        let (grants, _) = GrantBook::open(
+            &dir.path().join("grants"),
+            public_key,
+            ledger.clone(),
+            clock.clone(),
+        )
+        .expect("grants");
+        let (catalog, _) =
+            Catalog::open(&dir.path().join("datasets"), public_key, &ledger).expect("catalog");
+        let blobs: Arc<dyn BlobStore> =
+            Arc::new(LocalBlobStore::open(&dir.path().join("blobs")).expect("blobs"));
+        Self {
+            dir,
+            id,
+            key,
+            ledger,
+            grants: Arc::new(grants),
+            catalog,
+            blobs,
+            metrics: Arc::new(Metrics::new()),
+            clock,
+            opening: tokio::sync::Mutex::new(()),
+            fetching: Mutex::default(),
+        }
+    }
+
+    fn publisher(&self) -> Publisher<'_> {
+        Publisher {
+            identity: &self.id,
+            clock: &self.clock,
+            ledger: &self.ledger,
+            grants: &self.grants,
+            catalog: &self.catalog,
+            blobs: &self.blobs,
+            key: &self.key,
+            metrics: &self.metrics,
+            opening: &self.opening,
+        }
+    }
+
+    fn consumer<'a>(&'a self, dialer: &'a dyn Dialer) -> Consumer<'a> {
+        Consumer {
+            identity: &self.id,
+            ledger: &self.ledger,
+            grants: &self.grants,
+            blobs: &self.blobs,
+            key: &self.key,
+            fetching: &self.fetching,
+            dialer,
+        }
+    }
+
+    /// Publishes `content` in pieces of 1000 bytes, chunked by 64 KiB.
+    async fn publish(&self, content: &[u8]) -> DatasetId {
+        let one = tokio::sync::Mutex::new(());
+        let publishing = Publishing {
+            catalog: &self.catalog,
+            blobs: &self.blobs,
+            grants: self.grants.as_ref(),
+            ledger: &self.ledger,
+            key: &self.key,
+            one_at_a_time: &one,
+        };
+        let request = PublishRequest {
+            title: "Road sensors".into(),
+            description: String::new(),
+            media_type: "text/csv".into(),
+            policy: Policy::from_toml(POLICY).expect("policy"),
+            derived_from: Vec::new(),
+            supersedes: None,
+            chunk_size: 64 << 10,
+        };
+        let pieces: Vec<_> = content.chunks(1000).map(|p| Ok(p.to_vec())).collect();
+        let (dataset, _) = publishing
+            .publish(request, content.len() as u64, tokio_stream::iter(pieces))
+            .await
+            .expect("publish");
+        dataset.id.clone()
+    }
+
+    fn kinds(&self) -> Vec<EntryKind> {
+        self.ledger
+            .entries(0, 1000)
+            .expect("entries")
+            .iter()
+            .map(|(_, raw)| Entry::decode(raw).expect("entry").draft.kind)
+            .collect()
+    }
+}
+
+/// What the in-memory connection does to a transfer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// Flip a byte of chunk `k`.
+    Flip(usize),
+    /// Break the first transfer off after `k` chunks.
+    CutAfter(usize),
+}
+
+/// The publisher, reached in memory by the consumer: what a mutual-TLS
+/// connection between the two would carry.
+struct Loopback {
+    publisher: Arc<Node>,
+    caller: PeerIdentity,
+    fault: Fault,
+    transfers: Arc<AtomicUsize>,
+}
+
+fn refusal(e: &ServeError) -> PeerError {
+    let code = match e {
+        ServeError::BadRequest(_) => Code::InvalidArgument,
+        ServeError::NotFound(_) => Code::NotFound,
+        ServeError::Refused(_) => Code::PermissionDenied,
+        _ => Code::Internal,
+    };
+    PeerError::new(code, e.to_string())
+}
+
+impl Peer for Loopback {
+    fn identity(&self) -> &PeerIdentity {
+        &self.publisher.id
+    }
+
+    fn request_access(&self, request: AccessAsk) -> PeerFuture<'_, Envelope> {
+        Box::pin(async move {
+            let ask = Ask::try_from(&request)
+                .map_err(|e| PeerError::new(Code::InvalidArgument, e.to_string()))?;
+            match self.publisher.publisher().decide(&self.caller, ask).await {
+                Ok(access::Decided::Granted { grant, .. }) => Ok(grant.envelope().clone()),
+                Ok(access::Decided::Denied { reasons }) => Err(PeerError::new(
+                    Code::PermissionDenied,
+                    format!("access denied: {}", reasons.join("; ")),
+                )),
+                Err(e) => Err(PeerError::new(Code::Internal, e.to_string())),
+            }
+        })
+    }
+
+    fn fetch(&self, request: FetchAsk) -> PeerFuture<'_, FetchStream> {
+        Box::pin(async move {
+            let mut parts = self
+                .publisher
+                .publisher()
+                .serve(&self.caller, request)
+                .await
+                .map_err(|e| refusal(&e))?;
+            let first_transfer = self.transfers.fetch_add(1, Ordering::SeqCst) == 0;
+            let fault = self.fault;
+            let (tx, rx) = mpsc::channel(2);
+            tokio::spawn(async move {
+                let mut chunk = 0;
+                while let Some(part) = parts.recv().await {
+                    let part = match part {
+                        Ok(FetchPart::Chunk(mut bytes)) => {
+                            if fault == Fault::CutAfter(chunk) && first_transfer {
+                                let cut = PeerError::new(Code::Unavailable, "connection reset");
+                                let _ = tx.send(Err(cut)).await;
+                                return;
+                            }
+                            if fault == Fault::Flip(chunk) {
+                                bytes[0] ^= 1;
+                            }
+                            chunk += 1;
+                            Ok(FetchPart::Chunk(bytes))
+                        }
+                        Ok(header) => Ok(header),
+                        Err(e) => Err(refusal(&e)),
+                    };
+                    if tx.send(part).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as FetchStream)
+        })
+    }
+
+    fn submit_receipt(&self, receipt: &Envelope) -> PeerFuture<'_, ReceiptTaken> {
+        let receipt = receipt.clone();
+        Box::pin(async move {
+            self.publisher
+                .publisher()
+                .take_receipt(&self.caller, receipt)
+                .await
+                .map_err(|e| refusal(&e))
+        })
+    }
+
+    fn key_rotations(&self) -> PeerFuture<'_, Vec<Vec<u8>>> {
+        Box::pin(async move { Ok(self.publisher.ledger.rotation_entries().expect("rotations")) })
+    }
+
+    fn exchange_checkpoints(&self, _: CheckpointOffer) -> PeerFuture<'_, CheckpointAnswer> {
+        unanswered("ExchangeCheckpoints")
+    }
+
+    fn prove_consistency(&self, _: u64, _: u64) -> PeerFuture<'_, ConsistencyAnswer> {
+        unanswered("ProveConsistency")
+    }
+
+    fn checkpoint(&self) -> PeerFuture<'_, LatestCheckpoint> {
+        unanswered("GetCheckpoint")
+    }
+
+    fn query_entries(&self, _: EntryQuery) -> PeerFuture<'_, EntryPage> {
+        unanswered("QueryEntries")
+    }
+
+    fn prove_inclusion(&self, _: u64, _: u64) -> PeerFuture<'_, InclusionAnswer> {
+        unanswered("ProveInclusion")
+    }
+
+    fn evidence<'a>(&'a self, _: &'a str) -> PeerFuture<'a, GrantEvidence> {
+        unanswered("GetEvidence")
+    }
+}
+
+/// Dials the publisher in memory, whatever the address.
+struct LoopbackDialer {
+    publisher: Arc<Node>,
+    caller: PeerIdentity,
+    fault: Fault,
+    transfers: Arc<AtomicUsize>,
+}
+
+impl LoopbackDialer {
+    fn new(publisher: &Arc<Node>, consumer: &Node, fault: Fault) -> Self {
+        Self {
+            publisher: publisher.clone(),
+            caller: consumer.id.clone(),
+            fault,
+            transfers: Arc::default(),
+        }
+    }
+
+    fn peer(&self) -> Loopback {
+        Loopback {
+            publisher: self.publisher.clone(),
+            caller: self.caller.clone(),
+            fault: self.fault,
+            transfers: self.transfers.clone(),
+        }
+    }
+}
+
+impl Dialer for LoopbackDialer {
+    fn dial<'a>(&'a self, _addr: &'a str) -> PeerFuture<'a, Box<dyn Peer>> {
+        Box::pin(async move { Ok(Box::new(self.peer()) as Box<dyn Peer>) })
+    }
+}
+
+/// A publisher with a 200 KiB dataset (4 chunks), a consumer holding a
+/// grant for it, and the dialer between them.
+async fn granted(
+    fault: Fault,
+) -> (
+    Arc<Node>,
+    Node,
+    LoopbackDialer,
+    Vec<u8>,
+    super::grant::GrantId,
+) {
+    let publisher = Arc::new(Node::new(1, "city-transport", "publisher"));
+    let consumer = Node::new(2, "acme", "consumer");
+    let content: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    let dataset = publisher.publish(&content).await;
+    let dialer = LoopbackDialer::new(&publisher, &consumer, fault);
+    let ask = Ask::try_from(&AccessAsk {
+        dataset_id: dataset.to_string(),
+        purpose: "research".into(),
+        actions: vec!["read".into()],
+        duration_secs: 0,
+    })
+    .expect("ask");
+    let (held, _) = access::request(&consumer.grants, &consumer.id.node_id, &dialer.peer(), &ask)
+        .await
+        .expect("granted");
+    let grant = held.grant.value().id.clone();
+    (publisher, consumer, dialer, content, grant)
+}
+
+fn order(consumer: &Node, grant: &super::grant::GrantId, retries: u32) -> FetchOrder {
+    FetchOrder {
+        grant: grant.clone(),
+        peer: "publisher.test:443".into(),
+        out: consumer.dir.path().join("out.csv"),
+        force: false,
+        retries,
+    }
+}
+
+fn watch() -> (Arc<Progress>, mpsc::Receiver<fetch::FetchProgress>) {
+    let (tx, rx) = mpsc::channel(64);
+    (Arc::new(Progress::new(tx)), rx)
+}
+
+#[tokio::test]
+async fn a_granted_dataset_is_fetched_verified_and_receipted_on_both_sides() {
+    let (publisher, consumer, dialer, content, grant) = granted(Fault::None).await;
+    let (progress, _events) = watch();
+    let done = fetch::fetch(
+        consumer.consumer(&dialer),
+        order(&consumer, &grant, 0),
+        progress,
+    )
+    .await
+    .expect("fetched");
+    let out: PathBuf = consumer.dir.path().join("out.csv");
+    assert_eq!(std::fs::read(&out).expect("output"), content);
+    assert_eq!(done.content_sha256, sha256(&content));
+    assert_eq!(done.bytes, content.len() as u64);
+    assert_eq!(
+        publisher.kinds(),
+        [
+            EntryKind::DatasetPublished,
+            EntryKind::AccessGranted,
+            EntryKind::TransferStarted,
+            EntryKind::ReceiptRecorded
+        ]
+    );
+    assert_eq!(
+        consumer.kinds(),
+        [
+            EntryKind::GrantReceived,
+            EntryKind::TransferCompleted,
+            EntryKind::ReceiptRecorded,
+            EntryKind::PeerCheckpointSeen
+        ]
+    );
+    assert_eq!(done.publisher_ledger_index, 3);
+    // The same receipt again gets the same answer, and nothing new.
+    let (kept, resent) = fetch::resend_receipts(&consumer.consumer(&dialer), &grant, "p")
+        .await
+        .expect("resend");
+    assert_eq!((kept, resent.len()), (1, 0));
+}
+
+#[tokio::test]
+async fn a_damaged_chunk_is_refused_by_name_and_nothing_is_written() {
+    let (_publisher, consumer, dialer, _content, grant) = granted(Fault::Flip(2)).await;
+    let (progress, _events) = watch();
+    let err = fetch::fetch(
+        consumer.consumer(&dialer),
+        order(&consumer, &grant, 3),
+        progress,
+    )
+    .await
+    .expect_err("a damaged chunk");
+    assert!(matches!(err, FetchError::BadAnswer(_)), "{err}");
+    assert!(err.to_string().contains("chunk 2 does not match"), "{err}");
+    assert!(!err.is_broken(), "not retried");
+    assert!(!consumer.dir.path().join("out.csv").exists());
+    assert!(!consumer.kinds().contains(&EntryKind::TransferCompleted));
+}
+
+#[tokio::test]
+async fn a_cut_transfer_resumes_from_the_first_missing_chunk_without_a_new_fetch() {
+    let (publisher, consumer, dialer, content, grant) = granted(Fault::CutAfter(2)).await;
+    // No retries: the fetch stops, keeps what it verified, and says how
+    // to resume.
+    let (progress, _events) = watch();
+    let err = fetch::fetch(
+        consumer.consumer(&dialer),
+        order(&consumer, &grant, 0),
+        progress,
+    )
+    .await
+    .expect_err("cut");
+    assert!(
+        matches!(
+            err,
+            FetchError::Interrupted {
+                received: 2,
+                total: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("run the same fetch again to resume"),
+        "{err}"
+    );
+    // The same fetch again resumes from chunk 2: recorded, not counted.
+    let (progress, _events) = watch();
+    let done = fetch::fetch(
+        consumer.consumer(&dialer),
+        order(&consumer, &grant, 0),
+        progress,
+    )
+    .await
+    .expect("resumed");
+    assert_eq!(done.resumed_chunks, 2);
+    assert_eq!(
+        std::fs::read(consumer.dir.path().join("out.csv")).expect("out"),
+        content
+    );
+    let kinds = publisher.kinds();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == EntryKind::TransferStarted)
+            .count(),
+        1
+    );
+    assert!(kinds.contains(&EntryKind::TransferResumed));
+}
+
+#[tokio::test]
+async fn a_second_fetch_of_one_grant_waits_its_turn_and_a_bad_output_costs_nothing() {
+    let (publisher, consumer, dialer, _content, grant) = granted(Fault::None).await;
+    // A fetch of this grant is running: another is refused at once.
+    consumer
+        .fetching
+        .lock()
+        .expect("lock")
+        .insert(grant.to_string());
+    let (progress, _events) = watch();
+    let err = fetch::fetch(
+        consumer.consumer(&dialer),
+        order(&consumer, &grant, 0),
+        progress,
+    )
+    .await
+    .expect_err("busy");
+    assert!(err.to_string().contains("already running"), "{err}");
+    consumer.fetching.lock().expect("lock").clear();
+    // An output in a directory that does not exist: refused before the
+    // publisher is asked, so no fetch is counted.
+    let mut bad = order(&consumer, &grant, 0);
+    bad.out = consumer.dir.path().join("no/such/dir/out.csv");
+    let (progress, _events) = watch();
+    let err = fetch::fetch(consumer.consumer(&dialer), bad, progress)
+        .await
+        .expect_err("bad output");
+    assert!(matches!(err, FetchError::Local(_)), "{err}");
+    assert!(!publisher.kinds().contains(&EntryKind::TransferStarted));
+}
+
+#[tokio::test]
+async fn requests_the_policy_denies_are_recorded_with_their_reasons() {
+    let publisher = Arc::new(Node::new(1, "city-transport", "publisher"));
+    let consumer = Node::new(2, "acme", "consumer");
+    let dataset = publisher.publish(b"a,b\n1,2\n").await;
+    let dialer = LoopbackDialer::new(&publisher, &consumer, Fault::None);
+    let ask = Ask::try_from(&AccessAsk {
+        dataset_id: dataset.to_string(),
+        purpose: "marketing".into(),
+        actions: vec!["read".into()],
+        duration_secs: 0,
+    })
+    .expect("ask");
+    let err = access::request(&consumer.grants, &consumer.id.node_id, &dialer.peer(), &ask)
+        .await
+        .expect_err("denied");
+    assert!(
+        err.to_string()
+            .contains("purpose `marketing` is not in [research]"),
+        "{err}"
+    );
+    assert!(publisher.kinds().contains(&EntryKind::AccessDenied));
+    assert!(consumer.grants.held().is_empty());
+    // A dataset the publisher does not have is not found.
+    let mut missing = ask.clone();
+    missing.dataset = DatasetId::of_payload(b"nothing");
+    let err = publisher
+        .publisher()
+        .decide(&consumer.id, missing)
+        .await
+        .expect_err("missing");
+    assert!(err.to_string().contains("visible to you"), "{err}");
+}
