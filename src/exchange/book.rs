@@ -596,3 +596,159 @@ fn json_files(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::DatasetId;
+    use crate::ledger::LedgerOptions;
+    use ed25519_dalek::SigningKey;
+    use std::collections::BTreeSet;
+
+    /// A grant book over its own ledger, in a temporary dir.
+    struct Node {
+        dir: tempfile::TempDir,
+        key: SigningKey,
+        ledger: Ledger,
+    }
+
+    impl Node {
+        fn new(seed: u8) -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let key = SigningKey::from_bytes(&[seed; 32]);
+            let (ledger, _) = Ledger::open(
+                &dir.path().join("ledger"),
+                key.clone(),
+                LedgerOptions::default(),
+            )
+            .expect("ledger");
+            Self { dir, key, ledger }
+        }
+
+        fn public(&self) -> [u8; 32] {
+            self.key.verifying_key().to_bytes()
+        }
+
+        fn node_id(&self) -> NodeId {
+            NodeId::from_public_key(&self.public())
+        }
+
+        fn book(&self) -> (GrantBook, Vec<String>) {
+            GrantBook::open(
+                &self.dir.path().join("grants"),
+                self.public(),
+                self.ledger.clone(),
+                Clock::default(),
+            )
+            .expect("book")
+        }
+
+        fn grant_to(&self, grantee: &NodeId) -> Grant {
+            Grant {
+                id: GrantId::random().expect("id"),
+                dataset: DatasetId::of_payload(b"manifest"),
+                manifest_sha256: [1; 32],
+                publisher: self.node_id(),
+                grantee: grantee.clone(),
+                purpose: "research".into(),
+                actions: BTreeSet::from([Action::Read]),
+                not_before_ms: 0,
+                not_after_ms: i64::MAX / 2,
+                max_fetches: Some(1),
+                obligations: Vec::new(),
+                policy_sha256: [2; 32],
+                issued_at_ms: 0,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn issued_grants_are_recorded_revoked_once_and_reloaded() {
+        let (publisher, consumer) = (Node::new(1), Node::new(2));
+        let (book, warnings) = publisher.book();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (grant, appended) = book
+            .issue(publisher.grant_to(&consumer.node_id()), &publisher.key)
+            .await
+            .expect("issued");
+        let id = grant.value().id.clone();
+        assert_eq!(book.issued_grant(&id).expect("kept").value(), grant.value());
+        assert!(!book.is_revoked(&id).expect("revoked?"));
+        let revoked = book.revoke(&id, "test").await.expect("revoke");
+        assert!(revoked.is_some_and(|r| r.index > appended.index));
+        // A second revocation records nothing.
+        assert!(book.revoke(&id, "again").await.expect("again").is_none());
+        assert!(book.is_revoked(&id).expect("revoked?"));
+        // Reopened: the grant and its revocation come back from the ledger.
+        drop(book);
+        let (book, warnings) = publisher.book();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(book.issued_grant(&id).is_some());
+        assert!(book.is_revoked(&id).expect("revoked?"));
+        // An unknown grant cannot be revoked.
+        let other = GrantId::random().expect("id");
+        assert!(matches!(
+            book.revoke(&other, "x").await,
+            Err(BookError::Unknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_issued_grant_the_ledger_never_recorded_is_dropped_at_open() {
+        let publisher = Node::new(1);
+        let (book, _) = publisher.book();
+        let g = publisher.grant_to(&NodeId::from_public_key(&[9; 32]));
+        let id = g.id.clone();
+        // A grant file written without its AccessGranted entry (issuing
+        // cut between the two).
+        let path = publisher
+            .dir
+            .path()
+            .join("grants/issued")
+            .join(format!("{id}.json"));
+        fsutil::write_atomic(&path, g.sign(&publisher.key).to_json().as_bytes(), 0o644)
+            .expect("write");
+        drop(book);
+        let (book, warnings) = publisher.book();
+        assert!(book.issued_grant(&id).is_none());
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("not recorded as granted")),
+            "{warnings:?}"
+        );
+        assert!(!path.exists(), "removed");
+    }
+
+    #[tokio::test]
+    async fn a_held_grant_must_be_for_this_node_and_signed_by_its_publisher() {
+        let (publisher, consumer, mallory) = (Node::new(1), Node::new(2), Node::new(3));
+        let (book, _) = consumer.book();
+        let env = publisher.grant_to(&consumer.node_id()).sign(&publisher.key);
+        // Presented as if another node had signed it.
+        let err = book
+            .hold(env.clone(), mallory.public(), &consumer.node_id())
+            .await
+            .expect_err("wrong signer");
+        assert!(matches!(err, BookError::Grant(_)), "{err}");
+        // For another node.
+        let err = book
+            .hold(env.clone(), publisher.public(), &mallory.node_id())
+            .await
+            .expect_err("not ours");
+        assert!(err.to_string().contains("not this node"), "{err}");
+        assert!(book.held().is_empty());
+        let (held, _) = book
+            .hold(env, publisher.public(), &consumer.node_id())
+            .await
+            .expect("held");
+        let id = held.grant.value().id.clone();
+        drop(book);
+        let (book, warnings) = consumer.book();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            book.held_grant(&id).expect("reloaded").publisher_key,
+            publisher.public()
+        );
+    }
+}

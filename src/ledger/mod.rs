@@ -880,3 +880,145 @@ impl Sequencer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The sequencer: group commit, one checkpoint per batch, and what a
+    //! failed commit does to the appends waiting on it and after it.
+
+    use super::*;
+    use crate::ledger::entry::EntryKind;
+    use crate::ledger::store::{AppendBatch, Block, IndexKey};
+    use std::sync::atomic::AtomicBool;
+
+    /// The sled store, with an fsync that fails on demand.
+    struct FailingSync {
+        inner: SledStore,
+        fail: AtomicBool,
+    }
+
+    impl LedgerStore for FailingSync {
+        fn append_batch(&self, batch: &AppendBatch) -> Result<(), StoreError> {
+            self.inner.append_batch(batch)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Sync {
+                    path: "test".into(),
+                    source: std::io::Error::other("disk full"),
+                });
+            }
+            self.inner.sync()
+        }
+        fn block(&self, block: u64) -> Result<Option<Block>, StoreError> {
+            self.inner.block(block)
+        }
+        fn leaves(&self, block: u64) -> Result<Option<Vec<Hash>>, StoreError> {
+            self.inner.leaves(block)
+        }
+        fn blocks(&self, from: u64, limit: usize) -> Result<Vec<(u64, Block)>, StoreError> {
+            self.inner.blocks(from, limit)
+        }
+        fn hash(&self, level: u8, index: u64) -> Result<Option<Hash>, StoreError> {
+            self.inner.hash(level, index)
+        }
+        fn head(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+            self.inner.head()
+        }
+        fn last_signed(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+            self.inner.last_signed()
+        }
+        fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
+            self.inner.checkpoint(size)
+        }
+        fn checkpoints(&self, from: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+            self.inner.checkpoints(from, limit)
+        }
+        fn leaf_index(&self, leaf: &Hash) -> Result<Option<u64>, StoreError> {
+            self.inner.leaf_index(leaf)
+        }
+        fn posting(&self, key: &IndexKey, block: u64) -> Result<Option<u64>, StoreError> {
+            self.inner.posting(key, block)
+        }
+        fn scan_postings(
+            &self,
+            key: &IndexKey,
+            from: u64,
+            limit: usize,
+        ) -> Result<Vec<(u64, u64)>, StoreError> {
+            self.inner.scan_postings(key, from, limit)
+        }
+        fn scan_time(
+            &self,
+            from: (i64, u64),
+            limit: usize,
+        ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
+            self.inner.scan_time(from, limit)
+        }
+    }
+
+    fn ledger(dir: &Path) -> (Ledger, Arc<FailingSync>) {
+        let store = Arc::new(FailingSync {
+            inner: SledStore::open(dir).expect("store"),
+            fail: AtomicBool::new(false),
+        });
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let (ledger, _) =
+            Ledger::with_store(store.clone(), key, LedgerOptions::default()).expect("ledger");
+        (ledger, store)
+    }
+
+    fn draft(n: usize) -> EntryDraft {
+        let mut d = EntryDraft::new(EntryKind::DatasetPublished);
+        d.detail = format!("entry {n}");
+        d
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_checkpoints_and_get_every_index_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ledger, _) = ledger(dir.path());
+        let tasks: Vec<_> = (0..200)
+            .map(|n| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move { ledger.append(draft(n)).await })
+            })
+            .collect();
+        let mut indices = Vec::new();
+        let mut checkpoints = std::collections::BTreeSet::new();
+        for t in tasks {
+            let a = t.await.expect("task").expect("append");
+            // Acknowledged under a signed checkpoint that covers it.
+            assert!(a.checkpoint.checkpoint.size > a.index);
+            indices.push(a.index);
+            checkpoints.insert(a.checkpoint.checkpoint.size);
+        }
+        indices.sort_unstable();
+        assert_eq!(indices, (0..200).collect::<Vec<u64>>());
+        assert!(
+            checkpoints.len() < 200,
+            "appends waiting together share one checkpoint ({} for 200 appends)",
+            checkpoints.len()
+        );
+        assert_eq!(ledger.latest().expect("head").checkpoint.size, 200);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_is_not_acknowledged_and_stops_appends_until_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ledger, store) = ledger(dir.path());
+        ledger.append(draft(0)).await.expect("first");
+        store.fail.store(true, Ordering::SeqCst);
+        let err = ledger.append(draft(1)).await.expect_err("fsync failed");
+        assert!(matches!(err, LedgerError::CommitFailed(_)), "{err}");
+        // The cause is kept, not only its text.
+        let source = std::error::Error::source(&err).expect("source");
+        assert!(source.to_string().contains("disk full"), "{source}");
+        // Nothing is acknowledged after it, even once the disk recovers:
+        // the store must be re-verified first (a restart).
+        store.fail.store(false, Ordering::SeqCst);
+        let err = ledger.append(draft(2)).await.expect_err("stopped");
+        assert!(matches!(err, LedgerError::Failed), "{err}");
+        assert_eq!(ledger.latest().expect("head").checkpoint.size, 1);
+    }
+}
