@@ -99,17 +99,13 @@ pub struct Envelope {
 /// A signed object that names the node that signs it (a manifest its
 /// publisher, a grant its publisher, a receipt its consumer): verified
 /// with [`Envelope::verify_signed`], which checks both.
-pub trait SignedBy: Sized {
+pub trait SignedBy: crate::codec::Canonical {
     /// Its payload type.
     const TYPE: PayloadType;
     /// What it is called in errors ("manifest").
     const NOUN: &'static str;
     /// What its signer is called in errors ("publisher").
     const SIGNER_ROLE: &'static str;
-    /// Its module's error.
-    type Error: From<EnvelopeError> + std::fmt::Display;
-    /// Decodes the signed payload.
-    fn decode(payload: &[u8]) -> Result<Self, Self::Error>;
     /// The node it names as its signer.
     fn signer(&self) -> &crate::identity::NodeId;
     /// The error for an object signed by another node than it names.
@@ -221,8 +217,12 @@ impl Envelope {
     /// Verifies an object that names its signer ([`SignedBy`]): the
     /// signature by `key` as [`Envelope::verify`] does, then that the node
     /// the object names as its signer is the node of `key`.
-    pub fn verify_signed<T: SignedBy>(self, key: &[u8; 32]) -> Result<Verified<T>, T::Error> {
-        let verified = self.verify(T::TYPE, key, T::decode)?;
+    pub fn verify_signed<T>(self, key: &[u8; 32]) -> Result<Verified<T>, T::Error>
+    where
+        T: SignedBy,
+        T::Error: From<EnvelopeError>,
+    {
+        let verified = self.verify(T::TYPE, key, <T as crate::codec::Canonical>::decode)?;
         let signer = crate::identity::NodeId::from_public_key(key);
         if *verified.value().signer() != signer {
             return Err(T::wrong_signer(format!(

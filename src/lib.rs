@@ -27,6 +27,7 @@
 pub mod audit;
 pub mod cli;
 pub mod clock;
+pub mod codec;
 pub mod dataset;
 pub mod digest;
 pub mod envelope;

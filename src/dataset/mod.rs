@@ -19,10 +19,10 @@ pub mod publish;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::codec::{Canonical, PayloadError};
 use crate::digest::Hash;
 use crate::envelope::{Envelope, EnvelopeError, PayloadType, SignedBy, Verified};
 use crate::identity::NodeId;
-use crate::payload::PayloadError;
 use crate::policy::{Classification, Policy, PolicyError};
 
 /// Default chunk size: 1 MiB.
@@ -205,12 +205,12 @@ impl Manifest {
 
     /// The signed payload bytes.
     pub fn encode(&self) -> Vec<u8> {
-        crate::payload::manifest::encode(self)
+        Canonical::encode(self)
     }
 
     /// Decodes a verified payload into a checked manifest.
     pub fn decode(bytes: &[u8]) -> Result<Self, DatasetError> {
-        crate::payload::manifest::decode(bytes)
+        <Self as Canonical>::decode(bytes)
     }
 
     /// Signs the manifest with the publisher's key.
@@ -239,12 +239,6 @@ impl SignedBy for Manifest {
     const TYPE: PayloadType = PayloadType::Manifest;
     const NOUN: &'static str = "manifest";
     const SIGNER_ROLE: &'static str = "publisher";
-    type Error = DatasetError;
-
-    fn decode(payload: &[u8]) -> Result<Self, DatasetError> {
-        Manifest::decode(payload)
-    }
-
     fn signer(&self) -> &NodeId {
         &self.publisher
     }

@@ -28,6 +28,7 @@ use super::book::{BookError, GrantBook, Held};
 use super::grant::{Grant, GrantId};
 use super::receipt::Receipt;
 use super::transfer::{Incoming, TransferError, check_header, check_output};
+use crate::codec::Canonical;
 use crate::dataset::Manifest;
 use crate::dataset::blob::BlobStore;
 use crate::digest::{Hash, sha256};
@@ -36,7 +37,6 @@ use crate::identity::PeerIdentity;
 use crate::ledger::entry::EntryKind;
 use crate::ledger::keys::{LogKeys, decode_rotations};
 use crate::ledger::{Ledger, LedgerError, Query, merkle};
-use crate::payload::fetch_state;
 use crate::peer::{
     Code, Dialer, FetchAsk, FetchHeader, FetchPart, FetchStream, Peer, PeerError, Resume,
 };
@@ -494,7 +494,7 @@ impl<'a> Opened<'a> {
             .interrupted_fetch(id)
             .map_err(FetchError::book("reading the interrupted fetch"))?
         {
-            let header = fetch_state::decode(&saved).map_err(|e| {
+            let header = FetchHeader::decode(&saved).map_err(|e| {
                 FetchError::Precondition(format!(
                     "the saved state of an interrupted fetch of grant {id} is {e}; remove grants/fetching/{id}.* to fetch afresh"
                 ))
@@ -656,7 +656,7 @@ impl<'a> Transferring<'a> {
                 // Kept first: the publisher has counted this fetch already.
                 o.consumer
                     .grants
-                    .begin_fetch(&g.id, &fetch_state::encode(&header), &chunks)
+                    .begin_fetch(&g.id, &header.encode(), &chunks)
                     .map_err(|e| FetchError::Local(format!("keeping the transfer header: {e}")))?;
                 let incoming = Incoming::start(
                     &o.order.out,

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::codec::{Canonical, PayloadError};
 use crate::dataset::DatasetId;
 use crate::digest::Hash;
 use crate::envelope::{Envelope, EnvelopeError, PayloadType, SignedBy, Verified};
 use crate::identity::NodeId;
-use crate::payload::PayloadError;
 use crate::policy::eval::Terms;
 use crate::policy::{Action, Obligation};
 
@@ -184,13 +184,13 @@ impl Grant {
 
     /// The signed payload bytes.
     pub fn encode(&self) -> Vec<u8> {
-        crate::payload::grant::encode(self)
+        Canonical::encode(self)
     }
 
     /// Decodes a verified payload: at least one action, a non-empty
     /// window, every id and hash well formed.
     pub fn decode(bytes: &[u8]) -> Result<Self, GrantError> {
-        crate::payload::grant::decode(bytes)
+        <Self as Canonical>::decode(bytes)
     }
 
     /// A ledger entry of `kind` about this grant: both parties, the
@@ -254,12 +254,6 @@ impl SignedBy for Grant {
     const TYPE: PayloadType = PayloadType::Grant;
     const NOUN: &'static str = "grant";
     const SIGNER_ROLE: &'static str = "publisher";
-    type Error = GrantError;
-
-    fn decode(payload: &[u8]) -> Result<Self, GrantError> {
-        Grant::decode(payload)
-    }
-
     fn signer(&self) -> &NodeId {
         &self.publisher
     }

@@ -6,6 +6,7 @@
 //! [`crate::payload::receipt`].
 
 use super::grant::{GrantError, GrantId};
+use crate::codec::Canonical;
 use crate::dataset::DatasetId;
 use crate::digest::Hash;
 use crate::envelope::{Envelope, PayloadType, SignedBy, Verified};
@@ -35,12 +36,12 @@ pub struct Receipt {
 impl Receipt {
     /// The signed payload bytes.
     pub fn encode(&self) -> Vec<u8> {
-        crate::payload::receipt::encode(self)
+        Canonical::encode(self)
     }
 
     /// Decodes a verified payload, every id and hash well formed.
     pub fn decode(bytes: &[u8]) -> Result<Self, GrantError> {
-        crate::payload::receipt::decode(bytes)
+        <Self as Canonical>::decode(bytes)
     }
 
     /// Signs the receipt with the consumer's key.
@@ -67,12 +68,6 @@ impl SignedBy for Receipt {
     const TYPE: PayloadType = PayloadType::Receipt;
     const NOUN: &'static str = "receipt";
     const SIGNER_ROLE: &'static str = "consumer";
-    type Error = GrantError;
-
-    fn decode(payload: &[u8]) -> Result<Self, GrantError> {
-        Receipt::decode(payload)
-    }
-
     fn signer(&self) -> &NodeId {
         &self.consumer
     }

@@ -19,9 +19,9 @@
 
 use std::fmt;
 
+use crate::codec::{Canonical, PayloadError};
 use crate::envelope::{Envelope, PayloadType};
 use crate::identity::{NodeId, ParticipantId, PeerIdentity};
-use crate::payload::PayloadError;
 
 use super::entry::{Entry, EntryDraft, EntryKind};
 use super::note::{self, Checkpoint, NoteError, NoteVerifier, SignedCheckpoint};
@@ -90,11 +90,11 @@ pub struct KeyRotation {
 impl KeyRotation {
     /// The signed payload bytes ([`crate::payload::key_rotation`]).
     fn encode(&self) -> Vec<u8> {
-        crate::payload::key_rotation::encode(self)
+        Canonical::encode(self)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
-        crate::payload::key_rotation::decode(bytes)
+        <Self as Canonical>::decode(bytes)
     }
 
     /// The statement as a DSSE envelope signed by both keys; `old` and

@@ -108,3 +108,15 @@ pub fn decode(bytes: &[u8]) -> Result<FetchHeader, SavedHeaderError> {
         first_chunk,
     })
 }
+
+impl crate::codec::Canonical for FetchHeader {
+    type Error = SavedHeaderError;
+
+    fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, SavedHeaderError> {
+        decode(bytes)
+    }
+}

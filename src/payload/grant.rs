@@ -155,3 +155,15 @@ fn hash32(bytes: &[u8], what: &str) -> Result<Hash, GrantError> {
         .try_into()
         .map_err(|_| GrantError::Malformed(format!("{what} must be 32 bytes")))
 }
+
+impl crate::codec::Canonical for crate::exchange::grant::Grant {
+    type Error = crate::exchange::grant::GrantError;
+
+    fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, crate::exchange::grant::GrantError> {
+        decode(bytes)
+    }
+}

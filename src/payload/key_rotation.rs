@@ -66,3 +66,15 @@ impl TryFrom<pb::KeyRotationV1> for KeyRotation {
         })
     }
 }
+
+impl crate::codec::Canonical for crate::ledger::keys::KeyRotation {
+    type Error = PayloadError;
+
+    fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
+        decode(bytes)
+    }
+}

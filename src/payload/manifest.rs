@@ -157,3 +157,15 @@ fn optional_id(s: &str) -> Result<Option<DatasetId>, DatasetError> {
         s.parse().map(Some)
     }
 }
+
+impl crate::codec::Canonical for Manifest {
+    type Error = DatasetError;
+
+    fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DatasetError> {
+        decode(bytes)
+    }
+}

@@ -37,7 +37,7 @@ pub mod key_rotation;
 pub mod manifest;
 pub mod receipt;
 
-use crate::identity::IdError;
+use crate::codec::PayloadError;
 
 /// Generated code for `proto/dsnode/payload/v1/payload.proto` (messages
 /// only, no services).
@@ -46,39 +46,14 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/dsnode.payload.v1.rs"));
 }
 
-/// Why payload bytes were refused before they became a domain value.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PayloadError {
-    /// The bytes are not a protobuf encoding of the message expected.
-    #[error("not a {message} protobuf: {source}")]
-    Protobuf {
-        /// The message expected (`ManifestV1`, `GrantV1`, …).
-        message: &'static str,
-        /// What prost found wrong with the bytes.
-        #[source]
-        source: prost::DecodeError,
-    },
-    /// A field meant to hold a raw Ed25519 public key has another length.
-    #[error("{field} is {got} bytes, expected 32")]
-    KeyLength {
-        /// The field.
-        field: &'static str,
-        /// Its length.
-        got: usize,
-    },
-    /// The participant a statement names is not a participant id.
-    #[error(transparent)]
-    Participant(#[from] IdError),
-}
-
 /// Decodes `bytes` as the protobuf message `M`, called `name` in errors.
 fn decode_message<M: prost::Message + Default>(
     bytes: &[u8],
     name: &'static str,
 ) -> Result<M, PayloadError> {
-    M::decode(bytes).map_err(|source| PayloadError::Protobuf {
+    M::decode(bytes).map_err(|e| PayloadError::Protobuf {
         message: name,
-        source,
+        detail: e.to_string(),
     })
 }
 

@@ -81,3 +81,15 @@ impl TryFrom<pb::ReceiptV1> for Receipt {
         })
     }
 }
+
+impl crate::codec::Canonical for crate::exchange::receipt::Receipt {
+    type Error = crate::exchange::grant::GrantError;
+
+    fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, crate::exchange::grant::GrantError> {
+        decode(bytes)
+    }
+}

@@ -3,8 +3,10 @@
 //! build here until it is handled.
 
 use crate::envelope::{Envelope, EnvelopeSignature};
-use crate::identity::PeerIdentity;
+use crate::exchange::grant::GrantId;
+use crate::identity::{NodeId, PeerIdentity};
 use crate::ledger::Query;
+use crate::ledger::entry::{EntryKind, MAX_REF_LEN};
 use crate::peer::{
     AccessAsk, CheckpointAnswer, CheckpointOffer, Code, ConsistencyAnswer, EntryPage, EntryQuery,
     FetchAsk, FetchHeader, FetchPart, GrantEvidence, InclusionAnswer, LatestCheckpoint, PeerError,
@@ -270,6 +272,153 @@ impl From<pb::GetEvidenceResponse> for GrantEvidence {
             manifest,
             receipts,
         }
+    }
+}
+
+// Ledger reads, the answering side: this node's answers as sent.
+
+impl From<LatestCheckpoint> for pb::GetCheckpointResponse {
+    fn from(c: LatestCheckpoint) -> Self {
+        let LatestCheckpoint {
+            checkpoint,
+            vkey,
+            key_rotations,
+            cosigned_checkpoints,
+        } = c;
+        Self {
+            checkpoint,
+            vkey,
+            key_rotations,
+            cosigned_checkpoints,
+        }
+    }
+}
+
+impl From<ProvenEntry> for pb::ProvenEntry {
+    fn from(p: ProvenEntry) -> Self {
+        let ProvenEntry {
+            index,
+            entry,
+            inclusion_proof,
+        } = p;
+        Self {
+            index,
+            entry,
+            inclusion_proof,
+        }
+    }
+}
+
+impl From<EntryPage> for pb::QueryEntriesResponse {
+    fn from(p: EntryPage) -> Self {
+        let EntryPage {
+            checkpoint,
+            entries,
+            next_page_token,
+        } = p;
+        Self {
+            checkpoint,
+            entries: entries.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }
+    }
+}
+
+impl From<InclusionAnswer> for pb::ProveInclusionResponse {
+    fn from(a: InclusionAnswer) -> Self {
+        let InclusionAnswer { checkpoint, entry } = a;
+        Self {
+            checkpoint,
+            entry: entry.map(Into::into),
+        }
+    }
+}
+
+impl From<ConsistencyAnswer> for pb::ProveConsistencyResponse {
+    fn from(a: ConsistencyAnswer) -> Self {
+        let ConsistencyAnswer {
+            old_checkpoint,
+            new_checkpoint,
+            proof,
+        } = a;
+        Self {
+            old_checkpoint,
+            new_checkpoint,
+            proof,
+        }
+    }
+}
+
+impl From<GrantEvidence> for pb::GetEvidenceResponse {
+    fn from(e: GrantEvidence) -> Self {
+        let GrantEvidence {
+            certificate_pem,
+            grant,
+            manifest,
+            receipts,
+        } = e;
+        Self {
+            certificate_pem,
+            grant,
+            manifest,
+            receipts,
+        }
+    }
+}
+
+/// A filter from a request: empty or zero means "any"; anything given
+/// must parse, with an error that says what was expected.
+impl TryFrom<pb::QueryEntriesRequest> for EntryQuery {
+    type Error = tonic::Status;
+
+    fn try_from(r: pb::QueryEntriesRequest) -> Result<Self, tonic::Status> {
+        let bad = |e: &dyn std::fmt::Display| tonic::Status::invalid_argument(e.to_string());
+        let pb::QueryEntriesRequest {
+            dataset,
+            party,
+            kind,
+            since_ms,
+            until_ms,
+            limit,
+            page_token,
+            tree_size,
+            grant,
+        } = r;
+        let dataset = match dataset.as_str() {
+            "" => None,
+            d if d.len() <= MAX_REF_LEN && d.bytes().all(|b| b.is_ascii_graphic()) => Some(dataset),
+            _ => {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "dataset filter must be 1 to {MAX_REF_LEN} printable ASCII characters"
+                )));
+            }
+        };
+        let party = match party.as_str() {
+            "" => None,
+            p => Some(p.parse::<NodeId>().map_err(|e| bad(&e))?),
+        };
+        let kind = match kind.as_str() {
+            "" => None,
+            k => Some(EntryKind::parse(k).map_err(|e| bad(&e))?),
+        };
+        let grant = match grant.as_str() {
+            "" => None,
+            g => Some(g.parse::<GrantId>().map_err(|e| bad(&e))?.to_string()),
+        };
+        let bound = |t: i64| (t != 0).then_some(t);
+        Ok(Self {
+            filter: Query {
+                dataset,
+                party,
+                kind,
+                grant,
+                since_ms: bound(since_ms),
+                until_ms: bound(until_ms),
+            },
+            limit,
+            page_token,
+            tree_size,
+        })
     }
 }
 

@@ -14,6 +14,7 @@ use crate::exchange::serve::ServeError;
 use crate::ledger::LedgerError;
 use crate::ledger::merkle::ProofError;
 use crate::peer::{Code as PeerCode, PeerError, ShownCheckpoint};
+use crate::service::ledger::ReadError;
 use crate::witness::protocol::ExchangeError;
 
 /// An internal failure: the caller gets a generic message, the log the
@@ -238,6 +239,19 @@ impl From<PublishError> for Status {
             PublishError::File(e) => internal("storing the dataset", &e),
             e @ PublishError::Interrupted(_) => Status::cancelled(e.to_string()),
             PublishError::Store { context, source } => internal(context, &*source),
+        }
+    }
+}
+
+impl From<ReadError> for Status {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::BadRequest(m) => Status::invalid_argument(m),
+            ReadError::NotFound(m) => Status::not_found(m),
+            ReadError::Refused(m) => Status::permission_denied(m),
+            e @ ReadError::NoCheckpoint => Status::unavailable(e.to_string()),
+            ReadError::Ledger { context, source } => ledger(context, source),
+            ReadError::Internal { context, source } => internal(context, &*source),
         }
     }
 }

@@ -3,6 +3,8 @@
 //! book, witness book) and the operations the wire layer and the node's
 //! start-up call on it.
 
+pub mod ledger;
+
 use std::sync::Arc;
 use std::time::Instant;
 
