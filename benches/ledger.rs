@@ -130,11 +130,11 @@ fn raw_sled_run(spread: Spread, dir: &std::path::Path, n: u64, batch_size: u64) 
     let mut i = 0;
     while i < n {
         for _ in 0..batch_size.min(n - i) {
-            let entry = Entry {
-                index: i,
-                time_ms: 1_790_000_000_000 + i as i64 / batch_size as i64,
-                draft: draft_in(spread, i),
-            };
+            let entry = Entry::new(
+                i,
+                1_790_000_000_000 + i as i64 / batch_size as i64,
+                draft_in(spread, i),
+            );
             writer.add(&store, &entry).expect("entry");
             i += 1;
         }

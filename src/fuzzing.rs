@@ -59,7 +59,8 @@ pub fn receipt(data: &[u8]) {
     let _ = crate::payload::receipt::decode(data);
 }
 
-/// A ledger entry (the binary v1 format): one encoding per value.
+/// A ledger entry (the binary format, versions 1 and 2): one encoding per
+/// value, the version included.
 pub fn ledger_entry(data: &[u8]) {
     if let Ok(e) = crate::ledger::entry::Entry::decode(data) {
         let bytes = e.encode().expect("a decoded entry re-encodes");

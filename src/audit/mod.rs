@@ -778,4 +778,84 @@ mod tests {
             .expect_err("no entry");
         assert_eq!(err.to_string(), "NOT verified: no entry in the answer");
     }
+
+    /// A publisher (seed 1) and a consumer (seed 2) that recorded one
+    /// transfer of grant `gr_1` and its receipt; the consumer's receipt
+    /// entry names the publisher's entry `peer_entry` and `transfer`.
+    async fn exchanged(peer_entry: u64, transfer: u64) -> (Arc<Node>, Arc<Node>) {
+        let (p, c) = (Node::new(1), Node::new(2));
+        let parties = vec![p.id.node_id.clone(), c.id.node_id.clone()];
+        let entry = |kind, hash: Option<[u8; 32]>| {
+            let mut d = EntryDraft::new(kind);
+            d.parties = parties.clone();
+            d.dataset = Some("ds-1".into());
+            d.grant = Some("gr_1".into());
+            d.object_hash = hash;
+            d
+        };
+        let (grant, receipt) = (Some([1; 32]), Some([2; 32]));
+        let mut publisher = vec![
+            entry(EntryKind::AccessGranted, grant),
+            entry(EntryKind::TransferStarted, None),
+            entry(EntryKind::ReceiptRecorded, receipt),
+        ];
+        publisher[2].transfer = Some(1);
+        let mut consumer = vec![
+            entry(EntryKind::GrantReceived, grant),
+            entry(EntryKind::TransferCompleted, Some([3; 32])),
+            entry(EntryKind::ReceiptRecorded, receipt),
+        ];
+        consumer[1].transfer = Some(1);
+        consumer[2].transfer = Some(transfer);
+        consumer[2].peer_entry = Some(peer_entry);
+        for (node, drafts) in [(&p, publisher), (&c, consumer)] {
+            for d in drafts {
+                node.ledger.append(d).await.expect("append");
+            }
+        }
+        (Arc::new(p), Arc::new(c))
+    }
+
+    /// The discrepancies of `reconcile` about receipt references.
+    async fn reference_discrepancies(p: &Arc<Node>, c: &Arc<Node>) -> Vec<String> {
+        let r = reconcile::reconcile(
+            &mut InMemory::auditor(p, Lie::None),
+            &mut InMemory::auditor(c, Lie::None),
+            None,
+        )
+        .await
+        .expect("reconcile");
+        assert_eq!((r.grants, r.receipts), (1, 1));
+        r.discrepancies
+            .into_iter()
+            .filter(|d| d.contains("names") || d.contains("different transfers"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn reconcile_pairs_receipt_entries_by_their_typed_references() {
+        let (p, c) = exchanged(2, 1).await;
+        assert_eq!(reference_discrepancies(&p, &c).await, Vec::<String>::new());
+
+        let (p, c) = exchanged(1, 1).await;
+        let found = reference_discrepancies(&p, &c).await;
+        assert_eq!(found.len(), 1, "{found:?}");
+        let publisher = format!("A ({})", p.id.node_id);
+        assert!(
+            found[0].ends_with(&format!(
+                "entry 2 (ReceiptRecorded) names {publisher} entry 1, but {publisher} recorded that receipt at entry 2"
+            )),
+            "{}",
+            found[0]
+        );
+
+        let (p, c) = exchanged(2, 7).await;
+        let found = reference_discrepancies(&p, &c).await;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("record the same receipt for different transfers (7 and 1)"),
+            "{}",
+            found[0]
+        );
+    }
 }

@@ -127,9 +127,11 @@ async fn witnessed_size(
 /// (entries at or after `since_ms`): for every grant, the publisher's
 /// `AccessGranted` and the consumer's `GrantReceived` exist and name the
 /// same dataset and grant hash; every receipt either side recorded is
-/// recorded by both with the same hash; the consumer completed no more
-/// transfers than the publisher started; and every entry is under a
-/// checkpoint the other side witnessed.
+/// recorded by both with the same hash (and where the consumer's entry
+/// names the publisher's entry and transfer, it names the ones recording
+/// that receipt); the consumer completed no more transfers than the
+/// publisher started; and every entry is under a checkpoint the other side
+/// witnessed.
 pub async fn reconcile(
     a: &mut Auditor,
     b: &mut Auditor,
@@ -203,6 +205,34 @@ pub async fn reconcile(
                 d.push(format!(
                     "grant {g}: {} entry {index} (ReceiptRecorded) has no matching ReceiptRecorded entry on {}",
                     c.name, p.name
+                ));
+            }
+        }
+        // A receipt entry of the consumer that names the publisher's entry
+        // (`peer_entry`, version 2 entries) must name the one recording the
+        // same receipt, and both must name the same transfer.
+        let publisher_receipts = find(pe, EntryKind::ReceiptRecorded);
+        for own in find(ce, EntryKind::ReceiptRecorded) {
+            // A receipt the publisher did not record was reported above.
+            let Some(theirs) = publisher_receipts.iter().find(|e| {
+                own.draft.object_hash.is_some() && e.draft.object_hash == own.draft.object_hash
+            }) else {
+                continue;
+            };
+            if let Some(named) = own.draft.peer_entry
+                && named != theirs.index
+            {
+                d.push(format!(
+                    "grant {g}: {} entry {} (ReceiptRecorded) names {} entry {named}, but {} recorded that receipt at entry {}",
+                    c.name, own.index, p.name, p.name, theirs.index
+                ));
+            }
+            if let (Some(a), Some(b)) = (own.draft.transfer, theirs.draft.transfer)
+                && a != b
+            {
+                d.push(format!(
+                    "grant {g}: {} entry {} and {} entry {} (ReceiptRecorded) record the same receipt for different transfers ({a} and {b})",
+                    c.name, own.index, p.name, theirs.index
                 ));
             }
         }

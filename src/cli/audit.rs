@@ -38,7 +38,7 @@ fn checkpoint_json(cp: &SignedCheckpoint) -> Value {
 
 fn entry_json(v: &audit::VerifiedEntry) -> Value {
     let e = &v.entry;
-    json!({
+    let mut out = json!({
         "index": e.index,
         "time": time_text(e.time_ms),
         "time_ms": e.time_ms,
@@ -49,7 +49,18 @@ fn entry_json(v: &audit::VerifiedEntry) -> Value {
         "object_hash": e.draft.object_hash.map(|h| data_encoding::HEXLOWER.encode(&h)),
         "detail": e.draft.detail,
         "leaf_hash": data_encoding::HEXLOWER.encode(&v.leaf_hash),
-    })
+    });
+    // The typed references only where the entry has them (version 2
+    // entries that link to others), so older output keeps its shape.
+    for (key, value) in [
+        ("transfer", e.draft.transfer),
+        ("peer_entry", e.draft.peer_entry),
+    ] {
+        if let (Some(value), Some(fields)) = (value, out.as_object_mut()) {
+            fields.insert(key.into(), value.into());
+        }
+    }
+    out
 }
 
 fn entry_text(v: &audit::VerifiedEntry) -> String {
@@ -379,5 +390,49 @@ pub(super) async fn audit(command: AuditCommand) -> Result<Output> {
                 json: json!({"node_id": node.node_id.to_string(), "verified": true, "size": report.size, "checkpoints": report.checkpoints, "root": data_encoding::BASE64.encode(&report.root)}),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::entry::{Entry, EntryDraft};
+
+    fn verified(draft: EntryDraft) -> audit::VerifiedEntry {
+        audit::VerifiedEntry {
+            entry: Entry::new(5, 1_764_000_000_000, draft),
+            leaf_hash: [0; 32],
+            inclusion_proof: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn entry_json_has_the_typed_references_only_when_set() {
+        let plain = entry_json(&verified(EntryDraft::new(EntryKind::TransferStarted)));
+        let fields = plain.as_object().expect("object");
+        assert!(!fields.contains_key("transfer") && !fields.contains_key("peer_entry"));
+        assert_eq!(plain["index"], 5);
+
+        let mut draft = EntryDraft::new(EntryKind::ReceiptRecorded);
+        draft.transfer = Some(3);
+        draft.peer_entry = Some(4);
+        draft.detail = "publisher entry 4".into();
+        let linked = entry_json(&verified(draft));
+        assert_eq!(
+            (&linked["transfer"], &linked["peer_entry"]),
+            (&json!(3), &json!(4))
+        );
+        assert_eq!(linked["detail"], "publisher entry 4");
+
+        let mut draft = EntryDraft::new(EntryKind::TransferResumed);
+        draft.transfer = Some(3);
+        let resumed = entry_json(&verified(draft));
+        assert_eq!(resumed["transfer"], 3);
+        assert!(
+            !resumed
+                .as_object()
+                .expect("object")
+                .contains_key("peer_entry")
+        );
     }
 }

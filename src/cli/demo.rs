@@ -802,8 +802,8 @@ async fn audit(
             .into(),
         receipt_hash.is_some()
             && receipt_hash == pub_receipt.and_then(|e| e.entry.draft.object_hash)
-            && con_receipt.map(|e| e.entry.draft.detail.clone())
-                == pub_receipt.map(|e| format!("publisher entry {}", e.entry.index)),
+            && con_receipt.and_then(|e| e.entry.draft.peer_entry)
+                == pub_receipt.map(|e| e.entry.index),
     ));
 
     // The receipt acme kept, as acme would hand it to an auditor.
@@ -816,6 +816,15 @@ async fn audit(
     let receipt = std::fs::read_to_string(&receipt_path)
         .ok()
         .and_then(|t| Envelope::from_json(&t).ok());
+    // Both receipt entries, and acme's TransferCompleted, name that
+    // transfer entry in their typed `transfer` field.
+    let names_transfer = [
+        pub_receipt,
+        con_receipt,
+        find(&con_entries, EntryKind::TransferCompleted),
+    ]
+    .iter()
+    .all(|e| e.and_then(|e| e.entry.draft.transfer) == transfer);
     let verified = receipt.clone().and_then(|env| {
         crate::exchange::receipt::verify_receipt(env, &acme.identity.public_key).ok()
     });
@@ -825,7 +834,7 @@ async fn audit(
             Some(r.envelope().payload_hash()) == receipt_hash
                 && Some(r.value().transfer_index) == transfer
                 && r.value().grant == g.id
-        }),
+        }) && names_transfer,
     ));
     checks.push((
         "the content acme received has the published content hash".into(),

@@ -763,6 +763,7 @@ impl<'a> Received<'a> {
         // Both sides record what was received.
         let mut completed = g.entry(EntryKind::TransferCompleted);
         completed.object_hash = Some(received.content_sha256);
+        completed.transfer = Some(transfer_index);
         completed.detail = format!("{} bytes", received.bytes);
         c.ledger
             .append(completed)
@@ -790,6 +791,7 @@ impl<'a> Received<'a> {
         Ok(Signed {
             opened,
             grant: g,
+            transfer_index,
             received,
             envelope,
             reconnects,
@@ -801,6 +803,8 @@ impl<'a> Received<'a> {
 pub struct Signed<'a> {
     opened: Opened<'a>,
     grant: Grant,
+    /// The publisher's `TransferStarted` entry the receipt closes.
+    transfer_index: u64,
     received: super::transfer::Received,
     envelope: Envelope,
     reconnects: u32,
@@ -815,6 +819,7 @@ impl Signed<'_> {
             o.publisher.as_ref(),
             &o.keys,
             &self.grant,
+            self.transfer_index,
             &self.envelope,
         )
         .await
@@ -852,9 +857,10 @@ pub async fn fetch(
         .await
 }
 
-/// Submits a receipt this node signed to the grant's publisher and records
-/// it (`ReceiptRecorded`, naming the publisher's entry) with the
-/// publisher's checkpoint that covers it (`PeerCheckpointSeen`). The
+/// Submits a receipt this node signed (closing the publisher's transfer
+/// entry `transfer`) to the grant's publisher and records it
+/// (`ReceiptRecorded`, naming the transfer and the publisher's entry) with
+/// the publisher's checkpoint that covers it (`PeerCheckpointSeen`). The
 /// publisher answers a receipt it already has with its first entry, so
 /// this may be repeated. Returns this node's entry and the publisher's.
 async fn send_receipt(
@@ -862,6 +868,7 @@ async fn send_receipt(
     publisher: &dyn Peer,
     keys: &LogKeys,
     g: &Grant,
+    transfer: u64,
     envelope: &Envelope,
 ) -> Result<(u64, u64), FetchError> {
     let answer = publisher.submit_receipt(envelope).await?;
@@ -878,6 +885,8 @@ async fn send_receipt(
     }
     let mut recorded = g.entry(EntryKind::ReceiptRecorded);
     recorded.object_hash = Some(envelope.payload_hash());
+    recorded.transfer = Some(transfer);
+    recorded.peer_entry = Some(answer.ledger_index);
     recorded.detail = format!("publisher entry {}", answer.ledger_index);
     let mut seen = g.entry(EntryKind::PeerCheckpointSeen);
     seen.object_hash = Some(sha256(witnessed.note.as_bytes()));
@@ -945,8 +954,15 @@ pub async fn resend_receipts(
     }
     let (publisher, keys) = connect_publisher(consumer.dialer, peer, &held).await?;
     for (transfer, envelope) in pending {
-        let (own, publisher_ledger_index) =
-            send_receipt(consumer.ledger, publisher.as_ref(), &keys, &g, &envelope).await?;
+        let (own, publisher_ledger_index) = send_receipt(
+            consumer.ledger,
+            publisher.as_ref(),
+            &keys,
+            &g,
+            transfer,
+            &envelope,
+        )
+        .await?;
         resent.push(Resent {
             transfer_index: transfer,
             ledger_index: own,

@@ -109,17 +109,32 @@ fn is_transfer_of(p: &Publisher<'_>, t: u64, grant: &GrantId) -> Result<bool, Se
     }))
 }
 
+/// Whether `receipt` (a `ReceiptRecorded` of this node) closes transfer
+/// `t`: its `transfer` field names it. A version 1 entry, written before
+/// entries carried typed references, names it only in its detail text
+/// ("… bytes received; transfer entry T"); that text is matched for v1
+/// entries alone, so ledgers written by older nodes keep working.
+fn closes(receipt: &Entry, t: u64) -> bool {
+    if receipt.version.has_references() {
+        receipt.draft.transfer == Some(t)
+    } else {
+        receipt
+            .draft
+            .detail
+            .ends_with(&format!("; transfer entry {t}"))
+    }
+}
+
 /// The `ReceiptRecorded` entry that closes transfer `t` of `grant`, if
-/// one was recorded (its detail ends with the transfer's index).
+/// one was recorded (see [`closes`]).
 fn receipt_of(p: &Publisher<'_>, grant: &GrantId, t: u64) -> Result<Option<Entry>, ServeError> {
     let q = Query {
         grant: Some(grant.to_string()),
         kind: Some(EntryKind::ReceiptRecorded),
         ..Default::default()
     };
-    let closes = format!("; transfer entry {t}");
     p.ledger
-        .find(&q, |e| e.draft.detail.ends_with(&closes))
+        .find(&q, |e| closes(e, t))
         .map_err(ledger("looking for the receipt"))
 }
 
@@ -209,6 +224,7 @@ impl Publisher<'_> {
             return Err(self.refuse(who, g, why).await);
         }
         let mut draft = g.entry(EntryKind::TransferResumed);
+        draft.transfer = Some(t);
         draft.detail = format!("transfer entry {t} from chunk {from}");
         self.ledger
             .append(draft)
@@ -319,6 +335,7 @@ impl Publisher<'_> {
         }
         let mut draft = g.entry(EntryKind::ReceiptRecorded);
         draft.object_hash = Some(receipt.envelope().payload_hash());
+        draft.transfer = Some(t);
         draft.detail = format!(
             "{} bytes received; transfer entry {}",
             rc.bytes, rc.transfer_index
@@ -389,5 +406,61 @@ impl ChunkSender {
             self.metrics.served(bytes);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::entry::EntryVersion;
+
+    fn receipt(version: EntryVersion, transfer: Option<u64>, detail: &str) -> Entry {
+        let mut draft = EntryDraft::new(EntryKind::ReceiptRecorded);
+        draft.transfer = transfer;
+        draft.detail = detail.into();
+        let mut e = Entry::new(9, 0, draft);
+        e.version = version;
+        e
+    }
+
+    #[test]
+    fn a_receipt_closes_the_transfer_its_typed_field_names() {
+        let e = receipt(
+            EntryVersion::V2,
+            Some(3),
+            "12 bytes received; transfer entry 3",
+        );
+        assert!(closes(&e, 3));
+        assert!(!closes(&e, 13));
+        // The detail text is not read from version 2 entries.
+        let e = receipt(
+            EntryVersion::V2,
+            Some(4),
+            "12 bytes received; transfer entry 3",
+        );
+        assert!(closes(&e, 4) && !closes(&e, 3));
+        let e = receipt(
+            EntryVersion::V2,
+            None,
+            "12 bytes received; transfer entry 3",
+        );
+        assert!(!closes(&e, 3));
+    }
+
+    #[test]
+    fn a_version_1_receipt_is_matched_by_its_detail() {
+        let e = receipt(
+            EntryVersion::V1,
+            None,
+            "12 bytes received; transfer entry 3",
+        );
+        assert!(closes(&e, 3));
+        assert!(!closes(&e, 13) && !closes(&e, 2));
+        let e = receipt(
+            EntryVersion::V1,
+            None,
+            "12 bytes received; transfer entry 13",
+        );
+        assert!(closes(&e, 13) && !closes(&e, 3));
     }
 }

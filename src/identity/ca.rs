@@ -412,6 +412,15 @@ pub fn verify_der_issued_by(
         }
         .into());
     }
+    if !signed_algorithm_repeated(cert_der, cert.tbs_certificate.as_ref()) {
+        return Err(CertError::Malformed {
+            expected: "X.509 certificate",
+            detail: format!(
+                "{what}'s signature algorithm is not byte for byte the one its signed part names (RFC 5280, 4.1.1.2)"
+            ),
+        }
+        .into());
+    }
     let (_, ca) = X509Certificate::from_der(ca_der).map_err(|e| CertError::Malformed {
         expected: "X.509 CA certificate",
         detail: e.to_string(),
@@ -419,6 +428,44 @@ pub fn verify_der_issued_by(
     cert.verify_signature(Some(ca.public_key()))
         .map_err(|_| CaError::NotOurs(what.to_owned()))?;
     Ok(PeerIdentity::from_cert(&cert)?)
+}
+
+/// Whether the certificate's `signatureAlgorithm`, which the signature
+/// does not cover, is byte for byte the `signature` field of its signed
+/// `tbsCertificate` (RFC 5280, 4.1.1.2: "MUST contain the same algorithm
+/// identifier"). x509-parser (through asn1-rs 0.7) accepts an algorithm
+/// identifier whose OID carries another tag, so without this a byte of a
+/// CA-verified certificate could change unnoticed (an evidence bundle
+/// promises that no byte can).
+fn signed_algorithm_repeated(cert_der: &[u8], tbs: &[u8]) -> bool {
+    use x509_parser::asn1_rs::{Any, Class, FromDer as _};
+    /// The first DER element of `bytes` (whole, with its header), the
+    /// element itself, and what follows it.
+    fn element(bytes: &[u8]) -> Option<(&[u8], Any<'_>, &[u8])> {
+        let (rest, any) = Any::from_der(bytes).ok()?;
+        Some((&bytes[..bytes.len() - rest.len()], any, rest))
+    }
+    let outer = element(cert_der).map(|(_, any, _)| any.data);
+    let Some(after_tbs) = outer.and_then(|body| body.strip_prefix(tbs)) else {
+        return false;
+    };
+    let Some((outer_algorithm, _, _)) = element(after_tbs) else {
+        return false;
+    };
+    // tbsCertificate: [0] version (optional), serialNumber, signature, …
+    let Some((_, tbs, _)) = element(tbs) else {
+        return false;
+    };
+    let Some((_, first, mut rest)) = element(tbs.data) else {
+        return false;
+    };
+    if first.class() == Class::ContextSpecific && first.tag().0 == 0 {
+        match element(rest) {
+            Some((_, _serial, after)) => rest = after,
+            None => return false,
+        }
+    }
+    element(rest).is_some_and(|(signed_algorithm, _, _)| signed_algorithm == outer_algorithm)
 }
 
 /// Reads a CRL file and checks that the CA certificate `ca_der` signed it.
@@ -582,6 +629,34 @@ mod tests {
             ca.check_issued(issued.pem.as_bytes(), "cert")
                 .expect("ours"),
             *id
+        );
+    }
+
+    #[test]
+    fn the_unsigned_signature_algorithm_must_repeat_the_signed_one() {
+        let ca = CertificateAuthority::generate("test CA").expect("ca");
+        let req = IssueRequest::new(RoleSet::parse_list("publisher").expect("roles"));
+        let issued = ca
+            .issue(&csr_for(&NodeKey::generate(), "acme"), &req)
+            .expect("issue");
+        let der = cert::cert_der_from_pem(issued.pem.as_bytes()).expect("der");
+        let ca_der = cert::cert_der_from_pem(ca.cert_pem().as_bytes()).expect("ca der");
+        assert!(verify_der_issued_by(&ca_der, &der, "acme.crt").is_ok());
+        // The certificate ends: signatureAlgorithm (SEQUENCE { OID
+        // 1.3.101.112 }), then the signature (BIT STRING of 64 bytes).
+        let n = der.len();
+        let tail = [0x30, 5, 6, 3, 0x2b, 0x65, 0x70, 3, 0x41, 0];
+        assert_eq!(&der[n - 74..n - 64], &tail);
+        // The OID's tag changed (0x06 → 0x0a): the parser takes it, the
+        // signature (over the signed part only) still verifies.
+        let mut retagged = der.to_vec();
+        retagged[n - 72] = 0x0a;
+        let err = verify_der_issued_by(&ca_der, &retagged, "acme.crt").expect_err("retagged");
+        assert!(
+            err.to_string().contains(
+                "acme.crt's signature algorithm is not byte for byte the one its signed part names"
+            ),
+            "{err}"
         );
     }
 

@@ -182,6 +182,11 @@ impl KeyRotation {
                 "the entry's object hash is not the new key's hash".into()
             ));
         }
+        if entry.draft.transfer.is_some() || entry.draft.peer_entry.is_some() {
+            return Err(bad(
+                "a KeyRotated entry names no transfer or peer entry".into()
+            ));
+        }
         if statement.index != entry.index {
             return Err(bad(format!(
                 "the statement names entry {}",
@@ -529,11 +534,7 @@ mod tests {
             new_key: pk(new),
             participant: "city-transport".parse().expect("participant"),
         };
-        Entry {
-            index,
-            time_ms: 1,
-            draft: statement.entry(&key(old), &key(new)),
-        }
+        Entry::new(index, 1, statement.entry(&key(old), &key(new)))
     }
 
     fn origin() -> String {
@@ -602,6 +603,15 @@ mod tests {
         let mut garbage = rotation(&origin(), 5, 1, 2);
         garbage.draft.detail = "{not json".into();
         assert!(KeyRotation::from_entry(&garbage).is_err());
+
+        // Every byte accounted for: no typed reference either.
+        let mut linked = rotation(&origin(), 5, 1, 2);
+        linked.draft.peer_entry = Some(4);
+        let err = KeyRotation::from_entry(&linked).expect_err("a reference");
+        assert!(
+            err.to_string().contains("names no transfer or peer entry"),
+            "{err}"
+        );
     }
 
     #[test]

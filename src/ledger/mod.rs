@@ -741,11 +741,7 @@ impl Sequencer {
         let prepared = Entry::check_draft(&draft)
             .map_err(LedgerError::from)
             .and_then(|()| {
-                after.push(&Entry {
-                    index: statement.index,
-                    time_ms: 0,
-                    draft: draft.clone(),
-                })?;
+                after.push(&Entry::new(statement.index, 0, draft.clone()))?;
                 Ok(NoteSigner::new(keys.origin(), new_key)?)
             });
         match prepared {
@@ -782,11 +778,7 @@ impl Sequencer {
         let time_ms = now_ms();
         let mut accepted = Vec::with_capacity(requests.len());
         for (draft, reply) in requests {
-            let entry = Entry {
-                index: self.writer.size(),
-                time_ms,
-                draft,
-            };
+            let entry = Entry::new(self.writer.size(), time_ms, draft);
             // Drafts were checked before queueing, so encoding cannot fail;
             // a store read failing here fails the whole batch.
             match self.writer.add(self.store.as_ref(), &entry) {

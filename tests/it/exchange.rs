@@ -369,6 +369,39 @@ async fn fetch_verifies_writes_and_both_ledgers_record_the_receipt() {
         .await
         .expect("the publisher's log extends what the consumer saw");
     assert_eq!(old.checkpoint.root, witnessed.checkpoint.root);
+
+    // The entries of one transfer are linked by typed fields: every one
+    // names the publisher's TransferStarted, and the consumer's receipt
+    // entry names the publisher's. The detail texts are as before.
+    let by_grant = Query {
+        grant: Some(grant.clone()),
+        ..Query::default()
+    };
+    let (_, on_pub) = on_publisher.entries(by_grant, true).await.expect("entries");
+    let (started, pub_receipt) = (&on_pub[1].entry, &on_pub[2].entry);
+    let (completed, con_receipt) = (&entries[1].entry, &entries[2].entry);
+    let t = Some(started.index);
+    assert_eq!(
+        (started.draft.transfer, pub_receipt.draft.transfer),
+        (None, t)
+    );
+    assert_eq!(completed.draft.transfer, t);
+    assert_eq!(
+        (con_receipt.draft.transfer, con_receipt.draft.peer_entry),
+        (t, Some(pub_receipt.index))
+    );
+    assert_eq!(
+        con_receipt.draft.detail,
+        format!("publisher entry {}", pub_receipt.index)
+    );
+    assert_eq!(
+        pub_receipt.draft.detail,
+        format!(
+            "{} bytes received; transfer entry {}",
+            content.len(),
+            started.index
+        )
+    );
     let kept = std::fs::read_to_string(
         consumer
             .dir

@@ -98,12 +98,17 @@ fn write_seed_corpus() {
     let mut draft = grant.entry(dsnode::ledger::entry::EntryKind::ReceiptRecorded);
     draft.object_hash = Some([9; 32]);
     draft.detail = "12 bytes received; transfer entry 3".into();
-    let entry = dsnode::ledger::entry::Entry {
-        index: 4,
-        time_ms: 1_764_000_000_000,
-        draft,
-    };
+    draft.transfer = Some(3);
+    let mut entry = dsnode::ledger::entry::Entry::new(4, 1_764_000_000_000, draft);
     write("ledger_entry", "receipt", &entry.encode().expect("entry"));
+    // As a node before typed references wrote it.
+    entry.version = dsnode::ledger::entry::EntryVersion::V1;
+    entry.draft.transfer = None;
+    write(
+        "ledger_entry",
+        "receipt-v1",
+        &entry.encode().expect("entry"),
+    );
 
     let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
     let note = std::fs::read(vectors.join("signed-note/example.note")).expect("note");
@@ -136,11 +141,11 @@ fn write_seed_corpus() {
             new_key: k(new).verifying_key().to_bytes(),
             participant: "fuzz".parse().expect("participant"),
         };
-        let bytes = dsnode::ledger::entry::Entry {
+        let bytes = dsnode::ledger::entry::Entry::new(
             index,
-            time_ms: 1_764_000_000_000,
-            draft: statement.entry(&k(old), &k(new)),
-        }
+            1_764_000_000_000,
+            statement.entry(&k(old), &k(new)),
+        )
         .encode()
         .expect("entry");
         history.extend_from_slice(&u16::try_from(bytes.len()).expect("short").to_be_bytes());

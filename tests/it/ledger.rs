@@ -491,3 +491,65 @@ fn kill9_crash_loop_loses_no_acknowledged_entry() {
         started.elapsed()
     );
 }
+
+/// A store a node wrote before entries carried typed references (version
+/// 1 entries, built here by the same writer the sequencer uses): the
+/// start-up re-verification and `audit verify` pass, its entries read
+/// back as the bytes their leaf hashes are over, and new entries (version
+/// 2) extend it.
+#[tokio::test]
+async fn a_store_of_version_1_entries_still_verifies_and_grows() {
+    use dsnode::ledger::entry::EntryVersion;
+    use dsnode::ledger::note::NoteSigner;
+    use dsnode::ledger::store::{LedgerStore, SledStore};
+    use dsnode::ledger::writer::Writer;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let public = key().verifying_key().to_bytes();
+    {
+        let store = SledStore::open(dir.path()).expect("store");
+        let origin = dsnode::ledger::origin_for(&NodeId::from_public_key(&public));
+        let signer = NoteSigner::new(&origin, key()).expect("signer");
+        let mut writer = Writer::open(&store, 0).expect("writer");
+        for batch in [0..3u64, 3..5] {
+            for i in batch {
+                let mut e = Entry::new(i, 1_764_000_000_000 + i as i64, draft(i));
+                e.version = EntryVersion::V1;
+                writer.add(&store, &e).expect("a v1 entry");
+            }
+            let (batch, _) = writer.seal(&signer);
+            store.append_batch(&batch).expect("commit");
+        }
+        store.sync().expect("sync");
+    }
+
+    let (report, _) = dsnode::ledger::verify_dir(dir.path(), &public).expect("audit verify");
+    assert_eq!((report.size, report.checkpoints), (5, 2));
+    let (ledger, report) =
+        Ledger::open(dir.path(), key(), LedgerOptions::default()).expect("start-up check");
+    assert_eq!(report.size, 5);
+    for (i, bytes) in ledger.entries(0, 10).expect("entries") {
+        let e = Entry::decode(&bytes).expect("a v1 entry decodes");
+        assert_eq!((e.version, e.index, bytes[0]), (EntryVersion::V1, i, 1));
+        assert_eq!(e.draft, draft(i));
+        assert_eq!(e.encode().expect("re-encode"), bytes, "entry {i}");
+    }
+
+    let mut linked = draft(5);
+    linked.transfer = Some(1);
+    assert_eq!(ledger.append(linked).await.expect("append").index, 5);
+    let stored = ledger.entry(5).expect("read").expect("stored");
+    let e = Entry::decode(&stored).expect("decode");
+    assert_eq!(
+        (e.version, e.draft.transfer, stored[0]),
+        (EntryVersion::V2, Some(1), 2)
+    );
+    ledger.close().await;
+    drop(ledger);
+
+    // Both versions in one log: it still verifies, and reopens.
+    let (report, _) = dsnode::ledger::verify_dir(dir.path(), &public).expect("audit verify");
+    assert_eq!(report.size, 6);
+    let (reopened, _) = Ledger::open(dir.path(), key(), LedgerOptions::default()).expect("reopen");
+    reopened.close().await;
+}

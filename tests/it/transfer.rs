@@ -172,6 +172,9 @@ async fn a_cut_connection_is_resumed_from_the_first_missing_chunk() {
         .and_then(|k| k.parse().ok())
         .unwrap_or_else(|| panic!("resume detail: {resumed}"));
     assert!(from > 0 && from < 46, "resumed from chunk {from} of 46");
+    // The resume and the receipt name the transfer in their typed field.
+    assert_eq!(trail[2].draft.transfer, Some(started));
+    assert_eq!(trail[3].draft.transfer, Some(started));
     for n in [pub_node, con_node] {
         n.shutdown().await.expect("stop");
     }
