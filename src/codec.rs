@@ -4,6 +4,8 @@
 //! [`crate::payload`], the only user of prost outside the wire layer, so
 //! the domain imports no codec and no generated code.
 
+use std::sync::Arc;
+
 use crate::identity::IdError;
 
 /// A value with one canonical encoding.
@@ -18,16 +20,16 @@ pub trait Canonical: Sized {
 }
 
 /// Why payload bytes were refused before they became a domain value.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
     /// The bytes are not a protobuf encoding of the message expected.
-    #[error("not a {message} protobuf: {detail}")]
+    #[error("not a {message} protobuf: {source}")]
     Protobuf {
         /// The message expected (`ManifestV1`, `GrantV1`, …).
         message: &'static str,
-        /// What the protobuf decoder found wrong with the bytes (its error
-        /// carries nothing but this account).
-        detail: String,
+        /// What the protobuf decoder found wrong with the bytes.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
     /// A field meant to hold a raw Ed25519 public key has another length.
     #[error("{field} is {got} bytes, expected 32")]
@@ -41,3 +43,13 @@ pub enum PayloadError {
     #[error(transparent)]
     Participant(#[from] IdError),
 }
+
+impl PartialEq for PayloadError {
+    /// Equal when they say the same (a decoder's error has no equality of
+    /// its own).
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for PayloadError {}

@@ -53,7 +53,7 @@ fn decode_message<M: prost::Message + Default>(
 ) -> Result<M, PayloadError> {
     M::decode(bytes).map_err(|e| PayloadError::Protobuf {
         message: name,
-        detail: e.to_string(),
+        source: std::sync::Arc::new(e),
     })
 }
 
