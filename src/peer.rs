@@ -341,6 +341,11 @@ pub struct PeerError {
     /// with its refusal (a witness refusing a fork or a stale
     /// checkpoint), so this node can check the claim against its store.
     pub shown: Option<ShownCheckpoint>,
+    /// For a call that broke off on this side without an answer (a reset
+    /// connection, a TLS alert): the deepest cause the transport reported,
+    /// which `message` (e.g. "transport error") does not say; `None` for an
+    /// answer.
+    pub cause: Option<String>,
 }
 
 /// A checkpoint of a log that a witness showed with a refusal.
@@ -359,6 +364,7 @@ impl PeerError {
             code,
             message: message.into(),
             shown: None,
+            cause: None,
         }
     }
 

@@ -11,6 +11,8 @@ use super::output::{Output, identity_json};
 use super::{call_error, connect, own_address};
 use crate::exchange::grant::time_text;
 use crate::fsutil;
+use crate::peer::{AccessAsk, Code, PeerError};
+use crate::wire::admin::{AdminClient, FetchEvent};
 use crate::wire::pb;
 
 fn size_text(bytes: u64) -> String {
@@ -69,12 +71,6 @@ pub(super) async fn publish(a: PublishArgs) -> Result<Output> {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let reader_bar = bar.clone();
     let reader = tokio::spawn(async move {
-        let first = pb::PublishRequest {
-            part: Some(pb::publish_request::Part::Header(header)),
-        };
-        if tx.send(first).await.is_err() {
-            return Ok(());
-        }
         let mut buf = vec![0u8; 256 << 10];
         loop {
             let n = file.read(&mut buf).await?;
@@ -82,24 +78,19 @@ pub(super) async fn publish(a: PublishArgs) -> Result<Output> {
                 return Ok::<(), std::io::Error>(());
             }
             reader_bar.inc(n as u64);
-            let piece = pb::PublishRequest {
-                part: Some(pb::publish_request::Part::Data(buf[..n].to_vec())),
-            };
-            if tx.send(piece).await.is_err() {
+            if tx.send(buf[..n].to_vec()).await.is_err() {
                 return Ok(());
             }
         }
     });
-    let mut rpc =
-        pb::admin_client::AdminClient::new(conn.channel).max_decoding_message_size(16 << 20);
-    let result = rpc
-        .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let result = AdminClient::new(&conn)
+        .publish(header, tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
     bar.finish_and_clear();
     reader
         .await?
         .with_context(|| format!("reading {}", a.file.display()))?;
-    let r = result.map_err(|s| call_error(&addr, &s))?.into_inner();
+    let r = result.map_err(|e| call_error(&addr, &e))?;
     Ok(Output {
         text: format!(
             "published {} ({}, {})\n  dataset id {}\n  ledger entry {} (DatasetPublished)",
@@ -120,7 +111,7 @@ pub(super) async fn catalog(a: CatalogArgs) -> Result<Output> {
     // publisher's history retired.
     let keys = crate::wire::client::peer_keys(&conn)
         .await
-        .map_err(|s| call_error(&a.peer, &s))?;
+        .map_err(|s| call_error(&a.peer, &s.into()))?;
     let mut rpc = pb::catalog_client::CatalogClient::new(conn.channel);
     let mut rows = Vec::new();
     let mut token = String::new();
@@ -134,7 +125,7 @@ pub(super) async fn catalog(a: CatalogArgs) -> Result<Output> {
                 page_token: token.clone(),
             })
             .await
-            .map_err(|s| call_error(&a.peer, &s))?
+            .map_err(|s| call_error(&a.peer, &s.into()))?
             .into_inner();
         for e in page.datasets {
             let envelope: crate::envelope::Envelope = e
@@ -313,10 +304,7 @@ fn grant_json(g: &crate::exchange::grant::Grant) -> Value {
 
 /// Decodes a grant envelope the local node returned (its own store: the
 /// node verified it against the publisher's certificate).
-fn local_grant(env: Option<pb::Envelope>) -> Result<crate::exchange::grant::Grant> {
-    let env: crate::envelope::Envelope = env
-        .ok_or_else(|| anyhow::anyhow!("the node returned no grant"))?
-        .into();
+fn local_grant(env: &crate::envelope::Envelope) -> Result<crate::exchange::grant::Grant> {
     Ok(crate::exchange::grant::Grant::decode(&env.payload)?)
 }
 
@@ -328,27 +316,29 @@ pub(super) async fn request(a: RequestArgs) -> Result<Output> {
             .as_secs(),
     };
     let addr = own_address(&a.client.data_dir)?;
-    let conn = connect(&a.client.data_dir, &addr).await?;
-    let r = pb::admin_client::AdminClient::new(conn.channel)
-        .request_access(pb::AdminRequestAccessRequest {
-            peer: a.peer.clone(),
-            dataset_id: a.dataset.clone(),
-            purpose: a.purpose.clone(),
-            actions: a
-                .actions
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            duration_secs,
-        })
+    let ask = AccessAsk {
+        dataset_id: a.dataset.clone(),
+        purpose: a.purpose.clone(),
+        actions: a
+            .actions
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        duration_secs,
+    };
+    let r = AdminClient::new(&connect(&a.client.data_dir, &addr).await?)
+        .request_access(&a.peer, ask)
         .await
-        .map_err(|s| match s.code() {
-            tonic::Code::PermissionDenied => anyhow::anyhow!("{} refused: {}", a.peer, s.message()),
-            _ => call_error(&addr, &s),
-        })?
-        .into_inner();
-    let g = local_grant(r.grant)?;
+        .map_err(|e| match e.code {
+            Code::PermissionDenied => anyhow::anyhow!("{} refused: {}", a.peer, e.message),
+            _ => call_error(&addr, &e),
+        })?;
+    let env: crate::envelope::Envelope = r
+        .grant
+        .ok_or_else(|| anyhow::anyhow!("the node returned no grant"))?
+        .into();
+    let g = local_grant(&env)?;
     let actions: Vec<&str> = g.actions.iter().map(|x| x.as_str()).collect();
     Ok(Output {
         text: format!(
@@ -370,16 +360,14 @@ pub(super) async fn grants(command: GrantsCommand) -> Result<Output> {
     match command {
         GrantsCommand::List(c) => {
             let addr = own_address(&c.data_dir)?;
-            let conn = connect(&c.data_dir, &addr).await?;
-            let r = pb::admin_client::AdminClient::new(conn.channel)
-                .list_grants(pb::ListGrantsRequest {})
+            let grants = AdminClient::new(&connect(&c.data_dir, &addr).await?)
+                .list_grants()
                 .await
-                .map_err(|s| call_error(&addr, &s))?
-                .into_inner();
-            let mut text = format!("{} grant(s)", r.grants.len());
+                .map_err(|e| call_error(&addr, &e))?;
+            let mut text = format!("{} grant(s)", grants.len());
             let mut rows = Vec::new();
-            for s in r.grants {
-                let g = local_grant(s.grant)?;
+            for s in grants {
+                let g = local_grant(&s.grant)?;
                 let state = match (s.issued, s.revoked) {
                     (true, true) => "issued, REVOKED",
                     (true, false) => "issued",
@@ -410,15 +398,10 @@ pub(super) async fn grants(command: GrantsCommand) -> Result<Output> {
             reason,
         } => {
             let addr = own_address(&client.data_dir)?;
-            let conn = connect(&client.data_dir, &addr).await?;
-            let r = pb::admin_client::AdminClient::new(conn.channel)
-                .revoke_grant(pb::RevokeGrantRequest {
-                    grant_id: grant.clone(),
-                    reason,
-                })
+            let r = AdminClient::new(&connect(&client.data_dir, &addr).await?)
+                .revoke_grant(&grant, &reason)
                 .await
-                .map_err(|s| call_error(&addr, &s))?
-                .into_inner();
+                .map_err(|e| call_error(&addr, &e))?;
             Ok(Output {
                 text: if r.already_revoked {
                     format!("{grant} was already revoked")
@@ -448,41 +431,34 @@ pub(super) async fn fetch(a: FetchArgs) -> Result<Output> {
     };
     bar.set_message(format!("fetching with grant {} from {}", a.grant, a.peer));
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    let failed = |s: tonic::Status| match s.code() {
-        tonic::Code::PermissionDenied
-        | tonic::Code::DataLoss
-        | tonic::Code::FailedPrecondition
-        | tonic::Code::NotFound
-        | tonic::Code::InvalidArgument => anyhow::anyhow!("fetch failed: {}", s.message()),
-        _ => call_error(&addr, &s),
+    let failed = |e: PeerError| match e.code {
+        Code::PermissionDenied
+        | Code::DataLoss
+        | Code::FailedPrecondition
+        | Code::NotFound
+        | Code::InvalidArgument => anyhow::anyhow!("fetch failed: {}", e.message),
+        _ => call_error(&addr, &e),
     };
     let started = std::time::Instant::now();
-    let mut events = pb::admin_client::AdminClient::new(conn.channel)
-        .fetch(pb::AdminFetchRequest {
-            peer: a.peer.clone(),
-            grant_id: a.grant.clone(),
-            out: out.display().to_string(),
-            force: a.force,
-            retries: a.retries,
-        })
+    let mut events = AdminClient::new(&conn)
+        .fetch(&a.peer, &a.grant, &out, a.force, a.retries)
         .await
-        .map_err(failed)?
-        .into_inner();
+        .map_err(failed)?;
     let mut sized = false;
     let done = loop {
-        let event = match events.message().await {
-            Ok(Some(e)) => e.event,
+        let event = match events.next().await {
+            Ok(Some(e)) => e,
             Ok(None) => {
                 bar.finish_and_clear();
                 anyhow::bail!("the node ended the fetch without a result; see its log");
             }
-            Err(s) => {
+            Err(e) => {
                 bar.finish_and_clear();
-                return Err(failed(s));
+                return Err(failed(e));
             }
         };
         match event {
-            Some(pb::admin_fetch_event::Event::Progress(p)) => {
+            FetchEvent::Progress(p) => {
                 if !sized && p.total_bytes > 0 {
                     sized = true;
                     bar.set_length(p.total_bytes);
@@ -503,8 +479,7 @@ pub(super) async fn fetch(a: FetchArgs) -> Result<Output> {
                 }
                 bar.set_position(p.bytes);
             }
-            Some(pb::admin_fetch_event::Event::Done(d)) => break d,
-            None => {}
+            FetchEvent::Done(d) => break d,
         }
     };
     bar.finish_and_clear();

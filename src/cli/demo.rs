@@ -27,7 +27,9 @@ use crate::identity::{PeerIdentity, RoleSet};
 use crate::ledger::Query;
 use crate::ledger::entry::EntryKind;
 use crate::node::{self, RunningNode};
+use crate::peer::{AccessAsk, Code, PeerError};
 use crate::runtime::config::{Config, DataDir};
+use crate::wire::admin::{AdminClient, FetchEvent};
 use crate::wire::client::PeerChannel;
 use crate::wire::pb;
 
@@ -85,6 +87,12 @@ fn step_err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> DemoError + '
     move |e| DemoError::Step(format!("{what}: {e}"))
 }
 
+/// A failed Admin call as a step error, the failure told as tonic tells a
+/// status (code and message), as the demo always has.
+fn call_err(what: &str) -> impl FnOnce(PeerError) -> DemoError + '_ {
+    move |e| step_err(what)(tonic::Status::from(e))
+}
+
 /// One node of the demo.
 struct DemoNode {
     name: &'static str,
@@ -112,9 +120,9 @@ impl DemoNode {
     }
 
     /// This node's own Admin API.
-    async fn admin(&self) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>> {
+    async fn admin(&self) -> Result<AdminClient> {
         let conn = self.connect_to(self.addr()).await?;
-        Ok(pb::admin_client::AdminClient::new(conn.channel))
+        Ok(AdminClient::new(&conn))
     }
 
     fn addr(&self) -> SocketAddr {
@@ -418,19 +426,13 @@ async fn story_and_audit(
         size: content.len() as u64,
         ..Default::default()
     };
-    let mut parts = vec![pb::PublishRequest {
-        part: Some(pb::publish_request::Part::Header(header)),
-    }];
-    parts.extend(content.chunks(1 << 20).map(|c| pb::PublishRequest {
-        part: Some(pb::publish_request::Part::Data(c.to_vec())),
-    }));
+    let pieces: Vec<Vec<u8>> = content.chunks(1 << 20).map(<[u8]>::to_vec).collect();
     let published = transport
         .admin()
         .await?
-        .publish(tokio_stream::iter(parts))
+        .publish(header, tokio_stream::iter(pieces))
         .await
-        .map_err(step_err("publishing"))?
-        .into_inner();
+        .map_err(call_err("publishing"))?;
     let dataset = published.dataset_id.clone();
     story.say(&format!(
         "published {dataset}: {} bytes, content sha256 {}…, signed manifest, ledger entry {}",
@@ -441,8 +443,8 @@ async fn story_and_audit(
 
     // 4. Grant.
     story.step("acme-logistics asks for access for route planning: granted");
-    let ask = |purpose: &str| pb::AdminRequestAccessRequest {
-        peer: transport.addr().to_string(),
+    let bureau = transport.addr().to_string();
+    let ask = |purpose: &str| AccessAsk {
         dataset_id: dataset.clone(),
         purpose: purpose.into(),
         actions: vec!["read".into()],
@@ -451,10 +453,9 @@ async fn story_and_audit(
     let answer = acme
         .admin()
         .await?
-        .request_access(ask("route-planning"))
+        .request_access(&bureau, ask("route-planning"))
         .await
-        .map_err(step_err("acme's request"))?
-        .into_inner();
+        .map_err(call_err("acme's request"))?;
     let grant_env: Envelope = answer
         .grant
         .ok_or_else(|| DemoError::Step("no grant in the answer".into()))?
@@ -477,16 +478,9 @@ async fn story_and_audit(
     let mut events = acme
         .admin()
         .await?
-        .fetch(pb::AdminFetchRequest {
-            peer: transport.addr().to_string(),
-            grant_id: g.id.to_string(),
-            out: out.display().to_string(),
-            force: true,
-            retries: 3,
-        })
+        .fetch(&bureau, &g.id.to_string(), &out, true, 3)
         .await
-        .map_err(step_err("acme's fetch"))?
-        .into_inner();
+        .map_err(call_err("acme's fetch"))?;
     let bar = if options.progress {
         indicatif::ProgressBar::new(content.len() as u64)
     } else {
@@ -499,14 +493,9 @@ async fn story_and_audit(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let fetched = loop {
-        match events.message().await.map_err(step_err("acme's fetch"))? {
-            Some(pb::AdminFetchEvent {
-                event: Some(pb::admin_fetch_event::Event::Progress(p)),
-            }) => bar.set_position(p.bytes),
-            Some(pb::AdminFetchEvent {
-                event: Some(pb::admin_fetch_event::Event::Done(d)),
-            }) => break d,
-            Some(_) => {}
+        match events.next().await.map_err(call_err("acme's fetch"))? {
+            Some(FetchEvent::Progress(p)) => bar.set_position(p.bytes),
+            Some(FetchEvent::Done(d)) => break d,
             None => return Err(DemoError::Step("the fetch ended without a result".into())),
         }
     };
@@ -533,20 +522,22 @@ async fn story_and_audit(
     story.step(
         "beacon-adtech asks for the same data for marketing: refused, with the policy's reasons",
     );
-    match beacon.admin().await?.request_access(ask("marketing")).await {
+    match beacon
+        .admin()
+        .await?
+        .request_access(&bureau, ask("marketing"))
+        .await
+    {
         Ok(_) => {
             return Err(DemoError::Verification(vec![
                 "beacon was granted access for marketing".into(),
             ]));
         }
-        Err(s) if s.code() == tonic::Code::PermissionDenied => {
-            story.say(&format!("refused: {}", s.message()));
+        Err(e) if e.code == Code::PermissionDenied => {
+            story.say(&format!("refused: {}", e.message));
         }
-        Err(s) => {
-            return Err(DemoError::Step(format!(
-                "beacon's request: {}",
-                s.message()
-            )));
+        Err(e) => {
+            return Err(DemoError::Step(format!("beacon's request: {}", e.message)));
         }
     }
 
@@ -555,13 +546,9 @@ async fn story_and_audit(
     let revoked = transport
         .admin()
         .await?
-        .revoke_grant(pb::RevokeGrantRequest {
-            grant_id: g.id.to_string(),
-            reason: "route-planning pilot ended".into(),
-        })
+        .revoke_grant(&g.id.to_string(), "route-planning pilot ended")
         .await
-        .map_err(step_err("revoking"))?
-        .into_inner();
+        .map_err(call_err("revoking"))?;
     story.say(&format!(
         "GrantRevoked at entry {} of the bureau's ledger",
         revoked.ledger_index
@@ -569,18 +556,18 @@ async fn story_and_audit(
     match acme
         .admin()
         .await?
-        .fetch(pb::AdminFetchRequest {
-            peer: transport.addr().to_string(),
-            grant_id: g.id.to_string(),
-            out: root.join("after-revocation.csv").display().to_string(),
-            force: true,
-            retries: 0,
-        })
+        .fetch(
+            &bureau,
+            &g.id.to_string(),
+            &root.join("after-revocation.csv"),
+            true,
+            0,
+        )
         .await
     {
-        Ok(again) => match again.into_inner().message().await {
-            Err(s) if s.code() == tonic::Code::PermissionDenied => {
-                story.say(&format!("acme fetching again is refused: {}", s.message()));
+        Ok(mut again) => match again.next().await {
+            Err(e) if e.code == Code::PermissionDenied => {
+                story.say(&format!("acme fetching again is refused: {}", e.message));
             }
             _ => {
                 return Err(DemoError::Verification(vec![
@@ -588,13 +575,13 @@ async fn story_and_audit(
                 ]));
             }
         },
-        Err(s) if s.code() == tonic::Code::PermissionDenied => {
-            story.say(&format!("acme fetching again is refused: {}", s.message()));
+        Err(e) if e.code == Code::PermissionDenied => {
+            story.say(&format!("acme fetching again is refused: {}", e.message));
         }
-        Err(s) => {
+        Err(e) => {
             return Err(DemoError::Step(format!(
                 "acme's second fetch: {}",
-                s.message()
+                e.message
             )));
         }
     }
@@ -622,12 +609,9 @@ async fn story_and_audit(
     let witnessed = acme
         .admin()
         .await?
-        .witness(pb::AdminWitnessRequest {
-            peer: transport.addr().to_string(),
-        })
+        .witness(&bureau)
         .await
-        .map_err(step_err("exchanging checkpoints"))?
-        .into_inner();
+        .map_err(call_err("exchanging checkpoints"))?;
     story.say(&format!(
         "acme verified the bureau's log at size {} (consistent with what it saw before) and cosigned it; the bureau cosigned acme's",
         witnessed.peer_size

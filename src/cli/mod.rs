@@ -31,6 +31,7 @@ use anyhow::Result;
 
 use crate::audit::Auditor;
 use crate::identity::cert::Host;
+use crate::peer::PeerError;
 use crate::runtime::config::{Config, DataDir};
 use crate::runtime::tls;
 use crate::wire::client;
@@ -89,18 +90,25 @@ async fn auditor(data_dir: &Path, addr: &str) -> Result<Auditor> {
     Ok(Auditor::new(Box::new(connect(data_dir, addr).await?)))
 }
 
-/// A failed call, with the deepest cause (e.g. the TLS alert) spelled out.
-fn call_error(addr: &str, status: &tonic::Status) -> anyhow::Error {
-    let cause = client::deepest_cause(status);
-    if status.message() == "transport error" {
+/// A failed call to the node at `addr`, with the deepest cause (e.g. the
+/// TLS alert) spelled out.
+fn call_error(addr: &str, e: &PeerError) -> anyhow::Error {
+    // A call that broke off carries its cause; for an answer the status
+    // itself, as tonic prints it, stands in (as it did when this took the
+    // status).
+    let cause = e
+        .cause
+        .clone()
+        .unwrap_or_else(|| tonic::Status::from(e.clone()).to_string());
+    if e.message == "transport error" {
         anyhow::anyhow!(
             "{addr} closed the connection ({cause}); if this persists, it refused this node's \
              certificate (revoked, expired or issued by another CA) and its log says which"
         )
-    } else if cause == status.message() {
-        anyhow::anyhow!("{addr} answered {:?}: {}", status.code(), status.message())
+    } else if cause == e.message {
+        anyhow::anyhow!("{addr} answered {:?}: {}", e.code, e.message)
     } else {
-        anyhow::anyhow!("call to {addr} failed: {} ({cause})", status.message())
+        anyhow::anyhow!("call to {addr} failed: {} ({cause})", e.message)
     }
 }
 
@@ -128,4 +136,62 @@ async fn demo(a: DemoArgs) -> Result<Option<Output>> {
     })
     .await?;
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `call_error` said when it took the call's `tonic::Status`
+    /// (before calls returned `PeerError`).
+    fn as_it_was(addr: &str, status: &tonic::Status) -> String {
+        let cause = client::deepest_cause(status);
+        if status.message() == "transport error" {
+            format!(
+                "{addr} closed the connection ({cause}); if this persists, it refused this node's \
+                 certificate (revoked, expired or issued by another CA) and its log says which"
+            )
+        } else if cause == status.message() {
+            format!("{addr} answered {:?}: {}", status.code(), status.message())
+        } else {
+            format!("call to {addr} failed: {} ({cause})", status.message())
+        }
+    }
+
+    /// An error named `what` caused by `cause`.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{what}")]
+    struct Layer {
+        what: &'static str,
+        #[source]
+        cause: std::io::Error,
+    }
+
+    /// The same sentence for every kind of failure, now that it is read
+    /// from a `PeerError`: an answer, a call broken off by the transport
+    /// (the cause from deep in the chain), a local failure whose message
+    /// is its cause.
+    #[test]
+    fn call_errors_read_as_they_did_when_they_took_a_status() {
+        let addr = "127.0.0.1:7000";
+        let broken = |what| {
+            tonic::Status::from_error(Box::new(Layer {
+                what,
+                cause: std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe"),
+            }))
+        };
+        for status in [
+            tonic::Status::not_found("this node has no grant gr_x"),
+            tonic::Status::permission_denied(""),
+            broken("transport error"),
+            broken("the connection went away"),
+            tonic::Status::from_error(Box::new(std::io::Error::other("h2 said no"))),
+        ] {
+            let before = as_it_was(addr, &status);
+            let now = call_error(addr, &PeerError::from(status)).to_string();
+            assert_eq!(now, before);
+        }
+        let transport = call_error(addr, &PeerError::from(broken("transport error"))).to_string();
+        assert!(transport.contains("(broken pipe)"), "{transport}");
+    }
 }

@@ -11,6 +11,7 @@ use super::{call_error, connect, own_address, parse_hosts};
 use crate::fsutil;
 use crate::node;
 use crate::runtime::config::{Config, DataDir};
+use crate::wire::admin::AdminClient;
 use crate::wire::pb;
 
 fn pb_identity_json(id: &pb::Identity) -> Value {
@@ -202,7 +203,7 @@ pub(super) async fn hello(a: ClientArgs, peer: &str) -> Result<Output> {
             software_version: crate::wire::server::SOFTWARE_VERSION.to_owned(),
         })
         .await
-        .map_err(|s| call_error(peer, &s))?
+        .map_err(|s| call_error(peer, &s.into()))?
         .into_inner();
     let (Some(server), Some(caller)) = (reply.server, reply.caller) else {
         bail!("{peer} answered Hello without the server's or the caller's identity");
@@ -234,16 +235,16 @@ pub(super) async fn hello(a: ClientArgs, peer: &str) -> Result<Output> {
 
 pub(super) async fn witness(a: ClientArgs, peer: &str) -> Result<Output> {
     let addr = own_address(&a.data_dir)?;
-    let conn = connect(&a.data_dir, &addr).await?;
-    let r = pb::admin_client::AdminClient::new(conn.channel)
-        .witness(pb::AdminWitnessRequest { peer: peer.into() })
+    // The call goes to this node (which calls the peer): a failure names
+    // this node's address, and the peer's when the node's answer does.
+    let r = AdminClient::new(&connect(&a.data_dir, &addr).await?)
+        .witness(peer)
         .await
-        .map_err(|e| call_error(peer, &e))?
-        .into_inner();
+        .map_err(|e| call_error(&addr, &e))?;
     Ok(Output {
         text: format!(
             "witnessed {peer} (node {}): its log at size {}{} (signature and consistency verified), cosigned\n  {}",
-            r.peer_node_id,
+            r.peer,
             r.peer_size,
             if r.peer_grew { ", new" } else { ", unchanged" },
             if r.cosigned_by_peer {
@@ -252,21 +253,17 @@ pub(super) async fn witness(a: ClientArgs, peer: &str) -> Result<Output> {
                 "it did not cosign this node's checkpoint"
             }
         ),
-        json: json!({"peer": peer, "peer_node_id": r.peer_node_id, "peer_size": r.peer_size, "peer_grew": r.peer_grew, "cosigned_by_peer": r.cosigned_by_peer}),
+        json: json!({"peer": peer, "peer_node_id": r.peer.to_string(), "peer_size": r.peer_size, "peer_grew": r.peer_grew, "cosigned_by_peer": r.cosigned_by_peer}),
     })
 }
 
 pub(super) async fn resend_receipts(a: ClientArgs, peer: &str, grant: &str) -> Result<Output> {
     let addr = own_address(&a.data_dir)?;
-    let conn = connect(&a.data_dir, &addr).await?;
-    let r = pb::admin_client::AdminClient::new(conn.channel)
-        .resend_receipts(pb::AdminResendReceiptsRequest {
-            peer: peer.into(),
-            grant_id: grant.into(),
-        })
+    // As for `witness`: the call goes to this node.
+    let r = AdminClient::new(&connect(&a.data_dir, &addr).await?)
+        .resend_receipts(peer, grant)
         .await
-        .map_err(|e| call_error(peer, &e))?
-        .into_inner();
+        .map_err(|e| call_error(&addr, &e))?;
     let mut text = format!(
         "grant {grant}: {} receipt(s) kept, {} submitted now",
         r.kept,
@@ -289,13 +286,10 @@ pub(super) async fn resend_receipts(a: ClientArgs, peer: &str, grant: &str) -> R
 
 pub(super) async fn status(a: ClientArgs) -> Result<Output> {
     let addr = own_address(&a.data_dir)?;
-    let conn = connect(&a.data_dir, &addr).await?;
-    let mut rpc = pb::admin_client::AdminClient::new(conn.channel);
-    let s = rpc
-        .status(pb::StatusRequest {})
+    let s = AdminClient::new(&connect(&a.data_dir, &addr).await?)
+        .status()
         .await
-        .map_err(|e| call_error(&addr, &e))?
-        .into_inner();
+        .map_err(|e| call_error(&addr, &e))?;
     let node = s.node.unwrap_or_default();
     Ok(Output {
         text: format!(

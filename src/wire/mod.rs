@@ -6,8 +6,11 @@
 //! - [`authz`]: the role × RPC table, enforced as a tower layer.
 //! - [`server`]: the tonic services (check input, call the node, convert).
 //! - [`client`]: calling another node over mutual TLS.
+//! - [`admin`]: a typed client of a node's own Admin API (the CLI's, the
+//!   demo's and the tests' way to drive a node).
 //! - [`rpc_metrics`]: every RPC counted by its final status.
 
+pub mod admin;
 pub mod authz;
 pub mod client;
 pub mod convert;

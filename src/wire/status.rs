@@ -99,10 +99,14 @@ impl From<Status> for PeerError {
                 origin: origin.to_owned(),
                 note: note.to_vec(),
             });
+        // A status with a source was made on this side (the call broke
+        // off); one the node answered has none.
+        let cause = std::error::Error::source(&s).map(|_| crate::wire::client::deepest_cause(&s));
         PeerError {
             code: peer_code(s.code()),
             message: s.message().to_owned(),
             shown,
+            cause,
         }
     }
 }

@@ -679,6 +679,7 @@ mod tests {
                 code: Code::FailedPrecondition,
                 message: e.to_string(),
                 shown: e.shown(),
+                cause: None,
             }
         }
     }
@@ -884,6 +885,7 @@ mod tests {
                 origin: origin.into(),
                 note: note.as_bytes().to_vec(),
             }),
+            cause: None,
         };
         let origin = a.ledger.keys().origin().to_owned();
         // Its own checkpoint, held by its store: no loss.

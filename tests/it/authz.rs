@@ -46,9 +46,17 @@ const TABLE: &[(&str, Expect)] = &[
     ("/grpc.health.v1.Health/Check", Expect::Anyone),
 ];
 
+/// How a call was answered.
+struct Answer {
+    /// The status code (OK counts as allowed).
+    code: Code,
+    /// The status message (empty for OK).
+    message: String,
+}
+
 /// Calls `path` with an empty message and returns the status code and
 /// message (OK counts as allowed).
-async fn call(channel: tonic::transport::Channel, path: &'static str) -> (Code, String) {
+async fn call(channel: tonic::transport::Channel, path: &'static str) -> Answer {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("ready");
     let codec = tonic_prost::ProstCodec::<(), ()>::default();
@@ -60,8 +68,14 @@ async fn call(channel: tonic::transport::Channel, path: &'static str) -> (Code, 
         )
         .await
     {
-        Ok(_) => (Code::Ok, String::new()),
-        Err(status) => (status.code(), status.message().to_owned()),
+        Ok(_) => Answer {
+            code: Code::Ok,
+            message: String::new(),
+        },
+        Err(status) => Answer {
+            code: status.code(),
+            message: status.message().to_owned(),
+        },
     }
 }
 
@@ -92,7 +106,7 @@ async fn every_role_against_every_rpc() {
                 // The server here is a publisher only.
                 Expect::OwnNodeConsumer => false,
             };
-            let (code, message) = call(conn.channel.clone(), path).await;
+            let Answer { code, message } = call(conn.channel.clone(), path).await;
             if allowed {
                 assert_ne!(
                     code,
@@ -126,10 +140,10 @@ async fn own_node_without_publisher_role_cannot_publish() {
     let consumer = space.node("consumer", "consumer");
     let node = support::start(&consumer, |_| {}).await;
     let conn = support::connect(&consumer, &node).await;
-    let (code, message) = call(conn.channel.clone(), "/dataspace.v1.Admin/Publish").await;
+    let Answer { code, message } = call(conn.channel.clone(), "/dataspace.v1.Admin/Publish").await;
     assert_eq!(code, Code::PermissionDenied);
     assert!(message.contains("requires the publisher role"), "{message}");
-    let (code, _) = call(conn.channel, "/dataspace.v1.Admin/Status").await;
+    let Answer { code, .. } = call(conn.channel, "/dataspace.v1.Admin/Status").await;
     assert_eq!(code, Code::Ok, "own node may read its status");
     node.shutdown().await.expect("shutdown");
 }
@@ -142,7 +156,8 @@ async fn an_empty_checkpoint_exchange_is_refused_as_bad_input() {
     let consumer = space.node("consumer", "consumer");
     let node = support::start(&server, |_| {}).await;
     let conn = support::connect(&consumer, &node).await;
-    let (code, message) = call(conn.channel, "/dataspace.v1.Peering/ExchangeCheckpoints").await;
+    let Answer { code, message } =
+        call(conn.channel, "/dataspace.v1.Peering/ExchangeCheckpoints").await;
     assert_eq!(code, Code::InvalidArgument);
     assert!(
         message.contains("your checkpoint does NOT verify"),

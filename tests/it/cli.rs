@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::support::DataSpace;
+use crate::support::{DataSpace, Served};
 
 fn dsnode(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dsnode"))
@@ -313,94 +313,6 @@ fn init_and_issue_print_one_json_object() {
     fails_with(&out, &["already holds a node key"]);
 }
 
-/// A `dsnode serve` process whose JSON log lines arrive on a channel.
-pub(crate) struct Served {
-    pub(crate) child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<serde_json::Value>,
-}
-
-impl Served {
-    pub(crate) fn start(data_dir: &Path) -> Self {
-        use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dsnode"))
-            .args(["--log-format", "json", "serve", "--data-dir", p(data_dir)])
-            .env_remove("RUST_LOG")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
-                if tx.send(value).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// Starts a node and waits until it serves; its address.
-    pub(crate) fn start_serving(data_dir: &Path) -> (Self, std::net::SocketAddr) {
-        let served = Self::start(data_dir);
-        let addr = served.wait_for("serving")["fields"]["addr"]
-            .as_str()
-            .expect("addr")
-            .parse()
-            .expect("addr");
-        (served, addr)
-    }
-
-    /// Waits for a log event whose message is `message`.
-    pub(crate) fn wait_for(&self, message: &str) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no `{message}` log event"));
-            if line["fields"]["message"] == message {
-                return line;
-            }
-        }
-    }
-
-    /// Sends SIGTERM and waits for the process to exit 0; on anything
-    /// else, fails showing the exit status and the log it wrote.
-    pub(crate) fn terminate_cleanly(mut self) {
-        self.signal("TERM");
-        let status = self.child.wait().expect("exit");
-        if !status.success() {
-            let log: Vec<String> = self.lines.try_iter().map(|l| l.to_string()).collect();
-            panic!(
-                "dsnode serve ended with {status} after SIGTERM; its log:\n{}",
-                log.join("\n")
-            );
-        }
-    }
-
-    pub(crate) fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `dsnode serve` end to end: JSON logs, SIGHUP reloads the CRL (the file
 /// poll is set to an hour, so only the signal can have done it), and
 /// SIGTERM drains and exits 0.
@@ -414,8 +326,8 @@ fn serve_reloads_crl_on_sighup_and_exits_cleanly_on_sigterm() {
         "listen = \"127.0.0.1:0\"\n[transport]\ncrl_reload_interval = \"1h\"\ndrain_deadline = \"2s\"\n",
     )
     .expect("config");
-    let (mut served, addr) = Served::start_serving(server.dir.root());
-    let addr = addr.to_string();
+    let mut served = Served::start_serving(server.dir.root());
+    let addr = served.addr.to_string();
 
     let hello = |expect_ok: bool| {
         let out = dsnode(&[
@@ -469,7 +381,7 @@ fn serve_reloads_crl_on_sighup_and_exits_cleanly_on_sigterm() {
 fn policy_commands_check_explain_and_round_trip_through_odrl() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("p.toml");
-    std::fs::write(&policy, crate::datasets::POLICY).expect("write");
+    std::fs::write(&policy, crate::support::flows::POLICY).expect("write");
     let out = dsnode(&["policy", "check", p(&policy)]);
     assert!(
         out.status.success(),
@@ -495,7 +407,7 @@ fn policy_commands_check_explain_and_round_trip_through_odrl() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let a = dsnode::policy::Policy::from_toml(crate::datasets::POLICY).expect("a");
+    let a = dsnode::policy::Policy::from_toml(crate::support::flows::POLICY).expect("a");
     let b = dsnode::policy::Policy::from_toml(&std::fs::read_to_string(&back).expect("read"))
         .expect("b");
     assert_eq!(a, b, "export then import is the same policy");
@@ -525,7 +437,7 @@ fn publishing_a_file_that_cannot_be_read_is_one_sentence() {
     let space = DataSpace::new();
     let node = space.node("node", "publisher");
     let policy = space.dir.path().join("p.toml");
-    std::fs::write(&policy, crate::datasets::POLICY).expect("write");
+    std::fs::write(&policy, crate::support::flows::POLICY).expect("write");
     let missing = space.dir.path().join("missing.csv");
     let out = dsnode(&[
         "publish",
@@ -553,7 +465,7 @@ fn key_new_and_rotate_from_the_command_line() {
     let ca_dir = space.dir.path().join("ca");
 
     // A ledger to rotate: start and stop the node once.
-    Served::start_serving(dir).0.terminate_cleanly();
+    Served::start_serving(dir).terminate_cleanly();
 
     let out = dsnode(&["key", "new", "--data-dir", p(dir), "--json"]);
     assert!(
@@ -633,7 +545,7 @@ fn key_new_and_rotate_from_the_command_line() {
     );
 
     // The node starts with the new key and `audit verify` shows the history.
-    Served::start_serving(dir).0.terminate_cleanly();
+    Served::start_serving(dir).terminate_cleanly();
     let out = dsnode(&["audit", "verify", "--data-dir", p(dir)]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -658,6 +570,61 @@ fn sigterm_right_after_serving_drains_and_exits_zero() {
     let space = DataSpace::new();
     let node = space.node("city-transport", "publisher");
     for _ in 0..10 {
-        Served::start_serving(node.dir.root()).0.terminate_cleanly();
+        Served::start_serving(node.dir.root()).terminate_cleanly();
     }
+}
+
+/// `peer witness` and `receipts resend` call this node's own Admin API
+/// (which then calls the peer): a failed call names this node's address,
+/// as `status`, `request` and `fetch` do, not the peer's. (The peer is
+/// named where the node's answer names it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_through_the_own_node_name_its_address_when_they_fail() {
+    let space = DataSpace::new();
+    let consumer = crate::support::consumer_in(&space, "acme", "CN-HE");
+    let node = crate::support::start(&consumer, |_| {}).await;
+    let own = node.local_addr().to_string();
+    // What `dsnode` reads to find the node it acts as.
+    std::fs::write(consumer.dir.config(), format!("listen = \"{own}\"\n")).expect("config");
+    let peer = "127.0.0.1:9";
+    let grant = dsnode::exchange::grant::GrantId::random()
+        .expect("id")
+        .to_string();
+    let data_dir = consumer.dir.root().to_owned();
+    let runs = tokio::task::spawn_blocking(move || {
+        [
+            dsnode(&[
+                "peer",
+                "witness",
+                "--data-dir",
+                p(&data_dir),
+                "--peer",
+                peer,
+            ]),
+            dsnode(&[
+                "receipts",
+                "resend",
+                "--data-dir",
+                p(&data_dir),
+                "--peer",
+                peer,
+                &grant,
+            ]),
+        ]
+    })
+    .await
+    .expect("join");
+    for out in &runs {
+        fails_with(out, &[&format!("error: call to {own} failed: ")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains(&format!("call to {peer} failed")),
+            "{stderr}"
+        );
+    }
+    // The node's answer to the witness call names the peer it could not
+    // reach.
+    let stderr = String::from_utf8_lossy(&runs[0].stderr);
+    assert!(stderr.contains(peer), "{stderr}");
+    node.shutdown().await.expect("stop");
 }

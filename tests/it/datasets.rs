@@ -3,79 +3,15 @@
 
 use dsnode::dataset::{DatasetId, verify_manifest};
 use dsnode::envelope::Envelope;
-use dsnode::identity::RoleSet;
-use dsnode::identity::ca::IssueRequest;
 use dsnode::ledger::Query;
 use dsnode::ledger::entry::EntryKind;
 use dsnode::node::RunningNode;
+use dsnode::peer::Code as PeerCode;
 use dsnode::wire::pb;
 use tonic::Code;
 
-use crate::support::{self, DataSpace, NodeDir};
-
-pub(crate) const POLICY: &str = r#"classification = "general"
-
-[[permission]]
-actions = ["read", "derive"]
-purpose = ["route-planning", "research"]
-roles = ["consumer"]
-regions = ["CN-HE", "CN-BJ"]
-grant_ttl = "30d"
-max_fetches = 3
-
-[[prohibition]]
-actions = ["redistribute"]
-"#;
-
-/// A header for `title` under `policy`.
-pub(crate) fn header(title: &str, policy: &str, size: u64) -> pb::PublishHeader {
-    pb::PublishHeader {
-        title: title.into(),
-        description: "test data".into(),
-        media_type: "text/csv".into(),
-        policy_toml: policy.into(),
-        size,
-        ..Default::default()
-    }
-}
-
-/// Publishes `content` through the node's own Admin API.
-pub(crate) async fn publish(
-    publisher: &NodeDir,
-    node: &RunningNode,
-    header: pb::PublishHeader,
-    content: &[u8],
-) -> Result<pb::PublishResponse, tonic::Status> {
-    let conn = support::connect(publisher, node).await;
-    publish_via(conn.channel, header, content).await
-}
-
-/// Publishes `content` through an Admin channel (a node's own, e.g. to a
-/// `dsnode serve` process).
-pub(crate) async fn publish_via(
-    channel: tonic::transport::Channel,
-    header: pb::PublishHeader,
-    content: &[u8],
-) -> Result<pb::PublishResponse, tonic::Status> {
-    let mut parts = vec![pb::PublishRequest {
-        part: Some(pb::publish_request::Part::Header(header)),
-    }];
-    for piece in content.chunks(100_000) {
-        parts.push(pb::PublishRequest {
-            part: Some(pb::publish_request::Part::Data(piece.to_vec())),
-        });
-    }
-    pb::admin_client::AdminClient::new(channel)
-        .publish(tokio_stream::iter(parts))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-pub(crate) fn consumer_in(space: &DataSpace, name: &str, region: &str) -> NodeDir {
-    let mut req = IssueRequest::new(RoleSet::parse_list("consumer").expect("roles"));
-    req.region = Some(region.parse().expect("region"));
-    space.node_with(name, req)
-}
+use crate::support::flows::{POLICY, header, publish};
+use crate::support::{self, DataSpace, NodeDir, consumer_in};
 
 async fn list(
     as_node: &NodeDir,
@@ -213,12 +149,12 @@ async fn bad_publications_store_nothing_and_record_nothing() {
             .await
             .expect_err(why);
         assert_eq!(
-            err.code(),
-            Code::InvalidArgument,
+            err.code,
+            PeerCode::InvalidArgument,
             "{why}: {}",
-            err.message()
+            err.message
         );
-        assert!(err.message().contains(why), "{why}: {}", err.message());
+        assert!(err.message.contains(why), "{why}: {}", err.message);
     }
     assert!(list(&consumer, &node).await.is_empty(), "nothing published");
     let datasets = std::fs::read_dir(publisher.dir.root().join("datasets"))
@@ -253,9 +189,9 @@ async fn derivatives_inherit_classification_and_versions_only_go_up() {
         .await
         .expect_err("weaker");
     assert!(
-        err.message().contains("strictest classification"),
+        err.message.contains("strictest classification"),
         "{}",
-        err.message()
+        err.message
     );
     let ok = publish(&publisher, &node, derived(&important), b"xyz")
         .await
@@ -299,9 +235,9 @@ async fn derivatives_inherit_classification_and_versions_only_go_up() {
     .await
     .expect_err("fork");
     assert!(
-        err.message().contains("not the latest version"),
+        err.message.contains("not the latest version"),
         "{}",
-        err.message()
+        err.message
     );
     node.shutdown().await.expect("stop");
 }

@@ -6,9 +6,8 @@ use dsnode::audit::evidence::{self, Bundle, BundleError};
 use dsnode::identity::ca::CertificateAuthority;
 use dsnode::node::RunningNode;
 
-use crate::datasets::{POLICY, header, publish};
-use crate::exchange::{fetch_to, granted};
-use crate::support::{self, DataSpace, NodeDir};
+use crate::support::flows::{POLICY, Transfer, grant_and_fetch, published};
+use crate::support::{self, DataSpace, NodeDir, TwoNodes};
 
 struct Exchange {
     space: DataSpace,
@@ -24,27 +23,25 @@ struct Exchange {
 /// A publisher, a consumer and an auditor; one dataset fetched under
 /// `grants` separate grants (each fetch ends with a checkpoint exchange).
 async fn exchange(grants: usize) -> Exchange {
-    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
+    let TwoNodes {
+        space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
     let auditor = space.node("regulator", "auditor");
     let content = b"stop,passengers\n1,12\n2,40\n".to_vec();
-    let dataset = publish(
-        &publisher,
-        &pub_node,
-        header("Bus stops", POLICY, content.len() as u64),
-        &content,
-    )
-    .await
-    .expect("publish")
-    .dataset_id;
+    let dataset = published(&publisher, &pub_node, "Bus stops", POLICY, &content).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut ids = Vec::new();
     for i in 0..grants {
-        let g = granted(&consumer, &con_node, &dataset, pub_node.local_addr()).await;
         let out = dir.path().join(format!("out{i}.csv"));
-        fetch_to(&consumer, &con_node, pub_node.local_addr(), &g, &out, false)
-            .await
-            .expect("fetch");
-        ids.push(g);
+        let Transfer { grant, .. } =
+            grant_and_fetch(&consumer, &con_node, &dataset, pub_node.local_addr(), &out)
+                .await
+                .expect("fetch");
+        ids.push(grant);
     }
     Exchange {
         space,
@@ -58,11 +55,19 @@ async fn exchange(grants: usize) -> Exchange {
     }
 }
 
-async fn auditors(x: &Exchange) -> (Auditor, Auditor) {
-    (
-        Auditor::new(Box::new(support::connect(&x.auditor, &x.pub_node).await)),
-        Auditor::new(Box::new(support::connect(&x.auditor, &x.con_node).await)),
-    )
+/// The auditor's view of each side of an [`Exchange`].
+struct Auditors {
+    /// Of the publisher's node.
+    publisher: Auditor,
+    /// Of the consumer's node.
+    consumer: Auditor,
+}
+
+async fn auditors(x: &Exchange) -> Auditors {
+    Auditors {
+        publisher: Auditor::new(Box::new(support::connect(&x.auditor, &x.pub_node).await)),
+        consumer: Auditor::new(Box::new(support::connect(&x.auditor, &x.con_node).await)),
+    }
 }
 
 fn ca_pem(x: &Exchange) -> Vec<u8> {
@@ -76,7 +81,10 @@ fn ca_pem(x: &Exchange) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_verifies_offline_and_every_kind_of_tampering_fails() {
     let x = exchange(2).await;
-    let (mut p, mut c) = auditors(&x).await;
+    let Auditors {
+        publisher: mut p,
+        consumer: mut c,
+    } = auditors(&x).await;
     // Either order of the two nodes.
     let bundle = evidence::build(&mut c, &mut p, &x.grants[0])
         .await
@@ -214,9 +222,17 @@ async fn a_bundle_verifies_offline_and_every_kind_of_tampering_fails() {
     }
 }
 
+/// What a `dsnode` command printed and how it exited.
+struct Ran {
+    /// Its stdout.
+    text: String,
+    /// Its exit status.
+    code: Option<i32>,
+}
+
 /// `dsnode audit reconcile` as the auditor `x.auditor`: its stdout and
 /// exit status.
-fn reconcile_cli(auditor: &NodeDir, a: &RunningNode, b: &RunningNode) -> (String, Option<i32>) {
+fn reconcile_cli(auditor: &NodeDir, a: &RunningNode, b: &RunningNode) -> Ran {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsnode"))
         .args(["audit", "reconcile", "--data-dir"])
         .arg(auditor.dir.root())
@@ -224,10 +240,10 @@ fn reconcile_cli(auditor: &NodeDir, a: &RunningNode, b: &RunningNode) -> (String
         .args(["--peer", &b.local_addr().to_string()])
         .output()
         .expect("run");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        out.status.code(),
-    )
+    Ran {
+        text: String::from_utf8_lossy(&out.stdout).into_owned(),
+        code: out.status.code(),
+    }
 }
 
 /// Reconciliation passes on a clean exchange, and fails naming the entry
@@ -237,14 +253,17 @@ fn reconcile_cli(auditor: &NodeDir, a: &RunningNode, b: &RunningNode) -> (String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_passes_and_then_names_the_missing_entry() {
     let x = exchange(1).await;
-    let (mut p, mut c) = auditors(&x).await;
+    let Auditors {
+        publisher: mut p,
+        consumer: mut c,
+    } = auditors(&x).await;
     let clean = dsnode::audit::reconcile::reconcile(&mut p, &mut c, None)
         .await
         .expect("reconcile");
     assert!(clean.discrepancies.is_empty(), "{:?}", clean.discrepancies);
     assert_eq!((clean.grants, clean.receipts), (1, 1));
     assert!(clean.witnessed.0 > 0 && clean.witnessed.1 > 0, "{clean:?}");
-    let (text, code) = reconcile_cli(&x.auditor, &x.pub_node, &x.con_node);
+    let Ran { text, code } = reconcile_cli(&x.auditor, &x.pub_node, &x.con_node);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("no discrepancies"), "{text}");
 
@@ -292,8 +311,8 @@ async fn reconciliation_passes_and_then_names_the_missing_entry() {
         ..
     } = x;
     con_node.shutdown().await.expect("stop");
-    let size = support::ledger_size(&consumer.dir).await;
-    support::rewrite_history(
+    let size = support::tamper::ledger_size(&consumer.dir).await;
+    support::tamper::rewrite_history(
         &consumer.dir,
         |e| e.draft.kind != dsnode::ledger::entry::EntryKind::ReceiptRecorded,
         size - 1,
@@ -306,7 +325,7 @@ async fn reconciliation_passes_and_then_names_the_missing_entry() {
         .await
         .expect("reconcile");
     let all = r.discrepancies.join("\n");
-    let (text, code) = reconcile_cli(&auditor, &pub_node, &con_node);
+    let Ran { text, code } = reconcile_cli(&auditor, &pub_node, &con_node);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("DISCREPANCY: grant"), "{text}");
     assert!(

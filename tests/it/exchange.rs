@@ -8,38 +8,15 @@ use dsnode::envelope::Envelope;
 use dsnode::exchange::grant::verify_grant;
 use dsnode::ledger::Query;
 use dsnode::ledger::entry::EntryKind;
+use dsnode::peer::Code as PeerCode;
 use dsnode::wire::pb;
 use tonic::Code;
 
-use crate::datasets::{POLICY, consumer_in, header, publish};
-use crate::support::{self, DataSpace, NodeDir};
-
-pub(crate) fn ask(
-    dataset: &str,
-    purpose: &str,
-    peer: std::net::SocketAddr,
-) -> pb::AdminRequestAccessRequest {
-    pb::AdminRequestAccessRequest {
-        peer: peer.to_string(),
-        dataset_id: dataset.into(),
-        purpose: purpose.into(),
-        actions: vec!["read".into()],
-        duration_secs: 0,
-    }
-}
-
-pub(crate) async fn kinds(
-    auditor: &NodeDir,
-    node: &dsnode::node::RunningNode,
-    grant_or_dataset: Query,
-) -> Vec<EntryKind> {
-    let mut a = Auditor::new(Box::new(support::connect(auditor, node).await));
-    let (_, entries) = a
-        .entries(grant_or_dataset, true)
-        .await
-        .expect("entries verify");
-    entries.into_iter().map(|e| e.entry.draft.kind).collect()
-}
+use crate::support::flows::{
+    self, POLICY, Transfer, admin, ask, fetch_to, grant_and_fetch, granted, header, kinds, publish,
+    published,
+};
+use crate::support::{self, DataSpace, TwoNodes, consumer_in};
 
 #[tokio::test]
 async fn grant_and_denial_are_decided_by_certificate_and_recorded_on_both_sides() {
@@ -62,13 +39,12 @@ async fn grant_and_denial_are_decided_by_certificate_and_recorded_on_both_sides(
     let ds = published.dataset_id.clone();
 
     // Granted: asked through the consumer's own Admin API.
-    let conn = support::connect(&consumer, &con_node).await;
-    let mut admin = pb::admin_client::AdminClient::new(conn.channel);
-    let r = admin
-        .request_access(ask(&ds, "route-planning", pub_node.local_addr()))
+    let con_admin = admin(&consumer, &con_node).await;
+    let peer = pub_node.local_addr().to_string();
+    let r = con_admin
+        .request_access(&peer, ask(&ds, "route-planning"))
         .await
-        .expect("granted")
-        .into_inner();
+        .expect("granted");
     let env: Envelope = r.grant.expect("grant").into();
     let grant = verify_grant(env, &publisher.identity.public_key).expect("signed by the publisher");
     let g = grant.value();
@@ -84,25 +60,25 @@ async fn grant_and_denial_are_decided_by_certificate_and_recorded_on_both_sides(
     );
 
     // Denied, with every reason named: wrong purpose.
-    let err = admin
-        .request_access(ask(&ds, "marketing", pub_node.local_addr()))
+    let err = con_admin
+        .request_access(&peer, ask(&ds, "marketing"))
         .await
         .expect_err("denied");
-    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.code, PeerCode::PermissionDenied);
     assert!(
-        err.message()
+        err.message
             .contains("purpose `marketing` is not in [research, route-planning]"),
         "{}",
-        err.message()
+        err.message
     );
 
     // An outsider cannot even see the dataset.
-    let conn = support::connect(&outsider, &out_node).await;
-    let err = pb::admin_client::AdminClient::new(conn.channel)
-        .request_access(ask(&ds, "research", pub_node.local_addr()))
+    let err = admin(&outsider, &out_node)
+        .await
+        .request_access(&peer, ask(&ds, "research"))
         .await
         .expect_err("hidden");
-    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.code, PeerCode::NotFound);
 
     // Both ledgers tell the story.
     let grant_q = Query {
@@ -131,36 +107,26 @@ async fn grant_and_denial_are_decided_by_certificate_and_recorded_on_both_sides(
     );
 
     // Revocation is recorded once; the grant survives a restart.
-    let conn = support::connect(&publisher, &pub_node).await;
-    let mut pub_admin = pb::admin_client::AdminClient::new(conn.channel);
+    let pub_admin = admin(&publisher, &pub_node).await;
     let revoked = pub_admin
-        .revoke_grant(pb::RevokeGrantRequest {
-            grant_id: g.id.to_string(),
-            reason: "test".into(),
-        })
+        .revoke_grant(&g.id.to_string(), "test")
         .await
-        .expect("revoke")
-        .into_inner();
+        .expect("revoke");
     assert!(!revoked.already_revoked);
     let again = pub_admin
-        .revoke_grant(pb::RevokeGrantRequest {
-            grant_id: g.id.to_string(),
-            reason: "again".into(),
-        })
+        .revoke_grant(&g.id.to_string(), "again")
         .await
-        .expect("revoke again")
-        .into_inner();
+        .expect("revoke again");
     assert!(again.already_revoked);
     pub_node.shutdown().await.expect("stop");
     let pub_node = support::start(&publisher, |_| {}).await;
-    let conn = support::connect(&publisher, &pub_node).await;
-    let list = pb::admin_client::AdminClient::new(conn.channel)
-        .list_grants(pb::ListGrantsRequest {})
+    let grants = admin(&publisher, &pub_node)
         .await
-        .expect("list")
-        .into_inner();
-    assert_eq!(list.grants.len(), 1);
-    assert!(list.grants[0].issued && list.grants[0].revoked);
+        .list_grants()
+        .await
+        .expect("list");
+    assert_eq!(grants.len(), 1);
+    assert!(grants[0].issued && grants[0].revoked);
     for n in [pub_node, con_node, out_node] {
         n.shutdown().await.expect("stop");
     }
@@ -210,101 +176,26 @@ async fn requests_are_checked_at_the_edge() {
     pub_node.shutdown().await.expect("stop");
 }
 
-pub(crate) async fn granted(
-    consumer: &NodeDir,
-    con_node: &dsnode::node::RunningNode,
-    ds: &str,
-    publisher_addr: std::net::SocketAddr,
-) -> String {
-    let conn = support::connect(consumer, con_node).await;
-    let r = pb::admin_client::AdminClient::new(conn.channel)
-        .request_access(ask(ds, "research", publisher_addr))
-        .await
-        .expect("granted")
-        .into_inner();
-    let env: Envelope = r.grant.expect("grant").into();
-    dsnode::exchange::grant::Grant::decode(&env.payload)
-        .expect("grant")
-        .id
-        .to_string()
-}
-
-pub(crate) async fn fetch_to(
-    consumer: &NodeDir,
-    con_node: &dsnode::node::RunningNode,
-    publisher_addr: std::net::SocketAddr,
-    grant: &str,
-    out: &std::path::Path,
-    force: bool,
-) -> Result<pb::AdminFetchResponse, tonic::Status> {
-    fetch_with(consumer, con_node, publisher_addr, grant, out, force, 0)
-        .await
-        .map(|(done, _)| done)
-}
-
-/// Fetches through the consumer's Admin API, with `retries`; returns the
-/// result and the progress events seen before it.
-pub(crate) async fn fetch_with(
-    consumer: &NodeDir,
-    con_node: &dsnode::node::RunningNode,
-    peer: std::net::SocketAddr,
-    grant: &str,
-    out: &std::path::Path,
-    force: bool,
-    retries: u32,
-) -> Result<(pb::AdminFetchResponse, Vec<pb::AdminFetchProgress>), tonic::Status> {
-    let conn = support::connect(consumer, con_node).await;
-    let mut events = pb::admin_client::AdminClient::new(conn.channel)
-        .fetch(pb::AdminFetchRequest {
-            peer: peer.to_string(),
-            grant_id: grant.into(),
-            out: out.display().to_string(),
-            force,
-            retries,
-        })
-        .await?
-        .into_inner();
-    let mut progress = Vec::new();
-    while let Some(event) = events.message().await? {
-        match event.event {
-            Some(pb::admin_fetch_event::Event::Progress(p)) => progress.push(p),
-            Some(pb::admin_fetch_event::Event::Done(d)) => return Ok((d, progress)),
-            None => {}
-        }
-    }
-    Err(tonic::Status::internal("the fetch ended without a result"))
-}
-
 /// The happy path end to end: request, fetch (every chunk verified),
 /// receipts on both sides, and the ledgers tell the story in order.
 #[tokio::test]
 async fn fetch_verifies_writes_and_both_ledgers_record_the_receipt() {
-    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
+    let TwoNodes {
+        space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
     let auditor = space.node("regulator", "auditor");
     let content: Vec<u8> = (0..3_300_000u32).map(|i| (i * 7 % 253) as u8).collect();
-    let ds = publish(
-        &publisher,
-        &pub_node,
-        header("Road sensors", POLICY, content.len() as u64),
-        &content,
-    )
-    .await
-    .expect("publish")
-    .dataset_id;
-    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
-
+    let ds = published(&publisher, &pub_node, "Road sensors", POLICY, &content).await;
     let out_dir = tempfile::tempdir().expect("tempdir");
     let out = out_dir.path().join("sensors.csv");
-    let r = fetch_to(
-        &consumer,
-        &con_node,
-        pub_node.local_addr(),
-        &grant,
-        &out,
-        false,
-    )
-    .await
-    .expect("fetch");
+    let Transfer { grant, fetched: r } =
+        grant_and_fetch(&consumer, &con_node, &ds, pub_node.local_addr(), &out)
+            .await
+            .expect("fetch");
     assert_eq!(std::fs::read(&out).expect("output"), content);
     assert_eq!(r.bytes, content.len() as u64);
     assert_eq!(
@@ -324,8 +215,8 @@ async fn fetch_verifies_writes_and_both_ledgers_record_the_receipt() {
     )
     .await
     .expect_err("exists");
-    assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("--force"), "{}", err.message());
+    assert_eq!(err.code, PeerCode::FailedPrecondition);
+    assert!(err.message.contains("--force"), "{}", err.message);
 
     let q = Query {
         grant: Some(grant.clone()),
@@ -407,7 +298,7 @@ async fn fetch_verifies_writes_and_both_ledgers_record_the_receipt() {
             .dir
             .grants()
             .join("received")
-            .join(crate::support::receipt_file(&consumer, &grant)),
+            .join(flows::receipt_file(&consumer, &grant)),
     )
     .expect("kept receipt");
     let kept = Envelope::from_json(&kept).expect("envelope");
@@ -442,15 +333,7 @@ async fn stolen_revoked_used_up_and_tampered_fetches_are_refused() {
     let con_node = support::start(&consumer, |_| {}).await;
     let one_fetch = POLICY.replace("max_fetches = 3", "max_fetches = 1");
     let content = vec![42u8; 2_100_000];
-    let ds = publish(
-        &publisher,
-        &pub_node,
-        header("One fetch", &one_fetch, content.len() as u64),
-        &content,
-    )
-    .await
-    .expect("publish")
-    .dataset_id;
+    let ds = published(&publisher, &pub_node, "One fetch", &one_fetch, &content).await;
     let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
     let out_dir = tempfile::tempdir().expect("tempdir");
 
@@ -495,8 +378,8 @@ async fn stolen_revoked_used_up_and_tampered_fetches_are_refused() {
     )
     .await
     .expect_err("tampered");
-    assert_eq!(err.code(), Code::DataLoss, "{}", err.message());
-    assert!(err.message().contains("chunk"), "{}", err.message());
+    assert_eq!(err.code, PeerCode::DataLoss, "{}", err.message);
+    assert!(err.message.contains("chunk"), "{}", err.message);
     assert!(!out.exists(), "nothing written");
     assert_eq!(
         std::fs::read_dir(out_dir.path()).expect("ls").count(),
@@ -532,17 +415,14 @@ async fn stolen_revoked_used_up_and_tampered_fetches_are_refused() {
     )
     .await
     .expect_err("used up");
-    assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("all used"), "{}", err.message());
+    assert_eq!(err.code, PeerCode::PermissionDenied);
+    assert!(err.message.contains("all used"), "{}", err.message);
 
     // Revoked: a fresh grant, revoked before use.
     let second = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
-    let conn = support::connect(&publisher, &pub_node).await;
-    pb::admin_client::AdminClient::new(conn.channel)
-        .revoke_grant(pb::RevokeGrantRequest {
-            grant_id: second.clone(),
-            reason: "test".into(),
-        })
+    admin(&publisher, &pub_node)
+        .await
+        .revoke_grant(&second, "test")
         .await
         .expect("revoke");
     let err = fetch_to(
@@ -555,8 +435,8 @@ async fn stolen_revoked_used_up_and_tampered_fetches_are_refused() {
     )
     .await
     .expect_err("revoked");
-    assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("revoked"), "{}", err.message());
+    assert_eq!(err.code, PeerCode::PermissionDenied);
+    assert!(err.message.contains("revoked"), "{}", err.message);
     assert!(!out.exists());
     for n in [pub_node, con_node] {
         n.shutdown().await.expect("stop");
@@ -568,17 +448,15 @@ async fn stolen_revoked_used_up_and_tampered_fetches_are_refused() {
 #[tokio::test]
 async fn revocation_mid_transfer_stops_the_stream() {
     use tokio_stream::StreamExt;
-    let (_space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
+    let TwoNodes {
+        space: _space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
     let content = vec![7u8; 40 << 20];
-    let ds = publish(
-        &publisher,
-        &pub_node,
-        header("Big", POLICY, content.len() as u64),
-        &content,
-    )
-    .await
-    .expect("publish")
-    .dataset_id;
+    let ds = published(&publisher, &pub_node, "Big", POLICY, &content).await;
     let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
 
     // Read the stream slowly as the grantee, revoke after the first chunk.
@@ -594,12 +472,9 @@ async fn revocation_mid_transfer_stops_the_stream() {
         .into_inner();
     let _header = stream.next().await.expect("header").expect("ok");
     let _first = stream.next().await.expect("chunk 0").expect("ok");
-    let conn = support::connect(&publisher, &pub_node).await;
-    pb::admin_client::AdminClient::new(conn.channel)
-        .revoke_grant(pb::RevokeGrantRequest {
-            grant_id: grant,
-            reason: "mid-transfer".into(),
-        })
+    admin(&publisher, &pub_node)
+        .await
+        .revoke_grant(&grant, "mid-transfer")
         .await
         .expect("revoke");
     let mut chunks = 1;
@@ -639,15 +514,7 @@ async fn grants_survive_restart_and_consumers_fetch_concurrently() {
     let a_node = support::start(&a, |_| {}).await;
     let b_node = support::start(&b, |_| {}).await;
     let content: Vec<u8> = (0..5_000_000u32).map(|i| (i % 241) as u8).collect();
-    let ds = publish(
-        &publisher,
-        &pub_node,
-        header("Shared", POLICY, content.len() as u64),
-        &content,
-    )
-    .await
-    .expect("publish")
-    .dataset_id;
+    let ds = published(&publisher, &pub_node, "Shared", POLICY, &content).await;
     let ga = granted(&a, &a_node, &ds, pub_node.local_addr()).await;
     let gb = granted(&b, &b_node, &ds, pub_node.local_addr()).await;
 

@@ -7,10 +7,12 @@ use std::time::Duration;
 use dsnode::audit::Auditor;
 use dsnode::ledger::Query;
 use dsnode::ledger::entry::EntryKind;
+use dsnode::peer::Code as PeerCode;
+use dsnode::wire::admin::{AdminClient, FetchEvent};
 use dsnode::wire::pb;
 
-use crate::datasets::{POLICY, consumer_in, header, publish};
-use crate::support::{self, DataSpace};
+use crate::support::flows::{POLICY, admin, ask, header, publish, publish_via, published};
+use crate::support::{self, DataSpace, Served, consumer_in};
 
 /// A small tmpfs mounted for the test, unmounted on drop.
 struct SmallDisk {
@@ -83,53 +85,37 @@ async fn disk_full_refuses_cleanly_keeps_reads_and_recovers() {
     let auditor = space.node("regulator", "auditor");
     let pub_node = support::start(&publisher, |_| {}).await;
     let con_node = support::start(&consumer, |_| {}).await;
-    let ds = publish(
-        &publisher,
-        &pub_node,
-        header("Counts", POLICY, 5),
-        b"a,b\n1",
-    )
-    .await
-    .expect("publish")
-    .dataset_id;
+    let ds = published(&publisher, &pub_node, "Counts", POLICY, b"a,b\n1").await;
     let mut a = Auditor::new(Box::new(support::connect(&auditor, &pub_node).await));
     let before = a.checkpoint().await.expect("checkpoint");
 
     let filler = disk.fill();
-    let conn = support::connect(&consumer, &con_node).await;
-    let mut admin = pb::admin_client::AdminClient::new(conn.channel);
-    let err = admin
-        .request_access(crate::exchange::ask(&ds, "research", pub_node.local_addr()))
+    let con_admin = admin(&consumer, &con_node).await;
+    let peer = pub_node.local_addr().to_string();
+    let err = con_admin
+        .request_access(&peer, ask(&ds, "research"))
         .await
         .expect_err("no grant on a full disk");
     // The requester learns it failed on the publisher's side (the cause,
     // "No space left on device" with its path, stays in that node's log).
-    assert_eq!(err.code(), tonic::Code::Internal, "{}", err.message());
-    assert!(
-        err.message().contains("issuing a grant"),
-        "{}",
-        err.message()
-    );
+    assert_eq!(err.code, PeerCode::Internal, "{}", err.message);
+    assert!(err.message.contains("issuing a grant"), "{}", err.message);
     // A refusal is recorded in the ledger: on a full disk the append
     // fails, so the refusal is not answered as if recorded.
-    let denied = admin
-        .request_access(crate::exchange::ask(
-            &ds,
-            "marketing",
-            pub_node.local_addr(),
-        ))
+    let denied = con_admin
+        .request_access(&peer, ask(&ds, "marketing"))
         .await
         .expect_err("not answered");
     assert_ne!(
-        denied.code(),
-        tonic::Code::PermissionDenied,
+        denied.code,
+        PeerCode::PermissionDenied,
         "{}",
-        denied.message()
+        denied.message
     );
     assert!(
-        denied.message().contains("recording a denial"),
+        denied.message.contains("recording a denial"),
         "{}",
-        denied.message()
+        denied.message
     );
     let issued = std::fs::read_dir(publisher.dir.grants().join("issued"))
         .map(|d| d.count())
@@ -165,9 +151,9 @@ async fn disk_full_refuses_cleanly_keeps_reads_and_recovers() {
         .await
         .expect("the log extends what was acknowledged");
     assert_eq!(old.checkpoint.root, before.checkpoint.root);
-    let conn = support::connect(&consumer, &con_node).await;
-    pb::admin_client::AdminClient::new(conn.channel)
-        .request_access(crate::exchange::ask(&ds, "research", pub_node.local_addr()))
+    admin(&consumer, &con_node)
+        .await
+        .request_access(&pub_node.local_addr().to_string(), ask(&ds, "research"))
         .await
         .expect("granted once space returned");
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -206,15 +192,7 @@ async fn concurrent_clients_with_random_cancellations_lose_nothing() {
         t.concurrency_limit_per_connection = 256;
     })
     .await;
-    let ds = publish(
-        &publisher,
-        &pub_node,
-        header("Counts", &policy, 5),
-        b"a,b\n1",
-    )
-    .await
-    .expect("publish")
-    .dataset_id;
+    let ds = published(&publisher, &pub_node, "Counts", &policy, b"a,b\n1").await;
     let started = std::time::Instant::now();
     let mut clients = Vec::new();
     for c in 0..64u64 {
@@ -413,7 +391,8 @@ async fn kill9_during_node_operations_loses_nothing() {
     let out = tempfile::tempdir().expect("tempdir");
     let mut rng = Rng(0x1234_5678_9abc_def1);
     for cycle in 0..cycles {
-        let (mut served, addr) = crate::cli::Served::start_serving(publisher.dir.root());
+        let mut served = Served::start_serving(publisher.dir.root());
+        let addr = served.addr;
 
         // Everything acknowledged before is there, once.
         let mut a = Auditor::new(Box::new(support::connect_addr(&auditor, addr).await));
@@ -459,8 +438,8 @@ async fn kill9_during_node_operations_loses_nothing() {
         // Work until killed.
         let work = {
             let acked = acked.clone();
-            let channel = support::connect_addr(&publisher, addr).await.channel;
-            let con = support::connect(&consumer, &con_node).await.channel;
+            let own = support::connect_addr(&publisher, addr).await;
+            let con = support::connect(&consumer, &con_node).await;
             let policy = policy.clone();
             let out = out.path().to_path_buf();
             tokio::spawn(async move {
@@ -468,45 +447,34 @@ async fn kill9_during_node_operations_loses_nothing() {
                     let mut h = header("Counts", &policy, 70_000);
                     h.chunk_size = 4096;
                     let content = vec![(cycle * 31 + i) as u8; 70_000];
-                    let Ok(r) = crate::datasets::publish_via(channel.clone(), h, &content).await
-                    else {
+                    let Ok(r) = publish_via(&own, h, &content).await else {
                         return;
                     };
                     let ds = r.dataset_id;
                     acked.lock().expect("acked").datasets.push(ds.clone());
-                    let mut cadmin = pb::admin_client::AdminClient::new(con.clone());
+                    let cadmin = AdminClient::new(&con);
                     let Ok(g) = cadmin
-                        .request_access(crate::exchange::ask(&ds, "research", addr))
+                        .request_access(&addr.to_string(), ask(&ds, "research"))
                         .await
                     else {
                         return;
                     };
-                    let env: dsnode::envelope::Envelope =
-                        g.into_inner().grant.expect("grant").into();
+                    let env: dsnode::envelope::Envelope = g.grant.expect("grant").into();
                     acked.lock().expect("acked").grants.push(env.payload_hash());
                     let grant = dsnode::exchange::grant::Grant::decode(&env.payload)
                         .expect("grant")
                         .id
                         .to_string();
                     let target = out.join(format!("{cycle}-{i}"));
-                    let Ok(events) = cadmin
-                        .fetch(pb::AdminFetchRequest {
-                            peer: addr.to_string(),
-                            grant_id: grant,
-                            out: target.display().to_string(),
-                            force: true,
-                            retries: 0,
-                        })
+                    let Ok(mut events) = cadmin
+                        .fetch(&addr.to_string(), &grant, &target, true, 0)
                         .await
                     else {
                         return;
                     };
-                    let mut events = events.into_inner();
                     let done = loop {
-                        match events.message().await {
-                            Ok(Some(pb::AdminFetchEvent {
-                                event: Some(pb::admin_fetch_event::Event::Done(d)),
-                            })) => break Some(d),
+                        match events.next().await {
+                            Ok(Some(FetchEvent::Done(d))) => break Some(d),
                             Ok(Some(_)) => {}
                             _ => break None,
                         }
@@ -516,7 +484,7 @@ async fn kill9_during_node_operations_loses_nothing() {
                     };
                     // The receipt's hash, from the consumer's own entry:
                     // the publisher's entry at its index must hold it.
-                    let receipt_hash = receipt_hash_of(&con, done.ledger_index).await;
+                    let receipt_hash = receipt_hash_of(&con.channel, done.ledger_index).await;
                     acked
                         .lock()
                         .expect("acked")

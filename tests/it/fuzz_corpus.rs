@@ -198,7 +198,7 @@ fn write_seed_corpus() {
         write("proof", &format!("inclusion-{i}"), &seed);
     }
 
-    let policy = crate::datasets::POLICY;
+    let policy = crate::support::flows::POLICY;
     write("policy_toml", "datasets", policy.as_bytes());
     let parsed = dsnode::policy::Policy::from_toml(policy).expect("policy");
     let odrl = dsnode::policy::odrl::export(&parsed);

@@ -302,18 +302,20 @@ async fn a_client_that_stops_reading_does_not_grow_the_server() {
     use dsnode::wire::pb;
     let space = DataSpace::new();
     let publisher = space.node("city-transport", "publisher");
-    let consumer = crate::datasets::consumer_in(&space, "acme", "CN-HE");
+    let consumer = crate::support::consumer_in(&space, "acme", "CN-HE");
     std::fs::write(publisher.dir.config(), "listen = \"127.0.0.1:0\"\n").expect("config");
-    let (mut served, addr) = crate::cli::Served::start_serving(publisher.dir.root());
+    let mut served = crate::support::Served::start_serving(publisher.dir.root());
+    let addr = served.addr;
     let own = support::connect_addr(&publisher, addr).await;
     let content: Vec<u8> = (0..64u8).flat_map(|i| vec![i; 1 << 20]).collect();
-    let h = crate::datasets::header("Big", crate::datasets::POLICY, content.len() as u64);
-    let ds = crate::datasets::publish_via(own.channel, h, &content)
+    let h =
+        crate::support::flows::header("Big", crate::support::flows::POLICY, content.len() as u64);
+    let ds = crate::support::flows::publish_via(&own, h, &content)
         .await
         .expect("publish")
         .dataset_id;
     let con_node = support::start(&consumer, |_| {}).await;
-    let grant = crate::exchange::granted(&consumer, &con_node, &ds, addr).await;
+    let grant = crate::support::flows::granted(&consumer, &con_node, &ds, addr).await;
     let pid = served.child.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss(pid);

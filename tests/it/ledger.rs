@@ -10,6 +10,8 @@ use dsnode::identity::NodeId;
 use dsnode::ledger::entry::{Entry, EntryDraft, EntryKind};
 use dsnode::ledger::{Ledger, LedgerError, LedgerOptions, Query, merkle};
 
+use crate::support::tamper::copy_dir;
+
 fn key() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[42; 32])
 }
@@ -213,7 +215,7 @@ async fn tampered_entry_is_found_with_its_index() {
     // The entry's bytes changed: found by its stored leaf hash.
     let copy = tempfile::tempdir().expect("tempdir");
     copy_dir(dir.path(), copy.path());
-    crate::support::rewrite_entry(dir.path(), 7, false, |e| {
+    crate::support::tamper::rewrite_entry(dir.path(), 7, false, |e| {
         e.draft.detail = "rewritten".into()
     });
     let err = open_must_fail(dir.path());
@@ -223,7 +225,7 @@ async fn tampered_entry_is_found_with_its_index() {
     );
 
     // Bytes and leaf hash rewritten together: still found, at the same index.
-    crate::support::rewrite_entry(copy.path(), 7, true, |e| {
+    crate::support::tamper::rewrite_entry(copy.path(), 7, true, |e| {
         e.draft.detail = "rewritten".into()
     });
     let err = open_must_fail(copy.path());
@@ -251,11 +253,13 @@ async fn threat_13_a_swapped_or_deleted_entry_is_found_with_its_index() {
 
     // Swap entries 7 and 8 (each keeps its index field; leaves fixed up).
     let (mut d7, mut d8) = (None, None);
-    crate::support::rewrite_entry(dir.path(), 8, false, |e| d8 = Some(e.draft.clone()));
-    crate::support::rewrite_entry(dir.path(), 7, true, |e| {
+    crate::support::tamper::rewrite_entry(dir.path(), 8, false, |e| d8 = Some(e.draft.clone()));
+    crate::support::tamper::rewrite_entry(dir.path(), 7, true, |e| {
         d7 = Some(std::mem::replace(&mut e.draft, d8.clone().expect("8")));
     });
-    crate::support::rewrite_entry(dir.path(), 8, true, |e| e.draft = d7.clone().expect("7"));
+    crate::support::tamper::rewrite_entry(dir.path(), 8, true, |e| {
+        e.draft = d7.clone().expect("7")
+    });
     let err = open_must_fail(dir.path());
     assert!(
         matches!(err, LedgerError::Tampered { index: 7, .. }),
@@ -263,7 +267,7 @@ async fn threat_13_a_swapped_or_deleted_entry_is_found_with_its_index() {
     );
 
     // Delete entry 7 from its block (the later ones move up one place).
-    crate::support::delete_entry(deleted.path(), 7);
+    crate::support::tamper::delete_entry(deleted.path(), 7);
     let err = open_must_fail(deleted.path());
     assert!(
         matches!(err, LedgerError::Tampered { index: 7, .. }),
@@ -298,19 +302,6 @@ async fn rolled_back_store_is_refused() {
     std::fs::write(dir.path().join("LAST_CHECKPOINT"), guard).expect("write guard");
     let err = open_must_fail(dir.path());
     assert!(err.to_string().contains("rolled back"), "{err}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("ls") {
-        let e = e.expect("entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).expect("copy");
-        }
-    }
 }
 
 /// 64 tasks × 1,000 appends: indices distinct and contiguous, proofs verify.

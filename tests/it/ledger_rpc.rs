@@ -215,7 +215,7 @@ async fn tampered_ledger_refuses_to_start_and_audit_verify_names_the_index() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("verified: 4 entries"));
-    crate::support::rewrite_entry(&ledger_dir, 2, false, |e| {
+    crate::support::tamper::rewrite_entry(&ledger_dir, 2, false, |e| {
         e.draft.detail = "dsnode 9.9.9".into()
     });
     let out = verify();

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use dsnode::peer::Code as PeerCode;
 use dsnode::wire::pb;
 use tokio_stream::StreamExt;
 
@@ -301,32 +302,37 @@ async fn outgoing_calls_refuse_a_peer_revoked_after_start_up() {
     let consumer = space.node("consumer", "consumer");
     let pub_node = support::start(&publisher, |_| {}).await;
     let con_node = support::start(&consumer, |_| {}).await;
-    let conn = support::connect(&consumer, &con_node).await;
-    let mut admin = pb::admin_client::AdminClient::new(conn.channel);
-    let ask = || pb::AdminRequestAccessRequest {
-        peer: pub_node.local_addr().to_string(),
-        dataset_id: dsnode::dataset::DatasetId::of_payload(b"x").to_string(),
-        purpose: "research".into(),
-        actions: vec!["read".into()],
-        duration_secs: 0,
+    let admin = support::flows::admin(&consumer, &con_node).await;
+    let peer = pub_node.local_addr().to_string();
+    let ask = || {
+        support::flows::ask(
+            &dsnode::dataset::DatasetId::of_payload(b"x").to_string(),
+            "research",
+        )
     };
     // Before: the publisher answers (no such dataset).
-    let before = admin.request_access(ask()).await.expect_err("no dataset");
-    assert_eq!(before.code(), tonic::Code::NotFound, "{}", before.message());
+    let before = admin
+        .request_access(&peer, ask())
+        .await
+        .expect_err("no dataset");
+    assert_eq!(before.code, PeerCode::NotFound, "{}", before.message);
 
     space.revoke(&publisher);
     space.publish_crl(&consumer.dir);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let err = admin.request_access(ask()).await.expect_err("refused");
-        if err.code() == tonic::Code::Unavailable {
-            assert!(err.message().contains("Revoked"), "{}", err.message());
+        let err = admin
+            .request_access(&peer, ask())
+            .await
+            .expect_err("refused");
+        if err.code == PeerCode::Unavailable {
+            assert!(err.message.contains("Revoked"), "{}", err.message);
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "still talking: {}",
-            err.message()
+            err.message
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -403,13 +409,19 @@ async fn threat_07_an_expired_crl_is_refused_at_handshake_and_at_start() {
         support::try_connect(&client, &node).await.is_ok(),
         "the CRL is still valid"
     );
-    assert_eq!(crate::ops::http(metrics, "GET", "/readyz").await.0, 200);
+    assert_eq!(
+        crate::support::http(metrics, "GET", "/readyz").await.status,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(2_600)).await;
     assert!(
         support::try_connect(&client, &node).await.is_err(),
         "refused once the CRL expired"
     );
-    assert_eq!(crate::ops::http(metrics, "GET", "/readyz").await.0, 503);
+    assert_eq!(
+        crate::support::http(metrics, "GET", "/readyz").await.status,
+        503
+    );
     // The operator publishes a fresh CRL: ready again, handshakes pass.
     space
         .ca
@@ -417,7 +429,10 @@ async fn threat_07_an_expired_crl_is_refused_at_handshake_and_at_start() {
         .expect("fresh CRL");
     space.publish_crl(&server.dir);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(crate::ops::http(metrics, "GET", "/readyz").await.0, 200);
+    assert_eq!(
+        crate::support::http(metrics, "GET", "/readyz").await.status,
+        200
+    );
     assert!(support::try_connect(&client, &node).await.is_ok());
     node.shutdown().await.expect("stop");
 

@@ -4,32 +4,14 @@
 //! within its drain deadline and exiting 0.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use dsnode::wire::pb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cli::Served;
-use crate::datasets::{POLICY, consumer_in, header, publish};
-use crate::exchange::{fetch_to, granted};
-use crate::support::{self, DataSpace};
-
-/// `method path` over plain HTTP/1.1; the status code and body.
-pub(crate) async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.expect("read");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a full response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (status, body.to_owned())
-}
+use crate::support::flows::{
+    POLICY, admin, ask, grant_and_fetch, granted, header, publish_via, published,
+};
+use crate::support::{self, DataSpace, HttpAnswer, Served, consumer_in, http};
 
 /// Parses the text exposition: every line is a comment or `name{labels}
 /// value`; returns series → value.
@@ -81,36 +63,22 @@ async fn metrics_are_served_parsed_and_follow_the_traffic() {
     let metrics = pub_node.metrics_addr().expect("metrics listener");
     let con_node = support::start(&consumer, |_| {}).await;
     let content = vec![5u8; 300_000];
-    let ds = publish(
-        &publisher,
-        &pub_node,
-        header("Counts", POLICY, content.len() as u64),
-        &content,
-    )
-    .await
-    .expect("publish")
-    .dataset_id;
-    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+    let ds = published(&publisher, &pub_node, "Counts", POLICY, &content).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    fetch_to(
+    grant_and_fetch(
         &consumer,
         &con_node,
+        &ds,
         pub_node.local_addr(),
-        &grant,
         &dir.path().join("out"),
-        false,
     )
     .await
     .expect("fetch");
     // A denial (a purpose the policy does not allow) and a handshake
     // without a client certificate.
-    let conn = support::connect(&consumer, &con_node).await;
-    pb::admin_client::AdminClient::new(conn.channel)
-        .request_access(crate::exchange::ask(
-            &ds,
-            "marketing",
-            pub_node.local_addr(),
-        ))
+    admin(&consumer, &con_node)
+        .await
+        .request_access(&pub_node.local_addr().to_string(), ask(&ds, "marketing"))
         .await
         .expect_err("denied");
     let no_cert =
@@ -121,7 +89,7 @@ async fn metrics_are_served_parsed_and_follow_the_traffic() {
         .expect("join");
     assert!(refused.is_err());
 
-    let (status, text) = http(metrics, "GET", "/metrics").await;
+    let HttpAnswer { status, body: text } = http(metrics, "GET", "/metrics").await;
     assert_eq!(status, 200);
     let s = parse_exposition(&text);
     let rpc = |service: &str, method: &str, code: &str| {
@@ -165,10 +133,10 @@ async fn metrics_are_served_parsed_and_follow_the_traffic() {
     assert!(get(&s, "dsnode_ledger_append_batch_entries_count") >= 5.0);
     assert!(get(&s, "dsnode_ledger_append_batch_seconds_sum") > 0.0);
 
-    assert_eq!(http(metrics, "GET", "/healthz").await.0, 200);
-    assert_eq!(http(metrics, "GET", "/readyz").await.0, 200);
-    assert_eq!(http(metrics, "GET", "/nothing").await.0, 404);
-    assert_eq!(http(metrics, "POST", "/metrics").await.0, 405);
+    assert_eq!(http(metrics, "GET", "/healthz").await.status, 200);
+    assert_eq!(http(metrics, "GET", "/readyz").await.status, 200);
+    assert_eq!(http(metrics, "GET", "/nothing").await.status, 404);
+    assert_eq!(http(metrics, "POST", "/metrics").await.status, 405);
 
     // During a drain (a fetch stream held open) readiness is 503 at once.
     let grant2 = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
@@ -184,7 +152,7 @@ async fn metrics_are_served_parsed_and_follow_the_traffic() {
     pub_node.shutdown_token().cancel();
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
-        let (status, body) = http(metrics, "GET", "/readyz").await;
+        let HttpAnswer { status, body } = http(metrics, "GET", "/readyz").await;
         if status == 503 {
             assert_eq!(body, "not serving\n");
             break;
@@ -211,7 +179,8 @@ async fn sigterm_during_a_fetch_drains_the_stream_and_exits_zero() {
         "listen = \"127.0.0.1:0\"\n[transport]\ndrain_deadline = \"30s\"\n",
     )
     .expect("config");
-    let (mut served, addr) = Served::start_serving(publisher.dir.root());
+    let mut served = Served::start_serving(publisher.dir.root());
+    let addr = served.addr;
 
     // Publish through the process's own Admin API: 4 MiB in 64 KiB chunks.
     let own = support::connect_addr(&publisher, addr).await;
@@ -219,7 +188,7 @@ async fn sigterm_during_a_fetch_drains_the_stream_and_exits_zero() {
     let mut h = header("Big", POLICY, size as u64);
     h.chunk_size = 64 << 10;
     let content: Vec<u8> = (0..4u8).flat_map(|i| vec![i; 1 << 20]).collect();
-    let ds = crate::datasets::publish_via(own.channel, h, &content)
+    let ds = publish_via(&own, h, &content)
         .await
         .expect("publish")
         .dataset_id;

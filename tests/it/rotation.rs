@@ -8,9 +8,10 @@ use dsnode::ledger::entry::EntryKind;
 use dsnode::ledger::note::{Checkpoint, NoteSigner};
 use dsnode::wire::pb;
 
-use crate::datasets::{POLICY, header, publish};
-use crate::exchange::{fetch_to, granted};
-use crate::support::{self, NodeDir};
+use crate::support::flows::{
+    POLICY, fetch_to, grant_and_fetch, granted, header, publish, published,
+};
+use crate::support::{self, NodeDir, TwoNodes};
 
 /// Row 16, defence: the key history in the ledger (src/ledger/keys.rs).
 /// A publisher rotates to a key the CA certified for the same participant;
@@ -23,18 +24,23 @@ use crate::support::{self, NodeDir};
 /// log's current size is refused, naming the rotation.
 #[tokio::test]
 async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
-    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
+    let TwoNodes {
+        space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
     let auditor = space.node("regulator", "auditor");
     let content = b"stop,passengers\n1,12\n2,40\n".to_vec();
-    let before = publish(
+    let before = published(
         &publisher,
         &pub_node,
-        header("Before the rotation", POLICY, content.len() as u64),
+        "Before the rotation",
+        POLICY,
         &content,
     )
-    .await
-    .expect("publish")
-    .dataset_id;
+    .await;
     let old_grant = granted(&consumer, &con_node, &before, pub_node.local_addr()).await;
     let size_before = {
         let mut a = Auditor::new(Box::new(support::connect(&auditor, &pub_node).await));
@@ -151,15 +157,13 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
     .await
     .expect("publish with the new key")
     .dataset_id;
-    let new_grant = granted(&consumer, &con_node, &after, pub_node.local_addr()).await;
     let new_out = out_dir.path().join("after.csv");
-    fetch_to(
+    grant_and_fetch(
         &consumer,
         &con_node,
+        &after,
         pub_node.local_addr(),
-        &new_grant,
         &new_out,
-        false,
     )
     .await
     .expect("new grant");

@@ -3,16 +3,26 @@
 
 use std::time::{Duration, Instant};
 
+use dsnode::peer::Code as PeerCode;
+use dsnode::wire::admin::AdminClient;
 use dsnode::wire::pb;
 
 use crate::support::{self, DataSpace};
+
+/// How long real hellos took.
+struct Latency {
+    /// The median.
+    median: Duration,
+    /// The slowest.
+    worst: Duration,
+}
 
 /// Median and worst of `n` real hellos (connect, mutual TLS, one call).
 async fn hello_latency(
     client: &crate::support::NodeDir,
     server: &dsnode::node::RunningNode,
     n: usize,
-) -> (Duration, Duration) {
+) -> Latency {
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
@@ -24,7 +34,10 @@ async fn hello_latency(
         times.push(started.elapsed());
     }
     times.sort();
-    (times[n / 2], times[n - 1])
+    Latency {
+        median: times[n / 2],
+        worst: times[n - 1],
+    }
 }
 
 /// Row 11, defence: every connection is accepted at once and at most
@@ -42,7 +55,10 @@ async fn threat_11_stalled_handshakes_do_not_stop_a_real_client() {
     let server = space.node("server", "publisher");
     let client = space.node("client", "consumer");
     let node = support::start(&server, |_| {}).await;
-    let (quiet_median, quiet_worst) = hello_latency(&client, &node, 9).await;
+    let Latency {
+        median: quiet_median,
+        worst: quiet_worst,
+    } = hello_latency(&client, &node, 9).await;
 
     let addr = node.local_addr();
     let mut stalled = Vec::new();
@@ -64,7 +80,10 @@ async fn threat_11_stalled_handshakes_do_not_stop_a_real_client() {
         }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (loaded_median, loaded_worst) = hello_latency(&client, &node, 21).await;
+    let Latency {
+        median: loaded_median,
+        worst: loaded_worst,
+    } = hello_latency(&client, &node, 21).await;
     attack.abort();
     let bound = quiet_worst * 2 + Duration::from_millis(50);
     assert!(
@@ -85,39 +104,26 @@ async fn threat_11_calls_past_the_in_flight_limit_are_shed_not_queued() {
     let node = support::start(&server, |t| t.max_in_flight = 2).await;
     let conn = support::connect(&server, &node).await;
     // Two publications whose content never ends hold both slots.
+    let admin = AdminClient::new(&conn);
     let mut holds = Vec::new();
     for _ in 0..2 {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tx.send(pb::PublishRequest {
-            part: Some(pb::publish_request::Part::Header(crate::datasets::header(
-                "held",
-                crate::datasets::POLICY,
-                10,
-            ))),
-        })
-        .await
-        .expect("send");
-        let mut admin = pb::admin_client::AdminClient::new(conn.channel.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+        let header = crate::support::flows::header("held", crate::support::flows::POLICY, 10);
+        let admin = admin.clone();
         let call = tokio::spawn(async move {
             admin
-                .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .publish(header, tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
         });
         holds.push((tx, call));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
-    let mut admin = pb::admin_client::AdminClient::new(conn.channel.clone());
-    let shed = tokio::time::timeout(Duration::from_secs(2), admin.status(pb::StatusRequest {}))
+    let shed = tokio::time::timeout(Duration::from_secs(2), admin.status())
         .await
         .expect("answered at once, not queued")
         .expect_err("shed");
-    assert_eq!(
-        shed.code(),
-        tonic::Code::ResourceExhausted,
-        "{}",
-        shed.message()
-    );
+    assert_eq!(shed.code, PeerCode::ResourceExhausted, "{}", shed.message);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "refused at once"
@@ -126,9 +132,6 @@ async fn threat_11_calls_past_the_in_flight_limit_are_shed_not_queued() {
         drop(tx);
         let _ = call.await;
     }
-    pb::admin_client::AdminClient::new(conn.channel)
-        .status(pb::StatusRequest {})
-        .await
-        .expect("served again");
+    admin.status().await.expect("served again");
     node.shutdown().await.expect("stop");
 }

@@ -1,8 +1,12 @@
 //! THREATS.md rows not covered elsewhere (the closing note of the
 //! hardening issue maps every row to its test).
 
-use crate::datasets::{POLICY, header, publish};
-use crate::support::{self, DataSpace};
+use dsnode::peer::Code as PeerCode;
+
+use crate::support::flows::{
+    POLICY, fetch_to, grant_and_fetch, granted, header, publish, publish_via, published,
+};
+use crate::support::{self, DataSpace, Served, TwoNodes, consumer_in};
 
 /// Row 3, defence: versions only go up per lineage, and the latest of
 /// each lineage is what the catalog reloads at start-up. After a restart,
@@ -28,11 +32,11 @@ async fn threat_03_a_lineage_cannot_roll_back_after_a_restart() {
     let err = publish(&publisher, &node, again, b"x")
         .await
         .expect_err("rollback after restart");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.code, PeerCode::InvalidArgument);
     assert!(
-        err.message().contains("not the latest version"),
+        err.message.contains("not the latest version"),
         "{}",
-        err.message()
+        err.message
     );
     node.shutdown().await.expect("stop");
 }
@@ -62,13 +66,8 @@ async fn threat_17_a_huge_or_deep_policy_is_refused_at_publish() {
         let err = publish(&publisher, &node, header("Big", &policy, 1), b"1")
             .await
             .expect_err("refused");
-        assert_eq!(
-            err.code(),
-            tonic::Code::InvalidArgument,
-            "{}",
-            err.message()
-        );
-        assert!(err.message().contains(why), "{why}: {}", err.message());
+        assert_eq!(err.code, PeerCode::InvalidArgument, "{}", err.message);
+        assert!(err.message.contains(why), "{why}: {}", err.message);
     }
     let datasets = std::fs::read_dir(publisher.dir.datasets())
         .map(|d| d.count())
@@ -87,7 +86,13 @@ async fn threat_17_a_huge_or_deep_policy_is_refused_at_publish() {
 #[tokio::test]
 async fn threat_12_symlinks_planted_in_the_blob_store_are_not_written_through() {
     use std::os::unix::fs::symlink;
-    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
+    let TwoNodes {
+        space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
     let content: Vec<u8> = (0..2 * 4096u32).map(|i| (i % 199) as u8).collect();
     let mut h = header("Two chunks", POLICY, content.len() as u64);
     h.chunk_size = 4096;
@@ -95,7 +100,7 @@ async fn threat_12_symlinks_planted_in_the_blob_store_are_not_written_through() 
         .await
         .expect("publish")
         .dataset_id;
-    let grant = crate::exchange::granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
 
     let victim = space.dir.path().join("victim.txt");
     std::fs::write(&victim, b"precious").expect("victim");
@@ -110,7 +115,7 @@ async fn threat_12_symlinks_planted_in_the_blob_store_are_not_written_through() 
     symlink(&never, blob_path(&content[4096..])).expect("plant dangling");
 
     let out = space.dir.path().join("out.bin");
-    crate::exchange::fetch_to(
+    fetch_to(
         &consumer,
         &con_node,
         pub_node.local_addr(),
@@ -139,33 +144,28 @@ async fn threat_12_symlinks_planted_in_the_blob_store_are_not_written_through() 
 async fn threat_04_a_used_grant_stays_used_after_kill_9() {
     let space = DataSpace::new();
     let publisher = space.node("city-transport", "publisher");
-    let consumer = crate::datasets::consumer_in(&space, "acme", "CN-HE");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
     std::fs::write(publisher.dir.config(), "listen = \"127.0.0.1:0\"\n").expect("config");
-    let (mut served, addr) = crate::cli::Served::start_serving(publisher.dir.root());
+    let mut served = Served::start_serving(publisher.dir.root());
+    let addr = served.addr;
     let own = support::connect_addr(&publisher, addr).await;
     let policy = POLICY.replace("max_fetches = 3", "max_fetches = 1");
-    let ds = crate::datasets::publish_via(own.channel, header("Once", &policy, 4), b"once")
+    let ds = publish_via(&own, header("Once", &policy, 4), b"once")
         .await
         .expect("publish")
         .dataset_id;
     let con_node = support::start(&consumer, |_| {}).await;
-    let grant = crate::exchange::granted(&consumer, &con_node, &ds, addr).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    crate::exchange::fetch_to(
-        &consumer,
-        &con_node,
-        addr,
-        &grant,
-        &dir.path().join("a"),
-        false,
-    )
-    .await
-    .expect("the one fetch");
+    let grant = grant_and_fetch(&consumer, &con_node, &ds, addr, &dir.path().join("a"))
+        .await
+        .expect("the one fetch")
+        .grant;
     served.child.kill().expect("kill -9");
     let _ = served.child.wait();
 
-    let (mut served, addr) = crate::cli::Served::start_serving(publisher.dir.root());
-    let err = crate::exchange::fetch_to(
+    let mut served = Served::start_serving(publisher.dir.root());
+    let addr = served.addr;
+    let err = fetch_to(
         &consumer,
         &con_node,
         addr,
@@ -175,13 +175,8 @@ async fn threat_04_a_used_grant_stays_used_after_kill_9() {
     )
     .await
     .expect_err("used up");
-    assert_eq!(
-        err.code(),
-        tonic::Code::PermissionDenied,
-        "{}",
-        err.message()
-    );
-    assert!(err.message().contains("all used"), "{}", err.message());
+    assert_eq!(err.code, PeerCode::PermissionDenied, "{}", err.message);
+    assert!(err.message.contains("all used"), "{}", err.message);
     served.signal("TERM");
     let _ = served.child.wait();
     con_node.shutdown().await.expect("stop");
@@ -194,12 +189,15 @@ async fn threat_04_a_used_grant_stays_used_after_kill_9() {
 /// publisher's own key (say, more fetches), is not served.
 #[tokio::test]
 async fn a_grant_file_swapped_on_disk_is_not_honoured() {
-    let (_space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
-    let ds = publish(&publisher, &pub_node, header("Lanes", POLICY, 2), b"ab")
-        .await
-        .expect("publish")
-        .dataset_id;
-    let grant = crate::exchange::granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+    let TwoNodes {
+        space: _space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
+    let ds = published(&publisher, &pub_node, "Lanes", POLICY, b"ab").await;
+    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
     pub_node.shutdown().await.expect("stop");
 
     let file = publisher
@@ -217,7 +215,7 @@ async fn a_grant_file_swapped_on_disk_is_not_honoured() {
 
     let pub_node = support::start(&publisher, |_| {}).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = crate::exchange::fetch_to(
+    let err = fetch_to(
         &consumer,
         &con_node,
         pub_node.local_addr(),
@@ -227,7 +225,7 @@ async fn a_grant_file_swapped_on_disk_is_not_honoured() {
     )
     .await
     .expect_err("the swapped grant is not served");
-    assert_eq!(err.code(), tonic::Code::NotFound, "{}", err.message());
+    assert_eq!(err.code, PeerCode::NotFound, "{}", err.message);
     for n in [pub_node, con_node] {
         n.shutdown().await.expect("stop");
     }

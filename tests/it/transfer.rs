@@ -12,13 +12,16 @@ use dsnode::clock::Clock;
 use dsnode::ledger::Query;
 use dsnode::ledger::entry::{Entry, EntryKind};
 use dsnode::node::RunningNode;
+use dsnode::peer::Code as PeerCode;
 use dsnode::wire::pb;
 use time::OffsetDateTime;
 use tonic::Code;
 
-use crate::datasets::{POLICY, consumer_in, header, publish};
-use crate::exchange::{fetch_to, fetch_with, granted, kinds};
-use crate::support::{self, CutProxy, DataSpace, NodeDir};
+use crate::support::flows::{
+    self, FetchRun, POLICY, Transfer, admin, fetch_to, fetch_with, grant_and_fetch, granted,
+    header, kinds, publish, published,
+};
+use crate::support::{self, CutProxy, DataSpace, NodeDir, TwoNodes, consumer_in};
 
 /// The entries naming `grant` on `node`, verified by an auditor.
 async fn entries(auditor: &NodeDir, node: &RunningNode, grant: &str) -> Vec<Entry> {
@@ -71,15 +74,7 @@ async fn grant_windows_are_checked_against_the_publishers_clock() {
     .await;
     let con_node = support::start(&consumer, |_| {}).await;
     let content = b"stop,arrivals\n1,20\n2,35\n".repeat(100);
-    let ds = publish(
-        &publisher,
-        &pub_node,
-        header("Arrivals", POLICY, content.len() as u64),
-        &content,
-    )
-    .await
-    .expect("publish")
-    .dataset_id;
+    let ds = published(&publisher, &pub_node, "Arrivals", POLICY, &content).await;
     // The policy's grant_ttl is 30 days.
     let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -90,19 +85,15 @@ async fn grant_windows_are_checked_against_the_publishers_clock() {
     let err = fetch_to(&consumer, &con_node, addr, &grant, &out, false)
         .await
         .expect_err("expired");
-    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
-    assert!(err.message().contains("expired"), "{}", err.message());
+    assert_eq!(err.code, PeerCode::PermissionDenied, "{}", err.message);
+    assert!(err.message.contains("expired"), "{}", err.message);
 
     shift.store(-3_600, Ordering::SeqCst);
     let err = fetch_to(&consumer, &con_node, addr, &grant, &out, false)
         .await
         .expect_err("not yet valid");
-    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
-    assert!(
-        err.message().contains("not valid before"),
-        "{}",
-        err.message()
-    );
+    assert_eq!(err.code, PeerCode::PermissionDenied, "{}", err.message);
+    assert!(err.message.contains("not valid before"), "{}", err.message);
     assert!(!out.exists(), "nothing written for a refused fetch");
 
     // Within the window the same grant works.
@@ -128,7 +119,13 @@ async fn grant_windows_are_checked_against_the_publishers_clock() {
 
 #[tokio::test]
 async fn a_cut_connection_is_resumed_from_the_first_missing_chunk() {
-    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
+    let TwoNodes {
+        space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
     let auditor = space.node("regulator", "auditor");
     let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
     let ds = publish_once_fetchable(&publisher, &pub_node, &content, 64 << 10).await;
@@ -138,9 +135,10 @@ async fn a_cut_connection_is_resumed_from_the_first_missing_chunk() {
     let proxy = CutProxy::start(pub_node.local_addr(), 1_000_000, 1).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("positions.bin");
-    let (done, progress) = fetch_with(&consumer, &con_node, proxy.addr, &grant, &out, false, 3)
-        .await
-        .expect("the fetch survives the cut");
+    let FetchRun { done, progress } =
+        fetch_with(&consumer, &con_node, proxy.addr, &grant, &out, false, 3)
+            .await
+            .expect("the fetch survives the cut");
     assert_eq!(proxy.cuts_made(), 1);
     assert_eq!(done.reconnects, 1);
     assert_eq!(std::fs::read(&out).expect("out"), content);
@@ -182,7 +180,13 @@ async fn a_cut_connection_is_resumed_from_the_first_missing_chunk() {
 
 #[tokio::test]
 async fn an_interrupted_fetch_resumes_after_a_restart_without_counting_a_new_fetch() {
-    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
+    let TwoNodes {
+        space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
     let auditor = space.node("regulator", "auditor");
     let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 241) as u8).collect();
     let ds = publish_once_fetchable(&publisher, &pub_node, &content, 64 << 10).await;
@@ -195,11 +199,11 @@ async fn an_interrupted_fetch_resumes_after_a_restart_without_counting_a_new_fet
     let err = fetch_with(&consumer, &con_node, proxy.addr, &grant, &out, false, 0)
         .await
         .expect_err("cut");
-    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    assert_eq!(err.code, PeerCode::Unavailable, "{}", err.message);
     assert!(
-        err.message().contains("run the same fetch again to resume"),
+        err.message.contains("run the same fetch again to resume"),
         "{}",
-        err.message()
+        err.message
     );
     assert_eq!(
         std::fs::read_dir(dir.path()).expect("ls").count(),
@@ -211,7 +215,7 @@ async fn an_interrupted_fetch_resumes_after_a_restart_without_counting_a_new_fet
     // the interrupted fetch); the same fetch then resumes.
     con_node.shutdown().await.expect("stop");
     let con_node = support::start(&consumer, |_| {}).await;
-    let (done, progress) = fetch_with(
+    let FetchRun { done, progress } = fetch_with(
         &consumer,
         &con_node,
         pub_node.local_addr(),
@@ -249,8 +253,8 @@ async fn an_interrupted_fetch_resumes_after_a_restart_without_counting_a_new_fet
     )
     .await
     .expect_err("used up");
-    assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("all used"), "{}", err.message());
+    assert_eq!(err.code, PeerCode::PermissionDenied);
+    assert!(err.message.contains("all used"), "{}", err.message);
     for n in [pub_node, con_node] {
         n.shutdown().await.expect("stop");
     }
@@ -268,27 +272,20 @@ async fn a_derivative_of_a_fetched_dataset_inherits_its_classification() {
     let pub_node = support::start(&publisher, |_| {}).await;
     let der_node = support::start(&deriver, |_| {}).await;
     let important = POLICY.replace("\"general\"", "\"important\"");
-    let source = publish(
-        &publisher,
-        &pub_node,
-        header("Bus lanes", &important, 6),
-        b"lane,1",
-    )
-    .await
-    .expect("publish")
-    .dataset_id;
-    let conn = support::connect(&deriver, &der_node).await;
-    let r = pb::admin_client::AdminClient::new(conn.channel)
-        .request_access(pb::AdminRequestAccessRequest {
-            peer: pub_node.local_addr().to_string(),
-            dataset_id: source.clone(),
-            purpose: "research".into(),
-            actions: vec!["read".into(), "derive".into()],
-            duration_secs: 0,
-        })
+    let source = published(&publisher, &pub_node, "Bus lanes", &important, b"lane,1").await;
+    let r = admin(&deriver, &der_node)
         .await
-        .expect("granted")
-        .into_inner();
+        .request_access(
+            &pub_node.local_addr().to_string(),
+            dsnode::peer::AccessAsk {
+                dataset_id: source.clone(),
+                purpose: "research".into(),
+                actions: vec!["read".into(), "derive".into()],
+                duration_secs: 0,
+            },
+        )
+        .await
+        .expect("granted");
     let env: dsnode::envelope::Envelope = r.grant.expect("grant").into();
     let grant = dsnode::exchange::grant::Grant::decode(&env.payload)
         .expect("grant")
@@ -307,11 +304,7 @@ async fn a_derivative_of_a_fetched_dataset_inherits_its_classification() {
     let err = publish(&deriver, &der_node, derived(&important), b"xyz")
         .await
         .expect_err("not fetched");
-    assert!(
-        err.message().contains("fetch it first"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message.contains("fetch it first"), "{}", err.message);
     let dir = tempfile::tempdir().expect("tempdir");
     fetch_to(
         &deriver,
@@ -327,10 +320,10 @@ async fn a_derivative_of_a_fetched_dataset_inherits_its_classification() {
         .await
         .expect_err("weaker than the source");
     assert!(
-        err.message()
+        err.message
             .contains("strictest classification of its sources (`important`)"),
         "{}",
-        err.message()
+        err.message
     );
     publish(&deriver, &der_node, derived(&important), b"xyz")
         .await
@@ -364,15 +357,7 @@ async fn a_grant_is_refused_by_any_other_publisher() {
         .await
         .expect("publish");
     }
-    let ds = publish(
-        &issuer,
-        &issuer_node,
-        header("Granted", POLICY, content.len() as u64),
-        &content,
-    )
-    .await
-    .expect("publish")
-    .dataset_id;
+    let ds = published(&issuer, &issuer_node, "Granted", POLICY, &content).await;
     let grant = granted(&consumer, &con_node, &ds, issuer_node.local_addr()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out.csv");
@@ -387,12 +372,8 @@ async fn a_grant_is_refused_by_any_other_publisher() {
     )
     .await
     .expect_err("another publisher");
-    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
-    assert!(
-        err.message().contains("not the publisher"),
-        "{}",
-        err.message()
-    );
+    assert_eq!(err.code, PeerCode::FailedPrecondition, "{}", err.message);
+    assert!(err.message.contains("not the publisher"), "{}", err.message);
 
     let conn = support::connect(&consumer, &other_node).await;
     let err = pb::exchange_client::ExchangeClient::new(conn.channel)
@@ -415,7 +396,13 @@ async fn a_grant_is_refused_by_any_other_publisher() {
 /// fetches).
 #[tokio::test]
 async fn resume_requests_are_checked_and_bounded() {
-    let (_space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
+    let TwoNodes {
+        space: _space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
     let content = vec![7u8; 10_000];
     let ds = publish_once_fetchable(&publisher, &pub_node, &content, 4096).await;
     let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
@@ -497,7 +484,13 @@ async fn resume_requests_are_checked_and_bounded() {
 /// grant asked for eight times at once is served once.
 #[tokio::test]
 async fn parallel_fetches_of_a_one_fetch_grant_are_served_once() {
-    let (_space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
+    let TwoNodes {
+        space: _space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
     let ds = publish_once_fetchable(&publisher, &pub_node, &[3u8; 10_000], 4096).await;
     let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
     let conn = support::connect(&consumer, &pub_node).await;
@@ -559,18 +552,25 @@ async fn futures_join_all<F: std::future::Future>(
 /// nothing new; a transfer with a receipt cannot be resumed.
 #[tokio::test]
 async fn receipts_are_checked_and_recorded_once() {
-    let (space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
+    let TwoNodes {
+        space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
     let content = vec![9u8; 10_000];
     let ds = publish_once_fetchable(&publisher, &pub_node, &content, 4096).await;
-    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let done = fetch_to(
+    let Transfer {
+        grant,
+        fetched: done,
+    } = grant_and_fetch(
         &consumer,
         &con_node,
+        &ds,
         pub_node.local_addr(),
-        &grant,
         &dir.path().join("out"),
-        false,
     )
     .await
     .expect("fetch");
@@ -579,7 +579,7 @@ async fn receipts_are_checked_and_recorded_once() {
             .dir
             .grants()
             .join("received")
-            .join(crate::support::receipt_file(&consumer, &grant)),
+            .join(flows::receipt_file(&consumer, &grant)),
     )
     .expect("kept receipt");
     let kept = dsnode::envelope::Envelope::from_json(&kept).expect("envelope");
@@ -654,23 +654,30 @@ fn space_auditor(space: &DataSpace) -> NodeDir {
 /// nothing to do.
 #[tokio::test]
 async fn a_receipt_the_publisher_did_not_take_is_resent() {
-    let (_space, publisher, consumer, pub_node, con_node) = support::two_nodes().await;
+    let TwoNodes {
+        space: _space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
     let ds = publish_once_fetchable(&publisher, &pub_node, b"a,b\n1,2\n", 4096).await;
-    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let done = fetch_to(
+    let Transfer {
+        grant,
+        fetched: done,
+    } = grant_and_fetch(
         &consumer,
         &con_node,
+        &ds,
         pub_node.local_addr(),
-        &grant,
         &dir.path().join("out.csv"),
-        false,
     )
     .await
     .expect("fetch");
     con_node.shutdown().await.expect("stop");
-    let size = support::ledger_size(&consumer.dir).await;
-    support::rewrite_history(
+    let size = support::tamper::ledger_size(&consumer.dir).await;
+    support::tamper::rewrite_history(
         &consumer.dir,
         |e| e.draft.kind != EntryKind::ReceiptRecorded,
         size - 1,
@@ -679,15 +686,11 @@ async fn a_receipt_the_publisher_did_not_take_is_resent() {
     let con_node = support::start(&consumer, |_| {}).await;
 
     let resend = || async {
-        let conn = support::connect(&consumer, &con_node).await;
-        pb::admin_client::AdminClient::new(conn.channel)
-            .resend_receipts(pb::AdminResendReceiptsRequest {
-                peer: pub_node.local_addr().to_string(),
-                grant_id: grant.clone(),
-            })
+        admin(&consumer, &con_node)
+            .await
+            .resend_receipts(&pub_node.local_addr().to_string(), &grant)
             .await
             .expect("resend")
-            .into_inner()
     };
     let first = resend().await;
     assert_eq!((first.kept, first.resent.len()), (1, 1), "{first:?}");

@@ -2,18 +2,20 @@
 //! fork detection with evidence, and a node that lost acknowledged entries
 //! finding out from its witnesses.
 
-use std::path::Path;
 use std::process::Command;
 
 use dsnode::identity::NodeKey;
 use dsnode::ledger::Query;
 use dsnode::ledger::entry::EntryKind;
 use dsnode::node::RunningNode;
+use dsnode::peer::{Code as PeerCode, PeerError};
 use dsnode::runtime::config::Config;
 use dsnode::wire::pb;
+use dsnode::witness::protocol::Exchanged;
 use tonic::Code;
 
-use crate::datasets::{POLICY, header, publish};
+use crate::support::flows::{POLICY, header, publish};
+use crate::support::tamper::copy_dir;
 use crate::support::{self, DataSpace, NodeDir};
 
 /// Has `witness` (through its own Admin API) exchange checkpoints with
@@ -22,14 +24,11 @@ async fn witness(
     witness: &NodeDir,
     node: &RunningNode,
     peer: &RunningNode,
-) -> Result<pb::AdminWitnessResponse, tonic::Status> {
-    let conn = support::connect(witness, node).await;
-    pb::admin_client::AdminClient::new(conn.channel)
-        .witness(pb::AdminWitnessRequest {
-            peer: peer.local_addr().to_string(),
-        })
+) -> Result<Exchanged, PeerError> {
+    support::flows::admin(witness, node)
         .await
-        .map(tonic::Response::into_inner)
+        .witness(&peer.local_addr().to_string())
+        .await
 }
 
 /// Row 14, defence: witnesses keep each log's largest verified checkpoint
@@ -55,7 +54,7 @@ async fn threat_14_a_forked_log_is_caught_by_both_witnesses_with_evidence() {
 
     for (w, n) in [(&w1, &w1_node), (&w2, &w2_node)] {
         let r = witness(w, n, &p_node).await.expect("exchange");
-        assert_eq!(r.peer_node_id, publisher.identity.node_id.to_string());
+        assert_eq!(r.peer.to_string(), publisher.identity.node_id.to_string());
         assert!(r.peer_grew && r.cosigned_by_peer, "{r:?}");
         // The publisher's log grew by one entry since: its record of the
         // witness's checkpoint (every exchange records what is new).
@@ -95,22 +94,22 @@ async fn threat_14_a_forked_log_is_caught_by_both_witnesses_with_evidence() {
     p_node.shutdown().await.expect("stop");
 
     // The publisher rewrites its history and signs it.
-    let size = support::ledger_size(&publisher.dir).await;
-    support::rewrite_history(&publisher.dir, |e| e.index < size - 2, size).await;
+    let size = support::tamper::ledger_size(&publisher.dir).await;
+    support::tamper::rewrite_history(&publisher.dir, |e| e.index < size - 2, size).await;
     p_node = support::start(&publisher, |_| {}).await;
 
     for (w, n) in [(&w1, &w1_node), (&w2, &w2_node)] {
         let err = witness(w, n, &p_node).await.expect_err("fork");
-        assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+        assert_eq!(err.code, PeerCode::FailedPrecondition, "{}", err.message);
         assert!(
-            err.message().contains("fork in log")
-                && err.message().contains("same size, different roots"),
+            err.message.contains("fork in log")
+                && err.message.contains("same size, different roots"),
             "{}",
-            err.message()
+            err.message
         );
         // Once forked, never cosigned again.
         let err = witness(w, n, &p_node).await.expect_err("still forked");
-        assert!(err.message().contains("forked"), "{}", err.message());
+        assert!(err.message.contains("forked"), "{}", err.message);
         // The witness's ledger records it, with both notes.
         let mut a = dsnode::audit::Auditor::new(Box::new(
             support::connect(
@@ -214,19 +213,6 @@ async fn a_node_whose_store_lost_witnessed_entries_refuses_to_serve() {
     assert!(msg.contains("and it is right"), "{msg}");
     assert!(msg.contains("lost acknowledged entries"), "{msg}");
     w1_node.shutdown().await.expect("stop");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("ls") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 /// Bad input from a peer (issue 8): a checkpoint with a bad signature, or

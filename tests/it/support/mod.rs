@@ -1,9 +1,21 @@
 //! A data space made at test time: a CA, nodes with real data dirs and
 //! certificates, started on 127.0.0.1:0 with real mutual TLS.
+//!
+//! - `mod.rs`: the data space and its nodes, started in this process or
+//!   as `dsnode serve` processes; connections to them (mutual TLS, a
+//!   cutting relay, hand-built TLS for attacks, plain HTTP to the metrics
+//!   listener).
+//! - [`flows`]: publishing, asking for access and fetching, as the tests
+//!   share them.
+//! - [`tamper`]: editing a stopped node's store behind its back.
+
+pub(crate) mod flows;
+pub(crate) mod tamper;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,15 +115,42 @@ pub(crate) fn expired(roles: &str) -> IssueRequest {
     req
 }
 
+/// A consumer `name` in `region`, certified by the space's CA.
+pub(crate) fn consumer_in(space: &DataSpace, name: &str, region: &str) -> NodeDir {
+    let mut req = IssueRequest::new(RoleSet::parse_list("consumer").expect("roles"));
+    req.region = Some(region.parse().expect("region"));
+    space.node_with(name, req)
+}
+
+/// A data space with a publisher and a consumer, both started.
+pub(crate) struct TwoNodes {
+    /// The CA (and the directory every node lives in).
+    pub(crate) space: DataSpace,
+    /// city-transport, a publisher.
+    pub(crate) publisher: NodeDir,
+    /// acme, a consumer in region CN-HE (which the test policy allows).
+    pub(crate) consumer: NodeDir,
+    /// The publisher, running.
+    pub(crate) publisher_node: RunningNode,
+    /// The consumer, running.
+    pub(crate) consumer_node: RunningNode,
+}
+
 /// A data space with a publisher (city-transport) and a consumer (acme,
-/// region CN-HE), both started: the space, their dirs, their nodes.
-pub(crate) async fn two_nodes() -> (DataSpace, NodeDir, NodeDir, RunningNode, RunningNode) {
+/// region CN-HE), both started.
+pub(crate) async fn two_nodes() -> TwoNodes {
     let space = DataSpace::new();
     let publisher = space.node("city-transport", "publisher");
-    let consumer = crate::datasets::consumer_in(&space, "acme", "CN-HE");
-    let pub_node = start(&publisher, |_| {}).await;
-    let con_node = start(&consumer, |_| {}).await;
-    (space, publisher, consumer, pub_node, con_node)
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let publisher_node = start(&publisher, |_| {}).await;
+    let consumer_node = start(&consumer, |_| {}).await;
+    TwoNodes {
+        space,
+        publisher,
+        consumer,
+        publisher_node,
+        consumer_node,
+    }
 }
 
 /// Starts a node on 127.0.0.1:0 with short test-friendly timings.
@@ -127,6 +166,129 @@ pub(crate) async fn start_with(node: &NodeDir, tweak: impl FnOnce(&mut Config)) 
     config.transport.handshake_timeout = Duration::from_secs(5);
     tweak(&mut config);
     node::start(config).await.expect("node starts")
+}
+
+/// A `dsnode serve` process, serving; its JSON log lines arrive on a
+/// channel.
+pub(crate) struct Served {
+    pub(crate) child: std::process::Child,
+    /// The address it serves on (from its `serving` log event).
+    pub(crate) addr: SocketAddr,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Served {
+    /// Starts `dsnode serve` on `data_dir` and waits until it serves.
+    pub(crate) fn start_serving(data_dir: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dsnode"))
+            .args(["--log-format", "json", "serve", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        // Made before it serves, so that a panic while waiting still
+        // kills the process (on drop).
+        let mut served = Self {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            lines,
+        };
+        served.addr = served.wait_for("serving")["fields"]["addr"]
+            .as_str()
+            .expect("addr")
+            .parse()
+            .expect("addr");
+        served
+    }
+
+    /// Waits for a log event whose message is `message`.
+    pub(crate) fn wait_for(&self, message: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no `{message}` log event"));
+            if line["fields"]["message"] == message {
+                return line;
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit 0; on anything
+    /// else, fails showing the exit status and the log it wrote.
+    pub(crate) fn terminate_cleanly(mut self) {
+        self.signal("TERM");
+        let status = self.child.wait().expect("exit");
+        if !status.success() {
+            let log: Vec<String> = self.lines.try_iter().map(|l| l.to_string()).collect();
+            panic!(
+                "dsnode serve ended with {status} after SIGTERM; its log:\n{}",
+                log.join("\n")
+            );
+        }
+    }
+
+    pub(crate) fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP answer.
+pub(crate) struct HttpAnswer {
+    /// Its status code.
+    pub(crate) status: u16,
+    /// Its body.
+    pub(crate) body: String,
+}
+
+/// `method path` over plain HTTP/1.1 (a node's metrics listener): the
+/// status code and body.
+pub(crate) async fn http(addr: SocketAddr, method: &str, path: &str) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a full response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    HttpAnswer {
+        status,
+        body: body.to_owned(),
+    }
 }
 
 /// A TCP relay to a node that cuts its first `cuts` connections once
@@ -281,142 +443,4 @@ pub(crate) fn client_config_with(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(config)
-}
-
-/// Rewrites entry `index` of the (closed) ledger in `dir` behind the
-/// ledger's back, as an attacker with write access to the store would:
-/// `change` edits the entry; with `fix_leaf` the block's stored leaf hash
-/// is recomputed too, so only the deeper checks can catch it.
-pub(crate) fn rewrite_entry(
-    dir: &Path,
-    index: u64,
-    fix_leaf: bool,
-    change: impl FnOnce(&mut dsnode::ledger::entry::Entry),
-) {
-    use dsnode::ledger::entry::Entry;
-    edit_block(dir, index, |block, k| {
-        let mut entry = Entry::decode(&block.entries[k]).expect("entry");
-        change(&mut entry);
-        block.entries[k] = entry.encode().expect("encode");
-        if fix_leaf {
-            block.leaves[k] = dsnode::ledger::merkle::leaf_hash(&block.entries[k]);
-        }
-    });
-}
-
-/// Edits, behind the ledger's back, the stored block holding entry
-/// `index` of the (closed) ledger in `dir`; `edit` gets the block and the
-/// entry's offset in it.
-fn edit_block(dir: &Path, index: u64, edit: impl FnOnce(&mut dsnode::ledger::store::Block, usize)) {
-    use dsnode::ledger::store::{BLOCK_BITS, LedgerStore, SledStore, StoreError};
-    // sled releases its lock from a background thread after the last
-    // handle is dropped: wait for it.
-    let store = (0..200)
-        .find_map(|_| match SledStore::open(dir) {
-            Ok(s) => Some(s),
-            Err(StoreError::Locked { .. }) => {
-                std::thread::sleep(Duration::from_millis(20));
-                None
-            }
-            Err(e) => panic!("raw store: {e}"),
-        })
-        .expect("the store stays locked");
-    let b = index >> BLOCK_BITS;
-    let mut block = store.block(b).expect("read").expect("block");
-    edit(&mut block, (index - (b << BLOCK_BITS)) as usize);
-    let (entries_key, leaves_key) = SledStore::block_keys(b);
-    store
-        .dangerous_overwrite(&entries_key, &block.encode_entries())
-        .expect("overwrite");
-    store
-        .dangerous_overwrite(&leaves_key, &block.encode_leaves())
-        .expect("overwrite");
-}
-
-/// Deletes entry `index` from its block of the (closed) ledger in `dir`,
-/// as an attacker with write access to the store would: the entries after
-/// it in the block move up one place.
-pub(crate) fn delete_entry(dir: &Path, index: u64) {
-    edit_block(dir, index, |block, k| {
-        block.entries.remove(k);
-        block.leaves.remove(k);
-    });
-}
-
-/// The one receipt `consumer` kept for `grant` (`GRANT.TRANSFER.receipt.json`).
-pub(crate) fn receipt_file(consumer: &NodeDir, grant: &str) -> std::path::PathBuf {
-    let dir = consumer.dir.grants().join("received");
-    let mut found: Vec<_> = std::fs::read_dir(&dir)
-        .expect("received dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&format!("{grant}.")) && n.ends_with(".receipt.json"))
-        .collect();
-    assert_eq!(found.len(), 1, "receipts kept: {found:?}");
-    found.pop().expect("one").into()
-}
-
-/// Opens a closed node's ledger (retrying while sled still holds the lock
-/// of the handle just closed).
-pub(crate) fn open_ledger(dir: &Path, key: &dsnode::identity::NodeKey) -> dsnode::ledger::Ledger {
-    use dsnode::ledger::{Ledger, LedgerError, LedgerOptions};
-    for _ in 0..200 {
-        match Ledger::open(dir, key.signing_key().clone(), LedgerOptions::default()) {
-            Ok((ledger, _)) => return ledger,
-            Err(LedgerError::Store(dsnode::ledger::store::StoreError::Locked { .. })) => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("open {}: {e}", dir.display()),
-        }
-    }
-    panic!("{} stays locked", dir.display());
-}
-
-/// The size of a stopped node's ledger.
-pub(crate) async fn ledger_size(dir: &DataDir) -> u64 {
-    let key = dsnode::identity::NodeKey::load(&dir.key()).expect("key");
-    let ledger = open_ledger(&dir.ledger(), &key);
-    let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
-    ledger.close().await;
-    size
-}
-
-/// The test-only history hook: rewrites a stopped node's ledger keeping
-/// the entries `keep` accepts (re-appended one by one, so every size has a
-/// checkpoint), then other entries up to `size` entries, every checkpoint
-/// signed with the node's own key: a node signing a second history (a
-/// fork), or one that dropped an entry. Its record of witnesses'
-/// cosignatures goes too, as a node hiding that would do.
-pub(crate) async fn rewrite_history(
-    dir: &DataDir,
-    keep: impl Fn(&dsnode::ledger::entry::Entry) -> bool,
-    size: u64,
-) {
-    use dsnode::ledger::entry::{Entry, EntryDraft, EntryKind};
-    let key = dsnode::identity::NodeKey::load(&dir.key()).expect("key");
-    let old = open_ledger(&dir.ledger(), &key);
-    let all = old.entries(0, 1000).expect("entries");
-    old.close().await;
-    drop(old);
-    let rewritten_dir = dir.root().join("ledger.rewritten");
-    let rewritten = open_ledger(&rewritten_dir, &key);
-    let mut n = 0;
-    for (_, bytes) in all {
-        let entry = Entry::decode(&bytes).expect("entry");
-        if keep(&entry) {
-            rewritten.append(entry.draft).await.expect("replay");
-            n += 1;
-        }
-    }
-    while n < size {
-        let mut draft = EntryDraft::new(EntryKind::NodeStarted);
-        draft.detail = format!("rewritten history {n}");
-        rewritten.append(draft).await.expect("append");
-        n += 1;
-    }
-    rewritten.close().await;
-    drop(rewritten);
-    std::fs::remove_dir_all(dir.ledger()).expect("remove");
-    std::fs::rename(&rewritten_dir, dir.ledger()).expect("swap");
-    std::fs::remove_dir_all(dir.witness()).expect("hide cosignatures");
 }
