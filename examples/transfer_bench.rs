@@ -34,6 +34,7 @@ use dsnode::identity::cert::Host;
 use dsnode::node;
 use dsnode::runtime::config::{DataDir, TransportConfig};
 use dsnode::runtime::tls;
+use dsnode::wire::admin::{AdminClient, FetchEvent};
 use dsnode::wire::client::{self, ClientSettings};
 use dsnode::wire::pb;
 use tokio_stream::StreamExt;
@@ -149,7 +150,7 @@ impl NodeProcess {
     }
 
     /// A channel to this node, as itself (its Admin API).
-    async fn connect(&self) -> Result<tonic::transport::Channel, BoxError> {
+    async fn connect(&self) -> Result<client::PeerChannel, BoxError> {
         let material = node::load_credentials(&self.dir)?.material;
         let conn = client::connect(
             tls::client_config(&material)?,
@@ -157,7 +158,7 @@ impl NodeProcess {
             ClientSettings::default(),
         )
         .await?;
-        Ok(conn.channel)
+        Ok(conn)
     }
 
     fn pid(&self) -> u32 {
@@ -213,16 +214,9 @@ async fn publish(node: &NodeProcess, mib: usize) -> Result<String, BoxError> {
         size,
         ..Default::default()
     };
-    let first = pb::PublishRequest {
-        part: Some(pb::publish_request::Part::Header(header)),
-    };
-    let pieces = tokio_stream::iter(0..mib).map(|i| pb::PublishRequest {
-        part: Some(pb::publish_request::Part::Data(piece(i))),
-    });
-    let r = pb::admin_client::AdminClient::new(node.connect().await?)
-        .publish(tokio_stream::once(first).chain(pieces))
-        .await?
-        .into_inner();
+    let r = AdminClient::new(&node.connect().await?)
+        .publish(header, tokio_stream::iter(0..mib).map(piece))
+        .await?;
     Ok(r.dataset_id)
 }
 
@@ -231,16 +225,15 @@ async fn grant(
     publisher: SocketAddr,
     ds: &str,
 ) -> Result<String, BoxError> {
-    let r = pb::admin_client::AdminClient::new(consumer.connect().await?)
-        .request_access(pb::AdminRequestAccessRequest {
-            peer: publisher.to_string(),
-            dataset_id: ds.into(),
-            purpose: "benchmark".into(),
-            actions: vec!["read".into()],
-            duration_secs: 0,
-        })
-        .await?
-        .into_inner();
+    let ask = dsnode::peer::AccessAsk {
+        dataset_id: ds.into(),
+        purpose: "benchmark".into(),
+        actions: vec!["read".into()],
+        duration_secs: 0,
+    };
+    let r = AdminClient::new(&consumer.connect().await?)
+        .request_access(&publisher.to_string(), ask)
+        .await?;
     let env: dsnode::envelope::Envelope = r.grant.ok_or("no grant")?.into();
     Ok(dsnode::exchange::grant::Grant::decode(&env.payload)?
         .id
@@ -255,18 +248,11 @@ async fn fetch(
     out: &Path,
 ) -> Result<f64, BoxError> {
     let started = Instant::now();
-    let mut events = pb::admin_client::AdminClient::new(consumer.connect().await?)
-        .fetch(pb::AdminFetchRequest {
-            peer: publisher.to_string(),
-            grant_id: grant.into(),
-            out: out.display().to_string(),
-            force: true,
-            retries: 0,
-        })
-        .await?
-        .into_inner();
-    while let Some(e) = events.message().await? {
-        if let Some(pb::admin_fetch_event::Event::Done(d)) = e.event {
+    let mut events = AdminClient::new(&consumer.connect().await?)
+        .fetch(&publisher.to_string(), grant, out, true, 0)
+        .await?;
+    while let Some(e) = events.next().await? {
+        if let FetchEvent::Done(d) = e {
             let secs = started.elapsed().as_secs_f64();
             return Ok(d.bytes as f64 / secs / 1e6);
         }

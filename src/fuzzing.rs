@@ -9,14 +9,13 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use crate::dataset::Manifest;
 use crate::dataset::blob::{BlobStore, LocalBlobStore};
-use crate::dataset::{Manifest, chunk_list_hash};
-use crate::digest::{Hash, sha256};
+use crate::digest::Hash;
 use crate::envelope::{Envelope, Verified};
-use crate::exchange::grant::{Grant, GrantId};
+use crate::exchange::grant::Grant;
 use crate::exchange::transfer::Incoming;
-use crate::identity::NodeId;
-use crate::policy::{Action, Classification, Policy};
+use crate::policy::Policy;
 
 /// A test key's public half: real objects never verify under it, so the
 /// paths up to and including signature checking are what get exercised
@@ -161,7 +160,7 @@ pub fn chunks(data: &[u8]) {
         let dir = std::env::temp_dir().join(format!("dsnode-fuzz-chunks-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("fuzz dir");
         let content: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
-        let (manifest, grant, _, hashes) = transfer_fixture(&content, 4096);
+        let (manifest, grant, _, hashes) = crate::exchange::transfer::fixture(&content, 4096);
         let blobs: Arc<dyn BlobStore> =
             Arc::new(LocalBlobStore::open(&dir.join("blobs")).expect("blobs"));
         Fixture {
@@ -199,59 +198,4 @@ pub fn chunks(data: &[u8]) {
             "a finished transfer is the manifest's content"
         );
     }
-}
-
-/// A manifest over `content` in `chunk_size` chunks signed by a fixed
-/// test key, a grant naming it, the pieces and the chunk list.
-pub fn transfer_fixture(
-    content: &[u8],
-    chunk_size: usize,
-) -> (Verified<Manifest>, Grant, Vec<Vec<u8>>, Vec<Hash>) {
-    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
-    let publisher = NodeId::from_public_key(&key.verifying_key().to_bytes());
-    let pieces: Vec<Vec<u8>> = content.chunks(chunk_size).map(<[u8]>::to_vec).collect();
-    let hashes: Vec<Hash> = pieces.iter().map(|p| sha256(p)).collect();
-    let policy = Policy {
-        classification: Classification::General,
-        permissions: vec![],
-        prohibitions: vec![],
-        obligations: vec![],
-    };
-    let manifest = Manifest {
-        title: "t".into(),
-        description: String::new(),
-        media_type: "x".into(),
-        size: content.len() as u64,
-        chunk_size: chunk_size as u32,
-        chunk_count: pieces.len() as u64,
-        content_sha256: sha256(content),
-        chunk_list_sha256: chunk_list_hash(&hashes),
-        classification: Classification::General,
-        policy,
-        derived_from: vec![],
-        supersedes: None,
-        version: 1,
-        lineage: None,
-        created_at_ms: 0,
-        publisher: publisher.clone(),
-    };
-    let env: Envelope = manifest.sign(&key);
-    let (id, verified) =
-        crate::dataset::verify_manifest(env, &key.verifying_key().to_bytes()).expect("manifest");
-    let grant = Grant {
-        id: GrantId::random().expect("id"),
-        dataset: id,
-        manifest_sha256: verified.envelope().payload_hash(),
-        publisher,
-        grantee: NodeId::from_public_key(&[4; 32]),
-        purpose: "research".into(),
-        actions: [Action::Read].into(),
-        not_before_ms: 0,
-        not_after_ms: 1,
-        max_fetches: None,
-        obligations: vec![],
-        policy_sha256: [0; 32],
-        issued_at_ms: 0,
-    };
-    (verified, grant, pieces, hashes)
 }

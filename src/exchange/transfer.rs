@@ -401,6 +401,62 @@ impl Drop for Incoming {
     }
 }
 
+/// For tests and fuzzing: a manifest over `content` in `chunk_size` chunks signed by a fixed
+/// test key, a grant naming it, the pieces and the chunk list.
+#[doc(hidden)]
+pub fn fixture(
+    content: &[u8],
+    chunk_size: usize,
+) -> (Verified<Manifest>, Grant, Vec<Vec<u8>>, Vec<Hash>) {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let publisher = crate::identity::NodeId::from_public_key(&key.verifying_key().to_bytes());
+    let pieces: Vec<Vec<u8>> = content.chunks(chunk_size).map(<[u8]>::to_vec).collect();
+    let hashes: Vec<Hash> = pieces.iter().map(|p| crate::digest::sha256(p)).collect();
+    let policy = crate::policy::Policy {
+        classification: crate::policy::Classification::General,
+        permissions: vec![],
+        prohibitions: vec![],
+        obligations: vec![],
+    };
+    let manifest = Manifest {
+        title: "t".into(),
+        description: String::new(),
+        media_type: "x".into(),
+        size: content.len() as u64,
+        chunk_size: chunk_size as u32,
+        chunk_count: pieces.len() as u64,
+        content_sha256: crate::digest::sha256(content),
+        chunk_list_sha256: crate::dataset::chunk_list_hash(&hashes),
+        classification: crate::policy::Classification::General,
+        policy,
+        derived_from: vec![],
+        supersedes: None,
+        version: 1,
+        lineage: None,
+        created_at_ms: 0,
+        publisher: publisher.clone(),
+    };
+    let env: crate::envelope::Envelope = manifest.sign(&key);
+    let (id, verified) =
+        crate::dataset::verify_manifest(env, &key.verifying_key().to_bytes()).expect("manifest");
+    let grant = Grant {
+        id: super::grant::GrantId::random().expect("id"),
+        dataset: id,
+        manifest_sha256: verified.envelope().payload_hash(),
+        publisher,
+        grantee: crate::identity::NodeId::from_public_key(&[4; 32]),
+        purpose: "research".into(),
+        actions: [crate::policy::Action::Read].into(),
+        not_before_ms: 0,
+        not_after_ms: 1,
+        max_fetches: None,
+        obligations: vec![],
+        policy_sha256: [0; 32],
+        issued_at_ms: 0,
+    };
+    (verified, grant, pieces, hashes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,7 +465,7 @@ mod tests {
     const CS: usize = 4096;
 
     fn setup(content: &[u8]) -> (Verified<Manifest>, Grant, Vec<Vec<u8>>, Vec<Hash>) {
-        crate::fuzzing::transfer_fixture(content, CS)
+        fixture(content, CS)
     }
 
     fn start(dir: &Path, content: &[u8]) -> (Incoming, Vec<Vec<u8>>) {

@@ -162,7 +162,7 @@ impl Frontier {
     }
 }
 
-/// MTH(D[lo:hi]) for a range of the RFC recursion (its left parts are
+/// MTH(D\[lo:hi\]) for a range of the RFC recursion (its left parts are
 /// aligned complete subtrees): O(log n) reads.
 pub fn range_hash(src: &impl SubtreeSource, lo: u64, hi: u64) -> Result<Hash, ProofError> {
     let n = hi - lo;

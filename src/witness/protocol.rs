@@ -3,7 +3,7 @@
 //! called, [`Witnessing::exchange`] the side that calls, over any
 //! [`Peer`].
 //!
-//! Each half checks the other's log the same way ([`Witnessing::witness`]):
+//! Each half checks the other's log the same way (`Witnessing::witness`):
 //! the key history must end at the key of the other's certificate, the
 //! checkpoint and the old one must verify under it, and the proof must join
 //! the old checkpoint (or the largest one seen) to the new one. A newly

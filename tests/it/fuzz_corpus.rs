@@ -67,7 +67,7 @@ fn write_seed_corpus() {
         std::fs::write(dir.join(format!("seed-{name}")), data).expect("seed");
     };
     let content: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
-    let (manifest, grant, pieces, _) = fuzzing::transfer_fixture(&content, 4096);
+    let (manifest, grant, pieces, _) = dsnode::exchange::transfer::fixture(&content, 4096);
     let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
 
     write(
