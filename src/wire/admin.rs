@@ -10,7 +10,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 
 use crate::exchange::fetch::{FetchProgress, Fetched};
-use crate::peer::{AccessAsk, Code, PeerError};
+use crate::peer::{AccessAsk, PeerError};
 use crate::service::GrantStatus;
 use crate::wire::client::PeerChannel;
 use crate::wire::pb;
@@ -217,102 +217,10 @@ impl FetchEvents {
     }
 }
 
-impl From<pb::AdminFetchProgress> for FetchProgress {
-    fn from(p: pb::AdminFetchProgress) -> Self {
-        let pb::AdminFetchProgress {
-            bytes,
-            total_bytes,
-            chunks,
-            total_chunks,
-            resumed_chunks,
-        } = p;
-        Self {
-            bytes,
-            total_bytes,
-            chunks,
-            total_chunks,
-            resumed_chunks,
-        }
-    }
-}
-
-impl TryFrom<pb::AdminFetchResponse> for Fetched {
-    type Error = PeerError;
-
-    fn try_from(r: pb::AdminFetchResponse) -> Result<Self, PeerError> {
-        let pb::AdminFetchResponse {
-            dataset_id,
-            bytes,
-            content_sha256,
-            ledger_index,
-            publisher_ledger_index,
-            resumed_chunks,
-            reconnects,
-        } = r;
-        let len = content_sha256.len();
-        let content_sha256 = content_sha256.try_into().map_err(|_| {
-            PeerError::new(
-                Code::DataLoss,
-                format!("the node's fetch result has a content hash of {len} bytes, not 32"),
-            )
-        })?;
-        Ok(Self {
-            dataset_id,
-            bytes,
-            content_sha256,
-            ledger_index,
-            publisher_ledger_index,
-            resumed_chunks,
-            reconnects,
-        })
-    }
-}
-
-impl TryFrom<pb::GrantStatus> for GrantStatus {
-    type Error = PeerError;
-
-    fn try_from(g: pb::GrantStatus) -> Result<Self, PeerError> {
-        let pb::GrantStatus {
-            grant,
-            revoked,
-            issued,
-        } = g;
-        let grant = grant
-            .ok_or_else(|| PeerError::new(Code::DataLoss, "the node returned no grant"))?
-            .into();
-        Ok(Self {
-            grant,
-            revoked,
-            issued,
-        })
-    }
-}
-
-impl TryFrom<pb::AdminWitnessResponse> for Exchanged {
-    type Error = PeerError;
-
-    fn try_from(r: pb::AdminWitnessResponse) -> Result<Self, PeerError> {
-        let pb::AdminWitnessResponse {
-            peer_node_id,
-            peer_size,
-            peer_grew,
-            cosigned_by_peer,
-        } = r;
-        let peer = peer_node_id.parse().map_err(|e| {
-            PeerError::new(Code::DataLoss, format!("the witness result names an {e}"))
-        })?;
-        Ok(Self {
-            peer,
-            peer_size,
-            peer_grew,
-            cosigned_by_peer,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::Code;
 
     fn fetched() -> Fetched {
         Fetched {

@@ -3,6 +3,7 @@
 //! build here until it is handled.
 
 use crate::envelope::{Envelope, EnvelopeSignature};
+use crate::exchange::fetch::{FetchProgress, Fetched};
 use crate::exchange::grant::GrantId;
 use crate::identity::{NodeId, PeerIdentity};
 use crate::ledger::Query;
@@ -12,7 +13,9 @@ use crate::peer::{
     FetchAsk, FetchHeader, FetchPart, GrantEvidence, InclusionAnswer, LatestCheckpoint, PeerError,
     ProvenEntry, ReceiptTaken, Resume,
 };
+use crate::service::GrantStatus;
 use crate::wire::pb;
+use crate::witness::protocol::Exchanged;
 
 impl From<&PeerIdentity> for pb::Identity {
     fn from(id: &PeerIdentity) -> Self {
@@ -578,6 +581,143 @@ impl From<pb::SubmitReceiptResponse> for ReceiptTaken {
             ledger_index,
             checkpoint,
         }
+    }
+}
+
+// The Admin API: a fetch's progress and result, grants, witnessing.
+
+impl From<FetchProgress> for pb::AdminFetchProgress {
+    fn from(p: FetchProgress) -> Self {
+        let FetchProgress {
+            bytes,
+            total_bytes,
+            chunks,
+            total_chunks,
+            resumed_chunks,
+        } = p;
+        Self {
+            bytes,
+            total_bytes,
+            chunks,
+            total_chunks,
+            resumed_chunks,
+        }
+    }
+}
+
+impl From<Fetched> for pb::AdminFetchResponse {
+    fn from(f: Fetched) -> Self {
+        let Fetched {
+            dataset_id,
+            bytes,
+            content_sha256,
+            ledger_index,
+            publisher_ledger_index,
+            resumed_chunks,
+            reconnects,
+        } = f;
+        Self {
+            dataset_id,
+            bytes,
+            content_sha256: content_sha256.to_vec(),
+            ledger_index,
+            publisher_ledger_index,
+            resumed_chunks,
+            reconnects,
+        }
+    }
+}
+
+impl From<pb::AdminFetchProgress> for FetchProgress {
+    fn from(p: pb::AdminFetchProgress) -> Self {
+        let pb::AdminFetchProgress {
+            bytes,
+            total_bytes,
+            chunks,
+            total_chunks,
+            resumed_chunks,
+        } = p;
+        Self {
+            bytes,
+            total_bytes,
+            chunks,
+            total_chunks,
+            resumed_chunks,
+        }
+    }
+}
+
+impl TryFrom<pb::AdminFetchResponse> for Fetched {
+    type Error = PeerError;
+
+    fn try_from(r: pb::AdminFetchResponse) -> Result<Self, PeerError> {
+        let pb::AdminFetchResponse {
+            dataset_id,
+            bytes,
+            content_sha256,
+            ledger_index,
+            publisher_ledger_index,
+            resumed_chunks,
+            reconnects,
+        } = r;
+        let len = content_sha256.len();
+        let content_sha256 = content_sha256.try_into().map_err(|_| {
+            PeerError::new(
+                Code::DataLoss,
+                format!("the node's fetch result has a content hash of {len} bytes, not 32"),
+            )
+        })?;
+        Ok(Self {
+            dataset_id,
+            bytes,
+            content_sha256,
+            ledger_index,
+            publisher_ledger_index,
+            resumed_chunks,
+            reconnects,
+        })
+    }
+}
+
+impl TryFrom<pb::GrantStatus> for GrantStatus {
+    type Error = PeerError;
+
+    fn try_from(g: pb::GrantStatus) -> Result<Self, PeerError> {
+        let pb::GrantStatus {
+            grant,
+            revoked,
+            issued,
+        } = g;
+        let grant = grant
+            .ok_or_else(|| PeerError::new(Code::DataLoss, "the node returned no grant"))?
+            .into();
+        Ok(Self {
+            grant,
+            revoked,
+            issued,
+        })
+    }
+}
+
+impl TryFrom<pb::AdminWitnessResponse> for Exchanged {
+    type Error = PeerError;
+
+    fn try_from(r: pb::AdminWitnessResponse) -> Result<Self, PeerError> {
+        let pb::AdminWitnessResponse {
+            peer_node_id,
+            peer_size,
+            peer_grew,
+            cosigned_by_peer,
+        } = r;
+        let peer = peer_node_id.parse().map_err(|e| {
+            PeerError::new(Code::DataLoss, format!("the witness result names an {e}"))
+        })?;
+        Ok(Self {
+            peer,
+            peer_size,
+            peer_grew,
+            cosigned_by_peer,
+        })
     }
 }
 

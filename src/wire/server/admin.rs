@@ -8,7 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{NodeContext, SOFTWARE_VERSION, catalog, grant_id};
-use crate::exchange::fetch::{FetchOrder, FetchProgress, Fetched, Progress};
+use crate::exchange::fetch::{FetchOrder, Progress};
 use crate::wire::{pb, status};
 
 /// `dataspace.v1.Admin`.
@@ -20,48 +20,6 @@ impl AdminService {
     /// An Admin service for `node`.
     pub fn new(node: Arc<NodeContext>) -> Self {
         Self { node }
-    }
-}
-
-impl From<FetchProgress> for pb::AdminFetchProgress {
-    fn from(p: FetchProgress) -> Self {
-        let FetchProgress {
-            bytes,
-            total_bytes,
-            chunks,
-            total_chunks,
-            resumed_chunks,
-        } = p;
-        Self {
-            bytes,
-            total_bytes,
-            chunks,
-            total_chunks,
-            resumed_chunks,
-        }
-    }
-}
-
-impl From<Fetched> for pb::AdminFetchResponse {
-    fn from(f: Fetched) -> Self {
-        let Fetched {
-            dataset_id,
-            bytes,
-            content_sha256,
-            ledger_index,
-            publisher_ledger_index,
-            resumed_chunks,
-            reconnects,
-        } = f;
-        Self {
-            dataset_id,
-            bytes,
-            content_sha256: content_sha256.to_vec(),
-            ledger_index,
-            publisher_ledger_index,
-            resumed_chunks,
-            reconnects,
-        }
     }
 }
 
