@@ -56,5 +56,7 @@ pub mod peer;
 pub mod policy;
 pub mod runtime;
 pub mod service;
+#[cfg(test)]
+mod testing;
 pub mod wire;
 pub mod witness;

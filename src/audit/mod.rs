@@ -399,14 +399,16 @@ impl Auditor {
 mod tests {
     use std::sync::Arc;
 
+    use crate::testing::TestNode;
+
     use ed25519_dalek::SigningKey;
 
     use super::*;
     use crate::envelope::Envelope;
-    use crate::identity::{NodeId, RoleSet};
+
+    use crate::ledger::Ledger;
     use crate::ledger::entry::{EntryDraft, EntryKind};
     use crate::ledger::note::NoteSigner;
-    use crate::ledger::{Ledger, LedgerOptions};
     use crate::peer::{
         AccessAsk, CheckpointAnswer, CheckpointOffer, Code, ConsistencyAnswer, EntryPage, FetchAsk,
         FetchStream, PeerFuture, ReceiptTaken, unanswered,
@@ -423,32 +425,18 @@ mod tests {
     }
 
     fn identity(key: &SigningKey) -> PeerIdentity {
-        let public_key = key.verifying_key().to_bytes();
-        PeerIdentity {
-            node_id: NodeId::from_public_key(&public_key),
-            public_key,
-            participant: PARTICIPANT.parse().expect("participant"),
-            roles: RoleSet::parse_list("publisher").expect("roles"),
-            region: None,
-            serial: vec![1],
-            not_after: 0,
-        }
+        crate::testing::identity(key, PARTICIPANT, "publisher")
     }
 
     impl Node {
         fn new(seed: u8) -> Self {
-            let key = SigningKey::from_bytes(&[seed; 32]);
-            let dir = tempfile::tempdir().expect("tempdir");
-            let (ledger, _) = Ledger::open(
-                &dir.path().join("ledger"),
-                key.clone(),
-                LedgerOptions::default(),
-            )
-            .expect("ledger");
+            let TestNode {
+                dir, id, ledger, ..
+            } = TestNode::new(seed, PARTICIPANT, "publisher");
             Self {
                 _dir: dir,
                 ledger,
-                id: identity(&key),
+                id,
             }
         }
 

@@ -601,7 +601,8 @@ fn json_files(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
 mod tests {
     use super::*;
     use crate::dataset::DatasetId;
-    use crate::ledger::LedgerOptions;
+    use crate::testing::TestNode;
+
     use ed25519_dalek::SigningKey;
     use std::collections::BTreeSet;
 
@@ -614,14 +615,9 @@ mod tests {
 
     impl Node {
         fn new(seed: u8) -> Self {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let key = SigningKey::from_bytes(&[seed; 32]);
-            let (ledger, _) = Ledger::open(
-                &dir.path().join("ledger"),
-                key.clone(),
-                LedgerOptions::default(),
-            )
-            .expect("ledger");
+            let TestNode {
+                dir, key, ledger, ..
+            } = TestNode::new(seed, "city-transport", "publisher");
             Self { dir, key, ledger }
         }
 

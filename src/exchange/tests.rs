@@ -25,9 +25,9 @@ use crate::dataset::catalog::{Catalog, PublishRequest};
 use crate::dataset::publish::Publishing;
 use crate::digest::sha256;
 use crate::envelope::Envelope;
-use crate::identity::{NodeId, PeerIdentity, RoleSet};
+use crate::identity::PeerIdentity;
+use crate::ledger::Ledger;
 use crate::ledger::entry::{Entry, EntryKind};
-use crate::ledger::{Ledger, LedgerOptions};
 use crate::peer::{
     AccessAsk, CheckpointAnswer, CheckpointOffer, Code, ConsistencyAnswer, Dialer, EntryPage,
     EntryQuery, FetchAsk, FetchPart, FetchStream, GrantEvidence, InclusionAnswer, LatestCheckpoint,
@@ -35,6 +35,7 @@ use crate::peer::{
 };
 use crate::policy::Policy;
 use crate::runtime::metrics::Metrics;
+use crate::testing::TestNode;
 
 const POLICY: &str = r#"classification = "general"
 
@@ -62,24 +63,13 @@ struct Node {
 
 impl Node {
     fn new(seed: u8, name: &str, roles: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let key = SigningKey::from_bytes(&[seed; 32]);
-        let public_key = key.verifying_key().to_bytes();
-        let id = PeerIdentity {
-            node_id: NodeId::from_public_key(&public_key),
-            public_key,
-            participant: name.parse().expect("participant"),
-            roles: RoleSet::parse_list(roles).expect("roles"),
-            region: None,
-            serial: vec![seed],
-            not_after: 0,
-        };
-        let (ledger, _) = Ledger::open(
-            &dir.path().join("ledger"),
-            key.clone(),
-            LedgerOptions::default(),
-        )
-        .expect("ledger");
+        let TestNode {
+            dir,
+            key,
+            id,
+            ledger,
+        } = TestNode::new(seed, name, roles);
+        let public_key = id.public_key;
         let clock = Clock::default();
         let (grants, _) = GrantBook::open(
             &dir.path().join("grants"),

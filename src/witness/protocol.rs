@@ -584,8 +584,8 @@ pub fn own_fork(ledger: &Ledger, refusal: &PeerError) -> Option<String> {
 mod tests {
     use super::*;
     use crate::envelope::Envelope;
-    use crate::identity::RoleSet;
-    use crate::ledger::LedgerOptions;
+    use crate::testing::TestNode;
+
     use crate::ledger::entry::Entry;
     use crate::peer::{
         AccessAsk, Code, ConsistencyAnswer, EntryPage, EntryQuery, FetchAsk, FetchStream,
@@ -607,24 +607,13 @@ mod tests {
         }
 
         fn with_key(key: SigningKey, name: &str) -> Self {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let (ledger, _) = Ledger::open(
-                &dir.path().join("ledger"),
-                key.clone(),
-                LedgerOptions::default(),
-            )
-            .expect("ledger");
+            let TestNode {
+                dir,
+                key,
+                id,
+                ledger,
+            } = TestNode::with_key(key, name, "publisher");
             let book = WitnessBook::open(&dir.path().join("witness")).expect("book");
-            let public_key = key.verifying_key().to_bytes();
-            let id = PeerIdentity {
-                node_id: NodeId::from_public_key(&public_key),
-                public_key,
-                participant: name.parse().expect("participant"),
-                roles: RoleSet::parse_list("publisher").expect("roles"),
-                region: None,
-                serial: vec![1],
-                not_after: 0,
-            };
             Self {
                 _dir: dir,
                 ledger,

@@ -38,6 +38,20 @@ fn open_must_fail(dir: &Path) -> LedgerError {
     panic!("the store stayed locked");
 }
 
+/// `attempt` until the store is not locked: sled releases its file lock
+/// from a background thread after the previous handle is dropped.
+fn when_unlocked<T>(attempt: impl Fn() -> Result<T, LedgerError>) -> T {
+    for _ in 0..100 {
+        match attempt() {
+            Err(LedgerError::Store(dsnode::ledger::store::StoreError::Locked { .. })) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.expect("the store opens"),
+        }
+    }
+    panic!("the store stayed locked");
+}
+
 fn draft(i: u64) -> EntryDraft {
     let mut d = EntryDraft::new(if i.is_multiple_of(3) {
         EntryKind::AccessGranted
@@ -514,10 +528,10 @@ async fn a_store_of_version_1_entries_still_verifies_and_grows() {
         store.sync().expect("sync");
     }
 
-    let (report, _) = dsnode::ledger::verify_dir(dir.path(), &public).expect("audit verify");
+    let (report, _) = when_unlocked(|| dsnode::ledger::verify_dir(dir.path(), &public));
     assert_eq!((report.size, report.checkpoints), (5, 2));
     let (ledger, report) =
-        Ledger::open(dir.path(), key(), LedgerOptions::default()).expect("start-up check");
+        when_unlocked(|| Ledger::open(dir.path(), key(), LedgerOptions::default()));
     assert_eq!(report.size, 5);
     for (i, bytes) in ledger.entries(0, 10).expect("entries") {
         let e = Entry::decode(&bytes).expect("a v1 entry decodes");
@@ -539,8 +553,8 @@ async fn a_store_of_version_1_entries_still_verifies_and_grows() {
     drop(ledger);
 
     // Both versions in one log: it still verifies, and reopens.
-    let (report, _) = dsnode::ledger::verify_dir(dir.path(), &public).expect("audit verify");
+    let (report, _) = when_unlocked(|| dsnode::ledger::verify_dir(dir.path(), &public));
     assert_eq!(report.size, 6);
-    let (reopened, _) = Ledger::open(dir.path(), key(), LedgerOptions::default()).expect("reopen");
+    let (reopened, _) = when_unlocked(|| Ledger::open(dir.path(), key(), LedgerOptions::default()));
     reopened.close().await;
 }
