@@ -300,8 +300,9 @@ pub struct GrantEvidence {
     /// The manifest the grant names, published or received by the node
     /// (DSSE JSON); empty when not held there.
     pub manifest: String,
-    /// The receipts the node signed for the grant (consumer side), as
-    /// DSSE JSON; empty when it holds none.
+    /// The consumer-signed receipts for the grant the node keeps: signed
+    /// there (consumer side) or taken and recorded there (publisher side),
+    /// as DSSE JSON in transfer order; empty when it holds none.
     pub receipts: Vec<String>,
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Format `dsnode-evidence-bundle` version 1 (docs/evidence.md): canonical
 //! JSON (exactly what [`Bundle::to_bytes`] writes; any other byte sequence
-//! is refused), holding the manifest, grant and receipt DSSE envelopes and,
+//! is refused), holding the manifest, grant and receipt DSSE envelopes (the
+//! receipts as either node keeps them: see [`build`]) and,
 //! for each side of the exchange (publisher, consumer), its certificate,
 //! its log's key history, a checkpoint of its log cosigned by the other
 //! side, and every ledger entry naming the grant with its inclusion proof
@@ -260,7 +261,8 @@ fn proven(v: &VerifiedEntry) -> ProvenEntry {
 }
 
 /// Collects a bundle for `grant` from auditors of its publisher and its
-/// consumer (either order).
+/// consumer (either order); the receipts are those either node serves,
+/// each once, in transfer order.
 pub async fn build(a: &mut Auditor, b: &mut Auditor, grant: &str) -> Result<Bundle, BundleError> {
     let ev_a = a.evidence(grant).await?;
     let env = envelope("the grant", &ev_a.grant)?;
@@ -280,9 +282,10 @@ pub async fn build(a: &mut Auditor, b: &mut Auditor, grant: &str) -> Result<Bund
     let (pub_identity, con_identity) = (publisher.node().clone(), consumer.node().clone());
     let (pub_side, pub_ev) = side(publisher, pub_ev, &con_identity, grant, "publisher").await?;
     let (con_side, con_ev) = side(consumer, con_ev, &pub_identity, grant, "consumer").await?;
-    if pub_ev.manifest.is_empty() || con_ev.receipts.is_empty() {
+    let receipts = merged_receipts(&con_ev.receipts, &pub_ev.receipts);
+    if pub_ev.manifest.is_empty() || receipts.is_empty() {
         return Err(invalid(format!(
-            "grant {grant}: the publisher holds no manifest or the consumer no receipt (nothing was transferred yet)"
+            "grant {grant}: the publisher holds no manifest or neither node a receipt (nothing was transferred yet)"
         )));
     }
     Ok(Bundle {
@@ -291,10 +294,37 @@ pub async fn build(a: &mut Auditor, b: &mut Auditor, grant: &str) -> Result<Bund
         grant_id: grant.to_owned(),
         manifest: pub_ev.manifest,
         grant: pub_ev.grant,
-        receipts: con_ev.receipts,
+        receipts,
         publisher: pub_side,
         consumer: con_side,
     })
+}
+
+/// The receipts a bundle holds: those the consumer keeps (it signed them)
+/// and those the publisher keeps (it took and recorded them), each once
+/// (by payload hash), in transfer order. One that does not parse is kept
+/// as it came, last: [`verify`] says what is wrong with it.
+fn merged_receipts(consumer: &[String], publisher: &[String]) -> Vec<String> {
+    let mut out: Vec<(u64, Option<Hash>, &String)> = Vec::new();
+    for json in consumer.iter().chain(publisher) {
+        let parsed = Envelope::from_json(json).ok().map(|env| {
+            let transfer = Receipt::decode(&env.payload).map_or(u64::MAX, |r| r.transfer_index);
+            (transfer, env.payload_hash())
+        });
+        let (transfer, hash) = match parsed {
+            Some((t, h)) => (t, Some(h)),
+            None => (u64::MAX, None),
+        };
+        let seen = out
+            .iter()
+            .any(|(_, h, j)| *j == json || (hash.is_some() && *h == hash));
+        if !seen {
+            out.push((transfer, hash, json));
+        }
+    }
+    // Stable: equal transfers keep the consumer's order first.
+    out.sort_by_key(|(t, _, _)| *t);
+    out.into_iter().map(|(_, _, j)| j.clone()).collect()
 }
 
 /// A side, verified.

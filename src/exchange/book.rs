@@ -1,6 +1,7 @@
 //! The grants a node issued (as publisher) and holds (as consumer), on
 //! disk under `DATA_DIR/grants/{issued,held}/` as DSSE JSON envelopes, and
-//! in memory. What happened to a grant since (revocation, and later
+//! in memory; and the receipts for them: signed here as consumer
+//! (`grants/received/`) or taken here as publisher (`grants/taken/`). What happened to a grant since (revocation, and later
 //! fetches) is read from the ledger, the durable record.
 //!
 //! Like publishing, issuing is all-or-nothing: the grant file is written,
@@ -384,6 +385,24 @@ impl GrantBook {
         Ok(())
     }
 
+    /// Keeps the receipt the consumer signed for transfer `transfer` of
+    /// grant `id`, which this node issued and recorded the receipt of
+    /// (shown to auditors).
+    pub fn keep_taken_receipt(
+        &self,
+        id: &GrantId,
+        transfer: u64,
+        receipt: &Envelope,
+    ) -> Result<(), BookError> {
+        fsutil::create_private_dir(&self.dir.join(TAKEN))?;
+        fsutil::write_atomic(
+            &taken_receipt_path(&self.dir, id, transfer),
+            receipt.to_json().as_bytes(),
+            fsutil::PUBLIC_MODE,
+        )?;
+        Ok(())
+    }
+
     /// The verified manifest of a dataset this node received under `held`.
     fn received_manifest(
         &self,
@@ -529,8 +548,12 @@ pub struct GrantObjects {
     pub grant: Option<Envelope>,
     /// The manifest received under it (consumer side).
     pub manifest: Option<Envelope>,
-    /// The receipts this node signed for it, by transfer entry.
+    /// The receipts this node signed for it, by transfer entry (consumer
+    /// side).
     pub receipts: Vec<(u64, Envelope)>,
+    /// The receipts consumers signed for it that this node took and
+    /// recorded, by transfer entry (publisher side).
+    pub taken: Vec<(u64, Envelope)>,
 }
 
 impl GrantBook {
@@ -550,28 +573,49 @@ impl GrantBook {
                 out.manifest = Some(Envelope::from_json(&text).map_err(GrantError::from)?);
             }
         }
-        let received = self.dir.join("received");
-        let prefix = format!("{id}.");
-        if let Ok(entries) = std::fs::read_dir(&received) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(transfer) = name
-                    .strip_prefix(&prefix)
-                    .and_then(|rest| rest.strip_suffix(".receipt.json"))
-                    .and_then(|t| t.parse::<u64>().ok())
-                else {
-                    continue;
-                };
-                let text = fsutil::read_to_string(&entry.path())?;
-                out.receipts.push((
-                    transfer,
-                    Envelope::from_json(&text).map_err(GrantError::from)?,
-                ));
-            }
-        }
-        out.receipts.sort_by_key(|(t, _)| *t);
+        out.receipts = receipts_in(&self.dir.join("received"), id)?;
+        out.taken = receipts_in(&self.dir.join(TAKEN), id)?;
         Ok(out)
     }
+}
+
+/// The receipts for grant `id` kept in `dir` (`GRANT.TRANSFER.receipt.json`),
+/// by transfer entry; none if `dir` does not exist.
+fn receipts_in(dir: &Path, id: &GrantId) -> Result<Vec<(u64, Envelope)>, BookError> {
+    let mut out = Vec::new();
+    let prefix = format!("{id}.");
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(transfer) = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".receipt.json"))
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let text = fsutil::read_to_string(&entry.path())?;
+            out.push((
+                transfer,
+                Envelope::from_json(&text).map_err(GrantError::from)?,
+            ));
+        }
+    }
+    out.sort_by_key(|(t, _)| *t);
+    Ok(out)
+}
+
+/// The directory under the grants dir where a publisher keeps the
+/// receipts it took.
+const TAKEN: &str = "taken";
+
+/// Where a publisher whose grants dir is `grants` keeps the receipt a
+/// consumer signed for transfer `transfer` of grant `id`:
+/// `grants/taken/GRANT.TRANSFER.receipt.json`.
+pub fn taken_receipt_path(grants: &Path, id: &GrantId, transfer: u64) -> PathBuf {
+    grants
+        .join(TAKEN)
+        .join(format!("{id}.{transfer}.receipt.json"))
 }
 
 /// Where a node whose grants dir is `grants` keeps the receipt it signed

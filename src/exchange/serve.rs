@@ -2,7 +2,8 @@
 //! a valid, unrevoked grant under its fetch count (a new fetch is counted,
 //! durably, before any data flows; a resumed one is recorded but not
 //! counted), revocation and the grant's window are checked again before
-//! every chunk, and the consumer's receipt is checked and recorded once.
+//! every chunk, and the consumer's receipt is checked (its consumer
+//! checkpoint too), recorded once and kept next to the grant.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 use super::Publisher;
 use super::book::{BookError, GrantBook};
 use super::grant::{Grant, GrantId};
+use super::receipt::ConsumerCheckpointError;
 use crate::clock::Clock;
 use crate::dataset::blob::BlobStore;
 use crate::dataset::catalog::Dataset;
@@ -67,6 +69,10 @@ pub enum ServeError {
     /// This node has no checkpoint to answer with.
     #[error("no checkpoint")]
     NoCheckpoint,
+    /// The receipt's consumer checkpoint does not verify: the receipt is
+    /// refused and nothing is recorded.
+    #[error("receipt refused: {0}")]
+    ConsumerCheckpoint(#[source] ConsumerCheckpointError),
 }
 
 fn ledger(context: &'static str) -> impl FnOnce(LedgerError) -> ServeError {
@@ -290,8 +296,11 @@ impl Publisher<'_> {
     }
 
     /// Checks the consumer's receipt (signed by `who`, for one of this
-    /// grant's transfers, of the dataset's content) and records it, once:
-    /// a receipt submitted again gets the first answer.
+    /// grant's transfers, of the dataset's content, its consumer
+    /// checkpoint empty or signed by `who`'s key: see
+    /// [`super::receipt::verify_consumer_checkpoint`]), records it and
+    /// keeps it next to the grant, once: a receipt submitted again gets
+    /// the first answer.
     pub async fn take_receipt(
         &self,
         who: &PeerIdentity,
@@ -300,6 +309,8 @@ impl Publisher<'_> {
         let receipt = super::receipt::verify_receipt(env, &who.public_key)
             .map_err(|e| ServeError::BadRequest(e.to_string()))?;
         let rc = receipt.value();
+        super::receipt::verify_consumer_checkpoint(&rc.consumer_checkpoint, &who.public_key)
+            .map_err(ServeError::ConsumerCheckpoint)?;
         let grant = self.issued(&rc.grant)?;
         let g = grant.value();
         if g.grantee != who.node_id || g.dataset != rc.dataset {
@@ -327,6 +338,14 @@ impl Publisher<'_> {
         let _one = self.opening.lock().await;
         if let Some(done) = receipt_of(self, &g.id, t)? {
             // Already recorded (a retried submission): the same answer.
+            // The very receipt recorded is kept again (the same bytes), in
+            // case it was not: keeping failed after the append, or the
+            // node recorded it before publishers kept receipts.
+            if done.draft.object_hash == Some(receipt.envelope().payload_hash()) {
+                self.grants
+                    .keep_taken_receipt(&g.id, t, receipt.envelope())
+                    .map_err(book("keeping the receipt"))?;
+            }
             let cp = self.ledger.latest().ok_or(ServeError::NoCheckpoint)?;
             return Ok(ReceiptTaken {
                 ledger_index: done.index,
@@ -345,6 +364,12 @@ impl Publisher<'_> {
             .append(draft)
             .await
             .map_err(ledger("recording a receipt"))?;
+        // Kept once recorded, so every kept receipt is in the ledger; if
+        // keeping fails, the consumer's retry (`dsnode receipts resend`)
+        // keeps it.
+        self.grants
+            .keep_taken_receipt(&g.id, t, receipt.envelope())
+            .map_err(book("keeping the receipt"))?;
         Ok(ReceiptTaken {
             ledger_index: appended.index,
             checkpoint: appended.checkpoint.note.clone().into_bytes(),

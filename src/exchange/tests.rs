@@ -185,6 +185,7 @@ fn refusal(e: &ServeError) -> PeerError {
         ServeError::BadRequest(_) => Code::InvalidArgument,
         ServeError::NotFound(_) => Code::NotFound,
         ServeError::Refused(_) => Code::PermissionDenied,
+        ServeError::ConsumerCheckpoint(_) => Code::InvalidArgument,
         _ => Code::Internal,
     };
     PeerError::new(code, e.to_string())
@@ -402,6 +403,11 @@ async fn a_granted_dataset_is_fetched_verified_and_receipted_on_both_sides() {
         ]
     );
     assert_eq!(done.publisher_ledger_index, 3);
+    // Both sides keep the consumer-signed receipt.
+    let signed = consumer.grants.objects(&grant).expect("objects").receipts;
+    let taken = publisher.grants.objects(&grant).expect("objects").taken;
+    assert_eq!(signed.len(), 1);
+    assert_eq!(taken, signed);
     // The same receipt again gets the same answer, and nothing new.
     let (kept, resent) = fetch::resend_receipts(&consumer.consumer(&dialer), &grant, "p")
         .await
@@ -544,4 +550,154 @@ async fn requests_the_policy_denies_are_recorded_with_their_reasons() {
         .await
         .expect_err("missing");
     assert!(err.to_string().contains("visible to you"), "{err}");
+}
+
+/// Opens a transfer of `grant` as `consumer` (the publisher records
+/// `TransferStarted`) and returns its index; the stream is dropped.
+async fn started(publisher: &Node, consumer: &Node, grant: &super::grant::GrantId) -> u64 {
+    let mut parts = publisher
+        .publisher()
+        .serve(
+            &consumer.id,
+            FetchAsk {
+                grant_id: grant.to_string(),
+                resume: None,
+            },
+        )
+        .await
+        .expect("served");
+    match parts.recv().await {
+        Some(Ok(FetchPart::Header(h))) => h.transfer_index,
+        _ => panic!("no header"),
+    }
+}
+
+/// A receipt for transfer `transfer` of `grant` (the whole content),
+/// signed by `consumer`, carrying `checkpoint`.
+fn receipt(
+    consumer: &Node,
+    grant: &super::grant::GrantId,
+    content: &[u8],
+    transfer: u64,
+    checkpoint: String,
+) -> Envelope {
+    let held = consumer.grants.held_grant(grant).expect("held");
+    super::receipt::Receipt {
+        grant: grant.clone(),
+        dataset: held.grant.value().dataset.clone(),
+        content_sha256: sha256(content),
+        bytes: content.len() as u64,
+        received_at_ms: 1,
+        consumer_checkpoint: checkpoint,
+        consumer: consumer.id.node_id.clone(),
+        transfer_index: transfer,
+    }
+    .sign(&consumer.key)
+}
+
+fn recorded_receipts(node: &Node) -> usize {
+    node.kinds()
+        .iter()
+        .filter(|k| **k == EntryKind::ReceiptRecorded)
+        .count()
+}
+
+#[tokio::test]
+async fn a_receipt_whose_consumer_checkpoint_does_not_verify_is_refused_and_not_recorded() {
+    use crate::ledger::note::{Checkpoint, NoteSigner};
+    let (publisher, consumer, _dialer, content, grant) = granted(Fault::None).await;
+    let t = started(&publisher, &consumer, &grant).await;
+    // The consumer's own log, signed by a stranger's key.
+    let origin = crate::ledger::origin_for(&consumer.id.node_id);
+    let text = Checkpoint {
+        origin: origin.clone(),
+        size: 1,
+        root: [7; 32],
+    }
+    .text();
+    let stranger = NoteSigner::new(&origin, SigningKey::from_bytes(&[9; 32]))
+        .expect("signer")
+        .sign(&text);
+    // A checkpoint the consumer's key signed, of a log that is no node's.
+    let elsewhere = NoteSigner::new("example.com/log", consumer.key.clone())
+        .expect("signer")
+        .sign(
+            &Checkpoint {
+                origin: "example.com/log".into(),
+                size: 1,
+                root: [7; 32],
+            }
+            .text(),
+        );
+    // Another node's checkpoint (the publisher's own).
+    let others = publisher.ledger.latest().expect("checkpoint").note.clone();
+    for (checkpoint, why) in [
+        (
+            "not a checkpoint".to_owned(),
+            "not a C2SP signed checkpoint",
+        ),
+        (stranger, "not signed by the consumer's certificate key"),
+        (others, "not signed by the consumer's certificate key"),
+        (elsewhere, "expected a node's log"),
+    ] {
+        let env = receipt(&consumer, &grant, &content, t, checkpoint);
+        let err = publisher
+            .publisher()
+            .take_receipt(&consumer.id, env)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, ServeError::ConsumerCheckpoint(_)), "{err}");
+        assert!(err.to_string().contains(why), "{err}");
+        assert_eq!(refusal(&err).code, Code::InvalidArgument);
+    }
+    assert_eq!(recorded_receipts(&publisher), 0, "nothing recorded");
+    let objects = publisher.grants.objects(&grant).expect("objects");
+    assert!(objects.taken.is_empty(), "nothing kept");
+}
+
+#[tokio::test]
+async fn a_receipt_with_a_good_or_no_consumer_checkpoint_is_kept_by_the_publisher() {
+    let (publisher, consumer, _dialer, content, grant) = granted(Fault::None).await;
+    let t = started(&publisher, &consumer, &grant).await;
+    let own = consumer.ledger.latest().expect("checkpoint").note.clone();
+    let env = receipt(&consumer, &grant, &content, t, own);
+    let taken = publisher
+        .publisher()
+        .take_receipt(&consumer.id, env.clone())
+        .await
+        .expect("taken");
+    assert_eq!(recorded_receipts(&publisher), 1);
+    let objects = publisher.grants.objects(&grant).expect("objects");
+    assert_eq!(objects.taken, [(t, env.clone())]);
+    assert!(objects.receipts.is_empty(), "the publisher signed none");
+    // Kept under its own name, next to the grant.
+    let path = super::book::taken_receipt_path(&publisher.dir.path().join("grants"), &grant, t);
+    assert_eq!(std::fs::read_to_string(path).expect("kept"), env.to_json());
+    // The same receipt again: the same answer, kept once.
+    let again = publisher
+        .publisher()
+        .take_receipt(&consumer.id, env)
+        .await
+        .expect("again");
+    assert_eq!(again.ledger_index, taken.ledger_index);
+    assert_eq!(
+        publisher
+            .grants
+            .objects(&grant)
+            .expect("objects")
+            .taken
+            .len(),
+        1
+    );
+
+    // A client with no ledger of its own sends an empty checkpoint.
+    let t2 = started(&publisher, &consumer, &grant).await;
+    let bare = receipt(&consumer, &grant, &content, t2, String::new());
+    publisher
+        .publisher()
+        .take_receipt(&consumer.id, bare.clone())
+        .await
+        .expect("taken without a checkpoint");
+    let taken = publisher.grants.objects(&grant).expect("objects").taken;
+    assert_eq!(taken, [(t, taken[0].1.clone()), (t2, bare)]);
 }

@@ -2,11 +2,18 @@
 //! PKCS#8 PEM file with mode 0600, never sent anywhere. The same key signs
 //! TLS handshakes (its certificate carries the public half) and the node's
 //! application objects.
+//!
+//! Files are written as PKCS#8 v1 (RFC 5208: version 0, the 32-byte seed,
+//! no public key), the form OpenSSL (`openssl pkey`) and most tools read;
+//! files written by earlier versions as PKCS#8 v2 (RFC 5958, with the
+//! public key) still load.
 
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding,
+};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::NodeId;
@@ -61,10 +68,19 @@ impl NodeKey {
         Ok(Self { signing })
     }
 
-    /// Writes the key to a new file with mode 0600; refuses to overwrite.
+    /// Writes the key to a new file with mode 0600 as a PKCS#8 v1 PEM
+    /// (RFC 5208 `PrivateKeyInfo`, version 0, no public key; see the
+    /// module docs); refuses to overwrite. `SigningKey::to_pkcs8_pem`
+    /// would write v2 (RFC 5958, with the public key), which OpenSSL 3
+    /// refuses as "unsupported".
     pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
-        let pem = self
-            .signing
+        // Both the seed copy and the PEM are zeroized when dropped (the
+        // crate's `zeroize` feature).
+        let v1 = KeypairBytes {
+            secret_key: self.signing.to_bytes(),
+            public_key: None,
+        };
+        let pem = v1
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|e| KeyError::Encode(e.to_string()))?;
         fsutil::create_new_atomic(path, pem.as_bytes(), fsutil::SECRET_MODE)?;
@@ -131,6 +147,97 @@ mod tests {
         assert!(key.save_new(&path).is_err(), "must not overwrite a key");
         let rc = back.rcgen_key_pair().expect("rcgen");
         assert_eq!(rc.public_key_raw(), key.public_key());
+    }
+
+    /// The DER of an Ed25519 PKCS#8 v1 key before its 32-byte seed:
+    /// SEQUENCE, INTEGER 0 (v1), the Ed25519 algorithm, OCTET STRING
+    /// holding the OCTET STRING of the seed; no public key.
+    const V1_PREFIX: &str = "302e020100300506032b657004220420";
+
+    fn der_of(path: &Path) -> Vec<u8> {
+        let text = std::fs::read_to_string(path).expect("read");
+        let pem = pem::parse(text).expect("pem");
+        assert_eq!(pem.tag(), "PRIVATE KEY");
+        pem.contents().to_vec()
+    }
+
+    #[test]
+    fn a_written_key_is_pkcs8_v1_and_round_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.key");
+        let key = NodeKey::generate();
+        key.save_new(&path).expect("save");
+        let der = der_of(&path);
+        let mut expected = data_encoding::HEXLOWER
+            .decode(V1_PREFIX.as_bytes())
+            .expect("hex");
+        expected.extend_from_slice(&key.signing_key().to_bytes());
+        assert_eq!(
+            der, expected,
+            "48 bytes: version 0, the seed, no public key"
+        );
+        let info = ed25519_dalek::pkcs8::PrivateKeyInfo::try_from(der.as_slice()).expect("info");
+        assert_eq!(info.version() as u8, 0, "version 0 (v1)");
+        assert!(info.public_key.is_none());
+        let back = NodeKey::load(&path).expect("load");
+        assert_eq!(back.signing_key().to_bytes(), key.signing_key().to_bytes());
+        assert_eq!(back.node_id(), key.node_id());
+    }
+
+    #[test]
+    fn a_pkcs8_v2_key_written_by_earlier_versions_still_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.key");
+        let key = NodeKey::generate();
+        // What `save_new` wrote before: v2, with the public key.
+        let v2 = key.signing_key().to_pkcs8_pem(LineEnding::LF).expect("v2");
+        fsutil::create_new_atomic(&path, v2.as_bytes(), fsutil::SECRET_MODE).expect("write");
+        let der = der_of(&path);
+        let info = ed25519_dalek::pkcs8::PrivateKeyInfo::try_from(der.as_slice()).expect("info");
+        assert_eq!(info.version() as u8, 1, "version 1 (v2)");
+        let back = NodeKey::load(&path).expect("a v2 file loads");
+        assert_eq!(back.public_key(), key.public_key());
+    }
+
+    #[test]
+    fn openssl_reads_a_written_key_and_derives_the_same_public_key() {
+        let openssl = Path::new("/usr/bin/openssl");
+        if !openssl.exists() {
+            println!("skipped: /usr/bin/openssl is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.key");
+        let key = NodeKey::generate();
+        key.save_new(&path).expect("save");
+        let check = std::process::Command::new(openssl)
+            .args(["pkey", "-noout", "-in"])
+            .arg(&path)
+            .output()
+            .expect("run openssl");
+        assert!(
+            check.status.success(),
+            "openssl pkey -noout: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let public = std::process::Command::new(openssl)
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(&path)
+            .output()
+            .expect("run openssl");
+        assert!(
+            public.status.success(),
+            "openssl pkey -pubout: {}",
+            String::from_utf8_lossy(&public.stderr)
+        );
+        // SubjectPublicKeyInfo of Ed25519: a 12-byte header, then the key.
+        let spki = public.stdout;
+        assert_eq!(spki.len(), 44, "{spki:?}");
+        assert_eq!(
+            data_encoding::HEXLOWER.encode(&spki[..12]),
+            "302a300506032b6570032100"
+        );
+        assert_eq!(spki[12..], key.public_key());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! | path | what |
 //! |---|---|
 //! | `node.toml` | this node's configuration |
-//! | `node.key` | Ed25519 identity key, PKCS#8 PEM, mode 0600 |
+//! | `node.key` | Ed25519 identity key, PKCS#8 v1 PEM (v2 files load too), mode 0600 |
 //! | `node.csr` | certificate signing request for the operator |
 //! | `node.crt` | node certificate, written by `dsnode ca issue --out DIR/node.crt` |
 //! | `ca.crt` | the data-space CA certificate |
@@ -15,7 +15,7 @@
 //! | `node.vkey` | C2SP verifier key of the node's ledger checkpoints (public) |
 //! | `ledger/` | the node's ledger |
 //! | `datasets/` | manifests and chunk lists of the datasets this node published |
-//! | `grants/` | grants this node issued (`issued/`) and holds (`held/`), DSSE JSON |
+//! | `grants/` | grants this node issued (`issued/`) and holds (`held/`), DSSE JSON; receipts it signed (`received/`) and took as publisher (`taken/`) |
 //! | `blobs/` | dataset chunks, by SHA-256 |
 
 use std::net::SocketAddr;

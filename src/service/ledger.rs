@@ -293,7 +293,8 @@ impl NodeContext {
     }
 
     /// What this node keeps of a grant, for an auditor's evidence bundle:
-    /// its certificate, the grant, the manifest, the receipts.
+    /// its certificate, the grant, the manifest, the receipts (signed here
+    /// as consumer, or taken here as publisher), in transfer order.
     pub fn evidence(&self, id: &GrantId) -> Result<GrantEvidence, ReadError> {
         let objects = self
             .grants
@@ -313,11 +314,23 @@ impl NodeContext {
                 .map(|d| d.manifest.envelope().to_json())
                 .unwrap_or_default(),
         };
+        // One node is one side of a grant; should it be both, a receipt
+        // is listed once.
+        let mut receipts = objects.receipts;
+        for (t, r) in objects.taken {
+            if !receipts
+                .iter()
+                .any(|(_, kept)| kept.payload_hash() == r.payload_hash())
+            {
+                receipts.push((t, r));
+            }
+        }
+        receipts.sort_by_key(|(t, _)| *t);
         Ok(GrantEvidence {
             certificate_pem: self.certificate_pem.clone(),
             grant: grant.to_json(),
             manifest,
-            receipts: objects.receipts.iter().map(|(_, r)| r.to_json()).collect(),
+            receipts: receipts.iter().map(|(_, r)| r.to_json()).collect(),
         })
     }
 }

@@ -189,6 +189,7 @@ impl From<ServeError> for Status {
             ServeError::Book { context, source } => book(context, source),
             ServeError::Ledger { context, source } => ledger(context, source),
             e @ ServeError::NoCheckpoint => Status::internal(e.to_string()),
+            e @ ServeError::ConsumerCheckpoint(_) => Status::invalid_argument(e.to_string()),
         }
     }
 }

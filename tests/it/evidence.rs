@@ -222,6 +222,48 @@ async fn a_bundle_verifies_offline_and_every_kind_of_tampering_fails() {
     }
 }
 
+/// The publisher keeps the receipt it took: an auditor asking the
+/// publisher alone gets the consumer-signed proof of delivery, and a
+/// bundle is made from the publisher's copy when the consumer no longer
+/// has its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publisher_keeps_the_receipt_and_serves_it_as_evidence() {
+    let x = exchange(1).await;
+    let Auditors {
+        publisher: mut p,
+        consumer: mut c,
+    } = auditors(&x).await;
+    let grant = &x.grants[0];
+    let at_publisher = p.evidence(grant).await.expect("publisher's evidence");
+    let at_consumer = c.evidence(grant).await.expect("consumer's evidence");
+    assert_eq!(at_publisher.receipts.len(), 1);
+    assert_eq!(at_publisher.receipts, at_consumer.receipts);
+    // The consumer loses its copy: the bundle takes the publisher's.
+    let received = x.consumer.dir.grants().join("received");
+    for e in std::fs::read_dir(&received)
+        .expect("received dir")
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().ends_with(".receipt.json") {
+            std::fs::remove_file(e.path()).expect("remove");
+        }
+    }
+    let at_consumer = c.evidence(grant).await.expect("consumer's evidence");
+    assert!(at_consumer.receipts.is_empty());
+    let bundle = evidence::build(&mut c, &mut p, grant)
+        .await
+        .expect("bundle");
+    assert_eq!(bundle.receipts, at_publisher.receipts);
+    let account = evidence::verify(&bundle.to_bytes(), &ca_pem(&x)).expect("verifies");
+    assert!(
+        account.contains("receipt 1: signed by the consumer"),
+        "{account}"
+    );
+    for n in [x.pub_node, x.con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
+
 /// What a `dsnode` command printed and how it exited.
 struct Ran {
     /// Its stdout.
