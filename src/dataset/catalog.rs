@@ -116,14 +116,61 @@ impl Prepared {
 pub trait GrantCheck: Send + Sync {
     /// Whether grant `grant` held by this node allows `action` on `dataset`
     /// now; `Ok` is the source's classification, from its signed manifest
-    /// (a derivative inherits the strictest of its sources'); `Err` says
-    /// why not.
+    /// (a derivative inherits the strictest of its sources').
     fn allows(
         &self,
         grant: &str,
         dataset: &DatasetId,
         action: Action,
-    ) -> Result<Classification, String>;
+    ) -> Result<Classification, DeriveRefusal>;
+}
+
+/// Why a held grant does not allow deriving from a dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum DeriveRefusal {
+    /// No such grant held.
+    #[error("this node holds no grant `{grant}` for dataset {dataset}")]
+    NoGrant {
+        /// The grant named.
+        grant: String,
+        /// The dataset named.
+        dataset: DatasetId,
+    },
+    /// The grant is for another dataset.
+    #[error("grant {grant} is for dataset {granted}, not {dataset}")]
+    OtherDataset {
+        /// The grant.
+        grant: String,
+        /// The dataset it is for.
+        granted: DatasetId,
+        /// The dataset named.
+        dataset: DatasetId,
+    },
+    /// The grant does not allow the action.
+    #[error("grant {grant} does not allow `{action}`")]
+    NotAllowed {
+        /// The grant.
+        grant: String,
+        /// The action.
+        action: Action,
+    },
+    /// The grant cannot be used (malformed id, outside its window, …).
+    #[error(transparent)]
+    Unusable(Box<dyn std::error::Error + Send + Sync>),
+    /// The source was never fetched here, so its classification (in its
+    /// signed manifest) is unknown.
+    #[error(
+        "dataset {0} has not been fetched here; its classification is known only from its signed manifest: fetch it first"
+    )]
+    NotFetched(DatasetId),
+    /// The kept manifest of the source is not usable.
+    #[error("{path}: {detail}")]
+    Manifest {
+        /// The manifest file.
+        path: String,
+        /// What is wrong with it.
+        detail: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// No grants held.
@@ -135,10 +182,11 @@ impl GrantCheck for NoGrants {
         grant: &str,
         dataset: &DatasetId,
         _action: Action,
-    ) -> Result<Classification, String> {
-        Err(format!(
-            "this node holds no grant `{grant}` for dataset {dataset}"
-        ))
+    ) -> Result<Classification, DeriveRefusal> {
+        Err(DeriveRefusal::NoGrant {
+            grant: grant.to_owned(),
+            dataset: dataset.clone(),
+        })
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use super::grant::{Grant, GrantError, GrantId, verify_grant};
 use crate::clock::Clock;
 use crate::dataset::DatasetId;
-use crate::dataset::catalog::GrantCheck;
+use crate::dataset::catalog::{DeriveRefusal, GrantCheck};
 use crate::envelope::{Envelope, Verified};
 use crate::fsutil::{self, FileError};
 use crate::identity::NodeId;
@@ -407,29 +407,25 @@ impl GrantBook {
     fn received_manifest(
         &self,
         held: &Held,
-    ) -> Result<crate::envelope::Verified<crate::dataset::Manifest>, String> {
+    ) -> Result<crate::envelope::Verified<crate::dataset::Manifest>, DeriveRefusal> {
         let g = held.grant.value();
         let path = self
             .dir
             .join("received")
             .join(format!("{}.manifest.json", g.dataset));
-        let text = fsutil::read_to_string(&path).map_err(|_| {
-            format!(
-                "dataset {} has not been fetched here; its classification is known only from its signed manifest: fetch it first",
-                g.dataset
-            )
-        })?;
-        let env = Envelope::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = fsutil::read_to_string(&path)
+            .map_err(|_| DeriveRefusal::NotFetched(g.dataset.clone()))?;
+        let bad = |detail: Box<dyn std::error::Error + Send + Sync>| DeriveRefusal::Manifest {
+            path: path.display().to_string(),
+            detail,
+        };
+        let env = Envelope::from_json(&text).map_err(|e| bad(Box::new(e)))?;
         if env.payload_hash() != g.manifest_sha256 {
-            return Err(format!(
-                "{} is not the manifest grant {} names",
-                path.display(),
-                g.id
-            ));
+            return Err(bad(format!("not the manifest grant {} names", g.id).into()));
         }
         crate::dataset::verify_manifest(env, &held.publisher_key)
             .map(|(_, m)| m)
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|e| bad(Box::new(e)))
     }
 
     /// Every chunk of every dataset this node received, and of every
@@ -519,23 +515,30 @@ impl GrantCheck for GrantBook {
         grant: &str,
         dataset: &DatasetId,
         action: Action,
-    ) -> Result<crate::policy::Classification, String> {
-        let id: GrantId = grant.parse().map_err(|e: GrantError| e.to_string())?;
-        let held = self
-            .held_grant(&id)
-            .ok_or_else(|| format!("this node holds no grant `{grant}` for dataset {dataset}"))?;
+    ) -> Result<crate::policy::Classification, DeriveRefusal> {
+        let id: GrantId = grant
+            .parse()
+            .map_err(|e: GrantError| DeriveRefusal::Unusable(Box::new(e)))?;
+        let held = self.held_grant(&id).ok_or_else(|| DeriveRefusal::NoGrant {
+            grant: grant.to_owned(),
+            dataset: dataset.clone(),
+        })?;
         let g = held.grant.value();
         if g.dataset != *dataset {
-            return Err(format!(
-                "grant {id} is for dataset {}, not {dataset}",
-                g.dataset
-            ));
+            return Err(DeriveRefusal::OtherDataset {
+                grant: id.to_string(),
+                granted: g.dataset.clone(),
+                dataset: dataset.clone(),
+            });
         }
         if !g.actions.contains(&action) {
-            return Err(format!("grant {id} does not allow `{action}`"));
+            return Err(DeriveRefusal::NotAllowed {
+                grant: id.to_string(),
+                action,
+            });
         }
         g.check_use(&g.grantee, self.clock.now_ms())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DeriveRefusal::Unusable(Box::new(e)))?;
         Ok(self.received_manifest(&held)?.value().classification)
     }
 }
