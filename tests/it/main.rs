@@ -23,4 +23,5 @@ mod slowloris;
 mod support;
 mod threats;
 mod transfer;
+mod wire_spec;
 mod witness;
