@@ -776,3 +776,39 @@ fn a_data_dir_of_an_earlier_build_is_refused_with_what_to_reissue() {
     ]);
     fails_with(&out, &["earlier dsnode", "`dsnode ca init`"]);
 }
+
+/// `node.crt` must certify `tls.key` and bind `node.key`: another node's
+/// key in either place is refused at start, naming the files.
+#[test]
+fn keys_that_do_not_match_the_certificate_are_named() {
+    let space = DataSpace::new();
+    let node = space.node("acme", "consumer");
+    let other = space.node("other", "consumer");
+    let check = || dsnode(&["serve", "--data-dir", p(node.dir.root()), "--check-config"]);
+    for (file, needles) in [
+        (
+            node.dir.tls_key(),
+            ["certifies another TLS key than", "tls.key"],
+        ),
+        (
+            node.dir.key(),
+            ["binds the signing key of node", "node.key"],
+        ),
+    ] {
+        let own = std::fs::read(&file).expect("own key");
+        let name = file.file_name().expect("name").to_owned();
+        std::fs::write(
+            &file,
+            std::fs::read(other.dir.root().join(&name)).expect("other key"),
+        )
+        .expect("swap");
+        fails_with(&check(), &needles);
+        std::fs::write(&file, own).expect("restore");
+    }
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
