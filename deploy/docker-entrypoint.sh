@@ -10,10 +10,10 @@
 # Serving:
 #   1. With DSNODE_SECRETS_DIR set (a mounted Kubernetes Secret, possibly
 #      projected together with a ConfigMap holding node.toml), copies
-#      node.key (mode 0600), node.crt, ca.crt, crl.pem and node.toml from
-#      there into the data dir. Secret files are read-only symlinks owned
-#      by root or the fsGroup; dsnode refuses a key that others can read,
-#      so it gets its own 0600 copy.
+#      node.key and tls.key (mode 0600), node.crt, ca.crt, crl.pem and
+#      node.toml from there into the data dir. Secret files are read-only
+#      symlinks owned by root or the fsGroup; dsnode refuses a key that
+#      others can read, so each key gets its own 0600 copy.
 #   2. Checks that the data dir holds what `dsnode serve` needs, naming
 #      what is missing and how to make it.
 #   3. exec dsnode serve --data-dir "$DSNODE_DATA_DIR" (PID 1: SIGTERM
@@ -39,15 +39,15 @@ install_secrets() {
   local from="$DSNODE_SECRETS_DIR" f mode
   [[ -d "$from" ]] || die "DSNODE_SECRETS_DIR=$from is not a directory"
   mkdir -p "$DATA"
-  for f in node.key node.crt ca.crt; do
-    [[ -e "$from/$f" ]] || die "$from/$f is missing: the Secret must hold node.key, node.crt and ca.crt (and crl.pem); see deploy/README.md"
+  for f in node.key tls.key node.crt ca.crt; do
+    [[ -e "$from/$f" ]] || die "$from/$f is missing: the Secret must hold node.key, tls.key, node.crt and ca.crt (and crl.pem); see deploy/README.md"
     grep -q -- '-----BEGIN' "$from/$f" ||
       die "$from/$f is not PEM (a placeholder Secret?); fill the Secret from make-space.sh's output: see deploy/README.md"
   done
-  for f in node.key node.crt ca.crt crl.pem node.toml; do
+  for f in node.key tls.key node.crt ca.crt crl.pem node.toml; do
     [[ -e "$from/$f" ]] || continue
     mode=0644
-    [[ "$f" != node.key ]] || mode=0600
+    [[ "$f" != *.key ]] || mode=0600
     # A temp file in the data dir renamed into place: never a half-written
     # file, and never a moment where the key is readable by others.
     install -m "$mode" "$from/$f" "$DATA/.$f.tmp"
@@ -61,16 +61,18 @@ check_data_dir() {
   [[ -d "$DATA" ]] || die "data dir $DATA does not exist: mount the node's volume there, or run make-space.sh / dsnode init"
   local -a missing=()
   local f
-  for f in node.toml node.key node.crt ca.crt crl.pem; do
+  for f in node.toml node.key tls.key node.crt ca.crt crl.pem; do
     [[ -s "$DATA/$f" ]] || missing+=("$f")
   done
   if ((${#missing[@]})); then
-    die "data dir $DATA lacks ${missing[*]}: node.toml and node.key come from \`dsnode init\`, node.crt from \`dsnode ca issue\`, ca.crt and crl.pem from the CA (deploy/make-space.sh makes them all; on Kubernetes set DSNODE_SECRETS_DIR to the mounted Secret)"
+    die "data dir $DATA lacks ${missing[*]}: node.toml, node.key and tls.key come from \`dsnode init\`, node.crt from \`dsnode ca issue\`, ca.crt and crl.pem from the CA (deploy/make-space.sh makes them all; on Kubernetes set DSNODE_SECRETS_DIR to the mounted Secret)"
   fi
-  local mode
-  mode="$(stat -c %a "$DATA/node.key")"
-  (((8#$mode & 8#077) == 0)) ||
-    die "$DATA/node.key has mode $mode; dsnode needs it readable by its owner only (chmod 600 $DATA/node.key)"
+  local mode key
+  for key in node.key tls.key; do
+    mode="$(stat -c %a "$DATA/$key")"
+    (((8#$mode & 8#077) == 0)) ||
+      die "$DATA/$key has mode $mode; dsnode needs it readable by its owner only (chmod 600 $DATA/$key)"
+  done
 }
 
 # GET /readyz on the metrics listener named in node.toml; exit 0 iff 200.

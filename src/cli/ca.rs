@@ -23,7 +23,7 @@ pub(super) fn ca_command(command: CaCommand) -> Result<Output> {
             CertificateAuthority::init(&ca_dir, &name)?;
             Ok(Output {
                 text: format!(
-                    "created CA `{name}` in {0}: ca.key (mode 0600), ca.crt, crl.pem\n\
+                    "created CA `{name}` in {0}: ca.key (ECDSA P-256, mode 0600), ca.crt, crl.pem\n\
                      give ca.crt and crl.pem to every node; keep ca.key offline",
                     ca_dir.display()
                 ),

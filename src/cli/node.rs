@@ -57,7 +57,7 @@ pub(super) fn init(a: InitArgs) -> Result<Output> {
         text: format!(
             "node id {}\n\
              ledger vkey {}\n\
-             created {}: node.key (mode 0600), node.toml, node.csr, node.vkey, ca.crt\n\
+             created {}: node.key (Ed25519 signing key) and tls.key (ECDSA P-256 TLS key), both mode 0600, node.toml, node.csr, node.vkey, ca.crt\n\
              next: the operator signs {} (`dsnode ca issue --csr {} --roles … --out {}`)\n\
              and copies the CA's crl.pem to {}",
             made.node_id,
@@ -86,11 +86,12 @@ pub(super) async fn key_command(c: KeyCommand) -> Result<Output> {
             let made = crate::node::rotation::prepare(&dir)?;
             Ok(Output {
                 text: format!(
-                    "next key: node {} in {} (mode 0600)\n\
+                    "next keys: node {} in {} and a new TLS key in {} (mode 0600)\n\
                      next: the operator signs {} (`dsnode ca issue --csr {} --roles … --out NEW.crt`),\n\
                      then, with the node stopped: `dsnode key rotate --data-dir {} --cert NEW.crt`",
                     made.node_id,
                     dir.next_key().display(),
+                    dir.next_tls_key().display(),
                     made.csr_path.display(),
                     made.csr_path.display(),
                     data_dir.display(),

@@ -1,11 +1,15 @@
 //! The data-space certificate authority, run by the platform operator.
 //!
-//! A CA directory holds `ca.key` (Ed25519, PKCS#8, mode 0600), `ca.crt`
+//! A CA directory holds `ca.key` (ECDSA P-256, PKCS#8, mode 0600), `ca.crt`
 //! (self-signed) and `crl.pem` (the current signed revocation list; the
 //! operator copies it to every node's data dir). The CA signs node
 //! certificates from CSRs and attests participant, roles and region in them
-//! (see [`super::cert`]). Certificates, CSRs and CRLs are built with rcgen
-//! and read back with x509-parser; there is no hand-written DER here.
+//! (see [`super::cert`]), after checking that the CSR's Ed25519 signing key
+//! signed its TLS key. Certificates, CSRs and CRLs are built with rcgen
+//! and read back with x509-parser; there is no hand-written DER here. CA
+//! certificate, node certificates and CRLs are all ECDSA P-256 with
+//! SHA-256; a CA directory made by an earlier build (an Ed25519 `ca.key`)
+//! is refused with what to do.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,9 +24,9 @@ use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use super::cert::{self, CertError, Host, PeerIdentity};
+use super::cert::{self, CertError, Host, KeyKind, PeerIdentity};
 use super::key::KeyError;
-use super::{NodeKey, ParticipantId, Region, RoleSet};
+use super::{NodeKey, P256Key, ParticipantId, Region, RoleSet};
 use crate::fsutil::{self, FileError};
 
 /// Names of the files in a CA directory.
@@ -68,6 +72,11 @@ pub enum CaError {
         /// What is wrong with it.
         detail: String,
     },
+    /// The CA directory was made by an earlier build (an Ed25519 CA).
+    #[error(
+        "{0} is an Ed25519 CA key made by an earlier dsnode; TLS now needs an ECDSA P-256 CA (gRPC's C core and browsers refuse Ed25519): make a new CA with `dsnode ca init`, give its ca.crt to every node, and re-issue every node certificate with `dsnode ca issue`"
+    )]
+    Ed25519Ca(String),
     /// The CA directory already holds a CA.
     #[error("{0} already holds a CA key; refusing to overwrite it")]
     Exists(String),
@@ -151,7 +160,7 @@ pub struct RevocationList {
 
 /// The data-space CA: its key and certificate.
 pub struct CertificateAuthority {
-    key: NodeKey,
+    key: P256Key,
     cert_der: Vec<u8>,
     cert_pem: String,
 }
@@ -159,7 +168,7 @@ pub struct CertificateAuthority {
 impl CertificateAuthority {
     /// Makes a new CA named `name` in memory.
     pub fn generate(name: &str) -> Result<Self, CaError> {
-        let key = NodeKey::generate();
+        let key = P256Key::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, name);
@@ -210,14 +219,20 @@ impl CertificateAuthority {
     /// Loads the CA from `dir`, checking that key and certificate belong
     /// together.
     pub fn load(dir: &Path) -> Result<Self, CaError> {
-        let key = NodeKey::load(&dir.join(CA_KEY_FILE))?;
+        let key_path = dir.join(CA_KEY_FILE);
+        let key = P256Key::load(&key_path).map_err(|e| match e {
+            KeyError::Format { .. } if NodeKey::load(&key_path).is_ok() => {
+                CaError::Ed25519Ca(key_path.display().to_string())
+            }
+            other => other.into(),
+        })?;
         let cert_path = dir.join(CA_CERT_FILE);
         let cert_pem = fsutil::read_to_string(&cert_path)?;
         let cert_der = cert::cert_der_from_pem(cert_pem.as_bytes())?.to_vec();
         let (_, cert) = X509Certificate::from_der(&cert_der).map_err(|e| {
             CaError::Invalid(format!("{}: not a certificate: {e}", cert_path.display()))
         })?;
-        if cert.public_key().subject_public_key.data.as_ref() != key.public_key() {
+        if cert.public_key().raw != key.public_key_der() {
             return Err(CaError::Invalid(format!(
                 "{} does not match {CA_KEY_FILE}: they belong to different CAs",
                 cert_path.display()
@@ -245,32 +260,56 @@ impl CertificateAuthority {
             .map_err(build_err("CA issuer"))
     }
 
-    /// Signs a node certificate for the key in `csr_pem`. The CSR's
-    /// signature is checked; its key must be Ed25519. Only its common name
-    /// (the participant, unless the request overrides it) and its DNS/IP
-    /// names are taken from it: roles and region come from the operator.
+    /// Signs a node certificate for the TLS key in `csr_pem`. The CSR's
+    /// signature is checked and its key must be ECDSA P-256; the Ed25519
+    /// signing key it binds must have signed that TLS key (see
+    /// [`super::cert`]). Only its common name (the participant, unless the
+    /// request overrides it), its DNS/IP names and the bound key are taken
+    /// from it: roles and region come from the operator.
     pub fn issue(&self, csr_pem: &str, req: &IssueRequest) -> Result<Issued, CaError> {
         if req.roles.is_empty() {
             return Err(CaError::Invalid(
                 "no roles given: a node certificate attests at least one of publisher, consumer, auditor".into(),
             ));
         }
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| match e {
+        let not_a_csr = || {
+            CaError::Csr(
+                "not a PEM certificate signing request (\"-----BEGIN CERTIFICATE REQUEST-----\")"
+                    .into(),
+            )
+        };
+        let der = {
+            use rustls_pki_types::pem::PemObject;
+            rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+                .map_err(|_| not_a_csr())?
+        };
+        let csr = CertificateSigningRequestParams::from_der(&der).map_err(|e| match e {
             rcgen::Error::InvalidCertificationRequestSignature => CaError::Csr(
                 "its signature does not verify (the CSR was altered or is not signed by its key)"
                     .into(),
             ),
-            rcgen::Error::CouldNotParseCertificationRequest => CaError::Csr(
-                "not a PEM certificate signing request (\"-----BEGIN CERTIFICATE REQUEST-----\")"
-                    .into(),
-            ),
+            rcgen::Error::CouldNotParseCertificationRequest => not_a_csr(),
             other => CaError::Csr(other.to_string()),
         })?;
-        if csr.public_key.algorithm() != &rcgen::PKCS_ED25519 {
-            return Err(CaError::Csr(
-                "its key is not Ed25519; dsnode node keys are Ed25519".into(),
-            ));
-        }
+        // The key itself (rcgen names only the signature algorithm).
+        let tls_spki = {
+            use x509_parser::certification_request::X509CertificationRequest;
+            let (_, parsed) = X509CertificationRequest::from_der(&der).map_err(|_| not_a_csr())?;
+            let spki = &parsed.certification_request_info.subject_pki;
+            let kind = KeyKind::of(spki);
+            if kind != KeyKind::P256 {
+                let old = if kind == KeyKind::Ed25519 {
+                    " (an Ed25519 CSR made by an earlier dsnode: make a new one with this build, `dsnode init` or `dsnode key new`)"
+                } else {
+                    ""
+                };
+                return Err(CaError::Csr(format!(
+                    "its key is not ECDSA P-256 ({kind}); dsnode TLS keys are P-256{old}"
+                )));
+            }
+            spki.raw.to_vec()
+        };
+        let (ed25519, requested) = cert::csr_binding(&csr.params.subject_alt_names, &tls_spki)?;
         let participant = match &req.participant {
             Some(p) => p.clone(),
             None => {
@@ -288,7 +327,7 @@ impl CertificateAuthority {
             }
         };
         let mut sans = Vec::new();
-        for san in &csr.params.subject_alt_names {
+        for san in &requested {
             match san {
                 rcgen::SanType::DnsName(_) | rcgen::SanType::IpAddress(_) => sans.push(san.clone()),
                 other => {
@@ -306,6 +345,7 @@ impl CertificateAuthority {
         }
         sans.extend(cert::attribute_sans(
             &participant,
+            &ed25519,
             &req.roles,
             req.region.as_ref(),
         )?);
@@ -604,6 +644,7 @@ mod tests {
     fn csr_for(key: &NodeKey, who: &str) -> String {
         cert::make_csr(
             key,
+            &P256Key::generate().expect("tls key"),
             &who.parse().expect("participant"),
             &["localhost".parse().expect("host")],
         )
@@ -643,14 +684,20 @@ mod tests {
         let ca_der = cert::cert_der_from_pem(ca.cert_pem().as_bytes()).expect("ca der");
         assert!(verify_der_issued_by(&ca_der, &der, "acme.crt").is_ok());
         // The certificate ends: signatureAlgorithm (SEQUENCE { OID
-        // 1.3.101.112 }), then the signature (BIT STRING of 64 bytes).
-        let n = der.len();
-        let tail = [0x30, 5, 6, 3, 0x2b, 0x65, 0x70, 3, 0x41, 0];
-        assert_eq!(&der[n - 74..n - 64], &tail);
+        // 1.2.840.10045.4.3.2, ecdsa-with-SHA256 }), then the signature
+        // (BIT STRING of a DER ECDSA-Sig-Value, of varying length).
+        let algorithm = [
+            0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+        ];
+        let at = der
+            .windows(algorithm.len())
+            .rposition(|w| w == algorithm)
+            .expect("outer signature algorithm");
+        assert_eq!(der[at + algorithm.len()], 0x03, "the signature follows");
         // The OID's tag changed (0x06 → 0x0a): the parser takes it, the
         // signature (over the signed part only) still verifies.
         let mut retagged = der.to_vec();
-        retagged[n - 72] = 0x0a;
+        retagged[at + 2] = 0x0a;
         let err = verify_der_issued_by(&ca_der, &retagged, "acme.crt").expect_err("retagged");
         assert!(
             err.to_string().contains(
@@ -681,6 +728,86 @@ mod tests {
         );
         let msg = err.expect_err("tampered").to_string();
         assert!(msg.contains("signature does not verify"), "{msg}");
+    }
+
+    /// A CSR for `tls` carrying these SAN URIs (no hosts).
+    fn csr_with_uris(tls: &rcgen::KeyPair, uris: &[String]) -> String {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "acme");
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| {
+                rcgen::SanType::URI(rcgen::string::Ia5String::try_from(u.as_str()).expect("ascii"))
+            })
+            .collect();
+        params
+            .serialize_request(tls)
+            .and_then(|c| c.pem())
+            .expect("csr")
+    }
+
+    #[test]
+    fn a_csr_must_prove_possession_of_the_signing_key_it_binds() {
+        use ed25519_dalek::Signer;
+        let b64 = data_encoding::BASE64URL_NOPAD;
+        let ca = CertificateAuthority::generate("test CA").expect("ca");
+        let req = IssueRequest::new(RoleSet::parse_list("consumer").expect("r"));
+        let tls = P256Key::generate().expect("tls key");
+        let (victim, thief) = (NodeKey::generate(), NodeKey::generate());
+        let pop = thief
+            .signing_key()
+            .sign(&cert::binding_message(tls.public_key_der()));
+        let forged = csr_with_uris(
+            &tls.rcgen_key_pair().expect("pair"),
+            &[
+                format!("urn:dsnode:ed25519:{}", b64.encode(&victim.public_key())),
+                format!("urn:dsnode:ed25519-pop:{}", b64.encode(&pop.to_bytes())),
+            ],
+        );
+        let msg = ca.issue(&forged, &req).expect_err("forged").to_string();
+        assert!(msg.contains("proof of possession does not verify"), "{msg}");
+        assert!(msg.contains(victim.node_id().as_str()), "{msg}");
+
+        let unbound = csr_with_uris(&tls.rcgen_key_pair().expect("pair"), &[]);
+        let msg = ca.issue(&unbound, &req).expect_err("unbound").to_string();
+        assert!(msg.contains("binds no Ed25519 signing key"), "{msg}");
+
+        // An Ed25519 CSR, as earlier builds made them.
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519");
+        let old = csr_with_uris(&ed, &[]);
+        let msg = ca.issue(&old, &req).expect_err("ed25519 csr").to_string();
+        assert!(
+            msg.contains("not ECDSA P-256") && msg.contains("earlier dsnode"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_ca_dir_of_an_earlier_build_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_dir = dir.path().join("ca");
+        CertificateAuthority::init(&ca_dir, "test CA").expect("init");
+        let ca = CertificateAuthority::load(&ca_dir).expect("load");
+        let (_, cert) = X509Certificate::from_der(ca.cert_der()).expect("ca cert");
+        assert_eq!(
+            cert.public_key().algorithm.algorithm.to_id_string(),
+            "1.2.840.10045.2.1",
+            "id-ecPublicKey"
+        );
+        std::fs::remove_file(ca_dir.join(CA_KEY_FILE)).expect("rm");
+        NodeKey::generate()
+            .save_new(&ca_dir.join(CA_KEY_FILE))
+            .expect("an Ed25519 ca.key");
+        let msg = CertificateAuthority::load(&ca_dir)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            msg.contains("Ed25519 CA key made by an earlier dsnode")
+                && msg.contains("dsnode ca init")
+                && msg.contains("dsnode ca issue"),
+            "{msg}"
+        );
     }
 
     #[test]

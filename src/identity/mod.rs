@@ -1,9 +1,11 @@
-//! Who a node is: its Ed25519 key, its node id, the participant and roles the
-//! data-space CA attests in its certificate, and the CA itself.
+//! Who a node is: its Ed25519 signing key, its node id, its ECDSA P-256 TLS
+//! key, the participant and roles the data-space CA attests in its
+//! certificate, and the CA itself.
 //!
-//! - [`key`]: the node's identity key on disk (PKCS#8, mode 0600).
-//! - [`cert`]: node certificates and CSRs: how attributes are encoded in
-//!   them and read back into a [`PeerIdentity`].
+//! - [`key`]: the node's two keys on disk (PKCS#8, mode 0600): Ed25519
+//!   for signatures and the node id, P-256 for TLS (and the CA).
+//! - [`cert`]: node certificates and CSRs: how attributes and the bound
+//!   Ed25519 key are encoded in them and read back into a [`PeerIdentity`].
 //! - [`ca`]: the operator's certificate authority (issue, revoke, CRL).
 
 pub mod ca;
@@ -17,7 +19,7 @@ use std::str::FromStr;
 use ring::digest;
 
 pub use cert::PeerIdentity;
-pub use key::NodeKey;
+pub use key::{NodeKey, P256Key};
 
 /// Prefix of every node id, so a node id is recognisable in logs.
 const NODE_ID_PREFIX: &str = "dsn1";

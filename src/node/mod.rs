@@ -23,7 +23,7 @@ use crate::fsutil::{self, FileError};
 use crate::identity::ca::{self, CaError, RevocationList};
 use crate::identity::cert::{self, CertError};
 use crate::identity::key::KeyError;
-use crate::identity::{NodeKey, PeerIdentity};
+use crate::identity::{NodeKey, P256Key, PeerIdentity};
 use crate::ledger::entry::{EntryDraft, EntryKind};
 use crate::ledger::{Ledger, LedgerOptions};
 use crate::runtime::config::{Config, DataDir};
@@ -81,9 +81,9 @@ pub enum NodeError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// A node's key, its verified certificate identity, and its TLS material.
+/// A node's keys, its verified certificate identity, and its TLS material.
 pub struct Credentials {
-    /// The identity key.
+    /// The Ed25519 signing key (the TLS key is in `material`).
     pub key: NodeKey,
     /// What the node's own certificate attests.
     pub identity: PeerIdentity,
@@ -106,14 +106,25 @@ fn check_time(what: &str, at: Option<OffsetDateTime>, fix: &str) -> Result<(), N
     }
 }
 
-/// Loads and checks a node's credentials from its data dir: the key
-/// (mode 0600), `node.crt` signed by `ca.crt` for that very key and not
-/// expired, and `crl.pem` signed by the CA, not expired, and not revoking
-/// this node.
+/// Loads and checks a node's credentials from its data dir: the two keys
+/// (mode 0600), `node.crt` signed by `ca.crt` for that very TLS key,
+/// binding that very Ed25519 key, and not expired, and `crl.pem` signed by
+/// the CA, not expired, and not revoking this node. A data dir made by an
+/// earlier build (an Ed25519 certificate or CA, no `tls.key`) is refused,
+/// saying what to re-issue.
 pub fn load_credentials(dir: &DataDir) -> Result<Credentials, NodeError> {
     let key = NodeKey::load(&dir.key())?;
     let ca_pem = fsutil::read(&dir.ca_cert())?;
     let ca_der = cert::cert_der_from_pem(&ca_pem)?;
+    check_ca_key(dir, &ca_der)?;
+    let tls_key_path = dir.tls_key();
+    if !tls_key_path.exists() {
+        return Err(NodeError::Credentials(format!(
+            "{} is missing: this data dir was made by an earlier dsnode, whose certificates were over the Ed25519 key (which gRPC's C core and browsers refuse); it cannot be used as it is: make a new data dir with `dsnode init` (it makes tls.key and a CSR) and re-issue with `dsnode ca issue` from a P-256 CA",
+            tls_key_path.display()
+        )));
+    }
+    let tls_key = P256Key::load(&tls_key_path)?;
     let cert_path = dir.cert();
     let cert_pem = fsutil::read(&cert_path).map_err(|e| {
         if e.source.kind() == std::io::ErrorKind::NotFound {
@@ -130,11 +141,19 @@ pub fn load_credentials(dir: &DataDir) -> Result<Credentials, NodeError> {
     let identity = ca::verify_issued_by(&ca_der, &cert_pem, &cert_path.display().to_string())?;
     if identity.public_key != key.public_key() {
         return Err(NodeError::Credentials(format!(
-            "{} certifies node {} but {} is the key of node {}: install the certificate issued for this node's CSR",
+            "{} binds the signing key of node {} but {} is the key of node {}: install the certificate issued for this node's CSR",
             cert_path.display(),
             identity.node_id,
             dir.key().display(),
             key.node_id()
+        )));
+    }
+    let cert_der: CertificateDer<'static> = cert::cert_der_from_pem(&cert_pem)?;
+    if cert::tls_public_key_of(&cert_der)? != tls_key.public_key_der() {
+        return Err(NodeError::Credentials(format!(
+            "{} certifies another TLS key than {}: install the certificate issued for this node's CSR (or the tls.key made with it)",
+            cert_path.display(),
+            tls_key_path.display()
         )));
     }
     let not_after = OffsetDateTime::from_unix_timestamp(identity.not_after).ok();
@@ -148,10 +167,9 @@ pub fn load_credentials(dir: &DataDir) -> Result<Credentials, NodeError> {
     let list = ca::parse_crl(&ca_der, &crl_pem, &crl_path)?;
     check_revocation(&crl_path, &list, &identity)?;
     let crl = ca::crl_der_from_pem(&crl_pem)?;
-    let cert_der: CertificateDer<'static> = cert::cert_der_from_pem(&cert_pem)?;
     let material = TlsMaterial {
         cert_chain: vec![cert_der],
-        key: Arc::new(key.tls_private_key()?),
+        key: Arc::new(tls_key.tls_private_key()),
         ca: ca_der,
         crl,
     };
@@ -163,6 +181,24 @@ pub fn load_credentials(dir: &DataDir) -> Result<Credentials, NodeError> {
         crl_number: list.number,
         crl_expires: list.next_update,
     })
+}
+
+/// Whether `ca_der` is the Ed25519 CA certificate of an earlier build.
+fn is_ed25519_ca(ca_der: &[u8]) -> bool {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    X509Certificate::from_der(ca_der)
+        .is_ok_and(|(_, c)| cert::KeyKind::of(c.public_key()) == cert::KeyKind::Ed25519)
+}
+
+/// Refuses a CA certificate of an earlier build (an Ed25519 CA).
+fn check_ca_key(dir: &DataDir, ca_der: &[u8]) -> Result<(), NodeError> {
+    if is_ed25519_ca(ca_der) {
+        return Err(NodeError::Credentials(format!(
+            "{} is an Ed25519 CA certificate made by an earlier dsnode; TLS now needs an ECDSA P-256 CA: the operator makes one (`dsnode ca init`) and re-issues this node's certificate with `dsnode ca issue` from a CSR of this build (`dsnode init`)",
+            dir.ca_cert().display()
+        )));
+    }
+    Ok(())
 }
 
 fn check_revocation(
@@ -858,9 +894,10 @@ pub fn default_hosts(listen: std::net::SocketAddr) -> Vec<cert::Host> {
     hosts
 }
 
-/// Creates a node's data dir: a new identity key (mode 0600), `node.toml`,
-/// a CSR naming `participant` and `hosts`, and a copy of the CA
-/// certificate. Refuses a directory that already holds a key.
+/// Creates a node's data dir: a new Ed25519 signing key and a new ECDSA
+/// P-256 TLS key (both mode 0600), `node.toml`, a CSR for the TLS key
+/// binding the signing key, naming `participant` and `hosts`, and a copy of
+/// the CA certificate. Refuses a directory that already holds a key.
 pub fn init_data_dir(
     dir: &DataDir,
     participant: &crate::identity::ParticipantId,
@@ -868,18 +905,25 @@ pub fn init_data_dir(
     (listen, metrics_listen): (std::net::SocketAddr, Option<std::net::SocketAddr>),
     hosts: Vec<cert::Host>,
 ) -> Result<Initialized, NodeError> {
-    if dir.key().exists() {
+    if dir.key().exists() || dir.tls_key().exists() {
         return Err(NodeError::Credentials(format!(
             "{} already holds a node key; refusing to overwrite a node's identity",
             dir.root().display()
         )));
     }
     // Validate the CA certificate before writing anything.
-    cert::cert_der_from_pem(ca_cert_pem)?;
+    let ca_der = cert::cert_der_from_pem(ca_cert_pem)?;
+    if is_ed25519_ca(&ca_der) {
+        return Err(NodeError::Credentials(
+            "the CA certificate is an Ed25519 CA made by an earlier dsnode; TLS now needs an ECDSA P-256 CA: the operator makes one with `dsnode ca init`".into(),
+        ));
+    }
     fsutil::create_private_dir(dir.root())?;
     let key = NodeKey::generate();
-    let csr = cert::make_csr(&key, participant, &hosts)?;
+    let tls_key = P256Key::generate()?;
+    let csr = cert::make_csr(&key, &tls_key, participant, &hosts)?;
     key.save_new(&dir.key())?;
+    tls_key.save_new(&dir.tls_key())?;
     fsutil::write_atomic(&dir.ca_cert(), ca_cert_pem, fsutil::PUBLIC_MODE)?;
     fsutil::write_atomic(&dir.csr(), csr.as_bytes(), fsutil::PUBLIC_MODE)?;
     fsutil::write_atomic(

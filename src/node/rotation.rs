@@ -1,25 +1,31 @@
-//! Rotating a node's identity key (THREATS.md row 16), on a stopped node:
+//! Rotating a node's keys (THREATS.md row 16), on a stopped node. Both keys
+//! change together: the Ed25519 signing key (what the ledger's key history
+//! is about) and the ECDSA P-256 TLS key, under one CSR and one new
+//! certificate.
 //!
-//! 1. [`prepare`] (`dsnode key new`): a new key in `node.next.key` (mode
-//!    0600) and a CSR for it in `node.next.csr`, for the same participant
-//!    and hosts as the current certificate.
+//! 1. [`prepare`] (`dsnode key new`): a new signing key in `node.next.key`
+//!    and a new TLS key in `tls.next.key` (both mode 0600), and a CSR for
+//!    them in `node.next.csr`, for the same participant and hosts as the
+//!    current certificate.
 //! 2. The operator issues a certificate for that CSR (`dsnode ca issue`),
 //!    as for any node.
 //! 3. [`finish`] (`dsnode key rotate --cert NEW.crt`): checks the
-//!    certificate (issued by the data space's CA, for the new key, to the
-//!    same participant), appends the `KeyRotated` entry signed by both keys
-//!    to the ledger (see [`crate::ledger::keys`]), then installs the new
-//!    key and certificate. The old certificate is kept in `retired/` for
-//!    the operator to revoke; the old private key is gone.
+//!    certificate (issued by the data space's CA, for the new TLS key and
+//!    binding the new signing key, to the same participant), appends the
+//!    `KeyRotated` entry signed by both signing keys to the ledger (see
+//!    [`crate::ledger::keys`]), then installs the new keys and certificate.
+//!    The old certificate is kept in `retired/` for the operator to revoke;
+//!    the old private keys are gone.
 //!
 //! A crash between the ledger entry and the installation leaves the old
 //! key in `node.key`, which the ledger now refuses; running [`finish`]
-//! again completes the installation.
+//! again completes the installation (`tls.key` is installed before
+//! `node.key`, so a re-run finds the new TLS key in one place or the other).
 
 use std::path::PathBuf;
 
 use crate::fsutil;
-use crate::identity::{NodeId, NodeKey, ParticipantId, ca, cert};
+use crate::identity::{NodeId, NodeKey, P256Key, ParticipantId, ca, cert};
 use crate::ledger::{Ledger, LedgerError, LedgerOptions, keys::KeyError};
 use crate::node::NodeError;
 use crate::runtime::config::DataDir;
@@ -54,21 +60,25 @@ fn refuse(msg: String) -> NodeError {
     NodeError::Credentials(msg)
 }
 
-/// Makes the next key and its CSR; see the module docs. Refuses when a
+/// Makes the next keys and their CSR; see the module docs. Refuses when a
 /// next key exists already (finish or remove that rotation first).
 pub fn prepare(dir: &DataDir) -> Result<Prepared, NodeError> {
-    if dir.next_key().exists() {
-        return Err(refuse(format!(
-            "{} exists: a rotation is already prepared (finish it with `dsnode key rotate`, or remove that file to start over)",
-            dir.next_key().display()
-        )));
+    for next in [dir.next_key(), dir.next_tls_key()] {
+        if next.exists() {
+            return Err(refuse(format!(
+                "{} exists: a rotation is already prepared (finish it with `dsnode key rotate`, or remove node.next.key and tls.next.key to start over)",
+                next.display()
+            )));
+        }
     }
     let current = fsutil::read(&dir.cert())?;
     let der = cert::cert_der_from_pem(&current)?;
     let identity = crate::identity::PeerIdentity::from_der(&der)?;
     let hosts = cert::hosts_of(&der)?;
     let key = NodeKey::generate();
-    let csr = cert::make_csr(&key, &identity.participant, &hosts)?;
+    let tls_key = P256Key::generate()?;
+    let csr = cert::make_csr(&key, &tls_key, &identity.participant, &hosts)?;
+    tls_key.save_new(&dir.next_tls_key())?;
     key.save_new(&dir.next_key())?;
     fsutil::write_atomic(&dir.next_csr(), csr.as_bytes(), fsutil::PUBLIC_MODE)?;
     Ok(Prepared {
@@ -90,6 +100,21 @@ pub async fn finish(dir: &DataDir, new_cert_pem: &[u8]) -> Result<Rotated, NodeE
             new.node_id,
             next.node_id(),
             dir.next_key().display()
+        )));
+    }
+    // The prepared TLS key: in tls.next.key, or already installed by an
+    // interrupted run (which renames it before node.next.key).
+    let next_tls_path = if dir.next_tls_key().exists() {
+        dir.next_tls_key()
+    } else {
+        dir.tls_key()
+    };
+    let next_tls = P256Key::load(&next_tls_path)?;
+    let new_der = cert::cert_der_from_pem(new_cert_pem)?;
+    if cert::tls_public_key_of(&new_der)? != next_tls.public_key_der() {
+        return Err(refuse(format!(
+            "the new certificate certifies another TLS key than the prepared one ({})",
+            next_tls_path.display()
         )));
     }
     let old_cert_pem = fsutil::read(&dir.cert())?;
@@ -138,6 +163,10 @@ pub async fn finish(dir: &DataDir, new_cert_pem: &[u8]) -> Result<Rotated, NodeE
         fsutil::PUBLIC_MODE,
     )?;
     fsutil::write_atomic(&dir.cert(), new_cert_pem, fsutil::PUBLIC_MODE)?;
+    if next_tls_path == dir.next_tls_key() {
+        std::fs::rename(&next_tls_path, dir.tls_key())
+            .map_err(|e| fsutil::FileError::new("install", &dir.tls_key(), e))?;
+    }
     std::fs::rename(dir.next_key(), dir.key())
         .map_err(|e| fsutil::FileError::new("install", &dir.key(), e))?;
     fsutil::sync_dir(dir.root()).map_err(|e| fsutil::FileError::new("sync", dir.root(), e))?;

@@ -7,8 +7,9 @@
 //! | path | what |
 //! |---|---|
 //! | `node.toml` | this node's configuration |
-//! | `node.key` | Ed25519 identity key, PKCS#8 v1 PEM (v2 files load too), mode 0600 |
-//! | `node.csr` | certificate signing request for the operator |
+//! | `node.key` | Ed25519 signing key (node id, signatures), PKCS#8 v1 PEM (v2 files load too), mode 0600 |
+//! | `tls.key` | ECDSA P-256 TLS key (the certificate's key), PKCS#8 PEM, mode 0600 |
+//! | `node.csr` | certificate signing request for the operator (the TLS key, binding the Ed25519 key) |
 //! | `node.crt` | node certificate, written by `dsnode ca issue --out DIR/node.crt` |
 //! | `ca.crt` | the data-space CA certificate |
 //! | `crl.pem` | the CA's current CRL, distributed by the operator |
@@ -48,9 +49,17 @@ impl DataDir {
     pub fn config(&self) -> PathBuf {
         self.root.join("node.toml")
     }
-    /// `node.key`.
+    /// `node.key`: the Ed25519 signing key (node id, signatures).
     pub fn key(&self) -> PathBuf {
         self.root.join("node.key")
+    }
+    /// `tls.key`: the ECDSA P-256 TLS key its certificate carries.
+    pub fn tls_key(&self) -> PathBuf {
+        self.root.join("tls.key")
+    }
+    /// `tls.next.key`: the TLS key a rotation will switch to.
+    pub fn next_tls_key(&self) -> PathBuf {
+        self.root.join("tls.next.key")
     }
     /// `node.next.key`: the key a rotation will switch to.
     pub fn next_key(&self) -> PathBuf {

@@ -54,7 +54,8 @@ pub enum TlsError {
 pub struct TlsMaterial {
     /// The node's certificate (chain of one: the CA is the only issuer).
     pub cert_chain: Vec<CertificateDer<'static>>,
-    /// The node's private key (the Ed25519 identity key).
+    /// The node's TLS private key (`tls.key`, ECDSA P-256; never the
+    /// Ed25519 signing key, which TLS stacks such as BoringSSL refuse).
     pub key: Arc<PrivateKeyDer<'static>>,
     /// The data-space CA certificate.
     pub ca: CertificateDer<'static>,

@@ -628,3 +628,187 @@ async fn calls_through_the_own_node_name_its_address_when_they_fail() {
     assert!(stderr.contains(peer), "{stderr}");
     node.shutdown().await.expect("stop");
 }
+
+/// `openssl`, if it is on this machine: its output, or `None` with the
+/// reason printed (the test is then skipped).
+fn openssl(args: &[&str]) -> Option<Output> {
+    match Command::new("openssl").args(args).output() {
+        Ok(out) => Some(out),
+        Err(e) => {
+            println!("skipped: `openssl` cannot be run here ({e})");
+            None
+        }
+    }
+}
+
+/// The certificates and keys are what every TLS stack reads: OpenSSL
+/// sees an `id-ecPublicKey` (P-256) node certificate signed with
+/// ECDSA-SHA256, the bound Ed25519 key as a SAN URI, a CA and CRL of
+/// the same kind, and reads the TLS key (PKCS#8).
+#[test]
+fn openssl_reads_a_p256_node_certificate_that_binds_the_ed25519_key() {
+    let space = DataSpace::new();
+    let node = space.node("acme", "consumer");
+    let Some(out) = openssl(&["x509", "-in", p(&node.dir.cert()), "-noout", "-text"]) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "Public Key Algorithm: id-ecPublicKey",
+        "NIST CURVE: P-256",
+        "Signature Algorithm: ecdsa-with-SHA256",
+        "URI:urn:dsnode:participant:acme",
+        "URI:urn:dsnode:ed25519:",
+    ] {
+        assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+    }
+    let ca = space.dir.path().join("ca/ca.crt");
+    let ca_text = openssl(&["x509", "-in", p(&ca), "-noout", "-text"]).expect("openssl");
+    assert!(String::from_utf8_lossy(&ca_text.stdout).contains("id-ecPublicKey"));
+    let crl = openssl(&["crl", "-in", p(&node.dir.crl()), "-noout", "-text"]).expect("openssl");
+    assert!(String::from_utf8_lossy(&crl.stdout).contains("ecdsa-with-SHA256"));
+    let verify = openssl(&["verify", "-CAfile", p(&ca), p(&node.dir.cert())]).expect("openssl");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let out =
+        openssl(&["pkey", "-in", p(&node.dir.tls_key()), "-noout", "-text"]).expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NIST CURVE: P-256"));
+}
+
+/// A data dir or CA made by an earlier build (Ed25519 certificates, no
+/// `tls.key`) is refused at start with what to re-issue.
+#[test]
+fn a_data_dir_of_an_earlier_build_is_refused_with_what_to_reissue() {
+    let space = DataSpace::new();
+    let node = space.node("acme", "consumer");
+    let check = || dsnode(&["serve", "--data-dir", p(node.dir.root()), "--check-config"]);
+
+    // No tls.key.
+    let tls_key = std::fs::read(node.dir.tls_key()).expect("tls key");
+    std::fs::remove_file(node.dir.tls_key()).expect("rm");
+    fails_with(
+        &check(),
+        &["tls.key is missing", "earlier dsnode", "`dsnode ca issue`"],
+    );
+    std::fs::write(node.dir.tls_key(), &tls_key).expect("restore");
+    std::fs::set_permissions(node.dir.tls_key(), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+
+    // An Ed25519 node certificate (this data space's CA, the node's own
+    // Ed25519 key as the certificate key, no binding), as earlier builds
+    // issued them.
+    let good_cert = std::fs::read(node.dir.cert()).expect("cert");
+    let ca_dir = space.dir.path().join("ca");
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).expect("ca key"))
+            .expect("ca key");
+    let ca_cert = std::fs::read_to_string(ca_dir.join("ca.crt")).expect("ca cert");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert, ca_key).expect("issuer");
+    let node_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(node.dir.key()).expect("node key"))
+            .expect("ed25519 node key");
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "urn:dsnode:participant:acme".try_into().expect("uri"),
+    ));
+    let old = params.signed_by(&node_key, &issuer).expect("old cert");
+    std::fs::write(node.dir.cert(), old.pem()).expect("write");
+    fails_with(
+        &check(),
+        &[
+            "not ECDSA P-256",
+            "Ed25519",
+            "re-issue with `dsnode ca issue`",
+        ],
+    );
+    std::fs::write(node.dir.cert(), &good_cert).expect("restore");
+
+    // An Ed25519 CA certificate.
+    let ed_ca = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let old_ca = params.self_signed(&ed_ca).expect("old ca");
+    std::fs::write(node.dir.ca_cert(), old_ca.pem()).expect("write");
+    fails_with(
+        &check(),
+        &[
+            "Ed25519 CA certificate made by an earlier dsnode",
+            "`dsnode ca issue`",
+        ],
+    );
+    std::fs::write(node.dir.ca_cert(), ca_cert).expect("restore");
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // `dsnode ca issue` from an Ed25519 CA dir.
+    std::fs::remove_file(ca_dir.join("ca.key")).expect("rm");
+    dsnode::identity::NodeKey::generate()
+        .save_new(&ca_dir.join("ca.key"))
+        .expect("ed25519 ca key");
+    let out = dsnode(&[
+        "ca",
+        "issue",
+        "--ca-dir",
+        p(&ca_dir),
+        "--csr",
+        p(&node.dir.csr()),
+        "--roles",
+        "consumer",
+        "--out",
+        p(&space.dir.path().join("x.crt")),
+    ]);
+    fails_with(&out, &["earlier dsnode", "`dsnode ca init`"]);
+}
+
+/// `node.crt` must certify `tls.key` and bind `node.key`: another node's
+/// key in either place is refused at start, naming the files.
+#[test]
+fn keys_that_do_not_match_the_certificate_are_named() {
+    let space = DataSpace::new();
+    let node = space.node("acme", "consumer");
+    let other = space.node("other", "consumer");
+    let check = || dsnode(&["serve", "--data-dir", p(node.dir.root()), "--check-config"]);
+    for (file, needles) in [
+        (
+            node.dir.tls_key(),
+            ["certifies another TLS key than", "tls.key"],
+        ),
+        (
+            node.dir.key(),
+            ["binds the signing key of node", "node.key"],
+        ),
+    ] {
+        let own = std::fs::read(&file).expect("own key");
+        let name = file.file_name().expect("name").to_owned();
+        std::fs::write(
+            &file,
+            std::fs::read(other.dir.root().join(&name)).expect("other key"),
+        )
+        .expect("swap");
+        fails_with(&check(), &needles);
+        std::fs::write(&file, own).expect("restore");
+    }
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

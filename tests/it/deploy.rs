@@ -28,7 +28,7 @@ const NODES: [(&str, &str, &str); 3] = [
 ];
 
 /// Files the node's Secret holds.
-const SECRET_FILES: [&str; 4] = ["node.key", "node.crt", "ca.crt", "crl.pem"];
+const SECRET_FILES: [&str; 5] = ["node.key", "tls.key", "node.crt", "ca.crt", "crl.pem"];
 
 fn deploy(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -284,7 +284,14 @@ fn make_space_and_entrypoint_serve_three_nodes_on_loopback() {
         .expect("entrypoint");
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    for f in ["node.toml", "node.key", "node.crt", "ca.crt", "crl.pem"] {
+    for f in [
+        "node.toml",
+        "node.key",
+        "tls.key",
+        "node.crt",
+        "ca.crt",
+        "crl.pem",
+    ] {
         assert!(err.contains(f), "missing {f} not named: {err}");
     }
     // A Secret still holding the placeholders of deploy/k8s/secrets.yaml.
@@ -355,6 +362,7 @@ fn make_space_and_entrypoint_serve_three_nodes_on_loopback() {
             & 0o777
     };
     assert_eq!(mode("node.key"), 0o600);
+    assert_eq!(mode("tls.key"), 0o600);
     for f in ["node.crt", "ca.crt", "crl.pem", "node.toml"] {
         assert_eq!(mode(f), 0o644, "{f}");
         assert_eq!(

@@ -454,3 +454,98 @@ async fn threat_07_an_expired_crl_is_refused_at_handshake_and_at_start() {
     let msg = err.to_string();
     assert!(msg.contains("crl.pem") && msg.contains("expired"), "{msg}");
 }
+
+/// The point of P-256 TLS keys: a TLS stack other than rustls (OpenSSL's
+/// `s_client`, standing in for gRPC's C core and browsers, which refuse
+/// Ed25519 certificates) completes a mutual TLS 1.3 handshake with a node,
+/// verifying its certificate against the CA, and presenting a node's
+/// certificate with its `tls.key`: the node counts no failed handshake,
+/// while the same client without a certificate (the control) is counted.
+/// Skipped, saying why, without `openssl`.
+#[tokio::test]
+async fn openssl_completes_a_mutual_tls13_handshake_with_a_node() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: `openssl` cannot be run here");
+        return;
+    }
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let node = support::start_with(&server, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let metrics = node.metrics_addr().expect("metrics");
+    let s_client = |with_cert: bool| {
+        let addr = node.local_addr().to_string();
+        let (cert, key, ca) = (
+            client.dir.cert(),
+            client.dir.tls_key(),
+            client.dir.ca_cert(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new("openssl");
+            cmd.args(["s_client", "-connect", &addr, "-tls1_3", "-alpn", "h2"])
+                .args(["-verify_return_error", "-verify_ip", "127.0.0.1"])
+                .arg("-CAfile")
+                .arg(&ca);
+            if with_cert {
+                cmd.arg("-cert").arg(&cert).arg("-key").arg(&key);
+            }
+            // The HTTP/2 preface, so that the server reads (and judges the
+            // client certificate) before the client hangs up.
+            let mut child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run openssl");
+            {
+                use std::io::Write;
+                let mut stdin = child.stdin.take().expect("stdin");
+                let _ = stdin.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            child.wait_with_output().expect("openssl output")
+        })
+    };
+    let failures = || async {
+        let body = support::http(metrics, "GET", "/metrics").await.body;
+        body.lines()
+            .filter(|l| l.starts_with("dsnode_tls_handshake_failures_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+
+    let out = s_client(true).await.expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "Verify return code: 0 (ok)",
+        "TLSv1.3",
+        "ALPN protocol: h2",
+        "Peer signature type: ECDSA",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "missing `{needle}`:\n{stdout}\n{stderr}"
+        );
+    }
+    assert_eq!(
+        failures().await,
+        0,
+        "the certified OpenSSL client is accepted:\n{stderr}"
+    );
+
+    let _ = s_client(false).await.expect("join");
+    assert_eq!(
+        failures().await,
+        1,
+        "the control: no certificate is refused"
+    );
+    node.shutdown().await.expect("shutdown");
+}

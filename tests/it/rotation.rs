@@ -50,6 +50,7 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
 
     // A copy of the old key, as a thief (or a stale backup) would have it.
     let old_key_pem = std::fs::read(publisher.dir.key()).expect("old key");
+    let old_tls_key_pem = std::fs::read(publisher.dir.tls_key()).expect("old tls key");
     let old_cert_pem = std::fs::read(publisher.dir.cert()).expect("old cert");
 
     // Rotate: next key and CSR, the operator issues, the node switches.
@@ -80,7 +81,10 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
     // The retired key cannot run the node, even with its own certificate
     // (a whole old backup restored): the ledger refuses it, by name.
     let new_key_pem = std::fs::read(publisher.dir.key()).expect("new key");
+    let new_tls_key_pem = std::fs::read(publisher.dir.tls_key()).expect("new tls key");
+    assert_ne!(new_tls_key_pem, old_tls_key_pem, "the TLS key rotated too");
     std::fs::write(publisher.dir.key(), &old_key_pem).expect("restore old key");
+    std::fs::write(publisher.dir.tls_key(), &old_tls_key_pem).expect("restore old tls key");
     std::fs::write(publisher.dir.cert(), &old_cert_pem).expect("restore old cert");
     let mut config = dsnode::runtime::config::Config::new(
         publisher.dir.root(),
@@ -103,6 +107,7 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
     // Back to the current key; the operator revokes the old certificate.
     std::fs::write(publisher.dir.cert(), issued.pem.as_bytes()).expect("cert");
     std::fs::write(publisher.dir.key(), &new_key_pem).expect("key");
+    std::fs::write(publisher.dir.tls_key(), &new_tls_key_pem).expect("tls key");
     space
         .ca
         .revoke(&old_cert_pem, "old node.crt")

@@ -432,11 +432,11 @@ pub(crate) fn client_config_with(
         Some(node) => {
             // Read the files directly: these certificates may be expired or
             // foreign, which `load_credentials` would (rightly) refuse.
-            let key = dsnode::identity::NodeKey::load(&node.dir.key()).expect("key");
+            let key = dsnode::identity::P256Key::load(&node.dir.tls_key()).expect("tls key");
             let cert =
                 rustls_pki_types::CertificateDer::from_pem_file(node.dir.cert()).expect("cert");
             builder
-                .with_client_auth_cert(vec![cert], key.tls_private_key().expect("key der"))
+                .with_client_auth_cert(vec![cert], key.tls_private_key())
                 .expect("client cert")
         }
         None => builder.with_no_client_auth(),
