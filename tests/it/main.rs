@@ -12,6 +12,7 @@ mod exchange;
 mod faults;
 mod fuzz_corpus;
 mod h2limits;
+mod interop;
 mod ledger;
 mod ledger_rpc;
 mod lifecycle;
