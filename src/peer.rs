@@ -14,6 +14,7 @@ use std::pin::Pin;
 use crate::envelope::Envelope;
 use crate::identity::PeerIdentity;
 use crate::ledger::Query;
+use crate::ledger::keys::{LogKeys, decode_rotations};
 
 /// A future a [`Peer`] returns (boxed: peers are used as trait objects).
 pub type PeerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, PeerError>> + Send + 'a>>;
@@ -72,6 +73,23 @@ pub trait Peer: Send + Sync {
     /// The signed objects it holds about grant `grant`, and its
     /// certificate (`Ledger.GetEvidence`; auditors only).
     fn evidence<'a>(&'a self, grant: &'a str) -> PeerFuture<'a, GrantEvidence>;
+}
+
+/// The key history of `peer`'s log, read from it and checked: every
+/// rotation signed by the key it retires and the key it introduces, the
+/// chain ending at the key of the peer's certificate. Old manifests and
+/// checkpoints of that node verify under it. (An auditor also proves each
+/// rotation is in the log: [`crate::audit::Auditor::keys`].) A history that
+/// does not verify is `DataLoss`.
+pub async fn log_keys(peer: &dyn Peer) -> Result<LogKeys, PeerError> {
+    decode_rotations(&peer.key_rotations().await?)
+        .and_then(|rotations| LogKeys::of_node(&rotations, peer.identity()))
+        .map_err(|e| {
+            PeerError::new(
+                Code::DataLoss,
+                format!("the node's key history does NOT verify: {e}"),
+            )
+        })
 }
 
 /// The answer of a peer that does not serve a call: `Unimplemented`, as a

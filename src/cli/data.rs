@@ -109,9 +109,9 @@ pub(super) async fn catalog(a: CatalogArgs) -> Result<Output> {
     let publisher = conn.server.clone();
     // Manifests published before a key rotation are signed by a key the
     // publisher's history retired.
-    let keys = crate::wire::client::peer_keys(&conn)
+    let keys = crate::peer::log_keys(&conn)
         .await
-        .map_err(|s| call_error(&a.peer, &s.into()))?;
+        .map_err(|e| call_error(&a.peer, &e))?;
     let mut rpc = pb::catalog_client::CatalogClient::new(conn.channel);
     let mut rows = Vec::new();
     let mut token = String::new();

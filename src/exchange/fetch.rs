@@ -35,10 +35,10 @@ use crate::digest::{Hash, sha256};
 use crate::envelope::{Envelope, Verified};
 use crate::identity::PeerIdentity;
 use crate::ledger::entry::EntryKind;
-use crate::ledger::keys::{LogKeys, decode_rotations};
+use crate::ledger::keys::LogKeys;
 use crate::ledger::{Ledger, LedgerError, Query, merkle};
 use crate::peer::{
-    Code, Dialer, FetchAsk, FetchHeader, FetchPart, FetchStream, Peer, PeerError, Resume,
+    Code, Dialer, FetchAsk, FetchHeader, FetchPart, FetchStream, Peer, PeerError, Resume, log_keys,
 };
 
 /// Chunks queued between the network and the verifying writer at most.
@@ -386,11 +386,7 @@ async fn connect_publisher(
     held: &Held,
 ) -> Result<(Box<dyn Peer>, LogKeys), FetchError> {
     let conn = dialer.dial(peer).await?;
-    let keys = decode_rotations(&conn.key_rotations().await?)
-        .and_then(|rotations| LogKeys::of_node(&rotations, conn.identity()))
-        .map_err(|e| {
-            FetchError::BadAnswer(format!("the node's key history does NOT verify: {e}"))
-        })?;
+    let keys = log_keys(conn.as_ref()).await?;
     if keys.find(&held.publisher_key).is_none() {
         let g = held.grant.value();
         return Err(FetchError::Precondition(format!(

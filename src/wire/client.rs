@@ -14,7 +14,6 @@ use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::PeerIdentity;
-use crate::ledger::keys::{LogKeys, decode_rotations};
 use tokio_stream::StreamExt;
 
 use crate::envelope::Envelope;
@@ -256,24 +255,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
-}
-
-/// The key history of the node at the other end of `conn`, read from its
-/// Ledger service and checked: every rotation signed by the key it retires
-/// and the key it introduces, the chain ending at the key of the node's
-/// TLS certificate. Old manifests and checkpoints of that node verify
-/// under it. (An auditor also proves each rotation is in the log:
-/// [`crate::audit::Auditor::keys`].)
-pub async fn peer_keys(conn: &PeerChannel) -> Result<LogKeys, tonic::Status> {
-    let r = LedgerClient::new(conn.channel.clone())
-        .get_checkpoint(pb::GetCheckpointRequest {})
-        .await?
-        .into_inner();
-    decode_rotations(&r.key_rotations)
-        .and_then(|rotations| LogKeys::of_node(&rotations, &conn.server))
-        .map_err(|e| {
-            tonic::Status::data_loss(format!("the node's key history does NOT verify: {e}"))
-        })
 }
 
 /// The innermost error message of a chain: tonic wraps the useful TLS

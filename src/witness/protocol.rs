@@ -19,7 +19,7 @@ use crate::ledger::entry::{EntryDraft, EntryKind, MAX_DETAIL_BYTES};
 use crate::ledger::keys::{LogKeys, decode_rotations};
 use crate::ledger::note::SignedCheckpoint;
 use crate::ledger::{Ledger, LedgerError, merkle};
-use crate::peer::{CheckpointAnswer, CheckpointOffer, Peer, PeerError, ShownCheckpoint};
+use crate::peer::{CheckpointAnswer, CheckpointOffer, Peer, PeerError, ShownCheckpoint, log_keys};
 
 /// What one exchange did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -433,11 +433,7 @@ impl Witnessing<'_> {
     pub async fn exchange(&self, peer: &dyn Peer) -> Result<Exchanged, ExchangeError> {
         let server = peer.identity();
         let _one_at_a_time = self.book.exchange_slot(&server.node_id).await;
-        let their_keys = decode_rotations(&peer.key_rotations().await?)
-            .and_then(|rotations| LogKeys::of_node(&rotations, server))
-            .map_err(|e| {
-                ExchangeError::BadAnswer(format!("the node's key history does NOT verify: {e}"))
-            })?;
+        let their_keys = log_keys(peer).await?;
         let mut from = self.book.cosigned_size(&server.node_id);
         let seen_size = self
             .book

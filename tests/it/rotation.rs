@@ -137,9 +137,7 @@ async fn threat_16_a_rotated_key_keeps_old_signatures_and_refuses_new_ones() {
 
     // The catalog lists it, the signature checked against the history.
     let conn = support::connect(&consumer, &pub_node).await;
-    let keys = dsnode::wire::client::peer_keys(&conn)
-        .await
-        .expect("history");
+    let keys = dsnode::peer::log_keys(&conn).await.expect("history");
     assert_eq!(keys.keys().len(), 2);
     let listed = pb::catalog_client::CatalogClient::new(conn.channel)
         .list_datasets(pb::ListDatasetsRequest::default())
