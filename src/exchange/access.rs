@@ -15,10 +15,13 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
+use time::OffsetDateTime;
+
 use super::Publisher;
 use super::book::{BookError, GrantBook, Held};
 use super::grant::{Grant, GrantId};
 use crate::dataset::DatasetId;
+use crate::dataset::catalog::Dataset;
 use crate::envelope::Verified;
 use crate::identity::{NodeId, PeerIdentity};
 use crate::ledger::entry::{EntryDraft, EntryKind};
@@ -127,6 +130,14 @@ pub enum Decided {
 }
 
 impl Publisher<'_> {
+    /// Whether `who` may see `dataset` (in the catalog, and to ask for it):
+    /// this node sees everything; others what the policy could ever grant
+    /// them.
+    pub fn visible(&self, who: &PeerIdentity, dataset: &Dataset, now: OffsetDateTime) -> bool {
+        who.node_id == self.identity.node_id
+            || could_ever_grant(&dataset.manifest.value().policy, who, now)
+    }
+
     /// Decides an access request from `who` (its certificate identity).
     pub async fn decide(&self, who: &PeerIdentity, ask: Ask) -> Result<Decided, AccessError> {
         let Ask {
@@ -137,10 +148,7 @@ impl Publisher<'_> {
         let dataset = self
             .catalog
             .get(&id)
-            .filter(|d| {
-                could_ever_grant(&d.manifest.value().policy, who, now)
-                    || who.node_id == self.identity.node_id
-            })
+            .filter(|d| self.visible(who, d, now))
             .ok_or_else(|| AccessError::NotVisible(id.clone()))?;
         let policy = &dataset.manifest.value().policy;
         match evaluate(policy, &access, who, now) {

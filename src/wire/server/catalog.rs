@@ -3,15 +3,12 @@
 
 use std::sync::Arc;
 
-use time::OffsetDateTime;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{NodeContext, caller};
 use crate::dataset::catalog::{Dataset, PublishError, PublishRequest};
 use crate::dataset::{DEFAULT_CHUNK_SIZE, DatasetId, Derivation};
-use crate::identity::PeerIdentity;
-use crate::policy::eval::could_ever_grant;
 use crate::policy::{Classification, Policy};
 use crate::wire::pb;
 
@@ -24,12 +21,6 @@ fn entry(d: &Dataset) -> pb::CatalogEntry {
         dataset_id: d.id.to_string(),
         manifest: Some(d.manifest.envelope().into()),
     }
-}
-
-/// Whether `who` may see `d` in this node's catalog: the node itself sees
-/// everything; others what the policy could ever grant them.
-fn visible(ctx: &NodeContext, who: &PeerIdentity, d: &Dataset, now: OffsetDateTime) -> bool {
-    who.node_id == ctx.identity.node_id || could_ever_grant(&d.manifest.value().policy, who, now)
 }
 
 /// `dataspace.v1.Catalog`.
@@ -90,7 +81,7 @@ impl pb::catalog_server::Catalog for CatalogService {
                 && (text.is_empty()
                     || m.title.to_lowercase().contains(&text)
                     || m.description.to_lowercase().contains(&text));
-            if !matches || !visible(&self.node, &who, &d, now) {
+            if !matches || !self.node.publisher().visible(&who, &d, now) {
                 continue;
             }
             if datasets.len() == limit {
@@ -124,7 +115,7 @@ impl pb::catalog_server::Catalog for CatalogService {
             .node
             .catalog
             .get(&id)
-            .filter(|d| visible(&self.node, &who, d, now))
+            .filter(|d| self.node.publisher().visible(&who, d, now))
             .ok_or_else(|| Status::not_found(format!("no dataset {id} visible to you")))?;
         Ok(Response::new(pb::GetDatasetResponse {
             dataset: Some(entry(&d)),
