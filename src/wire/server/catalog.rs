@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{NodeContext, caller};
 use crate::dataset::catalog::{Dataset, PublishError, PublishRequest};
 use crate::dataset::{DEFAULT_CHUNK_SIZE, DatasetId, Derivation};
+use crate::exchange::access::AccessError;
 use crate::policy::{Classification, Policy};
 use crate::wire::pb;
 
@@ -116,7 +117,7 @@ impl pb::catalog_server::Catalog for CatalogService {
             .catalog
             .get(&id)
             .filter(|d| self.node.publisher().visible(&who, d, now))
-            .ok_or_else(|| Status::not_found(format!("no dataset {id} visible to you")))?;
+            .ok_or_else(|| Status::from(AccessError::NotVisible(id.clone())))?;
         Ok(Response::new(pb::GetDatasetResponse {
             dataset: Some(entry(&d)),
         }))
