@@ -37,6 +37,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Unfilled RPCs answer `Unimplemented` until their issue lands.
         .generate_default_stubs(true)
+        // Chunks pass from the blob store to the socket, and from the
+        // socket to the verifier, without being copied into new vectors.
+        .bytes(".dataspace.v1.FetchResponse.chunk")
         .compile_fds(fds)?;
 
     let payload = protox::compile(protos(Path::new("proto/dsnode/payload/v1"))?, ["proto"])?;

@@ -249,7 +249,15 @@ async fn fetch(
 ) -> Result<f64, BoxError> {
     let started = Instant::now();
     let mut events = AdminClient::new(&consumer.connect().await?)
-        .fetch(&publisher.to_string(), grant, out, true, 0)
+        .fetch(
+            &publisher.to_string(),
+            grant,
+            out,
+            &dsnode::wire::admin::FetchOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
         .await?;
     while let Some(e) = events.next().await? {
         if let FetchEvent::Done(d) = e {
@@ -276,7 +284,7 @@ impl pb::exchange_server::Exchange for Bare {
         tokio::spawn(async move {
             for p in pieces.iter() {
                 let msg = pb::FetchResponse {
-                    part: Some(pb::fetch_response::Part::Chunk(p.clone())),
+                    part: Some(pb::fetch_response::Part::Chunk(p.clone().into())),
                 };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;

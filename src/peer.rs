@@ -133,6 +133,8 @@ pub struct FetchAsk {
     /// Set to resume: (the publisher's `TransferStarted` index, the first
     /// chunk wanted).
     pub resume: Option<Resume>,
+    /// One past the last chunk wanted (`None`: to the last chunk).
+    pub to_chunk: Option<u64>,
 }
 
 /// Where a resumed transfer starts.
@@ -142,6 +144,9 @@ pub struct Resume {
     pub transfer_index: u64,
     /// The first chunk wanted (every one before it is verified).
     pub from_chunk: u64,
+    /// Another stream of a transfer being received now (a parallel
+    /// range), not a resume after a break.
+    pub join: bool,
 }
 
 /// One part of a transfer stream.
@@ -150,7 +155,7 @@ pub enum FetchPart {
     /// The first part: what the transfer carries.
     Header(FetchHeader),
     /// The next chunk's bytes.
-    Chunk(Vec<u8>),
+    Chunk(bytes::Bytes),
 }
 
 /// What a transfer carries, as the publisher states it (unverified).

@@ -112,6 +112,15 @@ pub struct FetchArgs {
     /// fetch that still fails resumes when run again).
     #[arg(long, default_value_t = 3)]
     pub(super) retries: u32,
+    /// Parallel streams, each on its own connection, over disjoint chunk
+    /// ranges (default: the node's cores, at most 8; at most 16).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub(super) streams: Option<u32>,
+    /// Also hash the whole content and check it against the manifest's
+    /// SHA-256 before the output is put in place (every chunk is always
+    /// checked against the signed chunk list).
+    #[arg(long)]
+    pub(super) verify_sha256: bool,
 }
 
 /// Flags of `dsnode request`.

@@ -12,7 +12,7 @@ use super::{call_error, connect, own_address};
 use crate::exchange::grant::time_text;
 use crate::fsutil;
 use crate::peer::{AccessAsk, Code, PeerError};
-use crate::wire::admin::{AdminClient, FetchEvent};
+use crate::wire::admin::{AdminClient, FetchEvent, FetchOptions};
 use crate::wire::pb;
 
 fn size_text(bytes: u64) -> String {
@@ -441,7 +441,17 @@ pub(super) async fn fetch(a: FetchArgs) -> Result<Output> {
     };
     let started = std::time::Instant::now();
     let mut events = AdminClient::new(&conn)
-        .fetch(&a.peer, &a.grant, &out, a.force, a.retries)
+        .fetch(
+            &a.peer,
+            &a.grant,
+            &out,
+            &FetchOptions {
+                force: a.force,
+                retries: a.retries,
+                streams: a.streams.unwrap_or(0),
+                verify_sha256: a.verify_sha256,
+            },
+        )
         .await
         .map_err(failed)?;
     let mut sized = false;

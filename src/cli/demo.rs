@@ -29,6 +29,7 @@ use crate::ledger::entry::EntryKind;
 use crate::node::{self, RunningNode};
 use crate::peer::{AccessAsk, Code, PeerError};
 use crate::runtime::config::{Config, DataDir};
+use crate::wire::admin::FetchOptions;
 use crate::wire::admin::{AdminClient, FetchEvent};
 use crate::wire::client::PeerChannel;
 use crate::wire::pb;
@@ -478,7 +479,16 @@ async fn story_and_audit(
     let mut events = acme
         .admin()
         .await?
-        .fetch(&bureau, &g.id.to_string(), &out, true, 3)
+        .fetch(
+            &bureau,
+            &g.id.to_string(),
+            &out,
+            &FetchOptions {
+                force: true,
+                retries: 3,
+                ..FetchOptions::default()
+            },
+        )
         .await
         .map_err(call_err("acme's fetch"))?;
     let bar = if options.progress {
@@ -560,8 +570,10 @@ async fn story_and_audit(
             &bureau,
             &g.id.to_string(),
             &root.join("after-revocation.csv"),
-            true,
-            0,
+            &FetchOptions {
+                force: true,
+                ..FetchOptions::default()
+            },
         )
         .await
     {

@@ -234,6 +234,20 @@ pub struct FetchOrder {
     pub force: bool,
     /// Reconnects allowed after a broken connection.
     pub retries: u32,
+    /// Parallel streams (at least 1), each on its own connection.
+    pub streams: usize,
+    /// Also check the whole content's SHA-256 before the output is put
+    /// in place.
+    pub verify_sha256: bool,
+}
+
+/// Parallel streams a fetch may ask for at most.
+pub const MAX_STREAMS: u32 = 16;
+
+/// Parallel streams when the caller names none: this machine's cores, at
+/// most 8 (each stream verifies and writes on a thread of its own).
+pub fn default_streams() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
 }
 
 /// How far a fetch is.
@@ -616,6 +630,7 @@ impl<'a> Transferring<'a> {
         let resume = self.in_flight.as_ref().map(|f| Resume {
             transfer_index: f.transfer_index,
             from_chunk: f.incoming.received() as u64,
+            join: false,
         });
         let expected_first = resume.as_ref().map_or(0, |r| r.from_chunk);
         let mut stream = o
@@ -623,6 +638,7 @@ impl<'a> Transferring<'a> {
             .fetch(FetchAsk {
                 grant_id: g.id.to_string(),
                 resume,
+                to_chunk: None,
             })
             .await?;
         let first = next_or_idle(&mut stream)
@@ -677,11 +693,11 @@ impl<'a> Transferring<'a> {
             manifest,
             mut incoming,
         } = flight;
-        let (queue, mut queued) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let (queue, mut queued) = mpsc::channel::<bytes::Bytes>(WRITE_QUEUE);
         let shared = o.progress.clone();
         let writer = tokio::task::spawn_blocking(move || {
             while let Some(chunk) = queued.blocking_recv() {
-                incoming.chunk(chunk)?;
+                incoming.chunk(chunk.to_vec())?;
                 shared.record(&incoming);
             }
             Ok::<_, TransferError>(incoming)

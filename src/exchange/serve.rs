@@ -425,7 +425,7 @@ impl ChunkSender {
                 });
             };
             let bytes = chunk.len() as u64;
-            if tx.send(Ok(FetchPart::Chunk(chunk))).await.is_err() {
+            if tx.send(Ok(FetchPart::Chunk(chunk.into()))).await.is_err() {
                 return Ok(());
             }
             self.metrics.served(bytes);

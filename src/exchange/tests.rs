@@ -233,7 +233,9 @@ impl Peer for Loopback {
                                 return;
                             }
                             if fault == Fault::Flip(chunk) {
-                                bytes[0] ^= 1;
+                                let mut flipped = bytes.to_vec();
+                                flipped[0] ^= 1;
+                                bytes = flipped.into();
                             }
                             chunk += 1;
                             Ok(FetchPart::Chunk(bytes))
@@ -361,6 +363,8 @@ fn order(consumer: &Node, grant: &super::grant::GrantId, retries: u32) -> FetchO
         out: consumer.dir.path().join("out.csv"),
         force: false,
         retries,
+        streams: 1,
+        verify_sha256: false,
     }
 }
 
@@ -562,6 +566,7 @@ async fn started(publisher: &Node, consumer: &Node, grant: &super::grant::GrantI
             FetchAsk {
                 grant_id: grant.to_string(),
                 resume: None,
+                to_chunk: None,
             },
         )
         .await

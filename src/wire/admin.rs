@@ -21,6 +21,20 @@ use crate::witness::protocol::Exchanged;
 /// chunk's hash.
 const MAX_PUBLISH_ANSWER: usize = 16 << 20;
 
+/// How `Admin.Fetch` runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// Replace the output if it exists.
+    pub force: bool,
+    /// Reconnects (and resumes) allowed after a broken connection.
+    pub retries: u32,
+    /// Parallel streams; 0: the node's default.
+    pub streams: u32,
+    /// Also check the whole content's SHA-256 before the output is put
+    /// in place.
+    pub verify_sha256: bool,
+}
+
 /// A node's own Admin API, over a connection made with the node's own
 /// certificate. Cheap to clone; calls may run at the same time.
 #[derive(Clone)]
@@ -92,17 +106,21 @@ impl AdminClient {
 
     /// `Admin.Fetch`: the node fetches with its grant `grant_id` from the
     /// publisher at `peer`, verifies, writes `out` (a path on the node's
-    /// machine; replaced only with `force`) and exchanges receipts,
-    /// reconnecting up to `retries` times. Its progress, then its result,
-    /// come as [`FetchEvents`].
+    /// machine) and exchanges receipts, as `options` say. Its progress,
+    /// then its result, come as [`FetchEvents`].
     pub async fn fetch(
         &self,
         peer: &str,
         grant_id: &str,
         out: &Path,
-        force: bool,
-        retries: u32,
+        options: &FetchOptions,
     ) -> Result<FetchEvents, PeerError> {
+        let FetchOptions {
+            force,
+            retries,
+            streams,
+            verify_sha256,
+        } = *options;
         let stream = self
             .rpc()
             .fetch(pb::AdminFetchRequest {
@@ -111,6 +129,8 @@ impl AdminClient {
                 out: out.display().to_string(),
                 force,
                 retries,
+                streams,
+                verify_sha256,
             })
             .await?
             .into_inner();

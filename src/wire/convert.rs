@@ -461,38 +461,52 @@ impl From<pb::RequestAccessRequest> for AccessAsk {
 
 impl From<FetchAsk> for pb::FetchRequest {
     fn from(f: FetchAsk) -> Self {
-        let FetchAsk { grant_id, resume } = f;
+        let FetchAsk {
+            grant_id,
+            resume,
+            to_chunk,
+        } = f;
         Self {
             grant_id,
             resume: resume.map(|r| {
                 let Resume {
                     transfer_index,
                     from_chunk,
+                    join,
                 } = r;
                 pb::FetchResume {
                     transfer_index,
                     from_chunk,
+                    join,
                 }
             }),
+            to_chunk: to_chunk.unwrap_or(0),
         }
     }
 }
 
 impl From<pb::FetchRequest> for FetchAsk {
     fn from(f: pb::FetchRequest) -> Self {
-        let pb::FetchRequest { grant_id, resume } = f;
+        let pb::FetchRequest {
+            grant_id,
+            resume,
+            to_chunk,
+        } = f;
         Self {
             grant_id,
             resume: resume.map(|r| {
                 let pb::FetchResume {
                     transfer_index,
                     from_chunk,
+                    join,
                 } = r;
                 Resume {
                     transfer_index,
                     from_chunk,
+                    join,
                 }
             }),
+            to_chunk: (to_chunk != 0).then_some(to_chunk),
         }
     }
 }

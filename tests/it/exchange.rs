@@ -343,6 +343,7 @@ async fn stolen_revoked_used_up_and_tampered_fetches_are_refused() {
         .fetch(pb::FetchRequest {
             grant_id: grant.clone(),
             resume: None,
+            ..Default::default()
         })
         .await
         .expect_err("stolen grant");
@@ -466,6 +467,7 @@ async fn revocation_mid_transfer_stops_the_stream() {
         .fetch(pb::FetchRequest {
             grant_id: grant.clone(),
             resume: None,
+            ..Default::default()
         })
         .await
         .expect("fetch opens")

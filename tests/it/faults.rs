@@ -467,7 +467,15 @@ async fn kill9_during_node_operations_loses_nothing() {
                         .to_string();
                     let target = out.join(format!("{cycle}-{i}"));
                     let Ok(mut events) = cadmin
-                        .fetch(&addr.to_string(), &grant, &target, true, 0)
+                        .fetch(
+                            &addr.to_string(),
+                            &grant,
+                            &target,
+                            &dsnode::wire::admin::FetchOptions {
+                                force: true,
+                                ..Default::default()
+                            },
+                        )
                         .await
                     else {
                         return;

@@ -326,6 +326,7 @@ async fn a_client_that_stops_reading_does_not_grow_the_server() {
         .fetch(pb::FetchRequest {
             grant_id: grant,
             resume: None,
+            ..Default::default()
         })
         .await
         .expect("fetch")

@@ -145,6 +145,7 @@ async fn metrics_are_served_parsed_and_follow_the_traffic() {
         .fetch(pb::FetchRequest {
             grant_id: grant2,
             resume: None,
+            ..Default::default()
         })
         .await
         .expect("stream open")
@@ -206,6 +207,7 @@ async fn sigterm_during_a_fetch_drains_the_stream_and_exits_zero() {
         .fetch(pb::FetchRequest {
             grant_id: grant,
             resume: None,
+            ..Default::default()
         })
         .await
         .expect("stream")

@@ -380,6 +380,7 @@ async fn a_grant_is_refused_by_any_other_publisher() {
         .fetch(pb::FetchRequest {
             grant_id: grant.clone(),
             resume: None,
+            ..Default::default()
         })
         .await
         .expect_err("not issued here");
@@ -412,6 +413,7 @@ async fn resume_requests_are_checked_and_bounded() {
         let req = pb::FetchRequest {
             grant_id: grant.clone(),
             resume,
+            ..Default::default()
         };
         let mut client = exchange.clone();
         async move {
@@ -432,6 +434,7 @@ async fn resume_requests_are_checked_and_bounded() {
             pb::FetchResume {
                 transfer_index: 0,
                 from_chunk: 0,
+                ..Default::default()
             },
             "is not a transfer of grant",
         ),
@@ -439,6 +442,7 @@ async fn resume_requests_are_checked_and_bounded() {
             pb::FetchResume {
                 transfer_index: t,
                 from_chunk: 4,
+                ..Default::default()
             },
             "the dataset has 3 chunks",
         ),
@@ -450,6 +454,7 @@ async fn resume_requests_are_checked_and_bounded() {
     let resumed = fetch(Some(pb::FetchResume {
         transfer_index: t,
         from_chunk: 2,
+        ..Default::default()
     }))
     .await
     .expect("resume");
@@ -458,6 +463,7 @@ async fn resume_requests_are_checked_and_bounded() {
         fetch(Some(pb::FetchResume {
             transfer_index: t,
             from_chunk: 3,
+            ..Default::default()
         }))
         .await
         .expect("resume within the bound");
@@ -465,6 +471,7 @@ async fn resume_requests_are_checked_and_bounded() {
     let err = fetch(Some(pb::FetchResume {
         transfer_index: t,
         from_chunk: 3,
+        ..Default::default()
     }))
     .await
     .expect_err("the 33rd resume");
@@ -502,6 +509,7 @@ async fn parallel_fetches_of_a_one_fetch_grant_are_served_once() {
                 .fetch(pb::FetchRequest {
                     grant_id: grant,
                     resume: None,
+                    ..Default::default()
                 })
                 .await
                 .map(|_| ())
@@ -626,7 +634,9 @@ async fn receipts_are_checked_and_recorded_once() {
             resume: Some(pb::FetchResume {
                 transfer_index: receipt.transfer_index,
                 from_chunk: 0,
+                ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .expect_err("completed");

@@ -8,7 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{NodeContext, SOFTWARE_VERSION, catalog, grant_id};
-use crate::exchange::fetch::{FetchOrder, Progress};
+use crate::exchange::fetch::{FetchOrder, MAX_STREAMS, Progress, default_streams};
 use crate::wire::{pb, status};
 
 /// `dataspace.v1.Admin`.
@@ -62,13 +62,26 @@ impl pb::admin_server::Admin for AdminService {
             out,
             force,
             retries,
+            streams,
+            verify_sha256,
         } = request.into_inner();
+        if streams > MAX_STREAMS {
+            return Err(Status::invalid_argument(format!(
+                "streams: at most {MAX_STREAMS}, not {streams}"
+            )));
+        }
         let order = FetchOrder {
             grant: grant_id(&grant)?,
             peer,
             out: out.into(),
             force,
             retries,
+            streams: if streams == 0 {
+                default_streams()
+            } else {
+                streams as usize
+            },
+            verify_sha256,
         };
         let (tx, rx) = mpsc::channel(8);
         let (progress_tx, mut progress_rx) = mpsc::channel(8);

@@ -12,7 +12,7 @@ use dsnode::ledger::Query;
 use dsnode::ledger::entry::EntryKind;
 use dsnode::node::RunningNode;
 use dsnode::peer::{AccessAsk, PeerError};
-use dsnode::wire::admin::{AdminClient, FetchEvent};
+use dsnode::wire::admin::{AdminClient, FetchEvent, FetchOptions};
 use dsnode::wire::client::PeerChannel;
 use dsnode::wire::pb;
 
@@ -164,7 +164,16 @@ pub(crate) async fn fetch_with(
 ) -> Result<FetchRun, PeerError> {
     let mut events = admin(consumer, con_node)
         .await
-        .fetch(&peer.to_string(), grant, out, force, retries)
+        .fetch(
+            &peer.to_string(),
+            grant,
+            out,
+            &FetchOptions {
+                force,
+                retries,
+                ..FetchOptions::default()
+            },
+        )
         .await?;
     let mut progress = Vec::new();
     while let Some(event) = events.next().await? {
