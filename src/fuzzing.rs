@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use crate::dataset::Manifest;
-use crate::dataset::blob::{BlobStore, LocalBlobStore};
+use crate::dataset::pack::PackStore;
 use crate::digest::Hash;
 use crate::envelope::{Envelope, Verified};
 use crate::exchange::grant::Grant;
@@ -152,7 +152,7 @@ pub fn chunks(data: &[u8]) {
         grant: Grant,
         hashes: Vec<Hash>,
         content: Vec<u8>,
-        blobs: Arc<dyn BlobStore>,
+        packs: Arc<PackStore>,
         out: PathBuf,
     }
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
@@ -161,37 +161,39 @@ pub fn chunks(data: &[u8]) {
         std::fs::create_dir_all(&dir).expect("fuzz dir");
         let content: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
         let (manifest, grant, _, hashes) = crate::exchange::transfer::fixture(&content, 4096);
-        let blobs: Arc<dyn BlobStore> =
-            Arc::new(LocalBlobStore::open(&dir.join("blobs")).expect("blobs"));
+        let packs = Arc::new(PackStore::open(&dir.join("packs")).expect("packs"));
         Fixture {
             manifest,
             grant,
             hashes,
             content,
-            blobs,
+            packs,
             out: dir.join("out"),
         }
     });
-    let Ok(mut incoming) = Incoming::start(
+    let Ok(incoming) = Incoming::start(
         &f.out,
         true,
         &f.manifest,
         f.hashes.clone(),
         &f.grant,
-        f.blobs.clone(),
+        f.packs.clone(),
+        true,
     ) else {
         return;
     };
     let mut rest = data;
+    let mut index = 0;
     while rest.len() >= 2 {
         let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
         let piece = rest.get(2..2 + len).unwrap_or(&rest[2..]);
         rest = rest.get(2 + len..).unwrap_or_default();
-        if incoming.chunk(piece.to_vec()).is_err() {
+        if incoming.chunk(index, piece).is_err() {
             return;
         }
+        index += 1;
     }
-    if incoming.finish().is_ok() {
+    if incoming.finish(true).is_ok() {
         let written = std::fs::read(&f.out).expect("finished output");
         assert_eq!(
             written, f.content,

@@ -525,9 +525,15 @@ pub fn verify(bytes: &[u8], ca_pem: &[u8]) -> Result<String, BundleError> {
                 rv.grant
             )));
         }
-        if rv.dataset != g.dataset || rv.content_sha256 != m.content_sha256 || rv.bytes != m.size {
+        if rv.dataset != g.dataset
+            || rv.content_sha256 != m.content_sha256
+            || rv.bytes != m.size
+            || rv
+                .chunk_list_sha256
+                .is_some_and(|h| h != m.chunk_list_sha256)
+        {
             return Err(invalid(format!(
-                "receipt {} does not attest the manifest's dataset, size and content hash",
+                "receipt {} does not attest the manifest's dataset, size, content hash and chunk list",
                 i + 1
             )));
         }

@@ -2,6 +2,7 @@
 //!
 //! - [`blob`]: the [`blob::BlobStore`] trait and the local filesystem store.
 //! - [`chunk`]: splitting content into hashed chunks, with bounded memory.
+//! - [`pack`]: received datasets, one file per dataset, written in place.
 //! - [`catalog`]: the node's published datasets, on disk and in memory, and
 //!   publishing itself.
 //!
@@ -14,6 +15,7 @@
 pub mod blob;
 pub mod catalog;
 pub mod chunk;
+pub mod pack;
 pub mod publish;
 
 use std::fmt;

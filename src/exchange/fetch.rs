@@ -8,21 +8,29 @@
 //!                  publisher's key)                                              and kept)           record it)
 //! ```
 //!
-//! Chunks are verified and written on a blocking thread while the next
-//! ones arrive. A broken connection is resumed from the first missing
-//! chunk, within the call (`retries`) or by a later call: the publisher's
-//! header is kept until the fetch completes and the verified chunks are in
-//! the blob store.
+//! A transfer runs over `streams` streams, each on a connection of its
+//! own and each carrying a share of the chunk ranges still missing: the
+//! first opens the transfer (a new fetch, or a resume), the others join
+//! it. Each stream's chunks are verified and written in place on a
+//! blocking thread of its own while the next ones arrive, so hashing and
+//! writing use every core. A broken connection is resumed, each range from
+//! its first missing chunk, within the call (`retries`) or by a later
+//! call: the publisher's header is kept until the fetch completes and the
+//! verified chunks are in the transfer's pack. A chunk that does not
+//! verify, on any stream, ends the whole transfer.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use super::book::{BookError, GrantBook, Held};
 use super::grant::{Grant, GrantId};
@@ -30,7 +38,7 @@ use super::receipt::Receipt;
 use super::transfer::{Incoming, TransferError, check_header, check_output};
 use crate::codec::Canonical;
 use crate::dataset::Manifest;
-use crate::dataset::blob::BlobStore;
+use crate::dataset::pack::PackStore;
 use crate::digest::{Hash, sha256};
 use crate::envelope::{Envelope, Verified};
 use crate::identity::PeerIdentity;
@@ -187,7 +195,7 @@ impl From<TransferError> for FetchError {
         match e {
             TransferError::Output(m) => Self::Local(m),
             TransferError::File(e) => Self::Local(format!("writing the output: {e}")),
-            TransferError::Blob(e) => Self::Local(format!("storing chunks: {e}")),
+            TransferError::Blob(e) => Self::Local(format!("storing the content: {e}")),
             TransferError::Thread(e) => Self::Local(format!("writing: {e}")),
             other => Self::BadAnswer(other.to_string()),
         }
@@ -202,8 +210,8 @@ pub struct Consumer<'a> {
     pub ledger: &'a Ledger,
     /// The grants it holds, and the saved state of interrupted fetches.
     pub grants: &'a Arc<GrantBook>,
-    /// Where verified chunks are kept.
-    pub blobs: &'a Arc<dyn BlobStore>,
+    /// Where received datasets (and fetches in progress) are kept.
+    pub packs: &'a Arc<PackStore>,
     /// Its signing key, for receipts.
     pub key: &'a SigningKey,
     /// Grants being fetched now (one fetch per grant at a time).
@@ -378,11 +386,39 @@ impl Drop for FetchGuard<'_> {
 }
 
 /// A transfer in progress: the publisher's transfer entry and the
-/// verified output so far.
+/// verified content so far.
 struct InFlight {
     transfer_index: u64,
     manifest: Envelope,
-    incoming: Incoming,
+    incoming: Arc<Incoming>,
+}
+
+/// Splits the missing chunks into at most `streams` shares of about the
+/// same number of chunks, each a list of ranges in order.
+fn plan(missing: &[Range<usize>], streams: usize) -> Vec<Vec<Range<usize>>> {
+    let total: usize = missing.iter().map(ExactSizeIterator::len).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let per = total.div_ceil(streams.max(1));
+    let (mut shares, mut share, mut room) = (Vec::new(), Vec::new(), per);
+    for run in missing {
+        let mut run = run.clone();
+        while !run.is_empty() {
+            let take = room.min(run.len());
+            share.push(run.start..run.start + take);
+            run.start += take;
+            room -= take;
+            if room == 0 {
+                shares.push(std::mem::take(&mut share));
+                room = per;
+            }
+        }
+    }
+    if !share.is_empty() {
+        shares.push(share);
+    }
+    shares
 }
 
 /// The wait before reconnect `n` (1-based): 200 ms, doubling, at most 5 s.
@@ -462,7 +498,7 @@ pub struct Opened<'a> {
     consumer: Consumer<'a>,
     order: FetchOrder,
     held: Arc<Held>,
-    publisher: Box<dyn Peer>,
+    publisher: Arc<dyn Peer>,
     keys: LogKeys,
     progress: Arc<Progress>,
     _only: FetchGuard<'a>,
@@ -485,7 +521,7 @@ impl<'a> Opened<'a> {
             consumer,
             order,
             held,
-            publisher,
+            publisher: Arc::from(publisher),
             keys,
             progress,
             _only: only,
@@ -510,21 +546,19 @@ impl<'a> Opened<'a> {
                 ))
             })?;
             let (manifest, chunks) = verify_header(&header, &self.held, &self.keys)?;
-            let mut incoming = Incoming::start(
+            let incoming = Arc::new(Incoming::start(
                 &self.order.out,
                 self.order.force,
                 &manifest,
                 chunks,
                 self.held.grant.value(),
-                self.consumer.blobs.clone(),
-            )?;
-            let (incoming, taken) = tokio::task::spawn_blocking(move || {
-                let taken = incoming.resume_from_store();
-                (incoming, taken)
-            })
-            .await
-            .map_err(FetchError::internal("resuming"))?;
-            let taken = taken?;
+                self.consumer.packs.clone(),
+                false,
+            )?);
+            let checking = incoming.clone();
+            let taken = tokio::task::spawn_blocking(move || checking.resume_from_pack())
+                .await
+                .map_err(FetchError::internal("resuming"))??;
             tracing::info!(grant = %id, chunks = taken, "resuming an interrupted fetch");
             self.progress.start(&incoming);
             self.progress
@@ -569,6 +603,7 @@ impl<'a> Transferring<'a> {
                 // state is of no use; the next fetch starts afresh.
                 drop(self.in_flight.take());
                 let _ = self.opened.consumer.grants.end_fetch(&id);
+                self.opened.consumer.packs.remove_partial(id.as_str());
                 return Err(FetchError::Precondition(format!(
                     "the publisher will not resume this transfer ({err}); the saved state was dropped: run the same fetch again for a new fetch"
                 )));
@@ -587,7 +622,7 @@ impl<'a> Transferring<'a> {
                 tokio::time::sleep(backoff(self.reconnects)).await;
                 let o = &self.opened;
                 match connect_publisher(o.consumer.dialer, &o.order.peer, &o.held).await {
-                    Ok((c, _)) => break c,
+                    Ok((c, _)) => break Arc::from(c),
                     Err(e) if e.is_broken() && self.reconnects < retries => last = e,
                     Err(e) => return Err(self.interrupted(e)),
                 }
@@ -621,30 +656,55 @@ impl<'a> Transferring<'a> {
         }
     }
 
-    /// One call: a new transfer, or a resume of the one in flight from its
-    /// first missing chunk. Chunks go to a blocking thread that verifies and
-    /// writes them while the next ones arrive.
+    /// One call: a new transfer, or a resume of the one in flight, each
+    /// missing range from its first chunk, over the order's streams.
     async fn attempt(&mut self) -> Result<(), FetchError> {
         let o = &self.opened;
         let g = o.held.grant.value();
-        let resume = self.in_flight.as_ref().map(|f| Resume {
-            transfer_index: f.transfer_index,
-            from_chunk: f.incoming.received() as u64,
-            join: false,
-        });
-        let expected_first = resume.as_ref().map_or(0, |r| r.from_chunk);
+        let streams = o.order.streams.max(1);
+        // A resume knows its ranges now; a new transfer once its header
+        // says how many chunks there are: over one stream it asks for all
+        // of them, over more for chunk 0 only, and the streams then share
+        // the rest.
+        let planned = match &self.in_flight {
+            Some(f) => {
+                let shares = plan(&f.incoming.missing(), streams);
+                if shares.is_empty() {
+                    return Ok(()); // every chunk is verified already
+                }
+                Some(shares)
+            }
+            None => None,
+        };
+        let first = planned
+            .as_ref()
+            .and_then(|shares| shares.first()?.first().cloned());
+        let resume = self
+            .in_flight
+            .as_ref()
+            .zip(first.clone())
+            .map(|(f, r)| Resume {
+                transfer_index: f.transfer_index,
+                from_chunk: r.start as u64,
+                join: false,
+            });
+        let to_chunk = match &first {
+            Some(r) => Some(r.end),
+            None if streams > 1 => Some(1),
+            None => None,
+        };
         let mut stream = o
             .publisher
             .fetch(FetchAsk {
                 grant_id: g.id.to_string(),
                 resume,
-                to_chunk: None,
+                to_chunk: to_chunk.map(|e| e as u64),
             })
             .await?;
-        let first = next_or_idle(&mut stream)
+        let part = next_or_idle(&mut stream)
             .await
             .ok_or_else(|| FetchError::BadAnswer("the publisher sent nothing".into()))??;
-        let FetchPart::Header(header) = first else {
+        let FetchPart::Header(header) = part else {
             return Err(FetchError::BadAnswer(
                 "the publisher's stream does not start with its header".into(),
             ));
@@ -652,7 +712,7 @@ impl<'a> Transferring<'a> {
         // A resumed header passes only if it is the same manifest and chunk
         // list: the grant pins the manifest's hash, which pins the list.
         let (manifest, chunks) = verify_header(&header, &o.held, &o.keys)?;
-        if header.first_chunk != expected_first
+        if header.first_chunk != first.as_ref().map_or(0, |r| r.start as u64)
             || self
                 .in_flight
                 .as_ref()
@@ -662,81 +722,237 @@ impl<'a> Transferring<'a> {
                 "the publisher resumed another transfer or chunk than asked for".into(),
             ));
         }
-        let flight = match self.in_flight.take() {
-            Some(f) => f,
-            None => {
-                // Kept first: the publisher has counted this fetch already.
-                o.consumer
-                    .grants
-                    .begin_fetch(&g.id, &header.encode(), &chunks)
-                    .map_err(|e| FetchError::Local(format!("keeping the transfer header: {e}")))?;
-                let incoming = Incoming::start(
-                    &o.order.out,
-                    o.order.force,
-                    &manifest,
-                    chunks,
-                    g,
-                    o.consumer.blobs.clone(),
-                )?;
-                o.progress.start(&incoming);
-                InFlight {
-                    transfer_index: header.transfer_index,
-                    manifest: manifest.envelope().clone(),
-                    incoming,
-                }
-            }
-        };
+        if self.in_flight.is_none() {
+            // Kept first: the publisher has counted this fetch already.
+            o.consumer
+                .grants
+                .begin_fetch(&g.id, &header.encode(), &chunks)
+                .map_err(|e| FetchError::Local(format!("keeping the transfer header: {e}")))?;
+            let incoming = Incoming::start(
+                &o.order.out,
+                o.order.force,
+                &manifest,
+                chunks,
+                g,
+                o.consumer.packs.clone(),
+                true,
+            )?;
+            o.progress.start(&incoming);
+            self.in_flight = Some(InFlight {
+                transfer_index: header.transfer_index,
+                manifest: manifest.envelope().clone(),
+                incoming: Arc::new(incoming),
+            });
+        }
         o.progress.report(true);
+        let Some(flight) = &self.in_flight else {
+            return Err(FetchError::BadAnswer("no transfer".into()));
+        };
+        let shares = planned.unwrap_or_else(|| plan(&flight.incoming.missing(), streams));
+        let carries = to_chunk
+            .unwrap_or(usize::MAX)
+            .min(flight.incoming.chunk_count());
+        let lanes = Lanes {
+            grant: g.id.to_string(),
+            transfer_index: flight.transfer_index,
+            manifest_sha256: g.manifest_sha256,
+            incoming: flight.incoming.clone(),
+            progress: o.progress.clone(),
+            cancel: CancellationToken::new(),
+        };
+        lanes.run(o, shares, (stream, carries)).await
+    }
+}
 
-        let InFlight {
-            transfer_index,
-            manifest,
-            mut incoming,
-        } = flight;
-        let (queue, mut queued) = mpsc::channel::<bytes::Bytes>(WRITE_QUEUE);
-        let shared = o.progress.clone();
-        let writer = tokio::task::spawn_blocking(move || {
-            while let Some(chunk) = queued.blocking_recv() {
-                incoming.chunk(chunk.to_vec())?;
-                shared.record(&incoming);
+/// The streams of one call, sharing the transfer.
+#[derive(Clone)]
+struct Lanes {
+    grant: String,
+    transfer_index: u64,
+    manifest_sha256: Hash,
+    incoming: Arc<Incoming>,
+    progress: Arc<Progress>,
+    /// Cancelled when a stream fails: the others stop too.
+    cancel: CancellationToken,
+}
+
+impl Lanes {
+    /// Runs one stream per share: the first on the opened stream and
+    /// connection, each other on a connection of its own, joining the
+    /// transfer. The first failure stops every stream; a chunk that did
+    /// not verify beats a broken connection as the reason.
+    async fn run(
+        self,
+        o: &Opened<'_>,
+        shares: Vec<Vec<Range<usize>>>,
+        opened: (FetchStream, usize),
+    ) -> Result<(), FetchError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut shares = shares.into_iter();
+        let first = shares.next().unwrap_or_default();
+        tasks.spawn(self.clone().share(o.publisher.clone(), first, Some(opened)));
+        let mut outcome = Ok(());
+        for share in shares {
+            let conn = match o.consumer.dialer.dial(&o.order.peer).await {
+                Ok(c) if c.identity().public_key == o.publisher.identity().public_key => c,
+                Ok(c) => {
+                    outcome = Err(FetchError::BadAnswer(format!(
+                        "{} is now node {}, not the publisher this transfer started with",
+                        o.order.peer,
+                        c.identity().node_id
+                    )));
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(e.into());
+                    break;
+                }
+            };
+            tasks.spawn(self.clone().share(Arc::from(conn), share, None));
+        }
+        if outcome.is_err() {
+            self.cancel.cancel();
+        }
+        while let Some(done) = tasks.join_next().await {
+            let result = done.unwrap_or_else(|e| Err(FetchError::internal("a stream")(e)));
+            if let Err(e) = result {
+                self.cancel.cancel();
+                // The first failure is the reason, unless it was a broken
+                // connection and another stream found something worse.
+                outcome = match outcome {
+                    Ok(()) => Err(e),
+                    Err(first) if first.is_broken() && !e.is_broken() => Err(e),
+                    kept => kept,
+                };
             }
-            Ok::<_, TransferError>(incoming)
+        }
+        outcome
+    }
+
+    /// One stream's share: its ranges in order, each asked for on `peer`;
+    /// the first, or its start up to the chunk the opened stream carries
+    /// up to, on `opened`, if given.
+    async fn share(
+        self,
+        peer: Arc<dyn Peer>,
+        ranges: Vec<Range<usize>>,
+        mut opened: Option<(FetchStream, usize)>,
+    ) -> Result<(), FetchError> {
+        for mut range in ranges {
+            if let Some((stream, carries)) = opened.take() {
+                let end = carries.clamp(range.start, range.end);
+                self.receive(stream, range.start..end).await?;
+                range.start = end;
+            }
+            if range.is_empty() || self.cancel.is_cancelled() {
+                continue;
+            }
+            let stream = self.join(peer.as_ref(), &range).await?;
+            self.receive(stream, range).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens another stream of the transfer for `range`; its header must
+    /// be the transfer's.
+    async fn join(&self, peer: &dyn Peer, range: &Range<usize>) -> Result<FetchStream, FetchError> {
+        let mut stream = peer
+            .fetch(FetchAsk {
+                grant_id: self.grant.clone(),
+                resume: Some(Resume {
+                    transfer_index: self.transfer_index,
+                    from_chunk: range.start as u64,
+                    join: true,
+                }),
+                to_chunk: Some(range.end as u64),
+            })
+            .await?;
+        let same = match next_or_idle(&mut stream).await {
+            Some(Ok(FetchPart::Header(h))) => {
+                h.transfer_index == self.transfer_index
+                    && h.first_chunk == range.start as u64
+                    && h.manifest
+                        .is_some_and(|m| m.payload_hash() == self.manifest_sha256)
+                    && h.chunk_hashes.len() == self.incoming.chunk_count()
+                    && h.chunk_hashes
+                        .iter()
+                        .zip(self.incoming.chunks())
+                        .all(|(a, b)| a.as_slice() == b)
+            }
+            Some(Ok(FetchPart::Chunk(_))) => false,
+            Some(Err(e)) => return Err(e),
+            None => false,
+        };
+        if !same {
+            return Err(FetchError::BadAnswer(
+                "a joined stream does not carry the transfer it joined".into(),
+            ));
+        }
+        Ok(stream)
+    }
+
+    /// Receives `range` from `stream`; a blocking thread verifies and
+    /// writes each chunk while the next arrives. Stops at the range's end
+    /// (a publisher that sends past it is not read further).
+    async fn receive(
+        &self,
+        mut stream: FetchStream,
+        range: Range<usize>,
+    ) -> Result<(), FetchError> {
+        let (queue, mut queued) = mpsc::channel::<(usize, Bytes)>(WRITE_QUEUE);
+        let (incoming, progress) = (self.incoming.clone(), self.progress.clone());
+        let writer = tokio::task::spawn_blocking(move || {
+            while let Some((index, chunk)) = queued.blocking_recv() {
+                incoming.chunk(index, &chunk)?;
+                progress.record(&incoming);
+            }
+            Ok::<_, TransferError>(())
         });
         let mut outcome = Ok(());
-        while let Some(part) = next_or_idle(&mut stream).await {
+        let mut next = range.start;
+        while next < range.end {
+            let part = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                part = next_or_idle(&mut stream) => part,
+            };
             match part {
-                Ok(FetchPart::Chunk(chunk)) => {
-                    if queue.send(chunk).await.is_err() {
+                Some(Ok(FetchPart::Chunk(chunk))) => {
+                    if queue.send((next, chunk)).await.is_err() {
                         break; // the writer stopped: its error says why
                     }
+                    next += 1;
                 }
-                Ok(FetchPart::Header(_)) => {
+                Some(Ok(FetchPart::Header(_))) => {
                     outcome = Err(FetchError::BadAnswer(
                         "a second header in the stream".into(),
                     ));
                     break;
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     outcome = Err(e);
                     break;
                 }
+                None => {
+                    outcome = Err(FetchError::BadAnswer(format!(
+                        "the publisher ended the stream of chunks {}..{} after {} of them",
+                        range.start,
+                        range.end,
+                        next - range.start
+                    )));
+                    break;
+                }
             }
-            if o.progress.caller_gone() {
+            if self.progress.caller_gone() {
                 outcome = Err(FetchError::CallerGone);
                 break;
             }
-            o.progress.report(false);
+            self.progress.report(false);
         }
-        drop(queue);
+        drop((queue, stream));
         // A chunk that did not verify beats a broken stream as the reason.
-        let incoming = writer
+        writer
             .await
-            .map_err(|e| FetchError::Local(format!("writing the output: {e}")))??;
-        self.in_flight = Some(InFlight {
-            transfer_index,
-            manifest,
-            incoming,
-        });
+            .map_err(|e| FetchError::Local(format!("writing the content: {e}")))??;
         outcome
     }
 }
@@ -764,7 +980,10 @@ impl<'a> Received<'a> {
         } = in_flight;
         let c = &opened.consumer;
         let g = opened.held.grant.value().clone();
-        let received = tokio::task::spawn_blocking(move || incoming.finish())
+        let incoming = Arc::try_unwrap(incoming)
+            .map_err(|_| FetchError::Local("a stream of the transfer is still writing".into()))?;
+        let verify = opened.order.verify_sha256;
+        let received = tokio::task::spawn_blocking(move || incoming.finish(verify))
             .await
             .map_err(FetchError::internal("finishing the output"))??;
         opened.progress.report(true);
@@ -794,6 +1013,8 @@ impl<'a> Received<'a> {
                 .unwrap_or_default(),
             consumer: c.identity.node_id.clone(),
             transfer_index,
+            chunk_list_sha256: Some(received.chunk_list_sha256),
+            content_verified: received.content_verified,
         };
         let envelope = receipt.sign(c.key);
         // Kept whatever happens next: it is what an auditor is shown.

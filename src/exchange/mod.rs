@@ -52,4 +52,7 @@ pub struct Publisher<'a> {
     /// Held while a transfer is counted and recorded, so parallel requests
     /// cannot all count before any records.
     pub opening: &'a tokio::sync::Mutex<()>,
+    /// Transfers with streams running or just opened, which other streams
+    /// may join.
+    pub sessions: &'a serve::Sessions,
 }

@@ -100,7 +100,8 @@ pub struct Receipt {
     pub grant: GrantId,
     /// The dataset received.
     pub dataset: DatasetId,
-    /// SHA-256 of the content received.
+    /// SHA-256 of the content received, as the manifest states it (and
+    /// as the consumer computed it when `content_verified`).
     pub content_sha256: Hash,
     /// Bytes received.
     pub bytes: u64,
@@ -112,6 +113,12 @@ pub struct Receipt {
     pub consumer: NodeId,
     /// The publisher's TransferStarted entry this receipt closes.
     pub transfer_index: u64,
+    /// SHA-256 of the chunk list every chunk received was checked
+    /// against, computed by the consumer: the content's identity (`None`
+    /// in receipts of consumers before it existed).
+    pub chunk_list_sha256: Option<Hash>,
+    /// Whether the consumer hashed the whole content itself.
+    pub content_verified: bool,
 }
 
 impl Receipt {

@@ -4,8 +4,20 @@
 //! counted), revocation and the grant's window are checked again before
 //! every chunk, and the consumer's receipt is checked (its consumer
 //! checkpoint too), recorded once and kept next to the grant.
+//!
+//! A transfer may run over several streams at once, each asking for a
+//! range of chunks: the first opens it (a new fetch, or a resume), and
+//! the others *join* it. A join is neither recorded nor counted; it is
+//! allowed only while the transfer's session is live on this node (opened
+//! within [`JOIN_WINDOW`] or a stream of it still running), and a session
+//! sends at most twice the dataset's chunks over all its streams, so what
+//! a grantee can make this node send stays bounded by the fetches and
+//! resumes the ledger records.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -26,6 +38,99 @@ use crate::runtime::metrics::Metrics;
 /// Resumed transfers one grant may have at most. A resume is not counted
 /// as a fetch, so this bounds what a grantee can make the publisher send.
 pub const MAX_RESUMES: usize = 32;
+
+/// How long after it was opened a transfer's session takes joins even
+/// with no stream running.
+pub const JOIN_WINDOW: Duration = Duration::from_secs(60);
+
+/// Streams one transfer session may run at once.
+pub const MAX_SESSION_STREAMS: usize = 16;
+
+/// The live streams of one transfer, opened by a fetch or a resume.
+pub struct Session {
+    grant: String,
+    opened: Instant,
+    streams: AtomicUsize,
+    /// Chunks this session may still send, over all its streams.
+    budget: AtomicU64,
+}
+
+impl Session {
+    /// Takes one chunk of the session's budget; `false` when it is spent.
+    fn take(&self) -> bool {
+        self.budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(1))
+            .is_ok()
+    }
+
+    fn live(&self) -> bool {
+        self.streams.load(Ordering::Acquire) > 0 || self.opened.elapsed() < JOIN_WINDOW
+    }
+}
+
+/// The transfer sessions of this node, by `TransferStarted` index.
+#[derive(Default)]
+pub struct Sessions {
+    live: Mutex<HashMap<u64, Arc<Session>>>,
+}
+
+impl Sessions {
+    /// Opens a session of transfer `t` of `grant` (replacing any earlier
+    /// one of it: a resume starts afresh).
+    fn open(&self, t: u64, grant: &GrantId, chunk_count: usize) -> Arc<Session> {
+        let session = Arc::new(Session {
+            grant: grant.to_string(),
+            opened: Instant::now(),
+            streams: AtomicUsize::new(0),
+            budget: AtomicU64::new(2 * chunk_count as u64),
+        });
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.retain(|_, s| s.live());
+        live.insert(t, session.clone());
+        session
+    }
+
+    /// The live session of transfer `t` of `grant`, if there is one.
+    fn join(&self, t: u64, grant: &GrantId) -> Option<Arc<Session>> {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.get(&t)
+            .filter(|s| s.grant == grant.as_str() && s.live())
+            .cloned()
+    }
+
+    /// Sessions live now.
+    pub fn len(&self) -> usize {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.values().filter(|s| s.live()).count()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Counts a running stream of a session until dropped.
+struct StreamGuard(Arc<Session>);
+
+impl StreamGuard {
+    fn new(session: Arc<Session>) -> Result<Self, ServeError> {
+        let n = session.streams.fetch_add(1, Ordering::AcqRel);
+        let guard = Self(session);
+        if n >= MAX_SESSION_STREAMS {
+            return Err(ServeError::BadRequest(format!(
+                "this transfer already has {MAX_SESSION_STREAMS} streams running, the most allowed"
+            )));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Why a fetch or a receipt was not served.
 #[derive(Debug, thiserror::Error)]
@@ -172,17 +277,36 @@ impl Publisher<'_> {
     }
 
     /// Opens the transfer a fetch serves: a new one (checked against the
-    /// fetch count and recorded before any data flows) or a resumed one of
-    /// the same grant (recorded, not counted). Returns the
-    /// `TransferStarted` index and the first chunk to send.
+    /// fetch count and recorded before any data flows), a resumed one of
+    /// the same grant (recorded, not counted), or another stream of one
+    /// whose session is live (neither). Returns the `TransferStarted`
+    /// index, the first chunk to send and the session.
     async fn open_transfer(
         &self,
         who: &PeerIdentity,
         g: &Grant,
         resume: Option<Resume>,
         chunk_count: usize,
-    ) -> Result<(u64, usize), ServeError> {
+    ) -> Result<(u64, usize, Arc<Session>), ServeError> {
         let id = &g.id;
+        if let Some(r) = resume.filter(|r| r.join) {
+            let t = r.transfer_index;
+            let session = self.sessions.join(t, id).ok_or_else(|| {
+                ServeError::BadRequest(format!(
+                    "transfer entry {t} of grant {id} has no live session here to join; resume it instead"
+                ))
+            })?;
+            let from = usize::try_from(r.from_chunk)
+                .ok()
+                .filter(|f| *f <= chunk_count)
+                .ok_or_else(|| {
+                    ServeError::BadRequest(format!(
+                        "cannot join from chunk {}: the dataset has {chunk_count} chunks",
+                        r.from_chunk
+                    ))
+                })?;
+            return Ok((t, from, session));
+        }
         // Counting and recording happen under one lock, so parallel requests
         // cannot all count before any records (max_fetches, resume cap).
         let _one = self.opening.lock().await;
@@ -200,7 +324,8 @@ impl Publisher<'_> {
                 .await
                 .map_err(ledger("counting the fetch"))?;
             self.metrics.transfer("started");
-            return Ok((transfer.index, 0));
+            let session = self.sessions.open(transfer.index, id, chunk_count);
+            return Ok((transfer.index, 0, session));
         };
         let t = resume.transfer_index;
         if !is_transfer_of(self, t, id)? {
@@ -237,7 +362,7 @@ impl Publisher<'_> {
             .await
             .map_err(ledger("recording the resume"))?;
         self.metrics.transfer("resumed");
-        Ok((t, from))
+        Ok((t, from, self.sessions.open(t, id, chunk_count)))
     }
 
     /// Serves a fetch to `who`: a dataset to the grantee of a valid,
@@ -262,9 +387,19 @@ impl Publisher<'_> {
         let dataset = self.catalog.get(&g.dataset).ok_or_else(|| {
             ServeError::NotFound(format!("dataset {} is no longer published here", g.dataset))
         })?;
-        let (transfer_index, first) = self
-            .open_transfer(who, &g, ask.resume, dataset.chunks.len())
-            .await?;
+        // Up to the end asked for, or the dataset's end if that is sooner.
+        let count = dataset.chunks.len();
+        let end = ask.to_chunk.map_or(count, |e| {
+            usize::try_from(e).unwrap_or(usize::MAX).min(count)
+        });
+        let (transfer_index, first, session) =
+            self.open_transfer(who, &g, ask.resume, count).await?;
+        if first > end {
+            return Err(ServeError::BadRequest(format!(
+                "cannot send chunks {first}..{end}: the range ends before it starts"
+            )));
+        }
+        let stream = StreamGuard::new(session)?;
 
         // Two messages in flight at most: HTTP/2 flow control does the rest,
         // so a slow reader costs the server two chunks of memory.
@@ -282,12 +417,13 @@ impl Publisher<'_> {
             metrics: self.metrics.clone(),
             grant: g,
             dataset,
+            stream,
         };
         tokio::spawn(async move {
             if tx.send(Ok(header)).await.is_err() {
                 return;
             }
-            if let Err(e) = sender.send(first, &tx).await {
+            if let Err(e) = sender.send(first..end, &tx).await {
                 sender.metrics.transfer("failed");
                 let _ = tx.send(Err(e)).await;
             }
@@ -322,9 +458,14 @@ impl Publisher<'_> {
             ServeError::NotFound("the dataset is no longer published here".into())
         })?;
         let m = dataset.manifest.value();
-        if m.content_sha256 != rc.content_sha256 || m.size != rc.bytes {
+        if m.content_sha256 != rc.content_sha256
+            || m.size != rc.bytes
+            || rc
+                .chunk_list_sha256
+                .is_some_and(|h| h != m.chunk_list_sha256)
+        {
             return Err(ServeError::BadRequest(
-                "the receipt's content hash or size is not the dataset's".into(),
+                "the receipt's content hash, chunk list hash or size is not the dataset's".into(),
             ));
         }
         // It must close one of this grant's transfers, once.
@@ -385,20 +526,33 @@ struct ChunkSender {
     metrics: Arc<Metrics>,
     grant: Grant,
     dataset: Arc<Dataset>,
+    /// The session's count of this stream, and its budget.
+    stream: StreamGuard,
 }
 
 impl ChunkSender {
-    /// Sends the chunks from `first` on, checking revocation and the
-    /// grant's window before each. `Err` ends the stream; a consumer that
-    /// went away ends it quietly.
+    /// Sends the chunks of `range`, checking revocation and the grant's
+    /// window before each. `Err` ends the stream; a consumer that went
+    /// away ends it quietly.
     async fn send(
         &self,
-        first: usize,
+        range: std::ops::Range<usize>,
         tx: &mpsc::Sender<Result<FetchPart, ServeError>>,
     ) -> Result<(), ServeError> {
         let (grant, dataset) = (&self.grant, &self.dataset);
         let id = &grant.id;
-        for (index, hash) in dataset.chunks.iter().enumerate().skip(first) {
+        for (index, hash) in dataset
+            .chunks
+            .iter()
+            .enumerate()
+            .take(range.end)
+            .skip(range.start)
+        {
+            if !self.stream.0.take() {
+                return Err(ServeError::Refused(format!(
+                    "this transfer session of grant {id} has sent twice the dataset's chunks; resume the transfer to go on"
+                )));
+            }
             if self
                 .grants
                 .is_revoked(id)

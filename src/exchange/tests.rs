@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::SigningKey;
@@ -31,7 +31,7 @@ use crate::ledger::entry::{Entry, EntryKind};
 use crate::peer::{
     AccessAsk, CheckpointAnswer, CheckpointOffer, Code, ConsistencyAnswer, Dialer, EntryPage,
     EntryQuery, FetchAsk, FetchPart, FetchStream, GrantEvidence, InclusionAnswer, LatestCheckpoint,
-    Peer, PeerError, PeerFuture, ReceiptTaken, unanswered,
+    Peer, PeerError, PeerFuture, ReceiptTaken, Resume, unanswered,
 };
 use crate::policy::Policy;
 use crate::runtime::metrics::Metrics;
@@ -58,6 +58,8 @@ struct Node {
     metrics: Arc<Metrics>,
     clock: Clock,
     opening: tokio::sync::Mutex<()>,
+    sessions: super::serve::Sessions,
+    packs: Arc<crate::dataset::pack::PackStore>,
     fetching: Mutex<HashSet<String>>,
 }
 
@@ -82,6 +84,9 @@ impl Node {
             Catalog::open(&dir.path().join("datasets"), public_key, &ledger).expect("catalog");
         let blobs: Arc<dyn BlobStore> =
             Arc::new(LocalBlobStore::open(&dir.path().join("blobs")).expect("blobs"));
+        let packs = Arc::new(
+            crate::dataset::pack::PackStore::open(&dir.path().join("blobs/packs")).expect("packs"),
+        );
         Self {
             dir,
             id,
@@ -93,6 +98,8 @@ impl Node {
             metrics: Arc::new(Metrics::new()),
             clock,
             opening: tokio::sync::Mutex::new(()),
+            sessions: super::serve::Sessions::default(),
+            packs,
             fetching: Mutex::default(),
         }
     }
@@ -108,6 +115,7 @@ impl Node {
             key: &self.key,
             metrics: &self.metrics,
             opening: &self.opening,
+            sessions: &self.sessions,
         }
     }
 
@@ -116,7 +124,7 @@ impl Node {
             identity: &self.id,
             ledger: &self.ledger,
             grants: &self.grants,
-            blobs: &self.blobs,
+            packs: &self.packs,
             key: &self.key,
             fetching: &self.fetching,
             dialer,
@@ -165,9 +173,9 @@ impl Node {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fault {
     None,
-    /// Flip a byte of chunk `k`.
+    /// Flip a byte of chunk `k`, whichever stream carries it.
     Flip(usize),
-    /// Break the first transfer off after `k` chunks.
+    /// Break off the stream about to carry chunk `k`, once.
     CutAfter(usize),
 }
 
@@ -178,6 +186,10 @@ struct Loopback {
     caller: PeerIdentity,
     fault: Fault,
     transfers: Arc<AtomicUsize>,
+    /// Whether [`Fault::CutAfter`] has cut.
+    cut: Arc<AtomicBool>,
+    /// Chunks carried to the consumer.
+    carried: Arc<AtomicUsize>,
 }
 
 fn refusal(e: &ServeError) -> PeerError {
@@ -219,15 +231,20 @@ impl Peer for Loopback {
                 .serve(&self.caller, request)
                 .await
                 .map_err(|e| refusal(&e))?;
-            let first_transfer = self.transfers.fetch_add(1, Ordering::SeqCst) == 0;
-            let fault = self.fault;
+            self.transfers.fetch_add(1, Ordering::SeqCst);
+            let (fault, cut, carried) = (self.fault, self.cut.clone(), self.carried.clone());
             let (tx, rx) = mpsc::channel(2);
             tokio::spawn(async move {
                 let mut chunk = 0;
                 while let Some(part) = parts.recv().await {
                     let part = match part {
+                        Ok(FetchPart::Header(h)) => {
+                            chunk = h.first_chunk as usize;
+                            Ok(FetchPart::Header(h))
+                        }
                         Ok(FetchPart::Chunk(mut bytes)) => {
-                            if fault == Fault::CutAfter(chunk) && first_transfer {
+                            if fault == Fault::CutAfter(chunk) && !cut.swap(true, Ordering::SeqCst)
+                            {
                                 let cut = PeerError::new(Code::Unavailable, "connection reset");
                                 let _ = tx.send(Err(cut)).await;
                                 return;
@@ -240,11 +257,15 @@ impl Peer for Loopback {
                             chunk += 1;
                             Ok(FetchPart::Chunk(bytes))
                         }
-                        Ok(header) => Ok(header),
                         Err(e) => Err(refusal(&e)),
                     };
+                    let is_chunk = matches!(part, Ok(FetchPart::Chunk(_)));
                     if tx.send(part).await.is_err() {
                         return;
+                    }
+                    // Counted once handed to a consumer still reading.
+                    if is_chunk {
+                        carried.fetch_add(1, Ordering::SeqCst);
                     }
                 }
             });
@@ -298,6 +319,8 @@ struct LoopbackDialer {
     caller: PeerIdentity,
     fault: Fault,
     transfers: Arc<AtomicUsize>,
+    cut: Arc<AtomicBool>,
+    carried: Arc<AtomicUsize>,
 }
 
 impl LoopbackDialer {
@@ -307,6 +330,8 @@ impl LoopbackDialer {
             caller: consumer.id.clone(),
             fault,
             transfers: Arc::default(),
+            cut: Arc::default(),
+            carried: Arc::default(),
         }
     }
 
@@ -316,6 +341,8 @@ impl LoopbackDialer {
             caller: self.caller.clone(),
             fault: self.fault,
             transfers: self.transfers.clone(),
+            cut: self.cut.clone(),
+            carried: self.carried.clone(),
         }
     }
 }
@@ -337,9 +364,23 @@ async fn granted(
     Vec<u8>,
     super::grant::GrantId,
 ) {
+    granted_sized(fault, 200 * 1024).await
+}
+
+/// [`granted`], with a dataset of `size` bytes (64 KiB chunks).
+async fn granted_sized(
+    fault: Fault,
+    size: usize,
+) -> (
+    Arc<Node>,
+    Node,
+    LoopbackDialer,
+    Vec<u8>,
+    super::grant::GrantId,
+) {
     let publisher = Arc::new(Node::new(1, "city-transport", "publisher"));
     let consumer = Node::new(2, "acme", "consumer");
-    let content: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    let content: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let dataset = publisher.publish(&content).await;
     let dialer = LoopbackDialer::new(&publisher, &consumer, fault);
     let ask = Ask::try_from(&AccessAsk {
@@ -491,6 +532,232 @@ async fn a_cut_transfer_resumes_from_the_first_missing_chunk_without_a_new_fetch
     assert!(kinds.contains(&EntryKind::TransferResumed));
 }
 
+/// 1 MiB: 16 chunks of 64 KiB.
+const SIXTEEN_CHUNKS: usize = 1 << 20;
+
+fn streams(order: FetchOrder, streams: usize) -> FetchOrder {
+    FetchOrder { streams, ..order }
+}
+
+fn count(kinds: &[EntryKind], kind: EntryKind) -> usize {
+    kinds.iter().filter(|k| **k == kind).count()
+}
+
+#[tokio::test]
+async fn parallel_streams_share_the_ranges_of_one_recorded_transfer_and_write_once() {
+    use std::os::unix::fs::MetadataExt;
+    let (publisher, consumer, dialer, content, grant) =
+        granted_sized(Fault::None, SIXTEEN_CHUNKS).await;
+    let (progress, _events) = watch();
+    let done = fetch::fetch(
+        consumer.consumer(&dialer),
+        streams(order(&consumer, &grant, 0), 4),
+        progress,
+    )
+    .await
+    .expect("fetched");
+    let out = consumer.dir.path().join("out.csv");
+    assert_eq!(std::fs::read(&out).expect("output"), content);
+    assert_eq!(done.bytes, content.len() as u64);
+    // Every chunk carried once, over more than one stream.
+    assert_eq!(dialer.carried.load(Ordering::SeqCst), 16);
+    assert!(dialer.transfers.load(Ordering::SeqCst) >= 4);
+    // One fetch, one transfer, one receipt: joins are not recorded.
+    assert_eq!(
+        publisher.kinds(),
+        [
+            EntryKind::DatasetPublished,
+            EntryKind::AccessGranted,
+            EntryKind::TransferStarted,
+            EntryKind::ReceiptRecorded
+        ]
+    );
+    // The receipt attests the chunk list the consumer checked every chunk
+    // against; the whole content was not hashed again.
+    let (_, signed) = consumer
+        .grants
+        .objects(&grant)
+        .expect("objects")
+        .receipts
+        .pop()
+        .expect("receipt");
+    let receipt = super::receipt::Receipt::decode(&signed.payload).expect("receipt");
+    assert_eq!(
+        receipt.chunk_list_sha256,
+        Some(crate::dataset::chunk_list_hash(
+            &content.chunks(64 << 10).map(sha256).collect::<Vec<_>>()
+        ))
+    );
+    assert!(!receipt.content_verified);
+    // One write per byte: the output is the node's copy.
+    let pack = consumer
+        .packs
+        .path(&receipt.chunk_list_sha256.expect("chunk list"));
+    let (o, p) = (
+        std::fs::metadata(&out).expect("out"),
+        std::fs::metadata(&pack).expect("pack"),
+    );
+    assert_eq!((o.ino(), o.nlink()), (p.ino(), 2));
+}
+
+#[tokio::test]
+async fn a_tampered_chunk_in_any_range_aborts_the_whole_transfer() {
+    let (publisher, consumer, dialer, _content, grant) =
+        granted_sized(Fault::Flip(13), SIXTEEN_CHUNKS).await;
+    let (progress, _events) = watch();
+    let err = fetch::fetch(
+        consumer.consumer(&dialer),
+        streams(order(&consumer, &grant, 3), 4),
+        progress,
+    )
+    .await
+    .expect_err("a tampered chunk");
+    assert!(err.to_string().contains("chunk 13 does not match"), "{err}");
+    assert!(!err.is_broken(), "not retried");
+    assert!(!consumer.dir.path().join("out.csv").exists());
+    assert!(!consumer.kinds().contains(&EntryKind::TransferCompleted));
+    assert_eq!(count(&publisher.kinds(), EntryKind::TransferResumed), 0);
+}
+
+#[tokio::test]
+async fn a_cut_with_parallel_streams_resumes_each_range_from_its_first_missing_chunk() {
+    let (publisher, consumer, dialer, content, grant) =
+        granted_sized(Fault::CutAfter(10), SIXTEEN_CHUNKS).await;
+    let (progress, _events) = watch();
+    let err = fetch::fetch(
+        consumer.consumer(&dialer),
+        streams(order(&consumer, &grant, 0), 4),
+        progress,
+    )
+    .await
+    .expect_err("cut");
+    let FetchError::Interrupted {
+        received, total, ..
+    } = err
+    else {
+        panic!("{err}");
+    };
+    assert_eq!(total, 16);
+    assert!(received < 16, "{received}");
+    // The next fetch asks only for what is missing, range by range, and
+    // takes the rest from the transfer's pack.
+    let before = dialer.carried.load(Ordering::SeqCst);
+    let (progress, _events) = watch();
+    let done = fetch::fetch(
+        consumer.consumer(&dialer),
+        streams(order(&consumer, &grant, 0), 4),
+        progress,
+    )
+    .await
+    .expect("resumed");
+    assert_eq!(done.resumed_chunks, received as u64);
+    assert_eq!(
+        dialer.carried.load(Ordering::SeqCst) - before,
+        16 - received
+    );
+    assert_eq!(
+        std::fs::read(consumer.dir.path().join("out.csv")).expect("out"),
+        content
+    );
+    let kinds = publisher.kinds();
+    assert_eq!(count(&kinds, EntryKind::TransferStarted), 1);
+    assert_eq!(count(&kinds, EntryKind::TransferResumed), 1);
+    assert_eq!(count(&kinds, EntryKind::ReceiptRecorded), 1);
+}
+
+#[tokio::test]
+async fn a_cut_within_the_call_is_resumed_over_the_streams() {
+    let (publisher, consumer, dialer, content, grant) =
+        granted_sized(Fault::CutAfter(5), SIXTEEN_CHUNKS).await;
+    let (progress, _events) = watch();
+    let done = fetch::fetch(
+        consumer.consumer(&dialer),
+        FetchOrder {
+            verify_sha256: true,
+            ..streams(order(&consumer, &grant, 1), 3)
+        },
+        progress,
+    )
+    .await
+    .expect("fetched after one reconnect");
+    assert_eq!(done.reconnects, 1);
+    assert_eq!(
+        std::fs::read(consumer.dir.path().join("out.csv")).expect("out"),
+        content
+    );
+    let kinds = publisher.kinds();
+    assert_eq!(count(&kinds, EntryKind::TransferStarted), 1);
+    assert_eq!(count(&kinds, EntryKind::TransferResumed), 1);
+}
+
+/// Serves `ask` as `consumer` and reads the stream to its end: the
+/// header's first chunk, the chunks, and the error that ended it, if any.
+async fn serve_all(
+    publisher: &Node,
+    consumer: &Node,
+    ask: FetchAsk,
+) -> Result<(u64, usize, Option<ServeError>), ServeError> {
+    let mut parts = publisher.publisher().serve(&consumer.id, ask).await?;
+    let (mut first, mut chunks) = (None, 0);
+    while let Some(part) = parts.recv().await {
+        match part {
+            Ok(FetchPart::Header(h)) => first = Some(h.first_chunk),
+            Ok(FetchPart::Chunk(_)) => chunks += 1,
+            Err(e) => return Ok((first.unwrap_or(0), chunks, Some(e))),
+        }
+    }
+    Ok((first.unwrap_or(0), chunks, None))
+}
+
+#[tokio::test]
+async fn a_join_needs_a_live_session_of_its_grant_and_stays_within_its_budget() {
+    let (publisher, consumer, _dialer, _content, grant) =
+        granted_sized(Fault::None, SIXTEEN_CHUNKS).await;
+    let join = |transfer_index, from_chunk, to_chunk| FetchAsk {
+        grant_id: grant.to_string(),
+        resume: Some(Resume {
+            transfer_index,
+            from_chunk,
+            join: true,
+        }),
+        to_chunk,
+    };
+    // Nothing to join yet.
+    let err = serve_all(&publisher, &consumer, join(1, 0, None))
+        .await
+        .expect_err("no session");
+    assert!(err.to_string().contains("no live session"), "{err}");
+    let t = started(&publisher, &consumer, &grant).await;
+    let before = publisher.kinds().len();
+    // A range of it: exactly those chunks, nothing recorded.
+    let (first, chunks, end) = serve_all(&publisher, &consumer, join(t, 2, Some(5)))
+        .await
+        .expect("joined");
+    assert_eq!((first, chunks), (2, 3));
+    assert!(end.is_none());
+    assert_eq!(publisher.kinds().len(), before);
+    // A range past the end stops at the end.
+    let (_, chunks, _) = serve_all(&publisher, &consumer, join(t, 14, Some(99)))
+        .await
+        .expect("joined");
+    assert_eq!(chunks, 2);
+    // The session sends twice the dataset's chunks at most.
+    let (_, _, _) = serve_all(&publisher, &consumer, join(t, 0, None))
+        .await
+        .expect("joined");
+    let (_, chunks, end) = serve_all(&publisher, &consumer, join(t, 0, None))
+        .await
+        .expect("joined");
+    assert!(chunks < 16, "{chunks}");
+    let end = end.expect("refused mid-stream").to_string();
+    assert!(end.contains("twice the dataset's chunks"), "{end}");
+    // Nor can a transfer that has no session here.
+    let err = serve_all(&publisher, &consumer, join(t + 100, 0, None))
+        .await
+        .expect_err("not a session");
+    assert!(err.to_string().contains("no live session"), "{err}");
+}
+
 #[tokio::test]
 async fn a_second_fetch_of_one_grant_waits_its_turn_and_a_bad_output_costs_nothing() {
     let (publisher, consumer, dialer, _content, grant) = granted(Fault::None).await;
@@ -596,6 +863,8 @@ fn receipt(
         consumer_checkpoint: checkpoint,
         consumer: consumer.id.node_id.clone(),
         transfer_index: transfer,
+        chunk_list_sha256: None,
+        content_verified: false,
     }
     .sign(&consumer.key)
 }

@@ -1,19 +1,30 @@
 //! The consumer's side of a transfer: every chunk is checked against the
-//! manifest's chunk list before it is written, the content goes to a
-//! temporary file next to the output, and only when every byte matches the
-//! manifest is it fsynced and renamed into place. The chunks also land in
-//! the node's blob store. Nothing is written to the output path otherwise:
-//! a failed transfer removes its temporary file.
+//! manifest's chunk list and written once, in place, into the transfer's
+//! pack (`blobs/packs/partial/<grant>`, see [`crate::dataset::pack`]), at
+//! its offset, so parallel streams write disjoint ranges of one file. Only
+//! when every chunk has matched is the pack fsynced, sealed as the node's
+//! copy of the dataset, and the output put in place as a hard link to it
+//! (a copy where the output is on another file system). Nothing is written
+//! to the output path otherwise; an interrupted transfer's pack stays, and
+//! a resume checks its chunks again and asks only for those missing.
+//!
+//! The content's identity is its chunk list: each chunk is hashed once, as
+//! it lands, and the list the manifest signs is what every chunk was
+//! checked against. The whole-content SHA-256 of the manifest is checked
+//! too only when asked ([`Incoming::finish`] with `verify_sha256`).
 
 use std::fs::File;
-use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use ring::digest;
 
 use super::grant::Grant;
-use crate::dataset::blob::{BlobError, BlobStore};
+use crate::dataset::blob::BlobError;
+use crate::dataset::pack::PackStore;
 use crate::dataset::{Manifest, chunk_list_hash};
 use crate::digest::Hash;
 use crate::envelope::Verified;
@@ -47,25 +58,29 @@ pub enum TransferError {
     /// More data than the manifest describes.
     #[error("the publisher sent data past the manifest's length; transfer aborted")]
     Extra,
-    /// The stream ended early.
-    #[error("the stream ended after {got} of {expected} chunks; transfer aborted")]
+    /// The transfer ended with chunks missing.
+    #[error("the transfer ended with {got} of {expected} chunks; transfer aborted")]
     Truncated {
         /// Chunks received.
         got: usize,
         /// Chunks expected.
         expected: usize,
     },
-    /// The whole content does not match.
-    #[error("the content's SHA-256 does not match the manifest; transfer aborted")]
+    /// The whole content does not match (checked on request only: every
+    /// chunk matched the signed chunk list, so the publisher signed a
+    /// content hash its own chunks do not have).
+    #[error(
+        "every chunk matches the manifest's chunk list, but the content's SHA-256 is not the one the manifest states: the publisher signed an inconsistent manifest; output not written"
+    )]
     Content,
     /// Files could not be written.
     #[error(transparent)]
     File(#[from] FileError),
-    /// The blob store failed.
+    /// The pack store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
-    /// The transfer's second thread could not start or failed.
-    #[error("the transfer's store thread: {0}")]
+    /// A thread of the transfer failed.
+    #[error("the transfer's writer: {0}")]
     Thread(std::io::Error),
 }
 
@@ -95,79 +110,24 @@ pub fn check_output(out: &Path, force: bool) -> Result<PathBuf, TransferError> {
     Ok(dir.join(format!(".{}.dsnode-partial", name.to_string_lossy())))
 }
 
-/// A transfer in progress.
+/// A transfer in progress, shared by the streams that fill it: each
+/// chunk is verified and written at its offset by whichever stream
+/// carries it.
 pub struct Incoming {
     out: PathBuf,
     force: bool,
-    tmp: PathBuf,
-    file: Option<File>,
+    key: String,
+    packs: Arc<PackStore>,
+    file: File,
+    partial: PathBuf,
     size: u64,
     chunk_size: u64,
     content_sha256: Hash,
+    chunk_list_sha256: Hash,
     chunks: Vec<Hash>,
-    next: usize,
-    side: Side,
-    blobs: Arc<dyn BlobStore>,
-}
-
-/// Verified chunks queued for the second stage at most.
-const SIDE_QUEUE: usize = 4;
-
-/// A transfer's second stage, on its own thread: the whole-content hash
-/// and the blob store, while the first verifies chunks and writes the
-/// output. Verifying, hashing and writing twice is too much for one core.
-struct Side {
-    queue: Option<std::sync::mpsc::SyncSender<(Hash, Vec<u8>, bool)>>,
-    worker: Option<std::thread::JoinHandle<Result<Hash, BlobError>>>,
-}
-
-impl Side {
-    fn start(blobs: Arc<dyn BlobStore>) -> Result<Self, TransferError> {
-        let (queue, chunks) = std::sync::mpsc::sync_channel::<(Hash, Vec<u8>, bool)>(SIDE_QUEUE);
-        let worker = std::thread::Builder::new()
-            .name("transfer-store".into())
-            .spawn(move || {
-                let mut whole = digest::Context::new(&digest::SHA256);
-                for (hash, data, store) in chunks {
-                    whole.update(&data);
-                    if store {
-                        blobs.put(&hash, &data)?;
-                    }
-                }
-                let mut h = [0u8; 32];
-                h.copy_from_slice(whole.finish().as_ref());
-                Ok(h)
-            })
-            .map_err(TransferError::Thread)?;
-        Ok(Self {
-            queue: Some(queue),
-            worker: Some(worker),
-        })
-    }
-
-    fn send(&mut self, hash: Hash, data: Vec<u8>, store: bool) -> Result<(), TransferError> {
-        match self.queue.as_ref().map(|q| q.send((hash, data, store))) {
-            Some(Ok(())) => Ok(()),
-            // The worker stopped: its error says why.
-            _ => Err(self.finish().err().unwrap_or_else(|| {
-                TransferError::Thread(std::io::Error::other("it stopped early"))
-            })),
-        }
-    }
-
-    /// Waits for every queued chunk; the whole content's SHA-256.
-    fn finish(&mut self) -> Result<Hash, TransferError> {
-        self.queue = None;
-        let worker = self
-            .worker
-            .take()
-            .ok_or_else(|| TransferError::Thread(std::io::Error::other("it already ended")))?;
-        match worker.join() {
-            Ok(Ok(h)) => Ok(h),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(TransferError::Thread(std::io::Error::other("it panicked"))),
-        }
-    }
+    verified: Vec<AtomicBool>,
+    received: AtomicUsize,
+    bytes: AtomicU64,
 }
 
 /// What a completed transfer received.
@@ -177,10 +137,18 @@ pub struct Received {
     pub chunks: Vec<Hash>,
     /// Bytes written.
     pub bytes: u64,
-    /// SHA-256 of the content (equal to the manifest's).
+    /// SHA-256 of the chunk list every chunk was checked against (the
+    /// manifest's): the content's identity, computed by this node.
+    pub chunk_list_sha256: Hash,
+    /// The content's SHA-256 as the manifest states it.
     pub content_sha256: Hash,
+    /// Whether this node hashed the whole content and found
+    /// `content_sha256` (only when asked to).
+    pub content_verified: bool,
     /// Where it was written.
     pub out: PathBuf,
+    /// The node's own copy (the sealed pack).
+    pub pack: PathBuf,
 }
 
 /// Checks a transfer's header: the manifest is the one the grant names
@@ -206,49 +174,45 @@ pub fn check_header(
 }
 
 impl Incoming {
-    /// Checks the header against the grant and opens the temporary file.
+    /// Checks the header against the grant and opens the transfer's pack:
+    /// a new, empty one if `fresh`, else the one an interrupted transfer
+    /// of the grant left (see [`Incoming::resume_from_pack`]).
     pub fn start(
         out: &Path,
         force: bool,
         manifest: &Verified<Manifest>,
         chunks: Vec<Hash>,
         grant: &Grant,
-        blobs: Arc<dyn BlobStore>,
+        packs: Arc<PackStore>,
+        fresh: bool,
     ) -> Result<Self, TransferError> {
         check_header(manifest, &chunks, grant)?;
+        check_output(out, force)?;
         let m = manifest.value();
-        // A name of its own (created exclusively), so two transfers to the
-        // same path can never write into each other's file.
-        let mut tmp = check_output(out, force)?.into_os_string();
-        tmp.push(format!(
-            ".{:016x}",
-            rand_core::RngCore::next_u64(&mut rand_core::OsRng)
-        ));
-        let tmp = PathBuf::from(tmp);
-        let side = Side::start(blobs.clone())?;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| FileError::new("create", &tmp, e))?;
+        let key = grant.id.to_string();
+        let file = packs.open_partial(&key, m.size, fresh)?;
+        let partial = packs.partial_path(&key)?;
         Ok(Self {
             out: out.to_path_buf(),
             force,
-            tmp,
-            file: Some(file),
+            key,
+            packs,
+            file,
+            partial,
             size: m.size,
             chunk_size: u64::from(m.chunk_size),
             content_sha256: m.content_sha256,
+            chunk_list_sha256: m.chunk_list_sha256,
+            verified: chunks.iter().map(|_| AtomicBool::new(false)).collect(),
             chunks,
-            next: 0,
-            side,
-            blobs,
+            received: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
         })
     }
 
-    /// Chunks received so far.
+    /// Chunks verified so far.
     pub fn received(&self) -> usize {
-        self.next
+        self.received.load(Ordering::Relaxed)
     }
 
     /// Chunks in all.
@@ -256,9 +220,14 @@ impl Incoming {
         self.chunks.len()
     }
 
-    /// Bytes received so far.
+    /// The chunk hashes, in order.
+    pub fn chunks(&self) -> &[Hash] {
+        &self.chunks
+    }
+
+    /// Bytes verified so far.
     pub fn bytes_received(&self) -> u64 {
-        self.size.min(self.chunk_size * self.next as u64)
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Bytes in all.
@@ -274,43 +243,55 @@ impl Incoming {
         }
     }
 
-    /// Takes the chunks an interrupted transfer already put in the blob
-    /// store, in order from the next one, up to the first missing (or
-    /// damaged) one; each is verified against its hash again as it is
-    /// read. Returns how many were taken: the transfer resumes after them.
-    pub fn resume_from_store(&mut self) -> Result<usize, TransferError> {
-        let before = self.next;
-        while let Some(hash) = self.chunks.get(self.next).copied() {
-            match self.blobs.get(&hash) {
-                Ok(Some(data)) if data.len() as u64 == self.expected_len(self.next) => {
-                    self.append(hash, data, false)?;
-                }
-                Ok(None) => break,
-                Ok(Some(_)) | Err(BlobError::Corrupt(_)) => {
-                    // Damaged: removed, so the fetched copy replaces it.
-                    self.blobs.remove(&[hash]);
-                    break;
-                }
-                Err(e) => return Err(e.into()),
+    /// The chunks not yet verified, as ranges of indices in order.
+    pub fn missing(&self) -> Vec<Range<usize>> {
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for (i, v) in self.verified.iter().enumerate() {
+            if v.load(Ordering::Acquire) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(r) if r.end == i => r.end = i + 1,
+                _ => runs.push(i..i + 1),
             }
         }
-        Ok(self.next - before)
+        runs
     }
 
-    /// Writes a verified chunk to the output and queues it for the whole
-    /// hash (and the blob store, if `store`).
-    fn append(&mut self, hash: Hash, data: Vec<u8>, store: bool) -> Result<(), TransferError> {
-        let file = self.file.as_mut().ok_or(TransferError::Extra)?;
-        file.write_all(&data)
-            .map_err(|e| FileError::new("write", &self.tmp, e))?;
-        self.side.send(hash, data, store)?;
-        self.next += 1;
-        Ok(())
+    /// Takes the chunks an interrupted transfer already wrote into the
+    /// pack: each is read and checked against its hash again (a chunk
+    /// never written, or damaged, is asked for again). Returns how many
+    /// were taken.
+    pub fn resume_from_pack(&self) -> Result<usize, TransferError> {
+        let mut buf = vec![0; usize::try_from(self.chunk_size).unwrap_or(usize::MAX)];
+        let mut taken = 0;
+        for (index, hash) in self.chunks.iter().enumerate() {
+            if self.verified[index].load(Ordering::Acquire) {
+                continue;
+            }
+            let len = self.expected_len(index) as usize;
+            let piece = &mut buf[..len];
+            self.file
+                .read_exact_at(piece, self.chunk_size * index as u64)
+                .map_err(|e| FileError::new("read", &self.partial, e))?;
+            if digest::digest(&digest::SHA256, piece).as_ref() == hash {
+                self.mark(index, len as u64);
+                taken += 1;
+            }
+        }
+        Ok(taken)
     }
 
-    /// Verifies and writes the next chunk.
-    pub fn chunk(&mut self, data: Vec<u8>) -> Result<(), TransferError> {
-        let index = self.next;
+    fn mark(&self, index: usize, len: u64) {
+        if !self.verified[index].swap(true, Ordering::AcqRel) {
+            self.received.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+
+    /// Verifies chunk `index` (its length and hash against the signed
+    /// chunk list) and writes it at its place in the pack.
+    pub fn chunk(&self, index: usize, data: &[u8]) -> Result<(), TransferError> {
         let expected_hash = *self.chunks.get(index).ok_or(TransferError::Extra)?;
         let expected_len = self.expected_len(index);
         if data.len() as u64 != expected_len {
@@ -320,85 +301,132 @@ impl Incoming {
                 expected: expected_len,
             });
         }
-        if digest::digest(&digest::SHA256, &data).as_ref() != expected_hash {
+        if digest::digest(&digest::SHA256, data).as_ref() != expected_hash {
             return Err(TransferError::BadChunk { index });
         }
-        self.append(expected_hash, data, true)
+        self.file
+            .write_all_at(data, self.chunk_size * index as u64)
+            .map_err(|e| FileError::new("write", &self.partial, e))?;
+        self.mark(index, expected_len);
+        Ok(())
     }
 
-    /// Ends the transfer: all chunks, the right content; fsync, rename.
-    pub fn finish(mut self) -> Result<Received, TransferError> {
-        if self.next != self.chunks.len() {
+    /// SHA-256 of the pack's content, read back.
+    fn content_hash(&self) -> Result<Hash, TransferError> {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        let mut buf = vec![0; 1 << 20];
+        let mut offset = 0;
+        while offset < self.size {
+            let n = (self.size - offset).min(buf.len() as u64) as usize;
+            self.file
+                .read_exact_at(&mut buf[..n], offset)
+                .map_err(|e| FileError::new("read", &self.partial, e))?;
+            ctx.update(&buf[..n]);
+            offset += n as u64;
+        }
+        let mut h = [0u8; 32];
+        h.copy_from_slice(ctx.finish().as_ref());
+        Ok(h)
+    }
+
+    /// Ends the transfer: every chunk verified (and, with `verify_sha256`,
+    /// the whole content's SHA-256 the manifest's); the pack fsynced and
+    /// sealed as the node's copy; the output linked to it (or copied, on
+    /// another file system) and its directory fsynced.
+    pub fn finish(self, verify_sha256: bool) -> Result<Received, TransferError> {
+        let got = self.received();
+        if got != self.chunks.len() {
             return Err(TransferError::Truncated {
-                got: self.next,
+                got,
                 expected: self.chunks.len(),
             });
         }
-        let whole = self.side.finish()?;
-        if whole != self.content_sha256 {
+        if verify_sha256 && self.content_hash()? != self.content_sha256 {
             return Err(TransferError::Content);
         }
-        let file = self.file.take().ok_or(TransferError::Extra)?;
-        file.sync_all()
-            .map_err(|e| FileError::new("fsync", &self.tmp, e))?;
-        drop(file);
-        self.blobs.sync(&self.chunks)?;
-        if self.force {
-            std::fs::rename(&self.tmp, &self.out)
-                .map_err(|e| FileError::new("rename", &self.tmp, e))?;
-        } else {
-            // Never replaces a file that appeared meanwhile: a hard link
-            // fails if the name exists.
-            match std::fs::hard_link(&self.tmp, &self.out) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return Err(TransferError::Output(format!(
-                        "{} appeared during the transfer; pass --force to replace it",
-                        self.out.display()
-                    )));
-                }
-                // A file system without hard links: check, then rename.
-                Err(_) if !self.out.exists() => {
-                    std::fs::rename(&self.tmp, &self.out)
-                        .map_err(|e| FileError::new("rename", &self.tmp, e))?;
-                }
-                Err(e) => return Err(FileError::new("link", &self.out, e).into()),
-            }
-            if self.tmp.exists() {
-                std::fs::remove_file(&self.tmp)
-                    .map_err(|e| FileError::new("remove", &self.tmp, e))?;
-            }
-        }
-        if let Some(dir) = self.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::fsutil::sync_dir(dir).map_err(|e| FileError::new("fsync", dir, e))?;
-        }
+        self.file
+            .sync_all()
+            .map_err(|e| FileError::new("fsync", &self.partial, e))?;
+        let pack = self.packs.seal(&self.key, &self.chunk_list_sha256)?;
+        place_output(&pack, &self.out, self.force)?;
         Ok(Received {
-            chunks: std::mem::take(&mut self.chunks),
+            chunks: self.chunks,
             bytes: self.size,
+            chunk_list_sha256: self.chunk_list_sha256,
             content_sha256: self.content_sha256,
-            out: self.out.clone(),
+            content_verified: verify_sha256,
+            out: self.out,
+            pack,
         })
     }
 }
 
-impl Drop for Side {
-    fn drop(&mut self) {
-        // Chunks verified before an interruption are in the blob store
-        // when the transfer is dropped, ready for a resume.
-        if self.worker.is_some() {
-            let _ = self.finish();
+/// Puts the sealed pack at `out`: a hard link (no byte written again),
+/// or, where `out` is on another file system, a copy (`copy_file_range`,
+/// which clones extents on file systems that can) fsynced first. Without
+/// `force` a file that appeared at `out` meanwhile is never replaced.
+fn place_output(pack: &Path, out: &Path, force: bool) -> Result<(), TransferError> {
+    let tmp = {
+        let mut t = check_output(out, true)?.into_os_string();
+        t.push(format!(
+            ".{:016x}",
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+        ));
+        PathBuf::from(t)
+    };
+    let linked = if force {
+        // Link under a temporary name, then rename over the old output.
+        std::fs::hard_link(pack, &tmp).is_ok()
+    } else {
+        match std::fs::hard_link(pack, out) {
+            Ok(()) => {
+                sync_parent(out)?;
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(appeared(out));
+            }
+            Err(_) => false,
+        }
+    };
+    if !linked {
+        let copied = (|| {
+            std::fs::copy(pack, &tmp)?;
+            // Writable again: the copy is the user's, not the node's.
+            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+            File::open(&tmp)?.sync_all()
+        })();
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(FileError::new("copy", out, e).into());
         }
     }
+    let placed = if force {
+        std::fs::rename(&tmp, out).map_err(|e| FileError::new("rename", &tmp, e).into())
+    } else {
+        match std::fs::hard_link(&tmp, out) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(appeared(out)),
+            Err(e) => Err(FileError::new("link", out, e).into()),
+        }
+    };
+    let _ = std::fs::remove_file(&tmp);
+    placed?;
+    sync_parent(out)
 }
 
-impl Drop for Incoming {
-    fn drop(&mut self) {
-        // Finished transfers renamed their file away; anything else leaves
-        // no partial output behind.
-        if self.file.is_some() || self.tmp.exists() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+fn appeared(out: &Path) -> TransferError {
+    TransferError::Output(format!(
+        "{} appeared during the transfer; pass --force to replace it",
+        out.display()
+    ))
+}
+
+fn sync_parent(out: &Path) -> Result<(), TransferError> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::fsutil::sync_dir(dir).map_err(|e| FileError::new("fsync", dir, e))?;
     }
+    Ok(())
 }
 
 /// For tests and fuzzing: a manifest over `content` in `chunk_size` chunks signed by a fixed
@@ -460,7 +488,6 @@ pub fn fixture(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::blob::LocalBlobStore;
 
     const CS: usize = 4096;
 
@@ -468,12 +495,14 @@ mod tests {
         fixture(content, CS)
     }
 
+    fn packs(dir: &Path) -> Arc<PackStore> {
+        Arc::new(PackStore::open(&dir.join("packs")).expect("packs"))
+    }
+
     fn start(dir: &Path, content: &[u8]) -> (Incoming, Vec<Vec<u8>>) {
         let (m, g, pieces, hashes) = setup(content);
-        let blobs: Arc<dyn BlobStore> =
-            Arc::new(LocalBlobStore::open(&dir.join("blobs")).expect("blobs"));
-        let incoming =
-            Incoming::start(&dir.join("out"), false, &m, hashes, &g, blobs).expect("start");
+        let incoming = Incoming::start(&dir.join("out"), false, &m, hashes, &g, packs(dir), true)
+            .expect("start");
         (incoming, pieces)
     }
 
@@ -488,40 +517,52 @@ mod tests {
     }
 
     #[test]
-    fn a_complete_transfer_lands_whole() {
+    fn a_complete_transfer_lands_whole_in_any_order_written_once() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let content: Vec<u8> = (0..3 * CS + 100).map(|i| (i % 251) as u8).collect();
-        let (mut t, pieces) = start(dir.path(), &content);
-        for p in &pieces {
-            t.chunk(p.clone()).expect("chunk");
+        let (t, pieces) = start(dir.path(), &content);
+        // Parallel streams deliver ranges in any order.
+        for i in [2, 0, 3, 1] {
+            t.chunk(i, &pieces[i]).expect("chunk");
         }
-        let r = t.finish().expect("finish");
+        assert!(t.missing().is_empty());
+        let r = t.finish(true).expect("finish");
+        assert!(r.content_verified);
         assert_eq!(r.bytes, content.len() as u64);
-        assert_eq!(std::fs::read(dir.path().join("out")).expect("out"), content);
+        let out = dir.path().join("out");
+        assert_eq!(std::fs::read(&out).expect("out"), content);
+        // One file, two names: the output is the node's copy.
+        let (o, p) = (
+            std::fs::metadata(&out).expect("out"),
+            std::fs::metadata(&r.pack).expect("pack"),
+        );
+        assert_eq!((o.ino(), o.nlink()), (p.ino(), 2));
     }
 
-    /// Defences of THREATS.md row 2: a flipped byte, reordered chunks, a
-    /// truncated stream and extra data all abort with nothing written.
+    /// Defences of THREATS.md row 2: a flipped byte, a chunk in another's
+    /// place, missing chunks and data past the end all abort with nothing
+    /// written at the output.
     #[test]
     fn substituted_reordered_truncated_or_extra_data_aborts() {
         let content: Vec<u8> = (0..3 * CS + 100).map(|i| (i % 251) as u8).collect();
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut t, mut pieces) = start(dir.path(), &content);
-        t.chunk(pieces[0].clone()).expect("chunk 0");
+        let (t, mut pieces) = start(dir.path(), &content);
+        t.chunk(0, &pieces[0]).expect("chunk 0");
         pieces[1][5] ^= 1;
         assert!(matches!(
-            t.chunk(pieces[1].clone()),
+            t.chunk(1, &pieces[1]),
             Err(TransferError::BadChunk { index: 1 })
         ));
         drop(t);
         nothing_written(dir.path());
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut t, pieces) = start(dir.path(), &content);
+        let (t, pieces) = start(dir.path(), &content);
         assert!(
             matches!(
-                t.chunk(pieces[1].clone()),
+                t.chunk(0, &pieces[1]),
                 Err(TransferError::BadChunk { index: 0 })
             ),
             "reordered"
@@ -530,82 +571,156 @@ mod tests {
         nothing_written(dir.path());
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut t, pieces) = start(dir.path(), &content);
-        t.chunk(pieces[0].clone()).expect("chunk 0");
+        let (t, pieces) = start(dir.path(), &content);
+        t.chunk(0, &pieces[0]).expect("chunk 0");
+        t.chunk(2, &pieces[2]).expect("chunk 2");
+        assert_eq!(t.missing(), vec![1..2, 3..4]);
         assert!(matches!(
-            t.finish(),
+            t.finish(false),
             Err(TransferError::Truncated {
-                got: 1,
+                got: 2,
                 expected: 4
             })
         ));
         nothing_written(dir.path());
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut t, pieces) = start(dir.path(), &content);
-        for p in &pieces {
-            t.chunk(p.clone()).expect("chunk");
-        }
-        assert!(matches!(
-            t.chunk(pieces[0].clone()),
-            Err(TransferError::Extra)
-        ));
+        let (t, pieces) = start(dir.path(), &content);
+        assert!(matches!(t.chunk(4, &pieces[0]), Err(TransferError::Extra)));
         drop(t);
         nothing_written(dir.path());
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut t, pieces) = start(dir.path(), &content);
+        let (t, pieces) = start(dir.path(), &content);
         let mut long = pieces[0].clone();
         long.push(0);
         assert!(matches!(
-            t.chunk(long),
+            t.chunk(0, &long),
             Err(TransferError::ChunkLength { index: 0, .. })
         ));
         drop(t);
         nothing_written(dir.path());
     }
 
-    /// An interrupted transfer's chunks are taken back from the blob
-    /// store, each checked again, up to the first missing or damaged one.
+    /// A manifest whose content hash its own (signed) chunks do not have
+    /// passes chunk by chunk, and is caught when the whole content is
+    /// checked on request: nothing is written.
     #[test]
-    fn a_resumed_transfer_takes_the_stored_prefix() {
+    fn an_inconsistent_manifest_is_caught_by_verify_sha256() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let content: Vec<u8> = (0..2 * CS).map(|i| (i % 13) as u8).collect();
+        let (mut m, g, pieces, hashes) = setup(&content);
+        let mut lying = m.value().clone();
+        lying.content_sha256 = [9; 32];
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let (_, verified) =
+            crate::dataset::verify_manifest(lying.sign(&key), &key.verifying_key().to_bytes())
+                .expect("manifest");
+        m = verified;
+        let g = Grant {
+            manifest_sha256: m.envelope().payload_hash(),
+            ..g
+        };
+        let t = Incoming::start(
+            &dir.path().join("out"),
+            false,
+            &m,
+            hashes,
+            &g,
+            packs(dir.path()),
+            true,
+        )
+        .expect("start");
+        for (i, p) in pieces.iter().enumerate() {
+            t.chunk(i, p).expect("chunk");
+        }
+        assert!(matches!(t.finish(true), Err(TransferError::Content)));
+        nothing_written(dir.path());
+    }
+
+    /// An interrupted transfer's pack is taken back: every chunk in it is
+    /// checked again, a damaged or never-written one is asked for again.
+    #[test]
+    fn a_resumed_transfer_takes_the_verified_chunks_of_its_pack() {
         let dir = tempfile::tempdir().expect("tempdir");
         let content: Vec<u8> = (0..5 * CS + 7).map(|i| (i % 241) as u8).collect();
         let (m, g, pieces, hashes) = setup(&content);
-        let blobs: Arc<dyn BlobStore> =
-            Arc::new(LocalBlobStore::open(&dir.path().join("blobs")).expect("blobs"));
+        let packs = packs(dir.path());
         let out = dir.path().join("out");
-        let mut first =
-            Incoming::start(&out, false, &m, hashes.clone(), &g, blobs.clone()).expect("start");
-        for p in &pieces[..3] {
-            first.chunk(p.clone()).expect("chunk");
+        let first = Incoming::start(&out, false, &m, hashes.clone(), &g, packs.clone(), true)
+            .expect("start");
+        for i in [0, 1, 2, 4] {
+            first.chunk(i, &pieces[i]).expect("chunk");
         }
         drop(first);
         nothing_written(dir.path());
 
-        // Chunk 2's blob is damaged: the resume stops before it.
-        let hex = data_encoding::HEXLOWER.encode(&hashes[2]);
-        let damaged = dir.path().join("blobs/sha256").join(&hex[..2]).join(&hex);
-        let good = std::fs::read(&damaged).expect("blob");
-        std::fs::write(&damaged, b"not the chunk").expect("damage");
-        let mut again =
-            Incoming::start(&out, false, &m, hashes.clone(), &g, blobs.clone()).expect("start");
-        assert_eq!(again.resume_from_store().expect("resume"), 2);
-        drop(again);
-        assert!(
-            !damaged.exists(),
-            "a damaged chunk is removed, to be fetched again"
+        // Chunk 2 is damaged on disk.
+        let partial = packs.partial_path(g.id.as_str()).expect("path");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&partial)
+            .expect("open");
+        f.write_all_at(b"not the chunk", 2 * CS as u64)
+            .expect("damage");
+        drop(f);
+        let again =
+            Incoming::start(&out, false, &m, hashes, &g, packs, false).expect("start");
+        assert_eq!(again.resume_from_pack().expect("resume"), 3);
+        assert_eq!(again.missing(), vec![2..4, 5..6]);
+        assert_eq!(again.bytes_received(), 3 * CS as u64);
+        for i in [2, 3, 5] {
+            again.chunk(i, &pieces[i]).expect("chunk");
+        }
+        again.finish(true).expect("finish");
+        assert_eq!(std::fs::read(&out).expect("out"), content);
+        assert!(!partial.exists(), "the pack was sealed");
+    }
+
+    /// An output on another file system than the pack is a copy, fsynced,
+    /// and writable; `force` replaces an existing output, and without it
+    /// one that appeared during the transfer is left alone.
+    #[test]
+    fn outputs_are_linked_or_copied_and_never_clobbered_without_force() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let content: Vec<u8> = (0..CS + 1).map(|i| (i % 7) as u8).collect();
+        let (t, pieces) = start(dir.path(), &content);
+        for (i, p) in pieces.iter().enumerate() {
+            t.chunk(i, p).expect("chunk");
+        }
+        std::fs::write(dir.path().join("out"), b"appeared").expect("write");
+        assert!(matches!(t.finish(false), Err(TransferError::Output(_))));
+        assert_eq!(
+            std::fs::read(dir.path().join("out")).expect("out"),
+            b"appeared"
         );
 
-        blobs.put(&hashes[2], &good).expect("fetched again");
-        let mut resumed = Incoming::start(&out, false, &m, hashes, &g, blobs).expect("start");
-        assert_eq!(resumed.resume_from_store().expect("resume"), 3);
-        assert_eq!(resumed.bytes_received(), 3 * CS as u64);
-        for p in &pieces[3..] {
-            resumed.chunk(p.clone()).expect("chunk");
+        let (m, g, pieces, hashes) = setup(&content);
+        let t = Incoming::start(
+            &dir.path().join("out"),
+            true,
+            &m,
+            hashes,
+            &g,
+            packs(dir.path()),
+            true,
+        )
+        .expect("start");
+        for (i, p) in pieces.iter().enumerate() {
+            t.chunk(i, p).expect("chunk");
         }
-        resumed.finish().expect("finish");
-        assert_eq!(std::fs::read(&out).expect("out"), content);
+        let r = t.finish(false).expect("replaced");
+        assert!(!r.content_verified);
+        assert_eq!(std::fs::read(dir.path().join("out")).expect("out"), content);
+
+        // /dev/shm is another file system than the temp dir on most hosts.
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        let pack = r.pack;
+        let out = shm.path().join("copy");
+        place_output(&pack, &out, false).expect("placed");
+        assert_eq!(std::fs::read(&out).expect("copy"), content);
     }
 
     #[test]

@@ -422,11 +422,28 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         Ok(n) => tracing::info!(removed = n, "removed chunks no dataset references"),
         Err(e) => tracing::warn!(error = %e, "could not collect unreferenced chunks"),
     }
+    // Received datasets, and the packs of fetches in progress: those whose
+    // saved state is gone (dropped, or a crash before it was kept) go.
+    let packs = Arc::new(
+        crate::dataset::pack::PackStore::open(&config.data_dir.packs())
+            .map_err(|e| NodeError::Credentials(format!("packs: {e}")))?,
+    );
+    let removed = packs.collect_partials(|key| {
+        key.parse()
+            .ok()
+            .and_then(|id| grants.interrupted_fetch(&id).ok().flatten())
+            .is_some()
+    });
+    if removed > 0 {
+        tracing::info!(removed, "removed packs of fetches no longer in progress");
+    }
     let ctx = Arc::new(NodeContext {
         identity: creds.identity.clone(),
         clock: config.clock.clone(),
         metrics: metrics.clone(),
         opening: tokio::sync::Mutex::new(()),
+        sessions: crate::exchange::serve::Sessions::default(),
+        packs,
         fetching: std::sync::Mutex::default(),
         started: Instant::now(),
         connections: registry.clone(),

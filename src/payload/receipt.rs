@@ -30,6 +30,8 @@ impl From<&Receipt> for pb::ReceiptV1 {
             consumer_checkpoint,
             consumer,
             transfer_index,
+            chunk_list_sha256,
+            content_verified,
         } = receipt;
         Self {
             grant_id: grant.to_string(),
@@ -40,6 +42,8 @@ impl From<&Receipt> for pb::ReceiptV1 {
             consumer_checkpoint: consumer_checkpoint.clone().into_bytes(),
             consumer: consumer.to_string(),
             transfer_index: *transfer_index,
+            chunk_list_sha256: chunk_list_sha256.map(|h| h.to_vec()).unwrap_or_default(),
+            content_sha256_verified: *content_verified,
         }
     }
 }
@@ -59,6 +63,8 @@ impl TryFrom<pb::ReceiptV1> for Receipt {
             consumer_checkpoint,
             consumer,
             transfer_index,
+            chunk_list_sha256,
+            content_sha256_verified,
         } = message;
         Ok(Self {
             grant: grant_id.parse()?,
@@ -78,6 +84,13 @@ impl TryFrom<pb::ReceiptV1> for Receipt {
                 .parse()
                 .map_err(|e: IdError| GrantError::Malformed(e.to_string()))?,
             transfer_index,
+            chunk_list_sha256: match chunk_list_sha256.len() {
+                0 => None,
+                _ => Some(chunk_list_sha256.as_slice().try_into().map_err(|_| {
+                    GrantError::Malformed("chunk_list_sha256 must be 32 bytes or empty".into())
+                })?),
+            },
+            content_verified: content_sha256_verified,
         })
     }
 }

@@ -17,7 +17,7 @@
 //! | `ledger/` | the node's ledger |
 //! | `datasets/` | manifests and chunk lists of the datasets this node published |
 //! | `grants/` | grants this node issued (`issued/`) and holds (`held/`), DSSE JSON; receipts it signed (`received/`) and took as publisher (`taken/`) |
-//! | `blobs/` | dataset chunks, by SHA-256 |
+//! | `blobs/` | chunks of published datasets, by SHA-256 (`sha256/`); received datasets, one read-only file each named by its chunk list's SHA-256, and fetches in progress (`packs/`, `packs/partial/`) |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -113,6 +113,11 @@ impl DataDir {
     /// `blobs/`.
     pub fn blobs(&self) -> PathBuf {
         self.root.join("blobs")
+    }
+
+    /// `blobs/packs/`: received datasets, one file each.
+    pub fn packs(&self) -> PathBuf {
+        self.blobs().join("packs")
     }
 }
 

@@ -30,6 +30,10 @@ pub struct NodeContext {
     pub metrics: Arc<crate::runtime::metrics::Metrics>,
     /// One transfer opened at a time (its count checked and recorded).
     pub opening: tokio::sync::Mutex<()>,
+    /// Transfers other streams may join.
+    pub sessions: crate::exchange::serve::Sessions,
+    /// Received datasets, one pack file each.
+    pub packs: Arc<crate::dataset::pack::PackStore>,
     /// Grants this node is fetching now (one fetch per grant at a time).
     pub fetching: std::sync::Mutex<std::collections::HashSet<String>>,
     /// When the node started serving.
@@ -124,6 +128,7 @@ impl NodeContext {
             key: &self.signing_key,
             metrics: &self.metrics,
             opening: &self.opening,
+            sessions: &self.sessions,
         }
     }
 
@@ -145,7 +150,7 @@ impl NodeContext {
             identity: &self.identity,
             ledger: &self.ledger,
             grants: &self.grants,
-            blobs: &self.blobs,
+            packs: &self.packs,
             key: &self.signing_key,
             fetching: &self.fetching,
             dialer: self.dialer.as_ref(),

@@ -306,16 +306,27 @@ async fn fetch_verifies_writes_and_both_ledgers_record_the_receipt() {
     dsnode::exchange::receipt::verify_receipt(kept, &consumer.identity.public_key)
         .expect("signed by the consumer");
 
-    // The received chunks are kept in the consumer's blob store, across a
-    // restart (its start-up collection keeps received datasets).
+    // The received content is kept as the consumer's pack (the output is
+    // the same file, written once), across a restart (its start-up
+    // collection removes only packs of fetches no longer in progress).
     con_node.shutdown().await.expect("stop");
     let con_node = support::start(&consumer, |_| {}).await;
-    let stored: usize = std::fs::read_dir(consumer.dir.blobs().join("sha256"))
+    let packs: Vec<_> = std::fs::read_dir(consumer.dir.packs())
         .expect("ls")
         .flatten()
-        .map(|d| std::fs::read_dir(d.path()).map(|f| f.count()).unwrap_or(0))
-        .sum();
-    assert_eq!(stored, 4, "3.3 MB in 1 MiB chunks");
+        .filter(|e| e.path().is_file())
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(packs.len(), 1, "one received dataset");
+    assert_eq!(std::fs::read(&packs[0]).expect("pack"), content);
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (pack, output) = (
+            std::fs::metadata(&packs[0]).expect("pack"),
+            std::fs::metadata(&out).expect("output"),
+        );
+        assert_eq!(pack.ino(), output.ino(), "the output is the pack");
+    }
     for n in [pub_node, con_node] {
         n.shutdown().await.expect("stop");
     }

@@ -87,6 +87,8 @@ fn write_seed_corpus() {
         consumer_checkpoint: "dsnode/x\n1\nAAAA\n".into(),
         consumer: grant.grantee.clone(),
         transfer_index: 3,
+        chunk_list_sha256: None,
+        content_verified: false,
     };
     write("receipt", "fixture", &receipt.encode());
     write(

@@ -615,7 +615,7 @@ async fn receipts_are_checked_and_recorded_once() {
     wrong_size.bytes += 1;
     for (bad, why) in [
         (wrong_transfer, "is not a transfer of grant"),
-        (wrong_size, "content hash or size"),
+        (wrong_size, "chunk list hash or size"),
     ] {
         let env = bad.sign(key.signing_key());
         let err = exchange
