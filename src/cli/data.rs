@@ -504,16 +504,23 @@ pub(super) async fn fetch(a: FetchArgs) -> Result<Output> {
     };
     Ok(Output {
         text: format!(
-            "fetched {} ({}) to {} in {:.1}s ({:.0} MB/s)\n  content sha256 {} (matches the manifest)\n  receipt recorded: entry {} here, entry {} at the publisher{resumed}",
+            "fetched {} ({}) to {} in {:.1}s ({:.0} MB/s, {} stream(s))\n  every chunk matches the signed chunk list {}\n  content sha256 {} ({})\n  receipt recorded: entry {} here, entry {} at the publisher{resumed}",
             done.dataset_id,
             size_text(done.bytes),
             out.display(),
             secs,
             done.bytes as f64 / secs / 1e6,
+            done.streams,
+            data_encoding::HEXLOWER.encode(&done.chunk_list_sha256),
             data_encoding::HEXLOWER.encode(&done.content_sha256),
+            if done.content_verified {
+                "verified over the whole content"
+            } else {
+                "as the manifest states; check it with --verify-sha256 or sha256sum"
+            },
             done.ledger_index,
             done.publisher_ledger_index
         ),
-        json: json!({"dataset_id": done.dataset_id, "bytes": done.bytes, "out": out, "content_sha256": data_encoding::HEXLOWER.encode(&done.content_sha256), "ledger_index": done.ledger_index, "publisher_ledger_index": done.publisher_ledger_index, "resumed_chunks": done.resumed_chunks, "reconnects": done.reconnects}),
+        json: json!({"dataset_id": done.dataset_id, "bytes": done.bytes, "out": out, "chunk_list_sha256": data_encoding::HEXLOWER.encode(&done.chunk_list_sha256), "content_sha256": data_encoding::HEXLOWER.encode(&done.content_sha256), "content_sha256_verified": done.content_verified, "streams": done.streams, "ledger_index": done.ledger_index, "publisher_ledger_index": done.publisher_ledger_index, "resumed_chunks": done.resumed_chunks, "reconnects": done.reconnects}),
     })
 }

@@ -290,6 +290,12 @@ pub struct Fetched {
     pub resumed_chunks: u64,
     /// Reconnects made.
     pub reconnects: u32,
+    /// SHA-256 of the chunk list every chunk was checked against.
+    pub chunk_list_sha256: Hash,
+    /// Whether `content_sha256` was checked over the whole content.
+    pub content_verified: bool,
+    /// Streams the fetch ran over.
+    pub streams: usize,
 }
 
 /// Progress of one fetch, shared with the writer thread; reports go to a
@@ -1068,6 +1074,9 @@ impl Signed<'_> {
             publisher_ledger_index: publisher_index,
             resumed_chunks: o.progress.resumed_chunks.load(Ordering::Relaxed),
             reconnects: self.reconnects,
+            chunk_list_sha256: self.received.chunk_list_sha256,
+            content_verified: self.received.content_verified,
+            streams: o.order.streams,
         })
     }
 }

@@ -664,8 +664,7 @@ mod tests {
         f.write_all_at(b"not the chunk", 2 * CS as u64)
             .expect("damage");
         drop(f);
-        let again =
-            Incoming::start(&out, false, &m, hashes, &g, packs, false).expect("start");
+        let again = Incoming::start(&out, false, &m, hashes, &g, packs, false).expect("start");
         assert_eq!(again.resume_from_pack().expect("resume"), 3);
         assert_eq!(again.missing(), vec![2..4, 5..6]);
         assert_eq!(again.bytes_received(), 3 * CS as u64);

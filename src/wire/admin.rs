@@ -251,6 +251,9 @@ mod tests {
             publisher_ledger_index: 9,
             resumed_chunks: 1,
             reconnects: 2,
+            chunk_list_sha256: [8; 32],
+            content_verified: true,
+            streams: 3,
         }
     }
 

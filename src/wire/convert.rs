@@ -2,6 +2,7 @@
 //! destructures every field, so a field added to a message breaks the
 //! build here until it is handled.
 
+use crate::digest::Hash;
 use crate::envelope::{Envelope, EnvelopeSignature};
 use crate::exchange::fetch::{FetchProgress, Fetched};
 use crate::exchange::grant::GrantId;
@@ -629,6 +630,9 @@ impl From<Fetched> for pb::AdminFetchResponse {
             publisher_ledger_index,
             resumed_chunks,
             reconnects,
+            chunk_list_sha256,
+            content_verified,
+            streams,
         } = f;
         Self {
             dataset_id,
@@ -638,6 +642,9 @@ impl From<Fetched> for pb::AdminFetchResponse {
             publisher_ledger_index,
             resumed_chunks,
             reconnects,
+            chunk_list_sha256: chunk_list_sha256.to_vec(),
+            content_sha256_verified: content_verified,
+            streams: u32::try_from(streams).unwrap_or(u32::MAX),
         }
     }
 }
@@ -673,22 +680,30 @@ impl TryFrom<pb::AdminFetchResponse> for Fetched {
             publisher_ledger_index,
             resumed_chunks,
             reconnects,
+            chunk_list_sha256,
+            content_sha256_verified,
+            streams,
         } = r;
-        let len = content_sha256.len();
-        let content_sha256 = content_sha256.try_into().map_err(|_| {
-            PeerError::new(
-                Code::DataLoss,
-                format!("the node's fetch result has a content hash of {len} bytes, not 32"),
-            )
-        })?;
+        let hash = |what: &str, bytes: Vec<u8>| {
+            let len = bytes.len();
+            Hash::try_from(bytes).map_err(|_| {
+                PeerError::new(
+                    Code::DataLoss,
+                    format!("the node's fetch result has a {what} of {len} bytes, not 32"),
+                )
+            })
+        };
         Ok(Self {
             dataset_id,
             bytes,
-            content_sha256,
+            content_sha256: hash("content hash", content_sha256)?,
             ledger_index,
             publisher_ledger_index,
             resumed_chunks,
             reconnects,
+            chunk_list_sha256: hash("chunk list hash", chunk_list_sha256)?,
+            content_verified: content_sha256_verified,
+            streams: streams as usize,
         })
     }
 }

@@ -13,6 +13,7 @@ use dsnode::ledger::Query;
 use dsnode::ledger::entry::{Entry, EntryKind};
 use dsnode::node::RunningNode;
 use dsnode::peer::Code as PeerCode;
+use dsnode::wire::admin::FetchOptions;
 use dsnode::wire::pb;
 use time::OffsetDateTime;
 use tonic::Code;
@@ -173,6 +174,69 @@ async fn a_cut_connection_is_resumed_from_the_first_missing_chunk() {
     // The resume and the receipt name the transfer in their typed field.
     assert_eq!(trail[2].draft.transfer, Some(started));
     assert_eq!(trail[3].draft.transfer, Some(started));
+    for n in [pub_node, con_node] {
+        n.shutdown().await.expect("stop");
+    }
+}
+
+/// Parallel streams over real mutual-TLS connections, several of them cut
+/// mid-way: each range resumes from its first missing chunk, the grant is
+/// used once, and the output is the consumer's own copy, written once.
+#[tokio::test]
+async fn parallel_streams_resume_each_range_after_cuts_and_write_once() {
+    use std::os::unix::fs::MetadataExt;
+    let TwoNodes {
+        space,
+        publisher,
+        consumer,
+        publisher_node: pub_node,
+        consumer_node: con_node,
+    } = support::two_nodes().await;
+    let auditor = space.node("regulator", "auditor");
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let ds = publish_once_fetchable(&publisher, &pub_node, &content, 64 << 10).await;
+    let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
+
+    // The first three connections through the relay are cut after
+    // 400 kB each: the opener's and two streams'.
+    let proxy = CutProxy::start(pub_node.local_addr(), 400_000, 3).await;
+    let dir = tempfile::tempdir_in(consumer.dir.root()).expect("tempdir");
+    let out = dir.path().join("positions.bin");
+    let options = FetchOptions {
+        retries: 5,
+        streams: 4,
+        verify_sha256: true,
+        ..FetchOptions::default()
+    };
+    let FetchRun { done, .. } =
+        flows::fetch_as(&consumer, &con_node, proxy.addr, &grant, &out, &options)
+            .await
+            .expect("the fetch survives the cuts");
+    assert!(done.reconnects >= 1, "{done:?}");
+    assert_eq!(std::fs::read(&out).expect("out"), content);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("ls").count(),
+        1,
+        "no partial file left"
+    );
+    let trail = kinds(&auditor, &pub_node, by_grant(&grant)).await;
+    let count = |k| trail.iter().filter(|e| **e == k).count();
+    assert_eq!(count(EntryKind::TransferStarted), 1, "{trail:?}");
+    assert_eq!(
+        count(EntryKind::TransferResumed),
+        done.reconnects as usize,
+        "{trail:?}"
+    );
+    assert_eq!(count(EntryKind::ReceiptRecorded), 1, "{trail:?}");
+    assert_eq!(trail.len(), 3 + done.reconnects as usize, "{trail:?}");
+    // The output and the node's copy are one file.
+    let output = std::fs::metadata(&out).expect("output");
+    let pack = std::fs::read_dir(consumer.dir.packs())
+        .expect("packs")
+        .flatten()
+        .find(|e| e.path().is_file())
+        .expect("the received dataset's pack");
+    assert_eq!(output.ino(), pack.metadata().expect("pack").ino());
     for n in [pub_node, con_node] {
         n.shutdown().await.expect("stop");
     }

@@ -162,18 +162,26 @@ pub(crate) async fn fetch_with(
     force: bool,
     retries: u32,
 ) -> Result<FetchRun, PeerError> {
+    let options = FetchOptions {
+        force,
+        retries,
+        ..FetchOptions::default()
+    };
+    fetch_as(consumer, con_node, peer, grant, out, &options).await
+}
+
+/// As [`fetch_with`], as `options` say.
+pub(crate) async fn fetch_as(
+    consumer: &NodeDir,
+    con_node: &RunningNode,
+    peer: SocketAddr,
+    grant: &str,
+    out: &Path,
+    options: &FetchOptions,
+) -> Result<FetchRun, PeerError> {
     let mut events = admin(consumer, con_node)
         .await
-        .fetch(
-            &peer.to_string(),
-            grant,
-            out,
-            &FetchOptions {
-                force,
-                retries,
-                ..FetchOptions::default()
-            },
-        )
+        .fetch(&peer.to_string(), grant, out, options)
         .await?;
     let mut progress = Vec::new();
     while let Some(event) = events.next().await? {
