@@ -9,7 +9,8 @@
 //! For each location of the data, tmpfs (the software's own cost) and the
 //! project's disk (what a node gets here), it makes a data space (a CA, a
 //! publisher and a consumer `dsnode serve` process), publishes the content,
-//! writes the same bytes as a plain file, and times each of these twice:
+//! writes the same bytes as a plain file, and times each of these (twice,
+//! by default):
 //!
 //! - nginx serving that file (`sendfile on`, the publisher's certificate
 //!   and key, `ssl_verify_client on` against the data space's CA) to
@@ -44,6 +45,8 @@
 //! - `DSNODE_BENCH_MIB` (1024): the content's size in MiB.
 //! - `DSNODE_BENCH_RSS_MIB` (4096): the size of the memory phase's fetch.
 //! - `DSNODE_BENCH_STREAMS` (the cores, at most 8): N.
+//! - `DSNODE_BENCH_RUNS` (2): runs of each way; the ways take turns, run
+//!   after run, so that a passing load falls on all of them alike.
 //! - `DSNODE_BENCH_PHASES` (`tmpfs,disk,rss`): which phases run.
 //! - `DSNODE_BENCH_TMPFS` (`/dev/shm`): the tmpfs directory.
 //! - `DSNODE_BENCH_PIDS` (unset): if set, print the nodes' process ids (to
@@ -76,9 +79,6 @@ use tonic::{Request, Response, Status};
 
 const CHUNK: usize = 1 << 20;
 
-/// Times each way is run (the machine is noisy).
-const RUNS: usize = 2;
-
 /// Issue 15's bound on each node's peak RSS during a fetch, whatever N.
 const RSS_LIMIT_MIB: f64 = 64.0;
 
@@ -109,6 +109,8 @@ struct Settings {
     mib: usize,
     rss_mib: usize,
     streams: u32,
+    /// Runs of each way (the machine is noisy).
+    rounds: usize,
     phases: Vec<Phase>,
     tmpfs: PathBuf,
     show_pids: bool,
@@ -133,6 +135,7 @@ impl Settings {
             mib: env_number("DSNODE_BENCH_MIB", 1024)?,
             rss_mib: env_number("DSNODE_BENCH_RSS_MIB", 4096)?,
             streams: u32::try_from(env_number("DSNODE_BENCH_STREAMS", default_streams)?)?,
+            rounds: env_number("DSNODE_BENCH_RUNS", 2)?,
             phases,
             tmpfs: std::env::var_os("DSNODE_BENCH_TMPFS")
                 .map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from),
@@ -203,6 +206,17 @@ fn fs_type(dir: &Path) -> String {
             text.lines().nth(1).map(|l| l.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The machine's 1-minute load average (/proc/loadavg), against its cores:
+/// other work running during the bench makes its numbers noisy.
+fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{} on {cores} cores",
+        load.split_whitespace().next().unwrap_or("?")
+    )
 }
 
 /// A CA and two nodes (publisher, consumer) under `root`, their
@@ -899,8 +913,8 @@ async fn bare_fetch(space: &Space, addr: SocketAddr, hashes: &[[u8; 32]]) -> Res
     Ok(bytes as f64 / started.elapsed().as_secs_f64() / 1e6)
 }
 
-/// Times (a) `RUNS` times on `nodes`' space, the content in memory.
-async fn time_bare(nodes: &Nodes, mib: usize) -> Result<Vec<f64>, BoxError> {
+/// Times (a) `rounds` times on `nodes`' space, the content in memory.
+async fn time_bare(nodes: &Nodes, mib: usize, rounds: usize) -> Result<Vec<f64>, BoxError> {
     let pieces: Arc<Vec<Vec<u8>>> = Arc::new((0..mib).map(piece).collect());
     let hashes: Vec<[u8; 32]> = pieces
         .iter()
@@ -912,7 +926,7 @@ async fn time_bare(nodes: &Nodes, mib: usize) -> Result<Vec<f64>, BoxError> {
         .collect();
     let (addr, stop) = bare_server(&nodes.space, pieces).await?;
     let mut runs = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..rounds {
         runs.push(bare_fetch(&nodes.space, addr, &hashes).await?);
     }
     stop.cancel();
@@ -960,6 +974,8 @@ impl Column {
 }
 
 /// Measures every way with the data in a new temporary directory in `dir`.
+/// The ways take turns, round after round, so that a load that comes and
+/// goes on the machine falls on all of them alike.
 async fn measure(
     name: &'static str,
     dir: &Path,
@@ -971,10 +987,11 @@ async fn measure(
         .prefix(".transfer-bench-")
         .tempdir_in(dir)?;
     println!(
-        "== {name}: {} ({}), {} MiB",
+        "== {name}: {} ({}), {} MiB; load average {}",
         root.path().display(),
         fs_type(root.path()),
-        s.mib
+        s.mib,
+        load_average()
     );
     let nodes = Nodes::start(bin, root.path(), s.mib, s.show_pids).await?;
     let mut column = Column {
@@ -982,54 +999,83 @@ async fn measure(
         lines: Vec::new(),
     };
     if name == "tmpfs" {
-        column.record(Way::Bare, time_bare(&nodes, s.mib).await?);
+        column.record(Way::Bare, time_bare(&nodes, s.mib, s.rounds).await?);
     }
 
     let www = root.path().join("www");
     std::fs::create_dir(&www)?;
     let sha256 = write_content(&www.join(CONTENT), s.mib)?;
-    if let Some(bin) = nginx {
-        let server = Nginx::start(bin, &www, &nodes.space.publisher)?;
-        let curl = Curl::new(&nodes.space.consumer, server.url());
-        println!("  curl <-> nginx: {}", curl.negotiated()?);
-        let ktls_before = ktls_tx_connections();
-        let out = root.path().join("curl.out");
-        for way in [Way::CurlOutput, Way::CurlOutputSync, Way::CurlTeeDigest] {
-            let mut runs = Vec::new();
-            for _ in 0..RUNS {
-                runs.push(time_curl(way, &curl, &out, s.mib, &sha256)?);
-            }
-            column.record(way, runs);
+    let mut ways = Vec::new();
+    let server = match nginx {
+        Some(bin) => {
+            let server = Nginx::start(bin, &www, &nodes.space.publisher)?;
+            let curl = Curl::new(&nodes.space.consumer, server.url());
+            println!("  curl <-> nginx: {}", curl.negotiated()?);
+            ways.extend([Way::CurlOutput, Way::CurlOutputSync, Way::CurlTeeDigest]);
+            Some((server, curl))
         }
-        match (ktls_before, ktls_tx_connections()) {
-            (Some(before), Some(after)) => println!(
-                "  kernel TLS: {} connections sent through it during the curl runs (0: nginx encrypted in user space, without sendfile)",
+        None => None,
+    };
+    ways.push(Way::Fetch(1));
+    if s.streams != 1 {
+        ways.push(Way::Fetch(s.streams));
+    }
+
+    let ktls_before = ktls_tx_connections();
+    let curl_out = root.path().join("curl.out");
+    let mut tallies: Vec<Tally> = ways.iter().map(|_| Tally::default()).collect();
+    for _ in 0..s.rounds {
+        for (way, tally) in ways.iter().zip(&mut tallies) {
+            match (*way, &server) {
+                (Way::Fetch(n), _) => {
+                    let run = nodes.fetch(n, &sha256).await?;
+                    tally.runs.push(run.mb_s);
+                    tally.publisher_cpu += run.publisher_cpu / s.rounds as f64;
+                    tally.consumer_cpu += run.consumer_cpu / s.rounds as f64;
+                }
+                (_, Some((_, curl))) => {
+                    let mb_s = time_curl(*way, curl, &curl_out, s.mib, &sha256)?;
+                    tally.runs.push(mb_s);
+                }
+                (_, None) => return Err(format!("{way:?} needs nginx").into()),
+            }
+        }
+    }
+    let ktls_after = ktls_tx_connections();
+    drop(server);
+    std::fs::remove_dir_all(&www)?;
+
+    for (way, tally) in ways.into_iter().zip(tallies) {
+        column.record(way, tally.runs);
+        if let Way::Fetch(_) = way {
+            println!(
+                "      CPU a fetch: publisher {:.2} s, consumer {:.2} s",
+                tally.publisher_cpu, tally.consumer_cpu
+            );
+        }
+    }
+    if nginx.is_some() {
+        match ktls_before.zip(ktls_after) {
+            Some((before, after)) => println!(
+                "  kernel TLS: {} connections sent through it during the runs (0: nginx encrypted in user space, without sendfile)",
                 after - before
             ),
-            _ => println!(
+            None => println!(
                 "  kernel TLS: not loaded (no /proc/net/tls_stat): nginx read the file and encrypted it in user space; `sendfile on` does not apply to TLS"
             ),
         }
     }
-    std::fs::remove_dir_all(&www)?;
-
-    let mut streams = vec![1];
-    if s.streams != 1 {
-        streams.push(s.streams);
-    }
-    for n in streams {
-        let mut runs = Vec::new();
-        let (mut publisher_cpu, mut consumer_cpu) = (0.0, 0.0);
-        for _ in 0..RUNS {
-            let run = nodes.fetch(n, &sha256).await?;
-            runs.push(run.mb_s);
-            publisher_cpu += run.publisher_cpu / RUNS as f64;
-            consumer_cpu += run.consumer_cpu / RUNS as f64;
-        }
-        column.record(Way::Fetch(n), runs);
-        println!("      CPU a fetch: publisher {publisher_cpu:.2} s, consumer {consumer_cpu:.2} s");
-    }
     Ok(column)
+}
+
+/// One way's runs in a location.
+#[derive(Default)]
+struct Tally {
+    /// MB/s, run by run.
+    runs: Vec<f64>,
+    /// CPU seconds each node spent in a run, on average (fetches only).
+    publisher_cpu: f64,
+    consumer_cpu: f64,
 }
 
 /// A ratio issue 15 sets a target for (or asks to see).
@@ -1045,7 +1091,7 @@ const LABEL: usize = 62;
 /// Prints each way's mean and the ratios, a column per location.
 fn print_table(columns: &[Column], s: &Settings) {
     println!();
-    let title = format!("== {} MiB, MB/s (mean of {RUNS} runs)", s.mib);
+    let title = format!("== {} MiB, MB/s (mean of {} runs)", s.mib, s.rounds);
     print!("{title:<LABEL$}");
     for c in columns {
         print!("{:>12}", c.name);
@@ -1163,8 +1209,10 @@ async fn main() -> Result<(), BoxError> {
         .filter(|p| p.exists())
         .ok_or("no dsnode binary next to this example: run `cargo build --release` first")?;
     println!(
-        "== transfer of {} MiB in 1 MiB chunks, loopback, mutual TLS 1.3; N = {} streams",
-        s.mib, s.streams
+        "== transfer of {} MiB in 1 MiB chunks, loopback, mutual TLS 1.3; N = {} streams; load average {}",
+        s.mib,
+        s.streams,
+        load_average()
     );
 
     let mut locations: Vec<(&'static str, PathBuf)> = Vec::new();
