@@ -1140,7 +1140,11 @@ fn print_table(columns: &[Column], s: &Settings) {
             target: Some(2.0),
         },
     ];
-    for r in ratios {
+    // With N = 1 the second ratio is the first.
+    for (i, r) in ratios.into_iter().enumerate() {
+        if i == 1 && n == 1 {
+            continue;
+        }
         let target = r
             .target
             .map_or("(no target)".into(), |t| format!("(target >= {t:.1})"));
@@ -1167,11 +1171,12 @@ async fn measure_rss(bin: &Path, s: &Settings) -> Result<(), BoxError> {
         .tempdir_in(std::env::current_dir()?)?;
     println!();
     println!(
-        "== peak RSS, {} MiB fetch with {} streams on disk ({}, {})",
+        "== peak RSS, {} MiB fetch on disk with streams N = {} ({}, {}); load average {}",
         s.rss_mib,
         s.streams,
         root.path().display(),
-        fs_type(root.path())
+        fs_type(root.path()),
+        load_average()
     );
     let nodes = Nodes::start(bin, root.path(), s.rss_mib, s.show_pids).await?;
     let sha256 = {
@@ -1208,12 +1213,6 @@ async fn main() -> Result<(), BoxError> {
         .map(|d| d.join("dsnode"))
         .filter(|p| p.exists())
         .ok_or("no dsnode binary next to this example: run `cargo build --release` first")?;
-    println!(
-        "== transfer of {} MiB in 1 MiB chunks, loopback, mutual TLS 1.3; N = {} streams; load average {}",
-        s.mib,
-        s.streams,
-        load_average()
-    );
 
     let mut locations: Vec<(&'static str, PathBuf)> = Vec::new();
     if s.runs(Phase::Tmpfs) {
@@ -1233,6 +1232,14 @@ async fn main() -> Result<(), BoxError> {
             }
         }
     };
+    if !locations.is_empty() {
+        println!(
+            "== transfer of {} MiB in 1 MiB chunks, loopback, mutual TLS 1.3; streams N = {}; load average {}",
+            s.mib,
+            s.streams,
+            load_average()
+        );
+    }
     let mut columns = Vec::new();
     for (name, dir) in locations {
         columns.push(measure(name, &dir, &bin, nginx.as_deref(), &s).await?);
