@@ -21,12 +21,12 @@
 //! - `curl … | tee FILE | openssl dgst -sha256`, the digest checked
 //!   against the content's;
 //! - `dsnode fetch` through the consumer's Admin API with 1 stream and
-//!   with N, each on a fresh grant, after emptying the output and the
-//!   consumer's blob store (a fetch skips blobs the store already has, so a
-//!   second fetch of the same content would write half as much). A fetch
-//!   verifies every chunk and the whole content, writes the output and the
-//!   blob store, fsyncs both, renames, and exchanges signed receipts. The
-//!   CPU seconds both nodes spend on it are printed too.
+//!   with N, each on a fresh grant, after removing the output and the
+//!   consumer's pack of the previous run (the same file: the output is a
+//!   hard link to the node's copy). A fetch verifies every chunk against
+//!   the signed chunk list, writes each byte once into the pack, fsyncs
+//!   it, links the output, and exchanges signed receipts. The CPU seconds
+//!   both nodes spend on it are printed too.
 //!
 //! On tmpfs it also times (a), a bare tonic stream of the same bytes from
 //! memory over the node's own mutual-TLS acceptor and HTTP/2 settings,
@@ -47,7 +47,14 @@
 //! - `DSNODE_BENCH_STREAMS` (the cores, at most 8): N.
 //! - `DSNODE_BENCH_RUNS` (2): runs of each way; the ways take turns, run
 //!   after run, so that a passing load falls on all of them alike.
+//! - `DSNODE_BENCH_WARMUP` (1): rounds of every way run first and not
+//!   counted (on a virtual machine, the first writes to guest memory
+//!   never touched before cost a host fault each, whichever way runs
+//!   first).
 //! - `DSNODE_BENCH_PHASES` (`tmpfs,disk,rss`): which phases run.
+//! - `DSNODE_BENCH_TRANSPORT` (unset): `[transport]` keys for both nodes'
+//!   `node.toml`, `;`-separated (`max_frame_size = 1048576; stream_window
+//!   = 16777216`), to compare HTTP/2 settings.
 //! - `DSNODE_BENCH_TMPFS` (`/dev/shm`): the tmpfs directory.
 //! - `DSNODE_BENCH_PIDS` (unset): if set, print the nodes' process ids (to
 //!   watch them with `top` or `perf`).
@@ -114,6 +121,8 @@ struct Settings {
     phases: Vec<Phase>,
     tmpfs: PathBuf,
     show_pids: bool,
+    /// Rounds run first and not counted.
+    warmup: usize,
 }
 
 impl Settings {
@@ -140,6 +149,7 @@ impl Settings {
             tmpfs: std::env::var_os("DSNODE_BENCH_TMPFS")
                 .map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from),
             show_pids: std::env::var_os("DSNODE_BENCH_PIDS").is_some(),
+            warmup: env_number("DSNODE_BENCH_WARMUP", 1)?,
         })
     }
 
@@ -248,6 +258,15 @@ impl Space {
             fsutil::write_atomic(&dir.cert(), issued.pem.as_bytes(), fsutil::PUBLIC_MODE)?;
             let crl = std::fs::read(ca.crl_path())?;
             fsutil::write_atomic(&dir.crl(), &crl, fsutil::PUBLIC_MODE)?;
+            // `[transport]` is the file's last table: keys appended land in it.
+            if let Ok(keys) = std::env::var("DSNODE_BENCH_TRANSPORT") {
+                let mut toml = std::fs::read_to_string(dir.config())?;
+                for key in keys.split(';') {
+                    toml.push_str(key.trim());
+                    toml.push('\n');
+                }
+                std::fs::write(dir.config(), toml)?;
+            }
             Ok(dir)
         };
         Ok(Self {
@@ -413,14 +432,18 @@ impl Nodes {
             .to_string())
     }
 
-    /// Removes the output and every blob of the consumer's store, so that
-    /// the next fetch writes all of both, as a first fetch does.
+    /// Removes the output and the consumer's copy of what it received
+    /// (its pack, the same file), as curl's runs remove their file: each
+    /// way then writes into page cache the previous run freed.
     fn clear_consumer(&self) -> Result<(), BoxError> {
         remove_if_exists(&self.output())?;
-        let fanout = self.space.consumer.blobs().join("sha256");
-        if fanout.exists() {
-            for entry in std::fs::read_dir(&fanout)? {
-                std::fs::remove_dir_all(entry?.path())?;
+        let packs = self.space.consumer.packs();
+        if packs.exists() {
+            for entry in std::fs::read_dir(&packs)? {
+                let path = entry?.path();
+                if path.is_file() {
+                    std::fs::remove_file(path)?;
+                }
             }
         }
         Ok(())
@@ -431,7 +454,7 @@ impl Nodes {
     }
 
     /// One fetch with `streams` streams through the consumer's Admin API,
-    /// on a fresh grant, into an emptied output and blob store; checks the
+    /// on a fresh grant, into an emptied output and pack store; checks the
     /// content's SHA-256.
     async fn fetch(&self, streams: u32, sha256: &[u8; 32]) -> Result<FetchRun, BoxError> {
         self.clear_consumer()?;
@@ -1024,18 +1047,27 @@ async fn measure(
     let ktls_before = ktls_tx_connections();
     let curl_out = root.path().join("curl.out");
     let mut tallies: Vec<Tally> = ways.iter().map(|_| Tally::default()).collect();
-    for _ in 0..s.rounds {
+    // Warm-up rounds first, not counted: on a virtual machine the first
+    // write to a page of guest memory the guest never touched costs the
+    // host a fault, so whichever way ran first would pay for warming the
+    // page cache for the others.
+    for round in 0..s.warmup + s.rounds {
+        let counted = round >= s.warmup;
         for (way, tally) in ways.iter().zip(&mut tallies) {
             match (*way, &server) {
                 (Way::Fetch(n), _) => {
                     let run = nodes.fetch(n, &sha256).await?;
-                    tally.runs.push(run.mb_s);
-                    tally.publisher_cpu += run.publisher_cpu / s.rounds as f64;
-                    tally.consumer_cpu += run.consumer_cpu / s.rounds as f64;
+                    if counted {
+                        tally.runs.push(run.mb_s);
+                        tally.publisher_cpu += run.publisher_cpu / s.rounds as f64;
+                        tally.consumer_cpu += run.consumer_cpu / s.rounds as f64;
+                    }
                 }
                 (_, Some((_, curl))) => {
                     let mb_s = time_curl(*way, curl, &curl_out, s.mib, &sha256)?;
-                    tally.runs.push(mb_s);
+                    if counted {
+                        tally.runs.push(mb_s);
+                    }
                 }
                 (_, None) => return Err(format!("{way:?} needs nginx").into()),
             }
