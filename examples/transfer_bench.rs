@@ -200,8 +200,21 @@ fn write_content(path: &Path, mib: usize) -> Result<[u8; 32], BoxError> {
     Ok(sha256)
 }
 
+/// A loopback port free now and never handed out before in this run: the
+/// kernel may offer a port it just gave to the other node of a space,
+/// which would then find its own port taken (and a client of it would
+/// reach the other node).
 fn free_port() -> Result<SocketAddr, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().map_err(|_| "port list poisoned")?;
+    for _ in 0..100 {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return Ok(addr);
+        }
+    }
+    Err("no fresh loopback port in 100 tries".into())
 }
 
 /// The file system type of `dir` (`df --output=fstype`), e.g. "tmpfs".

@@ -108,6 +108,14 @@ pub fn unanswered<'a, T: Send + 'a>(call: &'static str) -> PeerFuture<'a, T> {
 pub trait Dialer: Send + Sync {
     /// Connects, with this node's certificate, and verifies the other's.
     fn dial<'a>(&'a self, addr: &'a str) -> PeerFuture<'a, Box<dyn Peer>>;
+
+    /// Connects for one of the `streams` parallel streams of a transfer:
+    /// a dialer with flow-control windows shares them out, so that a
+    /// transfer over many streams buffers about as much as over one.
+    fn dial_stream<'a>(&'a self, addr: &'a str, streams: usize) -> PeerFuture<'a, Box<dyn Peer>> {
+        let _ = streams;
+        self.dial(addr)
+    }
 }
 
 /// An access request as sent to a publisher (the requester is the

@@ -49,7 +49,8 @@ use crate::peer::{
     Code, Dialer, FetchAsk, FetchHeader, FetchPart, FetchStream, Peer, PeerError, Resume, log_keys,
 };
 
-/// Chunks queued between the network and the verifying writer at most.
+/// Chunks queued between the streams of a transfer and their verifying
+/// writers at most, shared out among the streams (at least one each).
 const WRITE_QUEUE: usize = 4;
 
 /// How often a fetch reports progress.
@@ -765,6 +766,7 @@ impl<'a> Transferring<'a> {
             incoming: flight.incoming.clone(),
             progress: o.progress.clone(),
             cancel: CancellationToken::new(),
+            streams,
         };
         lanes.run(o, shares, (stream, carries)).await
     }
@@ -780,6 +782,8 @@ struct Lanes {
     progress: Arc<Progress>,
     /// Cancelled when a stream fails: the others stop too.
     cancel: CancellationToken,
+    /// Streams of the transfer.
+    streams: usize,
 }
 
 impl Lanes {
@@ -799,7 +803,12 @@ impl Lanes {
         tasks.spawn(self.clone().share(o.publisher.clone(), first, Some(opened)));
         let mut outcome = Ok(());
         for share in shares {
-            let conn = match o.consumer.dialer.dial(&o.order.peer).await {
+            let conn = match o
+                .consumer
+                .dialer
+                .dial_stream(&o.order.peer, o.order.streams)
+                .await
+            {
                 Ok(c) if c.identity().public_key == o.publisher.identity().public_key => c,
                 Ok(c) => {
                     outcome = Err(FetchError::BadAnswer(format!(
@@ -905,7 +914,8 @@ impl Lanes {
         mut stream: FetchStream,
         range: Range<usize>,
     ) -> Result<(), FetchError> {
-        let (queue, mut queued) = mpsc::channel::<(usize, Bytes)>(WRITE_QUEUE);
+        let depth = (WRITE_QUEUE / self.streams).max(1);
+        let (queue, mut queued) = mpsc::channel::<(usize, Bytes)>(depth);
         let (incoming, progress) = (self.incoming.clone(), self.progress.clone());
         let writer = tokio::task::spawn_blocking(move || {
             while let Some((index, chunk)) = queued.blocking_recv() {

@@ -401,9 +401,11 @@ impl Publisher<'_> {
         }
         let stream = StreamGuard::new(session)?;
 
-        // Two messages in flight at most: HTTP/2 flow control does the rest,
-        // so a slow reader costs the server two chunks of memory.
-        let (tx, rx) = mpsc::channel(2);
+        // One message queued at most (another being read, one being sent):
+        // HTTP/2 flow control does the rest, so a stream costs the server
+        // a few chunks of memory, however slow its reader and however many
+        // streams a transfer runs.
+        let (tx, rx) = mpsc::channel(1);
         let header = FetchPart::Header(FetchHeader {
             manifest: Some(dataset.manifest.envelope().clone()),
             chunk_hashes: dataset.chunks.iter().map(|h| h.to_vec()).collect(),

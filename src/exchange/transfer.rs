@@ -129,6 +129,10 @@ pub struct Incoming {
     received: AtomicUsize,
     bytes: AtomicU64,
     flusher: Flusher,
+    /// Held while a chunk is written: streams hash in parallel but write
+    /// one at a time, waiting asleep rather than spinning on the file
+    /// system's lock of the file.
+    writing: std::sync::Mutex<()>,
 }
 
 /// Bytes written between two background flushes of a transfer's pack.
@@ -249,6 +253,7 @@ impl Incoming {
         let flusher = Flusher::start(&file);
         Ok(Self {
             flusher,
+            writing: std::sync::Mutex::new(()),
             out: out.to_path_buf(),
             force,
             key,
@@ -360,9 +365,15 @@ impl Incoming {
         if digest::digest(&digest::SHA256, data).as_ref() != expected_hash {
             return Err(TransferError::BadChunk { index });
         }
-        self.file
-            .write_all_at(data, self.chunk_size * index as u64)
-            .map_err(|e| FileError::new("write", &self.partial, e))?;
+        {
+            let _one = self
+                .writing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.file
+                .write_all_at(data, self.chunk_size * index as u64)
+                .map_err(|e| FileError::new("write", &self.partial, e))?;
+        }
         self.flusher.wrote(expected_len);
         self.mark(index, expected_len);
         Ok(())

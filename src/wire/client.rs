@@ -424,4 +424,22 @@ impl Dialer for TlsDialer {
     fn dial<'a>(&'a self, addr: &'a str) -> PeerFuture<'a, Box<dyn Peer>> {
         Box::pin(async move { Ok(Box::new(self.channel(addr).await?) as Box<dyn Peer>) })
     }
+
+    /// The stream window divided among the streams (at least 256 KiB),
+    /// the connection's twice that.
+    fn dial_stream<'a>(&'a self, addr: &'a str, streams: usize) -> PeerFuture<'a, Box<dyn Peer>> {
+        let share = u32::try_from(streams.max(1)).unwrap_or(u32::MAX);
+        let stream_window = (self.settings.stream_window / share).max(256 << 10);
+        let settings = ClientSettings {
+            stream_window,
+            connection_window: stream_window.saturating_mul(2),
+            ..self.settings
+        };
+        Box::pin(async move {
+            let channel = connect(self.tls.current(), addr, settings)
+                .await
+                .map_err(|e| PeerError::unreachable(e.to_string()))?;
+            Ok(Box::new(channel) as Box<dyn Peer>)
+        })
+    }
 }
