@@ -207,6 +207,19 @@ fn count(
     p.ledger.count(&q, cap).map_err(ledger("counting fetches"))
 }
 
+/// `from` as the first chunk to send of a dataset of `count` chunks
+/// (`count` itself: none left), or why not, for a request to `what`.
+fn chunk_index(from: u64, count: usize, what: &str) -> Result<usize, ServeError> {
+    usize::try_from(from)
+        .ok()
+        .filter(|f| *f <= count)
+        .ok_or_else(|| {
+            ServeError::BadRequest(format!(
+                "cannot {what} from chunk {from}: the dataset has {count} chunks"
+            ))
+        })
+}
+
 /// Whether ledger entry `t` is a `TransferStarted` of grant `grant`.
 fn is_transfer_of(p: &Publisher<'_>, t: u64, grant: &GrantId) -> Result<bool, ServeError> {
     let started = p
@@ -296,16 +309,7 @@ impl Publisher<'_> {
                     "transfer entry {t} of grant {id} has no live session here to join; resume it instead"
                 ))
             })?;
-            let from = usize::try_from(r.from_chunk)
-                .ok()
-                .filter(|f| *f <= chunk_count)
-                .ok_or_else(|| {
-                    ServeError::BadRequest(format!(
-                        "cannot join from chunk {}: the dataset has {chunk_count} chunks",
-                        r.from_chunk
-                    ))
-                })?;
-            return Ok((t, from, session));
+            return Ok((t, chunk_index(r.from_chunk, chunk_count, "join")?, session));
         }
         // Counting and recording happen under one lock, so parallel requests
         // cannot all count before any records (max_fetches, resume cap).
@@ -333,15 +337,7 @@ impl Publisher<'_> {
                 "ledger entry {t} is not a transfer of grant {id}; fetch without resuming"
             )));
         }
-        let from = usize::try_from(resume.from_chunk)
-            .ok()
-            .filter(|f| *f <= chunk_count)
-            .ok_or_else(|| {
-                ServeError::BadRequest(format!(
-                    "cannot resume from chunk {}: the dataset has {chunk_count} chunks",
-                    resume.from_chunk
-                ))
-            })?;
+        let from = chunk_index(resume.from_chunk, chunk_count, "resume")?;
         // A completed transfer (its receipt recorded) is not resumed: that
         // would be a free new fetch.
         if receipt_of(self, id, t)?.is_some() {

@@ -409,6 +409,16 @@ fn order(consumer: &Node, grant: &super::grant::GrantId, retries: u32) -> FetchO
     }
 }
 
+/// Runs `order` as `consumer`'s fetch through `dialer`.
+async fn run(
+    consumer: &Node,
+    dialer: &LoopbackDialer,
+    order: FetchOrder,
+) -> Result<fetch::Fetched, FetchError> {
+    let (progress, _events) = watch();
+    fetch::fetch(consumer.consumer(dialer), order, progress).await
+}
+
 fn watch() -> (Arc<Progress>, mpsc::Receiver<fetch::FetchProgress>) {
     let (tx, rx) = mpsc::channel(64);
     (Arc::new(Progress::new(tx)), rx)
@@ -417,14 +427,9 @@ fn watch() -> (Arc<Progress>, mpsc::Receiver<fetch::FetchProgress>) {
 #[tokio::test]
 async fn a_granted_dataset_is_fetched_verified_and_receipted_on_both_sides() {
     let (publisher, consumer, dialer, content, grant) = granted(Fault::None).await;
-    let (progress, _events) = watch();
-    let done = fetch::fetch(
-        consumer.consumer(&dialer),
-        order(&consumer, &grant, 0),
-        progress,
-    )
-    .await
-    .expect("fetched");
+    let done = run(&consumer, &dialer, order(&consumer, &grant, 0))
+        .await
+        .expect("fetched");
     let out: PathBuf = consumer.dir.path().join("out.csv");
     assert_eq!(std::fs::read(&out).expect("output"), content);
     assert_eq!(done.content_sha256, sha256(&content));
@@ -463,14 +468,9 @@ async fn a_granted_dataset_is_fetched_verified_and_receipted_on_both_sides() {
 #[tokio::test]
 async fn a_damaged_chunk_is_refused_by_name_and_nothing_is_written() {
     let (_publisher, consumer, dialer, _content, grant) = granted(Fault::Flip(2)).await;
-    let (progress, _events) = watch();
-    let err = fetch::fetch(
-        consumer.consumer(&dialer),
-        order(&consumer, &grant, 3),
-        progress,
-    )
-    .await
-    .expect_err("a damaged chunk");
+    let err = run(&consumer, &dialer, order(&consumer, &grant, 3))
+        .await
+        .expect_err("a damaged chunk");
     assert!(matches!(err, FetchError::BadAnswer(_)), "{err}");
     assert!(err.to_string().contains("chunk 2 does not match"), "{err}");
     assert!(!err.is_broken(), "not retried");
@@ -483,14 +483,9 @@ async fn a_cut_transfer_resumes_from_the_first_missing_chunk_without_a_new_fetch
     let (publisher, consumer, dialer, content, grant) = granted(Fault::CutAfter(2)).await;
     // No retries: the fetch stops, keeps what it verified, and says how
     // to resume.
-    let (progress, _events) = watch();
-    let err = fetch::fetch(
-        consumer.consumer(&dialer),
-        order(&consumer, &grant, 0),
-        progress,
-    )
-    .await
-    .expect_err("cut");
+    let err = run(&consumer, &dialer, order(&consumer, &grant, 0))
+        .await
+        .expect_err("cut");
     assert!(
         matches!(
             err,
@@ -508,14 +503,9 @@ async fn a_cut_transfer_resumes_from_the_first_missing_chunk_without_a_new_fetch
         "{err}"
     );
     // The same fetch again resumes from chunk 2: recorded, not counted.
-    let (progress, _events) = watch();
-    let done = fetch::fetch(
-        consumer.consumer(&dialer),
-        order(&consumer, &grant, 0),
-        progress,
-    )
-    .await
-    .expect("resumed");
+    let done = run(&consumer, &dialer, order(&consumer, &grant, 0))
+        .await
+        .expect("resumed");
     assert_eq!(done.resumed_chunks, 2);
     assert_eq!(
         std::fs::read(consumer.dir.path().join("out.csv")).expect("out"),
@@ -548,14 +538,9 @@ async fn parallel_streams_share_the_ranges_of_one_recorded_transfer_and_write_on
     use std::os::unix::fs::MetadataExt;
     let (publisher, consumer, dialer, content, grant) =
         granted_sized(Fault::None, SIXTEEN_CHUNKS).await;
-    let (progress, _events) = watch();
-    let done = fetch::fetch(
-        consumer.consumer(&dialer),
-        streams(order(&consumer, &grant, 0), 4),
-        progress,
-    )
-    .await
-    .expect("fetched");
+    let done = run(&consumer, &dialer, streams(order(&consumer, &grant, 0), 4))
+        .await
+        .expect("fetched");
     let out = consumer.dir.path().join("out.csv");
     assert_eq!(std::fs::read(&out).expect("output"), content);
     assert_eq!(done.bytes, content.len() as u64);
@@ -604,14 +589,9 @@ async fn parallel_streams_share_the_ranges_of_one_recorded_transfer_and_write_on
 async fn a_tampered_chunk_in_any_range_aborts_the_whole_transfer() {
     let (publisher, consumer, dialer, _content, grant) =
         granted_sized(Fault::Flip(13), SIXTEEN_CHUNKS).await;
-    let (progress, _events) = watch();
-    let err = fetch::fetch(
-        consumer.consumer(&dialer),
-        streams(order(&consumer, &grant, 3), 4),
-        progress,
-    )
-    .await
-    .expect_err("a tampered chunk");
+    let err = run(&consumer, &dialer, streams(order(&consumer, &grant, 3), 4))
+        .await
+        .expect_err("a tampered chunk");
     assert!(err.to_string().contains("chunk 13 does not match"), "{err}");
     assert!(!err.is_broken(), "not retried");
     assert!(!consumer.dir.path().join("out.csv").exists());
@@ -623,14 +603,9 @@ async fn a_tampered_chunk_in_any_range_aborts_the_whole_transfer() {
 async fn a_cut_with_parallel_streams_resumes_each_range_from_its_first_missing_chunk() {
     let (publisher, consumer, dialer, content, grant) =
         granted_sized(Fault::CutAfter(10), SIXTEEN_CHUNKS).await;
-    let (progress, _events) = watch();
-    let err = fetch::fetch(
-        consumer.consumer(&dialer),
-        streams(order(&consumer, &grant, 0), 4),
-        progress,
-    )
-    .await
-    .expect_err("cut");
+    let err = run(&consumer, &dialer, streams(order(&consumer, &grant, 0), 4))
+        .await
+        .expect_err("cut");
     let FetchError::Interrupted {
         received, total, ..
     } = err
@@ -642,14 +617,9 @@ async fn a_cut_with_parallel_streams_resumes_each_range_from_its_first_missing_c
     // The next fetch asks only for what is missing, range by range, and
     // takes the rest from the transfer's pack.
     let before = dialer.carried.load(Ordering::SeqCst);
-    let (progress, _events) = watch();
-    let done = fetch::fetch(
-        consumer.consumer(&dialer),
-        streams(order(&consumer, &grant, 0), 4),
-        progress,
-    )
-    .await
-    .expect("resumed");
+    let done = run(&consumer, &dialer, streams(order(&consumer, &grant, 0), 4))
+        .await
+        .expect("resumed");
     assert_eq!(done.resumed_chunks, received as u64);
     assert_eq!(
         dialer.carried.load(Ordering::SeqCst) - before,
@@ -669,14 +639,13 @@ async fn a_cut_with_parallel_streams_resumes_each_range_from_its_first_missing_c
 async fn a_cut_within_the_call_is_resumed_over_the_streams() {
     let (publisher, consumer, dialer, content, grant) =
         granted_sized(Fault::CutAfter(5), SIXTEEN_CHUNKS).await;
-    let (progress, _events) = watch();
-    let done = fetch::fetch(
-        consumer.consumer(&dialer),
+    let done = run(
+        &consumer,
+        &dialer,
         FetchOrder {
             verify_sha256: true,
             ..streams(order(&consumer, &grant, 1), 3)
         },
-        progress,
     )
     .await
     .expect("fetched after one reconnect");
@@ -767,14 +736,9 @@ async fn a_second_fetch_of_one_grant_waits_its_turn_and_a_bad_output_costs_nothi
         .lock()
         .expect("lock")
         .insert(grant.to_string());
-    let (progress, _events) = watch();
-    let err = fetch::fetch(
-        consumer.consumer(&dialer),
-        order(&consumer, &grant, 0),
-        progress,
-    )
-    .await
-    .expect_err("busy");
+    let err = run(&consumer, &dialer, order(&consumer, &grant, 0))
+        .await
+        .expect_err("busy");
     assert!(err.to_string().contains("already running"), "{err}");
     consumer.fetching.lock().expect("lock").clear();
     // An output in a directory that does not exist: refused before the

@@ -574,6 +574,21 @@ mod tests {
         (incoming, pieces)
     }
 
+    /// A transfer to `dir/out` of `(manifest, grant, pieces, hashes)` with
+    /// every piece received.
+    fn filled(
+        dir: &Path,
+        force: bool,
+        (m, g, pieces, hashes): (&Verified<Manifest>, &Grant, &[Vec<u8>], Vec<Hash>),
+    ) -> Incoming {
+        let t = Incoming::start(&dir.join("out"), force, m, hashes, g, packs(dir), true)
+            .expect("start");
+        for (i, p) in pieces.iter().enumerate() {
+            t.chunk(i, p).expect("chunk");
+        }
+        t
+    }
+
     fn nothing_written(dir: &Path) {
         assert!(!dir.join("out").exists(), "output written");
         let partial = std::fs::read_dir(dir).expect("ls").flatten().any(|e| {
@@ -689,19 +704,7 @@ mod tests {
             manifest_sha256: m.envelope().payload_hash(),
             ..g
         };
-        let t = Incoming::start(
-            &dir.path().join("out"),
-            false,
-            &m,
-            hashes,
-            &g,
-            packs(dir.path()),
-            true,
-        )
-        .expect("start");
-        for (i, p) in pieces.iter().enumerate() {
-            t.chunk(i, p).expect("chunk");
-        }
+        let t = filled(dir.path(), false, (&m, &g, &pieces, hashes));
         assert!(matches!(t.finish(true), Err(TransferError::Content)));
         nothing_written(dir.path());
     }
@@ -763,19 +766,7 @@ mod tests {
         );
 
         let (m, g, pieces, hashes) = setup(&content);
-        let t = Incoming::start(
-            &dir.path().join("out"),
-            true,
-            &m,
-            hashes,
-            &g,
-            packs(dir.path()),
-            true,
-        )
-        .expect("start");
-        for (i, p) in pieces.iter().enumerate() {
-            t.chunk(i, p).expect("chunk");
-        }
+        let t = filled(dir.path(), true, (&m, &g, &pieces, hashes));
         let r = t.finish(false).expect("replaced");
         assert!(!r.content_verified);
         assert_eq!(std::fs::read(dir.path().join("out")).expect("out"), content);
