@@ -177,6 +177,9 @@ pub struct FetchHeader {
     pub transfer_index: u64,
     /// The index of the first chunk the stream carries.
     pub first_chunk: u64,
+    /// One past the last chunk the stream carries (0: a publisher before
+    /// ranges, which sends to the end).
+    pub end_chunk: u64,
 }
 
 /// A publisher's answer to a receipt.

@@ -62,9 +62,24 @@ impl PackStore {
 
     /// Opens the partial pack of transfer `key`, `size` bytes long: a new,
     /// empty one if `fresh`, else the one an interrupted transfer left
-    /// (whose chunks the caller checks again), created if missing.
-    pub fn open_partial(&self, key: &str, size: u64, fresh: bool) -> Result<File, BlobError> {
+    /// (whose chunks the caller checks again), created if missing. A
+    /// transfer interrupted after its pack was sealed (as `sealed`) but
+    /// before it completed starts again from a copy of that pack.
+    pub fn open_partial(
+        &self,
+        key: &str,
+        size: u64,
+        fresh: bool,
+        sealed: &Hash,
+    ) -> Result<File, BlobError> {
+        use std::os::unix::fs::PermissionsExt;
         let path = self.partial_path(key)?;
+        let done = self.path(sealed);
+        if !fresh && !path.exists() && done.exists() {
+            fs::copy(&done, &path)
+                .and_then(|_| fs::set_permissions(&path, fs::Permissions::from_mode(0o600)))
+                .map_err(|e| FileError::new("copy", &done, e))?;
+        }
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -149,11 +164,15 @@ mod tests {
         for bad in ["", "../x", "a/b", "a.b", "gr x"] {
             assert!(packs.partial_path(bad).is_err(), "{bad:?}");
         }
-        let f = packs.open_partial("gr_1", 10, true).expect("partial");
+        let f = packs
+            .open_partial("gr_1", 10, true, &[7; 32])
+            .expect("partial");
         f.write_all_at(b"hello", 5).expect("write");
         drop(f);
         // Reopened (a resume): the bytes stay; fresh: they go.
-        let f = packs.open_partial("gr_1", 10, false).expect("again");
+        let f = packs
+            .open_partial("gr_1", 10, false, &[7; 32])
+            .expect("again");
         let mut back = [0; 10];
         f.read_exact_at(&mut back, 0).expect("read");
         assert_eq!(&back, b"\0\0\0\0\0hello");
@@ -165,9 +184,20 @@ mod tests {
             Some(b"hello".to_vec())
         );
         assert_eq!(packs.read_at(&[8; 32], 0, 1).expect("read"), None);
-        let f = packs.open_partial("gr_2", 1, true).expect("partial");
+        // Sealed but not completed (the node stopped before the output was
+        // placed): a resume starts from a copy of the sealed pack.
+        let f = packs
+            .open_partial("gr_1", 10, false, &[7; 32])
+            .expect("again");
+        let mut back = [0; 10];
+        f.read_exact_at(&mut back, 0).expect("read");
+        assert_eq!(&back, b"\0\0\0\0\0hello");
+        f.write_all_at(b"x", 0).expect("the copy is writable");
+        let f = packs
+            .open_partial("gr_2", 1, true, &[9; 32])
+            .expect("partial");
         drop(f);
-        assert_eq!(packs.collect_partials(|k| k == "gr_3"), 1);
+        assert_eq!(packs.collect_partials(|k| k == "gr_1"), 1);
         assert!(!packs.partial_path("gr_2").expect("path").exists());
     }
 }

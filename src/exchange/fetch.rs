@@ -755,10 +755,23 @@ impl<'a> Transferring<'a> {
         let Some(flight) = &self.in_flight else {
             return Err(FetchError::BadAnswer("no transfer".into()));
         };
-        let shares = planned.unwrap_or_else(|| plan(&flight.incoming.missing(), streams));
-        let carries = to_chunk
-            .unwrap_or(usize::MAX)
-            .min(flight.incoming.chunk_count());
+        let count = flight.incoming.chunk_count();
+        let asked = to_chunk.unwrap_or(count).min(count);
+        // A publisher before ranges (no end in its header) sends to the
+        // end whatever was asked, and would record every join as a
+        // resume: one stream then, carrying everything missing.
+        let (shares, carries) = match header.end_chunk {
+            0 if count > 0 => (plan(&flight.incoming.missing(), 1), count),
+            end if end as usize == asked => (
+                planned.unwrap_or_else(|| plan(&flight.incoming.missing(), streams)),
+                asked,
+            ),
+            end => {
+                return Err(FetchError::BadAnswer(format!(
+                    "the publisher's stream ends at chunk {end}, not at {asked} as asked"
+                )));
+            }
+        };
         let lanes = Lanes {
             grant: g.id.to_string(),
             transfer_index: flight.transfer_index,
@@ -869,23 +882,43 @@ impl Lanes {
     }
 
     /// Opens another stream of the transfer for `range`; its header must
-    /// be the transfer's.
+    /// be the transfer's. A join the publisher refuses (its session of the
+    /// transfer ended: a restart, a minute without streams, too many
+    /// joins) is a broken call: the transfer is resumed, its saved state
+    /// kept.
     async fn join(&self, peer: &dyn Peer, range: &Range<usize>) -> Result<FetchStream, FetchError> {
-        let mut stream = peer
-            .fetch(FetchAsk {
-                grant_id: self.grant.clone(),
-                resume: Some(Resume {
-                    transfer_index: self.transfer_index,
-                    from_chunk: range.start as u64,
-                    join: true,
-                }),
-                to_chunk: Some(range.end as u64),
-            })
-            .await?;
-        let same = match next_or_idle(&mut stream).await {
+        let ask = FetchAsk {
+            grant_id: self.grant.clone(),
+            resume: Some(Resume {
+                transfer_index: self.transfer_index,
+                from_chunk: range.start as u64,
+                join: true,
+            }),
+            to_chunk: Some(range.end as u64),
+        };
+        let opened = tokio::select! {
+            () = self.cancel.cancelled() => return Err(FetchError::CallerGone),
+            opened = peer.fetch(ask) => opened,
+        };
+        let mut stream = opened.map_err(|e| match e.code {
+            Code::InvalidArgument => FetchError::Peer(PeerError::new(
+                Code::Unavailable,
+                format!(
+                    "the publisher did not take another stream ({}); resuming",
+                    e.message
+                ),
+            )),
+            _ => FetchError::Peer(e),
+        })?;
+        let header = tokio::select! {
+            () = self.cancel.cancelled() => return Err(FetchError::CallerGone),
+            header = next_or_idle(&mut stream) => header,
+        };
+        let same = match header {
             Some(Ok(FetchPart::Header(h))) => {
                 h.transfer_index == self.transfer_index
                     && h.first_chunk == range.start as u64
+                    && h.end_chunk == range.end as u64
                     && h.manifest
                         .is_some_and(|m| m.payload_hash() == self.manifest_sha256)
                     && h.chunk_hashes.len() == self.incoming.chunk_count()

@@ -46,6 +46,11 @@ pub const JOIN_WINDOW: Duration = Duration::from_secs(60);
 /// Streams one transfer session may run at once.
 pub const MAX_SESSION_STREAMS: usize = 16;
 
+/// Joins one transfer session takes at most (each sends the whole chunk
+/// list again in its header); past it, the consumer resumes, which is
+/// recorded and opens a session of its own.
+pub const MAX_SESSION_JOINS: u64 = 4 * MAX_SESSION_STREAMS as u64;
+
 /// The live streams of one transfer, opened by a fetch or a resume.
 pub struct Session {
     grant: String,
@@ -53,6 +58,8 @@ pub struct Session {
     streams: AtomicUsize,
     /// Chunks this session may still send, over all its streams.
     budget: AtomicU64,
+    /// Joins it may still take.
+    joins: AtomicU64,
 }
 
 impl Session {
@@ -83,6 +90,7 @@ impl Sessions {
             opened: Instant::now(),
             streams: AtomicUsize::new(0),
             budget: AtomicU64::new(2 * chunk_count as u64),
+            joins: AtomicU64::new(MAX_SESSION_JOINS),
         });
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         live.retain(|_, s| s.live());
@@ -90,11 +98,18 @@ impl Sessions {
         session
     }
 
-    /// The live session of transfer `t` of `grant`, if there is one.
+    /// The live session of transfer `t` of `grant`, if there is one that
+    /// takes another join.
     fn join(&self, t: u64, grant: &GrantId) -> Option<Arc<Session>> {
         let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         live.get(&t)
-            .filter(|s| s.grant == grant.as_str() && s.live())
+            .filter(|s| {
+                s.grant == grant.as_str()
+                    && s.live()
+                    && s.joins
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |j| j.checked_sub(1))
+                        .is_ok()
+            })
             .cloned()
     }
 
@@ -306,7 +321,7 @@ impl Publisher<'_> {
             let t = r.transfer_index;
             let session = self.sessions.join(t, id).ok_or_else(|| {
                 ServeError::BadRequest(format!(
-                    "transfer entry {t} of grant {id} has no live session here to join; resume it instead"
+                    "transfer entry {t} of grant {id} has no live session here to join (or it took {MAX_SESSION_JOINS} joins); resume it instead"
                 ))
             })?;
             return Ok((t, chunk_index(r.from_chunk, chunk_count, "join")?, session));
@@ -388,13 +403,18 @@ impl Publisher<'_> {
         let end = ask.to_chunk.map_or(count, |e| {
             usize::try_from(e).unwrap_or(usize::MAX).min(count)
         });
+        // An empty range (or one the wrong way round) is refused before
+        // anything is recorded; a join must ask for at least one chunk.
+        if let Some(r) = &ask.resume {
+            let from = chunk_index(r.from_chunk, count, if r.join { "join" } else { "resume" })?;
+            if from > end || (r.join && from == end) {
+                return Err(ServeError::BadRequest(format!(
+                    "cannot send chunks {from}..{end}: the range is empty"
+                )));
+            }
+        }
         let (transfer_index, first, session) =
             self.open_transfer(who, &g, ask.resume, count).await?;
-        if first > end {
-            return Err(ServeError::BadRequest(format!(
-                "cannot send chunks {first}..{end}: the range ends before it starts"
-            )));
-        }
         let stream = StreamGuard::new(session)?;
 
         // One message queued at most (another being read, one being sent):
@@ -407,6 +427,7 @@ impl Publisher<'_> {
             chunk_hashes: dataset.chunks.iter().map(|h| h.to_vec()).collect(),
             transfer_index,
             first_chunk: first as u64,
+            end_chunk: end as u64,
         });
         let sender = ChunkSender {
             grants: self.grants.clone(),

@@ -177,6 +177,12 @@ enum Fault {
     Flip(usize),
     /// Break off the stream about to carry chunk `k`, once.
     CutAfter(usize),
+    /// Refuse the first join, as a publisher whose session of the
+    /// transfer ended does.
+    RefuseJoinOnce,
+    /// Act as a publisher before ranges and joins: send to the end
+    /// whatever was asked, take a join as a resume, say no end.
+    BeforeRanges,
 }
 
 /// The publisher, reached in memory by the consumer: what a mutual-TLS
@@ -223,8 +229,24 @@ impl Peer for Loopback {
         })
     }
 
-    fn fetch(&self, request: FetchAsk) -> PeerFuture<'_, FetchStream> {
+    fn fetch(&self, mut request: FetchAsk) -> PeerFuture<'_, FetchStream> {
         Box::pin(async move {
+            let joining = request.resume.is_some_and(|r| r.join);
+            if self.fault == Fault::RefuseJoinOnce
+                && joining
+                && !self.cut.swap(true, Ordering::SeqCst)
+            {
+                return Err(PeerError::new(
+                    Code::InvalidArgument,
+                    "transfer entry 2 has no live session here to join; resume it instead",
+                ));
+            }
+            if self.fault == Fault::BeforeRanges {
+                request.to_chunk = None;
+                if let Some(r) = &mut request.resume {
+                    r.join = false;
+                }
+            }
             let mut parts = self
                 .publisher
                 .publisher()
@@ -238,8 +260,11 @@ impl Peer for Loopback {
                 let mut chunk = 0;
                 while let Some(part) = parts.recv().await {
                     let part = match part {
-                        Ok(FetchPart::Header(h)) => {
+                        Ok(FetchPart::Header(mut h)) => {
                             chunk = h.first_chunk as usize;
+                            if fault == Fault::BeforeRanges {
+                                h.end_chunk = 0;
+                            }
                             Ok(FetchPart::Header(h))
                         }
                         Ok(FetchPart::Chunk(mut bytes)) => {
@@ -659,6 +684,37 @@ async fn a_cut_within_the_call_is_resumed_over_the_streams() {
     assert_eq!(count(&kinds, EntryKind::TransferResumed), 1);
 }
 
+#[tokio::test]
+async fn a_refused_join_resumes_the_transfer_and_keeps_its_state() {
+    let (publisher, consumer, dialer, content, grant) =
+        granted_sized(Fault::RefuseJoinOnce, SIXTEEN_CHUNKS).await;
+    let done = run(&consumer, &dialer, streams(order(&consumer, &grant, 2), 4))
+        .await
+        .expect("fetched after a resume");
+    assert_eq!(done.reconnects, 1);
+    assert_eq!(
+        std::fs::read(consumer.dir.path().join("out.csv")).expect("out"),
+        content
+    );
+    let kinds = publisher.kinds();
+    assert_eq!(count(&kinds, EntryKind::TransferStarted), 1);
+    assert_eq!(count(&kinds, EntryKind::TransferResumed), 1);
+}
+
+#[tokio::test]
+async fn a_publisher_before_ranges_is_fetched_over_one_stream() {
+    let (publisher, consumer, dialer, content, grant) =
+        granted_sized(Fault::BeforeRanges, SIXTEEN_CHUNKS).await;
+    let done = run(&consumer, &dialer, streams(order(&consumer, &grant, 0), 4))
+        .await
+        .expect("fetched");
+    assert_eq!(done.bytes, content.len() as u64);
+    // One call, every chunk once, nothing recorded as a resume.
+    assert_eq!(dialer.transfers.load(Ordering::SeqCst), 1);
+    assert_eq!(dialer.carried.load(Ordering::SeqCst), 16);
+    assert_eq!(count(&publisher.kinds(), EntryKind::TransferResumed), 0);
+}
+
 /// Serves `ask` as `consumer` and reads the stream to its end: the
 /// header's first chunk, the chunks, and the error that ended it, if any.
 async fn serve_all(
@@ -705,11 +761,30 @@ async fn a_join_needs_a_live_session_of_its_grant_and_stays_within_its_budget() 
     assert_eq!((first, chunks), (2, 3));
     assert!(end.is_none());
     assert_eq!(publisher.kinds().len(), before);
-    // A range past the end stops at the end.
+    // A range past the end stops at the end; an empty one is refused.
     let (_, chunks, _) = serve_all(&publisher, &consumer, join(t, 14, Some(99)))
         .await
         .expect("joined");
     assert_eq!(chunks, 2);
+    let err = serve_all(&publisher, &consumer, join(t, 16, None))
+        .await
+        .expect_err("empty");
+    assert!(err.to_string().contains("the range is empty"), "{err}");
+    // A resume the wrong way round is refused before it is recorded.
+    let backwards = FetchAsk {
+        resume: Some(Resume {
+            transfer_index: t,
+            from_chunk: 5,
+            join: false,
+        }),
+        to_chunk: Some(3),
+        ..join(t, 0, None)
+    };
+    let err = serve_all(&publisher, &consumer, backwards)
+        .await
+        .expect_err("backwards");
+    assert!(err.to_string().contains("the range is empty"), "{err}");
+    assert_eq!(publisher.kinds().len(), before);
     // The session sends twice the dataset's chunks at most.
     let (_, _, _) = serve_all(&publisher, &consumer, join(t, 0, None))
         .await

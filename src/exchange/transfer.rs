@@ -17,8 +17,8 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError};
 
 use ring::digest;
 
@@ -145,31 +145,48 @@ const FLUSH_EVERY: u64 = 64 << 20;
 struct Flusher {
     unflushed: AtomicU64,
     wake: Option<std::sync::mpsc::SyncSender<()>>,
+    /// The first write-back error: the file's open description records a
+    /// write-back error once, so the final fsync would not see it again.
+    failed: Arc<std::sync::Mutex<Option<std::io::Error>>>,
 }
 
 impl Flusher {
     fn start(file: &File) -> Self {
+        let failed = Arc::new(std::sync::Mutex::new(None));
         let Ok(file) = file.try_clone() else {
             // No second handle: the final fsync does all the work.
             return Self {
                 unflushed: AtomicU64::new(0),
                 wake: None,
+                failed,
             };
         };
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let record = failed.clone();
         let spawned = std::thread::Builder::new()
             .name("transfer-flush".into())
             .spawn(move || {
-                // A failure here is not the transfer's: the final fsync
-                // reports it.
                 while woken.recv().is_ok() {
-                    let _ = file.sync_data();
+                    if let Err(e) = file.sync_data() {
+                        let mut first = record.lock().unwrap_or_else(PoisonError::into_inner);
+                        first.get_or_insert(e);
+                        return;
+                    }
                 }
             });
         Self {
             unflushed: AtomicU64::new(0),
             wake: spawned.ok().map(|_| wake),
+            failed,
         }
+    }
+
+    /// The write-back error the flusher met, if any.
+    fn failure(&self) -> Option<std::io::Error> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Counts `len` bytes written; wakes the flusher after enough.
@@ -248,7 +265,7 @@ impl Incoming {
         check_output(out, force)?;
         let m = manifest.value();
         let key = grant.id.to_string();
-        let file = packs.open_partial(&key, m.size, fresh)?;
+        let file = packs.open_partial(&key, m.size, fresh, &m.chunk_list_sha256)?;
         let partial = packs.partial_path(&key)?;
         let flusher = Flusher::start(&file);
         Ok(Self {
@@ -415,6 +432,9 @@ impl Incoming {
         self.file
             .sync_all()
             .map_err(|e| FileError::new("fsync", &self.partial, e))?;
+        if let Some(e) = self.flusher.failure() {
+            return Err(FileError::new("fsync", &self.partial, e).into());
+        }
         let pack = self.packs.seal(&self.key, &self.chunk_list_sha256)?;
         place_output(&pack, &self.out, self.force)?;
         Ok(Received {

@@ -21,6 +21,8 @@ struct SavedHeader {
     transfer_index: u64,
     #[prost(uint64, tag = "4")]
     first_chunk: u64,
+    #[prost(uint64, tag = "5")]
+    end_chunk: u64,
 }
 
 /// `dataspace.v1.Envelope`.
@@ -55,6 +57,7 @@ pub fn encode(header: &FetchHeader) -> Vec<u8> {
         chunk_hashes,
         transfer_index,
         first_chunk,
+        end_chunk,
     } = header.clone();
     SavedHeader {
         manifest: manifest.map(|e| {
@@ -75,6 +78,7 @@ pub fn encode(header: &FetchHeader) -> Vec<u8> {
         chunk_hashes,
         transfer_index,
         first_chunk,
+        end_chunk,
     }
     .encode_to_vec()
 }
@@ -86,6 +90,7 @@ pub fn decode(bytes: &[u8]) -> Result<FetchHeader, SavedHeaderError> {
         chunk_hashes,
         transfer_index,
         first_chunk,
+        end_chunk,
     } = SavedHeader::decode(bytes).map_err(SavedHeaderError)?;
     Ok(FetchHeader {
         manifest: manifest.map(|e| {
@@ -106,6 +111,7 @@ pub fn decode(bytes: &[u8]) -> Result<FetchHeader, SavedHeaderError> {
         chunk_hashes,
         transfer_index,
         first_chunk,
+        end_chunk,
     })
 }
 

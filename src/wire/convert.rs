@@ -519,12 +519,14 @@ impl From<FetchHeader> for pb::FetchHeader {
             chunk_hashes,
             transfer_index,
             first_chunk,
+            end_chunk,
         } = h;
         Self {
             manifest: manifest.as_ref().map(Into::into),
             chunk_hashes,
             transfer_index,
             first_chunk,
+            end_chunk,
         }
     }
 }
@@ -536,12 +538,14 @@ impl From<pb::FetchHeader> for FetchHeader {
             chunk_hashes,
             transfer_index,
             first_chunk,
+            end_chunk,
         } = h;
         Self {
             manifest: manifest.map(Into::into),
             chunk_hashes,
             transfer_index,
             first_chunk,
+            end_chunk,
         }
     }
 }
@@ -772,6 +776,7 @@ mod tests {
             chunk_hashes: vec![vec![7; 32], vec![8; 32]],
             transfer_index: 12,
             first_chunk: 1,
+            end_chunk: 2,
         };
         let wire = pb::FetchHeader::from(header.clone()).encode_to_vec();
         let saved = crate::payload::fetch_state::encode(&header);
