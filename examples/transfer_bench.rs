@@ -44,7 +44,7 @@
 //!
 //! - `DSNODE_BENCH_MIB` (1024): the content's size in MiB.
 //! - `DSNODE_BENCH_RSS_MIB` (4096): the size of the memory phase's fetch.
-//! - `DSNODE_BENCH_STREAMS` (the cores, at most 8): N.
+//! - `DSNODE_BENCH_STREAMS` (the cores, at most 4): N.
 //! - `DSNODE_BENCH_RUNS` (2): runs of each way; the ways take turns, run
 //!   after run, so that a passing load falls on all of them alike.
 //! - `DSNODE_BENCH_WARMUP` (1): rounds of every way run first and not

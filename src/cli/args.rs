@@ -113,7 +113,7 @@ pub struct FetchArgs {
     #[arg(long, default_value_t = 3)]
     pub(super) retries: u32,
     /// Parallel streams, each on its own connection, over disjoint chunk
-    /// ranges (default: the node's cores, at most 8; at most 16).
+    /// ranges (default: the node's cores, at most 4; at most 16).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub(super) streams: Option<u32>,
     /// Also hash the whole content and check it against the manifest's

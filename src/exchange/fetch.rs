@@ -254,9 +254,11 @@ pub struct FetchOrder {
 pub const MAX_STREAMS: u32 = 16;
 
 /// Parallel streams when the caller names none: this machine's cores, at
-/// most 8 (each stream verifies and writes on a thread of its own).
+/// most 4 (each stream verifies and writes on a thread of its own; four
+/// hash faster than any link below 40 Gbit/s, and each stream costs both
+/// nodes memory: BENCHMARKS.md).
 pub fn default_streams() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
 }
 
 /// How far a fetch is.
