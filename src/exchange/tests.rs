@@ -660,6 +660,19 @@ async fn a_cut_with_parallel_streams_resumes_each_range_from_its_first_missing_c
     assert_eq!(count(&kinds, EntryKind::ReceiptRecorded), 1);
 }
 
+/// The fetch put the content in place after one reconnect, and the
+/// publisher recorded one transfer, resumed once.
+fn resumed_once(publisher: &Node, consumer: &Node, content: &[u8], done: &fetch::Fetched) {
+    assert_eq!(done.reconnects, 1);
+    assert_eq!(
+        std::fs::read(consumer.dir.path().join("out.csv")).expect("out"),
+        content
+    );
+    let kinds = publisher.kinds();
+    assert_eq!(count(&kinds, EntryKind::TransferStarted), 1);
+    assert_eq!(count(&kinds, EntryKind::TransferResumed), 1);
+}
+
 #[tokio::test]
 async fn a_cut_within_the_call_is_resumed_over_the_streams() {
     let (publisher, consumer, dialer, content, grant) =
@@ -674,14 +687,7 @@ async fn a_cut_within_the_call_is_resumed_over_the_streams() {
     )
     .await
     .expect("fetched after one reconnect");
-    assert_eq!(done.reconnects, 1);
-    assert_eq!(
-        std::fs::read(consumer.dir.path().join("out.csv")).expect("out"),
-        content
-    );
-    let kinds = publisher.kinds();
-    assert_eq!(count(&kinds, EntryKind::TransferStarted), 1);
-    assert_eq!(count(&kinds, EntryKind::TransferResumed), 1);
+    resumed_once(&publisher, &consumer, &content, &done);
 }
 
 #[tokio::test]
@@ -691,14 +697,7 @@ async fn a_refused_join_resumes_the_transfer_and_keeps_its_state() {
     let done = run(&consumer, &dialer, streams(order(&consumer, &grant, 2), 4))
         .await
         .expect("fetched after a resume");
-    assert_eq!(done.reconnects, 1);
-    assert_eq!(
-        std::fs::read(consumer.dir.path().join("out.csv")).expect("out"),
-        content
-    );
-    let kinds = publisher.kinds();
-    assert_eq!(count(&kinds, EntryKind::TransferStarted), 1);
-    assert_eq!(count(&kinds, EntryKind::TransferResumed), 1);
+    resumed_once(&publisher, &consumer, &content, &done);
 }
 
 #[tokio::test]
