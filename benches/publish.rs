@@ -97,8 +97,11 @@ impl BlobStore for Discard {
         Ok(true)
     }
     fn remove(&self, _: &[H]) {}
-    fn collect_garbage(&self, _: &std::collections::HashSet<H>) -> Result<usize, E> {
-        Ok(0)
+    fn collect_garbage(
+        &self,
+        _: &std::collections::HashSet<H>,
+    ) -> Result<dsnode::dataset::blob::Sweep, E> {
+        Ok(Default::default())
     }
     fn sync(&self, _: &[H]) -> Result<(), E> {
         Ok(())
@@ -111,5 +114,11 @@ impl BlobStore for Discard {
     }
     fn has(&self, _: &H) -> bool {
         false
+    }
+    fn probe(&self) -> Result<(), E> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "nowhere".into()
     }
 }

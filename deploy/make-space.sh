@@ -27,6 +27,11 @@
 #       is the address shown)                 [publisher, consumer, auditor]
 #   PUBLISHER_PORT, CONSUMER_PORT, AUDITOR_PORT                  [7443]
 #   PUBLISHER_METRICS_PORT, CONSUMER_METRICS_PORT, AUDITOR_METRICS_PORT [9464]
+#   PUBLISHER_STORAGE_TOML, CONSUMER_STORAGE_TOML, AUDITOR_STORAGE_TOML
+#       a file holding a [storage] section (object storage, see
+#       deploy/README.md) to add to that node's node.toml when the node is
+#       made; the node's `--check-config` then needs its S3 credentials in
+#       the environment and the bucket up   [unset: local storage]
 # Certificates always name localhost and 127.0.0.1 too, so `dsnode status`
 # works inside a node's own container.
 #
@@ -42,7 +47,23 @@ LISTEN_HOST="${DSNODE_LISTEN_HOST:-0.0.0.0}"
 METRICS_HOST="${DSNODE_METRICS_HOST:-$LISTEN_HOST}"
 DAYS="${DSNODE_CERT_DAYS:-365}"
 
+die() {
+  echo "make-space: $*" >&2
+  exit 1
+}
+
+# True if node.toml in $1 has a [storage] table.
+has_storage() { grep -q '^[[:space:]]*\[storage\]' "$1/node.toml" 2>/dev/null; }
+
 if [[ -e "$SPACE/ca/space.made" ]]; then
+  # A [storage] section is added only when a node is made: a node that
+  # already stores on its disk is not switched over behind its back.
+  for n in publisher consumer auditor; do
+    var="${n^^}_STORAGE_TOML"
+    if [[ -n "${!var:-}" ]] && ! has_storage "$SPACE/$n"; then
+      die "$var is set, but $SPACE/$n was made with local storage and is left so: make a new space (compose: \`down -v\` deletes this one), or add the section to its node.toml by hand (deploy/README.md, \"Object storage (S3)\")"
+    fi
+  done
   echo "data space already made in $SPACE; nothing to do"
   exit 0
 fi
@@ -57,9 +78,10 @@ fi
 # IPv6 addresses in HOST:PORT need brackets.
 addr() { if [[ "$1" == *:* ]]; then echo "[$1]:$2"; else echo "$1:$2"; fi; }
 
-# make_node DIR PARTICIPANT ROLES REGION HOSTS PORT METRICS_PORT
+# make_node DIR PARTICIPANT ROLES REGION HOSTS PORT METRICS_PORT [STORAGE_TOML]
 make_node() {
   local name="$1" participant="$2" roles="$3" region="$4" hosts="$5" port="$6" mport="$7"
+  local storage="${8:-}"
   local dir="$SPACE/$name"
   local listen metrics
   listen="$(addr "$LISTEN_HOST" "$port")"
@@ -85,6 +107,18 @@ make_node() {
       --ca-cert "$SPACE/ca/ca.crt" --listen "$listen" --metrics-listen "$metrics" \
       "${host_args[@]}"
   fi
+  if [[ -n "$storage" ]]; then
+    if has_storage "$dir"; then
+      echo "$name: keeping the [storage] section of $dir/node.toml"
+    else
+      grep -q '^[[:space:]]*\[storage\]' "$storage" 2>/dev/null ||
+        die "$storage (${name^^}_STORAGE_TOML) is not a file with a [storage] section"
+      { cat "$dir/node.toml" && echo && cat "$storage"; } >"$dir/node.toml.tmp"
+      chmod --reference="$dir/node.toml" "$dir/node.toml.tmp"
+      mv -f "$dir/node.toml.tmp" "$dir/node.toml"
+      echo "$name: [storage] from $storage added to $dir/node.toml"
+    fi
+  fi
   if [[ -e "$dir/node.crt" ]]; then
     echo "$name: keeping $dir/node.crt"
   else
@@ -100,11 +134,14 @@ make_node() {
 }
 
 make_node publisher city-transport publisher CN-HE \
-  "${PUBLISHER_HOST:-publisher}" "${PUBLISHER_PORT:-7443}" "${PUBLISHER_METRICS_PORT:-9464}"
+  "${PUBLISHER_HOST:-publisher}" "${PUBLISHER_PORT:-7443}" "${PUBLISHER_METRICS_PORT:-9464}" \
+  "${PUBLISHER_STORAGE_TOML:-}"
 make_node consumer acme-logistics consumer CN-HE \
-  "${CONSUMER_HOST:-consumer}" "${CONSUMER_PORT:-7443}" "${CONSUMER_METRICS_PORT:-9464}"
+  "${CONSUMER_HOST:-consumer}" "${CONSUMER_PORT:-7443}" "${CONSUMER_METRICS_PORT:-9464}" \
+  "${CONSUMER_STORAGE_TOML:-}"
 make_node auditor city-data-regulator auditor "" \
-  "${AUDITOR_HOST:-auditor}" "${AUDITOR_PORT:-7443}" "${AUDITOR_METRICS_PORT:-9464}"
+  "${AUDITOR_HOST:-auditor}" "${AUDITOR_PORT:-7443}" "${AUDITOR_METRICS_PORT:-9464}" \
+  "${AUDITOR_STORAGE_TOML:-}"
 
 date -u +%Y-%m-%dT%H:%M:%SZ >"$SPACE/ca/space.made"
 echo "data space made in $SPACE (ca.key in $SPACE/ca: keep it offline)"

@@ -172,7 +172,7 @@ pub fn chunks(data: &[u8]) {
         }
     });
     let Ok(incoming) = Incoming::start(
-        &f.out,
+        &f.out.clone().into(),
         true,
         &f.manifest,
         f.hashes.clone(),

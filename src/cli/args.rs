@@ -102,7 +102,8 @@ pub struct FetchArgs {
     pub(super) peer: String,
     /// The grant id.
     pub(super) grant: String,
-    /// Where to write the dataset.
+    /// Where to write the dataset: a file, or `s3://BUCKET/KEY` in the
+    /// node's object store (uploaded once every chunk matched).
     #[arg(long)]
     pub(super) out: PathBuf,
     /// Replace the output if it exists.
@@ -185,7 +186,8 @@ pub enum GrantsCommand {
 pub struct PublishArgs {
     #[command(flatten)]
     pub(super) client: ClientArgs,
-    /// The file to publish.
+    /// The file to publish, or `s3://BUCKET/KEY`: an object in the node's
+    /// object store, which the node reads itself.
     pub(super) file: PathBuf,
     /// The dataset's policy (TOML, see docs/policy.md).
     #[arg(long)]
@@ -264,6 +266,14 @@ pub enum PolicyCommand {
 /// `dsnode audit …`.
 #[derive(Subcommand)]
 pub enum AuditCommand {
+    /// Read back every chunk of every dataset the local node published
+    /// from its chunk store (disk or bucket) and check it against its
+    /// hash; names each missing or damaged chunk (exit 1 if any).
+    Storage {
+        /// The node to act as, and `--json`.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// The peer's latest checkpoint, signature verified.
     Checkpoint {
         /// The node to act as, and `--json`.
@@ -610,6 +620,7 @@ pub fn wants_json(command: &Command) -> bool {
         | Command::Status(client)
         | Command::Audit(
             AuditCommand::Checkpoint { client, .. }
+            | AuditCommand::Storage { client }
             | AuditCommand::Entries { client, .. }
             | AuditCommand::Reconcile { client, .. }
             | AuditCommand::Bundle { client, .. }

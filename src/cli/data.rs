@@ -33,10 +33,25 @@ pub(super) async fn publish(a: PublishArgs) -> Result<Output> {
     if a.grants.len() > a.derived_from.len() {
         bail!("more --grant than --derived-from");
     }
-    let mut file = tokio::fs::File::open(&a.file)
-        .await
-        .with_context(|| format!("cannot read {}", a.file.display()))?;
-    let size = file.metadata().await?.len();
+    // An object in the node's object store is read by the node itself.
+    let source = a.file.to_string_lossy().into_owned();
+    let object = crate::dataset::s3::ObjectUrl::is_url(&source);
+    if object {
+        crate::dataset::s3::ObjectUrl::parse(&source)?;
+    }
+    let mut file = if object {
+        None
+    } else {
+        Some(
+            tokio::fs::File::open(&a.file)
+                .await
+                .with_context(|| format!("cannot read {}", a.file.display()))?,
+        )
+    };
+    let size = match &file {
+        Some(f) => f.metadata().await?.len(),
+        None => 0,
+    };
     let header = pb::PublishHeader {
         title: a.title.clone(),
         description: a.description.clone(),
@@ -54,10 +69,11 @@ pub(super) async fn publish(a: PublishArgs) -> Result<Output> {
         supersedes: a.supersedes.clone().unwrap_or_default(),
         chunk_size: a.chunk_size,
         size,
+        source: if object { source } else { String::new() },
     };
     let addr = own_address(&a.client.data_dir)?;
     let conn = connect(&a.client.data_dir, &addr).await?;
-    let bar = if a.client.out.json {
+    let bar = if a.client.out.json || object {
         indicatif::ProgressBar::hidden()
     } else {
         indicatif::ProgressBar::new(size)
@@ -71,6 +87,9 @@ pub(super) async fn publish(a: PublishArgs) -> Result<Output> {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let reader_bar = bar.clone();
     let reader = tokio::spawn(async move {
+        let Some(file) = file.as_mut() else {
+            return Ok(());
+        };
         let mut buf = vec![0u8; 256 << 10];
         loop {
             let n = file.read(&mut buf).await?;
@@ -90,7 +109,19 @@ pub(super) async fn publish(a: PublishArgs) -> Result<Output> {
     reader
         .await?
         .with_context(|| format!("reading {}", a.file.display()))?;
-    let r = result.map_err(|e| call_error(&addr, &e))?;
+    let r = result.map_err(|e| match e.code {
+        Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::NotFound
+        | Code::InvalidArgument
+        | Code::Unavailable
+            if object =>
+        {
+            anyhow::anyhow!("publish failed: {}", e.message)
+        }
+        _ => call_error(&addr, &e),
+    })?;
+    let size = r.size.max(size);
     Ok(Output {
         text: format!(
             "published {} ({}, {})\n  dataset id {}\n  ledger entry {} (DatasetPublished)",
@@ -419,9 +450,13 @@ pub(super) async fn grants(command: GrantsCommand) -> Result<Output> {
 
 pub(super) async fn fetch(a: FetchArgs) -> Result<Output> {
     // The node writes the file: give it a path that does not depend on
-    // its working directory.
-    let out = std::path::absolute(&a.out)
-        .with_context(|| format!("cannot resolve {}", a.out.display()))?;
+    // its working directory (an s3:// object is the node's to resolve).
+    let out = if crate::dataset::s3::ObjectUrl::is_url(&a.out.to_string_lossy()) {
+        a.out.clone()
+    } else {
+        std::path::absolute(&a.out)
+            .with_context(|| format!("cannot resolve {}", a.out.display()))?
+    };
     let addr = own_address(&a.client.data_dir)?;
     let conn = connect(&a.client.data_dir, &addr).await?;
     let bar = if a.client.out.json {

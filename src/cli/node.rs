@@ -137,8 +137,9 @@ pub(super) async fn serve(a: ServeArgs) -> Result<Option<Output>> {
     let config = Config::load(&a.data_dir)?;
     if a.check_config {
         let creds = node::load_credentials(&config.data_dir)?;
+        let storage = node::check_storage(&config).await?;
         println!(
-            "{}: configuration and credentials are valid; node {}",
+            "{}: configuration and credentials are valid; node {}; {storage}",
             config.data_dir.config().display(),
             creds.identity
         );

@@ -20,6 +20,19 @@ pub enum BlobError {
     /// A stored blob does not hash to its name (disk corruption or tampering).
     #[error("blob {0} is corrupt: its content does not match its hash")]
     Corrupt(String),
+    /// The object store failed (it names the bucket and what kind of
+    /// failure it was).
+    #[error(transparent)]
+    Object(#[from] super::s3::ObjectError),
+}
+
+/// What a start-up sweep of a store found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Blobs removed: no dataset references them.
+    pub removed: usize,
+    /// Blobs a dataset references that the store does not hold.
+    pub missing: Vec<Hash>,
 }
 
 /// Where dataset chunks live.
@@ -31,9 +44,10 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes blobs (those a failed publication wrote).
     fn remove(&self, hashes: &[Hash]);
     /// Removes every blob not in `keep` and any leftover temporary file
-    /// (after a crash); returns how many blobs it removed. Run only when no
-    /// publication is in progress (at start-up).
-    fn collect_garbage(&self, keep: &std::collections::HashSet<Hash>) -> Result<usize, BlobError>;
+    /// (after a crash); says how many it removed and which blobs of `keep`
+    /// are missing. Run only when no publication is in progress (at
+    /// start-up).
+    fn collect_garbage(&self, keep: &std::collections::HashSet<Hash>) -> Result<Sweep, BlobError>;
     /// Makes the named blobs durable.
     fn sync(&self, hashes: &[Hash]) -> Result<(), BlobError>;
     /// The blob's bytes, checked against its hash.
@@ -43,6 +57,23 @@ pub trait BlobStore: Send + Sync + 'static {
     fn get_unverified(&self, hash: &Hash) -> Result<Option<Vec<u8>>, BlobError>;
     /// Whether the blob exists.
     fn has(&self, hash: &Hash) -> bool;
+    /// Checks the store takes a durable write (and, for a remote store,
+    /// is reachable with the node's credentials).
+    fn probe(&self) -> Result<(), BlobError>;
+    /// Where the store is, for messages.
+    fn describe(&self) -> String;
+    /// Whether a removal failed since the last sweep
+    /// ([`BlobStore::collect_garbage`]): blobs nothing references may be
+    /// left, for the next sweep to remove.
+    fn has_leftovers(&self) -> bool {
+        false
+    }
+    /// Requests worth having in flight at once: puts of a publication,
+    /// reads ahead of a transfer stream (a remote store fills its link
+    /// with several).
+    fn parallel_requests(&self) -> usize {
+        1
+    }
 }
 
 /// Makes temporary names unique within the process.
@@ -110,7 +141,7 @@ impl BlobStore for LocalBlobStore {
         Ok(true)
     }
 
-    fn collect_garbage(&self, keep: &std::collections::HashSet<Hash>) -> Result<usize, BlobError> {
+    fn collect_garbage(&self, keep: &std::collections::HashSet<Hash>) -> Result<Sweep, BlobError> {
         let tmp = self.root.join("tmp");
         if let Ok(entries) = fs::read_dir(&tmp) {
             for e in entries.flatten() {
@@ -119,6 +150,7 @@ impl BlobStore for LocalBlobStore {
         }
         let fanout = self.root.join("sha256");
         let mut removed = 0;
+        let mut seen = std::collections::HashSet::new();
         let dirs = fs::read_dir(&fanout).map_err(|e| FileError::new("read", &fanout, e))?;
         for dir in dirs.flatten() {
             let Ok(files) = fs::read_dir(dir.path()) else {
@@ -130,13 +162,20 @@ impl BlobStore for LocalBlobStore {
                     .decode(name.to_string_lossy().as_bytes())
                     .ok()
                     .and_then(|b| <Hash>::try_from(b.as_slice()).ok());
-                if hash.is_none_or(|h| !keep.contains(&h)) {
-                    let _ = fs::remove_file(f.path());
-                    removed += 1;
+                match hash {
+                    Some(h) if keep.contains(&h) => {
+                        seen.insert(h);
+                    }
+                    _ => {
+                        let _ = fs::remove_file(f.path());
+                        removed += 1;
+                    }
                 }
             }
         }
-        Ok(removed)
+        let mut missing: Vec<Hash> = keep.difference(&seen).copied().collect();
+        missing.sort_unstable();
+        Ok(Sweep { removed, missing })
     }
 
     fn remove(&self, hashes: &[Hash]) {
@@ -186,5 +225,20 @@ impl BlobStore for LocalBlobStore {
 
     fn has(&self, hash: &Hash) -> bool {
         self.path(hash).exists()
+    }
+
+    fn probe(&self) -> Result<(), BlobError> {
+        let probe = self.root.join("tmp").join(".write-probe");
+        let written = (|| {
+            let mut f = fs::File::create(&probe)?;
+            f.write_all(b"dsnode")?;
+            f.sync_all()
+        })();
+        let _ = fs::remove_file(&probe);
+        written.map_err(|e| FileError::new("write", &probe, e).into())
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
     }
 }

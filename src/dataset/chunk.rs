@@ -29,10 +29,11 @@ pub struct Chunked {
 
 /// The thread hashing the whole content, and the channel feeding it.
 type WholeHasher = (mpsc::SyncSender<Arc<Vec<u8>>>, JoinHandle<Hash>);
-/// The thread storing chunks (returns those it created), and its channel.
+/// The threads storing chunks (each returns those it created), and their
+/// channel.
 type Writer = (
     mpsc::SyncSender<(Hash, Arc<Vec<u8>>)>,
-    JoinHandle<Result<Vec<Hash>, BlobError>>,
+    Vec<JoinHandle<Result<Vec<Hash>, BlobError>>>,
 );
 
 /// Accepts content in pieces of any size and chunks it.
@@ -61,23 +62,43 @@ impl Chunker {
             h.copy_from_slice(ctx.finish().as_ref());
             h
         });
+        // As many writers as the store takes puts at once (one for a
+        // disk, several for an object store, where each put is a round
+        // trip); after one fails the others stop taking chunks.
         let (wtx, wrx) = mpsc::sync_channel::<(Hash, Arc<Vec<u8>>)>(2);
-        let writer_store = store.clone();
-        let writer = std::thread::spawn(move || {
-            let mut created = Vec::new();
-            for (hash, chunk) in wrx {
-                match writer_store.put(&hash, &chunk) {
-                    Ok(true) => created.push(hash),
-                    Ok(false) => {}
-                    Err(e) => {
-                        // Leave nothing behind (disk full, I/O error).
-                        writer_store.remove(&created);
-                        return Err(e);
+        let wrx = Arc::new(std::sync::Mutex::new(wrx));
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers = (0..store.parallel_requests().max(1))
+            .map(|_| {
+                let store = store.clone();
+                let wrx = wrx.clone();
+                let failed = failed.clone();
+                std::thread::spawn(move || {
+                    let mut created = Vec::new();
+                    loop {
+                        let next = wrx
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv();
+                        let Ok((hash, chunk)) = next else { break };
+                        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            continue;
+                        }
+                        match store.put(&hash, &chunk) {
+                            Ok(true) => created.push(hash),
+                            Ok(false) => {}
+                            Err(e) => {
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                // Leave nothing behind (disk full, I/O error).
+                                store.remove(&created);
+                                return Err(e);
+                            }
+                        }
                     }
-                }
-            }
-            Ok(created)
-        });
+                    Ok(created)
+                })
+            })
+            .collect();
         Self {
             store,
             chunk_size: chunk_size as usize,
@@ -85,7 +106,7 @@ impl Chunker {
             size: 0,
             chunks: Vec::new(),
             whole: Some((tx, whole)),
-            writer: Some((wtx, writer)),
+            writer: Some((wtx, writers)),
         }
     }
 
@@ -129,15 +150,30 @@ impl Chunker {
             self.emit()?;
         }
         let created = match self.writer.take() {
-            Some((tx, handle)) => {
+            Some((tx, handles)) => {
                 drop(tx);
-                handle.join().map_err(|_| {
-                    BlobError::File(crate::fsutil::FileError::new(
-                        "write",
-                        std::path::Path::new("chunk"),
-                        std::io::Error::other("the chunk writer thread panicked"),
-                    ))
-                })??
+                let mut created = Vec::new();
+                let mut failure = None;
+                for handle in handles {
+                    match handle.join() {
+                        Ok(Ok(mut c)) => created.append(&mut c),
+                        Ok(Err(e)) => failure = failure.or(Some(e)),
+                        Err(_) => {
+                            failure =
+                                failure.or(Some(BlobError::File(crate::fsutil::FileError::new(
+                                    "write",
+                                    std::path::Path::new("chunk"),
+                                    std::io::Error::other("a chunk writer thread panicked"),
+                                ))));
+                        }
+                    }
+                }
+                if let Some(e) = failure {
+                    // The failed writer removed its own; the others' go too.
+                    self.store.remove(&created);
+                    return Err(e);
+                }
+                created
             }
             None => Vec::new(),
         };

@@ -3,6 +3,8 @@
 //! - [`blob`]: the [`blob::BlobStore`] trait and the local filesystem store.
 //! - [`chunk`]: splitting content into hashed chunks, with bounded memory.
 //! - [`pack`]: received datasets, one file per dataset, written in place.
+//! - [`s3`]: chunks in an S3-compatible bucket, and `s3://` objects to
+//!   publish from or receive into.
 //! - [`catalog`]: the node's published datasets, on disk and in memory, and
 //!   publishing itself.
 //!
@@ -17,6 +19,7 @@ pub mod catalog;
 pub mod chunk;
 pub mod pack;
 pub mod publish;
+pub mod s3;
 
 use std::fmt;
 use std::str::FromStr;

@@ -21,7 +21,6 @@
 
 use std::collections::HashSet;
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -35,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::book::{BookError, GrantBook, Held};
 use super::grant::{Grant, GrantId};
 use super::receipt::Receipt;
-use super::transfer::{Incoming, TransferError, check_header, check_output};
+use super::transfer::{Incoming, ObjectOutput, Output, TransferError, check_header, check_output};
 use crate::codec::Canonical;
 use crate::dataset::Manifest;
 use crate::dataset::pack::PackStore;
@@ -117,12 +116,11 @@ pub enum FetchError {
     /// The content is written and verified, but the publisher did not take
     /// the receipt.
     #[error(
-        "the content is at {} and verified, but the publisher did not take the receipt: {cause}; `dsnode receipts resend` submits it again",
-        .out.display()
+        "the content is at {out} and verified, but the publisher did not take the receipt: {cause}; `dsnode receipts resend` submits it again"
     )]
     ReceiptNotTaken {
         /// Where the content is.
-        out: PathBuf,
+        out: Output,
         /// Why the receipt was not taken.
         #[source]
         cause: Box<FetchError>,
@@ -237,8 +235,8 @@ pub struct FetchOrder {
     pub grant: GrantId,
     /// The publisher's address.
     pub peer: String,
-    /// The output file.
-    pub out: PathBuf,
+    /// Where the content goes.
+    pub out: Output,
     /// Replace the output if it exists.
     pub force: bool,
     /// Reconnects allowed after a broken connection.
@@ -500,6 +498,22 @@ async fn next_or_idle(stream: &mut FetchStream) -> Option<Result<FetchPart, Fetc
     }
 }
 
+/// Checks that the object a fetch writes does not exist (unless
+/// `force`): the object store is asked, which also checks it answers and
+/// takes the node's credentials before the publisher is asked for
+/// anything. (S3 has no portable create-if-absent, so an object another
+/// writer puts meanwhile is replaced at the end.)
+async fn check_object_output(o: &ObjectOutput, force: bool) -> Result<(), FetchError> {
+    match o.bucket.size(&o.url.key).await {
+        Ok(Some(_)) if !force => Err(FetchError::Local(format!(
+            "{} exists; pass --force to replace it",
+            o.url
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) => Err(FetchError::Local(format!("{}: {e}", o.url))),
+    }
+}
+
 /// A fetch about to start: the grant is held, no other fetch of it runs,
 /// the output can be written, the publisher is connected and its key
 /// checked.
@@ -524,7 +538,12 @@ impl<'a> Opened<'a> {
         let held = consumer.held(&order.grant)?;
         // One fetch per grant at a time: two would share the saved state.
         let only = FetchGuard::take(consumer.fetching, &order.grant)?;
-        check_output(&order.out, order.force)?;
+        match &order.out {
+            Output::File(path) => {
+                check_output(path, order.force)?;
+            }
+            Output::Object(o) => check_object_output(o, order.force).await?,
+        }
         let (publisher, keys) = connect_publisher(consumer.dialer, &order.peer, &held).await?;
         Ok(Self {
             consumer,
@@ -1037,6 +1056,15 @@ impl<'a> Received<'a> {
         let received = tokio::task::spawn_blocking(move || incoming.finish(verify))
             .await
             .map_err(FetchError::internal("finishing the output"))??;
+        if let Output::Object(o) = &opened.order.out {
+            // Every chunk matched: the object may appear now. A failed
+            // upload leaves the fetch to resume (from the sealed pack).
+            check_object_output(o, opened.order.force).await?;
+            o.bucket
+                .upload_file(&o.url.key, &received.pack)
+                .await
+                .map_err(|e| FetchError::Local(format!("writing {}: {e}", o.url)))?;
+        }
         opened.progress.report(true);
         c.grants
             .complete_fetch(&g.id, &g.dataset, &manifest, &received.chunks)

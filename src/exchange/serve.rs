@@ -160,8 +160,12 @@ pub enum ServeError {
     /// `AccessDenied` where a fetch was refused.
     #[error("{0}")]
     Refused(String),
-    /// A chunk of the dataset is missing on this node's disk.
-    #[error("chunk {chunk} of dataset {dataset} is missing on the publisher's disk")]
+    /// The chunk store (an object store) could not be read; the detail
+    /// is in the publisher's log, not told to peers.
+    #[error("the publisher's chunk store is unavailable; the transfer can resume later")]
+    StoreUnavailable,
+    /// A chunk of the dataset is missing in this node's chunk store.
+    #[error("chunk {chunk} of dataset {dataset} is missing in the publisher's chunk store")]
     MissingChunk {
         /// The chunk's index.
         chunk: usize,
@@ -537,6 +541,10 @@ impl Publisher<'_> {
     }
 }
 
+/// Chunk reads a stream keeps in flight at most (memory: this many chunks
+/// a stream).
+const MAX_READ_AHEAD: usize = 4;
+
 /// Sends a transfer's chunks, in a task of its own.
 struct ChunkSender {
     grants: Arc<GrantBook>,
@@ -560,13 +568,24 @@ impl ChunkSender {
     ) -> Result<(), ServeError> {
         let (grant, dataset) = (&self.grant, &self.dataset);
         let id = &grant.id;
-        for (index, hash) in dataset
-            .chunks
-            .iter()
-            .enumerate()
-            .take(range.end)
-            .skip(range.start)
-        {
+        // Reads run ahead of sending by as many chunks as the store takes
+        // requests at once (one for a disk, a few for an object store,
+        // where each read is a round trip); each chunk is still sent only
+        // after the grant is checked for it.
+        let ahead = self.blobs.parallel_requests().clamp(1, MAX_READ_AHEAD);
+        let mut reads = std::collections::VecDeque::new();
+        let end = range.end.min(dataset.chunks.len());
+        let mut next = range.start;
+        for index in range.start..end {
+            while next < end && next < index + ahead {
+                let blobs = self.blobs.clone();
+                let h = dataset.chunks[next];
+                reads.push_back(tokio::task::spawn_blocking(move || {
+                    blobs.get_unverified(&h)
+                }));
+                next += 1;
+            }
+            let Some(read) = reads.pop_front() else { break };
             if !self.stream.0.take() {
                 return Err(ServeError::Refused(format!(
                     "this transfer session of grant {id} has sent twice the dataset's chunks; resume the transfer to go on"
@@ -586,16 +605,19 @@ impl ChunkSender {
             }
             // Not hashed here: the consumer checks every chunk against the
             // signed chunk list and names the one that does not match.
-            let blobs = self.blobs.clone();
-            let h = *hash;
-            let Ok(Ok(Some(chunk))) =
-                tokio::task::spawn_blocking(move || blobs.get_unverified(&h)).await
-            else {
-                tracing::error!(dataset = %dataset.id, chunk = index, "chunk missing on this node's disk");
-                return Err(ServeError::MissingChunk {
-                    chunk: index,
-                    dataset: dataset.id.to_string(),
-                });
+            let chunk = match read.await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Err(crate::dataset::blob::BlobError::Object(e))) => {
+                    tracing::error!(dataset = %dataset.id, chunk = index, error = %e, "could not read a chunk from the chunk store");
+                    return Err(ServeError::StoreUnavailable);
+                }
+                _ => {
+                    tracing::error!(dataset = %dataset.id, chunk = index, "chunk missing in this node's chunk store");
+                    return Err(ServeError::MissingChunk {
+                        chunk: index,
+                        dataset: dataset.id.to_string(),
+                    });
+                }
             };
             let bytes = chunk.len() as u64;
             if tx.send(Ok(FetchPart::Chunk(chunk.into()))).await.is_err() {

@@ -426,7 +426,7 @@ fn order(consumer: &Node, grant: &super::grant::GrantId, retries: u32) -> FetchO
     FetchOrder {
         grant: grant.clone(),
         peer: "publisher.test:443".into(),
-        out: consumer.dir.path().join("out.csv"),
+        out: consumer.dir.path().join("out.csv").into(),
         force: false,
         retries,
         streams: 1,
@@ -818,7 +818,7 @@ async fn a_second_fetch_of_one_grant_waits_its_turn_and_a_bad_output_costs_nothi
     // An output in a directory that does not exist: refused before the
     // publisher is asked, so no fetch is counted.
     let mut bad = order(&consumer, &grant, 0);
-    bad.out = consumer.dir.path().join("no/such/dir/out.csv");
+    bad.out = consumer.dir.path().join("no/such/dir/out.csv").into();
     let (progress, _events) = watch();
     let err = fetch::fetch(consumer.consumer(&dialer), bad, progress)
         .await

@@ -110,11 +110,46 @@ pub fn check_output(out: &Path, force: bool) -> Result<PathBuf, TransferError> {
     Ok(dir.join(format!(".{}.dsnode-partial", name.to_string_lossy())))
 }
 
+/// Where a fetched dataset goes.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// A file: a hard link to the node's pack, or a copy of it on another
+    /// file system.
+    File(PathBuf),
+    /// An object in a bucket of the node's object store, uploaded from
+    /// the pack once every chunk matched: it appears only then.
+    Object(ObjectOutput),
+}
+
+/// An object a fetch writes.
+#[derive(Clone, Debug)]
+pub struct ObjectOutput {
+    /// The bucket's client.
+    pub bucket: crate::dataset::s3::Bucket,
+    /// The object.
+    pub url: crate::dataset::s3::ObjectUrl,
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Object(o) => write!(f, "{}", o.url),
+        }
+    }
+}
+
+impl From<PathBuf> for Output {
+    fn from(p: PathBuf) -> Self {
+        Self::File(p)
+    }
+}
+
 /// A transfer in progress, shared by the streams that fill it: each
 /// chunk is verified and written at its offset by whichever stream
 /// carries it.
 pub struct Incoming {
-    out: PathBuf,
+    out: Output,
     force: bool,
     key: String,
     packs: Arc<PackStore>,
@@ -220,8 +255,8 @@ pub struct Received {
     /// Whether this node hashed the whole content and found
     /// `content_sha256` (only when asked to).
     pub content_verified: bool,
-    /// Where it was written.
-    pub out: PathBuf,
+    /// Where it goes.
+    pub out: Output,
     /// The node's own copy (the sealed pack).
     pub pack: PathBuf,
 }
@@ -253,7 +288,7 @@ impl Incoming {
     /// a new, empty one if `fresh`, else the one an interrupted transfer
     /// of the grant left (see [`Incoming::resume_from_pack`]).
     pub fn start(
-        out: &Path,
+        out: &Output,
         force: bool,
         manifest: &Verified<Manifest>,
         chunks: Vec<Hash>,
@@ -262,7 +297,9 @@ impl Incoming {
         fresh: bool,
     ) -> Result<Self, TransferError> {
         check_header(manifest, &chunks, grant)?;
-        check_output(out, force)?;
+        if let Output::File(path) = out {
+            check_output(path, force)?;
+        }
         let m = manifest.value();
         let key = grant.id.to_string();
         let file = packs.open_partial(&key, m.size, fresh, &m.chunk_list_sha256)?;
@@ -271,7 +308,7 @@ impl Incoming {
         Ok(Self {
             flusher,
             writing: std::sync::Mutex::new(()),
-            out: out.to_path_buf(),
+            out: out.clone(),
             force,
             key,
             packs,
@@ -436,7 +473,9 @@ impl Incoming {
             return Err(FileError::new("fsync", &self.partial, e).into());
         }
         let pack = self.packs.seal(&self.key, &self.chunk_list_sha256)?;
-        place_output(&pack, &self.out, self.force)?;
+        if let Output::File(path) = &self.out {
+            place_output(&pack, path, self.force)?;
+        }
         Ok(Received {
             chunks: self.chunks,
             bytes: self.size,
@@ -589,8 +628,16 @@ mod tests {
 
     fn start(dir: &Path, content: &[u8]) -> (Incoming, Vec<Vec<u8>>) {
         let (m, g, pieces, hashes) = setup(content);
-        let incoming = Incoming::start(&dir.join("out"), false, &m, hashes, &g, packs(dir), true)
-            .expect("start");
+        let incoming = Incoming::start(
+            &dir.join("out").into(),
+            false,
+            &m,
+            hashes,
+            &g,
+            packs(dir),
+            true,
+        )
+        .expect("start");
         (incoming, pieces)
     }
 
@@ -601,8 +648,16 @@ mod tests {
         force: bool,
         (m, g, pieces, hashes): (&Verified<Manifest>, &Grant, &[Vec<u8>], Vec<Hash>),
     ) -> Incoming {
-        let t = Incoming::start(&dir.join("out"), force, m, hashes, g, packs(dir), true)
-            .expect("start");
+        let t = Incoming::start(
+            &dir.join("out").into(),
+            force,
+            m,
+            hashes,
+            g,
+            packs(dir),
+            true,
+        )
+        .expect("start");
         for (i, p) in pieces.iter().enumerate() {
             t.chunk(i, p).expect("chunk");
         }
@@ -738,8 +793,16 @@ mod tests {
         let (m, g, pieces, hashes) = setup(&content);
         let packs = packs(dir.path());
         let out = dir.path().join("out");
-        let first = Incoming::start(&out, false, &m, hashes.clone(), &g, packs.clone(), true)
-            .expect("start");
+        let first = Incoming::start(
+            &out.clone().into(),
+            false,
+            &m,
+            hashes.clone(),
+            &g,
+            packs.clone(),
+            true,
+        )
+        .expect("start");
         for i in [0, 1, 2, 4] {
             first.chunk(i, &pieces[i]).expect("chunk");
         }
@@ -755,7 +818,8 @@ mod tests {
         f.write_all_at(b"not the chunk", 2 * CS as u64)
             .expect("damage");
         drop(f);
-        let again = Incoming::start(&out, false, &m, hashes, &g, packs, false).expect("start");
+        let again = Incoming::start(&out.clone().into(), false, &m, hashes, &g, packs, false)
+            .expect("start");
         assert_eq!(again.resume_from_pack().expect("resume"), 3);
         assert_eq!(again.missing(), vec![2..4, 5..6]);
         assert_eq!(again.bytes_received(), 3 * CS as u64);

@@ -26,7 +26,7 @@ use crate::identity::key::KeyError;
 use crate::identity::{NodeKey, P256Key, PeerIdentity};
 use crate::ledger::entry::{EntryDraft, EntryKind};
 use crate::ledger::{Ledger, LedgerOptions};
-use crate::runtime::config::{Config, DataDir};
+use crate::runtime::config::{Config, DataDir, Storage};
 use crate::runtime::tls::{
     self, AcceptLimits, ConnectionRegistry, ServerConfigCell, TlsError, TlsMaterial,
 };
@@ -283,6 +283,221 @@ async fn set_health(reporter: &tonic_health::server::HealthReporter, status: Ser
     }
 }
 
+/// What keeps a node from serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Cause {
+    /// Start-up has not finished.
+    Starting,
+    /// The chunk store does not answer or refuses writes.
+    Storage,
+    /// The CRL in force has expired.
+    Crl,
+}
+
+/// The node's readiness (gRPC health and `/readyz`): SERVING while no
+/// cause holds it back, NOT_SERVING with the causes' reasons otherwise,
+/// and NOT_SERVING for good once the shutdown starts.
+struct Readiness {
+    health: tonic_health::server::HealthReporter,
+    metrics: Arc<crate::runtime::metrics::Metrics>,
+    /// The causes in force (with their reasons), and whether the node is
+    /// stopping.
+    state: tokio::sync::Mutex<(std::collections::BTreeMap<Cause, String>, bool)>,
+}
+
+impl Readiness {
+    fn new(
+        health: tonic_health::server::HealthReporter,
+        metrics: Arc<crate::runtime::metrics::Metrics>,
+    ) -> Self {
+        let mut causes = std::collections::BTreeMap::new();
+        causes.insert(Cause::Starting, "starting".to_owned());
+        Self {
+            health,
+            metrics,
+            state: tokio::sync::Mutex::new((causes, false)),
+        }
+    }
+
+    /// Sets (`Some` reason) or clears (`None`) a cause.
+    async fn set(&self, cause: Cause, reason: Option<String>) {
+        let mut state = self.state.lock().await;
+        let (causes, stopping) = &mut *state;
+        match reason {
+            Some(r) => causes.insert(cause, r),
+            None => causes.remove(&cause),
+        };
+        if *stopping {
+            return;
+        }
+        let why: Vec<&str> = causes.values().map(String::as_str).collect();
+        if why.is_empty() {
+            set_health(&self.health, ServingStatus::Serving).await;
+            self.metrics.set_readiness(None);
+        } else {
+            set_health(&self.health, ServingStatus::NotServing).await;
+            self.metrics.set_readiness(Some(&why.join("; ")));
+        }
+    }
+
+    /// NOT_SERVING from now on: the node is shutting down.
+    async fn stop(&self) {
+        let mut state = self.state.lock().await;
+        state.1 = true;
+        set_health(&self.health, ServingStatus::NotServing).await;
+        self.metrics.set_readiness(Some("shutting down"));
+    }
+}
+
+/// The chunk store `config` names: the data dir's `blobs/`, or a bucket
+/// (with the client for the node's other `s3://` objects). No request is
+/// made to an object store here.
+#[allow(clippy::type_complexity)]
+fn open_storage(
+    config: &Config,
+) -> Result<(Arc<dyn BlobStore>, Option<Arc<crate::dataset::s3::Buckets>>), NodeError> {
+    match &config.storage {
+        Storage::Local => {
+            let local = LocalBlobStore::open(&config.data_dir.blobs())
+                .map_err(|e| NodeError::Credentials(format!("blob store: {e}")))?;
+            Ok((Arc::new(local), None))
+        }
+        Storage::S3(s3) => {
+            let credentials = s3
+                .credentials(&config.data_dir)
+                .map_err(NodeError::Credentials)?;
+            let buckets = Arc::new(crate::dataset::s3::Buckets::new(s3.clone(), credentials));
+            let store = crate::dataset::s3::S3BlobStore::open(&buckets)
+                .map_err(|e| NodeError::Credentials(format!("chunk store: {e}")))?;
+            // The data dir still holds received datasets (packs).
+            crate::fsutil::create_private_dir(&config.data_dir.blobs())
+                .map_err(|e| NodeError::Credentials(format!("blobs: {e}")))?;
+            Ok((Arc::new(store), Some(buckets)))
+        }
+    }
+}
+
+/// Checks the chunk store `config` names takes a write (for an object
+/// store: it is reachable, the credentials are accepted, the bucket exists
+/// and is writable); says what was checked.
+pub async fn check_storage(config: &Config) -> Result<String, NodeError> {
+    let (blobs, _) = open_storage(config)?;
+    let store = blobs.clone();
+    tokio::task::spawn_blocking(move || store.probe())
+        .await
+        .map_err(|e| NodeError::Credentials(format!("probing the chunk store: {e}")))?
+        .map_err(|e| {
+            NodeError::Credentials(format!(
+                "the chunk store {} does not take a write: {e}",
+                blobs.describe()
+            ))
+        })?;
+    Ok(format!(
+        "chunk store {} is reachable and writable",
+        blobs.describe()
+    ))
+}
+
+/// Removes chunks no dataset references (those of publications that
+/// failed or were cut off by a crash), and names any chunk a published
+/// dataset references that the store does not hold.
+fn sweep_chunks(
+    blobs: &dyn BlobStore,
+    catalog: &Catalog,
+    grants: &crate::exchange::book::GrantBook,
+) {
+    let published = catalog.referenced_chunks();
+    let mut keep = published.clone();
+    keep.extend(grants.received_chunks());
+    match blobs.collect_garbage(&keep) {
+        Ok(sweep) => {
+            if sweep.removed > 0 {
+                tracing::info!(
+                    removed = sweep.removed,
+                    "removed chunks no dataset references"
+                );
+            }
+            let missing: Vec<String> = sweep
+                .missing
+                .iter()
+                .filter(|h| published.contains(*h))
+                .map(|h| data_encoding::HEXLOWER.encode(h))
+                .collect();
+            if !missing.is_empty() {
+                tracing::error!(
+                    store = %blobs.describe(),
+                    count = missing.len(),
+                    first = %missing[0],
+                    "chunks of published datasets are missing from the chunk store; fetches of those datasets fail (`dsnode audit storage` names the datasets)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not collect unreferenced chunks"),
+    }
+}
+
+/// Watches the chunk store: NOT_SERVING (with the reason) while its probe
+/// fails, SERVING again once it answers. When it answers after start-up
+/// found it down, or after a removal failed, the sweep runs (with
+/// publications held off, so none of their new chunks is taken for
+/// garbage).
+async fn watch_storage(
+    ctx: Arc<NodeContext>,
+    readiness: Arc<Readiness>,
+    mut down: bool,
+    shutdown: CancellationToken,
+) {
+    // A sweep is owed after start-up found the store down, and after a
+    // removal failed (a publication cut off by the store going away).
+    let mut owed = down;
+    loop {
+        let wait = if down {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(10)
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let store = ctx.blobs.clone();
+        let probed = tokio::task::spawn_blocking(move || store.probe())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match probed {
+            Ok(()) => {
+                if owed || ctx.blobs.has_leftovers() {
+                    let _one = ctx.publishing.lock().await;
+                    let c = ctx.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        sweep_chunks(c.blobs.as_ref(), &c.catalog, &c.grants);
+                    })
+                    .await;
+                    owed = false;
+                }
+                if down {
+                    down = false;
+                    tracing::info!(store = %ctx.blobs.describe(), "the chunk store answers again");
+                    readiness.set(Cause::Storage, None).await;
+                }
+            }
+            Err(reason) => {
+                if !down {
+                    tracing::error!(store = %ctx.blobs.describe(), error = %reason, "the chunk store is unavailable: NOT_SERVING until it answers");
+                }
+                down = true;
+                readiness
+                    .set(
+                        Cause::Storage,
+                        Some(format!("the chunk store is unavailable: {reason}")),
+                    )
+                    .await;
+            }
+        }
+    }
+}
+
 /// Starts a node from `config`: checks its credentials, binds the listen
 /// address, and serves until [`RunningNode::shutdown`].
 pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
@@ -381,10 +596,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         .build_v1alpha()
         .map_err(|e| NodeError::Credentials(format!("reflection: {e}")))?;
 
-    let blobs: Arc<dyn BlobStore> = Arc::new(
-        LocalBlobStore::open(&config.data_dir.blobs())
-            .map_err(|e| NodeError::Credentials(format!("blob store: {e}")))?,
-    );
+    let (blobs, buckets) = open_storage(&config)?;
     check_writable(&config.data_dir)?;
     let (catalog, warnings) = Catalog::open(
         &config.data_dir.datasets(),
@@ -413,14 +625,21 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             .map_err(|e| NodeError::Credentials(format!("witness book: {e}")))?,
     );
     crate::witness::check_cosigned(&witness, &ledger)?;
-    // Chunks of publications that failed or were cut off by a crash (chunks
-    // of published and of received datasets are kept).
-    let mut keep = catalog.referenced_chunks();
-    keep.extend(grants.received_chunks());
-    match blobs.collect_garbage(&keep) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "removed chunks no dataset references"),
-        Err(e) => tracing::warn!(error = %e, "could not collect unreferenced chunks"),
+    // The chunk store must take a write before the node serves; an object
+    // store that is down leaves the node NOT_SERVING until it answers.
+    let probe_store = blobs.clone();
+    let storage_down = tokio::task::spawn_blocking(move || probe_store.probe())
+        .await
+        .map_err(|e| NodeError::Credentials(format!("probing the chunk store: {e}")))?
+        .err()
+        .map(|e| e.to_string());
+    let (catalog, grants) = (Arc::new(catalog), Arc::new(grants));
+    if storage_down.is_none() {
+        // Blocking (an object store's listing): off the runtime's threads.
+        let (b, c, g) = (blobs.clone(), catalog.clone(), grants.clone());
+        tokio::task::spawn_blocking(move || sweep_chunks(b.as_ref(), &c, &g))
+            .await
+            .map_err(|e| NodeError::Credentials(format!("sweeping the chunk store: {e}")))?;
     }
     // Received datasets, and the packs of fetches in progress: those whose
     // saved state is gone (dropped, or a crash before it was kept) go.
@@ -450,9 +669,10 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         ledger: ledger.clone(),
         signing_key: creds.key.signing_key().clone(),
         blobs,
-        catalog: Arc::new(catalog),
+        buckets,
+        catalog,
         publishing: tokio::sync::Mutex::new(()),
-        grants: Arc::new(grants),
+        grants,
         dialer: Arc::new(crate::wire::client::TlsDialer::new(client_cell.clone())),
         witness,
         certificate_pem: fsutil::read(&config.data_dir.cert())?,
@@ -521,17 +741,34 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             return Err(e);
         }
     }
-    set_health(&health, ServingStatus::Serving).await;
-    metrics.set_ready(true);
-
     let shutdown = CancellationToken::new();
+    let readiness = Arc::new(Readiness::new(health.clone(), metrics.clone()));
+    match &storage_down {
+        Some(reason) => {
+            tracing::error!(store = %ctx.blobs.describe(), error = %reason, "the chunk store is unavailable: NOT_SERVING until it answers");
+            readiness
+                .set(
+                    Cause::Storage,
+                    Some(format!("the chunk store is unavailable: {reason}")),
+                )
+                .await;
+        }
+        None => readiness.set(Cause::Storage, None).await,
+    }
+    readiness.set(Cause::Starting, None).await;
+    tokio::spawn(watch_storage(
+        ctx.clone(),
+        readiness.clone(),
+        storage_down.is_some(),
+        shutdown.clone(),
+    ));
     metrics_guard.disarm();
     tokio::spawn(watch_crl(
         config.data_dir.clone(),
         (creds.material.clone(), crl_stamp, creds.crl_number),
         (cell, client_cell),
         registry.clone(),
-        (health.clone(), metrics.clone(), creds.crl_expires),
+        (readiness.clone(), creds.crl_expires),
         t.crl_reload_interval,
         shutdown.clone(),
     ));
@@ -557,8 +794,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                     // The server ended by itself: a failure. Still say so
                     // to health watchers and close the ledger cleanly.
                     tracing::error!("gRPC server stopped unexpectedly");
-                    metrics.set_ready(false);
-                    set_health(&health, ServingStatus::NotServing).await;
+                    readiness.stop().await;
                     ledger.close().await;
                     stop_metrics.cancel();
                     result??;
@@ -567,8 +803,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                 () = shutdown.cancelled() => {}
             }
             tracing::info!(deadline = ?t.drain_deadline, "shutting down: NOT_SERVING, draining");
-            metrics.set_ready(false);
-            set_health(&health, ServingStatus::NotServing).await;
+            readiness.stop().await;
             stop_accept.cancel();
             let _ = stop_serving_tx.send(());
             match tokio::time::timeout(t.drain_deadline, &mut server).await {
@@ -754,11 +989,7 @@ async fn watch_crl(
     (mut material, mut stamp, mut crl_number): (TlsMaterial, Option<CrlStamp>, u64),
     cells: (ServerConfigCell, tls::ClientConfigCell),
     registry: Arc<ConnectionRegistry>,
-    (health, metrics, mut expires): (
-        tonic_health::server::HealthReporter,
-        Arc<crate::runtime::metrics::Metrics>,
-        Option<OffsetDateTime>,
-    ),
+    (readiness, mut expires): (Arc<Readiness>, Option<OffsetDateTime>),
     interval: Duration,
     shutdown: CancellationToken,
 ) {
@@ -802,12 +1033,15 @@ async fn watch_crl(
                     crl = %path.display(),
                     "the CRL in force has expired: every handshake is refused; NOT_SERVING until the operator installs a fresh CRL"
                 );
-                set_health(&health, ServingStatus::NotServing).await;
-                metrics.set_ready(false);
+                readiness
+                    .set(
+                        Cause::Crl,
+                        Some("the CRL in force has expired: every handshake is refused".into()),
+                    )
+                    .await;
             } else {
-                tracing::info!("a valid CRL is in force again: SERVING");
-                set_health(&health, ServingStatus::Serving).await;
-                metrics.set_ready(true);
+                tracing::info!("a valid CRL is in force again");
+                readiness.set(Cause::Crl, None).await;
             }
         }
     }

@@ -178,6 +178,125 @@ pub struct RawConfig {
     /// Checkpoint witnessing; every key optional.
     #[serde(default)]
     pub witness: RawWitness,
+    /// Where published datasets' chunks are stored.
+    #[serde(default)]
+    pub storage: RawStorage,
+}
+
+/// `[storage]` as written; see [`Storage`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawStorage {
+    pub kind: Option<String>,
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: Option<bool>,
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// Where a node keeps the chunks of the datasets it publishes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// Files under `blobs/` in the data dir.
+    #[default]
+    Local,
+    /// Objects in an S3-compatible bucket.
+    S3(S3Config),
+}
+
+/// An S3-compatible object store: where, and where its credentials are.
+/// The credentials themselves are never in `node.toml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Config {
+    /// `http(s)://host:port` of the S3 API.
+    pub endpoint: String,
+    /// The bucket holding the node's chunks (it must exist).
+    pub bucket: String,
+    /// Key prefix of the node's objects in the bucket (no leading `/`).
+    pub prefix: String,
+    /// The region requests are signed for.
+    pub region: String,
+    /// Whether a plain-HTTP endpoint is allowed.
+    pub allow_http: bool,
+    /// A file holding the credentials (TOML: `access_key_id`,
+    /// `secret_access_key`, optional `session_token`); `None`: the
+    /// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`).
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// Whether `name` follows S3's bucket naming rules: 3 to 63 lower-case
+/// letters, digits, `.` and `-`, starting with a letter or digit.
+pub fn is_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// The default S3 region (servers that ignore regions accept it).
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
+
+/// An access key for an object store. `Debug` does not show the secret.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Credentials {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+    /// A session token, for temporary credentials.
+    #[serde(default)]
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Config {
+    /// The credentials, from `credentials_file` (relative to `data_dir`)
+    /// or else from the environment; the message says which was tried.
+    pub fn credentials(&self, data_dir: &DataDir) -> Result<S3Credentials, String> {
+        if let Some(file) = &self.credentials_file {
+            let path = data_dir.root().join(file);
+            let text = fsutil::read_to_string(&path).map_err(|e| e.to_string())?;
+            let creds: S3Credentials = toml::from_str(&text).map_err(|e| {
+                format!(
+                    "{}: {} (expected access_key_id = \"…\" and secret_access_key = \"…\")",
+                    path.display(),
+                    e.to_string().trim_end()
+                )
+            })?;
+            if creds.access_key_id.is_empty() || creds.secret_access_key.is_empty() {
+                return Err(format!(
+                    "{}: access_key_id and secret_access_key must not be empty",
+                    path.display()
+                ));
+            }
+            return Ok(creds);
+        }
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+            (Some(access_key_id), Some(secret_access_key)) => Ok(S3Credentials {
+                access_key_id,
+                secret_access_key,
+                session_token: var("AWS_SESSION_TOKEN"),
+            }),
+            _ => Err(format!(
+                "no credentials for bucket `{}`: set storage.credentials_file in node.toml, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the node's environment",
+                self.bucket
+            )),
+        }
+    }
 }
 
 /// `[witness]` as written; see [`WitnessConfig`].
@@ -325,6 +444,8 @@ pub struct Config {
     pub transport: TransportConfig,
     /// Checkpoint witnessing.
     pub witness: WitnessConfig,
+    /// Where published datasets' chunks are stored.
+    pub storage: Storage,
     /// The clock policy and grant windows are checked against (the system
     /// clock; tests inject one).
     pub clock: crate::clock::Clock,
@@ -339,6 +460,7 @@ impl Config {
             metrics_listen: None,
             transport: TransportConfig::default(),
             witness: WitnessConfig::default(),
+            storage: Storage::Local,
             clock: crate::clock::Clock::system(),
         }
     }
@@ -452,14 +574,99 @@ impl Config {
                 &format!("`{bad}` is not HOST:PORT"),
             ));
         }
+        let storage = Self::storage(raw.storage, &invalid)?;
         Ok(Self {
             data_dir,
             listen: raw.listen,
             metrics_listen: raw.metrics_listen,
             transport,
             witness,
+            storage,
             clock: crate::clock::Clock::system(),
         })
+    }
+
+    fn storage(
+        raw: RawStorage,
+        invalid: &dyn Fn(&'static str, &str) -> ConfigError,
+    ) -> Result<Storage, ConfigError> {
+        match raw.kind.as_deref().unwrap_or("local") {
+            "local" => {
+                let set = [
+                    ("storage.endpoint", raw.endpoint.is_some()),
+                    ("storage.bucket", raw.bucket.is_some()),
+                    ("storage.prefix", raw.prefix.is_some()),
+                    ("storage.region", raw.region.is_some()),
+                    ("storage.allow_http", raw.allow_http.is_some()),
+                    ("storage.credentials_file", raw.credentials_file.is_some()),
+                ];
+                if let Some((key, _)) = set.iter().find(|(_, s)| *s) {
+                    return Err(invalid(key, "applies only with kind = \"s3\""));
+                }
+                Ok(Storage::Local)
+            }
+            "s3" => {
+                let endpoint = raw
+                    .endpoint
+                    .ok_or_else(|| invalid("storage.endpoint", "is required with kind = \"s3\""))?;
+                let allow_http = raw.allow_http.unwrap_or(false);
+                let endpoint = endpoint.trim_end_matches('/').to_owned();
+                match endpoint.split_once("://") {
+                    Some(("https", host)) if !host.is_empty() => {}
+                    Some(("http", host)) if !host.is_empty() => {
+                        if !allow_http {
+                            return Err(invalid(
+                                "storage.endpoint",
+                                "is plain http: set storage.allow_http = true to allow it (credentials and data then cross the network unencrypted)",
+                            ));
+                        }
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "storage.endpoint",
+                            &format!("`{endpoint}` is not an http(s)://HOST[:PORT] URL"),
+                        ));
+                    }
+                }
+                let bucket = raw
+                    .bucket
+                    .ok_or_else(|| invalid("storage.bucket", "is required with kind = \"s3\""))?;
+                if !is_bucket_name(&bucket) {
+                    return Err(invalid(
+                        "storage.bucket",
+                        &format!(
+                            "`{bucket}` is not an S3 bucket name (3 to 63 lower-case letters, digits, `.` and `-`)"
+                        ),
+                    ));
+                }
+                let prefix = raw.prefix.unwrap_or_default();
+                let prefix = prefix.trim_end_matches('/').to_owned();
+                if !prefix.is_empty()
+                    && prefix
+                        .split('/')
+                        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+                {
+                    return Err(invalid(
+                        "storage.prefix",
+                        &format!(
+                            "`{prefix}` is not a key prefix (no leading `/`, no empty, `.` or `..` segment)"
+                        ),
+                    ));
+                }
+                Ok(Storage::S3(S3Config {
+                    endpoint,
+                    bucket,
+                    prefix,
+                    region: raw.region.unwrap_or_else(|| DEFAULT_S3_REGION.to_owned()),
+                    allow_http,
+                    credentials_file: raw.credentials_file,
+                }))
+            }
+            other => Err(invalid(
+                "storage.kind",
+                &format!("`{other}` is not a storage kind: \"local\" or \"s3\""),
+            )),
+        }
     }
 
     /// The `node.toml` text `dsnode init` writes: the listen address and

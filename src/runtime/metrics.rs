@@ -65,6 +65,8 @@ pub struct Metrics {
     /// Serialises scrapes (they mirror counters kept elsewhere).
     scrape: Mutex<()>,
     ready: AtomicBool,
+    /// Why the node is not serving, for `/readyz`.
+    not_ready: Mutex<String>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -164,6 +166,7 @@ impl Metrics {
             forks,
             scrape: Mutex::new(()),
             ready: AtomicBool::new(false),
+            not_ready: Mutex::new("starting".into()),
         }
     }
 
@@ -215,6 +218,22 @@ impl Metrics {
     /// Whether the node is serving (its health status).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Whether the node is serving, and if not why (shown by `/readyz`).
+    pub fn set_readiness(&self, why_not: Option<&str>) {
+        *self
+            .not_ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why_not.unwrap_or("").to_owned();
+        self.set_ready(why_not.is_none());
+    }
+
+    fn why_not_ready(&self) -> String {
+        self.not_ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn is_ready(&self) -> bool {
@@ -343,11 +362,15 @@ fn answer<B>(req: &Request<B>, scrape: &Scrape) -> Response<http_body_util::Full
         }
         "/healthz" => text(StatusCode::OK, plain, "alive\n".into()),
         "/readyz" if scrape.metrics.is_ready() => text(StatusCode::OK, plain, "serving\n".into()),
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            plain,
-            "not serving\n".into(),
-        ),
+        "/readyz" => {
+            let why = scrape.metrics.why_not_ready();
+            let body = if why.is_empty() {
+                "not serving\n".to_owned()
+            } else {
+                format!("not serving: {why}\n")
+            };
+            text(StatusCode::SERVICE_UNAVAILABLE, plain, body)
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             plain,

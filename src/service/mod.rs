@@ -20,6 +20,34 @@ use crate::peer::{AccessAsk, CheckpointAnswer, CheckpointOffer, Dialer, Peer};
 use crate::runtime::tls::ConnectionRegistry;
 use crate::witness::protocol::{ExchangeError, Exchanged, Witnessing};
 
+/// What [`NodeContext::audit_storage`] found.
+#[derive(Debug, Default)]
+pub struct StorageAudit {
+    /// Where the chunks are.
+    pub store: String,
+    /// Datasets checked.
+    pub datasets: u64,
+    /// Distinct chunks read.
+    pub chunks: u64,
+    /// Bytes read and hashed.
+    pub bytes: u64,
+    /// The chunks that failed, by dataset and index.
+    pub damaged: Vec<DamagedChunk>,
+}
+
+/// A chunk a dataset needs that the store does not give back intact.
+#[derive(Debug)]
+pub struct DamagedChunk {
+    /// The dataset.
+    pub dataset: String,
+    /// The chunk's index in it.
+    pub index: u64,
+    /// The hash its signed chunk list gives it.
+    pub hash: crate::digest::Hash,
+    /// `missing`, `corrupt`, or `unreadable: …`.
+    pub problem: String,
+}
+
 /// What every service knows of the node serving it.
 pub struct NodeContext {
     /// This node's identity, from its own certificate.
@@ -46,6 +74,9 @@ pub struct NodeContext {
     pub signing_key: ed25519_dalek::SigningKey,
     /// Where dataset chunks are stored.
     pub blobs: Arc<dyn crate::dataset::blob::BlobStore>,
+    /// The node's object store (`[storage] kind = "s3"`), for `s3://`
+    /// objects to publish from or fetch into; `None` on local storage.
+    pub buckets: Option<Arc<crate::dataset::s3::Buckets>>,
     /// The datasets this node published.
     pub catalog: Arc<crate::dataset::catalog::Catalog>,
     /// One publication at a time: chunks a failed publication created are
@@ -62,6 +93,70 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
+    /// Reads every chunk of every published dataset back from the chunk
+    /// store and checks it against its hash (a few reads at once); names
+    /// each chunk that is missing, damaged or unreadable.
+    pub async fn audit_storage(&self) -> StorageAudit {
+        use crate::dataset::blob::BlobError;
+        let datasets = self.catalog.list();
+        // Each distinct chunk is read once, wherever datasets share it.
+        let mut uses: std::collections::BTreeMap<crate::digest::Hash, Vec<(String, u64)>> =
+            std::collections::BTreeMap::new();
+        for d in &datasets {
+            for (i, h) in d.chunks.iter().enumerate() {
+                uses.entry(*h)
+                    .or_default()
+                    .push((d.id.to_string(), i as u64));
+            }
+        }
+        let parallel = self.blobs.parallel_requests().clamp(1, 8);
+        let hashes: Vec<crate::digest::Hash> = uses.keys().copied().collect();
+        let mut reads = tokio::task::JoinSet::new();
+        let mut next = 0;
+        let mut audit = StorageAudit {
+            store: self.blobs.describe(),
+            datasets: datasets.len() as u64,
+            chunks: hashes.len() as u64,
+            ..StorageAudit::default()
+        };
+        loop {
+            while next < hashes.len() && reads.len() < parallel {
+                let blobs = self.blobs.clone();
+                let h = hashes[next];
+                reads.spawn_blocking(move || (h, blobs.get(&h)));
+                next += 1;
+            }
+            let Some(done) = reads.join_next().await else {
+                break;
+            };
+            let Ok((hash, read)) = done else { continue };
+            let problem = match read {
+                Ok(Some(bytes)) => {
+                    audit.bytes += bytes.len() as u64;
+                    continue;
+                }
+                Ok(None) => "missing".to_owned(),
+                Err(BlobError::Corrupt(_)) => "corrupt".to_owned(),
+                Err(e) => format!("unreadable: {e}"),
+            };
+            for (dataset, index) in uses.get(&hash).into_iter().flatten() {
+                audit.damaged.push(DamagedChunk {
+                    dataset: dataset.clone(),
+                    index: *index,
+                    hash,
+                    problem: problem.clone(),
+                });
+            }
+        }
+        audit
+            .damaged
+            .sort_by(|a, b| (&a.dataset, a.index).cmp(&(&b.dataset, b.index)));
+        for d in &audit.damaged {
+            tracing::error!(dataset = %d.dataset, chunk = d.index, problem = %d.problem, "damaged chunk in the chunk store");
+        }
+        audit
+    }
+
     /// What the witness protocol needs of this node.
     fn witnessing(&self) -> Witnessing<'_> {
         Witnessing {

@@ -171,6 +171,16 @@ impl AdminClient {
         Ok(self.rpc().status(pb::StatusRequest {}).await?.into_inner())
     }
 
+    /// `Admin.AuditStorage`: the node reads back and checks every chunk
+    /// of its published datasets.
+    pub async fn audit_storage(&self) -> Result<pb::AuditStorageResponse, PeerError> {
+        Ok(self
+            .rpc()
+            .audit_storage(pb::AuditStorageRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// `Admin.ResendReceipts`: the node submits again to the publisher at
     /// `peer` the receipts it keeps for its grant `grant_id` that its
     /// ledger does not record as taken.

@@ -85,6 +85,10 @@ pub const RPC_ACCESS: &[(&str, Access)] = &[
         "/dataspace.v1.Admin/ResendReceipts",
         Access::OwnNode(Some(Role::Consumer)),
     ),
+    (
+        "/dataspace.v1.Admin/AuditStorage",
+        Access::OwnNode(Some(Role::Publisher)),
+    ),
 ];
 
 /// Standard services every participant may use.

@@ -186,6 +186,7 @@ impl From<ServeError> for Status {
             ServeError::NotFound(m) => Status::not_found(m),
             ServeError::Refused(m) => Status::permission_denied(m),
             e @ ServeError::MissingChunk { .. } => Status::data_loss(e.to_string()),
+            e @ ServeError::StoreUnavailable => Status::unavailable(e.to_string()),
             ServeError::Book { context, source } => book(context, source),
             ServeError::Ledger { context, source } => ledger(context, source),
             e @ ServeError::NoCheckpoint => Status::internal(e.to_string()),
@@ -221,7 +222,7 @@ impl From<FetchError> for Status {
                     s.code(),
                     format!(
                         "the content is at {} and verified, but the publisher did not take the receipt: {}; `dsnode receipts resend` submits it again",
-                        out.display(),
+                        out,
                         s.message()
                     ),
                 )
@@ -243,8 +244,26 @@ impl From<PublishError> for Status {
             }
             PublishError::File(e) => internal("storing the dataset", &e),
             e @ PublishError::Interrupted(_) => Status::cancelled(e.to_string()),
-            PublishError::Store { context, source } => internal(context, &*source),
+            PublishError::Store { context, source } => {
+                match source.downcast_ref::<crate::dataset::blob::BlobError>() {
+                    Some(crate::dataset::blob::BlobError::Object(e)) => object(context, e),
+                    _ => internal(context, &*source),
+                }
+            }
         }
+    }
+}
+
+/// An object-store failure, for the node's own operator (the message
+/// names the bucket; peers are never shown it).
+pub fn object(context: &str, e: &crate::dataset::s3::ObjectError) -> Status {
+    use crate::dataset::s3::ObjectError as E;
+    let message = format!("{context}: {e}");
+    match e {
+        E::Unreachable { .. } | E::Failed { .. } => Status::unavailable(message),
+        E::Credentials { .. } => Status::permission_denied(message),
+        E::NotFound { .. } => Status::not_found(message),
+        E::Invalid(_) => Status::invalid_argument(message),
     }
 }
 

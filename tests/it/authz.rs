@@ -43,6 +43,7 @@ const TABLE: &[(&str, Expect)] = &[
         "/dataspace.v1.Admin/ResendReceipts",
         Expect::OwnNodeConsumer,
     ),
+    ("/dataspace.v1.Admin/AuditStorage", Expect::OwnNode),
     ("/grpc.health.v1.Health/Check", Expect::Anyone),
 ];
 

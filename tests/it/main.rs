@@ -20,6 +20,7 @@ mod merkle;
 mod mtls;
 mod ops;
 mod rotation;
+mod s3;
 mod slowloris;
 mod support;
 mod threats;

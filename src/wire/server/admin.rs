@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{NodeContext, SOFTWARE_VERSION, catalog, grant_id};
 use crate::exchange::fetch::{FetchOrder, MAX_STREAMS, Progress, default_streams};
+use crate::exchange::transfer::{ObjectOutput, Output};
 use crate::wire::{pb, status};
 
 /// `dataspace.v1.Admin`.
@@ -70,10 +71,25 @@ impl pb::admin_server::Admin for AdminService {
                 "streams: at most {MAX_STREAMS}, not {streams}"
             )));
         }
+        let out = if crate::dataset::s3::ObjectUrl::is_url(&out) {
+            let url = crate::dataset::s3::ObjectUrl::parse(&out)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let buckets = self.node.buckets.as_ref().ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "{url}: this node has no object store; fetching into s3:// needs [storage] kind = \"s3\" in node.toml (its endpoint and credentials)"
+                ))
+            })?;
+            let bucket = buckets
+                .bucket(&url.bucket)
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            Output::Object(ObjectOutput { bucket, url })
+        } else {
+            Output::File(out.into())
+        };
         let order = FetchOrder {
             grant: grant_id(&grant)?,
             peer,
-            out: out.into(),
+            out,
             force,
             retries,
             streams: if streams == 0 {
@@ -196,6 +212,29 @@ impl pb::admin_server::Admin for AdminService {
                     transfer_index: r.transfer_index,
                     ledger_index: r.ledger_index,
                     publisher_ledger_index: r.publisher_ledger_index,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn audit_storage(
+        &self,
+        _request: Request<pb::AuditStorageRequest>,
+    ) -> Result<Response<pb::AuditStorageResponse>, Status> {
+        let audit = self.node.audit_storage().await;
+        Ok(Response::new(pb::AuditStorageResponse {
+            store: audit.store,
+            datasets: audit.datasets,
+            chunks: audit.chunks,
+            bytes: audit.bytes,
+            damaged: audit
+                .damaged
+                .into_iter()
+                .map(|d| pb::DamagedChunk {
+                    dataset_id: d.dataset,
+                    chunk_index: d.index,
+                    chunk_sha256: data_encoding::HEXLOWER.encode(&d.hash),
+                    problem: d.problem,
                 })
                 .collect(),
         }))

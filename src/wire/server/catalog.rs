@@ -135,6 +135,7 @@ fn publish_request(h: pb::PublishHeader) -> Result<(PublishRequest, u64), Status
         supersedes,
         chunk_size,
         size,
+        source: _,
     } = h;
     let bad = |e: &dyn std::fmt::Display| Status::invalid_argument(e.to_string());
     let policy = Policy::from_toml(&policy_toml).map_err(|e| bad(&e))?;
@@ -188,7 +189,11 @@ pub(super) async fn publish(
             "a publish stream starts with its header",
         ));
     };
+    let source = header.source.clone();
     let (request, announced) = publish_request(header)?;
+    if !source.is_empty() {
+        return publish_object(node, request, announced, &source, stream).await;
+    }
     let pieces = stream.map(|msg| match msg {
         Ok(pb::PublishRequest {
             part: Some(pb::publish_request::Part::Data(bytes)),
@@ -198,14 +203,69 @@ pub(super) async fn publish(
         )),
         Err(s) => Err(PublishError::Interrupted(s.message().to_owned())),
     });
-    let (dataset, appended) = node
+    let published = node
         .publishing()
         .publish(request, announced, pieces)
         .await?;
-    Ok(pb::PublishResponse {
+    Ok(published_response(published))
+}
+
+fn published_response(
+    (dataset, appended): (
+        std::sync::Arc<crate::dataset::catalog::Dataset>,
+        crate::ledger::Appended,
+    ),
+) -> pb::PublishResponse {
+    pb::PublishResponse {
         dataset_id: dataset.id.to_string(),
         manifest: Some(dataset.manifest.envelope().into()),
         ledger_index: appended.index,
         checkpoint: appended.checkpoint.note.clone().into_bytes(),
-    })
+        size: dataset.manifest.value().size,
+    }
+}
+
+/// `Admin.Publish` of an object already in the node's object store: the
+/// node reads it once, streamed; the caller's stream must end after the
+/// header. The object's size is checked against what the read carries
+/// (and against `announced`, if the caller stated one).
+async fn publish_object(
+    node: &NodeContext,
+    request: PublishRequest,
+    announced: u64,
+    source: &str,
+    mut stream: Streaming<pb::PublishRequest>,
+) -> Result<pb::PublishResponse, Status> {
+    use crate::dataset::s3::ObjectUrl;
+    let url = ObjectUrl::parse(source).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if stream.next().await.is_some() {
+        return Err(Status::invalid_argument(
+            "a publish of an object (header.source) carries no data after its header",
+        ));
+    }
+    let buckets = node.buckets.as_ref().ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "{url}: this node has no object store; publishing from s3:// needs [storage] kind = \"s3\" in node.toml (its endpoint and credentials)"
+        ))
+    })?;
+    let bucket = buckets
+        .bucket(&url.bucket)
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    let (size, pieces) = bucket
+        .read(&url.key)
+        .await
+        .map_err(|e| crate::wire::status::object(&format!("reading {url}"), &e))?;
+    if announced != 0 && announced != size {
+        return Err(Status::failed_precondition(format!(
+            "{url} is {size} bytes, not the {announced} the request states"
+        )));
+    }
+    let pieces = pieces.map(move |piece| {
+        piece
+            .map(|b| b.to_vec())
+            .map_err(|e| PublishError::Interrupted(format!("reading the object: {e}")))
+    });
+    let published = node.publishing().publish(request, size, pieces).await?;
+    tracing::info!(source = %url, dataset = %published.0.id, "published an object");
+    Ok(published_response(published))
 }
