@@ -51,7 +51,11 @@
 //!   counted (on a virtual machine, the first writes to guest memory
 //!   never touched before cost a host fault each, whichever way runs
 //!   first).
-//! - `DSNODE_BENCH_PHASES` (`tmpfs,disk,rss`): which phases run.
+//! - `DSNODE_BENCH_PHASES` (`tmpfs,disk,rss`): which phases run; `s3`
+//!   (not run by default) publishes and fetches with both nodes' chunks
+//!   in an S3 bucket (s3s-fs on loopback, which must be installed: `.ci/run`
+//!   does) against the same on the local disk, and prints the ratios and
+//!   each node's peak RSS.
 //! - `DSNODE_BENCH_TRANSPORT` (unset): `[transport]` keys for both nodes'
 //!   `node.toml`, `;`-separated (`max_frame_size = 1048576; stream_window
 //!   = 16777216`), to compare HTTP/2 settings.
@@ -109,6 +113,7 @@ enum Phase {
     Tmpfs,
     Disk,
     Rss,
+    S3,
 }
 
 /// What to run, from the environment (see the module docs).
@@ -135,8 +140,9 @@ impl Settings {
                 "tmpfs" => Ok(Phase::Tmpfs),
                 "disk" => Ok(Phase::Disk),
                 "rss" => Ok(Phase::Rss),
+                "s3" => Ok(Phase::S3),
                 other => Err(format!(
-                    "DSNODE_BENCH_PHASES names {other:?}: expected tmpfs, disk or rss"
+                    "DSNODE_BENCH_PHASES names {other:?}: expected tmpfs, disk, rss or s3"
                 )),
             })
             .collect::<Result<_, _>>()?;
@@ -1296,5 +1302,298 @@ async fn main() -> Result<(), BoxError> {
     if s.runs(Phase::Rss) {
         measure_rss(&bin, &s).await?;
     }
+    if s.runs(Phase::S3) {
+        s3::measure(&bin, &s).await?;
+    }
     Ok(())
+}
+
+/// The `s3` phase (issue 16): publish and fetch with both nodes' chunks in
+/// an S3 bucket (s3s-fs on loopback, its root on the same disk) against the
+/// same with both on the local disk, in one run; peak RSS of each node.
+mod s3 {
+    use super::*;
+
+    /// s3s-fs's access key for the bench (loopback only).
+    const KEY: (&str, &str) = ("AKIDSNODEBENCH", "dsnode-bench-secret");
+    const BUCKET: &str = "bench";
+
+    /// s3s-fs on loopback, killed on drop.
+    struct Server {
+        child: Child,
+        endpoint: String,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn start_server(root: &Path) -> Result<Server, BoxError> {
+        use std::io::BufRead;
+        let home = std::env::var("HOME").unwrap_or_default();
+        let bin = on_path("s3s-fs")
+            .or_else(|| Some(PathBuf::from(format!("{home}/.cargo/bin/s3s-fs"))))
+            .filter(|p| p.exists())
+            .ok_or("no s3s-fs: cargo install s3s-fs --version 0.14.1 --features binary --locked")?;
+        std::fs::create_dir_all(root.join(BUCKET))?;
+        let mut child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", "0", "--access-key", KEY.0])
+            .args(["--secret-key", KEY.1])
+            .arg(root)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = std::io::BufReader::new(out).lines();
+        let endpoint = loop {
+            let line = lines.next().ok_or("s3s-fs ended")??;
+            if let Some(at) = line.find("server is running at ") {
+                break line[at + "server is running at ".len()..].trim().to_owned();
+            }
+        };
+        // Keep draining its log so that it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Server { child, endpoint })
+    }
+
+    /// Puts both nodes of `space` on the bucket, each under its prefix.
+    fn use_bucket(space: &Space, endpoint: &str, prefix: &str) -> Result<(), BoxError> {
+        for (dir, role) in [
+            (&space.publisher, "publisher"),
+            (&space.consumer, "consumer"),
+        ] {
+            let mut toml = std::fs::read_to_string(dir.config())?;
+            toml.push_str(&format!(
+                "\n[storage]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{BUCKET}\"\nprefix = \"{prefix}/{role}\"\nallow_http = true\ncredentials_file = \"s3.credentials\"\n"
+            ));
+            std::fs::write(dir.config(), toml)?;
+            fsutil::write_atomic(
+                &dir.root().join("s3.credentials"),
+                format!(
+                    "access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+                    KEY.0, KEY.1
+                )
+                .as_bytes(),
+                0o600,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One way's figures.
+    #[derive(Default)]
+    struct Run {
+        publish_mb_s: f64,
+        publish_object_mb_s: Option<f64>,
+        fetch_mb_s: f64,
+        publisher_rss: f64,
+        consumer_rss: f64,
+    }
+
+    fn header(mib: usize, source: Option<String>) -> pb::PublishHeader {
+        pb::PublishHeader {
+            title: format!("bench {mib} MiB"),
+            description: "object storage benchmark".into(),
+            media_type: "application/octet-stream".into(),
+            policy_toml: POLICY.into(),
+            size: (mib * CHUNK) as u64,
+            source: source.unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    /// Publishes (streamed through the Admin API, as `dsnode publish
+    /// FILE` does), and for the bucket also from an object already in it;
+    /// then fetches with N streams into a file (local) or an object.
+    async fn one_way(
+        bin: &Path,
+        root: &Path,
+        server: Option<(&Server, &str)>,
+        s: &Settings,
+        sha256: &[u8; 32],
+    ) -> Result<Run, BoxError> {
+        let space = Space::new(root)?;
+        if let Some((server, prefix)) = server {
+            use_bucket(&space, &server.endpoint, prefix)?;
+        }
+        let publisher = NodeProcess::start(bin, &space.publisher).await?;
+        let consumer = NodeProcess::start(bin, &space.consumer).await?;
+        for p in [&publisher, &consumer] {
+            reset_peak_rss(p.pid())?;
+        }
+        let bytes = (s.mib * CHUNK) as f64;
+        let admin = AdminClient::new(&publisher.connect().await?);
+        let started = Instant::now();
+        let dataset = admin
+            .publish(header(s.mib, None), tokio_stream::iter(0..s.mib).map(piece))
+            .await?
+            .dataset_id;
+        let mut run = Run {
+            publish_mb_s: bytes / started.elapsed().as_secs_f64() / 1e6,
+            ..Run::default()
+        };
+        let out = match server {
+            Some((server, prefix)) => {
+                // The same content as an object of its own, published
+                // where it is.
+                let key = format!("{prefix}/incoming/content.bin");
+                let file = root.join(CONTENT);
+                write_content(&file, s.mib)?;
+                let config = dsnode::runtime::config::S3Config {
+                    endpoint: server.endpoint.clone(),
+                    bucket: BUCKET.into(),
+                    prefix: String::new(),
+                    region: "us-east-1".into(),
+                    allow_http: true,
+                    credentials_file: None,
+                };
+                let creds = dsnode::runtime::config::S3Credentials {
+                    access_key_id: KEY.0.into(),
+                    secret_access_key: KEY.1.into(),
+                    session_token: None,
+                };
+                let bucket = dsnode::dataset::s3::Bucket::connect(&config, &creds, BUCKET)?;
+                let url = dsnode::dataset::s3::ObjectUrl::parse(&format!("s3://{BUCKET}/{key}"))?;
+                bucket.upload_file(&url.key, &file).await?;
+                std::fs::remove_file(&file)?;
+                let mut h = header(s.mib, Some(url.to_string()));
+                h.title = format!("bench {} MiB, from an object", s.mib);
+                let started = Instant::now();
+                admin.publish(h, tokio_stream::empty()).await?;
+                run.publish_object_mb_s = Some(bytes / started.elapsed().as_secs_f64() / 1e6);
+                PathBuf::from(format!("s3://{BUCKET}/{prefix}/received/out.bin"))
+            }
+            None => root.join("out.bin"),
+        };
+        let ask = dsnode::peer::AccessAsk {
+            dataset_id: dataset,
+            purpose: "benchmark".into(),
+            actions: vec!["read".into()],
+            duration_secs: 0,
+        };
+        let consumer_admin = AdminClient::new(&consumer.connect().await?);
+        let r = consumer_admin
+            .request_access(&publisher.addr.to_string(), ask)
+            .await?;
+        let env: dsnode::envelope::Envelope = r.grant.ok_or("no grant")?.into();
+        let grant = dsnode::exchange::grant::Grant::decode(&env.payload)?
+            .id
+            .to_string();
+        let started = Instant::now();
+        let mut events = consumer_admin
+            .fetch(
+                &publisher.addr.to_string(),
+                &grant,
+                &out,
+                &FetchOptions {
+                    streams: s.streams,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        while let Some(e) = events.next().await? {
+            if let FetchEvent::Done(done) = e {
+                if done.content_sha256 != *sha256 {
+                    return Err("the fetched content's SHA-256 is not the content's".into());
+                }
+                run.fetch_mb_s = bytes / started.elapsed().as_secs_f64() / 1e6;
+            }
+        }
+        if run.fetch_mb_s == 0.0 {
+            return Err("the fetch ended without a result".into());
+        }
+        run.publisher_rss = peak_rss_mib(publisher.pid())?;
+        run.consumer_rss = peak_rss_mib(consumer.pid())?;
+        Ok(run)
+    }
+
+    pub(super) async fn measure(bin: &Path, s: &Settings) -> Result<(), BoxError> {
+        let root = tempfile::Builder::new()
+            .prefix(".s3-bench-")
+            .tempdir_in(std::env::current_dir()?)?;
+        println!();
+        println!(
+            "== object storage: {} MiB published and fetched (N = {} streams), chunks on the local disk vs in an S3 bucket (s3s-fs on loopback, root on the same disk: {}, {}); load average {}",
+            s.mib,
+            s.streams,
+            root.path().display(),
+            fs_type(root.path()),
+            load_average()
+        );
+        let server = match start_server(&root.path().join("s3")) {
+            Ok(server) => server,
+            Err(why) => {
+                println!("  skipped: {why}");
+                return Ok(());
+            }
+        };
+        let sha256 = {
+            let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+            for i in 0..s.mib {
+                hash.update(&piece(i));
+            }
+            let mut h = [0u8; 32];
+            h.copy_from_slice(hash.finish().as_ref());
+            h
+        };
+        let mut local = Vec::new();
+        let mut bucket = Vec::new();
+        // The ways take turns, run after run.
+        for round in 0..s.rounds {
+            let dir = root.path().join(format!("local-{round}"));
+            local.push(one_way(bin, &dir, None, s, &sha256).await?);
+            std::fs::remove_dir_all(&dir)?;
+            let dir = root.path().join(format!("s3-{round}"));
+            let prefix = format!("round-{round}");
+            bucket.push(one_way(bin, &dir, Some((&server, &prefix)), s, &sha256).await?);
+            std::fs::remove_dir_all(&dir)?;
+            std::fs::remove_dir_all(root.path().join("s3").join(BUCKET).join(&prefix))?;
+        }
+        let best = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).fold(0.0, f64::max);
+        let worst = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).fold(0.0, f64::max);
+        let line = |label: &str, l: f64, b: f64| {
+            println!(
+                "  {label:<44} local {l:7.0}   s3 {b:7.0}   s3/local {:5.2}",
+                b / l
+            );
+        };
+        println!(
+            "  (MB/s: the best of {} runs; peak RSS: the largest, MiB)",
+            s.rounds
+        );
+        line(
+            "publish (streamed through the Admin API)",
+            best(&local, |r| r.publish_mb_s),
+            best(&bucket, |r| r.publish_mb_s),
+        );
+        let object = bucket
+            .iter()
+            .filter_map(|r| r.publish_object_mb_s)
+            .fold(0.0, f64::max);
+        println!(
+            "  {:<44} {:>13}   s3 {object:7.0}",
+            "publish s3://object (read by the node)", ""
+        );
+        line(
+            "fetch (file / s3:// out, N streams)",
+            best(&local, |r| r.fetch_mb_s),
+            best(&bucket, |r| r.fetch_mb_s),
+        );
+        line(
+            "peak RSS publisher",
+            worst(&local, |r| r.publisher_rss),
+            worst(&bucket, |r| r.publisher_rss),
+        );
+        line(
+            "peak RSS consumer",
+            worst(&local, |r| r.consumer_rss),
+            worst(&bucket, |r| r.consumer_rss),
+        );
+        Ok(())
+    }
 }

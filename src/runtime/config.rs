@@ -268,7 +268,9 @@ impl S3Config {
     pub fn credentials(&self, data_dir: &DataDir) -> Result<S3Credentials, String> {
         if let Some(file) = &self.credentials_file {
             let path = data_dir.root().join(file);
-            let text = fsutil::read_to_string(&path).map_err(|e| e.to_string())?;
+            let bytes = fsutil::read_secret(&path).map_err(|e| e.to_string())?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
             let creds: S3Credentials = toml::from_str(&text).map_err(|e| {
                 format!(
                     "{}: {} (expected access_key_id = \"…\" and secret_access_key = \"…\")",
@@ -765,6 +767,144 @@ mod tests {
         accepted.sort();
         documented.sort();
         assert_eq!(accepted, documented);
+    }
+
+    /// docs/configuration.md names every `[storage]` key, and the
+    /// defaults it gives are the code's.
+    #[test]
+    fn the_storage_reference_matches_the_code() {
+        let doc = include_str!("../../docs/configuration.md");
+        let table = doc
+            .split("## `[storage]`")
+            .nth(1)
+            .and_then(|t| t.split("\n## ").next())
+            .expect("a [storage] section");
+        let mut documented: Vec<String> = table
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                l.split('|')
+                    .nth(1)
+                    .expect("key")
+                    .trim()
+                    .trim_matches('`')
+                    .to_owned()
+            })
+            .collect();
+        documented.sort();
+        let err = parse("listen = \"127.0.0.1:1\"\n[storage]\nno_such_key = 1\n")
+            .expect_err("unknown")
+            .to_string();
+        let expected = err.split("expected one of").nth(1).expect("field list");
+        let mut accepted: Vec<String> = expected
+            .split(',')
+            .map(|f| f.trim().trim_matches('`').to_owned())
+            .filter(|f| !f.is_empty())
+            .collect();
+        accepted.sort();
+        assert_eq!(accepted, documented);
+        assert!(table.contains("| `kind` | `\"local\"` |"));
+        assert!(table.contains(&format!("| `region` | `\"{DEFAULT_S3_REGION}\"` |")));
+        assert!(table.contains("| `prefix` | `\"\"` |"));
+        assert!(table.contains("| `allow_http` | `false` |"));
+        assert_eq!(
+            parse("listen = \"127.0.0.1:1\"\n").expect("local").storage,
+            Storage::Local
+        );
+        let s3 = parse(
+            "listen = \"127.0.0.1:1\"\n[storage]\nkind = \"s3\"\nendpoint = \"https://s3.example/\"\nbucket = \"city-data\"\n",
+        )
+        .expect("s3");
+        assert_eq!(
+            s3.storage,
+            Storage::S3(S3Config {
+                endpoint: "https://s3.example".into(),
+                bucket: "city-data".into(),
+                prefix: String::new(),
+                region: DEFAULT_S3_REGION.into(),
+                allow_http: false,
+                credentials_file: None,
+            })
+        );
+    }
+
+    #[test]
+    fn bad_storage_settings_are_named() {
+        let base = "listen = \"127.0.0.1:1\"\n[storage]\n";
+        for (body, key, says) in [
+            ("kind = \"ftp\"", "storage.kind", "\"local\" or \"s3\""),
+            (
+                "kind = \"s3\"\nbucket = \"b-1\"",
+                "storage.endpoint",
+                "is required",
+            ),
+            (
+                "kind = \"s3\"\nendpoint = \"https://x\"",
+                "storage.bucket",
+                "is required",
+            ),
+            (
+                "kind = \"s3\"\nendpoint = \"http://x:9000\"\nbucket = \"b-1\"",
+                "storage.endpoint",
+                "allow_http = true",
+            ),
+            (
+                "kind = \"s3\"\nendpoint = \"s3.example\"\nbucket = \"b-1\"",
+                "storage.endpoint",
+                "not an http(s)",
+            ),
+            (
+                "kind = \"s3\"\nendpoint = \"https://x\"\nbucket = \"My_Bucket\"",
+                "storage.bucket",
+                "not an S3 bucket name",
+            ),
+            (
+                "kind = \"s3\"\nendpoint = \"https://x\"\nbucket = \"b-1\"\nprefix = \"a//b\"",
+                "storage.prefix",
+                "not a key prefix",
+            ),
+            (
+                "bucket = \"b-1\"",
+                "storage.bucket",
+                "only with kind = \"s3\"",
+            ),
+        ] {
+            let msg = parse(&format!("{base}{body}\n"))
+                .expect_err(body)
+                .to_string();
+            assert!(msg.contains(key) && msg.contains(says), "{body}: {msg}");
+        }
+    }
+
+    #[test]
+    fn credentials_come_from_a_file_and_never_show() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = DataDir::new(dir.path());
+        let cfg = S3Config {
+            endpoint: "https://x".into(),
+            bucket: "b-1".into(),
+            prefix: String::new(),
+            region: DEFAULT_S3_REGION.into(),
+            allow_http: false,
+            credentials_file: Some("s3.credentials".into()),
+        };
+        let missing = cfg.credentials(&data).expect_err("no file");
+        assert!(missing.contains("s3.credentials"), "{missing}");
+        let file = dir.path().join("s3.credentials");
+        let write = |text: &str, mode: u32| {
+            fsutil::write_atomic(&file, text.as_bytes(), mode).expect("write");
+        };
+        write("access_key_id = \"AK\"\n", 0o600);
+        let partial = cfg.credentials(&data).expect_err("no secret");
+        assert!(partial.contains("secret_access_key"), "{partial}");
+        let full = "access_key_id = \"AK\"\nsecret_access_key = \"very-secret\"\n";
+        write(full, 0o644);
+        let exposed = cfg.credentials(&data).expect_err("world-readable");
+        assert!(exposed.contains("chmod 600"), "{exposed}");
+        write(full, 0o600);
+        let creds = cfg.credentials(&data).expect("credentials");
+        assert_eq!(creds.access_key_id, "AK");
+        assert!(!format!("{creds:?}").contains("very-secret"));
     }
 
     #[test]
