@@ -253,15 +253,20 @@ pub(super) async fn audit(command: AuditCommand) -> Result<Output> {
                 .iter()
                 .map(|d| json!({"dataset_id": d.dataset_id, "chunk_index": d.chunk_index, "chunk_sha256": d.chunk_sha256, "problem": d.problem}))
                 .collect();
+            let json = json!({"store": r.store, "datasets": r.datasets, "chunks": r.chunks, "bytes": r.bytes, "damaged": damaged});
             if !r.damaged.is_empty() {
-                anyhow::bail!(
-                    "{text}\n{} damaged chunk(s): fetches of those datasets fail until the chunks are restored (from a backup; or delete the damaged objects and publish the same content again: the same bytes make the same chunks)",
-                    r.damaged.len()
-                );
+                return Err(ReportedFailure(Output {
+                    text: format!(
+                        "{text}\n{} damaged chunk(s): fetches of those datasets fail until the chunks are restored (from a backup; or delete the damaged objects and publish the same content again: the same bytes make the same chunks)",
+                        r.damaged.len()
+                    ),
+                    json,
+                })
+                .into());
             }
             Ok(Output {
                 text: format!("{text}\n  every chunk matches its hash"),
-                json: json!({"store": r.store, "datasets": r.datasets, "chunks": r.chunks, "bytes": r.bytes, "damaged": damaged}),
+                json,
             })
         }
         AuditCommand::Checkpoint { client, peer } => {

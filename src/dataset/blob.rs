@@ -62,11 +62,17 @@ pub trait BlobStore: Send + Sync + 'static {
     fn probe(&self) -> Result<(), BlobError>;
     /// Where the store is, for messages.
     fn describe(&self) -> String;
-    /// Whether a removal failed since the last sweep
-    /// ([`BlobStore::collect_garbage`]): blobs nothing references may be
-    /// left, for the next sweep to remove.
-    fn has_leftovers(&self) -> bool {
-        false
+    /// Blobs a failed publication may have left behind (a removal
+    /// failed, or a put failed without saying whether it stored): what
+    /// [`BlobStore::remove_leftovers`] will try.
+    fn leftovers(&self) -> Vec<Hash> {
+        Vec::new()
+    }
+    /// Removes the leftovers not in `keep` (every blob a dataset
+    /// references, on disk or published); returns how many it tried. Run
+    /// only when no publication is in progress.
+    fn remove_leftovers(&self, _keep: &std::collections::HashSet<Hash>) -> usize {
+        0
     }
     /// Requests worth having in flight at once: puts of a publication,
     /// reads ahead of a transfer stream (a remote store fills its link

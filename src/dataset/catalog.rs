@@ -324,6 +324,26 @@ impl Catalog {
             .collect()
     }
 
+    /// Every chunk named by a chunk list on disk (`datasets/*/chunks`):
+    /// the published datasets', and those of a publication whose ledger
+    /// outcome is not known yet (settled at the next start), which a
+    /// running node must not remove either.
+    pub fn chunks_on_disk(&self) -> std::collections::HashSet<Hash> {
+        let mut all = self.referenced_chunks();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return all;
+        };
+        for entry in entries.flatten() {
+            if let Some(chunks) = std::fs::read(entry.path().join("chunks"))
+                .ok()
+                .and_then(|raw| decode_chunk_list(&raw))
+            {
+                all.extend(chunks);
+            }
+        }
+        all
+    }
+
     /// A dataset by id.
     pub fn get(&self, id: &DatasetId) -> Option<Arc<Dataset>> {
         self.read().get(id).cloned()

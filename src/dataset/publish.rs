@@ -35,6 +35,13 @@ pub struct Publishing<'a> {
 }
 
 impl Publishing<'_> {
+    /// Removes the chunks a failed publication created, off the runtime's
+    /// threads (an object store's deletes are round trips).
+    async fn remove(&self, created: Vec<crate::digest::Hash>) {
+        let blobs = self.blobs.clone();
+        let _ = tokio::task::spawn_blocking(move || blobs.remove(&created)).await;
+    }
+
     /// Publishes the content of `pieces` under `request`; `announced` is
     /// the size the publisher stated (0: not stated), checked against what
     /// arrives. A piece that is an `Err` ends the publication with it.
@@ -100,7 +107,7 @@ impl Publishing<'_> {
             })
         });
         if let Some(e) = failure {
-            self.blobs.remove(&chunked.created);
+            self.remove(chunked.created).await;
             return Err(e);
         }
         let created = chunked.created.clone();
@@ -117,7 +124,7 @@ impl Publishing<'_> {
                 // If the ledger may hold the entry, keep everything: the
                 // catalog settles it against the ledger at the next start.
                 if !matches!(e, PublishError::Uncertain(_)) {
-                    self.blobs.remove(&created);
+                    self.remove(created).await;
                 }
                 Err(e)
             }

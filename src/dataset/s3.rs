@@ -106,10 +106,14 @@ impl Bucket {
         // reqwest is built without a default TLS provider: the node's
         // (ring) is installed once for the process.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // No limit on a whole request (reading a large object to publish
+        // it takes as long as it takes), but a connection that sends
+        // nothing for 30 s is dead.
         let options = object_store::ClientOptions::new()
             .with_allow_http(config.allow_http)
             .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(120));
+            .with_timeout_disabled()
+            .with_read_timeout(Duration::from_secs(30));
         let retry = object_store::RetryConfig {
             max_retries: 3,
             retry_timeout: Duration::from_secs(15),
@@ -421,8 +425,8 @@ impl ObjectUrl {
                 "a bucket name is 3 to 63 lower-case letters, digits, `.` and `-`",
             ));
         }
-        if key.is_empty() || key.ends_with('/') {
-            return Err(bad("the key is empty or ends with /"));
+        if key.is_empty() || key.starts_with('/') || key.ends_with('/') {
+            return Err(bad("the key is empty, or starts or ends with /"));
         }
         let key = ObjectPath::parse(key).map_err(|e| bad(&e.to_string()))?;
         Ok(Self {
@@ -453,6 +457,20 @@ impl Buckets {
     /// The configuration.
     pub fn config(&self) -> &S3Config {
         &self.config
+    }
+
+    /// Whether `url` names an object of the node's chunk store (under its
+    /// prefix's `sha256/` or probe names), which the store may remove.
+    pub fn owns(&self, url: &ObjectUrl) -> bool {
+        let own = |dir: &str| {
+            object_path(&self.config.prefix, dir).is_ok_and(|d| url.key.prefix_matches(&d))
+        };
+        url.bucket == self.config.bucket && (own("sha256") || own(".dsnode-probe"))
+    }
+
+    /// A client of its own for `bucket` (its own connection pool).
+    pub fn connect(&self, name: &str) -> Result<Bucket, ObjectError> {
+        Bucket::connect(&self.config, &self.credentials, name)
     }
 
     /// A client for `bucket` (made once).
@@ -531,10 +549,14 @@ impl Drop for Io {
 pub struct S3BlobStore {
     bucket: Bucket,
     prefix: String,
+    /// `PREFIX/sha256`.
+    dir: ObjectPath,
     io: Io,
-    /// A removal failed (the store went away): the next sweep removes
-    /// what it left.
-    leftovers: Arc<std::sync::atomic::AtomicBool>,
+    /// Chunks a failed publication may have left: a removal failed, or a
+    /// put failed without saying whether it stored the object (the store
+    /// went away). [`BlobStore::remove_leftovers`] removes those nothing
+    /// references once the store answers.
+    leftovers: std::sync::Mutex<HashSet<Hash>>,
 }
 
 impl S3BlobStore {
@@ -543,21 +565,24 @@ impl S3BlobStore {
     pub fn open(buckets: &Buckets) -> Result<Self, BlobError> {
         let config = buckets.config();
         Ok(Self {
-            bucket: buckets.bucket(&config.bucket)?,
+            // A client of its own: its connections are driven by `io`.
+            bucket: buckets.connect(&config.bucket)?,
             prefix: config.prefix.clone(),
+            dir: object_path(&config.prefix, "sha256")?,
             io: Io::new()?,
-            leftovers: Arc::default(),
+            leftovers: std::sync::Mutex::default(),
         })
     }
 
     fn key(&self, hash: &Hash) -> ObjectPath {
-        let name = format!("sha256/{}", data_encoding::HEXLOWER.encode(hash));
-        // The prefix was checked by the configuration, the name is hex.
-        object_path(&self.prefix, &name).unwrap_or_else(|_| ObjectPath::from(name))
+        self.dir.clone().join(data_encoding::HEXLOWER.encode(hash))
     }
 
-    fn chunks_dir(&self) -> ObjectPath {
-        object_path(&self.prefix, "sha256").unwrap_or_else(|_| ObjectPath::from("sha256"))
+    fn left(&self, hashes: impl IntoIterator<Item = Hash>) {
+        self.leftovers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(hashes);
     }
 }
 
@@ -566,7 +591,7 @@ impl BlobStore for S3BlobStore {
         let bucket = self.bucket.clone();
         let key = self.key(hash);
         let body = Bytes::copy_from_slice(bytes);
-        self.io.run(async move {
+        let put = self.io.run(async move {
             // Whether this put created the chunk decides whether a failed
             // publication removes it; a chunk another dataset shares is
             // never removed. Publications run one at a time.
@@ -575,7 +600,12 @@ impl BlobStore for S3BlobStore {
             }
             bucket.put(&key, body).await?;
             Ok(true)
-        })
+        });
+        if put.is_err() {
+            // The object may have been stored all the same.
+            self.left([*hash]);
+        }
+        put
     }
 
     fn parallel_requests(&self) -> usize {
@@ -585,48 +615,84 @@ impl BlobStore for S3BlobStore {
 
     fn remove(&self, hashes: &[Hash]) {
         let bucket = self.bucket.clone();
-        let keys: Vec<ObjectPath> = hashes.iter().map(|h| self.key(h)).collect();
+        let keys: Vec<(Hash, ObjectPath)> = hashes.iter().map(|h| (*h, self.key(h))).collect();
         let result = self.io.run(async move {
-            for key in keys {
-                // Past the first failure the rest are left to the sweep
-                // (a store that went away fails each after its retries).
-                bucket.delete(&key).await?;
+            for (i, (_, key)) in keys.iter().enumerate() {
+                // Past the first failure the rest are left for later (a
+                // store that went away fails each after its retries).
+                if let Err(e) = bucket.delete(key).await {
+                    return Ok(Some((
+                        e,
+                        keys[i..].iter().map(|(h, _)| *h).collect::<Vec<_>>(),
+                    )));
+                }
             }
-            Ok(())
+            Ok(None)
         });
-        if let Err(e) = result {
-            self.leftovers
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            tracing::warn!(error = %e, "could not remove chunks; the next sweep will");
+        match result {
+            Ok(None) => {}
+            Ok(Some((e, left))) => {
+                tracing::warn!(error = %e, left = left.len(), "could not remove chunks; they are removed once the store answers");
+                self.left(left);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove chunks; they are removed once the store answers");
+                self.left(hashes.iter().copied());
+            }
         }
     }
 
-    fn has_leftovers(&self) -> bool {
-        self.leftovers.load(std::sync::atomic::Ordering::SeqCst)
+    fn leftovers(&self) -> Vec<Hash> {
+        self.leftovers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    fn remove_leftovers(&self, keep: &HashSet<Hash>) -> usize {
+        let taken: Vec<Hash> = std::mem::take(
+            &mut *self
+                .leftovers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect();
+        // Those a dataset references now (a later publication of the
+        // same bytes) stay; a removal that fails again is queued again.
+        let gone: Vec<Hash> = taken.into_iter().filter(|h| !keep.contains(h)).collect();
+        self.remove(&gone);
+        gone.len()
     }
 
     fn collect_garbage(&self, keep: &HashSet<Hash>) -> Result<Sweep, BlobError> {
         let bucket = self.bucket.clone();
-        let dir = self.chunks_dir();
+        let dir = self.dir.clone();
         let keep = keep.clone();
-        let leftovers = self.leftovers.clone();
-        leftovers.store(false, std::sync::atomic::Ordering::SeqCst);
         let swept = self.io.run(async move {
             let mut listing = bucket.store.list(Some(&dir));
             let mut seen = HashSet::new();
             let mut unreferenced = Vec::new();
             while let Some(meta) = listing.next().await {
                 let meta = meta.map_err(|e| bucket.error(dir.as_ref(), e))?;
+                // Only names this store makes (`sha256/<64 hex>` right
+                // under the prefix) are ever removed: anything else a
+                // person put there is left alone.
+                let direct = meta.location.prefix_match(&dir).map(Iterator::count) == Some(1);
                 let hash = meta
                     .location
                     .filename()
+                    .filter(|n| n.len() == 64)
                     .and_then(|n| data_encoding::HEXLOWER.decode(n.as_bytes()).ok())
                     .and_then(|b| <Hash>::try_from(b.as_slice()).ok());
                 match hash {
-                    Some(h) if keep.contains(&h) => {
+                    Some(h) if direct && keep.contains(&h) => {
                         seen.insert(h);
                     }
-                    _ => unreferenced.push(meta.location),
+                    Some(_) if direct => unreferenced.push(meta.location),
+                    _ => {}
                 }
             }
             let removed = unreferenced.len();
@@ -637,8 +703,12 @@ impl BlobStore for S3BlobStore {
             missing.sort_unstable();
             Ok(Sweep { removed, missing })
         });
-        if swept.is_err() {
-            leftovers.store(true, std::sync::atomic::Ordering::SeqCst);
+        if swept.is_ok() {
+            // Everything unreferenced is gone, leftovers included.
+            self.leftovers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
         }
         swept
     }
@@ -727,6 +797,7 @@ mod tests {
             "s3://bucket/a//b",
             "s3://bucket/a/../b",
             "s3://bucket/dir/",
+            "s3://bucket//key",
         ] {
             let e = ObjectUrl::parse(bad).expect_err(bad).to_string();
             assert!(e.contains("expected s3://BUCKET/KEY"), "{bad}: {e}");

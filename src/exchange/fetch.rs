@@ -504,14 +504,22 @@ async fn next_or_idle(stream: &mut FetchStream) -> Option<Result<FetchPart, Fetc
 /// anything. (S3 has no portable create-if-absent, so an object another
 /// writer puts meanwhile is replaced at the end.)
 async fn check_object_output(o: &ObjectOutput, force: bool) -> Result<(), FetchError> {
+    let failed = |e| FetchError::Local(format!("{}: {e}", o.url));
     match o.bucket.size(&o.url.key).await {
-        Ok(Some(_)) if !force => Err(FetchError::Local(format!(
-            "{} exists; pass --force to replace it",
-            o.url
-        ))),
-        Ok(_) => Ok(()),
-        Err(e) => Err(FetchError::Local(format!("{}: {e}", o.url))),
+        Ok(Some(_)) if !force => {
+            return Err(FetchError::Local(format!(
+                "{} exists; pass --force to replace it",
+                o.url
+            )));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(failed(e)),
     }
+    // The bucket exists and takes the node's writes: a probe object
+    // beside the output comes and goes (a missing bucket or a read-only
+    // key is found before anything is transferred).
+    let dir = o.url.key.as_ref().rsplit_once('/').map_or("", |(d, _)| d);
+    o.bucket.probe(dir).await.map_err(failed)
 }
 
 /// A fetch about to start: the grant is held, no other fetch of it runs,

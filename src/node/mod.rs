@@ -292,6 +292,9 @@ enum Cause {
     Storage,
     /// The CRL in force has expired.
     Crl,
+    /// A witness reported a fork of this node's log (sticky: an operator
+    /// must look).
+    Fork,
 }
 
 /// The node's readiness (gRPC health and `/readyz`): SERVING while no
@@ -407,7 +410,7 @@ fn sweep_chunks(
     grants: &crate::exchange::book::GrantBook,
 ) {
     let published = catalog.referenced_chunks();
-    let mut keep = published.clone();
+    let mut keep = catalog.chunks_on_disk();
     keep.extend(grants.received_chunks());
     match blobs.collect_garbage(&keep) {
         Ok(sweep) => {
@@ -437,19 +440,19 @@ fn sweep_chunks(
 }
 
 /// Watches the chunk store: NOT_SERVING (with the reason) while its probe
-/// fails, SERVING again once it answers. When it answers after start-up
-/// found it down, or after a removal failed, the sweep runs (with
-/// publications held off, so none of their new chunks is taken for
-/// garbage).
+/// fails, SERVING again once it answers. Once it answers, the start-up
+/// sweep runs if start-up found it down, and the chunks a failed
+/// publication left are removed (with publications held off, so none of
+/// their new chunks is taken for garbage).
 async fn watch_storage(
     ctx: Arc<NodeContext>,
     readiness: Arc<Readiness>,
     mut down: bool,
     shutdown: CancellationToken,
 ) {
-    // A sweep is owed after start-up found the store down, and after a
-    // removal failed (a publication cut off by the store going away).
-    let mut owed = down;
+    // The full sweep is owed when start-up found the store down.
+    let owed = Arc::new(std::sync::atomic::AtomicBool::new(down));
+    let sweeping = Arc::new(tokio::sync::Mutex::new(()));
     loop {
         let wait = if down {
             Duration::from_secs(2)
@@ -467,19 +470,34 @@ async fn watch_storage(
             .and_then(|r| r.map_err(|e| e.to_string()));
         match probed {
             Ok(()) => {
-                if owed || ctx.blobs.has_leftovers() {
-                    let _one = ctx.publishing.lock().await;
-                    let c = ctx.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        sweep_chunks(c.blobs.as_ref(), &c.catalog, &c.grants);
-                    })
-                    .await;
-                    owed = false;
-                }
                 if down {
                     down = false;
                     tracing::info!(store = %ctx.blobs.describe(), "the chunk store answers again");
                     readiness.set(Cause::Storage, None).await;
+                }
+                // Clean-up runs beside the probes (it waits for any
+                // publication to end, then holds publications off).
+                let pending = owed.load(std::sync::atomic::Ordering::SeqCst)
+                    || !ctx.blobs.leftovers().is_empty();
+                if let (true, Ok(one)) = (pending, sweeping.clone().try_lock_owned()) {
+                    let (ctx, owed) = (ctx.clone(), owed.clone());
+                    tokio::spawn(async move {
+                        let _one = one;
+                        let _publications = ctx.publishing.lock().await;
+                        let full = owed.swap(false, std::sync::atomic::Ordering::SeqCst);
+                        let c = ctx.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            if full {
+                                sweep_chunks(c.blobs.as_ref(), &c.catalog, &c.grants);
+                            } else {
+                                let mut keep = c.catalog.chunks_on_disk();
+                                keep.extend(c.grants.received_chunks());
+                                let tried = c.blobs.remove_leftovers(&keep);
+                                tracing::info!(tried, "removed chunks a failed publication left");
+                            }
+                        })
+                        .await;
+                    });
                 }
             }
             Err(reason) => {
@@ -585,6 +603,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    // tonic-health reports the server ("") SERVING until told otherwise:
+    // not before start-up has finished.
+    set_health(&health, ServingStatus::NotServing).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -775,6 +796,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     if !config.witness.peers.is_empty() {
         tokio::spawn(witness_loop(
             ctx.clone(),
+            readiness.clone(),
             config.witness.clone(),
             shutdown.clone(),
         ));
@@ -866,6 +888,7 @@ async fn witness_once(ctx: &NodeContext, peer: &str) -> Result<(), NodeError> {
 /// Exchanges checkpoints with every configured witness every interval.
 async fn witness_loop(
     ctx: Arc<NodeContext>,
+    readiness: Arc<Readiness>,
     config: crate::runtime::config::WitnessConfig,
     shutdown: CancellationToken,
 ) {
@@ -879,7 +902,12 @@ async fn witness_loop(
         for peer in &config.peers {
             if let Err(e) = witness_once(&ctx, peer).await {
                 tracing::error!(error = %e, "FORK of this node's log reported by a witness");
-                ctx.metrics.set_ready(false);
+                readiness
+                    .set(
+                        Cause::Fork,
+                        Some(format!("a witness reported a fork of this node's log: {e}")),
+                    )
+                    .await;
             }
         }
     }

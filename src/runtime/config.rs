@@ -271,11 +271,17 @@ impl S3Config {
             let bytes = fsutil::read_secret(&path).map_err(|e| e.to_string())?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+            // toml's own message quotes the offending line, which may hold
+            // the secret: only its line number and what was wrong are said.
             let creds: S3Credentials = toml::from_str(&text).map_err(|e| {
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
                 format!(
-                    "{}: {} (expected access_key_id = \"…\" and secret_access_key = \"…\")",
+                    "{}{}: {} (expected access_key_id = \"…\" and secret_access_key = \"…\")",
                     path.display(),
-                    e.to_string().trim_end()
+                    line.map(|l| format!(" line {l}")).unwrap_or_default(),
+                    e.message()
                 )
             })?;
             if creds.access_key_id.is_empty() || creds.secret_access_key.is_empty() {
@@ -897,6 +903,15 @@ mod tests {
         write("access_key_id = \"AK\"\n", 0o600);
         let partial = cfg.credentials(&data).expect_err("no secret");
         assert!(partial.contains("secret_access_key"), "{partial}");
+        write(
+            "access_key_id = \"AK\"\nsecret_access_key = very-secret\n",
+            0o600,
+        );
+        let unquoted = cfg.credentials(&data).expect_err("not TOML");
+        assert!(
+            unquoted.contains("line 2") && !unquoted.contains("very-secret"),
+            "{unquoted}"
+        );
         let full = "access_key_id = \"AK\"\nsecret_access_key = \"very-secret\"\n";
         write(full, 0o644);
         let exposed = cfg.credentials(&data).expect_err("world-readable");

@@ -343,7 +343,7 @@ async fn a_store_down_at_start_up_holds_readiness_until_it_returns() {
         .expect_err("the store is down");
     assert_eq!(e.code, Code::Unavailable, "{}", e.message);
     assert!(e.message.contains("unreachable"), "{}", e.message);
-    outage.up(None).await;
+    outage.up(None);
     assert_eq!(wait_ready(&node, 200).await, "serving\n");
     publish(&publisher, &node, header("Later", POLICY, 10_000), &data)
         .await
@@ -375,7 +375,7 @@ async fn a_store_gone_mid_fetch_fails_clearly_and_the_fetch_resumes() {
     let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
     // The store goes down after about a third of the content came back
     // from it.
-    outage.up(Some(1_400_000)).await;
+    outage.up(Some(1_400_000));
     let out = consumer.dir.root().join("traffic.bin");
     let e = fetch_into(
         &consumer,
@@ -397,7 +397,7 @@ async fn a_store_gone_mid_fetch_fails_clearly_and_the_fetch_resumes() {
     assert!(!out.exists());
     let body = wait_ready(&pub_node, 503).await;
     assert!(body.contains("unreachable"), "{body}");
-    outage.up(None).await;
+    outage.up(None);
     wait_ready(&pub_node, 200).await;
     let run = fetch_into(
         &consumer,
@@ -442,7 +442,7 @@ async fn a_publication_the_store_cut_off_records_nothing_and_leaves_nothing() {
     publish(&publisher, &node, h, &kept).await.expect("publish");
     // The store goes down while a second publication stores its chunks
     // (the relay counts bytes coming back: responses to its puts).
-    outage.up(Some(3_000)).await;
+    outage.up(Some(8_000));
     let cut = content(3 << 20, 4);
     let mut h = header("Cut off", POLICY, cut.len() as u64);
     h.chunk_size = 64 << 10;
@@ -455,7 +455,13 @@ async fn a_publication_the_store_cut_off_records_nothing_and_leaves_nothing() {
         ..Query::default()
     };
     assert_eq!(kinds(&auditor, &node, q).await.len(), 1, "only the first");
-    outage.up(None).await;
+    // The cut publication did store chunks (seen past the relay).
+    let left = keys_under(&bucket, &format!("{prefix}/sha256")).await.len();
+    assert!(
+        left > 4,
+        "{left} chunk objects: the publication stored none"
+    );
+    outage.up(None);
     wait_ready(&node, 200).await;
     // Back: the sweep (at the store's next probe, every 10 s) leaves
     // exactly the first publication's 4 chunks.
@@ -539,4 +545,114 @@ async fn refused_credentials_are_named_with_the_bucket() {
     };
     assert!(kinds(&auditor, &node, q).await.is_empty());
     node.shutdown().await.expect("shutdown");
+}
+
+/// The command line, against `dsnode serve` processes: `dsnode publish
+/// s3://…` publishes an object where it is, `dsnode fetch --out s3://…`
+/// puts what it received into a bucket, `dsnode audit storage` checks the
+/// chunks.
+#[tokio::test]
+async fn the_cli_publishes_from_and_fetches_into_a_bucket() {
+    let s3 = S3Server::start();
+    let bucket = s3.bucket();
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = consumer_in(&space, "acme", "CN-HE");
+    let mut served = Vec::new();
+    let mut addrs = Vec::new();
+    for node in [&publisher, &consumer] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let Storage::S3(cfg) = s3.storage(&s3.endpoint, &unique("cli")) else {
+            unreachable!()
+        };
+        std::fs::write(
+            node.dir.config(),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\n\n[storage]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{}\"\nprefix = \"{}\"\nregion = \"{}\"\nallow_http = true\ncredentials_file = \"s3.credentials\"\n",
+                cfg.endpoint, cfg.bucket, cfg.prefix, cfg.region
+            ),
+        )
+        .expect("node.toml");
+        s3.give_credentials(node, false);
+        let s = support::Served::start_serving(node.dir.root());
+        addrs.push(s.addr.to_string());
+        served.push(s);
+    }
+    let cli = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsnode"))
+            .args(args)
+            .arg("--json")
+            .env_remove("DSNODE_DATA_DIR")
+            .output()
+            .expect("run dsnode");
+        assert!(
+            out.status.success(),
+            "dsnode {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("one JSON object")
+    };
+    let dir = |n: &NodeDir| n.dir.root().to_str().expect("utf-8").to_owned();
+    let policy = publisher.dir.root().join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("policy");
+
+    let source = format!("{}/trips.csv", unique("incoming"));
+    let original = content(2_500_000, 11);
+    bucket
+        .put(&s3.url(&source).key, original.clone().into())
+        .await
+        .expect("put the source");
+    let published = cli(&[
+        "publish",
+        "--data-dir",
+        &dir(&publisher),
+        &format!("s3://{}/{source}", s3.bucket),
+        "--policy",
+        policy.to_str().expect("utf-8"),
+        "--title",
+        "Trips",
+    ]);
+    assert_eq!(published["size"], original.len() as u64, "{published}");
+    let dataset = published["dataset_id"].as_str().expect("id").to_owned();
+    let asked = cli(&[
+        "request",
+        "--data-dir",
+        &dir(&consumer),
+        "--peer",
+        &addrs[0],
+        &dataset,
+        "--purpose",
+        "research",
+    ]);
+    let grant = asked["grant"]["grant_id"]
+        .as_str()
+        .expect("grant")
+        .to_owned();
+    let out_key = format!("{}/trips.csv", unique("inbox"));
+    let out = format!("s3://{}/{out_key}", s3.bucket);
+    let fetched = cli(&[
+        "fetch",
+        "--data-dir",
+        &dir(&consumer),
+        "--peer",
+        &addrs[0],
+        &grant,
+        "--out",
+        &out,
+    ]);
+    assert_eq!(fetched["out"], out.as_str(), "{fetched}");
+    assert_eq!(fetched["bytes"], original.len() as u64);
+    assert_eq!(
+        object_bytes(&bucket, &out_key).await.expect("object"),
+        original
+    );
+    let audit = cli(&["audit", "storage", "--data-dir", &dir(&publisher)]);
+    assert_eq!(audit["chunks"], 3, "{audit}");
+    assert_eq!(audit["damaged"], serde_json::json!([]));
+    for s in served {
+        s.terminate_cleanly();
+    }
 }

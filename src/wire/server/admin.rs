@@ -79,6 +79,11 @@ impl pb::admin_server::Admin for AdminService {
                     "{url}: this node has no object store; fetching into s3:// needs [storage] kind = \"s3\" in node.toml (its endpoint and credentials)"
                 ))
             })?;
+            if buckets.owns(&url) {
+                return Err(Status::invalid_argument(format!(
+                    "{url} is among the node's own chunk objects, which it may remove: put the output elsewhere"
+                )));
+            }
             let bucket = buckets
                 .bucket(&url.bucket)
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;

@@ -251,20 +251,40 @@ async fn publish_object(
     let bucket = buckets
         .bucket(&url.bucket)
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
-    let (size, pieces) = bucket
-        .read(&url.key)
+    // Asked now for a quick answer (no such object, refused credentials);
+    // the object is read once the publication has its turn (publications
+    // run one at a time), in one GET.
+    let reading = format!("reading {url}");
+    let size = bucket
+        .size(&url.key)
         .await
-        .map_err(|e| crate::wire::status::object(&format!("reading {url}"), &e))?;
+        .map_err(|e| crate::wire::status::object(&reading, &e))?
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "{reading}: bucket `{}` has no object `{}`",
+                url.bucket, url.key
+            ))
+        })?;
     if announced != 0 && announced != size {
         return Err(Status::failed_precondition(format!(
             "{url} is {size} bytes, not the {announced} the request states"
         )));
     }
-    let pieces = pieces.map(move |piece| {
-        piece
-            .map(|b| b.to_vec())
-            .map_err(|e| PublishError::Interrupted(format!("reading the object: {e}")))
+    let failed = move |e: crate::dataset::s3::ObjectError| PublishError::Store {
+        context: "reading the object to publish",
+        source: Box::new(crate::dataset::blob::BlobError::Object(e)),
+    };
+    let key = url.key.clone();
+    let opened = futures_util::stream::once(async move {
+        match bucket.read(&key).await {
+            Ok((_, pieces)) => futures_util::future::Either::Left(pieces),
+            Err(e) => futures_util::future::Either::Right(tokio_stream::once(Err(e))),
+        }
     });
+    let pieces = Box::pin(
+        futures_util::StreamExt::flatten(opened)
+            .map(move |piece| piece.map(|b| b.to_vec()).map_err(failed)),
+    );
     let published = node.publishing().publish(request, size, pieces).await?;
     tracing::info!(source = %url, dataset = %published.0.id, "published an object");
     Ok(published_response(published))

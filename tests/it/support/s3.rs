@@ -238,15 +238,20 @@ fn s3s_fs() -> PathBuf {
     installed
 }
 
-/// A TCP relay to an S3 server that a test turns off (connections cut,
-/// new ones refused: the store is down) and on again, by hand or once
-/// `after` bytes have come back from the server.
+/// A TCP relay to an S3 server that a test turns off (open connections
+/// cut, new ones reset at once: the store is down) and on again, by hand
+/// or once `after` bytes have come back from the server. It keeps its
+/// port all along, so nothing else can take it while the store is down.
 pub(crate) struct Outage {
     /// Where the relay listens (the endpoint the node is given).
     pub(crate) addr: SocketAddr,
-    target: SocketAddr,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes from the server after which the relay goes down by itself
+    /// (`u64::MAX`: never).
+    cut_at: Arc<AtomicU64>,
     relayed: Arc<AtomicU64>,
+    changed: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Outage {
@@ -256,14 +261,54 @@ impl Outage {
             .await
             .expect("bind relay");
         let addr = listener.local_addr().expect("relay addr");
-        let outage = Arc::new(Self {
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut_at = Arc::new(AtomicU64::new(u64::MAX));
+        let relayed = Arc::new(AtomicU64::new(0));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let task = {
+            let (up, cut_at, relayed, changed) =
+                (up.clone(), cut_at.clone(), relayed.clone(), changed.clone());
+            tokio::spawn(async move {
+                let mut conns = tokio::task::JoinSet::new();
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            let Ok((client, _)) = accepted else { return };
+                            if !up.load(Ordering::SeqCst) {
+                                // Down: the connection is reset at once.
+                                let _ = client.set_zero_linger();
+                                continue;
+                            }
+                            let relay = Relay {
+                                up: up.clone(),
+                                cut_at: cut_at.clone(),
+                                relayed: relayed.clone(),
+                                changed: changed.clone(),
+                            };
+                            conns.spawn(async move {
+                                if let Ok(server) = tokio::net::TcpStream::connect(target).await {
+                                    relay.pipe(client, server).await;
+                                }
+                            });
+                        }
+                        () = changed.notified() => {
+                            if !up.load(Ordering::SeqCst) {
+                                conns.abort_all();
+                            }
+                        }
+                        Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                    }
+                }
+            })
+        };
+        Arc::new(Self {
             addr,
-            target,
-            task: std::sync::Mutex::new(None),
-            relayed: Arc::new(AtomicU64::new(0)),
-        });
-        outage.serve(listener, None);
-        outage
+            up,
+            cut_at,
+            relayed,
+            changed,
+            task,
+        })
     }
 
     /// `http://ADDR` of the relay.
@@ -271,122 +316,72 @@ impl Outage {
         format!("http://{}", self.addr)
     }
 
-    fn serve(self: &Arc<Self>, listener: tokio::net::TcpListener, cut_after: Option<u64>) {
-        let target = self.target;
-        let relayed = self.relayed.clone();
-        let this = Arc::downgrade(self);
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            let (trip_tx, mut trip_rx) = tokio::sync::mpsc::channel::<()>(1);
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((client, _)) = accepted else { return };
-                        let relayed = relayed.clone();
-                        let trip = trip_tx.clone();
-                        conns.spawn(async move {
-                            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
-                                return;
-                            };
-                            pipe(client, server, relayed, cut_after, trip).await;
-                        });
-                    }
-                    Some(()) = trip_rx.recv() => {
-                        // The store goes down: every connection and the
-                        // listener go with it (dropped with this task).
-                        if let Some(o) = this.upgrade() {
-                            o.task.lock().expect("lock").take();
-                        }
-                        return;
-                    }
-                }
-            }
-        });
-        *self.task.lock().expect("lock") = Some(task);
-    }
-
-    /// The store goes down: open connections are cut, new ones refused.
+    /// The store goes down: open connections are cut, new ones reset.
     pub(crate) fn down(&self) {
-        if let Some(t) = self.task.lock().expect("lock").take() {
-            t.abort();
-        }
+        self.up.store(false, Ordering::SeqCst);
+        self.changed.notify_one();
     }
 
-    /// The store comes back on the same address; with `cut_after`, it
-    /// goes down again once that many more bytes came back from it.
-    pub(crate) async fn up(self: &Arc<Self>, cut_after: Option<u64>) {
-        self.down();
-        let mut tries = 0;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("rebinding the relay on {}: {e}", self.addr),
-            }
-        };
-        let at = cut_after.map(|n| self.relayed.load(Ordering::SeqCst) + n);
-        self.serve(listener, at);
+    /// The store comes back; with `cut_after`, it goes down again once
+    /// that many more bytes came back from it.
+    pub(crate) fn up(&self, cut_after: Option<u64>) {
+        let at = cut_after.map_or(u64::MAX, |n| self.relayed.load(Ordering::SeqCst) + n);
+        self.cut_at.store(at, Ordering::SeqCst);
+        self.up.store(true, Ordering::SeqCst);
     }
 
     /// Whether the relay is on.
     pub(crate) fn is_up(&self) -> bool {
-        self.task
-            .lock()
-            .expect("lock")
-            .as_ref()
-            .is_some_and(|t| !t.is_finished())
+        self.up.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for Outage {
     fn drop(&mut self) {
-        if let Ok(mut t) = self.task.lock()
-            && let Some(t) = t.take()
-        {
-            t.abort();
-        }
+        self.task.abort();
     }
 }
 
-/// Copies both ways; counts bytes from the server; past `cut_after`
-/// (counted across connections) trips the outage.
-async fn pipe(
-    client: tokio::net::TcpStream,
-    server: tokio::net::TcpStream,
+/// What one relayed connection shares with the relay.
+struct Relay {
+    up: Arc<std::sync::atomic::AtomicBool>,
+    cut_at: Arc<AtomicU64>,
     relayed: Arc<AtomicU64>,
-    cut_after: Option<u64>,
-    trip: tokio::sync::mpsc::Sender<()>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let up = async move {
-        let _ = tokio::io::copy(&mut cr, &mut sw).await;
-        let _ = sw.shutdown().await;
-    };
-    let down = async move {
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = match sr.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let total = relayed.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
-            if cut_after.is_some_and(|limit| total >= limit) {
-                let _ = trip.try_send(());
-                break;
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Relay {
+    /// Copies both ways; counts bytes from the server; at the cut, takes
+    /// the store down.
+    async fn pipe(self, client: tokio::net::TcpStream, server: tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let up = async move {
+            let _ = tokio::io::copy(&mut cr, &mut sw).await;
+            let _ = sw.shutdown().await;
+        };
+        let down = async move {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = match sr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let total = self.relayed.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+                if total >= self.cut_at.load(Ordering::SeqCst) {
+                    self.up.store(false, Ordering::SeqCst);
+                    self.changed.notify_one();
+                    break;
+                }
+                if cw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
             }
-            if cw.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
+        };
+        tokio::select! {
+            () = up => {}
+            () = down => {}
         }
-    };
-    tokio::select! {
-        () = up => {}
-        () = down => {}
     }
 }
