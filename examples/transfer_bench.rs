@@ -189,6 +189,17 @@ fn piece(i: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The SHA-256 of the first `mib` MiB of the content.
+fn content_sha256(mib: usize) -> [u8; 32] {
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    for i in 0..mib {
+        hash.update(&piece(i));
+    }
+    let mut h = [0u8; 32];
+    h.copy_from_slice(hash.finish().as_ref());
+    h
+}
+
 /// Writes `mib` MiB of content to `path` as a plain file (what nginx
 /// serves), fsynced so that no write-back runs during the timed runs;
 /// returns its SHA-256.
@@ -1230,15 +1241,7 @@ async fn measure_rss(bin: &Path, s: &Settings) -> Result<(), BoxError> {
         load_average()
     );
     let nodes = Nodes::start(bin, root.path(), s.rss_mib, s.show_pids).await?;
-    let sha256 = {
-        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-        for i in 0..s.rss_mib {
-            hash.update(&piece(i));
-        }
-        let mut h = [0u8; 32];
-        h.copy_from_slice(hash.finish().as_ref());
-        h
-    };
+    let sha256 = content_sha256(s.rss_mib);
     for p in [&nodes.publisher, &nodes.consumer] {
         reset_peak_rss(p.pid())?;
     }
@@ -1532,15 +1535,7 @@ mod s3 {
                 return Ok(());
             }
         };
-        let sha256 = {
-            let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-            for i in 0..s.mib {
-                hash.update(&piece(i));
-            }
-            let mut h = [0u8; 32];
-            h.copy_from_slice(hash.finish().as_ref());
-            h
-        };
+        let sha256 = content_sha256(s.mib);
         let mut local = Vec::new();
         let mut bucket = Vec::new();
         // The ways take turns, run after run.

@@ -737,6 +737,24 @@ mod tests {
         assert_eq!(cfg.transport.max_concurrent_streams, 128);
     }
 
+    /// Every key `[section]` accepts, sorted (serde lists them all when
+    /// it refuses an unknown one).
+    fn accepted_keys(section: &str) -> Vec<String> {
+        let err = parse(&format!(
+            "listen = \"127.0.0.1:1\"\n[{section}]\nno_such_key = 1\n"
+        ))
+        .expect_err("unknown")
+        .to_string();
+        let expected = err.split("expected one of").nth(1).expect("field list");
+        let mut accepted: Vec<String> = expected
+            .split(',')
+            .map(|f| f.trim().trim_matches('`').to_owned())
+            .filter(|f| !f.is_empty())
+            .collect();
+        accepted.sort();
+        accepted
+    }
+
     /// docs/configuration.md names every `[transport]` key with the
     /// default the code uses.
     #[test]
@@ -761,18 +779,8 @@ mod tests {
         assert_eq!(cfg.transport, TransportConfig::default());
         // ...and every key the code accepts is documented (serde lists
         // them all when it refuses an unknown one).
-        let err = parse("listen = \"127.0.0.1:1\"\n[transport]\nno_such_key = 1\n")
-            .expect_err("unknown")
-            .to_string();
-        let expected = err.split("expected one of").nth(1).expect("field list");
-        let mut accepted: Vec<String> = expected
-            .split(',')
-            .map(|f| f.trim().trim_matches('`').to_owned())
-            .filter(|f| !f.is_empty())
-            .collect();
-        accepted.sort();
         documented.sort();
-        assert_eq!(accepted, documented);
+        assert_eq!(accepted_keys("transport"), documented);
     }
 
     /// docs/configuration.md names every `[storage]` key, and the
@@ -798,17 +806,7 @@ mod tests {
             })
             .collect();
         documented.sort();
-        let err = parse("listen = \"127.0.0.1:1\"\n[storage]\nno_such_key = 1\n")
-            .expect_err("unknown")
-            .to_string();
-        let expected = err.split("expected one of").nth(1).expect("field list");
-        let mut accepted: Vec<String> = expected
-            .split(',')
-            .map(|f| f.trim().trim_matches('`').to_owned())
-            .filter(|f| !f.is_empty())
-            .collect();
-        accepted.sort();
-        assert_eq!(accepted, documented);
+        assert_eq!(accepted_keys("storage"), documented);
         assert!(table.contains("| `kind` | `\"local\"` |"));
         assert!(table.contains(&format!("| `region` | `\"{DEFAULT_S3_REGION}\"` |")));
         assert!(table.contains("| `prefix` | `\"\"` |"));
@@ -832,6 +830,23 @@ mod tests {
                 credentials_file: None,
             })
         );
+    }
+
+    /// The compose overlay's `[storage]` section is one this node takes.
+    #[test]
+    fn the_deploy_storage_section_parses() {
+        let text = format!(
+            "listen = \"0.0.0.0:7443\"\n{}",
+            include_str!("../../deploy/garage/publisher-storage.toml")
+        );
+        let Storage::S3(s3) = parse(&text).expect("parses").storage else {
+            panic!("not s3")
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.region.as_str()),
+            ("dsnode", "garage")
+        );
+        assert_eq!(s3.prefix, "publisher");
     }
 
     #[test]

@@ -155,7 +155,7 @@ async fn metrics_are_served_parsed_and_follow_the_traffic() {
     loop {
         let HttpAnswer { status, body } = http(metrics, "GET", "/readyz").await;
         if status == 503 {
-            assert_eq!(body, "not serving\n");
+            assert_eq!(body, "not serving: shutting down\n");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "still ready");

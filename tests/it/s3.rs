@@ -111,19 +111,59 @@ async fn fetch_into(
     .await
 }
 
+/// A publisher and a consumer running, both with their chunks in the
+/// test bucket, each under a prefix of its own.
+struct Pair {
+    s3: S3Server,
+    bucket: Bucket,
+    _space: DataSpace,
+    publisher: NodeDir,
+    consumer: NodeDir,
+    pub_prefix: String,
+    con_prefix: String,
+    pub_node: RunningNode,
+    con_node: RunningNode,
+}
+
+impl Pair {
+    async fn start() -> Self {
+        let s3 = S3Server::start();
+        let space = DataSpace::new();
+        let publisher = space.node("city-transport", "publisher");
+        let consumer = consumer_in(&space, "acme", "CN-HE");
+        let (pub_prefix, con_prefix) = (unique("pub"), unique("con"));
+        s3.give_credentials(&publisher, false);
+        s3.give_credentials(&consumer, false);
+        let pub_node = start_on(&publisher, s3.storage(&s3.endpoint, &pub_prefix)).await;
+        let con_node = start_on(&consumer, s3.storage(&s3.endpoint, &con_prefix)).await;
+        Self {
+            bucket: s3.bucket(),
+            s3,
+            _space: space,
+            publisher,
+            consumer,
+            pub_prefix,
+            con_prefix,
+            pub_node,
+            con_node,
+        }
+    }
+}
+
 /// A publisher and a consumer that both keep their data in the bucket.
 #[tokio::test]
 async fn datasets_are_published_from_served_from_and_received_into_a_bucket() {
-    let s3 = S3Server::start();
-    let bucket = s3.bucket();
-    let space = DataSpace::new();
-    let publisher = space.node("city-transport", "publisher");
-    let consumer = consumer_in(&space, "acme", "CN-HE");
-    let (pub_prefix, con_prefix) = (unique("pub"), unique("con"));
-    s3.give_credentials(&publisher, false);
-    s3.give_credentials(&consumer, false);
-    let pub_node = start_on(&publisher, s3.storage(&s3.endpoint, &pub_prefix)).await;
-    let con_node = start_on(&consumer, s3.storage(&s3.endpoint, &con_prefix)).await;
+    let Pair {
+        s3,
+        bucket,
+        _space,
+        publisher,
+        consumer,
+        pub_prefix,
+        con_prefix,
+        pub_node,
+        con_node,
+    } = Pair::start().await;
     assert_eq!(wait_ready(&pub_node, 200).await, "serving\n");
 
     // A local file's content goes to the bucket as chunk objects.
@@ -235,16 +275,17 @@ async fn datasets_are_published_from_served_from_and_received_into_a_bucket() {
 /// object never appears) and named by `audit storage`, as is a missing one.
 #[tokio::test]
 async fn a_damaged_chunk_is_caught_by_the_consumer_and_named_by_the_storage_audit() {
-    let s3 = S3Server::start();
-    let bucket = s3.bucket();
-    let space = DataSpace::new();
-    let publisher = space.node("city-transport", "publisher");
-    let consumer = consumer_in(&space, "acme", "CN-HE");
-    let (pub_prefix, con_prefix) = (unique("pub"), unique("con"));
-    s3.give_credentials(&publisher, false);
-    s3.give_credentials(&consumer, false);
-    let pub_node = start_on(&publisher, s3.storage(&s3.endpoint, &pub_prefix)).await;
-    let con_node = start_on(&consumer, s3.storage(&s3.endpoint, &con_prefix)).await;
+    let Pair {
+        s3,
+        bucket,
+        _space,
+        publisher,
+        consumer,
+        pub_prefix,
+        con_prefix,
+        pub_node,
+        con_node,
+    } = Pair::start().await;
     let data = content(600_000, 3);
     let mut h = header("Air quality", POLICY, data.len() as u64);
     h.chunk_size = 100_000;
