@@ -1393,7 +1393,13 @@ mod s3 {
     struct Run {
         publish_mb_s: f64,
         publish_object_mb_s: Option<f64>,
-        fetch_mb_s: f64,
+        /// The bucket alone: a multipart upload and one GET of the content.
+        bucket_put_mb_s: Option<f64>,
+        bucket_get_mb_s: Option<f64>,
+        /// Fetched into a file (for the bucket: served from the bucket).
+        fetch_file_mb_s: f64,
+        /// Fetched into an object (the bucket only).
+        fetch_object_mb_s: Option<f64>,
         publisher_rss: f64,
         consumer_rss: f64,
     }
@@ -1440,75 +1446,93 @@ mod s3 {
             publish_mb_s: bytes / started.elapsed().as_secs_f64() / 1e6,
             ..Run::default()
         };
-        let out = match server {
-            Some((server, prefix)) => {
-                // The same content as an object of its own, published
-                // where it is.
-                let key = format!("{prefix}/incoming/content.bin");
-                let file = root.join(CONTENT);
-                write_content(&file, s.mib)?;
-                let config = dsnode::runtime::config::S3Config {
-                    endpoint: server.endpoint.clone(),
-                    bucket: BUCKET.into(),
-                    prefix: String::new(),
-                    region: "us-east-1".into(),
-                    allow_http: true,
-                    credentials_file: None,
-                };
-                let creds = dsnode::runtime::config::S3Credentials {
-                    access_key_id: KEY.0.into(),
-                    secret_access_key: KEY.1.into(),
-                    session_token: None,
-                };
-                let bucket = dsnode::dataset::s3::Bucket::connect(&config, &creds, BUCKET)?;
-                let url = dsnode::dataset::s3::ObjectUrl::parse(&format!("s3://{BUCKET}/{key}"))?;
-                bucket.upload_file(&url.key, &file).await?;
-                std::fs::remove_file(&file)?;
-                let mut h = header(s.mib, Some(url.to_string()));
-                h.title = format!("bench {} MiB, from an object", s.mib);
-                let started = Instant::now();
-                admin.publish(h, tokio_stream::empty()).await?;
-                run.publish_object_mb_s = Some(bytes / started.elapsed().as_secs_f64() / 1e6);
-                PathBuf::from(format!("s3://{BUCKET}/{prefix}/received/out.bin"))
+        if let Some((server, prefix)) = server {
+            // The same content as an object of its own, published where it
+            // is; its upload and one GET of it time the bucket alone.
+            let key = format!("{prefix}/incoming/content.bin");
+            let file = root.join(CONTENT);
+            write_content(&file, s.mib)?;
+            let config = dsnode::runtime::config::S3Config {
+                endpoint: server.endpoint.clone(),
+                bucket: BUCKET.into(),
+                prefix: String::new(),
+                region: "us-east-1".into(),
+                allow_http: true,
+                credentials_file: None,
+            };
+            let creds = dsnode::runtime::config::S3Credentials {
+                access_key_id: KEY.0.into(),
+                secret_access_key: KEY.1.into(),
+                session_token: None,
+            };
+            let bucket = dsnode::dataset::s3::Bucket::connect(&config, &creds, BUCKET)?;
+            let url = dsnode::dataset::s3::ObjectUrl::parse(&format!("s3://{BUCKET}/{key}"))?;
+            let started = Instant::now();
+            bucket.upload_file(&url.key, &file).await?;
+            run.bucket_put_mb_s = Some(bytes / started.elapsed().as_secs_f64() / 1e6);
+            std::fs::remove_file(&file)?;
+            let started = Instant::now();
+            let (_, mut pieces) = bucket.read(&url.key).await?;
+            while let Some(p) = pieces.next().await {
+                p?;
             }
-            None => root.join("out.bin"),
-        };
-        let ask = dsnode::peer::AccessAsk {
-            dataset_id: dataset,
-            purpose: "benchmark".into(),
-            actions: vec!["read".into()],
-            duration_secs: 0,
-        };
+            run.bucket_get_mb_s = Some(bytes / started.elapsed().as_secs_f64() / 1e6);
+            let mut h = header(s.mib, Some(url.to_string()));
+            h.title = format!("bench {} MiB, from an object", s.mib);
+            let started = Instant::now();
+            admin.publish(h, tokio_stream::empty()).await?;
+            run.publish_object_mb_s = Some(bytes / started.elapsed().as_secs_f64() / 1e6);
+        }
         let consumer_admin = AdminClient::new(&consumer.connect().await?);
-        let r = consumer_admin
-            .request_access(&publisher.addr.to_string(), ask)
-            .await?;
-        let env: dsnode::envelope::Envelope = r.grant.ok_or("no grant")?.into();
-        let grant = dsnode::exchange::grant::Grant::decode(&env.payload)?
-            .id
-            .to_string();
-        let started = Instant::now();
-        let mut events = consumer_admin
-            .fetch(
-                &publisher.addr.to_string(),
-                &grant,
-                &out,
-                &FetchOptions {
+        let fetch = |out: PathBuf| {
+            let (admin, publisher, dataset) = (&consumer_admin, &publisher, dataset.clone());
+            async move {
+                let ask = dsnode::peer::AccessAsk {
+                    dataset_id: dataset,
+                    purpose: "benchmark".into(),
+                    actions: vec!["read".into()],
+                    duration_secs: 0,
+                };
+                let r = admin
+                    .request_access(&publisher.addr.to_string(), ask)
+                    .await?;
+                let env: dsnode::envelope::Envelope = r.grant.ok_or("no grant")?.into();
+                let grant = dsnode::exchange::grant::Grant::decode(&env.payload)?
+                    .id
+                    .to_string();
+                let started = Instant::now();
+                let options = FetchOptions {
                     streams: s.streams,
                     ..Default::default()
-                },
-            )
-            .await?;
-        while let Some(e) = events.next().await? {
-            if let FetchEvent::Done(done) = e {
-                if done.content_sha256 != *sha256 {
-                    return Err("the fetched content's SHA-256 is not the content's".into());
+                };
+                let mut events = admin
+                    .fetch(&publisher.addr.to_string(), &grant, &out, &options)
+                    .await?;
+                while let Some(e) = events.next().await? {
+                    if let FetchEvent::Done(done) = e {
+                        if done.content_sha256 != *sha256 {
+                            return Err::<f64, BoxError>(
+                                "the fetched content's SHA-256 is not the content's".into(),
+                            );
+                        }
+                        return Ok(bytes / started.elapsed().as_secs_f64() / 1e6);
+                    }
                 }
-                run.fetch_mb_s = bytes / started.elapsed().as_secs_f64() / 1e6;
+                Err("the fetch ended without a result".into())
             }
-        }
-        if run.fetch_mb_s == 0.0 {
-            return Err("the fetch ended without a result".into());
+        };
+        run.fetch_file_mb_s = fetch(root.join("out.bin")).await?;
+        if let Some((_, prefix)) = server {
+            // The consumer's copy of the first fetch goes, so that this one
+            // transfers again (the same pack would be reused).
+            for entry in std::fs::read_dir(space.consumer.packs())? {
+                let path = entry?.path();
+                if path.is_file() {
+                    std::fs::remove_file(path)?;
+                }
+            }
+            let out = PathBuf::from(format!("s3://{BUCKET}/{prefix}/received/out.bin"));
+            run.fetch_object_mb_s = Some(fetch(out).await?);
         }
         run.publisher_rss = peak_rss_mib(publisher.pid())?;
         run.consumer_rss = peak_rss_mib(consumer.pid())?;
@@ -1549,45 +1573,52 @@ mod s3 {
             std::fs::remove_dir_all(&dir)?;
             std::fs::remove_dir_all(root.path().join("s3").join(BUCKET).join(&prefix))?;
         }
-        let best = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).fold(0.0, f64::max);
-        let worst = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).fold(0.0, f64::max);
+        let most = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).fold(0.0, f64::max);
         let line = |label: &str, l: f64, b: f64| {
             println!(
-                "  {label:<44} local {l:7.0}   s3 {b:7.0}   s3/local {:5.2}",
+                "  {label:<48} local {l:7.0}   s3 {b:7.0}   s3/local {:5.2}",
                 b / l
             );
         };
+        let only = |label: &str, b: f64| println!("  {label:<48} {:>13}   s3 {b:7.0}", "");
+        let some = |f: fn(&Run) -> Option<f64>| bucket.iter().filter_map(f).fold(0.0, f64::max);
         println!(
             "  (MB/s: the best of {} runs; peak RSS: the largest, MiB)",
             s.rounds
         );
+        only(
+            "the bucket alone: multipart upload (8 MiB parts)",
+            some(|r| r.bucket_put_mb_s),
+        );
+        only("the bucket alone: one GET", some(|r| r.bucket_get_mb_s));
         line(
             "publish (streamed through the Admin API)",
-            best(&local, |r| r.publish_mb_s),
-            best(&bucket, |r| r.publish_mb_s),
+            most(&local, |r| r.publish_mb_s),
+            most(&bucket, |r| r.publish_mb_s),
         );
-        let object = bucket
-            .iter()
-            .filter_map(|r| r.publish_object_mb_s)
-            .fold(0.0, f64::max);
-        println!(
-            "  {:<44} {:>13}   s3 {object:7.0}",
-            "publish s3://object (read by the node)", ""
+        only(
+            "publish s3://object (read by the node)",
+            some(|r| r.publish_object_mb_s),
         );
         line(
-            "fetch (file / s3:// out, N streams)",
-            best(&local, |r| r.fetch_mb_s),
-            best(&bucket, |r| r.fetch_mb_s),
+            "fetch into a file (s3: served from the bucket)",
+            most(&local, |r| r.fetch_file_mb_s),
+            most(&bucket, |r| r.fetch_file_mb_s),
+        );
+        line(
+            "fetch (local: into a file; s3: into s3://)",
+            most(&local, |r| r.fetch_file_mb_s),
+            some(|r| r.fetch_object_mb_s),
         );
         line(
             "peak RSS publisher",
-            worst(&local, |r| r.publisher_rss),
-            worst(&bucket, |r| r.publisher_rss),
+            most(&local, |r| r.publisher_rss),
+            most(&bucket, |r| r.publisher_rss),
         );
         line(
             "peak RSS consumer",
-            worst(&local, |r| r.consumer_rss),
-            worst(&bucket, |r| r.consumer_rss),
+            most(&local, |r| r.consumer_rss),
+            most(&bucket, |r| r.consumer_rss),
         );
         Ok(())
     }

@@ -231,18 +231,16 @@ impl Bucket {
             .map_err(|e| self.error(key.as_ref(), e))
     }
 
-    /// Uploads the file at `path` to `key` as a multipart upload of
-    /// `PART_SIZE` parts, a few in flight: the object appears only when
-    /// the upload completes, and a failed upload is aborted (its parts
-    /// dropped). Returns the bytes uploaded.
+    /// Uploads the file at `path` to `key` as a multipart upload, a few
+    /// parts in flight: the object appears only when the upload completes,
+    /// and a failed upload is aborted (its parts dropped). Returns the
+    /// bytes uploaded.
     pub async fn upload_file(
         &self,
         key: &ObjectPath,
         path: &std::path::Path,
     ) -> Result<u64, ObjectError> {
         use tokio::io::AsyncReadExt;
-        /// Part size (S3 needs at least 5 MiB but for the last part).
-        const PART_SIZE: usize = 16 << 20;
         /// Parts uploading at once (memory: this many parts).
         const PARTS_IN_FLIGHT: usize = 4;
         let failed = |detail: String| ObjectError::Failed {
@@ -253,12 +251,18 @@ impl Bucket {
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(|e| failed(format!("reading {}: {e}", path.display())))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| failed(format!("reading {}: {e}", path.display())))?
+            .len();
+        let part_size = part_size(size);
         let upload = self
             .store
             .put_multipart(key)
             .await
             .map_err(|e| self.error(key.as_ref(), e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
@@ -335,6 +339,15 @@ impl Bucket {
         }
         Ok(())
     }
+}
+
+/// The part size of a multipart upload of `size` bytes: 8 MiB (S3 wants
+/// at least 5 MiB but for the last part), larger for objects past 70 GiB
+/// so that no upload needs more than 9,000 of the 10,000 parts S3 allows.
+fn part_size(size: u64) -> usize {
+    const MIB: u64 = 1 << 20;
+    let needed = size.div_ceil(9_000).div_ceil(MIB) * MIB;
+    usize::try_from(needed.max(8 * MIB)).unwrap_or(usize::MAX)
 }
 
 /// The first line of a message (object_store's carry whole XML bodies).
@@ -801,6 +814,17 @@ mod tests {
         ] {
             let e = ObjectUrl::parse(bad).expect_err(bad).to_string();
             assert!(e.contains("expected s3://BUCKET/KEY"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn parts_stay_within_the_part_limit() {
+        assert_eq!(part_size(0), 8 << 20);
+        assert_eq!(part_size(1 << 30), 8 << 20);
+        for size in [80u64 << 30, 1 << 40, 5 << 40] {
+            let part = part_size(size) as u64;
+            assert!(size.div_ceil(part) <= 9_000, "{size}");
+            assert_eq!(part % (1 << 20), 0);
         }
     }
 
