@@ -104,6 +104,19 @@ pub fn create_private_dir(path: &Path) -> Result<(), FileError> {
 
 use std::os::unix::fs::DirBuilderExt;
 
+/// Checks that `dir` takes a durable write: a small file is written,
+/// fsynced and removed (a full disk or a read-only mount fails here).
+pub fn probe_write(dir: &Path) -> Result<(), FileError> {
+    let probe = dir.join(".write-probe");
+    let written = (|| {
+        let mut f = fs::File::create(&probe)?;
+        io::Write::write_all(&mut f, b"dsnode")?;
+        f.sync_all()
+    })();
+    let _ = fs::remove_file(&probe);
+    written.map_err(|e| FileError::new("write", &probe, e))
+}
+
 /// A secret file whose permissions let group or others read it.
 #[derive(Debug, thiserror::Error)]
 #[error(

@@ -234,14 +234,7 @@ impl BlobStore for LocalBlobStore {
     }
 
     fn probe(&self) -> Result<(), BlobError> {
-        let probe = self.root.join("tmp").join(".write-probe");
-        let written = (|| {
-            let mut f = fs::File::create(&probe)?;
-            f.write_all(b"dsnode")?;
-            f.sync_all()
-        })();
-        let _ = fs::remove_file(&probe);
-        written.map_err(|e| FileError::new("write", &probe, e).into())
+        Ok(crate::fsutil::probe_write(&self.root.join("tmp"))?)
     }
 
     fn describe(&self) -> String {

@@ -944,16 +944,8 @@ fn record_crl_number(dir: &DataDir, number: u64) -> Result<(), NodeError> {
 /// disk or a read-only mount is found here, before SERVING).
 fn check_writable(dir: &DataDir) -> Result<(), NodeError> {
     for d in [dir.root().to_path_buf(), dir.blobs()] {
-        let probe = d.join(".write-probe");
-        let written = (|| {
-            let mut f = std::fs::File::create(&probe)?;
-            std::io::Write::write_all(&mut f, b"dsnode")?;
-            f.sync_all()
-        })();
-        let _ = std::fs::remove_file(&probe);
-        written.map_err(|e| {
-            NodeError::Credentials(format!("storage is not writable: {}: {e}", probe.display()))
-        })?;
+        fsutil::probe_write(&d)
+            .map_err(|e| NodeError::Credentials(format!("storage is not writable: {e}")))?;
     }
     Ok(())
 }
