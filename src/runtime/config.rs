@@ -17,7 +17,8 @@
 //! | `ledger/` | the node's ledger |
 //! | `datasets/` | manifests and chunk lists of the datasets this node published |
 //! | `grants/` | grants this node issued (`issued/`) and holds (`held/`), DSSE JSON; receipts it signed (`received/`) and took as publisher (`taken/`) |
-//! | `blobs/` | chunks of published datasets, by SHA-256 (`sha256/`); received datasets, one read-only file each named by its chunk list's SHA-256, and fetches in progress (`packs/`, `packs/partial/`) |
+//! | `blobs/` | chunks of published datasets, by SHA-256 (`sha256/`; in a bucket instead with `[storage] kind = "s3"`); received datasets, one read-only file each named by its chunk list's SHA-256, and fetches in progress (`packs/`, `packs/partial/`) |
+//! | `s3.credentials` | optional: the object store's key (`[storage] credentials_file`), mode 0600 |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
