@@ -697,3 +697,57 @@ async fn the_cli_publishes_from_and_fetches_into_a_bucket() {
         s.terminate_cleanly();
     }
 }
+
+/// The start-up sweep removes chunk objects no dataset references (what a
+/// crash mid-publication leaves) and nothing else: not the chunks of
+/// published datasets, not other objects a person put under the prefix.
+#[tokio::test]
+async fn the_start_up_sweep_removes_only_unreferenced_chunks() {
+    let s3 = S3Server::start();
+    let bucket = s3.bucket();
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let prefix = unique("pub");
+    s3.give_credentials(&publisher, false);
+    let node = start_on(&publisher, s3.storage(&s3.endpoint, &prefix)).await;
+    let data = content(300_000, 8);
+    let mut h = header("Kept", POLICY, data.len() as u64);
+    h.chunk_size = 100_000;
+    let ds = publish(&publisher, &node, h, &data)
+        .await
+        .expect("publish")
+        .dataset_id;
+    node.shutdown().await.expect("shutdown");
+    let published = keys_under(&bucket, &format!("{prefix}/sha256")).await;
+    assert_eq!(published.len(), 3);
+    // A crash left a chunk no dataset references; a person left files.
+    let orphan = format!(
+        "{prefix}/sha256/{}",
+        hex(&dsnode::digest::sha256(b"orphan"))
+    );
+    let notes = format!("{prefix}/sha256/README.txt");
+    let nested = format!(
+        "{prefix}/sha256/old/{}",
+        hex(&dsnode::digest::sha256(b"nested"))
+    );
+    for key in [&orphan, &notes, &nested] {
+        bucket
+            .put(&s3.url(key).key, bytes::Bytes::from_static(b"x"))
+            .await
+            .expect("put");
+    }
+    let node = start_on(&publisher, s3.storage(&s3.endpoint, &prefix)).await;
+    let mut left = keys_under(&bucket, &format!("{prefix}/sha256")).await;
+    left.sort();
+    let mut expected: Vec<String> = published.clone();
+    expected.extend([notes, nested]);
+    expected.sort();
+    assert_eq!(left, expected, "only the orphaned chunk goes");
+    let audit = admin(&publisher, &node)
+        .await
+        .audit_storage()
+        .await
+        .expect("audit");
+    assert!(audit.damaged.is_empty(), "{ds}: {:?}", audit.damaged);
+    node.shutdown().await.expect("shutdown");
+}
