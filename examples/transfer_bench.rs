@@ -447,19 +447,7 @@ impl Nodes {
 
     /// A fresh grant to the consumer for the dataset.
     async fn grant(&self) -> Result<String, BoxError> {
-        let ask = dsnode::peer::AccessAsk {
-            dataset_id: self.dataset.clone(),
-            purpose: "benchmark".into(),
-            actions: vec!["read".into()],
-            duration_secs: 0,
-        };
-        let r = AdminClient::new(&self.consumer.connect().await?)
-            .request_access(&self.publisher.addr.to_string(), ask)
-            .await?;
-        let env: dsnode::envelope::Envelope = r.grant.ok_or("no grant")?.into();
-        Ok(dsnode::exchange::grant::Grant::decode(&env.payload)?
-            .id
-            .to_string())
+        ask_grant(&self.consumer, &self.publisher, &self.dataset).await
     }
 
     /// Removes the output and the consumer's copy of what it received
@@ -492,34 +480,73 @@ impl Nodes {
         let admin = AdminClient::new(&self.consumer.connect().await?);
         let cpu = |p: &NodeProcess| cpu_secs(p.pid());
         let (p0, c0) = (cpu(&self.publisher)?, cpu(&self.consumer)?);
-        let started = Instant::now();
-        let mut events = admin
-            .fetch(
-                &self.publisher.addr.to_string(),
-                &grant,
-                &self.output(),
-                &FetchOptions {
-                    force: true,
-                    streams,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        while let Some(e) = events.next().await? {
-            if let FetchEvent::Done(done) = e {
-                let secs = started.elapsed().as_secs_f64();
-                if done.content_sha256 != *sha256 {
-                    return Err("the fetched content's SHA-256 is not the content's".into());
-                }
-                return Ok(FetchRun {
-                    mb_s: done.bytes as f64 / secs / 1e6,
-                    publisher_cpu: cpu(&self.publisher)? - p0,
-                    consumer_cpu: cpu(&self.consumer)? - c0,
-                });
-            }
-        }
-        Err("the fetch ended without a result".into())
+        let options = FetchOptions {
+            force: true,
+            streams,
+            ..Default::default()
+        };
+        let (secs, bytes) = run_fetch(
+            &admin,
+            &self.publisher,
+            &grant,
+            &self.output(),
+            &options,
+            sha256,
+        )
+        .await?;
+        Ok(FetchRun {
+            mb_s: bytes as f64 / secs / 1e6,
+            publisher_cpu: cpu(&self.publisher)? - p0,
+            consumer_cpu: cpu(&self.consumer)? - c0,
+        })
     }
+}
+
+/// A fresh grant to `consumer` for `dataset` of `publisher`.
+async fn ask_grant(
+    consumer: &NodeProcess,
+    publisher: &NodeProcess,
+    dataset: &str,
+) -> Result<String, BoxError> {
+    let ask = dsnode::peer::AccessAsk {
+        dataset_id: dataset.to_owned(),
+        purpose: "benchmark".into(),
+        actions: vec!["read".into()],
+        duration_secs: 0,
+    };
+    let r = AdminClient::new(&consumer.connect().await?)
+        .request_access(&publisher.addr.to_string(), ask)
+        .await?;
+    let env: dsnode::envelope::Envelope = r.grant.ok_or("no grant")?.into();
+    Ok(dsnode::exchange::grant::Grant::decode(&env.payload)?
+        .id
+        .to_string())
+}
+
+/// One fetch through the consumer's Admin API, to its end; checks the
+/// content's SHA-256. Returns its seconds and bytes.
+async fn run_fetch(
+    admin: &AdminClient,
+    publisher: &NodeProcess,
+    grant: &str,
+    out: &Path,
+    options: &FetchOptions,
+    sha256: &[u8; 32],
+) -> Result<(f64, u64), BoxError> {
+    let started = Instant::now();
+    let mut events = admin
+        .fetch(&publisher.addr.to_string(), grant, out, options)
+        .await?;
+    while let Some(e) = events.next().await? {
+        if let FetchEvent::Done(done) = e {
+            let secs = started.elapsed().as_secs_f64();
+            if done.content_sha256 != *sha256 {
+                return Err("the fetched content's SHA-256 is not the content's".into());
+            }
+            return Ok((secs, done.bytes));
+        }
+    }
+    Err("the fetch ended without a result".into())
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), BoxError> {
@@ -1486,39 +1513,15 @@ mod s3 {
         let consumer_admin = AdminClient::new(&consumer.connect().await?);
         let fetch = |out: PathBuf| {
             let (admin, publisher, dataset) = (&consumer_admin, &publisher, dataset.clone());
+            let consumer = &consumer;
             async move {
-                let ask = dsnode::peer::AccessAsk {
-                    dataset_id: dataset,
-                    purpose: "benchmark".into(),
-                    actions: vec!["read".into()],
-                    duration_secs: 0,
-                };
-                let r = admin
-                    .request_access(&publisher.addr.to_string(), ask)
-                    .await?;
-                let env: dsnode::envelope::Envelope = r.grant.ok_or("no grant")?.into();
-                let grant = dsnode::exchange::grant::Grant::decode(&env.payload)?
-                    .id
-                    .to_string();
-                let started = Instant::now();
+                let grant = ask_grant(consumer, publisher, &dataset).await?;
                 let options = FetchOptions {
                     streams: s.streams,
                     ..Default::default()
                 };
-                let mut events = admin
-                    .fetch(&publisher.addr.to_string(), &grant, &out, &options)
-                    .await?;
-                while let Some(e) = events.next().await? {
-                    if let FetchEvent::Done(done) = e {
-                        if done.content_sha256 != *sha256 {
-                            return Err::<f64, BoxError>(
-                                "the fetched content's SHA-256 is not the content's".into(),
-                            );
-                        }
-                        return Ok(bytes / started.elapsed().as_secs_f64() / 1e6);
-                    }
-                }
-                Err("the fetch ended without a result".into())
+                let (secs, _) = run_fetch(admin, publisher, &grant, &out, &options, sha256).await?;
+                Ok::<f64, BoxError>(bytes / secs / 1e6)
             }
         };
         run.fetch_file_mb_s = fetch(root.join("out.bin")).await?;

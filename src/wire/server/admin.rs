@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{NodeContext, SOFTWARE_VERSION, catalog, grant_id};
+use super::{NodeContext, SOFTWARE_VERSION, catalog, grant_id, object_in_store};
 use crate::exchange::fetch::{FetchOrder, MAX_STREAMS, Progress, default_streams};
 use crate::exchange::transfer::{ObjectOutput, Output};
 use crate::wire::{pb, status};
@@ -72,21 +72,12 @@ impl pb::admin_server::Admin for AdminService {
             )));
         }
         let out = if crate::dataset::s3::ObjectUrl::is_url(&out) {
-            let url = crate::dataset::s3::ObjectUrl::parse(&out)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let buckets = self.node.buckets.as_ref().ok_or_else(|| {
-                Status::failed_precondition(format!(
-                    "{url}: this node has no object store; fetching into s3:// needs [storage] kind = \"s3\" in node.toml (its endpoint and credentials)"
-                ))
-            })?;
+            let (buckets, url, bucket) = object_in_store(&self.node, &out, "fetching into")?;
             if buckets.owns(&url) {
                 return Err(Status::invalid_argument(format!(
                     "{url} is among the node's own chunk objects, which it may remove: put the output elsewhere"
                 )));
             }
-            let bucket = buckets
-                .bucket(&url.bucket)
-                .map_err(|e| Status::failed_precondition(e.to_string()))?;
             Output::Object(ObjectOutput { bucket, url })
         } else {
             Output::File(out.into())

@@ -236,21 +236,12 @@ async fn publish_object(
     source: &str,
     mut stream: Streaming<pb::PublishRequest>,
 ) -> Result<pb::PublishResponse, Status> {
-    use crate::dataset::s3::ObjectUrl;
-    let url = ObjectUrl::parse(source).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let (_, url, bucket) = super::object_in_store(node, source, "publishing from")?;
     if stream.next().await.is_some() {
         return Err(Status::invalid_argument(
             "a publish of an object (header.source) carries no data after its header",
         ));
     }
-    let buckets = node.buckets.as_ref().ok_or_else(|| {
-        Status::failed_precondition(format!(
-            "{url}: this node has no object store; publishing from s3:// needs [storage] kind = \"s3\" in node.toml (its endpoint and credentials)"
-        ))
-    })?;
-    let bucket = buckets
-        .bucket(&url.bucket)
-        .map_err(|e| Status::failed_precondition(e.to_string()))?;
     // Asked now for a quick answer (no such object, refused credentials);
     // the object is read once the publication has its turn (publications
     // run one at a time), in one GET.

@@ -39,3 +39,31 @@ fn grant_id(text: &str) -> Result<GrantId, Status> {
     text.parse()
         .map_err(|e: GrantError| Status::invalid_argument(e.to_string()))
 }
+
+/// The object `text` names (`s3://BUCKET/KEY`) in the node's object store
+/// and a client for its bucket, for `doing` ("publishing from", "fetching
+/// into"); refused, saying why, on a node without an object store.
+fn object_in_store<'a>(
+    node: &'a NodeContext,
+    text: &str,
+    doing: &str,
+) -> Result<
+    (
+        &'a crate::dataset::s3::Buckets,
+        crate::dataset::s3::ObjectUrl,
+        crate::dataset::s3::Bucket,
+    ),
+    Status,
+> {
+    let url = crate::dataset::s3::ObjectUrl::parse(text)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let buckets = node.buckets.as_deref().ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "{url}: this node has no object store; {doing} s3:// needs [storage] kind = \"s3\" in node.toml (its endpoint and credentials)"
+        ))
+    })?;
+    let bucket = buckets
+        .bucket(&url.bucket)
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    Ok((buckets, url, bucket))
+}
