@@ -212,10 +212,23 @@ async fn make_node(
     fsutil::write_atomic(&dir.cert(), issued.pem.as_bytes(), fsutil::PUBLIC_MODE)
         .map_err(step_err("writing the certificate"))?;
     copy_crl(ca, &dir)?;
-    let config = Config::load(dir.root()).map_err(step_err("node.toml"))?;
-    let running = node::start(config)
-        .await
-        .map_err(step_err(&format!("starting {name}")))?;
+    // A port found free may be taken by something else before the node
+    // binds it (the machine is busy): then the node gets new ones.
+    let mut tries = 0;
+    let running = loop {
+        let config = Config::load(dir.root()).map_err(step_err("node.toml"))?;
+        match node::start(config).await {
+            Err(node::NodeError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && tries < 5 =>
+            {
+                tries += 1;
+                let toml = Config::initial_toml(free_addr()?, Some(free_addr()?));
+                fsutil::write_atomic(&dir.config(), toml.as_bytes(), fsutil::PUBLIC_MODE)
+                    .map_err(step_err("rewriting node.toml"))?;
+            }
+            started => break started.map_err(step_err(&format!("starting {name}")))?,
+        }
+    };
     Ok(DemoNode {
         name,
         participant,
