@@ -26,7 +26,9 @@
 //!   `Peer` trait, in domain terms).
 //! - Use cases: [`exchange`] (access, grants, serving and fetching,
 //!   receipts), [`witness`] (the checkpoint exchange, cosignatures, forks),
-//!   [`audit`] (the auditor, reconciliation, evidence bundles).
+//!   [`audit`] (the auditor, reconciliation, evidence bundles, provenance).
+//! - [`console`]: `dsnode audit serve`, the auditor's web console over
+//!   [`audit`].
 //! - [`service`]: the node's use cases behind one type, `NodeContext`.
 //! - Codecs, the only users of prost: [`payload`] (the signed payloads'
 //!   protobuf package and the kept fetch header) and [`wire`] (generated
@@ -41,6 +43,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod codec;
+pub mod console;
 pub mod dataset;
 pub mod digest;
 pub mod envelope;

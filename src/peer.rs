@@ -73,6 +73,14 @@ pub trait Peer: Send + Sync {
     /// The signed objects it holds about grant `grant`, and its
     /// certificate (`Ledger.GetEvidence`; auditors only).
     fn evidence<'a>(&'a self, grant: &'a str) -> PeerFuture<'a, GrantEvidence>;
+
+    /// One page of its catalog (`Catalog.ListDatasets`): dataset ids and
+    /// their signed manifests, not yet verified
+    /// ([`crate::dataset::read_catalog`] verifies them).
+    fn catalog_page(&self, query: CatalogQuery) -> PeerFuture<'_, CatalogPage> {
+        let _ = query;
+        unanswered("Catalog.ListDatasets")
+    }
 }
 
 /// The key history of `peer`'s log, read from it and checked: every
@@ -338,6 +346,26 @@ pub struct GrantEvidence {
     /// there (consumer side) or taken and recorded there (publisher side),
     /// as DSSE JSON in transfer order; empty when it holds none.
     pub receipts: Vec<String>,
+}
+
+/// One page of a catalog listing (`Catalog.ListDatasets`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CatalogQuery {
+    /// Text to find in titles or descriptions; empty: any.
+    pub text: String,
+    /// A classification; empty: any.
+    pub classification: String,
+    /// The previous page's `next_page_token`; empty for the first page.
+    pub page_token: String,
+}
+
+/// One page of a node's catalog, as the node sent it.
+#[derive(Clone, Debug, Default)]
+pub struct CatalogPage {
+    /// Dataset ids, each with the signed manifest the node says is its.
+    pub datasets: Vec<(String, Envelope)>,
+    /// The token for the next page; empty when there is nothing more.
+    pub next_page_token: String,
 }
 
 /// How a call to another node failed, as gRPC classes it (the wire maps

@@ -6,7 +6,9 @@
 //! trust.
 
 pub mod evidence;
+pub mod provenance;
 pub mod reconcile;
+pub mod space;
 
 use crate::identity::PeerIdentity;
 use crate::ledger::Query;
@@ -104,6 +106,12 @@ impl Auditor {
     /// the log's history hands over to it.
     pub fn new(peer: Box<dyn Peer>) -> Self {
         Self { peer, keys: None }
+    }
+
+    /// The audited node, for reads whose answers the caller verifies
+    /// itself (its catalog: [`crate::dataset::read_catalog`]).
+    pub fn peer(&self) -> &dyn Peer {
+        self.peer.as_ref()
     }
 
     /// The audited node's identity (from its verified certificate).
@@ -259,7 +267,25 @@ impl Auditor {
         query: impl Into<EntryQuery>,
         all_pages: bool,
     ) -> Result<(SignedCheckpoint, Vec<VerifiedEntry>), AuditError> {
-        let mut query = query.into();
+        let (cp, entries, _) = self.read_entries(query.into(), all_pages).await?;
+        Ok((cp, entries))
+    }
+
+    /// One page of entries matching `query`, verified as by
+    /// [`Self::entries`], and the token of the next page (empty: none).
+    /// Pass the token and the checkpoint's size back for the next page.
+    pub async fn entries_page(
+        &mut self,
+        query: EntryQuery,
+    ) -> Result<(SignedCheckpoint, Vec<VerifiedEntry>, Vec<u8>), AuditError> {
+        self.read_entries(query, false).await
+    }
+
+    async fn read_entries(
+        &mut self,
+        mut query: EntryQuery,
+        all_pages: bool,
+    ) -> Result<(SignedCheckpoint, Vec<VerifiedEntry>, Vec<u8>), AuditError> {
         query.filter = as_read(query.filter);
         let filter = query.filter.clone();
         let time_ordered = filter.grant.is_none()
@@ -271,6 +297,7 @@ impl Auditor {
         let mut seen = std::collections::HashSet::new();
         let mut pinned: Option<SignedCheckpoint> = None;
         let mut last_index: Option<u64> = None;
+        let next;
         loop {
             let r = self.peer.query_entries(query.clone()).await?;
             let cp = self.checkpoint_of(&r.checkpoint).await?;
@@ -306,6 +333,7 @@ impl Auditor {
             query.tree_size = cp.checkpoint.size;
             pinned = Some(cp);
             if !all_pages || r.next_page_token.is_empty() {
+                next = r.next_page_token;
                 break;
             }
             if r.next_page_token == query.page_token {
@@ -319,7 +347,7 @@ impl Auditor {
             Some(cp) => cp,
             None => self.checkpoint().await?,
         };
-        Ok((cp, out))
+        Ok((cp, out, next))
     }
 
     /// Entry `index`, proven against the checkpoint of `size` (0 = latest).

@@ -266,6 +266,11 @@ pub enum PolicyCommand {
 /// `dsnode audit …`.
 #[derive(Subcommand)]
 pub enum AuditCommand {
+    /// The auditor's web console: pages of the data space, ledgers,
+    /// provenance, grants and bundle checks, each verified as `audit …`
+    /// verifies, served to a browser (read-only; loopback unless TLS and a
+    /// token are given). Runs until Ctrl-C.
+    Serve(ConsoleArgs),
     /// Read back every chunk of every dataset the local node published
     /// from its chunk store (disk or bucket) and check it against its
     /// hash; names each missing or damaged chunk (exit 1 if any).
@@ -580,6 +585,36 @@ pub struct ClientArgs {
     pub(super) out: JsonFlag,
 }
 
+/// Flags of `dsnode audit serve`.
+#[derive(Args)]
+pub struct ConsoleArgs {
+    /// The auditor's data directory: the node the console acts as.
+    #[arg(long, env = DATA_DIR_ENV)]
+    pub(super) data_dir: PathBuf,
+    /// A node to audit, HOST:PORT (repeatable).
+    #[arg(long = "peer", required = true)]
+    pub(super) peers: Vec<String>,
+    /// Where to listen. Anything but loopback needs --tls-cert, --tls-key
+    /// and an access token.
+    #[arg(long, default_value = crate::console::DEFAULT_LISTEN)]
+    pub(super) listen: std::net::SocketAddr,
+    /// The pages' language, zh or en (default: the browser's
+    /// Accept-Language).
+    #[arg(long, value_parser = ["zh", "en"])]
+    pub(super) lang: Option<String>,
+    /// TLS certificate chain (PEM): a P-256 certificate for the name the
+    /// browser uses.
+    #[arg(long)]
+    pub(super) tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long)]
+    pub(super) tls_key: Option<PathBuf>,
+    /// A file (mode 0600) holding the access token; off loopback without
+    /// it, one is made up and printed.
+    #[arg(long)]
+    pub(super) token_file: Option<PathBuf>,
+}
+
 /// `dsnode peer …`.
 #[derive(Subcommand)]
 pub enum PeerCommand {
@@ -615,7 +650,7 @@ pub fn wants_json(command: &Command) -> bool {
         Command::Ca(CaCommand::Issue { json, .. }) => json.json,
         Command::Init(a) => a.out.json,
         Command::Key(KeyCommand::New { out, .. } | KeyCommand::Rotate { out, .. }) => out.json,
-        Command::Serve(_) | Command::Demo(_) => false,
+        Command::Serve(_) | Command::Demo(_) | Command::Audit(AuditCommand::Serve(_)) => false,
         Command::Peer(PeerCommand::Hello { client, .. } | PeerCommand::Witness { client, .. })
         | Command::Status(client)
         | Command::Audit(

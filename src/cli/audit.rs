@@ -129,8 +129,42 @@ async fn two_auditors(
     ))
 }
 
+/// `dsnode audit serve`: the web console, until Ctrl-C.
+pub(super) async fn serve(a: super::args::ConsoleArgs) -> Result<()> {
+    let options = crate::console::Options {
+        data_dir: a.data_dir,
+        peers: a.peers,
+        listen: a.listen,
+        lang: a
+            .lang
+            .as_deref()
+            .and_then(crate::console::lang::Lang::parse),
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+        token_file: a.token_file,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
+    let peers = options.peers.len();
+    crate::console::serve(options, stop, |started| {
+        // The line tests and scripts wait for; flushed at once.
+        println!(
+            "auditor console for {peers} node(s) at {} (Ctrl-C to stop)",
+            started.url
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    })
+    .await?;
+    Ok(())
+}
+
 pub(super) async fn audit(command: AuditCommand) -> Result<Output> {
     match command {
+        AuditCommand::Serve(_) => bail!("`audit serve` runs on its own"),
         AuditCommand::Reconcile {
             client,
             peers,

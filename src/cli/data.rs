@@ -143,52 +143,17 @@ pub(super) async fn catalog(a: CatalogArgs) -> Result<Output> {
     let keys = crate::peer::log_keys(&conn)
         .await
         .map_err(|e| call_error(&a.peer, &e))?;
-    let mut rpc = pb::catalog_client::CatalogClient::new(conn.channel);
-    let mut rows = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = rpc
-            .list_datasets(pb::ListDatasetsRequest {
-                text: a.text.clone().unwrap_or_default(),
-                classification: a.classification.clone().unwrap_or_default(),
-                publisher: String::new(),
-                limit: 1000,
-                page_token: token.clone(),
-            })
-            .await
-            .map_err(|s| call_error(&a.peer, &s.into()))?
-            .into_inner();
-        for e in page.datasets {
-            let envelope: crate::envelope::Envelope = e
-                .manifest
-                .ok_or_else(|| {
-                    anyhow::anyhow!("{} listed {} without its manifest", a.peer, e.dataset_id)
-                })?
-                .into();
-            let ((id, manifest), _) = keys
-                .verify_any(|k| crate::dataset::verify_manifest(envelope.clone(), k))
-                .with_context(|| {
-                    format!("manifest of {} from {} is NOT valid", e.dataset_id, a.peer)
-                })?;
-            if id.as_str() != e.dataset_id {
-                bail!(
-                    "{} listed {} but its manifest is dataset {id}",
-                    a.peer,
-                    e.dataset_id
-                );
-            }
-            rows.push((id, manifest));
-        }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        // Tokens are dataset ids in increasing order; anything else is a
-        // node leading the client in circles.
-        if page.next_page_token <= token || rows.len() > 1_000_000 {
-            bail!("{} paginates its catalog incorrectly; stopping", a.peer);
-        }
-        token = page.next_page_token;
-    }
+    let rows = crate::dataset::read_catalog(
+        &conn,
+        &keys,
+        crate::peer::CatalogQuery {
+            text: a.text.clone().unwrap_or_default(),
+            classification: a.classification.clone().unwrap_or_default(),
+            page_token: String::new(),
+        },
+    )
+    .await
+    .map_err(|e| call_error(&a.peer, &e))?;
     let mut text = format!(
         "{} dataset(s) of {} (publisher {}, participant {}); every manifest signature verified\n",
         rows.len(),

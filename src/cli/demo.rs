@@ -371,7 +371,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         }
     }
     if options.keep && result.is_ok() {
-        print_explore(&mut story, &root, &transport, &acme, &regulator);
+        print_explore(&mut story, &root, [&transport, &acme, &beacon, &regulator]);
         let _ = tokio::signal::ctrl_c().await;
     }
     for n in [transport, acme, beacon, regulator] {
@@ -386,14 +386,18 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     result
 }
 
-fn print_explore(
-    story: &mut Story,
-    root: &Path,
-    transport: &DemoNode,
-    acme: &DemoNode,
-    regulator: &DemoNode,
-) {
+fn print_explore(story: &mut Story, root: &Path, nodes: [&DemoNode; 4]) {
+    let [transport, acme, _, regulator] = nodes;
     let d = |n: &DemoNode| n.dir.root().display().to_string();
+    let peers: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("--peer {}", n.addr()))
+        .collect();
+    let serve = format!(
+        "dsnode audit serve --data-dir {} {}",
+        d(regulator),
+        peers.join(" ")
+    );
     let _ = writeln!(
         story.out,
         "\nThe nodes keep running until Ctrl-C. Explore them from another terminal:\n\
@@ -404,6 +408,8 @@ fn print_explore(
          \n  dsnode audit entries --data-dir {reg} --peer {a}\
          \n  dsnode audit verify --data-dir {tdir}   (after Ctrl-C: the ledger on disk)\
          \n  curl -s http://{m}/metrics\
+         \n\nThe regulator's web console (then open http://{console}/ in a browser):\
+         \n\n  {serve}\
          \n\nEverything is in {root}.",
         acme = d(acme),
         tdir = d(transport),
@@ -414,6 +420,8 @@ fn print_explore(
             .running
             .metrics_addr()
             .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        console = crate::console::DEFAULT_LISTEN,
+        serve = serve,
         root = root.display(),
     );
 }

@@ -56,6 +56,7 @@ pub async fn run(command: Command) -> Result<Option<Output>> {
             node::witness(client, &peer).await.map(Some)
         }
         Command::Status(a) => node::status(a).await.map(Some),
+        Command::Audit(args::AuditCommand::Serve(a)) => audit::serve(a).await.map(|()| None),
         Command::Audit(c) => audit::audit(c).await.map(Some),
         Command::Publish(a) => data::publish(a).await.map(Some),
         Command::Catalog(a) => data::catalog(a).await.map(Some),

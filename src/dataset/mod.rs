@@ -240,6 +240,48 @@ pub fn verify_manifest(
     Ok((id, envelope.verify_signed(publisher_key)?))
 }
 
+/// Most datasets [`read_catalog`] collects from one node.
+pub const MAX_CATALOG_DATASETS: usize = 1_000_000;
+
+/// A node's whole catalog matching `query` (its page token is ignored),
+/// every manifest verified under the node's key history `keys` (old
+/// manifests are signed by keys it has since retired) and required to be
+/// the dataset the node lists it as. A node that lies, or paginates in
+/// circles, gets `DataLoss`.
+pub async fn read_catalog(
+    peer: &dyn crate::peer::Peer,
+    keys: &crate::ledger::keys::LogKeys,
+    mut query: crate::peer::CatalogQuery,
+) -> Result<Vec<(DatasetId, Verified<Manifest>)>, crate::peer::PeerError> {
+    use crate::peer::{Code, PeerError};
+    let bad = |m: String| PeerError::new(Code::DataLoss, m);
+    query.page_token.clear();
+    let mut rows = Vec::new();
+    loop {
+        let page = peer.catalog_page(query.clone()).await?;
+        for (listed, envelope) in page.datasets {
+            let ((id, manifest), _) = keys
+                .verify_any(|k| verify_manifest(envelope.clone(), k))
+                .map_err(|e| bad(format!("the manifest of {listed} is NOT valid: {e}")))?;
+            if id.as_str() != listed {
+                return Err(bad(format!(
+                    "the catalog lists {listed} but its manifest is dataset {id}"
+                )));
+            }
+            rows.push((id, manifest));
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(rows);
+        }
+        // Tokens are dataset ids in increasing order; anything else is a
+        // node leading the client in circles.
+        if page.next_page_token <= query.page_token || rows.len() > MAX_CATALOG_DATASETS {
+            return Err(bad("the node paginates its catalog incorrectly".into()));
+        }
+        query.page_token = page.next_page_token;
+    }
+}
+
 impl SignedBy for Manifest {
     const TYPE: PayloadType = PayloadType::Manifest;
     const NOUN: &'static str = "manifest";

@@ -18,9 +18,9 @@ use tokio_stream::StreamExt;
 
 use crate::envelope::Envelope;
 use crate::peer::{
-    AccessAsk, CheckpointAnswer, CheckpointOffer, Code, ConsistencyAnswer, Dialer, EntryPage,
-    EntryQuery, FetchAsk, FetchPart, FetchStream, GrantEvidence, InclusionAnswer, LatestCheckpoint,
-    Peer, PeerError, PeerFuture, ReceiptTaken,
+    AccessAsk, CatalogPage, CatalogQuery, CheckpointAnswer, CheckpointOffer, Code,
+    ConsistencyAnswer, Dialer, EntryPage, EntryQuery, FetchAsk, FetchPart, FetchStream,
+    GrantEvidence, InclusionAnswer, LatestCheckpoint, Peer, PeerError, PeerFuture, ReceiptTaken,
 };
 
 /// How long a receipt submission may take (as long as a silent publisher
@@ -391,6 +391,35 @@ impl Peer for PeerChannel {
                 .await?
                 .into_inner();
             Ok(r.into())
+        })
+    }
+
+    fn catalog_page(&self, query: CatalogQuery) -> PeerFuture<'_, CatalogPage> {
+        Box::pin(async move {
+            let r = pb::catalog_client::CatalogClient::new(self.channel.clone())
+                .list_datasets(pb::ListDatasetsRequest {
+                    text: query.text,
+                    classification: query.classification,
+                    publisher: String::new(),
+                    limit: 1000,
+                    page_token: query.page_token,
+                })
+                .await?
+                .into_inner();
+            let mut datasets = Vec::with_capacity(r.datasets.len());
+            for e in r.datasets {
+                let Some(manifest) = e.manifest else {
+                    return Err(PeerError::new(
+                        Code::DataLoss,
+                        format!("the catalog lists {} without its manifest", e.dataset_id),
+                    ));
+                };
+                datasets.push((e.dataset_id, manifest.into()));
+            }
+            Ok(CatalogPage {
+                datasets,
+                next_page_token: r.next_page_token,
+            })
         })
     }
 }

@@ -4,6 +4,7 @@
 
 mod authz;
 mod cli;
+mod console;
 mod datasets;
 mod demo;
 mod deploy;

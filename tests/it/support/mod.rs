@@ -8,9 +8,11 @@
 //! - [`flows`]: publishing, asking for access and fetching, as the tests
 //!   share them.
 //! - [`tamper`]: editing a stopped node's store behind its back.
+//! - [`browser`]: headless Chromium through chromedriver.
 //! - [`s3`]: a real S3 server (s3s-fs, or the one the environment names)
 //!   and a relay that takes it down and up.
 
+pub(crate) mod browser;
 pub(crate) mod flows;
 pub(crate) mod s3;
 pub(crate) mod tamper;
