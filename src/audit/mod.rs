@@ -301,6 +301,14 @@ impl Auditor {
         loop {
             let r = self.peer.query_entries(query.clone()).await?;
             let cp = self.checkpoint_of(&r.checkpoint).await?;
+            // Proofs against the tree size asked for, not one the node
+            // picked.
+            if query.tree_size != 0 && cp.checkpoint.size != query.tree_size {
+                return Err(AuditError::Mismatch(format!(
+                    "asked for entries at tree size {}, got a checkpoint of size {}",
+                    query.tree_size, cp.checkpoint.size
+                )));
+            }
             if let Some(p) = &pinned
                 && p.checkpoint != cp.checkpoint
             {

@@ -105,7 +105,9 @@ pub enum Standing {
 /// One ledger entry that records an edge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    /// The participant whose ledger holds it.
+    /// The node whose ledger holds it.
+    pub node: NodeId,
+    /// Its participant.
     pub participant: String,
     /// Its index there.
     pub index: u64,
@@ -140,20 +142,28 @@ pub struct Graph {
     pub edges: Vec<GraphEdge>,
 }
 
+/// The entries of `kind` passing `test` that sit in the ledger of the
+/// node they name at `role` in their parties (0: the publisher, 1: the
+/// consumer): an entry about an exchange counts only in the ledger of the
+/// party that had to write it, never in a third node's.
 fn find(
     ledgers: &[LedgerView],
     kind: EntryKind,
+    role: usize,
     test: impl Fn(&Entry) -> bool,
 ) -> Vec<(&LedgerView, &Entry)> {
     ledgers
         .iter()
         .flat_map(|l| l.entries.iter().map(move |e| (l, e)))
-        .filter(|(_, e)| e.draft.kind == kind && test(e))
+        .filter(|(l, e)| {
+            e.draft.kind == kind && e.draft.parties.get(role) == Some(&l.node) && test(e)
+        })
         .collect()
 }
 
 fn record((l, e): (&LedgerView, &Entry)) -> Record {
     Record {
+        node: l.node.clone(),
         participant: l.participant.clone(),
         index: e.index,
         kind: e.draft.kind,
@@ -197,8 +207,8 @@ impl Builder<'_> {
         records: Vec<Record>,
         expected: usize,
     ) {
-        let ledgers: std::collections::BTreeSet<&str> =
-            records.iter().map(|r| r.participant.as_str()).collect();
+        let ledgers: std::collections::BTreeSet<&NodeId> =
+            records.iter().map(|r| &r.node).collect();
         let standing = if records.is_empty() {
             Standing::Claimed
         } else if ledgers.len() >= expected {
@@ -223,9 +233,11 @@ impl Builder<'_> {
             .map_or_else(|| node.to_string(), |l| l.participant.clone())
     }
 
-    fn published(&self, dataset: &str) -> Vec<Record> {
-        find(self.ledgers, EntryKind::DatasetPublished, |e| {
+    /// The publication of `dataset`, in its publisher's own ledger.
+    fn published(&self, dataset: &str, publisher: Option<&NodeId>) -> Vec<Record> {
+        find(self.ledgers, EntryKind::DatasetPublished, 0, |e| {
             e.draft.dataset.as_deref() == Some(dataset)
+                && publisher.is_none_or(|p| e.draft.parties.first() == Some(p))
         })
         .into_iter()
         .map(record)
@@ -258,9 +270,28 @@ impl Graph {
         let this = facts.get(dataset);
         // Earlier versions above it, later ones below, in column 1.
         let lineage = this.map_or(dataset, |f| f.lineage.as_str());
-        let mut versions: Vec<&DatasetFacts> =
-            facts.values().filter(|f| f.lineage == lineage).collect();
+        // A version is a manifest of the same lineage signed by the same
+        // publisher: no other node can add versions to another's dataset.
+        let publisher = this.map(|f| &f.publisher);
+        let mut versions: Vec<&DatasetFacts> = facts
+            .values()
+            .filter(|f| f.lineage == lineage && publisher.is_none_or(|p| &f.publisher == p))
+            .collect();
         versions.sort_by_key(|f| f.version);
+        // A version some manifest supersedes, though no catalog lists it.
+        for f in &versions {
+            if let Some(prev) = &f.supersedes
+                && !versions.iter().any(|v| &v.id == prev)
+            {
+                b.node(
+                    dataset_node(prev),
+                    NodeKind::Dataset,
+                    1,
+                    prev,
+                    &title_of(facts, prev),
+                );
+            }
+        }
         if !versions.iter().any(|f| f.id == dataset) {
             b.node(
                 dataset_node(dataset),
@@ -281,7 +312,7 @@ impl Graph {
         }
         for f in &versions {
             if let Some(prev) = &f.supersedes {
-                let records = b.published(&f.id);
+                let records = b.published(&f.id, Some(&f.publisher));
                 b.edge(
                     (dataset_node(prev), dataset_node(&f.id)),
                     "version",
@@ -320,14 +351,18 @@ impl Graph {
         }
         for (source, grant, derived) in derivations {
             // The derived dataset's publication, and the grant that
-            // allowed it, where one is named.
-            let mut records = b.published(&derived);
+            // allowed it, where one is named: a grant of the source to the
+            // derived dataset's publisher.
+            let derived_by = facts.get(&derived).map(|f| &f.publisher);
+            let mut records = b.published(&derived, derived_by);
             let mut expected = 1;
             if !grant.is_empty() {
                 expected = 2;
                 records.extend(
-                    find(ledgers, EntryKind::AccessGranted, |e| {
+                    find(ledgers, EntryKind::AccessGranted, 0, |e| {
                         e.draft.grant.as_deref() == Some(grant.as_str())
+                            && e.draft.dataset.as_deref() == Some(source.as_str())
+                            && derived_by.is_none_or(|d| e.draft.parties.get(1) == Some(d))
                     })
                     .into_iter()
                     .map(record),
@@ -342,15 +377,15 @@ impl Graph {
         }
         let here = dataset_node(dataset);
         let about = |e: &Entry| e.draft.dataset.as_deref() == Some(dataset);
-        for (_, e) in find(ledgers, EntryKind::DatasetPublished, about) {
+        for (_, e) in find(ledgers, EntryKind::DatasetPublished, 0, about) {
             b.dated(&here, e.time_ms);
         }
 
         // Grants, from the publisher's AccessGranted and the consumer's
         // GrantReceived.
         let mut grants: Vec<String> = Vec::new();
-        for kind in [EntryKind::AccessGranted, EntryKind::GrantReceived] {
-            for (_, e) in find(ledgers, kind, about) {
+        for (kind, role) in [(EntryKind::AccessGranted, 0), (EntryKind::GrantReceived, 1)] {
+            for (_, e) in find(ledgers, kind, role, about) {
                 if let Some(g) = &e.draft.grant
                     && !grants.contains(g)
                 {
@@ -360,8 +395,14 @@ impl Graph {
         }
         for g in &grants {
             let of_grant = |e: &Entry| e.draft.grant.as_deref() == Some(g.as_str());
-            let granted = find(ledgers, EntryKind::AccessGranted, of_grant);
-            let received = find(ledgers, EntryKind::GrantReceived, of_grant);
+            let granted = find(ledgers, EntryKind::AccessGranted, 0, of_grant);
+            // The consumer's record counts only if it holds the same signed
+            // grant the publisher recorded.
+            let granted_hash = granted.first().and_then(|(_, e)| e.draft.object_hash);
+            let received: Vec<_> = find(ledgers, EntryKind::GrantReceived, 1, of_grant)
+                .into_iter()
+                .filter(|(_, e)| granted.is_empty() || e.draft.object_hash == granted_hash)
+                .collect();
             // Parties: the publisher, then the consumer.
             let consumer_name = granted
                 .first()
@@ -392,7 +433,7 @@ impl Graph {
 
             // Transfers: the publisher's TransferStarted, named by its
             // index on both sides.
-            let started = find(ledgers, EntryKind::TransferStarted, of_grant);
+            let started = find(ledgers, EntryKind::TransferStarted, 0, of_grant);
             for (pl, s) in &started {
                 let t = s.index;
                 let tnode = format!("transfer:{g}:{t}");
@@ -404,7 +445,7 @@ impl Graph {
                     &format!("{} #{t}", pl.participant),
                 );
                 b.dated(&tnode, s.time_ms);
-                let completed = find(ledgers, EntryKind::TransferCompleted, |e| {
+                let completed = find(ledgers, EntryKind::TransferCompleted, 1, |e| {
                     of_grant(e) && e.draft.transfer == Some(t)
                 });
                 let records = std::iter::once((*pl, *s))
@@ -412,9 +453,11 @@ impl Graph {
                     .map(record)
                     .collect();
                 b.edge((node.clone(), tnode.clone()), "transfer", records, 2);
-                let receipts = find(ledgers, EntryKind::ReceiptRecorded, |e| {
-                    of_grant(e) && e.draft.transfer == Some(t)
-                });
+                let of_transfer = |e: &Entry| of_grant(e) && e.draft.transfer == Some(t);
+                let receipts: Vec<_> = find(ledgers, EntryKind::ReceiptRecorded, 0, of_transfer)
+                    .into_iter()
+                    .chain(find(ledgers, EntryKind::ReceiptRecorded, 1, of_transfer))
+                    .collect();
                 if !receipts.is_empty() {
                     let rnode = format!("receipt:{g}:{t}");
                     b.node(rnode.clone(), NodeKind::Receipt, 4, g, &consumer_name);
@@ -431,7 +474,7 @@ impl Graph {
                     b.edge((tnode, rnode), "receipt", same, 2);
                 }
             }
-            let revoked = find(ledgers, EntryKind::GrantRevoked, of_grant);
+            let revoked = find(ledgers, EntryKind::GrantRevoked, 0, of_grant);
             if let Some((_, e)) = revoked.first() {
                 let vnode = format!("revoked:{g}");
                 // Under its grant, in the grant's column.
@@ -442,7 +485,7 @@ impl Graph {
             }
         }
         // Refused requests: the publisher's AccessDenied (no grant).
-        for (l, e) in find(ledgers, EntryKind::AccessDenied, about) {
+        for (l, e) in find(ledgers, EntryKind::AccessDenied, 0, about) {
             if e.draft.grant.is_some() {
                 continue;
             }
@@ -545,6 +588,26 @@ pub async fn ledger_view(
     })
 }
 
+/// The node's own publications in its ledger: dataset id → the index of
+/// its `DatasetPublished` entry.
+async fn publications(a: &mut Auditor) -> Result<BTreeMap<String, u64>, AuditError> {
+    let me = a.node().node_id.clone();
+    let (_, entries) = a
+        .entries(
+            Query {
+                kind: Some(EntryKind::DatasetPublished),
+                ..Query::default()
+            },
+            true,
+        )
+        .await?;
+    Ok(entries
+        .into_iter()
+        .filter(|v| v.entry.draft.parties.first() == Some(&me))
+        .filter_map(|v| Some((v.entry.draft.dataset.clone()?, v.entry.index)))
+        .collect())
+}
+
 /// What the manifest of `dataset` says, read from the node `a` (its
 /// publisher) through the evidence of one of its grants: a catalog lists
 /// only current versions, but every grant keeps the manifest it names.
@@ -567,6 +630,13 @@ pub async fn facts_by_grant(
     if id.as_str() != dataset {
         return Ok(None);
     }
+    let published = publications(a).await?;
+    let at = published.get(dataset).ok_or_else(|| {
+        AuditError::Mismatch(format!(
+            "no publication of {dataset} in the ledger of its grantor"
+        ))
+    })?;
+    keys.honours(m.signer(), &format!("manifest {id}"), *at)?;
     if m.value().publisher != a.node().node_id {
         return Err(AuditError::Mismatch(format!(
             "the manifest of {id} names publisher {}, not the node that granted it",
@@ -602,9 +672,18 @@ pub async fn catalog_facts(a: &mut Auditor) -> Result<Vec<DatasetFacts>, AuditEr
     let keys = a.keys().await?.clone();
     let node = a.node().node_id.clone();
     let rows = crate::dataset::read_catalog(a.peer(), &keys, Default::default()).await?;
+    let published = publications(a).await?;
     let mut out = Vec::with_capacity(rows.len());
-    for (id, m) in rows {
-        let m = m.value();
+    for (id, verified) in rows {
+        // Signed by a key the node had not retired when it recorded the
+        // publication (a retired key may since have leaked).
+        let at = published.get(id.as_str()).ok_or_else(|| {
+            AuditError::Mismatch(format!(
+                "the catalog of {node} lists {id}, but its ledger records no such publication"
+            ))
+        })?;
+        keys.honours(verified.signer(), &format!("manifest {id}"), *at)?;
+        let m = verified.value();
         if m.publisher != node {
             return Err(AuditError::Mismatch(format!(
                 "the catalog of {node} lists {id}, published by {}",
@@ -703,7 +782,13 @@ mod tests {
             f("ds_d", 1, None, vec![("ds_a".into(), "gr_1".into())]),
         ]
         .into_iter()
-        .map(|f| (f.id.clone(), f))
+        .map(|mut f| {
+            // The derived dataset is the consumer's, under its grant.
+            if f.id == "ds_d" {
+                f.publisher = id(2);
+            }
+            (f.id.clone(), f)
+        })
         .collect()
     }
 
@@ -791,6 +876,48 @@ mod tests {
         assert_eq!(
             edge(&g, "dataset:ds_a", "dataset:ds_b").standing,
             Standing::Claimed
+        );
+    }
+
+    #[test]
+    fn only_the_parties_own_ledgers_count() {
+        // A third node that copies the exchange's entries into its own
+        // ledger proves nothing about it.
+        let mut third = ledgers()[0].clone();
+        third.node = id(3);
+        third.participant = "bystander".into();
+        let mut copy = ledgers()[1].clone();
+        copy.node = id(3);
+        copy.participant = "bystander".into();
+        let g = Graph::build("ds_a", &[third, copy], &facts());
+        assert!(
+            g.edges.iter().all(|e| e.records.is_empty()),
+            "{:#?}",
+            g.edges
+        );
+        // The consumer's GrantReceived of another signed grant (another
+        // hash) does not prove the grant the publisher recorded.
+        let mut l = ledgers();
+        for e in &mut l[0].entries {
+            if e.draft.kind == EntryKind::AccessGranted {
+                e.draft.object_hash = Some([1; 32]);
+            }
+        }
+        let g = Graph::build("ds_a", &l, &facts());
+        assert_eq!(
+            edge(&g, "dataset:ds_a", "grant:gr_1").standing,
+            Standing::OneSide
+        );
+        // A manifest of another publisher in the same lineage is no version.
+        let mut f = facts();
+        if let Some(b) = f.get_mut("ds_b") {
+            b.publisher = id(3);
+        }
+        let g = Graph::build("ds_a", &ledgers(), &f);
+        assert!(
+            !g.edges.iter().any(|e| e.relation == "version"),
+            "{:#?}",
+            g.edges
         );
     }
 

@@ -268,6 +268,79 @@ pub async fn reconcile(
     Ok(out)
 }
 
+/// The signed grant the publisher `p` recorded in its `AccessGranted`
+/// entry `e` (proven by the caller): served by the node, and required to
+/// be the very object the entry hashes, signed by a key of the node's
+/// history that was not retired when the entry was written, with the id
+/// the entry names.
+pub async fn granted_terms(
+    p: &mut Auditor,
+    keys: &LogKeys,
+    e: &Entry,
+) -> Result<crate::envelope::Verified<crate::exchange::grant::Grant>, AuditError> {
+    let id = e.draft.grant.clone().unwrap_or_default();
+    let ev = p.evidence(&id).await?;
+    let env = crate::envelope::Envelope::from_json(&ev.grant)
+        .map_err(|err| AuditError::Mismatch(format!("grant {id}: {err}")))?;
+    if Some(env.payload_hash()) != e.draft.object_hash {
+        return Err(AuditError::Mismatch(format!(
+            "grant {id} as served is not the one entry {} recorded",
+            e.index
+        )));
+    }
+    let (grant, _) = keys
+        .verify_any(|k| verify_grant(env.clone(), k))
+        .map_err(|err| AuditError::Mismatch(format!("grant {id}: {err}")))?;
+    keys.honours(grant.signer(), &format!("grant {id}"), e.index)?;
+    if grant.value().id.as_str() != id || grant.value().publisher != p.node().node_id {
+        return Err(AuditError::Mismatch(format!(
+            "entry {} names grant {id} of this node, but the grant served is {} of {}",
+            e.index,
+            grant.value().id,
+            grant.value().publisher
+        )));
+    }
+    Ok(grant)
+}
+
+/// A receipt (DSSE JSON) for `grant`, as a node served it, checked
+/// against the consumer's ledger: a `ReceiptRecorded` entry there must
+/// hash this very receipt, and it must be signed by a key of the
+/// consumer's history not retired before that entry, for this grant.
+pub fn recorded_receipt(
+    text: &str,
+    grant: &str,
+    consumer_keys: &LogKeys,
+    consumer_entries: &[VerifiedEntry],
+) -> Result<crate::exchange::receipt::Receipt, AuditError> {
+    let env = crate::envelope::Envelope::from_json(text)
+        .map_err(|e| AuditError::Mismatch(format!("a receipt: {e}")))?;
+    let hash = env.payload_hash();
+    let entry = consumer_entries
+        .iter()
+        .find(|v| {
+            v.entry.draft.kind == EntryKind::ReceiptRecorded
+                && v.entry.draft.object_hash == Some(hash)
+        })
+        .ok_or_else(|| {
+            AuditError::Mismatch(
+                "a receipt the consumer's ledger does not record (no ReceiptRecorded hashes it)"
+                    .into(),
+            )
+        })?;
+    let (receipt, _) = consumer_keys
+        .verify_any(|k| crate::exchange::receipt::verify_receipt(env.clone(), k))
+        .map_err(|e| AuditError::Mismatch(format!("a receipt: {e}")))?;
+    consumer_keys.honours(receipt.signer(), "a receipt", entry.entry.index)?;
+    if receipt.value().grant.as_str() != grant {
+        return Err(AuditError::Mismatch(format!(
+            "a receipt recorded for grant {grant} is for grant {}",
+            receipt.value().grant
+        )));
+    }
+    Ok(receipt.value().clone())
+}
+
 /// A grant in force at the time asked about.
 #[derive(Debug)]
 pub struct InForce {
@@ -325,19 +398,7 @@ pub async fn who_could(
         {
             continue;
         }
-        let ev = p.evidence(&id).await?;
-        let env = crate::envelope::Envelope::from_json(&ev.grant)
-            .map_err(|e| AuditError::Mismatch(format!("grant {id}: {e}")))?;
-        if Some(env.payload_hash()) != e.draft.object_hash {
-            return Err(AuditError::Mismatch(format!(
-                "grant {id} as served is not the one entry {} recorded",
-                e.index
-            )));
-        }
-        let (grant, _) = keys
-            .verify_any(|k| verify_grant(env.clone(), k))
-            .map_err(|err| AuditError::Mismatch(format!("grant {id}: {err}")))?;
-        keys.honours(grant.signer(), &format!("grant {id}"), e.index)?;
+        let grant = granted_terms(p, &keys, e).await?;
         let g = grant.value();
         if g.not_before_ms <= at_ms && at_ms < g.not_after_ms {
             out.push(InForce {

@@ -106,7 +106,7 @@ pub async fn survey(a: &mut Auditor, known: &[PeerIdentity]) -> Result<NodeSurve
                 Ok(t) if n > size => Err(format!(
                     "cosigned size {n} is beyond the log's checkpoint {size} (t={t})"
                 )),
-                Ok(t) => match consistent(a, &cp, size).await {
+                Ok(t) => match consistent(a, &cp, &checkpoint).await {
                     Ok(()) => Ok(t),
                     Err(e) => Err(e),
                 },
@@ -139,17 +139,32 @@ pub async fn survey(a: &mut Auditor, known: &[PeerIdentity]) -> Result<NodeSurve
     })
 }
 
-/// Whether the log at `size` provably extends the cosigned checkpoint.
-async fn consistent(a: &mut Auditor, cp: &SignedCheckpoint, size: u64) -> Result<(), String> {
-    let old = cp.checkpoint.size;
-    if old == 0 || old == size {
-        return Ok(());
+/// Whether the log's checkpoint `now` provably extends the cosigned
+/// checkpoint `cp`: the same tree at the same size, or a consistency proof
+/// from it to exactly `now`.
+async fn consistent(
+    a: &mut Auditor,
+    cp: &SignedCheckpoint,
+    now: &SignedCheckpoint,
+) -> Result<(), String> {
+    let (old, size) = (cp.checkpoint.size, now.checkpoint.size);
+    let fork = || {
+        format!("the log's checkpoint of size {old} is not the one the witness cosigned: a fork")
+    };
+    if old == size {
+        return if cp.checkpoint.root == now.checkpoint.root {
+            Ok(())
+        } else {
+            Err(fork())
+        };
     }
     match a.prove_consistency(old, size).await {
-        Ok((o, _, _)) if o.checkpoint.root == cp.checkpoint.root => Ok(()),
-        Ok(_) => Err(format!(
-            "the log's checkpoint of size {old} is not the one the witness cosigned: a fork"
-        )),
+        Ok((o, n, _))
+            if o.checkpoint.root == cp.checkpoint.root && n.checkpoint == now.checkpoint =>
+        {
+            Ok(())
+        }
+        Ok(_) => Err(fork()),
         Err(e) => Err(format!("consistency {old} → {size}: {e}")),
     }
 }

@@ -66,18 +66,18 @@ impl Lang {
     /// What an entry kind means, in words.
     pub fn kind(self, kind: EntryKind) -> String {
         let (en, zh) = match kind {
-            EntryKind::NodeStarted => ("node started", "节点启动"),
-            EntryKind::DatasetPublished => ("dataset published", "数据集发布"),
-            EntryKind::AccessGranted => ("access granted", "授予访问"),
-            EntryKind::AccessDenied => ("access refused", "拒绝访问"),
-            EntryKind::TransferStarted => ("transfer started", "传输开始"),
-            EntryKind::TransferCompleted => ("transfer completed", "传输完成"),
-            EntryKind::TransferResumed => ("transfer resumed", "传输续传"),
+            EntryKind::NodeStarted => ("node started", "节点已启动"),
+            EntryKind::DatasetPublished => ("dataset published", "数据集已发布"),
+            EntryKind::AccessGranted => ("access granted", "已授予访问"),
+            EntryKind::AccessDenied => ("access refused", "已拒绝访问"),
+            EntryKind::TransferStarted => ("transfer started", "传输已开始"),
+            EntryKind::TransferCompleted => ("transfer completed", "传输已完成"),
+            EntryKind::TransferResumed => ("transfer resumed", "传输已续传"),
             EntryKind::ReceiptRecorded => ("receipt recorded", "回执已记录"),
-            EntryKind::GrantRevoked => ("grant revoked", "授权撤销"),
-            EntryKind::PeerCheckpointSeen => ("peer checkpoint witnessed", "见证对方检查点"),
-            EntryKind::GrantReceived => ("grant received", "收到授权"),
-            EntryKind::KeyRotated => ("key rotated", "密钥轮换"),
+            EntryKind::GrantRevoked => ("grant revoked", "授权已撤销"),
+            EntryKind::PeerCheckpointSeen => ("peer checkpoint witnessed", "已见证对方检查点"),
+            EntryKind::GrantReceived => ("grant received", "已收到授权"),
+            EntryKind::KeyRotated => ("key rotated", "密钥已轮换"),
             EntryKind::ForkDetected => ("fork detected", "发现分叉"),
             EntryKind::Unknown(c) => {
                 return match self {

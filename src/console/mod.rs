@@ -59,6 +59,10 @@ pub const MAX_UPLOAD: usize = crate::audit::evidence::MAX_BUNDLE_BYTES + (1 << 2
 const MAX_CA_PEM: usize = 64 << 10;
 /// Connections served at once, at most.
 const MAX_CONNECTIONS: usize = 64;
+/// Pages built at once, at most (each reads every node).
+const MAX_PAGES: usize = 8;
+/// How long one request may take, reading its upload and every node.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
 /// The cookie that carries the access token.
 const TOKEN_COOKIE: &str = "dsnode_console_token";
 /// The cookie that keeps the language chosen with `?lang=`.
@@ -126,6 +130,7 @@ pub struct Started {
 
 struct Console {
     peers: Vec<String>,
+    pages: tokio::sync::Semaphore,
     client_tls: Arc<rustls::ClientConfig>,
     lang: Option<Lang>,
     token: Option<String>,
@@ -142,7 +147,7 @@ fn server_tls(
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let bad = |m: String| ConsoleError::Tls(m);
     let cert_pem = crate::fsutil::read(cert)?;
-    let key_pem = crate::fsutil::read(key)?;
+    let key_pem = crate::fsutil::read_secret(key).map_err(|e| ConsoleError::Tls(e.to_string()))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| {
@@ -191,11 +196,15 @@ fn load_token(options: &Options) -> Result<Option<String>, ConsoleError> {
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
         return Ok(Some(data_encoding::BASE64URL_NOPAD.encode(&bytes)));
     };
-    let text = crate::fsutil::read_to_string(path)?;
+    let bytes =
+        crate::fsutil::read_secret(path).map_err(|e| ConsoleError::Options(e.to_string()))?;
+    let text = String::from_utf8_lossy(&bytes);
     let token = text.trim();
-    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+    // Characters that need no escaping in a URL or a cookie.
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+    if token.len() < 16 || !token.bytes().all(plain) {
         return Err(ConsoleError::Options(format!(
-            "{}: the token must be at least 16 printable characters",
+            "{}: the token must be at least 16 characters of A-Z a-z 0-9 - . _ ~",
             path.display()
         )));
     }
@@ -261,6 +270,7 @@ pub async fn serve(
         None => format!("{scheme}://{host}/"),
     };
     let console = Arc::new(Console {
+        pages: tokio::sync::Semaphore::new(MAX_PAGES),
         peers: options.peers,
         client_tls,
         lang: options.lang,
@@ -409,6 +419,27 @@ fn host_allowed(headers: &HeaderMap) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
+/// Runs a request with at most [`MAX_PAGES`] others at once (each may
+/// talk to every node) and a deadline: a node that stops answering
+/// costs a page, not the console.
+async fn run_bounded(console: &Console, l: Lang, req: Request, next: Next) -> Response {
+    let work = async {
+        let _permit = console.pages.acquire().await;
+        next.run(req).await
+    };
+    match tokio::time::timeout(REQUEST_DEADLINE, work).await {
+        Ok(r) => r,
+        Err(_) => pages::refused(
+            l,
+            StatusCode::GATEWAY_TIMEOUT,
+            l.t(
+                "The nodes did not answer in time; try again.",
+                "节点未能及时响应，请重试。",
+            ),
+        ),
+    }
+}
+
 async fn guard(State(console): State<Shared>, mut req: Request, next: Next) -> Response {
     let headers = req.headers().clone();
     let uri = req.uri().clone();
@@ -434,7 +465,7 @@ async fn guard(State(console): State<Shared>, mut req: Request, next: Next) -> R
         ),
         None => {
             req.extensions_mut().insert(Ctx { lang });
-            next.run(req).await
+            run_bounded(&console, lang, req, next).await
         }
         Some(token) => {
             let given = query_param(&uri, "token");
@@ -453,7 +484,8 @@ async fn guard(State(console): State<Shared>, mut req: Request, next: Next) -> R
                         // Into a cookie, and out of the address bar and
                         // the history.
                         let mut r = StatusCode::SEE_OTHER.into_response();
-                        let path = req.uri().path().to_owned();
+                        // One leading slash: never `//host`, another site.
+                        let path = format!("/{}", req.uri().path().trim_start_matches('/'));
                         if let Ok(v) = HeaderValue::from_str(&path) {
                             r.headers_mut().insert(header::LOCATION, v);
                         }
@@ -466,7 +498,7 @@ async fn guard(State(console): State<Shared>, mut req: Request, next: Next) -> R
                         r
                     } else {
                         req.extensions_mut().insert(Ctx { lang });
-                        next.run(req).await
+                        run_bounded(&console, lang, req, next).await
                     }
                 }
                 _ => pages::refused(
@@ -579,6 +611,11 @@ async fn space(
         for j in i + 1..reached.len() {
             let (left, right) = reached.split_at_mut(j);
             let (Ok(a), Ok(b)) = (&mut left[i].auditor, &mut right[0].auditor) else {
+                let why = ctx.lang.t(
+                    "not reconciled: one of the two nodes was not reached",
+                    "未对账：其中一个节点未能连接",
+                );
+                pairs.push((i, j, Err(why.to_owned())));
                 continue;
             };
             let result = crate::audit::reconcile::reconcile(a, b, None)
@@ -588,15 +625,18 @@ async fn space(
         }
     }
     let mut datasets = Vec::new();
+    let mut catalog_errors = Vec::new();
     for r in &mut reached {
-        if let Ok(a) = &mut r.auditor
-            && let Ok(mut facts) = crate::audit::provenance::catalog_facts(a).await
-        {
-            datasets.append(&mut facts);
+        if let Ok(a) = &mut r.auditor {
+            match crate::audit::provenance::catalog_facts(a).await {
+                Ok(mut facts) => datasets.append(&mut facts),
+                Err(e) => catalog_errors.push(format!("{}: {e}", r.addr)),
+            }
         }
     }
     let view = pages::SpaceView {
         datasets,
+        catalog_errors,
         nodes: reached
             .iter()
             .zip(nodes)
@@ -686,7 +726,7 @@ async fn ledger(
             StatusCode::NOT_FOUND,
             l.t(
                 "No node the console audits (and reached) has this id.",
-                "控制台审计（且连接上）的节点中没有这个节点标识。",
+                "所审计且已连接的节点中没有该节点标识。",
             ),
         );
     };
@@ -735,7 +775,7 @@ async fn ledger(
         .into_iter()
         .map(|(k, v)| (k, v.unwrap_or_default()))
         .collect(),
-        first_page: params.after.is_none(),
+        first_page: params.after.as_deref().is_none_or(str::is_empty),
     };
     pages::ledger(l, &view, result)
 }
@@ -767,22 +807,7 @@ async fn dataset(
         }
     }
     let related = crate::audit::provenance::related(&id, &facts);
-    let mut ledgers = Vec::new();
-    let mut sides = Vec::new();
-    for r in &mut reached {
-        let outcome: Result<u64, String> = match &mut r.auditor {
-            Err(e) => Err(e.clone()),
-            Ok(a) => match crate::audit::provenance::ledger_view(a, &id, &related).await {
-                Ok(view) => {
-                    let size = view.checkpoint_size;
-                    ledgers.push(view);
-                    Ok(size)
-                }
-                Err(e) => Err(e.to_string()),
-            },
-        };
-        sides.push((r.addr.clone(), r.identity().cloned(), outcome));
-    }
+    let (mut ledgers, mut sides) = ledger_views(&mut reached, &id, &related).await;
     // A superseded version is in no catalog: its manifest comes with the
     // evidence of one of its grants, from the publisher.
     if !facts.contains_key(&id) {
@@ -804,6 +829,10 @@ async fn dataset(
                     match crate::audit::provenance::facts_by_grant(a, &id, &grant).await {
                         Ok(Some(f)) => {
                             facts.insert(id.clone(), f);
+                            // Its own manifest names its lineage and
+                            // sources: read their publications too.
+                            let related = crate::audit::provenance::related(&id, &facts);
+                            (ledgers, sides) = ledger_views(&mut reached, &id, &related).await;
                             break 'found;
                         }
                         Ok(None) => {}
@@ -824,6 +853,33 @@ async fn dataset(
             graph,
         },
     )
+}
+
+/// Each reached node's proven entries about `id` and the `related`
+/// publications and grants; and for each node, the checkpoint size they
+/// were proven in, or why not.
+async fn ledger_views(
+    reached: &mut [Reached],
+    id: &str,
+    related: &(Vec<String>, Vec<String>),
+) -> (Vec<crate::audit::provenance::LedgerView>, Vec<pages::Side>) {
+    let mut ledgers = Vec::new();
+    let mut sides = Vec::new();
+    for r in reached.iter_mut() {
+        let outcome: Result<u64, String> = match &mut r.auditor {
+            Err(e) => Err(e.clone()),
+            Ok(a) => match crate::audit::provenance::ledger_view(a, id, related).await {
+                Ok(view) => {
+                    let size = view.checkpoint_size;
+                    ledgers.push(view);
+                    Ok(size)
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        sides.push((r.addr.clone(), r.identity().cloned(), outcome));
+    }
+    (ledgers, sides)
 }
 
 /// Proven entries and their checkpoint's size, or why not.
@@ -860,11 +916,18 @@ async fn find_grant(reached: &mut [Reached], grant: &str) -> GrantFound {
             .map(|(cp, e)| (cp.checkpoint.size, e))
             .map_err(|e| e.to_string());
         if let Ok((_, entries)) = &result {
+            // Each role only from the ledger of the node the entry names
+            // in it: the publisher first, the consumer second; the first
+            // such node given wins.
             for e in entries {
-                let first = e.entry.draft.parties.first() == Some(&me);
-                match e.entry.draft.kind {
-                    EntryKind::AccessGranted if first => found.publisher = Some(i),
-                    EntryKind::GrantReceived => found.consumer = Some(i),
+                let d = &e.entry.draft;
+                match d.kind {
+                    EntryKind::AccessGranted if d.parties.first() == Some(&me) => {
+                        found.publisher.get_or_insert(i);
+                    }
+                    EntryKind::GrantReceived if d.parties.get(1) == Some(&me) => {
+                        found.consumer.get_or_insert(i);
+                    }
                     _ => {}
                 }
             }
@@ -872,6 +935,59 @@ async fn find_grant(reached: &mut [Reached], grant: &str) -> GrantFound {
         found.entries.push((i, result));
     }
     found
+}
+
+/// The proven entries of node `i` about the grant, if it was read.
+fn entries_of(found: &GrantFound, i: usize) -> &[VerifiedEntry] {
+    found
+        .entries
+        .iter()
+        .find(|(j, _)| *j == i)
+        .and_then(|(_, r)| r.as_ref().ok())
+        .map_or(&[], |(_, e)| e.as_slice())
+}
+
+/// The grant's terms, from its publisher: the object its `AccessGranted`
+/// entry hashes, signed by the publisher, issued to the consumer found.
+async fn terms_of(
+    l: Lang,
+    reached: &mut [Reached],
+    found: &GrantFound,
+) -> Result<crate::exchange::grant::Grant, String> {
+    let Some(p) = found.publisher else {
+        return Err(l
+            .t(
+                "the publisher's ledger (its AccessGranted entry) is not among the audited nodes: the terms cannot be checked",
+                "所审计的节点中没有发布方的账本（其授权条目）：无法核验条款",
+            )
+            .to_owned());
+    };
+    let granted = entries_of(found, p)
+        .iter()
+        .find(|e| e.entry.draft.kind == EntryKind::AccessGranted)
+        .map(|e| e.entry.clone())
+        .ok_or_else(|| "no AccessGranted entry".to_owned())?;
+    let consumer = found
+        .consumer
+        .and_then(|c| reached[c].identity())
+        .map(|i| i.node_id.clone());
+    let Ok(a) = &mut reached[p].auditor else {
+        return Err("the publisher was not reached".into());
+    };
+    let keys = a.keys().await.map_err(|e| e.to_string())?.clone();
+    let grant = crate::audit::reconcile::granted_terms(a, &keys, &granted)
+        .await
+        .map_err(|e| e.to_string())?;
+    let g = grant.value().clone();
+    if granted.draft.parties.get(1) != Some(&g.grantee)
+        || consumer.as_ref().is_some_and(|c| c != &g.grantee)
+    {
+        return Err(format!(
+            "the grant is issued to {}, not to the consumer the ledgers name",
+            g.grantee
+        ));
+    }
+    Ok(g)
 }
 
 async fn grant(
@@ -889,66 +1005,37 @@ async fn grant(
     }
     let mut reached = console.reach().await;
     let found = find_grant(&mut reached, &id).await;
-    // The grant's terms and receipts, as the publisher (else the
-    // consumer) holds them, verified under the signers' keys.
-    let mut terms = Err(l
-        .t(
-            "neither the publisher nor the consumer of this grant was reached",
-            "未能连接该授权的发布方或使用方",
-        )
-        .to_owned());
+    let terms = terms_of(l, &mut reached, &found).await;
+    // The receipts the publisher (else the consumer) holds, each checked
+    // against the consumer's ledger and key history.
     let mut receipts = Vec::new();
-    let holder = found.publisher.or(found.consumer);
-    if let Some(h) = holder {
-        let publisher_keys = match found.publisher.map(|p| &mut reached[p].auditor) {
-            Some(Ok(a)) => a.keys().await.ok().cloned(),
-            _ => None,
-        };
-        let consumer_keys = match found.consumer.map(|c| &mut reached[c].auditor) {
-            Some(Ok(a)) => a.keys().await.ok().cloned(),
-            _ => None,
-        };
-        if let Ok(a) = &mut reached[h].auditor {
-            match a.evidence(&id).await {
-                Err(e) => terms = Err(e.to_string()),
-                Ok(ev) => {
-                    terms = match (
-                        crate::envelope::Envelope::from_json(&ev.grant),
-                        &publisher_keys,
-                    ) {
-                        (Err(e), _) => Err(format!("the grant is not a DSSE envelope: {e}")),
-                        (Ok(_), None) => Err(l
-                            .t(
-                                "the publisher was not reached: its signature cannot be checked",
-                                "未连接发布方：无法核验其签名",
-                            )
-                            .to_owned()),
-                        (Ok(env), Some(keys)) => keys
-                            .verify_any(|k| crate::exchange::grant::verify_grant(env.clone(), k))
-                            .map(|(g, _)| g.value().clone())
-                            .map_err(|e| format!("NOT verified: {e}")),
-                    };
-                    for text in &ev.receipts {
-                        let checked = match (
-                            crate::envelope::Envelope::from_json(text),
-                            &consumer_keys,
-                        ) {
-                            (Err(e), _) => Err(format!("not a DSSE envelope: {e}")),
-                            (Ok(_), None) => Err(l
-                                .t(
-                                    "the consumer was not reached: its signature cannot be checked",
-                                    "未连接使用方：无法核验其签名",
-                                )
-                                .to_owned()),
-                            (Ok(env), Some(keys)) => keys
-                                .verify_any(|k| {
-                                    crate::exchange::receipt::verify_receipt(env.clone(), k)
-                                })
-                                .map(|(r, _)| r.value().clone())
-                                .map_err(|e| format!("NOT verified: {e}")),
-                        };
-                        receipts.push(checked);
-                    }
+    let consumer_keys = match found.consumer.map(|c| &mut reached[c].auditor) {
+        Some(Ok(a)) => a.keys().await.cloned().map_err(|e| e.to_string()),
+        _ => Err(l
+            .t(
+                "the consumer's ledger is not among the audited nodes: receipts cannot be checked",
+                "所审计的节点中没有使用方的账本：无法核验回执",
+            )
+            .to_owned()),
+    };
+    if let Some(h) = found.publisher.or(found.consumer)
+        && let Ok(a) = &mut reached[h].auditor
+    {
+        match a.evidence(&id).await {
+            Err(e) => receipts.push(Err(e.to_string())),
+            Ok(ev) => {
+                for text in &ev.receipts {
+                    receipts.push(match (&consumer_keys, found.consumer) {
+                        (Ok(keys), Some(c)) => crate::audit::reconcile::recorded_receipt(
+                            text,
+                            &id,
+                            keys,
+                            entries_of(&found, c),
+                        )
+                        .map_err(|e| e.to_string()),
+                        (Err(e), _) => Err(e.clone()),
+                        (Ok(_), None) => Err("no consumer".into()),
+                    });
                 }
             }
         }
@@ -961,10 +1048,16 @@ async fn grant(
         consumer: found.consumer.and_then(|c| reached[c].identity().cloned()),
         timeline: found
             .entries
-            .into_iter()
-            .map(|(i, r)| (reached[i].identity().cloned(), reached[i].addr.clone(), r))
+            .iter()
+            .map(|(i, r)| {
+                (
+                    reached[*i].identity().cloned(),
+                    reached[*i].addr.clone(),
+                    r.clone(),
+                )
+            })
             .collect(),
-        bundle: found.publisher.is_some() && found.consumer.is_some(),
+        bundle: matches!((found.publisher, found.consumer), (Some(p), Some(c)) if p != c),
     };
     pages::grant(l, &view)
 }
@@ -994,6 +1087,16 @@ async fn bundle(
             ),
         );
     };
+    if p == c {
+        return pages::refused(
+            l,
+            StatusCode::CONFLICT,
+            l.t(
+                "This grant's publisher and consumer are the same node: an evidence bundle needs two.",
+                "该授权的发布方与使用方是同一节点：证据包需要双方。",
+            ),
+        );
+    }
     let (left, right) = reached.split_at_mut(p.max(c));
     let (pa, ca) = if p < c {
         (&mut left[p].auditor, &mut right[0].auditor)
@@ -1047,9 +1150,25 @@ async fn field_bytes(
 
 async fn verify_upload(
     axum::Extension(ctx): axum::Extension<Ctx>,
+    headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
     let l = ctx.lang;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_UPLOAD as u64) {
+        return pages::refused(
+            l,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "{} {MAX_UPLOAD} {}",
+                l.t("An upload may be at most", "上传内容最多"),
+                l.t("bytes.", "字节。")
+            ),
+        );
+    }
     let read = async {
         let mut multipart = multipart.map_err(|e| e.body_text())?;
         let (mut bundle, mut ca) = (None, None);
@@ -1087,7 +1206,11 @@ async fn verify_upload(
     };
     let outcome = match read.await {
         Err(e) => Err(e),
-        Ok((bundle, ca)) => crate::audit::evidence::verify(&bundle, &ca).map_err(|e| e.to_string()),
+        Ok((bundle, ca)) => tokio::task::spawn_blocking(move || {
+            crate::audit::evidence::verify(&bundle, &ca).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the check stopped: {e}"))),
     };
     pages::verify(l, Some(outcome))
 }
@@ -1115,6 +1238,12 @@ async fn who_could(
     if dataset.is_empty() {
         return pages::who_could(l, "", params.at.as_deref(), None);
     }
+    if dataset.parse::<crate::dataset::DatasetId>().is_err() {
+        let e = l
+            .t("not a dataset id (ds_…)", "不是数据集标识（ds_…）")
+            .to_owned();
+        return pages::who_could(l, &dataset, params.at.as_deref(), Some(Err(e)));
+    }
     let mut reached = console.reach().await;
     let mut outcome = Err(l
         .t(
@@ -1134,8 +1263,10 @@ async fn who_could(
                 false,
             )
             .await;
+        let me = a.node().node_id.clone();
         match published {
-            Ok((_, e)) if !e.is_empty() => {
+            // The publisher: the node whose own publication it is.
+            Ok((_, e)) if e.iter().any(|e| e.entry.draft.parties.first() == Some(&me)) => {
                 outcome = crate::audit::reconcile::who_could(a, &dataset, at)
                     .await
                     .map(|found| (a.node().clone(), at, found))

@@ -119,6 +119,8 @@ pub(super) struct SpaceView {
     pub pairs: Vec<(usize, usize, Result<Reconciled, String>)>,
     /// The datasets in the nodes' catalogs, each verified.
     pub datasets: Vec<DatasetFacts>,
+    /// Catalogs that could not be read or did not verify.
+    pub catalog_errors: Vec<String>,
 }
 
 /// The data space: nodes, checkpoints, witnesses, forks, reconciliation.
@@ -162,7 +164,7 @@ pub(super) fn space(l: Lang, v: &SpaceView) -> Response {
                                             @if let Some(t) = w.timestamp { " (" (time_text(i64::try_from(t).unwrap_or(0).saturating_mul(1000))) ")" }
                                             " "
                                             @match &w.verified {
-                                                Ok(()) => (ok(l, l.t("cosignature, consistent", "联署有效且一致"))),
+                                                Ok(()) => (ok(l, l.t("cosignature, consistent", "见证签名有效且一致"))),
                                                 Err(e) => (bad(l, e)),
                                             }
                                         }
@@ -213,6 +215,7 @@ pub(super) fn space(l: Lang, v: &SpaceView) -> Response {
             } }
         }
         h2 { (l.t("Datasets", "数据集")) }
+        @for e in &v.catalog_errors { p { (bad(l, e)) } }
         table #datasets {
             thead { tr { th { (l.t("Title", "标题")) } th { (l.t("Version", "版本")) } th { (l.t("Publisher", "发布方")) } th { (l.t("Dataset", "数据集标识")) } } }
             tbody { @for f in &v.datasets {
@@ -268,7 +271,7 @@ fn entries_table(
                     td.detail { @if d.kind == EntryKind::PeerCheckpointSeen || d.kind == EntryKind::ForkDetected {
                         details { summary { (l.t("signed checkpoint", "已签名检查点")) } pre { (d.detail) } }
                     } @else { (short(&d.detail, 160)) } }
-                    td { (ok(l, &format!("{} {} ({} {})", l.t("in checkpoint", "检查点"), cp_size(ledger), e.inclusion_proof.len(), l.t("hashes", "个哈希")))) }
+                    td { (ok(l, &format!("{} {} ({} {})", l.t("in checkpoint", "包含于检查点"), cp_size(ledger), e.inclusion_proof.len(), l.t("hashes", "个哈希")))) }
                 }
             } }
         }
@@ -372,7 +375,14 @@ pub(super) fn ledger(
     };
     respond(
         status,
-        page(l, &format!("{} {who}", l.t("Ledger of", "账本：")), body),
+        page(
+            l,
+            &match l {
+                Lang::En => format!("Ledger of {who}"),
+                Lang::Zh => format!("{who} 的账本"),
+            },
+            body,
+        ),
     )
 }
 
@@ -407,6 +417,10 @@ fn encode_query(pairs: &[(&str, String)]) -> String {
         .join("&")
 }
 
+/// A node on the provenance page: its address, identity, and the size of
+/// the checkpoint its entries were proven in (or why not).
+pub(super) type Side = (String, Option<PeerIdentity>, Result<u64, String>);
+
 /// The provenance page's content.
 pub(super) struct DatasetView {
     /// The dataset asked about.
@@ -417,7 +431,7 @@ pub(super) struct DatasetView {
     pub catalog_errors: Vec<String>,
     /// Each node: address, identity, and the checkpoint its entries were
     /// proven in (or why not).
-    pub sides: Vec<(String, Option<PeerIdentity>, Result<u64, String>)>,
+    pub sides: Vec<Side>,
     /// The graph.
     pub graph: Graph,
 }
@@ -440,7 +454,10 @@ pub(super) fn dataset(l: Lang, v: &DatasetView) -> Response {
             li {
                 (i.as_ref().map_or_else(|| addr.clone(), |i| i.participant.to_string())) ": "
                 @match r {
-                    Ok(size) => (ok(l, &format!("{} {size}", l.t("entries proven in its checkpoint of size", "条目已证明包含于其检查点，大小")))),
+                    Ok(size) => (ok(l, &match l {
+                        Lang::En => format!("entries proven in its checkpoint of size {size}"),
+                        Lang::Zh => format!("条目均已证明包含于其大小为 {size} 的检查点"),
+                    })),
                     Err(e) => (bad(l, e)),
                 }
             }
@@ -469,7 +486,7 @@ pub(super) fn dataset(l: Lang, v: &DatasetView) -> Response {
         StatusCode::OK,
         page(
             l,
-            &format!("{} {}", l.t("Provenance:", "溯源："), title),
+            &format!("{}{}", l.t("Provenance: ", "溯源："), title),
             body,
         ),
     )
@@ -614,21 +631,27 @@ pub(super) fn who_could(
     let body = html! {
         form.filters method="get" action="/who-could" {
             label { (l.t("Dataset", "数据集")) input type="text" name="dataset" value=(dataset) size="60"; }
-            label { (l.t("At (UTC; empty: now)", "时间（UTC，留空为当前）")) input type="datetime-local" name="at" value=(at.unwrap_or("")); }
+            label { (l.t("At (UTC; empty: now)", "时间（UTC，留空则为当前时间）")) input type="datetime-local" name="at" value=(at.unwrap_or("")); }
             button type="submit" { (l.t("Ask", "查询")) }
         }
         @match &outcome {
             None => {},
             Some(Err(e)) => p #verdict { (bad(l, e)) },
             Some(Ok((publisher, at, found))) => {
-                p #verdict { (ok(l, &format!(
-                    "{} {} {} {}: {}",
-                    l.t("grants in force at", "有效授权，时间"),
-                    time_text(*at),
-                    l.t("on the ledger of", "，依据账本"),
-                    publisher.participant,
-                    found.len()
-                ))) }
+                p #verdict { (ok(l, &match l {
+                    Lang::En => format!(
+                        "grants in force at {} on the ledger of {}: {}",
+                        time_text(*at),
+                        publisher.participant,
+                        found.len()
+                    ),
+                    Lang::Zh => format!(
+                        "依据 {} 的账本，{} 时有效的授权共 {} 项",
+                        publisher.participant,
+                        time_text(*at),
+                        found.len()
+                    ),
+                })) }
                 table #in-force {
                     thead { tr { th { (l.t("Grant", "授权")) } th { (l.t("Granted to", "被授权方")) } th { (l.t("Purpose", "用途")) } th { (l.t("Valid", "有效期")) } th { (l.t("Proof", "证明")) } } }
                     tbody { @for f in found { tr {

@@ -47,11 +47,22 @@ fn executables() -> (PathBuf, PathBuf) {
         matches!(root, Ok(true)),
         "the browser tests need Debian's chromium and chromium-driver: apt-get install chromium chromium-driver (or set DSNODE_CHROMIUM and DSNODE_CHROMEDRIVER)"
     );
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-q", "chromium", "chromium-driver"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .expect("apt-get");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .expect("apt-get")
+    };
+    let _ = apt(&["update", "-q"]);
+    let status = apt(&[
+        "install",
+        "-y",
+        "-q",
+        "chromium",
+        "chromium-driver",
+        "fonts-wqy-microhei",
+    ]);
     assert!(
         status.success(),
         "apt-get install chromium chromium-driver failed"
@@ -212,8 +223,31 @@ impl Browser {
         let _ = self.client.set_window_size(1440, 1000).await;
     }
 
-    pub(crate) async fn close(mut self) {
+    /// Waits until the address holds `part` (a navigation finished).
+    pub(crate) async fn wait_for_url(&self, part: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = self.client.current_url().await.expect("url");
+            if url.as_str().contains(part) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still at {url}, waiting for {part}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Ends the session (and its browser); chromedriver ends on drop.
+    pub(crate) async fn close(self) {
         let _ = self.client.clone().close().await;
+    }
+}
+
+impl Drop for Browser {
+    /// chromedriver goes with the value, also when a test fails.
+    fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
