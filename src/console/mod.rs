@@ -63,8 +63,10 @@ const MAX_CONNECTIONS: usize = 64;
 const MAX_PAGES: usize = 8;
 /// How long one request may take, reading its upload and every node.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
-/// The cookie that carries the access token.
+/// The cookie that carries the access token (over TLS, with the
+/// `__Host-` prefix: Secure, this host only, path `/`).
 const TOKEN_COOKIE: &str = "dsnode_console_token";
+const TOKEN_COOKIE_TLS: &str = "__Host-dsnode_console_token";
 /// The cookie that keeps the language chosen with `?lang=`.
 const LANG_COOKIE: &str = "dsnode_console_lang";
 
@@ -469,9 +471,14 @@ async fn guard(State(console): State<Shared>, mut req: Request, next: Next) -> R
         }
         Some(token) => {
             let given = query_param(&uri, "token");
+            let cookie_name = if console.secure {
+                TOKEN_COOKIE_TLS
+            } else {
+                TOKEN_COOKIE
+            };
             let presented = given
                 .as_deref()
-                .or_else(|| cookie(&headers, TOKEN_COOKIE))
+                .or_else(|| cookie(&headers, cookie_name))
                 .or_else(|| {
                     headers
                         .get(header::AUTHORIZATION)
@@ -491,7 +498,7 @@ async fn guard(State(console): State<Shared>, mut req: Request, next: Next) -> R
                         }
                         let secure = if console.secure { "; Secure" } else { "" };
                         if let Ok(v) = HeaderValue::from_str(&format!(
-                            "{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"
+                            "{cookie_name}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"
                         )) {
                             r.headers_mut().insert(header::SET_COOKIE, v);
                         }

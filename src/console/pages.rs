@@ -18,6 +18,9 @@ use crate::identity::PeerIdentity;
 use crate::ledger::entry::EntryKind;
 use crate::ledger::note::SignedCheckpoint;
 
+/// Most boxes the provenance graph draws; past it, only its table.
+const MAX_GRAPH_BOXES: usize = 400;
+
 /// The console's icon: a small ledger mark.
 pub(super) const FAVICON: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect x="2" y="1" width="12" height="14" rx="2" fill="#1d4e89"/><path d="M5 5h6M5 8h6M5 11h4" stroke="#fff" stroke-width="1.5"/></svg>"##;
 
@@ -462,7 +465,14 @@ pub(super) fn dataset(l: Lang, v: &DatasetView) -> Response {
                 }
             }
         } }
-        div.graph-box { (svg::graph(l, &v.graph)) }
+        @if v.graph.nodes.len() <= MAX_GRAPH_BOXES {
+            div.graph-box { (svg::graph(l, &v.graph)) }
+        } @else {
+            p.muted { (v.graph.nodes.len()) (l.t(
+                " boxes: too many to draw; every edge is listed below",
+                " 个节点：过多无法绘制；所有关系列于下表"
+            )) }
+        }
         p.legend {
             span.key.proven { "━ " (l.t("proven: every ledger that must record it does", "已证明：应记录的各方账本均有记录")) }
             span.key.one-side { "┅ " (l.t("one side only", "仅单方记录")) }

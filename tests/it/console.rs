@@ -506,6 +506,13 @@ async fn the_console_shows_the_demo_space_verified_in_a_real_browser() {
         .filter_map(|l| l.strip_prefix("content-security-policy: "))
         .collect();
     assert_eq!(csp, [dsnode::console::CONTENT_SECURITY_POLICY], "{head}");
+    // A request's own choice of language overrides the console's --lang.
+    let (_, _, page) = request(
+        &addr,
+        "GET /?lang=zh HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        b"",
+    );
+    assert!(String::from_utf8_lossy(&page).contains("<h1>数据空间</h1>"));
     let (status, _, _) = get(&addr, "/", "evil.example");
     assert_eq!(status, 421, "a DNS-rebound name is refused");
     let (status, _, _) = get(&addr, "/dataset/..%2F..%2Fetc", "127.0.0.1");
@@ -637,6 +644,16 @@ async fn off_loopback_the_console_needs_tls_and_a_token() {
         curl(&["-H", &format!("Authorization: Bearer {token}")]),
         "200"
     );
+    // Without --lang, the browser's Accept-Language chooses.
+    let zh = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(&crt)
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "Accept-Language: zh-CN,zh;q=0.9,en;q=0.8"])
+        .arg(format!("{origin}/"))
+        .output()
+        .expect("curl");
+    assert!(String::from_utf8_lossy(&zh.stdout).contains("<h1>数据空间</h1>"));
     // Plain HTTP on the TLS port gets nothing.
     let port = origin.rsplit(':').next().expect("port");
     let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect");
