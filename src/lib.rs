@@ -30,6 +30,7 @@
 //! - [`console`]: `dsnode audit serve`, the auditor's web console over
 //!   [`audit`].
 //! - [`service`]: the node's use cases behind one type, `NodeContext`.
+//! - [`tiles`]: the ledger as C2SP `tlog-tiles`, on a read-only listener.
 //! - Codecs, the only users of prost: [`payload`] (the signed payloads'
 //!   protobuf package and the kept fetch header) and [`wire`] (generated
 //!   gRPC code, conversions, the one map of errors to `tonic::Status`,
@@ -61,5 +62,6 @@ pub mod runtime;
 pub mod service;
 #[cfg(test)]
 mod testing;
+pub mod tiles;
 pub mod wire;
 pub mod witness;

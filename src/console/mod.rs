@@ -145,47 +145,7 @@ fn server_tls(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<rustls::ServerConfig, ConsoleError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |m: String| ConsoleError::Tls(m);
-    let cert_pem = crate::fsutil::read(cert)?;
-    let key_pem = crate::fsutil::read_secret(key).map_err(|e| ConsoleError::Tls(e.to_string()))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| {
-            bad(format!(
-                "{}: {e} (expected PEM certificates)",
-                cert.display()
-            ))
-        })?;
-    if chain.is_empty() {
-        return Err(bad(format!("{} holds no PEM certificate", cert.display())));
-    }
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        bad(format!(
-            "{}: {e} (expected a PEM private key)",
-            key.display()
-        ))
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let signing = provider
-        .key_provider
-        .load_private_key(key_der.clone_key())
-        .map_err(|e| bad(format!("{}: {e}", key.display())))?;
-    if signing.algorithm() == rustls::SignatureAlgorithm::ED25519 {
-        return Err(bad(format!(
-            "{} is an Ed25519 key, which browsers do not accept for TLS; use a P-256 (ECDSA) key, e.g. `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 -subj /CN=HOST -addext subjectAltName=DNS:HOST -keyout console.key -out console.crt`",
-            key.display()
-        )));
-    }
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| bad(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| bad(format!("the certificate does not match the key: {e}")))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    tls::web_server_config(cert, key).map_err(ConsoleError::Tls)
 }
 
 fn load_token(options: &Options) -> Result<Option<String>, ConsoleError> {

@@ -554,6 +554,50 @@ impl Ledger {
         )?)
     }
 
+    /// The hashes of tile `level`/`index` holding `width` hashes (C2SP
+    /// `tlog-tiles`, height 8: 256 for a full tile), or `None` unless a
+    /// tree the node signed a checkpoint for holds it: a full tile once the
+    /// latest checkpoint covers it, a partial one only if a checkpointed
+    /// size `s` has `⌊s / 256^level⌋ = 256·index + width`. At most 256
+    /// reads of the stored tree.
+    pub fn tile(
+        &self,
+        level: u8,
+        index: u64,
+        width: u16,
+    ) -> Result<Option<Vec<Hash>>, LedgerError> {
+        if level > crate::tiles::MAX_LEVEL
+            || width == 0
+            || u64::from(width) > crate::tiles::TILE_WIDTH
+        {
+            return Ok(None);
+        }
+        // In u128: index and level come from a request.
+        let unit: u128 = 1 << (8 * u32::from(level));
+        let first = u128::from(index) * u128::from(crate::tiles::TILE_WIDTH);
+        let end = first + u128::from(width);
+        if end * unit > u128::from(self.size()) {
+            return Ok(None);
+        }
+        if u64::from(width) < crate::tiles::TILE_WIDTH {
+            let (lo, hi) = (end * unit, (end + 1) * unit);
+            let Ok(lo) = u64::try_from(lo) else {
+                return Ok(None);
+            };
+            let signed = self.shared.store.checkpoints(lo, 1)?;
+            if !signed.first().is_some_and(|(s, _)| u128::from(*s) < hi) {
+                return Ok(None);
+            }
+        }
+        let tree = StoredTree::new(self.shared.store.as_ref());
+        let mut out = Vec::with_capacity(usize::from(width));
+        for i in first..end {
+            let i = u64::try_from(i).map_err(|_| LedgerError::Range("tile index".into()))?;
+            out.push(merkle::SubtreeSource::subtree(&tree, 8 * level, i)?);
+        }
+        Ok(Some(out))
+    }
+
     /// The consistency proof from `old` to `new` entries.
     pub fn prove_consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
         self.check_size(new)?;

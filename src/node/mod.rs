@@ -226,6 +226,7 @@ fn check_revocation(
 pub struct RunningNode {
     local_addr: std::net::SocketAddr,
     metrics_addr: Option<std::net::SocketAddr>,
+    tiles_addr: Option<std::net::SocketAddr>,
     identity: PeerIdentity,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), NodeError>>,
@@ -240,6 +241,11 @@ impl RunningNode {
     /// The address of the plain-HTTP metrics listener, if configured.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The address of the tlog-tiles listener, if configured.
+    pub fn tiles_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tiles_addr
     }
 
     /// The node's identity from its own certificate.
@@ -547,6 +553,25 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         }
         None => None,
     };
+    let tiles_listener = match config.tiles.listen {
+        Some(addr) => {
+            let tls = match &config.tiles.tls {
+                Some((cert, key)) => Some(Arc::new(
+                    crate::runtime::tls::web_server_config(cert, key)
+                        .map_err(NodeError::Credentials)?,
+                )),
+                None => None,
+            };
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            Some((l, bound, tls))
+        }
+        None => None,
+    };
     let metrics = Arc::new(crate::runtime::metrics::Metrics::new());
     let registry = Arc::new(ConnectionRegistry::default());
     // Metrics and probes answer from now on (readiness 503 until SERVING;
@@ -574,6 +599,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // the node here, naming the first bad index: it never reports SERVING.
     let ledger = open_ledger(&config.data_dir, &creds).await?;
     let _ = scrape.ledger.set(ledger.clone());
+    // The tiles: only once the ledger is verified, and with the node.
+    let tiles_addr = tiles_listener.map(|(l, bound, tls)| {
+        tracing::info!(url = %crate::tiles::describe(bound, tls.is_some()), "C2SP tlog-tiles (checkpoint and hash tiles)");
+        tokio::spawn(crate::tiles::serve(l, ledger.clone(), tls, stop_metrics.clone()));
+        bound
+    });
     let observed = metrics.clone();
     ledger.observe_commits(Arc::new(move |n, took| observed.committed(n, took)));
     let mut started = EntryDraft::new(EntryKind::NodeStarted);
@@ -851,6 +882,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     Ok(RunningNode {
         local_addr,
         metrics_addr,
+        tiles_addr,
         identity: creds.identity,
         shutdown,
         task,

@@ -182,6 +182,30 @@ pub struct RawConfig {
     /// Where published datasets' chunks are stored.
     #[serde(default)]
     pub storage: RawStorage,
+    /// The C2SP tlog-tiles listener; off unless `listen` is set.
+    #[serde(default)]
+    pub tiles: RawTiles,
+}
+
+/// `[tiles]` as written; see [`TilesConfig`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawTiles {
+    pub listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The read-only C2SP `tlog-tiles` listener ([`crate::tiles`]): the
+/// checkpoint and hash tiles, which hold only hashes and sizes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TilesConfig {
+    /// Where to serve them; `None`: off.
+    pub listen: Option<SocketAddr>,
+    /// A certificate chain and key (PEM) to serve them over TLS; `None`:
+    /// plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[storage]` as written; see [`Storage`].
@@ -455,6 +479,8 @@ pub struct Config {
     pub witness: WitnessConfig,
     /// Where published datasets' chunks are stored.
     pub storage: Storage,
+    /// The tlog-tiles listener.
+    pub tiles: TilesConfig,
     /// The clock policy and grant windows are checked against (the system
     /// clock; tests inject one).
     pub clock: crate::clock::Clock,
@@ -470,6 +496,7 @@ impl Config {
             transport: TransportConfig::default(),
             witness: WitnessConfig::default(),
             storage: Storage::Local,
+            tiles: TilesConfig::default(),
             clock: crate::clock::Clock::system(),
         }
     }
@@ -584,6 +611,19 @@ impl Config {
             ));
         }
         let storage = Self::storage(raw.storage, &invalid)?;
+        let tiles = TilesConfig {
+            listen: raw.tiles.listen,
+            tls: match (raw.tiles.tls_cert, raw.tiles.tls_key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(
+                        "tiles.tls_cert",
+                        "give tls_cert and tls_key together",
+                    ));
+                }
+            },
+        };
         Ok(Self {
             data_dir,
             listen: raw.listen,
@@ -591,6 +631,7 @@ impl Config {
             transport,
             witness,
             storage,
+            tiles,
             clock: crate::clock::Clock::system(),
         })
     }

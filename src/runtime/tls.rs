@@ -81,6 +81,46 @@ fn roots(material: &TlsMaterial) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
+/// A server configuration for browsers and HTTP tools (the auditor
+/// console, the tiles listener): no client certificate, TLS 1.3 or 1.2,
+/// ALPN `http/1.1`, from a PEM chain and a PEM private key (mode 0600). An
+/// Ed25519 key is refused: browsers do not accept it for TLS.
+pub fn web_server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    let cert_pem = crate::fsutil::read(cert).map_err(|e| e.to_string())?;
+    let key_pem = crate::fsutil::read_secret(key).map_err(|e| e.to_string())?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e} (expected PEM certificates)", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{} holds no PEM certificate", cert.display()));
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("{}: {e} (expected a PEM private key)", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der.clone_key())
+        .map_err(|e| format!("{}: {e}", key.display()))?;
+    if signing.algorithm() == rustls::SignatureAlgorithm::ED25519 {
+        return Err(format!(
+            "{} is an Ed25519 key, which browsers do not accept for TLS; use a P-256 (ECDSA) key, e.g. `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 -subj /CN=HOST -addext subjectAltName=DNS:HOST -keyout console.key -out console.crt`",
+            key.display()
+        ));
+    }
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| format!("the certificate does not match the key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The server side: client certificates required and checked against the
 /// CA and CRL (expired CRL refused), TLS 1.3 only, no resumption, ALPN h2.
 pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {

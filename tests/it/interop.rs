@@ -13,8 +13,19 @@ use std::time::{Duration, Instant};
 use super::support::{self, flows};
 
 /// What the client imports.
-const PACKAGES: [&str; 4] = ["grpcio", "grpcio-tools", "securesystemslib", "cryptography"];
-const IMPORTS: &str = "import grpc, grpc_tools.protoc, securesystemslib.dsse, cryptography.x509";
+/// The independent implementations the interop tests run: a gRPC stack,
+/// DSSE and X.509, and two C2SP transparency-log packages (a tiles reader
+/// and a witness; both declare Python 3.12 and run on 3.11, hence
+/// `--ignore-requires-python`).
+const PACKAGES: [&str; 6] = [
+    "grpcio",
+    "grpcio-tools",
+    "securesystemslib",
+    "cryptography",
+    "aics-tlog==0.2.1",
+    "aics-witness==0.1.0",
+];
+const IMPORTS: &str = "import grpc, grpc_tools.protoc, securesystemslib.dsse, cryptography.x509, aics_tlog, aics_witness";
 
 /// Runs `cmd`, killing it after `limit`: its output, or a panic saying
 /// what did not finish or could not start.
@@ -58,7 +69,7 @@ fn show(out: &Output) -> String {
 /// The Python to run the client with: `$DSNODE_INTEROP_PYTHON`, or the
 /// virtualenv `<target dir>/interop-venv`, made when it is missing or
 /// lacks the packages.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("DSNODE_INTEROP_PYTHON") {
         return p.into();
     }
@@ -108,6 +119,7 @@ fn python() -> PathBuf {
         "install",
         "--quiet",
         "--disable-pip-version-check",
+        "--ignore-requires-python",
     ])
     .args(PACKAGES);
     let out = run_bounded(

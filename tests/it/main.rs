@@ -25,6 +25,7 @@ mod s3;
 mod slowloris;
 mod support;
 mod threats;
+mod tlog;
 mod transfer;
 mod wire_spec;
 mod witness;
