@@ -585,7 +585,7 @@ impl Ledger {
                 return Ok(None);
             };
             let signed = self.shared.store.checkpoints(lo, 1)?;
-            if !signed.first().is_some_and(|(s, _)| u128::from(*s) < hi) {
+            if signed.first().is_none_or(|(s, _)| u128::from(*s) >= hi) {
                 return Ok(None);
             }
         }

@@ -824,6 +824,16 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         t.crl_reload_interval,
         shutdown.clone(),
     ));
+    if !config.witness.external.is_empty() {
+        tokio::spawn(crate::witness::external::run(
+            ctx.ledger.clone(),
+            ctx.witness.clone(),
+            config.witness.external.clone(),
+            config.witness.external_interval,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     if !config.witness.peers.is_empty() {
         tokio::spawn(witness_loop(
             ctx.clone(),

@@ -339,6 +339,17 @@ impl S3Config {
 pub struct RawWitness {
     pub peers: Option<Vec<String>>,
     pub interval: Option<HumanDuration>,
+    pub external: Option<Vec<RawExternalWitness>>,
+    pub external_interval: Option<HumanDuration>,
+}
+
+/// One `[witness] external` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawExternalWitness {
+    pub url: String,
+    pub vkey: String,
 }
 
 /// Which peers this node exchanges checkpoints with on its own (it also
@@ -350,6 +361,10 @@ pub struct WitnessConfig {
     pub peers: Vec<String>,
     /// Time between exchanges with each peer.
     pub interval: Duration,
+    /// Independent C2SP tlog-witness services to submit checkpoints to.
+    pub external: Vec<crate::witness::external::ExternalWitness>,
+    /// Least time between two submissions to the external witnesses.
+    pub external_interval: Duration,
 }
 
 impl Default for WitnessConfig {
@@ -357,6 +372,8 @@ impl Default for WitnessConfig {
         Self {
             peers: Vec::new(),
             interval: Duration::from_secs(300),
+            external: Vec::new(),
+            external_interval: Duration::from_secs(10),
         }
     }
 }
@@ -594,9 +611,21 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, ok)| !ok) {
             return Err(invalid(key, "must be greater than zero"));
         }
+        let mut external = Vec::new();
+        for e in raw.witness.external.unwrap_or_default() {
+            external.push(
+                crate::witness::external::ExternalWitness::parse(&e.url, &e.vkey)
+                    .map_err(|why| invalid("witness.external", &why))?,
+            );
+        }
         let witness = WitnessConfig {
             peers: raw.witness.peers.unwrap_or_default(),
             interval: dur(raw.witness.interval, WitnessConfig::default().interval),
+            external,
+            external_interval: dur(
+                raw.witness.external_interval,
+                WitnessConfig::default().external_interval,
+            ),
         };
         if witness.interval < Duration::from_secs(1) {
             return Err(invalid("witness.interval", "must be at least 1s"));

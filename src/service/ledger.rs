@@ -159,6 +159,13 @@ impl NodeContext {
                 .map_err(internal("reading cosignatures"))?
                 .into_iter()
                 .map(|(_, note)| note)
+                .chain(
+                    self.witness
+                        .cosigned_external()
+                        .map_err(internal("reading cosignatures"))?
+                        .into_iter()
+                        .map(|(_, note)| note),
+                )
                 .collect(),
         })
     }

@@ -67,7 +67,24 @@ pub fn cosign(note_bytes: &[u8], key: &SigningKey, timestamp: u64) -> Result<Str
 /// note. Other signature lines are ignored.
 pub fn verify(note_bytes: &[u8], public_key: &[u8; 32]) -> Result<Cosignature, NoteError> {
     let witness = NodeId::from_public_key(public_key);
-    let name = witness_name(&witness);
+    let timestamp = verify_named(note_bytes, &witness_name(&witness), public_key)?;
+    Ok(Cosignature { witness, timestamp })
+}
+
+/// The key id of a `cosignature/v1` key named `name`.
+pub fn cosignature_key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
+    key_id(name, public_key)
+}
+
+/// Finds and checks the `cosignature/v1` line of the witness key `name`
+/// with `public_key` (any witness, not only a dsnode node) on a note; its
+/// timestamp (POSIX seconds). Other signature lines are ignored.
+pub fn verify_named(
+    note_bytes: &[u8],
+    name: &str,
+    public_key: &[u8; 32],
+) -> Result<u64, NoteError> {
+    let name = name.to_owned();
     let id = key_id(&name, public_key);
     let unverified = || NoteError::Unverified(name.clone());
     let body = note::unverified_text(note_bytes)?;
@@ -99,7 +116,7 @@ pub fn verify(note_bytes: &[u8], public_key: &[u8; 32]) -> Result<Cosignature, N
         let sig = Signature::from_slice(&blob[12..]).map_err(|_| unverified())?;
         vk.verify_strict(&message(timestamp, body), &sig)
             .map_err(|_| unverified())?;
-        return Ok(Cosignature { witness, timestamp });
+        return Ok(timestamp);
     }
     Err(unverified())
 }

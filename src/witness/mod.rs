@@ -34,6 +34,7 @@
 //!   (it is never cosigned again).
 
 pub mod cosig;
+pub mod external;
 pub mod protocol;
 
 use std::path::{Path, PathBuf};
@@ -72,8 +73,8 @@ pub enum WitnessError {
         if .size > .store_size { format!("ends at {}", .store_size) } else { "has another root at that size".to_owned() }
     )]
     StoreBehind {
-        /// The witness.
-        witness: NodeId,
+        /// The witness (a node id, or an external witness's key name).
+        witness: String,
         /// The cosigned checkpoint's size.
         size: u64,
         /// Its root.
@@ -249,7 +250,7 @@ fn now_ms() -> i64 {
 impl WitnessBook {
     /// The book in `dir` (created, mode 0700).
     pub fn open(dir: &Path) -> Result<Self, WitnessError> {
-        for sub in ["seen", "cosigned", "forks"] {
+        for sub in ["seen", "cosigned", "cosigned/external", "forks"] {
             fsutil::create_private_dir(&dir.join(sub))?;
         }
         Ok(Self {
@@ -515,6 +516,71 @@ impl WitnessBook {
             .unwrap_or(0)
     }
 
+    fn external_path(&self, witness: &str) -> PathBuf {
+        self.dir
+            .join("cosigned")
+            .join("external")
+            .join(format!("{}.note", slug(witness)))
+    }
+
+    /// Keeps the cosigned note an external witness (key name `witness`)
+    /// gave this node's checkpoint of `size`, unless one of a larger size
+    /// is kept from it. The caller verified the cosignature.
+    pub fn keep_cosigned_external(
+        &self,
+        witness: &str,
+        size: u64,
+        cosigned: &str,
+    ) -> Result<(), WitnessError> {
+        let _one = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.cosigned_external_size(witness) > size {
+            return Ok(());
+        }
+        Ok(fsutil::write_atomic(
+            &self.external_path(witness),
+            cosigned.as_bytes(),
+            fsutil::PUBLIC_MODE,
+        )?)
+    }
+
+    /// The size of this node's checkpoint the external witness `witness`
+    /// last cosigned (0: none kept).
+    pub fn cosigned_external_size(&self, witness: &str) -> u64 {
+        std::fs::read(self.external_path(witness))
+            .ok()
+            .and_then(|kept| {
+                let text = crate::ledger::note::unverified_text(&kept).ok()?;
+                crate::ledger::note::Checkpoint::parse(text)
+                    .ok()
+                    .map(|c| c.size)
+            })
+            .unwrap_or(0)
+    }
+
+    /// The cosigned checkpoints kept from external witnesses, by file
+    /// name (unverified bytes).
+    pub fn cosigned_external(&self) -> Result<Vec<(String, Vec<u8>)>, WitnessError> {
+        let dir = self.dir.join("cosigned").join("external");
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(FileError::new("read", &dir, e).into()),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".note") else {
+                continue;
+            };
+            out.push((stem.to_owned(), fsutil::read(&entry.path())?));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// The cosigned checkpoints kept, by witness node id (unverified bytes).
     pub fn cosigned(&self) -> Result<Vec<(NodeId, Vec<u8>)>, WitnessError> {
         let dir = self.dir.join("cosigned");
@@ -543,7 +609,11 @@ pub fn check_cosigned(
 ) -> Result<(), WitnessError> {
     let keys = ledger.keys();
     let size = ledger.latest().map_or(0, |c| c.checkpoint.size);
-    for (witness, note) in book.cosigned()? {
+    let peers = book
+        .cosigned()?
+        .into_iter()
+        .map(|(w, note)| (w.to_string(), note));
+    for (witness, note) in peers.chain(book.cosigned_external()?) {
         let Ok(cp) = keys.verify_checkpoint(&note) else {
             tracing::warn!(%witness, "a kept cosigned checkpoint is not this log's; ignored");
             continue;

@@ -183,3 +183,234 @@ async fn tiles_are_served_exactly_for_checkpointed_sizes_and_nothing_else() {
     assert_eq!(http(tiles, "POST", "/checkpoint").await.status, 405);
     running.shutdown().await.expect("shutdown");
 }
+
+/// An aics-witness process on loopback, trusting the node's log.
+struct AicsWitness {
+    child: std::process::Child,
+    url: String,
+    vkey: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for AicsWitness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl AicsWitness {
+    fn start(log_origin: &str, log_vkey: &str) -> AicsWitness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("witness.json");
+        let python = crate::interop::python();
+        let witness = |args: &[&str]| {
+            let mut c = Command::new(&python);
+            c.args(["-m", "aics_witness"])
+                .args(args)
+                .arg("--config")
+                .arg(&config)
+                .env("WITNESS_SEED_HEX", "11".repeat(32));
+            c
+        };
+        let init = witness(&[
+            "init",
+            "--name",
+            "witness.test/w1",
+            "--listen",
+            "127.0.0.1:0",
+            "--new-database",
+        ])
+        .output()
+        .expect("aics-witness init");
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let vkey = String::from_utf8_lossy(&init.stdout)
+            .lines()
+            .find(|l| l.starts_with("witness.test/w1+"))
+            .expect("the witness's vkey")
+            .trim()
+            .to_owned();
+        let add = witness(&["add-log", "--origin", log_origin, "--vkey", log_vkey])
+            .output()
+            .expect("aics-witness add-log");
+        assert!(
+            add.status.success(),
+            "{}",
+            String::from_utf8_lossy(&add.stderr)
+        );
+        let mut child = witness(&["serve", "--listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("aics-witness serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        let url = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with("http://127.0.0.1:"))
+                    .map(str::to_owned)
+            })
+            .expect("aics-witness listening");
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        AicsWitness {
+            child,
+            url,
+            vkey,
+            _dir: dir,
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Waits for the node to keep a cosignature of at least `size` from the
+/// external witness; the kept note.
+async fn cosigned_at_least(node: &NodeDir, size: u64) -> String {
+    let path = node
+        .dir
+        .root()
+        .join("witness")
+        .join("cosigned")
+        .join("external")
+        .join("witness.test_w1.note");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(note) = std::fs::read_to_string(&path) {
+            let kept: u64 = note
+                .lines()
+                .nth(1)
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            if kept >= size {
+                return note;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cosignature of size {size} at {}",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_witness_cosigns_the_nodes_checkpoints() {
+    let space = DataSpace::new();
+    let node = space.node("transport", "publisher");
+    fill(&node, 40).await;
+    let log_vkey = vkey(&node);
+    let origin = log_vkey.split('+').next().expect("origin").to_owned();
+    let witness = AicsWitness::start(&origin, &log_vkey);
+    let external = dsnode::witness::external::ExternalWitness::parse(&witness.url, &witness.vkey)
+        .expect("the witness's vkey");
+    let with_witness = |c: &mut dsnode::runtime::config::Config| {
+        c.witness.external = vec![external.clone()];
+        c.witness.external_interval = std::time::Duration::from_millis(100);
+    };
+    let running = support::start_with(&node, with_witness).await;
+    let first = cosigned_at_least(&node, 41).await;
+    // The witness's cosignature verifies with dsnode's own verifier, over
+    // a checkpoint the log signed.
+    let t = dsnode::witness::cosig::verify_named(
+        first.as_bytes(),
+        &external.name,
+        &external.public_key,
+    )
+    .expect("the aics-witness cosignature verifies");
+    println!("aics-witness cosigned:\n{first}(cosignature time {t})");
+    // GetCheckpoint serves it to auditors.
+    let regulator = space.node("regulator", "auditor");
+    let mut auditor = Auditor::new(Box::new(support::connect(&regulator, &running).await));
+    let answer = auditor.checkpoint_answer().await.expect("checkpoint");
+    assert!(
+        answer
+            .cosigned_checkpoints
+            .iter()
+            .any(|n| String::from_utf8_lossy(n).contains("\u{2014} witness.test/w1 ")),
+        "served with the checkpoint"
+    );
+    // A replay of an old submission: the witness answers 409 with its size.
+    let size: u64 = first
+        .lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .expect("size");
+    let body = dsnode::witness::external::request_body(
+        &first
+            .lines()
+            .take_while(|l| !l.starts_with("\u{2014} witness.test/w1"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+        0,
+        &[],
+    );
+    let replay = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{content_type}",
+            "--data-binary",
+            &body,
+        ])
+        .arg(format!("{}/add-checkpoint", witness.url))
+        .output()
+        .expect("curl");
+    let replay = String::from_utf8_lossy(&replay.stdout).into_owned();
+    assert!(replay.starts_with("409 text/x.tlog.size"), "{replay}");
+    running.shutdown().await.expect("shutdown");
+
+    // The node forgets what the witness saw (its kept note is removed)
+    // and grows: the witness answers 409 with its size, and the node
+    // resends from it with a consistency proof.
+    let backup = tempfile::tempdir().expect("backup");
+    copy_dir(&node.dir.ledger(), backup.path());
+    std::fs::remove_file(
+        node.dir
+            .root()
+            .join("witness/cosigned/external/witness.test_w1.note"),
+    )
+    .expect("remove");
+    fill(&node, 25).await;
+    let running = support::start_with(&node, with_witness).await;
+    let second = cosigned_at_least(&node, size + 25).await;
+    assert!(second.contains("\u{2014} witness.test/w1 "));
+    running.shutdown().await.expect("shutdown");
+
+    // The store put back to before the witness's latest cosignature:
+    // refused at start-up, naming the witness.
+    std::fs::remove_dir_all(node.dir.ledger()).expect("remove ledger");
+    copy_dir(backup.path(), &node.dir.ledger());
+    let mut config =
+        dsnode::runtime::config::Config::new(node.dir.root(), "127.0.0.1:0".parse().expect("addr"));
+    with_witness(&mut config);
+    let refused = dsnode::node::start(config).await;
+    let err = refused
+        .err()
+        .expect("a store behind a witnessed checkpoint is refused")
+        .to_string();
+    assert!(
+        err.contains("witness.test_w1") || err.contains("witness.test/w1"),
+        "{err}"
+    );
+}
