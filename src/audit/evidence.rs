@@ -1,7 +1,7 @@
 //! Evidence bundles (issue 8): one file that proves an exchange, checkable
 //! offline with only the data space's CA certificate.
 //!
-//! Format `dsnode-evidence-bundle` version 1 (docs/evidence.md): canonical
+//! Format `dsnode-evidence-bundle` version 2 (docs/evidence.md): canonical
 //! JSON (exactly what [`Bundle::to_bytes`] writes; any other byte sequence
 //! is refused), holding the manifest, grant and receipt DSSE envelopes (the
 //! receipts as either node keeps them: see [`build`]) and,
@@ -39,7 +39,11 @@ use crate::witness::cosig;
 /// The bundle's format name.
 pub const FORMAT: &str = "dsnode-evidence-bundle";
 /// The only version written and read.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The first version, still read: the same bundle without `tlog_proofs`.
+pub const VERSION_1: u32 = 1;
+/// The C2SP `tlog-proof` header line.
+pub const TLOG_PROOF_HEADER: &str = "c2sp.org/tlog-proof@v1";
 /// Largest bundle read.
 pub const MAX_BUNDLE_BYTES: usize = 16 << 20;
 
@@ -77,6 +81,25 @@ pub struct Side {
     pub checkpoint: String,
     /// Every entry of its log naming the grant, proven in `checkpoint`.
     pub entries: Vec<ProvenEntry>,
+    /// The same proofs as C2SP `tlog-proof`s, one per entry in order
+    /// (the index, the audit path and `checkpoint`), for verifiers that
+    /// know only that spec. Version 2; absent in version 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tlog_proofs: Vec<String>,
+}
+
+/// An entry's inclusion proof as a C2SP `tlog-proof`: the header, the
+/// index, the audit path (innermost first, base64), a blank line, then
+/// the checkpoint note as it is (with its cosignatures).
+pub fn tlog_proof(index: u64, proof: &[String], checkpoint: &str) -> String {
+    let mut out = format!("{TLOG_PROOF_HEADER}\nindex {index}\n");
+    for h in proof {
+        out.push_str(h);
+        out.push('\n');
+    }
+    out.push('\n');
+    out.push_str(checkpoint);
+    out
 }
 
 /// An entry and its inclusion proof.
@@ -130,9 +153,9 @@ impl Bundle {
                 "{e} (expected the JSON object of docs/evidence.md)"
             ))
         })?;
-        if bundle.format != FORMAT || bundle.version != VERSION {
+        if bundle.format != FORMAT || !(bundle.version == VERSION || bundle.version == VERSION_1) {
             return Err(BundleError::Format(format!(
-                "format `{}` version {}, expected `{FORMAT}` version {VERSION}",
+                "format `{}` version {}, expected `{FORMAT}` version {VERSION} (or {VERSION_1})",
                 bundle.format, bundle.version
             )));
         }
@@ -241,12 +264,18 @@ async fn side(
             "the {role} served a certificate for another key than its TLS certificate's"
         )));
     }
+    let entries: Vec<ProvenEntry> = entries.iter().map(proven).collect();
+    let tlog_proofs = entries
+        .iter()
+        .map(|e| tlog_proof(e.index, &e.proof, &cosigned.note))
+        .collect();
     Ok((
         Side {
             certificate: b64(&certificate),
             key_rotations: rotations.iter().map(proven).collect(),
             checkpoint: cosigned.note.clone(),
-            entries: entries.iter().map(proven).collect(),
+            entries,
+            tlog_proofs,
         },
         evidence,
     ))
@@ -340,7 +369,7 @@ fn check_side(
     role: &str,
     side: &Side,
     ca_der: &[u8],
-    grant: &str,
+    (grant, version): (&str, u32),
 ) -> Result<CheckedSide, BundleError> {
     let der = unb64(&format!("the {role}'s certificate"), &side.certificate)?;
     let identity = ca::verify_der_issued_by(ca_der, &der, &format!("the {role}'s certificate"))
@@ -386,6 +415,27 @@ fn check_side(
         }
         prove(role, p.index, &bytes, &proof, &checkpoint)?;
         entries.push(entry);
+    }
+    // Version 2 carries each entry's proof again as a C2SP tlog-proof: it
+    // must be exactly the proof checked below, so that a verifier that
+    // reads only those is shown nothing else.
+    let expected: Vec<String> = if version == VERSION_1 {
+        Vec::new()
+    } else {
+        side.entries
+            .iter()
+            .map(|e| tlog_proof(e.index, &e.proof, &side.checkpoint))
+            .collect()
+    };
+    if side.tlog_proofs != expected {
+        return Err(invalid(format!(
+            "the {role}'s tlog-proofs are not its entries' proofs in its checkpoint (version {version} bundles carry {})",
+            if version == VERSION_1 {
+                "none"
+            } else {
+                "one per entry"
+            }
+        )));
     }
     Ok(CheckedSide {
         identity,
@@ -459,8 +509,9 @@ pub fn verify(bytes: &[u8], ca_pem: &[u8]) -> Result<String, BundleError> {
     let ca_der = crate::identity::cert::cert_der_from_pem(ca_pem)
         .map_err(|e| BundleError::Format(format!("the CA certificate: {e}")))?;
     let grant_id = bundle.grant_id.as_str();
-    let mut publisher = check_side("publisher", &bundle.publisher, &ca_der, grant_id)?;
-    let mut consumer = check_side("consumer", &bundle.consumer, &ca_der, grant_id)?;
+    let v = bundle.version;
+    let mut publisher = check_side("publisher", &bundle.publisher, &ca_der, (grant_id, v))?;
+    let mut consumer = check_side("consumer", &bundle.consumer, &ca_der, (grant_id, v))?;
     // Each checkpoint cosigned by the other side.
     let (pub_key, con_key) = (publisher.identity.public_key, consumer.identity.public_key);
     for (role, side, witness) in [

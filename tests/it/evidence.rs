@@ -379,3 +379,80 @@ async fn reconciliation_passes_and_then_names_the_missing_entry() {
         n.shutdown().await.expect("stop");
     }
 }
+
+/// Every entry of a bundle also carries its proof as a C2SP tlog-proof,
+/// which a verifier knowing only that spec (tests/interop, on aics-tlog's
+/// primitives) checks offline, cosignature included; a proof moved to
+/// another index, or a changed entry, fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_entry_proof_is_also_a_c2sp_tlog_proof_an_independent_verifier_checks() {
+    let x = exchange(1).await;
+    let Auditors {
+        publisher: mut p,
+        consumer: mut c,
+    } = auditors(&x).await;
+    let bundle = evidence::build(&mut p, &mut c, &x.grants[0])
+        .await
+        .expect("bundle");
+    assert_eq!(bundle.version, evidence::VERSION);
+    let side = &bundle.publisher;
+    assert_eq!(side.tlog_proofs.len(), side.entries.len());
+    let vkey = std::fs::read_to_string(x.publisher.dir.vkey()).expect("vkey");
+    // The consumer cosigned the publisher's checkpoint: its key as a C2SP
+    // cosignature/v1 vkey.
+    let name = dsnode::witness::cosig::witness_name(&x.consumer.identity.node_id);
+    let pk = x.consumer.identity.public_key;
+    let mut typed = vec![0x04];
+    typed.extend_from_slice(&pk);
+    let witness_vkey = format!(
+        "{name}+{}+{}",
+        data_encoding::HEXLOWER.encode(&dsnode::witness::cosig::cosignature_key_id(&name, &pk)),
+        data_encoding::BASE64.encode(&typed)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let python = crate::interop::python();
+    let check = |proof: &str, entry: &str| {
+        let file = dir.path().join("proof");
+        std::fs::write(&file, proof).expect("write");
+        let out = std::process::Command::new(&python)
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/interop/tlog_proof_check.py"),
+            )
+            .arg(&file)
+            .arg(entry)
+            .arg(vkey.trim())
+            .arg(&witness_vkey)
+            .output()
+            .expect("python");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), text)
+    };
+    for (proof, entry) in side.tlog_proofs.iter().zip(&side.entries) {
+        let (ok, text) = check(proof, &entry.entry);
+        assert!(ok, "{text}");
+        println!("tlog-proof of entry {}: {text}", entry.index);
+    }
+    let (proof, entry) = (&side.tlog_proofs[0], &side.entries[0]);
+    let moved = proof.replacen(
+        &format!("index {}\n", entry.index),
+        &format!("index {}\n", entry.index + 1),
+        1,
+    );
+    assert!(!check(&moved, &entry.entry).0, "another index fails");
+    assert!(
+        !check(proof, &side.entries[1].entry).0,
+        "another entry fails"
+    );
+    // The bundle's own check refuses tlog-proofs that are not its proofs.
+    let mut changed = bundle.clone();
+    changed.publisher.tlog_proofs[0] = moved;
+    let err = evidence::verify(&changed.to_bytes(), &ca_pem(&x)).expect_err("refused");
+    assert!(err.to_string().contains("tlog-proof"), "{err}");
+    // A version 1 bundle (no tlog-proofs) still verifies.
+    let mut v1 = bundle.clone();
+    v1.version = evidence::VERSION_1;
+    v1.publisher.tlog_proofs.clear();
+    v1.consumer.tlog_proofs.clear();
+    evidence::verify(&v1.to_bytes(), &ca_pem(&x)).expect("version 1 verifies");
+}
