@@ -142,7 +142,7 @@ impl Metrics {
         let witness = Family::<Kind, Counter>::default();
         registry.register(
             "witness_exchanges",
-            "Checkpoint exchanges with peers, by outcome (cosigned, refused, failed)",
+            "Checkpoint exchanges with peers, by outcome (cosigned, refused, failed), and submissions to external witnesses (external_cosigned, external_refused, external_failed)",
             witness.clone(),
         );
         let forks = Counter::default();

@@ -252,19 +252,26 @@ pub async fn run(
         last = Some(Instant::now());
         checkpoints.borrow_and_update();
         if let Some(cp) = ledger.latest() {
-            for (w, known) in witnesses.iter().zip(known.iter_mut()) {
-                if *known == cp.checkpoint.size {
-                    continue;
-                }
-                let outcome = tokio::select! {
-                    () = stop.cancelled() => return,
-                    o = submit(&client, &ledger, &book, w, &cp, known) => o,
-                };
-                metrics.witnessed(match outcome {
-                    "cosigned" => "external_cosigned",
-                    "refused" => "external_refused",
-                    _ => "external_failed",
+            // All witnesses at once: a slow one delays no other.
+            let rounds = witnesses
+                .iter()
+                .zip(known.iter_mut())
+                .filter(|(_, known)| **known != cp.checkpoint.size)
+                .map(|(w, known)| {
+                    let (client, ledger, book, cp, metrics) =
+                        (&client, &ledger, &book, &cp, &metrics);
+                    async move {
+                        let outcome = submit(client, ledger, book, w, cp, known).await;
+                        metrics.witnessed(match outcome {
+                            "cosigned" => "external_cosigned",
+                            "refused" => "external_refused",
+                            _ => "external_failed",
+                        });
+                    }
                 });
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = futures_util::future::join_all(rounds) => {}
             }
         }
         tokio::select! {

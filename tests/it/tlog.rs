@@ -414,3 +414,105 @@ async fn an_independent_witness_cosigns_the_nodes_checkpoints() {
         "{err}"
     );
 }
+
+/// A fake witness that misbehaves in one way.
+async fn bad_witness(mode: &'static str) -> (String, dsnode::witness::external::ExternalWitness) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let pk = key.verifying_key().to_bytes();
+    let name = format!("bad.example/{mode}");
+    let mut typed = vec![0x04];
+    typed.extend_from_slice(&pk);
+    let vkey = format!(
+        "{name}+{}+{}",
+        data_encoding::HEXLOWER.encode(&dsnode::witness::cosig::cosignature_key_id(&name, &pk)),
+        data_encoding::BASE64.encode(&typed)
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    // A real cosignature, over another checkpoint.
+    let forged = {
+        let other = "dsnode/other\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
+        let msg = format!("cosignature/v1\ntime 1\n{other}");
+        let sig = ed25519_dalek::Signer::sign(&key, msg.as_bytes());
+        let mut blob = dsnode::witness::cosig::cosignature_key_id(&name, &pk).to_vec();
+        blob.extend_from_slice(&1u64.to_be_bytes());
+        blob.extend_from_slice(&sig.to_bytes());
+        format!("\u{2014} {name} {}\n", data_encoding::BASE64.encode(&blob))
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let forged = forged.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(200), s.read(&mut buf))
+                        .await;
+                let body: Vec<u8> = match mode {
+                    "hang" => {
+                        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    "garbage" => b"\xff\xfe not a cosignature".to_vec(),
+                    "forged" => forged.into_bytes(),
+                    _ => vec![b'x'; 200 << 10],
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    let w = dsnode::witness::external::ExternalWitness::parse(&url, &vkey).expect("vkey");
+    (mode.to_owned(), w)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn witnesses_that_answer_garbage_hang_or_forge_are_counted_and_never_kept() {
+    let space = DataSpace::new();
+    let node = space.node("transport", "publisher");
+    fill(&node, 10).await;
+    let mut witnesses = Vec::new();
+    for mode in ["garbage", "forged", "huge", "hang"] {
+        witnesses.push(bad_witness(mode).await.1);
+    }
+    let running = support::start_with(&node, |c| {
+        c.witness.external = witnesses.clone();
+        c.witness.external_interval = std::time::Duration::from_millis(100);
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let metrics = running.metrics_addr().expect("metrics");
+    let count = |text: &str, kind: &str| -> f64 {
+        let needle = format!("dsnode_witness_exchanges_total{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = support::http(metrics, "GET", "/metrics").await.body;
+        // The hanging one holds nothing up: the other three are counted.
+        if count(&text, "external_refused") >= 2.0 && count(&text, "external_failed") >= 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not counted:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The node still serves, and kept no cosignature.
+    assert_eq!(support::http(metrics, "GET", "/readyz").await.status, 200);
+    let kept = std::fs::read_dir(node.dir.root().join("witness/cosigned/external"))
+        .expect("dir")
+        .count();
+    assert_eq!(kept, 0);
+    running.shutdown().await.expect("shutdown");
+}
