@@ -854,16 +854,8 @@ mod tests {
         assert_eq!(accepted_keys("transport"), documented);
     }
 
-    /// docs/configuration.md names every `[storage]` key, and the
-    /// defaults it gives are the code's.
-    #[test]
-    fn the_storage_reference_matches_the_code() {
-        let doc = include_str!("../../docs/configuration.md");
-        let table = doc
-            .split("## `[storage]`")
-            .nth(1)
-            .and_then(|t| t.split("\n## ").next())
-            .expect("a [storage] section");
+    /// The keys a docs/configuration.md table names, sorted.
+    fn documented_keys(table: &str) -> Vec<String> {
         let mut documented: Vec<String> = table
             .lines()
             .filter(|l| l.starts_with("| `"))
@@ -877,7 +869,48 @@ mod tests {
             })
             .collect();
         documented.sort();
-        assert_eq!(accepted_keys("storage"), documented);
+        documented
+    }
+
+    /// docs/configuration.md names every `[witness]` and `[tiles]` key;
+    /// external witnesses need a verifiable vkey.
+    #[test]
+    fn the_witness_and_tiles_references_match_the_code() {
+        let doc = include_str!("../../docs/configuration.md");
+        for section in ["witness", "tiles"] {
+            let table = doc
+                .split(&format!("## `[{section}]`"))
+                .nth(1)
+                .and_then(|t| t.split("\n## ").next())
+                .unwrap_or_else(|| panic!("a [{section}] section"));
+            assert_eq!(
+                accepted_keys(section),
+                documented_keys(table),
+                "[{section}]"
+            );
+        }
+        let tiles =
+            parse("listen = \"127.0.0.1:1\"\n[tiles]\nlisten = \"0.0.0.0:8481\"\n").expect("tiles");
+        assert_eq!(tiles.tiles.listen.map(|a| a.port()), Some(8481));
+        assert!(parse("listen = \"127.0.0.1:1\"\n[tiles]\ntls_cert = \"a.crt\"\n").is_err());
+        let bad = parse(
+            "listen = \"127.0.0.1:1\"\n[witness]\nexternal = [{ url = \"http://w.example\", vkey = \"w+00000000+AAAA\" }]\n",
+        )
+        .expect_err("a vkey that does not verify");
+        assert!(bad.to_string().contains("witness.external"), "{bad}");
+    }
+
+    /// docs/configuration.md names every `[storage]` key, and the
+    /// defaults it gives are the code's.
+    #[test]
+    fn the_storage_reference_matches_the_code() {
+        let doc = include_str!("../../docs/configuration.md");
+        let table = doc
+            .split("## `[storage]`")
+            .nth(1)
+            .and_then(|t| t.split("\n## ").next())
+            .expect("a [storage] section");
+        assert_eq!(accepted_keys("storage"), documented_keys(table));
         assert!(table.contains("| `kind` | `\"local\"` |"));
         assert!(table.contains(&format!("| `region` | `\"{DEFAULT_S3_REGION}\"` |")));
         assert!(table.contains("| `prefix` | `\"\"` |"));
