@@ -3,10 +3,12 @@
 //! (`[tiles] listen`, off by default), plain HTTP or TLS, so that any
 //! transparency-log tool can read and check a node's log.
 //!
-//! Hash tiles and checkpoints hold nothing but hashes and sizes, so they
-//! may be public. Entry bundles (`/tile/entries/…`) hold party and dataset
-//! ids: they are not served here (404); auditors read entries over the
-//! mutual-TLS port (`Ledger.QueryEntries`), each with its inclusion proof.
+//! Hash tiles and checkpoints hold hashes and sizes, not entries, so they
+//! may be public (docs/ledger.md says what a leaf hash can still confirm
+//! to someone who guesses an entry). Entry bundles (`/tile/entries/…`)
+//! hold party and dataset ids: they are not served here (404); auditors
+//! read entries over the mutual-TLS port (`Ledger.QueryEntries`), each
+//! with its inclusion proof.
 //!
 //! A tile exists for a size only if the node signed a checkpoint of a
 //! size it belongs to: a full tile once a checkpointed tree covers it, a
@@ -33,6 +35,8 @@ pub const TILE_WIDTH: u64 = 256;
 pub const MAX_LEVEL: u8 = 7;
 /// Connections served at once, at most.
 const MAX_CONNECTIONS: usize = 64;
+/// The longest a connection is served.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// A path of the tiles API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,9 +291,13 @@ pub async fn serve(
                     }
                 }
             };
+            // A connection lives at most a minute: a client that stops
+            // reading its answers cannot keep a slot.
             tokio::select! {
-                r = served => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "tiles connection ended");
+                r = tokio::time::timeout(CONNECTION_LIFETIME, served) => match r {
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tiles connection ended"),
+                    Err(_) => tracing::debug!(%peer, "tiles connection closed after its lifetime"),
+                    Ok(Ok(())) => {}
                 },
                 () = stop.cancelled() => {}
             }

@@ -572,15 +572,20 @@ impl Ledger {
         {
             return Ok(None);
         }
-        // In u128: index and level come from a request.
+        // Checked, in u128: index and level come from a request, and
+        // 256^7 · 256 · u64::MAX overflows even that.
         let unit: u128 = 1 << (8 * u32::from(level));
         let first = u128::from(index) * u128::from(crate::tiles::TILE_WIDTH);
         let end = first + u128::from(width);
-        if end * unit > u128::from(self.size()) {
+        let Some(covered) = end.checked_mul(unit) else {
+            return Ok(None);
+        };
+        if covered > u128::from(self.size()) {
             return Ok(None);
         }
         if u64::from(width) < crate::tiles::TILE_WIDTH {
-            let (lo, hi) = (end * unit, (end + 1) * unit);
+            // `covered` ≤ the tree size, a u64: these cannot overflow.
+            let (lo, hi) = (covered, covered + unit);
             let Ok(lo) = u64::try_from(lo) else {
                 return Ok(None);
             };
@@ -1008,6 +1013,55 @@ mod tests {
         let mut d = EntryDraft::new(EntryKind::DatasetPublished);
         d.detail = format!("entry {n}");
         d
+    }
+
+    /// A partial tile exists exactly for the sizes the log signed a
+    /// checkpoint of; a full tile holds the leaf hashes; no index overflows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tiles_exist_exactly_for_checkpointed_sizes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ledger, _) = ledger(dir.path());
+        // Bursts: a batch signs one checkpoint for several entries, so
+        // some sizes below the latest are never checkpointed.
+        for burst in 0..20 {
+            let tasks: Vec<_> = (0..(burst % 7 + 1))
+                .map(|n| {
+                    let ledger = ledger.clone();
+                    tokio::spawn(async move { ledger.append(draft(n)).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task").expect("append");
+            }
+        }
+        let size = ledger.size();
+        let mut skipped = 0;
+        for s in 1..=size {
+            let signed = ledger.checkpoint_at(s).expect("read").is_some();
+            let tile = ledger
+                .tile(0, 0, u16::try_from(s).expect("small"))
+                .expect("tile");
+            assert_eq!(tile.is_some(), signed, "size {s}");
+            skipped += usize::from(!signed);
+            if let Some(hashes) = tile {
+                let leaves: Vec<Hash> = (0..s)
+                    .map(|i| merkle::leaf_hash(&ledger.entry(i).expect("read").expect("entry")))
+                    .collect();
+                assert_eq!(hashes, leaves);
+            }
+        }
+        assert!(skipped > 0, "the bursts left sizes unsigned");
+        assert_eq!(
+            ledger
+                .tile(0, 0, u16::try_from(size + 1).expect("small"))
+                .expect("tile"),
+            None
+        );
+        assert_eq!(ledger.tile(0, 1, 256).expect("tile"), None);
+        assert_eq!(ledger.tile(7, u64::MAX, 256).expect("no overflow"), None);
+        assert_eq!(ledger.tile(7, u64::MAX, 255).expect("no overflow"), None);
+        assert_eq!(ledger.tile(8, 0, 1).expect("level"), None);
+        assert_eq!(ledger.tile(0, 0, 0).expect("width"), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -599,14 +599,18 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     // the node here, naming the first bad index: it never reports SERVING.
     let ledger = open_ledger(&config.data_dir, &creds).await?;
     let _ = scrape.ledger.set(ledger.clone());
-    // The tiles: only once the ledger is verified, and with the node.
-    let tiles_addr = tiles_listener.map(|(l, bound, tls)| {
-        tracing::info!(url = %crate::tiles::describe(bound, tls.is_some()), "C2SP tlog-tiles (checkpoint and hash tiles)");
-        tokio::spawn(crate::tiles::serve(l, ledger.clone(), tls, stop_metrics.clone()));
-        bound
-    });
     let observed = metrics.clone();
     ledger.observe_commits(Arc::new(move |n, took| observed.committed(n, took)));
+    // The store must still hold every checkpoint a witness cosigned for
+    // this node (kept outside ledger/, so a whole ledger restored from an
+    // older backup is caught here), checked before this start signs
+    // anything: a store that is behind would otherwise sign a checkpoint
+    // contradicting one a witness holds.
+    let witness = Arc::new(
+        crate::witness::WitnessBook::open(&config.data_dir.witness())
+            .map_err(|e| NodeError::Credentials(format!("witness book: {e}")))?,
+    );
+    crate::witness::check_cosigned(&witness, &ledger)?;
     let mut started = EntryDraft::new(EntryKind::NodeStarted);
     started.parties = vec![creds.identity.node_id.clone()];
     started.detail = server::SOFTWARE_VERSION.to_owned();
@@ -669,14 +673,14 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
     for w in warnings {
         tracing::warn!(warning = %w, "grants");
     }
-    // The store must still hold every checkpoint a witness cosigned for
-    // this node (kept outside ledger/, so a whole ledger restored from an
-    // older backup is caught here).
-    let witness = Arc::new(
-        crate::witness::WitnessBook::open(&config.data_dir.witness())
-            .map_err(|e| NodeError::Credentials(format!("witness book: {e}")))?,
-    );
-    crate::witness::check_cosigned(&witness, &ledger)?;
+    // The tiles: only once the ledger is verified and holds every
+    // checkpoint a witness cosigned (immutable tiles of a rolled-back
+    // store must never leave the node), and with the node.
+    let tiles_addr = tiles_listener.map(|(l, bound, tls)| {
+        tracing::info!(url = %crate::tiles::describe(bound, tls.is_some()), "C2SP tlog-tiles (checkpoint and hash tiles)");
+        tokio::spawn(crate::tiles::serve(l, ledger.clone(), tls, stop_metrics.clone()));
+        bound
+    });
     // The chunk store must take a write before the node serves; an object
     // store that is down leaves the node NOT_SERVING until it answers.
     let probe_store = blobs.clone();

@@ -611,12 +611,17 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, ok)| !ok) {
             return Err(invalid(key, "must be greater than zero"));
         }
-        let mut external = Vec::new();
+        let mut external: Vec<crate::witness::external::ExternalWitness> = Vec::new();
         for e in raw.witness.external.unwrap_or_default() {
-            external.push(
-                crate::witness::external::ExternalWitness::parse(&e.url, &e.vkey)
-                    .map_err(|why| invalid("witness.external", &why))?,
-            );
+            let w = crate::witness::external::ExternalWitness::parse(&e.url, &e.vkey)
+                .map_err(|why| invalid("witness.external", &why))?;
+            if external.iter().any(|o| o.name == w.name) {
+                return Err(invalid(
+                    "witness.external",
+                    &format!("witness key name `{}` is given twice", w.name),
+                ));
+            }
+            external.push(w);
         }
         let witness = WitnessConfig {
             peers: raw.witness.peers.unwrap_or_default(),
@@ -627,6 +632,12 @@ impl Config {
                 WitnessConfig::default().external_interval,
             ),
         };
+        if witness.external_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "witness.external_interval",
+                "must be at least 100ms",
+            ));
+        }
         if witness.interval < Duration::from_secs(1) {
             return Err(invalid("witness.interval", "must be at least 1s"));
         }

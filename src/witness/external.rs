@@ -45,10 +45,18 @@ impl ExternalWitness {
     /// `vkey` (`<name>+<key id hex>+<base64(0x04 ‖ key)>`).
     pub fn parse(url: &str, vkey: &str) -> Result<Self, String> {
         let url = url.trim_end_matches('/');
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.contains(char::is_whitespace)
-        {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        let Some(rest) = rest.filter(|r| !r.is_empty()) else {
             return Err(format!("`{url}` is not an http:// or https:// URL"));
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        if url.contains(char::is_whitespace) || authority.contains('@') || rest.contains(['?', '#'])
+        {
+            return Err(format!(
+                "`{url}` must be a plain http(s)://HOST[:PORT][/PATH] (no credentials, query or fragment)"
+            ));
         }
         let mut parts = vkey.trim().splitn(3, '+');
         let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
@@ -74,6 +82,26 @@ impl ExternalWitness {
             name: name.to_owned(),
             public_key,
         })
+    }
+
+    /// The name of the file its cosignature is kept in: the key name made
+    /// safe, and the key id (two keys never share a file).
+    pub fn file_stem(&self) -> String {
+        let safe: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!(
+            "{safe}-{}",
+            HEXLOWER.encode(&cosig::cosignature_key_id(&self.name, &self.public_key))
+        )
     }
 }
 
@@ -106,15 +134,18 @@ pub fn read_answer(w: &ExternalWitness, note: &str, status: u16, body: &[u8]) ->
     let text = String::from_utf8_lossy(body);
     match status {
         200 => {
+            // Every line under its name: a witness may sign with several
+            // key types; the one of the configured key must verify.
             let prefix = format!("\u{2014} {} ", w.name);
-            let Some(line) = text.lines().find(|l| l.starts_with(&prefix)) else {
-                return Answer::Refused(200, "no cosignature line for its key".into());
-            };
-            let cosigned = format!("{note}{line}\n");
-            match cosig::verify_named(cosigned.as_bytes(), &w.name, &w.public_key) {
-                Ok(_) => Answer::Cosigned(cosigned),
-                Err(e) => Answer::Refused(200, format!("its cosignature does NOT verify: {e}")),
+            let mut why = "no cosignature line for its key".to_owned();
+            for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+                let cosigned = format!("{note}{line}\n");
+                match cosig::verify_named(cosigned.as_bytes(), &w.name, &w.public_key) {
+                    Ok(_) => return Answer::Cosigned(cosigned),
+                    Err(e) => why = format!("its cosignature does NOT verify: {e}"),
+                }
             }
+            Answer::Refused(200, why)
         }
         409 => match text.trim().parse::<u64>() {
             Ok(size) => Answer::OtherSize(size),
@@ -159,13 +190,17 @@ async fn submit(
 ) -> &'static str {
     let size = cp.checkpoint.size;
     let mut old = (*known).min(size);
+    let mut resent = false;
     for _ in 0..2 {
         let proof = if old == 0 || old == size {
             Vec::new()
         } else {
             match ledger.prove_consistency(old, size) {
                 Ok(p) if p.len() <= MAX_PROOF => p,
-                Ok(_) => return "failed",
+                Ok(p) => {
+                    tracing::warn!(witness = %w.name, hashes = p.len(), "a consistency proof longer than tlog-witness allows");
+                    return "failed";
+                }
                 Err(e) => {
                     tracing::warn!(witness = %w.name, error = %e, "no consistency proof for the witness");
                     return "failed";
@@ -182,11 +217,15 @@ async fn submit(
         };
         match read_answer(w, &cp.note, status, &body) {
             Answer::Cosigned(note) => {
-                return match book.keep_cosigned_external(&w.name, size, &note) {
+                return match book.keep_cosigned_external(&w.file_stem(), size, &note) {
                     Ok(()) => {
                         *known = size;
-                        tracing::info!(witness = %w.name, size, "external witness cosigned");
-                        "cosigned"
+                        tracing::info!(witness = %w.name, size, resent, "external witness cosigned");
+                        if resent {
+                            "cosigned_after_409"
+                        } else {
+                            "cosigned"
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(witness = %w.name, error = %e, "could not keep a cosignature");
@@ -194,12 +233,17 @@ async fn submit(
                     }
                 };
             }
-            Answer::OtherSize(theirs) if theirs <= size && theirs != old => {
+            Answer::OtherSize(theirs) if theirs > size => {
+                tracing::error!(witness = %w.name, theirs, size, "the witness has cosigned this log at a size beyond its tree: the store lost acknowledged entries, or the log forked");
+                return "conflict";
+            }
+            Answer::OtherSize(theirs) if theirs != old => {
                 tracing::info!(witness = %w.name, theirs, "the witness knows another size; resending from it");
+                resent = true;
                 old = theirs;
             }
             Answer::OtherSize(theirs) => {
-                tracing::error!(witness = %w.name, theirs, size, "the witness has seen this log at a size it cannot be shown consistent with: a store behind, or a fork");
+                tracing::warn!(witness = %w.name, theirs, "the witness answered 409 naming the size it was sent: a protocol error");
                 return "refused";
             }
             Answer::Refused(status, why) => {
@@ -211,9 +255,13 @@ async fn submit(
     "refused"
 }
 
-/// Submits each new checkpoint of `ledger` to `witnesses`, at most once
-/// per `interval`, until `stop`; outcomes counted as
-/// `external_cosigned`, `external_refused` or `external_failed`.
+/// Submits each new checkpoint of `ledger` to `witnesses` until `stop`:
+/// one task per witness (a slow or hanging one delays no other), each
+/// at most once per `interval`, retrying with backoff (up to 5 minutes)
+/// while the witness has not cosigned the latest checkpoint. Outcomes
+/// are counted as `external_cosigned`, `external_cosigned_after_409`,
+/// `external_refused`, `external_conflict` (the witness saw a larger
+/// tree) or `external_failed`.
 pub async fn run(
     ledger: Ledger,
     book: Arc<WitnessBook>,
@@ -235,49 +283,75 @@ pub async fn run(
             return;
         }
     };
-    let mut known: Vec<u64> = witnesses
-        .iter()
-        .map(|w| book.cosigned_external_size(&w.name))
+    let tasks: Vec<_> = witnesses
+        .into_iter()
+        .map(|w| {
+            let (client, ledger, book, metrics, stop) = (
+                client.clone(),
+                ledger.clone(),
+                book.clone(),
+                metrics.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = one_witness(&client, &ledger, &book, &w, interval, &metrics) => {}
+                }
+            })
+        })
         .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// One witness's loop: submit the latest checkpoint when it has not
+/// cosigned it, no sooner than `interval` after the last attempt, and
+/// after a failure no sooner than a backoff that doubles to 5 minutes.
+async fn one_witness(
+    client: &reqwest::Client,
+    ledger: &Ledger,
+    book: &WitnessBook,
+    w: &ExternalWitness,
+    interval: Duration,
+    metrics: &crate::runtime::metrics::Metrics,
+) {
+    const MAX_BACKOFF: Duration = Duration::from_secs(300);
+    let mut known = book.cosigned_external_size(&w.file_stem());
     let mut checkpoints = ledger.subscribe();
+    let mut backoff = interval;
     let mut last: Option<Instant> = None;
     loop {
-        if let Some(t) = last {
-            let wait = interval.saturating_sub(t.elapsed());
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+        checkpoints.borrow_and_update();
+        let behind = ledger
+            .latest()
+            .is_some_and(|cp| cp.checkpoint.size != known);
+        if !behind {
+            // Up to date: wait for a new checkpoint.
+            if checkpoints.changed().await.is_err() {
+                return;
             }
+            continue;
+        }
+        if let Some(t) = last {
+            tokio::time::sleep(backoff.max(interval).saturating_sub(t.elapsed())).await;
         }
         last = Some(Instant::now());
-        checkpoints.borrow_and_update();
-        if let Some(cp) = ledger.latest() {
-            // All witnesses at once: a slow one delays no other.
-            let rounds = witnesses
-                .iter()
-                .zip(known.iter_mut())
-                .filter(|(_, known)| **known != cp.checkpoint.size)
-                .map(|(w, known)| {
-                    let (client, ledger, book, cp, metrics) =
-                        (&client, &ledger, &book, &cp, &metrics);
-                    async move {
-                        let outcome = submit(client, ledger, book, w, cp, known).await;
-                        metrics.witnessed(match outcome {
-                            "cosigned" => "external_cosigned",
-                            "refused" => "external_refused",
-                            _ => "external_failed",
-                        });
-                    }
-                });
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = futures_util::future::join_all(rounds) => {}
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            r = checkpoints.changed() => if r.is_err() { return },
-        }
+        let Some(cp) = ledger.latest() else { continue };
+        let outcome = submit(client, ledger, book, w, &cp, &mut known).await;
+        metrics.witnessed(match outcome {
+            "cosigned" => "external_cosigned",
+            "cosigned_after_409" => "external_cosigned_after_409",
+            "refused" => "external_refused",
+            "conflict" => "external_conflict",
+            _ => "external_failed",
+        });
+        backoff = if outcome.starts_with("cosigned") {
+            interval
+        } else {
+            (backoff * 2).min(MAX_BACKOFF)
+        };
     }
 }
 

@@ -520,7 +520,7 @@ impl WitnessBook {
         self.dir
             .join("cosigned")
             .join("external")
-            .join(format!("{}.note", slug(witness)))
+            .join(format!("{witness}.note"))
     }
 
     /// Keeps the cosigned note an external witness (key name `witness`)
@@ -575,7 +575,15 @@ impl WitnessBook {
             let Some(stem) = name.strip_suffix(".note") else {
                 continue;
             };
-            out.push((stem.to_owned(), fsutil::read(&entry.path())?));
+            // Only regular files of a cosigned note's size: anything else
+            // here is not ours, and must not stop the node.
+            let path = entry.path();
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_file() && m.len() <= 64 << 10 => {
+                    out.push((stem.to_owned(), fsutil::read(&path)?));
+                }
+                _ => tracing::warn!(path = %path.display(), "ignored: not a kept cosigned note"),
+            }
         }
         out.sort();
         Ok(out)

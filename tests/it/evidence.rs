@@ -426,6 +426,15 @@ async fn each_entry_proof_is_also_a_c2sp_tlog_proof_an_independent_verifier_chec
             .output()
             .expect("python");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // A verdict, not a crash: one JSON object, nothing on stderr.
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(v["ok"].as_bool(), Some(out.status.success()), "{text}");
         (out.status.success(), text)
     };
     for (proof, entry) in side.tlog_proofs.iter().zip(&side.entries) {

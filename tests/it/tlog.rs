@@ -169,6 +169,8 @@ async fn tiles_are_served_exactly_for_checkpointed_sizes_and_nothing_else() {
         dsnode::tiles::tile_path(0, size / 256, (size % 256) as u16 + 1),
         dsnode::tiles::tile_path(2, 0, 256),
         dsnode::tiles::tile_path(7, u64::MAX / 1000, 256),
+        dsnode::tiles::tile_path(7, u64::MAX, 256),
+        dsnode::tiles::tile_path(7, u64::MAX, 255),
         "/tile/entries/000".into(),
         "/tile/0/000.p/0".into(),
         "/tile/0/-1".into(),
@@ -283,14 +285,18 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Waits for the node to keep a cosignature of at least `size` from the
 /// external witness; the kept note.
-async fn cosigned_at_least(node: &NodeDir, size: u64) -> String {
+async fn cosigned_at_least(
+    node: &NodeDir,
+    witness: &dsnode::witness::external::ExternalWitness,
+    size: u64,
+) -> String {
     let path = node
         .dir
         .root()
         .join("witness")
         .join("cosigned")
         .join("external")
-        .join("witness.test_w1.note");
+        .join(format!("{}.note", witness.file_stem()));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         if let Ok(note) = std::fs::read_to_string(&path) {
@@ -316,7 +322,7 @@ async fn cosigned_at_least(node: &NodeDir, size: u64) -> String {
 async fn an_independent_witness_cosigns_the_nodes_checkpoints() {
     let space = DataSpace::new();
     let node = space.node("transport", "publisher");
-    fill(&node, 40).await;
+    fill(&node, ENTRIES).await;
     let log_vkey = vkey(&node);
     let origin = log_vkey.split('+').next().expect("origin").to_owned();
     let witness = AicsWitness::start(&origin, &log_vkey);
@@ -325,9 +331,10 @@ async fn an_independent_witness_cosigns_the_nodes_checkpoints() {
     let with_witness = |c: &mut dsnode::runtime::config::Config| {
         c.witness.external = vec![external.clone()];
         c.witness.external_interval = std::time::Duration::from_millis(100);
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
     };
     let running = support::start_with(&node, with_witness).await;
-    let first = cosigned_at_least(&node, 41).await;
+    let first = cosigned_at_least(&node, &external, ENTRIES + 1).await;
     // The witness's cosignature verifies with dsnode's own verifier, over
     // a checkpoint the log signed.
     let t = dsnode::witness::cosig::verify_named(
@@ -388,13 +395,22 @@ async fn an_independent_witness_cosigns_the_nodes_checkpoints() {
     std::fs::remove_file(
         node.dir
             .root()
-            .join("witness/cosigned/external/witness.test_w1.note"),
+            .join("witness/cosigned/external")
+            .join(format!("{}.note", external.file_stem())),
     )
     .expect("remove");
     fill(&node, 25).await;
     let running = support::start_with(&node, with_witness).await;
-    let second = cosigned_at_least(&node, size + 25).await;
+    let second = cosigned_at_least(&node, &external, size + 25).await;
     assert!(second.contains("\u{2014} witness.test/w1 "));
+    // It got there through the witness's 409 and a resend.
+    let text = support::http(running.metrics_addr().expect("metrics"), "GET", "/metrics")
+        .await
+        .body;
+    assert!(
+        text.contains("dsnode_witness_exchanges_total{kind=\"external_cosigned_after_409\"} 1"),
+        "{text}"
+    );
     running.shutdown().await.expect("shutdown");
 
     // The store put back to before the witness's latest cosignature:
