@@ -238,71 +238,26 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let Ok((stream, peer)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let (ledger, acceptor, stop) = (ledger.clone(), acceptor.clone(), stop.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let ledger = ledger.clone();
-                async move {
-                    // Reading a tile touches the store: off the runtime.
-                    let r = tokio::task::spawn_blocking(move || respond(&ledger, &req)).await;
-                    Ok::<_, Infallible>(r.unwrap_or_else(|_| {
-                        let mut r = Response::new(http_body_util::Full::new(Bytes::new()));
-                        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                        r
-                    }))
-                }
-            });
-            let http = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .max_buf_size(16 * 1024)
-                .to_owned();
-            let served = async {
-                match acceptor {
-                    None => {
-                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                            .await
-                    }
-                    Some(acceptor) => {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls)) => {
-                                http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                                    .await
-                            }
-                            _ => Ok(()),
-                        }
-                    }
-                }
-            };
-            // A connection lives at most a minute: a client that stops
-            // reading its answers cannot keep a slot.
-            tokio::select! {
-                r = tokio::time::timeout(CONNECTION_LIFETIME, served) => match r {
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tiles connection ended"),
-                    Err(_) => tracing::debug!(%peer, "tiles connection closed after its lifetime"),
-                    Ok(Ok(())) => {}
-                },
-                () = stop.cancelled() => {}
-            }
-        });
-    }
+    let service = hyper::service::service_fn(move |req| {
+        let ledger = ledger.clone();
+        async move {
+            // Reading a tile touches the store: off the runtime.
+            let r = tokio::task::spawn_blocking(move || respond(&ledger, &req)).await;
+            Ok::<_, Infallible>(r.unwrap_or_else(|_| {
+                let mut r = Response::new(http_body_util::Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                r
+            }))
+        }
+    });
+    let limits = crate::runtime::http::Limits {
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: Duration::from_secs(10),
+        max_buf_size: 16 * 1024,
+        lifetime: CONNECTION_LIFETIME,
+        keep_alive: true,
+    };
+    crate::runtime::http::serve(listener, tls, limits, service, stop, "tiles").await;
 }
 
 /// The address a tiles listener is bound to, for logs.

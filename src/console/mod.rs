@@ -250,65 +250,19 @@ async fn accept_loop(
     server_tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let acceptor = server_tls.map(tokio_rustls::TlsAcceptor::from);
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let Ok((stream, peer)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let (router, acceptor, stop) = (router.clone(), acceptor.clone(), stop.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let router = router.clone();
-                    async move { tower::ServiceExt::oneshot(router, req.map(Body::new)).await }
-                });
-            let http = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .max_buf_size(64 * 1024)
-                .to_owned();
-            let served = async {
-                match acceptor {
-                    None => {
-                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                            .await
-                    }
-                    Some(acceptor) => {
-                        let tls =
-                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                                .await;
-                        match tls {
-                            Ok(Ok(tls)) => {
-                                http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                                    .await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "console TLS handshake failed");
-                                Ok(())
-                            }
-                            Err(_) => Ok(()),
-                        }
-                    }
-                }
-            };
-            tokio::select! {
-                r = served => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "console connection ended");
-                },
-                () = stop.cancelled() => {}
-            }
-        });
-    }
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let router = router.clone();
+        async move { tower::ServiceExt::oneshot(router, req.map(Body::new)).await }
+    });
+    let limits = crate::runtime::http::Limits {
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: Duration::from_secs(10),
+        max_buf_size: 64 * 1024,
+        // Room for a few pages and an upload, each under its deadline.
+        lifetime: REQUEST_DEADLINE * 5,
+        keep_alive: true,
+    };
+    crate::runtime::http::serve(listener, server_tls, limits, service, stop, "console").await;
 }
 
 fn router(console: Shared) -> Router {

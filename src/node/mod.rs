@@ -542,15 +542,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         source,
     })?;
     let metrics_listener = match config.metrics_listen {
-        Some(addr) => {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| NodeError::Bind { addr, source })?;
-            let bound = l
-                .local_addr()
-                .map_err(|source| NodeError::Bind { addr, source })?;
-            Some((l, bound))
-        }
+        Some(addr) => Some(bind(addr).await?),
         None => None,
     };
     let tiles_listener = match config.tiles.listen {
@@ -562,12 +554,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                 )),
                 None => None,
             };
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| NodeError::Bind { addr, source })?;
-            let bound = l
-                .local_addr()
-                .map_err(|source| NodeError::Bind { addr, source })?;
+            let (l, bound) = bind(addr).await?;
             Some((l, bound, tls))
         }
         None => None,
@@ -997,6 +984,20 @@ fn check_writable(dir: &DataDir) -> Result<(), NodeError> {
 }
 
 /// Opens and verifies the node's ledger (a blocking O(n) check).
+/// A listener on `addr`, and the address it is bound to (with port 0,
+/// the port given).
+async fn bind(
+    addr: std::net::SocketAddr,
+) -> Result<(TcpListener, std::net::SocketAddr), NodeError> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })?;
+    let bound = l
+        .local_addr()
+        .map_err(|source| NodeError::Bind { addr, source })?;
+    Ok((l, bound))
+}
+
 async fn open_ledger(dir: &DataDir, creds: &Credentials) -> Result<Ledger, NodeError> {
     let path = dir.ledger();
     let key = creds.key.signing_key().clone();

@@ -291,43 +291,19 @@ const MAX_SCRAPERS: usize = 16;
 /// Serves `/metrics`, `/healthz` and `/readyz` over plain HTTP/1.1 on
 /// `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>, stop: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let Ok((stream, peer)) = accepted else {
-            // Out of file descriptors, say: do not spin.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue; // too many scrapers: drop the connection
-        };
+    let service = hyper::service::service_fn(move |req| {
         let scrape = scrape.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let scrape = scrape.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &scrape)) }
-            });
-            // One request per connection, so idle scrapers hold no slot.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(false)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .max_buf_size(16 * 1024)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(peer = %peer, error = %e, "metrics connection ended");
-                },
-                () = stop.cancelled() => {}
-            }
-        });
-    }
+        async move { Ok::<_, Infallible>(answer(&req, &scrape)) }
+    });
+    // One request per connection, so idle scrapers hold no slot.
+    let limits = crate::runtime::http::Limits {
+        max_connections: MAX_SCRAPERS,
+        header_timeout: Duration::from_secs(5),
+        max_buf_size: 16 * 1024,
+        lifetime: Duration::from_secs(30),
+        keep_alive: false,
+    };
+    crate::runtime::http::serve(listener, None, limits, service, stop, "metrics").await;
 }
 
 fn answer<B>(req: &Request<B>, scrape: &Scrape) -> Response<http_body_util::Full<Bytes>> {

@@ -5,8 +5,11 @@
 //!
 //! - [`config`]: the data dir layout and `node.toml` (raw → validated).
 //! - [`tls`]: rustls server/client configs, the accept loop, peer identity.
+//! - [`http`]: the accept loop and guards of the small HTTP/1.1
+//!   listeners (metrics, tlog-tiles, the auditor console).
 //! - [`metrics`]: Prometheus metrics and the plain-HTTP `/metrics`, `/healthz`, `/readyz` listener.
 
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod tls;

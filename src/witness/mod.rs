@@ -243,6 +243,19 @@ fn slug(origin: &str) -> String {
         .collect()
 }
 
+/// The size of the checkpoint in the note kept at `path` (0: none).
+fn kept_size(path: &Path) -> u64 {
+    std::fs::read(path)
+        .ok()
+        .and_then(|kept| {
+            let text = crate::ledger::note::unverified_text(&kept).ok()?;
+            crate::ledger::note::Checkpoint::parse(text)
+                .ok()
+                .map(|c| c.size)
+        })
+        .unwrap_or(0)
+}
+
 fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
 }
@@ -505,15 +518,7 @@ impl WitnessBook {
 
     /// The size of this node's checkpoint `witness` last cosigned (0: none).
     pub fn cosigned_size(&self, witness: &NodeId) -> u64 {
-        std::fs::read(self.cosigned_path(witness))
-            .ok()
-            .and_then(|kept| {
-                let text = crate::ledger::note::unverified_text(&kept).ok()?;
-                crate::ledger::note::Checkpoint::parse(text)
-                    .ok()
-                    .map(|c| c.size)
-            })
-            .unwrap_or(0)
+        kept_size(&self.cosigned_path(witness))
     }
 
     fn external_path(&self, witness: &str) -> PathBuf {
@@ -549,15 +554,7 @@ impl WitnessBook {
     /// The size of this node's checkpoint the external witness `witness`
     /// last cosigned (0: none kept).
     pub fn cosigned_external_size(&self, witness: &str) -> u64 {
-        std::fs::read(self.external_path(witness))
-            .ok()
-            .and_then(|kept| {
-                let text = crate::ledger::note::unverified_text(&kept).ok()?;
-                crate::ledger::note::Checkpoint::parse(text)
-                    .ok()
-                    .map(|c| c.size)
-            })
-            .unwrap_or(0)
+        kept_size(&self.external_path(witness))
     }
 
     /// The cosigned checkpoints kept from external witnesses, by file

@@ -115,30 +115,8 @@ impl Drop for Console {
     }
 }
 
-/// A raw HTTP/1.1 request to the console: status, head and body.
-fn request(addr: &str, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .expect("timeout");
-    s.write_all(head.as_bytes()).expect("write");
-    s.write_all(body).expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let at = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a full response");
-    let head = String::from_utf8_lossy(&raw[..at]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    (status, head, raw[at + 4..].to_vec())
-}
-
 fn get(addr: &str, path: &str, host: &str) -> (u16, String, Vec<u8>) {
-    request(
+    crate::support::raw_http(
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
         b"",
@@ -507,7 +485,7 @@ async fn the_console_shows_the_demo_space_verified_in_a_real_browser() {
         .collect();
     assert_eq!(csp, [dsnode::console::CONTENT_SECURITY_POLICY], "{head}");
     // A request's own choice of language overrides the console's --lang.
-    let (_, _, page) = request(
+    let (_, _, page) = crate::support::raw_http(
         &addr,
         "GET /?lang=zh HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         b"",
@@ -518,7 +496,7 @@ async fn the_console_shows_the_demo_space_verified_in_a_real_browser() {
     let (status, _, _) = get(&addr, "/dataset/..%2F..%2Fetc", "127.0.0.1");
     assert_eq!(status, 400);
     // An upload over the cap is refused from its length, unread.
-    let (status, _, body) = request(
+    let (status, _, body) = crate::support::raw_http(
         &addr,
         &format!(
             "POST /verify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

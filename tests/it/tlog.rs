@@ -16,27 +16,12 @@ use crate::support::{self, DataSpace, NodeDir};
 
 /// `method path` over plain HTTP/1.1: status, head and body bytes.
 async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> Answer {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: tiles\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let at = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a full response");
-    let head = String::from_utf8_lossy(&raw[..at]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    Answer {
-        status,
-        head,
-        body: raw[at + 4..].to_vec(),
-    }
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: tiles\r\nConnection: close\r\n\r\n");
+    let (status, head, body) =
+        tokio::task::spawn_blocking(move || support::raw_http(&addr.to_string(), &head, b""))
+            .await
+            .expect("request");
+    Answer { status, head, body }
 }
 
 struct Answer {

@@ -296,6 +296,29 @@ pub(crate) async fn http(addr: SocketAddr, method: &str, path: &str) -> HttpAnsw
     }
 }
 
+/// A raw HTTP/1.1 request (`head` and `body` as given, e.g. a
+/// `Connection: close` request): status, head and body bytes.
+pub(crate) fn raw_http(addr: &str, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .expect("timeout");
+    s.write_all(head.as_bytes()).expect("write");
+    s.write_all(body).expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a full response");
+    let head = String::from_utf8_lossy(&raw[..at]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (status, head, raw[at + 4..].to_vec())
+}
+
 /// A TCP relay to a node that cuts its first `cuts` connections once
 /// `after` bytes have gone from the node to the client: a connection
 /// dropped mid-stream, below TLS (the client sees the TCP stream end).
