@@ -365,7 +365,9 @@ fn unreachable(e: &object_store::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<object_store::client::HttpError>()
-            && matches!(h.kind(), K::Connect | K::Timeout | K::Interrupted)
+            // `Request`: the connection closed before a response (a store
+            // that resets connections is as down as one that refuses them).
+            && matches!(h.kind(), K::Connect | K::Request | K::Timeout | K::Interrupted)
         {
             return true;
         }
