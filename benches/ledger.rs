@@ -5,11 +5,14 @@
 //!    appenders, group commit, one fsync and one signature per batch),
 //!    against raw sled `apply_batch` of exactly the same keys and values
 //!    with one fsync per batch of the same size.
-//! 2. Inclusion and consistency proofs at 1,000,000 entries (p50, p99).
-//! 3. A filtered query page of 100 at 1,000,000 entries (p50, p99).
+//! 2. Curves: the log grown to 1,000,000 and then 10,000,000 entries; at
+//!    each size the append rate, disk bytes per entry, start-up after a
+//!    clean stop and after a crash with 100,000 entries new, the full
+//!    verification (an unpaced scrub pass), inclusion and consistency
+//!    proofs (p50, p99) and filtered query pages of 100 (p50, p99).
 //!
-//! `cargo bench --bench ledger` (set `DSNODE_BENCH_ENTRIES` to change the
-//! 1,000,000).
+//! `cargo bench --bench ledger`; `DSNODE_BENCH_SIZES=1000000,10000000`
+//! sets the sizes, `DSNODE_BENCH_APPENDS=0` skips part 1.
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +93,13 @@ async fn ledger_run_in(
     concurrency: u64,
 ) -> (f64, f64, Ledger) {
     let (ledger, _) = Ledger::open(dir, key(), LedgerOptions::default()).expect("open");
+    let (rate, batch) = append_with(&ledger, spread, n, concurrency).await;
+    (rate, batch, ledger)
+}
+
+/// Appends `n` entries to `ledger` with `concurrency` appenders; returns
+/// (entries/s, mean batch size).
+async fn append_with(ledger: &Ledger, spread: Spread, n: u64, concurrency: u64) -> (f64, f64) {
     let start = Instant::now();
     let per = n / concurrency;
     let mut tasks = Vec::new();
@@ -116,9 +126,11 @@ async fn ledger_run_in(
     (
         total as f64 / elapsed.as_secs_f64(),
         total as f64 / batches.len() as f64,
-        ledger,
     )
 }
+
+/// Entries appended after the last start, before a simulated crash.
+const CRASH_TAIL: u64 = 100_000;
 
 /// Raw sled: the same keys and values, prebuilt, one fsync per batch.
 fn raw_sled_run(spread: Spread, dir: &std::path::Path, n: u64, batch_size: u64) -> f64 {
@@ -150,10 +162,17 @@ fn raw_sled_run(spread: Spread, dir: &std::path::Path, n: u64, batch_size: u64) 
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let big: u64 = std::env::var("DSNODE_BENCH_ENTRIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let sizes_list: Vec<u64> = std::env::var("DSNODE_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000000,10000000".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("DSNODE_BENCH_SIZES: comma-separated entry counts")
+        })
+        .collect();
+    let sizes = sizes_list;
+    let appends = std::env::var("DSNODE_BENCH_APPENDS").map_or(true, |v| v != "0");
     let tmp = tempfile::tempdir().expect("tempdir");
     let n = 200_000u64;
     let concurrency = 2_000u64;
@@ -161,7 +180,10 @@ async fn main() {
     for (name, spread) in [
         ("wide: 1,000 datasets x 50 parties", WIDE),
         ("narrow: 10 datasets x 10 parties", NARROW),
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| appends)
+    {
         println!("== durable appends, {name}: {n} entries, {concurrency} concurrent appenders");
         let (rate1, batch1, l1) = ledger_run_in(
             spread,
@@ -198,26 +220,119 @@ async fn main() {
         println!("ratio ledger / raw sled: {:.2}\n", ledger_rate / raw);
     }
 
-    println!("== proofs and queries at {big} entries (wide spread)");
+    let mut built = 0u64;
     let dir = tmp.path().join("big");
-    let build = Instant::now();
-    let (rate, _, ledger) = ledger_run(&dir, big, concurrency).await;
+    for size in sizes {
+        if size <= built {
+            continue;
+        }
+        println!("== grown to {size} entries (wide spread)");
+        let build = Instant::now();
+        let (rate, _, ledger) = ledger_run(&dir, size - built, concurrency).await;
+        println!(
+            "appended {} entries in {:.1}s: {rate:.0} entries/s",
+            size - built,
+            build.elapsed().as_secs_f64()
+        );
+        built = size;
+        ledger.close().await;
+        drop(ledger);
+        println!(
+            "disk: {:.0} bytes per entry ({:.1} MiB in ledger/)",
+            dir_bytes(&dir) as f64 / built as f64,
+            dir_bytes(&dir) as f64 / (1 << 20) as f64
+        );
+        curves(&dir).await;
+        built += CRASH_TAIL;
+    }
+}
+
+/// Size of everything under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Opens the sled store alone (retrying while the last handle's lock is
+/// being released): what start-up costs before the ledger's own check.
+fn sled_open_seconds(dir: &std::path::Path) -> f64 {
+    loop {
+        let t = Instant::now();
+        match SledStore::open(dir) {
+            Err(dsnode::ledger::store::StoreError::Locked { .. }) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => {
+                let took = t.elapsed().as_secs_f64();
+                drop(other.expect("store"));
+                return took;
+            }
+        }
+    }
+}
+
+/// Start-up, scrub, proofs and queries of the closed ledger in `dir`.
+async fn curves(dir: &std::path::Path) {
     println!(
-        "built in {:.1}s ({rate:.0} entries/s)",
-        build.elapsed().as_secs_f64()
+        "opening the sled store alone: {:.3}s",
+        sled_open_seconds(dir)
     );
-    // Reopen as a node does at start: the full start-up check reads every
-    // block, hash and checkpoint (and leaves sled's cache as a running
-    // node has it).
-    ledger.close().await;
+    // Start-up after a clean stop: only what lies beyond the verified mark.
+    let check = Instant::now();
+    let (ledger, report) = loop {
+        match Ledger::open(dir, key(), LedgerOptions::default()) {
+            Err(dsnode::ledger::LedgerError::Store(
+                dsnode::ledger::store::StoreError::Locked { .. },
+            )) => std::thread::sleep(Duration::from_millis(20)),
+            other => break other.expect("reopen"),
+        }
+    };
+    println!(
+        "start-up after a clean stop: {:.3}s ({} entries, {} re-read beyond the verified mark)",
+        check.elapsed().as_secs_f64(),
+        report.size,
+        report.checked()
+    );
+    // A crash: 100,000 entries appended, the ledger dropped unclosed
+    // (the mark stays where this start put it).
+    append_with(&ledger, WIDE, CRASH_TAIL, 1_000).await;
     drop(ledger);
     let check = Instant::now();
-    let (ledger, report) = Ledger::open(&dir, key(), LedgerOptions::default()).expect("reopen");
+    let (ledger, report) = loop {
+        match Ledger::open(dir, key(), LedgerOptions::default()) {
+            Err(dsnode::ledger::LedgerError::Store(
+                dsnode::ledger::store::StoreError::Locked { .. },
+            )) => std::thread::sleep(Duration::from_millis(20)),
+            other => break other.expect("reopen"),
+        }
+    };
     println!(
-        "start-up check (full verification) of {} entries, {} checkpoints: {:.1}s",
-        report.size,
-        report.checkpoints,
-        check.elapsed().as_secs_f64()
+        "start-up after a crash, {CRASH_TAIL} entries new: {:.3}s ({} re-read)",
+        check.elapsed().as_secs_f64(),
+        report.checked()
+    );
+    // The full check, as `audit verify` and the scrub do it (unpaced).
+    let check = Instant::now();
+    let scrubbed = ledger
+        .scrub(&mut |_| true)
+        .expect("scrub")
+        .expect("complete");
+    let full = check.elapsed().as_secs_f64();
+    println!(
+        "full verification (scrub pass, unpaced) of {} entries, {} checkpoints: {full:.1}s ({:.0} entries/s; at the default scrub_rate of 20,000/s: {:.0}s)",
+        scrubbed.size,
+        scrubbed.checkpoints,
+        scrubbed.size as f64 / full,
+        scrubbed.size as f64 / 20_000.0
     );
     let cp = ledger.latest().expect("checkpoint").checkpoint.clone();
     let size = cp.size;

@@ -67,6 +67,8 @@
 //! (the project's, under `cargo run`), not in /tmp, which may be tmpfs;
 //! each location's file system type is printed.
 
+mod support;
+
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -76,15 +78,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dsnode::fsutil;
-use dsnode::identity::RoleSet;
-use dsnode::identity::ca::{CaDir, CertificateAuthority, IssueRequest};
-use dsnode::identity::cert::Host;
 use dsnode::node;
 use dsnode::runtime::config::{DataDir, TransportConfig};
 use dsnode::runtime::tls;
 use dsnode::wire::admin::{AdminClient, FetchEvent, FetchOptions};
 use dsnode::wire::client::{self, ClientSettings};
 use dsnode::wire::pb;
+use support::{
+    BoxError, Ca, NodeProcess, cpu_secs, dsnode_binary, free_port, fs_type, load_average,
+    peak_rss_mib, reset_peak_rss,
+};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
@@ -104,8 +107,6 @@ purpose = ["benchmark"]
 roles = ["consumer"]
 grant_ttl = "1d"
 "#;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A part of the run, named in `DSNODE_BENCH_PHASES`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,48 +218,6 @@ fn write_content(path: &Path, mib: usize) -> Result<[u8; 32], BoxError> {
     Ok(sha256)
 }
 
-/// A loopback port free now and never handed out before in this run: the
-/// kernel may offer a port it just gave to the other node of a space,
-/// which would then find its own port taken (and a client of it would
-/// reach the other node).
-fn free_port() -> Result<SocketAddr, BoxError> {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().map_err(|_| "port list poisoned")?;
-    for _ in 0..100 {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        if !given.contains(&addr.port()) {
-            given.push(addr.port());
-            return Ok(addr);
-        }
-    }
-    Err("no fresh loopback port in 100 tries".into())
-}
-
-/// The file system type of `dir` (`df --output=fstype`), e.g. "tmpfs".
-fn fs_type(dir: &Path) -> String {
-    Command::new("df")
-        .arg("--output=fstype")
-        .arg(dir)
-        .output()
-        .ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            text.lines().nth(1).map(|l| l.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// The machine's 1-minute load average (/proc/loadavg), against its cores:
-/// other work running during the bench makes its numbers noisy.
-fn load_average() -> String {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "{} on {cores} cores",
-        load.split_whitespace().next().unwrap_or("?")
-    )
-}
-
 /// A CA and two nodes (publisher, consumer) under `root`, their
 /// certificates valid for 127.0.0.1 (what curl checks too).
 struct Space {
@@ -269,131 +228,21 @@ struct Space {
 
 impl Space {
     fn new(root: &Path) -> Result<Self, BoxError> {
-        let ca_dir = root.join("ca");
-        CertificateAuthority::init(&ca_dir, "Bench CA")?;
-        let ca = CaDir::open(&ca_dir)?;
-        let make = |name: &str, roles: &str| -> Result<DataDir, BoxError> {
-            let dir = DataDir::new(root.join(name));
-            node::init_data_dir(
-                &dir,
-                &name.parse()?,
-                ca.ca().cert_pem().as_bytes(),
-                (free_port()?, None),
-                vec![Host::Ip("127.0.0.1".parse()?)],
-            )?;
-            let csr = std::fs::read_to_string(dir.csr())?;
-            let issued = ca
-                .ca()
-                .issue(&csr, &IssueRequest::new(RoleSet::parse_list(roles)?))?;
-            fsutil::write_atomic(&dir.cert(), issued.pem.as_bytes(), fsutil::PUBLIC_MODE)?;
-            let crl = std::fs::read(ca.crl_path())?;
-            fsutil::write_atomic(&dir.crl(), &crl, fsutil::PUBLIC_MODE)?;
-            // `[transport]` is the file's last table: keys appended land in it.
-            if let Ok(keys) = std::env::var("DSNODE_BENCH_TRANSPORT") {
-                let mut toml = std::fs::read_to_string(dir.config())?;
-                for key in keys.split(';') {
-                    toml.push_str(key.trim());
-                    toml.push('\n');
-                }
-                std::fs::write(dir.config(), toml)?;
-            }
-            Ok(dir)
-        };
+        let ca = Ca::new(root)?;
+        // `[transport]` is the file's last table: keys appended land in it.
+        let extra = std::env::var("DSNODE_BENCH_TRANSPORT")
+            .map(|keys| {
+                keys.split(';')
+                    .map(|k| format!("{}\n", k.trim()))
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
         Ok(Self {
             root: root.to_path_buf(),
-            publisher: make("publisher", "publisher")?,
-            consumer: make("consumer", "consumer")?,
+            publisher: ca.node("publisher", "publisher", &extra)?,
+            consumer: ca.node("consumer", "consumer", &extra)?,
         })
     }
-}
-
-/// A `dsnode serve` process, killed on drop.
-struct NodeProcess {
-    child: Child,
-    addr: SocketAddr,
-    dir: DataDir,
-}
-
-impl NodeProcess {
-    async fn start(bin: &Path, dir: &DataDir) -> Result<Self, BoxError> {
-        let config = dsnode::runtime::config::Config::load(dir.root())?;
-        let log = std::fs::File::create(dir.root().join("serve.log"))?;
-        let child = Command::new(bin)
-            .args(["serve", "--data-dir"])
-            .arg(dir.root())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        let node = Self {
-            child,
-            addr: config.listen,
-            dir: DataDir::new(dir.root()),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match node.connect().await {
-                Ok(_) => return Ok(node),
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(format!("node did not come up: {e}").into()),
-            }
-        }
-    }
-
-    /// A channel to this node, as itself (its Admin API).
-    async fn connect(&self) -> Result<client::PeerChannel, BoxError> {
-        let material = node::load_credentials(&self.dir)?.material;
-        let conn = client::connect(
-            tls::client_config(&material)?,
-            &self.addr.to_string(),
-            ClientSettings::default(),
-        )
-        .await?;
-        Ok(conn)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Peak resident set size of a process, in MiB.
-fn peak_rss_mib(pid: u32) -> Result<f64, BoxError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or("no VmHWM in /proc/PID/status")?;
-    Ok(kb / 1024.0)
-}
-
-/// CPU seconds a process has used (user + system).
-fn cpu_secs(pid: u32) -> Result<f64, BoxError> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which is in parentheses).
-    let rest = stat.rsplit_once(')').ok_or("bad /proc/PID/stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f
-        .get(11)
-        .zip(f.get(12))
-        .and_then(|(u, s)| Some(u.parse::<f64>().ok()? + s.parse::<f64>().ok()?))
-        .ok_or("bad /proc/PID/stat")?;
-    Ok(ticks / 100.0)
-}
-
-/// Resets a process's peak RSS (Linux: `5` to `/proc/PID/clear_refs`).
-fn reset_peak_rss(pid: u32) -> Result<(), BoxError> {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
-    Ok(())
 }
 
 /// A data space in a directory, its publisher and consumer running, and
@@ -1288,12 +1137,7 @@ async fn measure_rss(bin: &Path, s: &Settings) -> Result<(), BoxError> {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let s = Settings::from_env()?;
-    let bin = std::env::current_exe()?
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("dsnode"))
-        .filter(|p| p.exists())
-        .ok_or("no dsnode binary next to this example: run `cargo build --release` first")?;
+    let bin = dsnode_binary()?;
 
     let mut locations: Vec<(&'static str, PathBuf)> = Vec::new();
     if s.runs(Phase::Tmpfs) {

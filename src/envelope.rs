@@ -138,6 +138,25 @@ impl<T> Verified<T> {
     }
 }
 
+impl<T: SignedBy> Verified<T> {
+    /// Signs `value` with `key` here: a signature this process just made
+    /// verifies by construction, so no check is run (issuing a grant
+    /// costs one signature, not a signature and a verification). `None`
+    /// if `value` names another signer than the node of `key`.
+    pub fn sign_here(value: T, key: &SigningKey) -> Option<Self> {
+        let signer = key.verifying_key().to_bytes();
+        if *value.signer() != crate::identity::NodeId::from_public_key(&signer) {
+            return None;
+        }
+        let envelope = Envelope::sign(T::TYPE, value.encode(), key, value.signer().as_str());
+        Some(Self {
+            value,
+            envelope,
+            signer,
+        })
+    }
+}
+
 impl Envelope {
     /// Signs `payload` as `payload_type` with `key`.
     pub fn sign(

@@ -354,6 +354,24 @@ impl Catalog {
         self.read().values().cloned().collect()
     }
 
+    /// Datasets in id order from just after `after` (from the first
+    /// without), each given to `f` until it breaks: one page of a listing
+    /// costs what it reads, not the catalog's size.
+    pub fn scan_after(
+        &self,
+        after: Option<&DatasetId>,
+        mut f: impl FnMut(&Arc<Dataset>) -> std::ops::ControlFlow<()>,
+    ) {
+        use std::ops::Bound;
+        let datasets = self.read();
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        for d in datasets.range((from, Bound::Unbounded)).map(|(_, d)| d) {
+            if f(d).is_break() {
+                break;
+            }
+        }
+    }
+
     /// Checks a request before any content is read: the policy is already
     /// valid (typed); sources must exist and allow derivation; a
     /// superseded dataset must be this node's latest of its lineage.

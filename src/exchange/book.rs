@@ -4,10 +4,12 @@
 //! (`grants/received/`) or taken here as publisher (`grants/taken/`). What happened to a grant since (revocation, and later
 //! fetches) is read from the ledger, the durable record.
 //!
-//! Like publishing, issuing is all-or-nothing: the grant file is written,
-//! then `AccessGranted` is appended; if the append fails the file is
-//! removed, and at start-up an issued grant without its ledger entry is
-//! removed.
+//! Issuing is all-or-nothing: an issued grant is a ledger record
+//! committed in the same atomic batch as its `AccessGranted` entry (so one
+//! group commit makes a whole batch of grants durable, with no file and
+//! no fsync of its own). Grant files of earlier versions
+//! (`grants/issued/*.json`) are still read; one without its ledger entry
+//! is removed at start-up.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +52,9 @@ pub struct Held {
     pub publisher_key: [u8; 32],
 }
 
+/// Name prefix of the ledger records holding issued grants.
+const ISSUED: &[u8] = b"grant/issued/";
+
 /// Issued and held grants.
 pub struct GrantBook {
     dir: PathBuf,
@@ -61,6 +66,15 @@ pub struct GrantBook {
     revoked: RwLock<std::collections::HashSet<String>>,
     ledger: Ledger,
     clock: Clock,
+}
+
+/// An issued grant's envelope (JSON), verified under the log's keys.
+fn read_issued(
+    json: &str,
+    keys: &crate::ledger::keys::LogKeys,
+) -> Result<Verified<Grant>, BookError> {
+    let env = Envelope::from_json(json).map_err(GrantError::from)?;
+    Ok(keys.verify_any(|k| verify_grant(env.clone(), k))?.0)
 }
 
 fn recorded(
@@ -114,49 +128,28 @@ impl GrantBook {
         };
         let mut warnings = Vec::new();
         let keys = book.ledger.keys();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = book.ledger.records(ISSUED, after.as_deref(), 1024)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            let next = last.clone();
+            for (name, value) in page {
+                let label = format!("ledger record {}", String::from_utf8_lossy(&name));
+                let loaded = std::str::from_utf8(&value)
+                    .map_err(|_| GrantError::Malformed("not UTF-8 JSON".into()).into())
+                    .and_then(|t| read_issued(t, &keys));
+                book.admit(loaded, &label, &keys, None, &mut warnings)?;
+            }
+            after = Some(next);
+        }
         for path in json_files(&issued_dir)? {
             let loaded = fsutil::read_to_string(&path)
                 .map_err(BookError::from)
-                .and_then(|t| Envelope::from_json(&t).map_err(|e| GrantError::from(e).into()))
-                .and_then(|env| {
-                    Ok(keys
-                        .verify_any(|k| verify_grant(env.clone(), k))
-                        .map(|(g, _)| g)?)
-                });
-            let g = match loaded {
-                Ok(g) => g,
-                Err(e) => {
-                    warnings.push(format!("{}: skipped: {e}", path.display()));
-                    continue;
-                }
-            };
-            let id = g.value().id.clone();
-            let Some(granted) = recorded(&book.ledger, &id, EntryKind::AccessGranted)? else {
-                warnings.push(format!(
-                    "{}: not recorded as granted (issuing interrupted); removed",
-                    path.display()
-                ));
-                let _ = std::fs::remove_file(&path);
-                continue;
-            };
-            // The very grant the ledger recorded (grant ids are random, not
-            // hashes: a file swapped for another grant under the same id
-            // is refused), and signed by a key since retired only if the
-            // log recorded it before the rotation.
-            if granted.draft.object_hash != Some(g.envelope().payload_hash()) {
-                warnings.push(format!(
-                    "{}: not the grant the ledger recorded as {id} (entry {}); not honoured",
-                    path.display(),
-                    granted.index
-                ));
-                continue;
-            }
-            match keys.honours(g.signer(), &format!("grant {id}"), granted.index) {
-                Ok(()) => {
-                    book.write_issued().insert(id, Arc::new(g));
-                }
-                Err(e) => warnings.push(format!("{}: not honoured: {e}", path.display())),
-            }
+                .and_then(|t| read_issued(&t, &keys));
+            let label = path.display().to_string();
+            book.admit(loaded, &label, &keys, Some(&path), &mut warnings)?;
         }
         for path in json_files(&held_dir)? {
             match book.load_held(&path) {
@@ -168,6 +161,55 @@ impl GrantBook {
             }
         }
         Ok((book, warnings))
+    }
+
+    /// Keeps an issued grant loaded from `label` if the ledger records it
+    /// (an `AccessGranted` entry hashing exactly this grant) and its
+    /// signing key was in force then; otherwise says why in `warnings`
+    /// (and removes a grant `file` the ledger never recorded).
+    fn admit(
+        &self,
+        loaded: Result<Verified<Grant>, BookError>,
+        label: &str,
+        keys: &crate::ledger::keys::LogKeys,
+        file: Option<&Path>,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), BookError> {
+        let g = match loaded {
+            Ok(g) => g,
+            Err(e) => {
+                warnings.push(format!("{label}: skipped: {e}"));
+                return Ok(());
+            }
+        };
+        let id = g.value().id.clone();
+        let Some(granted) = recorded(&self.ledger, &id, EntryKind::AccessGranted)? else {
+            warnings.push(format!(
+                "{label}: not recorded as granted (issuing interrupted); removed"
+            ));
+            if let Some(path) = file {
+                let _ = std::fs::remove_file(path);
+            }
+            return Ok(());
+        };
+        // The very grant the ledger recorded (grant ids are random, not
+        // hashes: a grant swapped for another under the same id is
+        // refused), and signed by a key since retired only if the log
+        // recorded it before the rotation.
+        if granted.draft.object_hash != Some(g.envelope().payload_hash()) {
+            warnings.push(format!(
+                "{label}: not the grant the ledger recorded as {id} (entry {}); not honoured",
+                granted.index
+            ));
+            return Ok(());
+        }
+        match keys.honours(g.signer(), &format!("grant {id}"), granted.index) {
+            Ok(()) => {
+                self.write_issued().insert(id, Arc::new(g));
+            }
+            Err(e) => warnings.push(format!("{label}: not honoured: {e}")),
+        }
+        Ok(())
     }
 
     fn load_held(&self, path: &Path) -> Result<Held, BookError> {
@@ -207,13 +249,14 @@ impl GrantBook {
         grant: Grant,
         key: &ed25519_dalek::SigningKey,
     ) -> Result<(Arc<Verified<Grant>>, Appended), BookError> {
-        let verified = verify_grant(grant.sign(key), &self.own_key)?;
-        let path = self.path("issued", &verified.value().id);
-        fsutil::create_new_atomic(
-            &path,
-            verified.envelope().to_json().as_bytes(),
-            fsutil::PUBLIC_MODE,
-        )?;
+        if key.verifying_key().to_bytes() != self.own_key {
+            return Err(
+                GrantError::Malformed("issued with a key that is not this node's".into()).into(),
+            );
+        }
+        let verified = Verified::sign_here(grant, key).ok_or_else(|| {
+            GrantError::Malformed("a grant naming another publisher than this node".into())
+        })?;
         let g = verified.value();
         let mut draft = g.entry(EntryKind::AccessGranted);
         draft.object_hash = Some(verified.envelope().payload_hash());
@@ -222,17 +265,12 @@ impl GrantBook {
             .chars()
             .take(500)
             .collect();
-        let appended = match self.ledger.append(draft).await {
-            Ok(a) => a,
-            Err(e @ LedgerError::CommitFailed(_)) => {
-                // May be on disk: keep the file; start-up settles it.
-                return Err(e.into());
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(e.into());
-            }
-        };
+        let mut name = ISSUED.to_vec();
+        name.extend_from_slice(g.id.to_string().as_bytes());
+        let appended = self
+            .ledger
+            .append_with_record(draft, name, verified.envelope().to_json().into_bytes())
+            .await?;
         let verified = Arc::new(verified);
         self.write_issued()
             .insert(verified.value().id.clone(), verified.clone());

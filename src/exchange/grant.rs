@@ -312,6 +312,19 @@ mod tests {
         ));
     }
 
+    /// Issuing signs without verifying: what it makes is exactly what a
+    /// verification of the signed envelope gives, and a grant naming
+    /// another publisher is not signed.
+    #[test]
+    fn a_grant_signed_here_verifies_and_names_its_signer() {
+        let k = key(1);
+        let g = grant(&k);
+        let here = crate::envelope::Verified::sign_here(g.clone(), &k).expect("own grant");
+        let checked = verify_grant(g.sign(&k), &k.verifying_key().to_bytes()).expect("verifies");
+        assert_eq!(here, checked);
+        assert!(crate::envelope::Verified::sign_here(g, &key(2)).is_none());
+    }
+
     #[test]
     fn only_the_grantee_within_the_window_may_use_it() {
         let g = grant(&key(1));

@@ -45,7 +45,7 @@ use merkle::ProofError;
 use note::{NoteError, NoteSigner, NoteVerifier, SignedCheckpoint};
 pub use query::{Page, Query};
 use store::{LedgerStore, SledStore, StoreError, StoredTree};
-pub use verify::{VerifyReport, verify_store};
+pub use verify::{VerifyReport, verify_since, verify_store};
 use writer::Writer;
 
 /// Largest page a query or range read returns.
@@ -134,9 +134,19 @@ pub struct Appended {
     pub checkpoint: Arc<SignedCheckpoint>,
 }
 
+use store::Record;
+
+/// An append waiting in a batch: the entry, its record, its appender.
+type Pending = (
+    EntryDraft,
+    Option<Record>,
+    oneshot::Sender<Result<Appended, LedgerError>>,
+);
+
 enum Request {
     Append {
         draft: EntryDraft,
+        record: Option<Record>,
         reply: oneshot::Sender<Result<Appended, LedgerError>>,
     },
     /// Retire the key (see [`Ledger::rotate`]).
@@ -152,6 +162,33 @@ enum Request {
 /// File (in the ledger directory, outside sled) holding the last
 /// checkpoint signed.
 const LAST_CHECKPOINT: &str = "LAST_CHECKPOINT";
+
+/// File (in the ledger directory, outside sled) holding the verified mark:
+/// a checkpoint of this log up to which the store was last verified in
+/// full (by a start-up check or a scrub pass) or written by this node's
+/// own sequencer. Start-up checks only what lies beyond it.
+const VERIFIED: &str = "VERIFIED";
+
+/// The verified mark in `path`, if one is kept and verifies under `keys`.
+/// A mark that is unreadable or does not verify is ignored (logged): the
+/// start-up check is then the full one, which is never less safe.
+fn read_mark(path: &Path, keys: &LogKeys) -> Option<SignedCheckpoint> {
+    let note = match std::fs::read(path) {
+        Ok(note) => note,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the verified mark; checking the whole ledger");
+            return None;
+        }
+    };
+    match keys.verify_checkpoint(&note) {
+        Ok(mark) => Some(mark),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the verified mark is not a checkpoint of this log; checking the whole ledger");
+            None
+        }
+    }
+}
 
 /// Verifies a stopped node's ledger directory in full, as the start-up
 /// check does: the store (see [`verify_store`]) and the record of the last
@@ -294,21 +331,30 @@ struct Shared {
     keys: SharedKeys,
     failed: Arc<AtomicBool>,
     sequencer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Where the verified mark is kept (`None`: not kept).
+    mark: Option<std::path::PathBuf>,
+    /// The size of the mark kept (its writes are serialised here).
+    marked: std::sync::Mutex<Option<u64>>,
 }
 
 impl Ledger {
-    /// Opens the ledger in `dir` (sled), verifies it in full, and starts
-    /// the sequencer. A store that fails verification is refused, naming
-    /// the first bad index; so is a store behind the last checkpoint this
-    /// node signed (kept outside sled, in `dir/LAST_CHECKPOINT`): a rolled
-    /// back or truncated store would otherwise make the node sign a fork.
+    /// Opens the ledger in `dir` (sled), verifies it, and starts the
+    /// sequencer. With a verified mark (`dir/VERIFIED`, see
+    /// [`verify_since`]) only what lies beyond the mark is checked entry
+    /// by entry, so start-up time follows what is new, not the log's
+    /// size; without one the whole log is ([`verify_store`]). A store that
+    /// fails verification is refused, naming the first bad index; so is a
+    /// store behind the last checkpoint this node signed (kept outside
+    /// sled, in `dir/LAST_CHECKPOINT`): a rolled back or truncated store
+    /// would otherwise make the node sign a fork. [`Ledger::scrub`]
+    /// re-checks everything in the background.
     pub fn open(
         dir: &Path,
         key: SigningKey,
         options: LedgerOptions,
     ) -> Result<(Self, VerifyReport), LedgerError> {
         let store: Arc<dyn LedgerStore> = Arc::new(SledStore::open(dir)?);
-        Self::start(store, key, options, Some(dir.join(LAST_CHECKPOINT)))
+        Self::start(store, key, options, Some(dir))
     }
 
     /// Like [`Ledger::open`] over any store, without the rollback guard.
@@ -324,7 +370,7 @@ impl Ledger {
         store: Arc<dyn LedgerStore>,
         key: SigningKey,
         options: LedgerOptions,
-        guard: Option<std::path::PathBuf>,
+        dir: Option<&Path>,
     ) -> Result<(Self, VerifyReport), LedgerError> {
         // The key must be the log's current one: a retired key (a node
         // restored with an old key file) is refused here, by name.
@@ -332,7 +378,13 @@ impl Ledger {
             &load_rotations(store.as_ref())?,
             &key.verifying_key().to_bytes(),
         )?;
-        let report = verify_store(store.as_ref(), &log_keys)?;
+        let guard = dir.map(|d| d.join(LAST_CHECKPOINT));
+        let mark_path = dir.map(|d| d.join(VERIFIED));
+        let mark = mark_path.as_deref().and_then(|p| read_mark(p, &log_keys));
+        let report = match &mark {
+            Some(mark) => verify_since(store.as_ref(), &log_keys, mark)?,
+            None => verify_store(store.as_ref(), &log_keys)?,
+        };
         if let Some(path) = &guard {
             check_guard(path, store.as_ref(), &log_keys, &report)?;
         }
@@ -365,20 +417,73 @@ impl Ledger {
                 path: "sequencer thread".into(),
                 source: e,
             })?;
-        Ok((
-            Self {
-                shared: Arc::new(Shared {
-                    store,
-                    observer,
-                    tx,
-                    head: head_rx,
-                    keys,
-                    failed,
-                    sequencer: std::sync::Mutex::new(Some(thread)),
-                }),
-            },
-            report,
-        ))
+        let ledger = Self {
+            shared: Arc::new(Shared {
+                store,
+                observer,
+                tx,
+                head: head_rx,
+                keys,
+                failed,
+                sequencer: std::sync::Mutex::new(Some(thread)),
+                mark: mark_path,
+                marked: std::sync::Mutex::new(mark.map(|m| m.checkpoint.size)),
+            }),
+        };
+        if let Some(latest) = &report.latest {
+            ledger.advance_mark(latest);
+        }
+        Ok((ledger, report))
+    }
+
+    /// Moves the verified mark to `checkpoint` (a checkpoint of this log
+    /// whose entries were verified, or written by this process), if it is
+    /// beyond the mark. A failed write only costs a longer start-up check.
+    fn advance_mark(&self, checkpoint: &SignedCheckpoint) {
+        let Some(path) = &self.shared.mark else {
+            return;
+        };
+        let mut marked = self
+            .shared
+            .marked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if marked.is_some_and(|m| m >= checkpoint.checkpoint.size) {
+            return;
+        }
+        match crate::fsutil::write_atomic(
+            path,
+            checkpoint.note.as_bytes(),
+            crate::fsutil::PUBLIC_MODE,
+        ) {
+            Ok(()) => *marked = Some(checkpoint.checkpoint.size),
+            Err(e) => tracing::warn!(error = %e, "cannot record the verified mark"),
+        }
+    }
+
+    /// Verifies the log in full up to its latest checkpoint, beside the
+    /// appends going on: what [`verify_store`] checks, for those entries.
+    /// `pace` is told the entries checked after every block of 64 and
+    /// returns false to stop (then `Ok(None)`). A pass that completes
+    /// moves the verified mark to the checkpoint it covered.
+    pub fn scrub(
+        &self,
+        pace: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<Option<VerifyReport>, LedgerError> {
+        let Some(latest) = self.latest() else {
+            return Ok(None);
+        };
+        let keys = self.keys();
+        let report = verify::scrub(
+            self.shared.store.as_ref(),
+            &keys,
+            latest.checkpoint.size,
+            pace,
+        )?;
+        if report.is_some() {
+            self.advance_mark(&latest);
+        }
+        Ok(report)
     }
 
     /// Sets the function told of every committed batch (metrics); only the
@@ -401,10 +506,56 @@ impl Ledger {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        // Everything up to the last checkpoint was written by this
+        // process: the next start-up checks only what comes after it.
+        if !self.shared.failed.load(Ordering::Acquire)
+            && let Some(latest) = self.latest()
+        {
+            let ledger = self.clone();
+            let _ = tokio::task::spawn_blocking(move || ledger.advance_mark(&latest)).await;
+        }
     }
 
     /// Appends an entry; returns once it is durable and signed over.
     pub async fn append(&self, draft: EntryDraft) -> Result<Appended, LedgerError> {
+        self.append_inner(draft, None).await
+    }
+
+    /// Appends an entry with a record (`name`, `value`) committed in the
+    /// same atomic batch: durable exactly when the entry is (e.g. the
+    /// grant its `AccessGranted` entry hashes). Records are outside the
+    /// tree; whoever reads one checks it against its entry. A record of
+    /// the same name is replaced.
+    pub async fn append_with_record(
+        &self,
+        draft: EntryDraft,
+        name: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<Appended, LedgerError> {
+        self.append_inner(draft, Some((name, value))).await
+    }
+
+    /// A record by name (see [`Ledger::append_with_record`]).
+    pub fn record(&self, name: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+        Ok(self.shared.store.record(name)?)
+    }
+
+    /// The records whose name starts with `prefix`, in name order, after
+    /// `after`, at most `limit`.
+    pub fn records(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Record>, LedgerError> {
+        Ok(self.shared.store.records(prefix, after, limit)?)
+    }
+
+    async fn append_inner(
+        &self,
+        draft: EntryDraft,
+        record: Option<Record>,
+    ) -> Result<Appended, LedgerError> {
         Entry::check_draft(&draft)?;
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(LedgerError::Failed);
@@ -412,7 +563,11 @@ impl Ledger {
         let (reply, rx) = oneshot::channel();
         self.shared
             .tx
-            .send(Request::Append { draft, reply })
+            .send(Request::Append {
+                draft,
+                record,
+                reply,
+            })
             .await
             .map_err(|_| LedgerError::Closed)?;
         rx.await.map_err(|_| LedgerError::Closed)?
@@ -718,7 +873,11 @@ impl Sequencer {
             let mut next = Some(first);
             while let Some(request) = next.take() {
                 match request {
-                    Request::Append { draft, reply } => batch.push((draft, reply)),
+                    Request::Append {
+                        draft,
+                        record,
+                        reply,
+                    } => batch.push((draft, record, reply)),
                     Request::Rotate {
                         new_key,
                         participant,
@@ -738,7 +897,7 @@ impl Sequencer {
                 }
             }
             if self.failed.load(Ordering::Acquire) {
-                for (_, reply) in batch {
+                for (_, _, reply) in batch {
                     let _ = reply.send(Err(LedgerError::Failed));
                 }
                 if let Some((_, _, reply)) = rotate {
@@ -794,7 +953,7 @@ impl Sequencer {
                 Ok(NoteSigner::new(keys.origin(), new_key)?)
             });
         match prepared {
-            Ok(successor) => self.commit(vec![(draft, reply)], Some((successor, after))),
+            Ok(successor) => self.commit(vec![(draft, None, reply)], Some((successor, after))),
             Err(e) => {
                 let _ = reply.send(Err(e));
             }
@@ -803,11 +962,7 @@ impl Sequencer {
 
     /// Commits a batch under one checkpoint. With a `handover`, the
     /// successor key cosigns that checkpoint and signs from then on.
-    fn commit(
-        &mut self,
-        requests: Vec<(EntryDraft, oneshot::Sender<Result<Appended, LedgerError>>)>,
-        handover: Option<(NoteSigner, LogKeys)>,
-    ) {
+    fn commit(&mut self, requests: Vec<Pending>, handover: Option<(NoteSigner, LogKeys)>) {
         // Anti-fork guard: the tree being extended must be exactly the one
         // last signed, so the new checkpoint is consistent with it.
         let extends_signed = match self.last_signed {
@@ -820,13 +975,18 @@ impl Sequencer {
                 self.writer.size(),
                 self.last_signed.map(|(s, _)| s)
             );
-            self.fail(requests.into_iter().map(|(_, r)| r), LedgerError::Fork(msg));
+            self.fail(
+                requests.into_iter().map(|(_, _, r)| r),
+                LedgerError::Fork(msg),
+            );
             return;
         }
         let started = std::time::Instant::now();
         let time_ms = now_ms();
         let mut accepted = Vec::with_capacity(requests.len());
-        for (draft, reply) in requests {
+        let mut records = Vec::new();
+        for (draft, record, reply) in requests {
+            records.extend(record);
             let entry = Entry::new(self.writer.size(), time_ms, draft);
             // Drafts were checked before queueing, so encoding cannot fail;
             // a store read failing here fails the whole batch.
@@ -843,6 +1003,7 @@ impl Sequencer {
             return;
         }
         let (mut batch, mut signed) = self.writer.seal(&self.signer);
+        batch.records = records;
         if let Some((successor, _)) = &handover {
             match successor.cosign(&signed.note) {
                 Ok(note) => {
@@ -995,6 +1156,17 @@ mod tests {
             limit: usize,
         ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
             self.inner.scan_time(from, limit)
+        }
+        fn record(&self, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.record(name)
+        }
+        fn records(
+            &self,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Vec<Record>, StoreError> {
+            self.inner.records(prefix, after, limit)
         }
     }
 

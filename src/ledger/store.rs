@@ -17,6 +17,7 @@
 //! | `D ‖ leaf hash` | entry index |
 //! | `I ‖ tag ‖ key ‖ 0x00 ‖ block` | 64-bit map of the block's entries under that key: by dataset (`d`), party (`p`), kind (`k`), grant (`g`) |
 //! | `T ‖ time ‖ first index` | last index: a run of entries recorded at that time |
+//! | `R ‖ name` | a record committed with an entry (e.g. the grant an `AccessGranted` entry hashes), outside the tree |
 //!
 //! A group commit is one `apply_batch` holding the blocks it filled, the
 //! subtree hashes it completed, its index keys, the new size and root, and
@@ -239,7 +240,12 @@ pub struct AppendBatch {
     pub head: (u64, Hash),
     /// The checkpoint signed over `head`: its note.
     pub checkpoint: String,
+    /// (name, value) records committed with the batch's entries.
+    pub records: Vec<Record>,
 }
+
+/// A (name, value) record kept beside the log (see [`AppendBatch::records`]).
+pub type Record = (Vec<u8>, Vec<u8>);
 
 /// What the ledger needs of a store. Writes are atomic per batch and
 /// durable after [`LedgerStore::sync`].
@@ -279,6 +285,16 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// most `limit`.
     fn scan_time(&self, from: (i64, u64), limit: usize)
     -> Result<Vec<(i64, u64, u64)>, StoreError>;
+    /// A record by name.
+    fn record(&self, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// (name, value) of the records whose name starts with `prefix`, in
+    /// name order, after `after` (exclusive), at most `limit`.
+    fn records(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
 
     /// An entry's bytes.
     fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -354,6 +370,13 @@ fn posting_key(key: &IndexKey, block: u64) -> Vec<u8> {
 }
 
 /// Time as an order-preserving unsigned key.
+fn record_key(name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(b'R');
+    k.extend_from_slice(name);
+    k
+}
+
 fn time_key(time_ms: i64, first: u64) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = b'T';
@@ -485,6 +508,9 @@ impl SledStore {
         let mut head = Vec::with_capacity(40);
         head.extend_from_slice(&b.head.0.to_be_bytes());
         head.extend_from_slice(&b.head.1);
+        for (name, value) in &b.records {
+            batch.insert(record_key(name), value.as_slice());
+        }
         batch.insert(&key_u64(b'C', b.head.0), b.checkpoint.as_bytes());
         batch.insert(b"S", head.as_slice());
         batch.insert(b"L", head);
@@ -510,6 +536,16 @@ impl SledStore {
     /// [`Self::dangerous_overwrite`].
     pub fn block_keys(block: u64) -> (Vec<u8>, Vec<u8>) {
         (key_u64(b'E', block).to_vec(), key_u64(b'F', block).to_vec())
+    }
+
+    /// The key of a record, for [`Self::dangerous_overwrite`].
+    pub fn record_key(name: &[u8]) -> Vec<u8> {
+        record_key(name)
+    }
+
+    /// The key of a stored subtree hash, for [`Self::dangerous_overwrite`].
+    pub fn subtree_key(level: u8, index: u64) -> Vec<u8> {
+        hash_key(level, index).to_vec()
     }
 
     fn range_u64<T>(
@@ -645,6 +681,36 @@ impl LedgerStore for SledStore {
             let time = (be_u64(&k[..8], "T")? ^ (1 << 63)) as i64;
             Ok((time, be_u64(&k[8..], "T")?, be_u64(v, "T")?))
         })
+    }
+
+    fn record(&self, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get(&record_key(name))?.map(|v| v.to_vec()))
+    }
+
+    fn records(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let full = record_key(prefix);
+        let start = match after {
+            Some(a) => {
+                let mut k = record_key(a);
+                k.push(0);
+                k
+            }
+            None => full.clone(),
+        };
+        let mut out = Vec::new();
+        for kv in self.db.range(start..).take(limit) {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            if !k.starts_with(&full) {
+                break;
+            }
+            out.push((k[1..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 }
 

@@ -1,9 +1,10 @@
-//! Full verification of a stored log: the start-up check and
-//! `dsnode audit verify`. Recomputes the tree from the stored entries and
+//! Verification of a stored log: the full check (`dsnode audit verify`,
+//! and start-up when no verified mark is kept), the check of what is new
+//! since a verified mark (start-up), and the background scrub of a live
+//! log. Each recomputes the tree from the stored entries it covers and
 //! checks every stored hash, index posting and time run, the head, and
-//! every checkpoint's signature and root; reports the first bad index.
-//! O(n) reads; memory O(log n) plus one block and the time index's runs
-//! (one per group commit).
+//! every checkpoint's signature and root; it reports the first bad index.
+//! O(n) reads in what it covers; memory O(log n) plus one page of blocks.
 
 use std::collections::HashMap;
 
@@ -13,21 +14,31 @@ use super::entry::EntryKind;
 use super::keys::LogKeys;
 use super::merkle::{self, Frontier};
 use super::note::SignedCheckpoint;
-use super::store::{BLOCK_BITS, IndexKey, LedgerStore, STORED_LEVEL};
+use super::store::{BLOCK_BITS, BLOCK_LEN, IndexKey, LedgerStore, STORED_LEVEL, StoredTree};
 use super::writer::index_keys;
 use crate::digest::Hash;
 
-/// What a full verification of a stored log found.
+/// What a verification of a stored log found.
 #[derive(Clone, Debug)]
 pub struct VerifyReport {
-    /// Entries checked.
+    /// Entries in the log (the head, or the scrubbed size).
     pub size: u64,
+    /// Entries below this index were not re-read: the tree over them was
+    /// checked against a verified mark (0 for a full check).
+    pub trusted_below: u64,
     /// The recomputed root.
     pub root: Hash,
     /// Checkpoints whose signature and root were checked.
     pub checkpoints: u64,
     /// The latest checkpoint, if any.
     pub latest: Option<SignedCheckpoint>,
+}
+
+impl VerifyReport {
+    /// Entries read and checked.
+    pub fn checked(&self) -> u64 {
+        self.size - self.trusted_below
+    }
 }
 
 fn tampered(index: u64, detail: impl Into<String>) -> LedgerError {
@@ -56,7 +67,8 @@ struct CheckpointCursor<'a> {
 }
 
 impl<'a> CheckpointCursor<'a> {
-    fn new(store: &'a dyn LedgerStore, keys: &'a LogKeys) -> Result<Self, LedgerError> {
+    /// A cursor over the checkpoints of size `from` and more.
+    fn new(store: &'a dyn LedgerStore, keys: &'a LogKeys, from: u64) -> Result<Self, LedgerError> {
         let mut c = Self {
             store,
             keys,
@@ -65,7 +77,7 @@ impl<'a> CheckpointCursor<'a> {
             checked: 0,
             latest: None,
         };
-        c.refill(0)?;
+        c.refill(from)?;
         Ok(c)
     }
 
@@ -109,200 +121,386 @@ impl<'a> CheckpointCursor<'a> {
     }
 }
 
-/// Verifies the whole stored log; see the module docs.
-pub fn verify_store(store: &dyn LedgerStore, keys: &LogKeys) -> Result<VerifyReport, LedgerError> {
-    let (size, stored_root) = store.head()?.unwrap_or((0, merkle::empty_root()));
-    let mut frontier = Frontier::default();
-    let mut checkpoints = CheckpointCursor::new(store, keys)?;
-    checkpoints.check_up_to(0, merkle::empty_root)?;
-    let mut runs = TimeRuns::load(store)?;
-    let mut next_block = 0u64;
-    loop {
-        let page = store.blocks(next_block, 64)?;
-        if page.is_empty() {
-            break;
-        }
-        for (b, block) in page {
-            let first = b << BLOCK_BITS;
-            if b != next_block {
-                return Err(tampered(
-                    next_block << BLOCK_BITS,
-                    "entries missing (the next stored block starts later)",
-                ));
-            }
-            if frontier.size() != first {
-                return Err(tampered(first, "a block before this one is not full"));
-            }
-            let mut postings: HashMap<IndexKey, u64> = HashMap::new();
-            for (k, (bytes, leaf)) in block.entries.iter().zip(&block.leaves).enumerate() {
-                let index = first + k as u64;
-                let entry = Entry::decode(bytes).map_err(|e| tampered(index, e.to_string()))?;
-                if entry.index != index {
-                    return Err(tampered(
-                        index,
-                        format!("entry stored at {index} says it is entry {}", entry.index),
-                    ));
-                }
-                if merkle::leaf_hash(bytes) != *leaf {
-                    return Err(tampered(
-                        index,
-                        "entry bytes do not match their stored leaf hash",
-                    ));
-                }
-                if store.leaf_index(leaf)? != Some(index) {
-                    return Err(tampered(
-                        index,
-                        "the leaf-hash index does not point at this entry",
-                    ));
-                }
-                runs.check(index, entry.time_ms)?;
-                if entry.draft.kind == EntryKind::KeyRotated
-                    && !keys.rotation_indices().any(|r| r == index)
-                {
-                    return Err(tampered(
-                        index,
-                        "a key rotation the key history was not built from",
-                    ));
-                }
-                for key in index_keys(&entry) {
-                    *postings.entry(key).or_default() |= 1 << k;
-                }
-                let mut bad = None;
-                let mut read_err = None;
-                frontier.push(*leaf, |level, i, hash| {
-                    if level < STORED_LEVEL || bad.is_some() || read_err.is_some() {
-                        return;
-                    }
-                    match store.hash(level, i) {
-                        Ok(Some(h)) if h == hash => {}
-                        Ok(_) => bad = Some((level, i)),
-                        Err(e) => read_err = Some(e),
-                    }
-                });
-                if let Some(e) = read_err {
-                    return Err(e.into());
-                }
-                if let Some((level, i)) = bad {
-                    let lo = i << level;
-                    return Err(tampered(
-                        lo,
-                        format!(
-                            "stored hash of entries {lo}..={} does not match them",
-                            lo + (1u64 << level) - 1
-                        ),
-                    ));
-                }
-                checkpoints.check_up_to(frontier.size(), || frontier.root())?;
-            }
-            for (key, bitmap) in postings {
-                let stored = store.posting(&key, b)?.unwrap_or(0);
-                if stored != bitmap {
-                    let wrong = stored ^ bitmap;
-                    return Err(tampered(
-                        first + u64::from(wrong.trailing_zeros()),
-                        format!("the {key:?} index of block {b} does not match its entries"),
-                    ));
-                }
-            }
-            next_block += 1;
-        }
-    }
-    let count = frontier.size();
-    if count != size {
-        return Err(tampered(
-            count.min(size),
-            format!("the head says {size} entries but {count} are stored"),
-        ));
-    }
-    runs.finish(size)?;
-    if let Some((cp_size, _)) = checkpoints.next.take() {
-        return Err(bad_checkpoint(
-            cp_size,
-            format!("a checkpoint beyond the {size} stored entries: entries were lost"),
-        ));
-    }
-    let root = frontier.root();
-    if root != stored_root {
-        return Err(tampered(
-            size.saturating_sub(1),
-            "the stored head root differs from the recomputed root",
-        ));
-    }
-    let latest = checkpoints.latest;
-    let latest_matches = match (&latest, store.last_signed()?) {
-        (None, None) => size == 0,
-        (Some(cp), Some((s, r))) => cp.checkpoint.size == s && cp.checkpoint.root == r && s == size,
-        _ => false,
-    };
-    if !latest_matches {
-        return Err(bad_checkpoint(
-            size,
-            "the last signed checkpoint does not cover the stored head",
-        ));
-    }
-    Ok(VerifyReport {
-        size,
-        root,
-        checkpoints: checkpoints.checked,
-        latest,
-    })
+/// Finds, for each entry checked, the time index's run (one per group
+/// commit) that holds it, and checks it records the entry's time. Keeps
+/// only the current run: a point lookup per run, memory O(1).
+#[derive(Default)]
+struct TimeCheck {
+    run: Option<(u64, u64, i64)>,
 }
 
-/// The time index's runs, sorted by first index, checked against entries
-/// in index order: every entry is in exactly one run, with its time.
-struct TimeRuns {
-    runs: std::vec::IntoIter<(u64, u64, i64)>,
-    current: Option<(u64, u64, i64)>,
-}
-
-impl TimeRuns {
-    fn load(store: &dyn LedgerStore) -> Result<Self, LedgerError> {
-        let mut runs = Vec::new();
-        let mut from = (i64::MIN, 0u64);
-        loop {
-            let page = store.scan_time(from, 1024)?;
-            let Some(&(t, f, _)) = page.last() else { break };
-            runs.extend(page.iter().map(|&(time, first, last)| (first, last, time)));
-            if f == u64::MAX {
-                break;
-            }
-            from = (t, f + 1);
-        }
-        runs.sort_unstable();
-        let mut runs = runs.into_iter();
-        let current = runs.next();
-        Ok(Self { runs, current })
-    }
-
-    fn check(&mut self, index: u64, time_ms: i64) -> Result<(), LedgerError> {
-        while let Some((_, last, _)) = self.current {
-            if last >= index {
-                break;
-            }
-            self.current = self.runs.next();
-        }
-        match self.current {
-            Some((first, _, time)) if first <= index && time == time_ms => Ok(()),
-            _ => Err(tampered(
+impl TimeCheck {
+    fn check(
+        &mut self,
+        store: &dyn LedgerStore,
+        index: u64,
+        time_ms: i64,
+    ) -> Result<(), LedgerError> {
+        let missing = || {
+            tampered(
                 index,
                 "the time index does not record this entry at its time",
-            )),
+            )
+        };
+        if let Some((first, last, time)) = self.run
+            && (first..=last).contains(&index)
+        {
+            return if time == time_ms {
+                Ok(())
+            } else {
+                Err(missing())
+            };
+        }
+        // Runs of this time, in first-index order.
+        let mut from = (time_ms, 0u64);
+        loop {
+            let page = store.scan_time(from, 64)?;
+            for &(time, first, last) in &page {
+                if time != time_ms || first > index {
+                    return Err(missing());
+                }
+                if index <= last {
+                    self.run = Some((first, last, time));
+                    return Ok(());
+                }
+            }
+            match page.last() {
+                Some(&(_, first, _)) if page.len() == 64 && first < u64::MAX => {
+                    from = (time_ms, first + 1);
+                }
+                _ => return Err(missing()),
+            }
         }
     }
+}
 
-    fn finish(mut self, size: u64) -> Result<(), LedgerError> {
-        let beyond = self
-            .current
-            .take()
-            .into_iter()
-            .chain(self.runs)
-            .find(|(_, last, _)| *last >= size);
-        match beyond {
-            Some((first, _, _)) => Err(tampered(
+/// No run of the time index names an entry at or beyond `size`: a full
+/// scan of the index, in pages.
+fn check_no_runs_beyond(store: &dyn LedgerStore, size: u64) -> Result<(), LedgerError> {
+    let mut from = (i64::MIN, 0u64);
+    loop {
+        let page = store.scan_time(from, 1024)?;
+        if let Some(&(_, first, _)) = page.iter().find(|(_, _, last)| *last >= size) {
+            return Err(tampered(
                 first,
                 "the time index names entries that do not exist",
-            )),
-            None => Ok(()),
+            ));
+        }
+        match page.last() {
+            Some(&(time, first, _)) if page.len() == 1024 => {
+                from = match first.checked_add(1) {
+                    Some(next) => (time, next),
+                    None => match time.checked_add(1) {
+                        Some(t) => (t, 0),
+                        None => return Ok(()),
+                    },
+                };
+            }
+            _ => return Ok(()),
         }
     }
+}
+
+/// One pass over stored blocks: the tree rebuilt from a frontier (empty,
+/// or read from the stored hashes at a block boundary the caller trusts),
+/// each entry and the stored data derived from it checked.
+struct Pass<'a> {
+    store: &'a dyn LedgerStore,
+    keys: &'a LogKeys,
+    frontier: Frontier,
+    checkpoints: CheckpointCursor<'a>,
+    times: TimeCheck,
+}
+
+impl<'a> Pass<'a> {
+    /// A pass starting at `from` (a multiple of [`BLOCK_LEN`]); the tree
+    /// below it is read from the stored subtree hashes, not rebuilt.
+    fn new(store: &'a dyn LedgerStore, keys: &'a LogKeys, from: u64) -> Result<Self, LedgerError> {
+        debug_assert!(from.is_multiple_of(BLOCK_LEN));
+        let frontier = if from == 0 {
+            Frontier::default()
+        } else {
+            Frontier::load(&StoredTree::new(store), from).map_err(|e| {
+                tampered(
+                    from.saturating_sub(1),
+                    format!("the stored tree below entry {from} cannot be read: {e}"),
+                )
+            })?
+        };
+        let mut checkpoints = CheckpointCursor::new(store, keys, from)?;
+        checkpoints.check_up_to(from, || frontier.root())?;
+        Ok(Self {
+            store,
+            keys,
+            frontier,
+            checkpoints,
+            times: TimeCheck::default(),
+        })
+    }
+
+    /// Checks the stored entries from the frontier on, up to `end` or the
+    /// last stored block. `pace` is told the entries checked after every
+    /// block; it returns false to stop the pass (then `Ok(false)`).
+    fn run(&mut self, end: u64, pace: &mut dyn FnMut(u64) -> bool) -> Result<bool, LedgerError> {
+        let store = self.store;
+        let mut next_block = self.frontier.size() >> BLOCK_BITS;
+        while self.frontier.size() < end {
+            let page = store.blocks(next_block, 16)?;
+            if page.is_empty() {
+                break;
+            }
+            for (b, block) in page {
+                let first = b << BLOCK_BITS;
+                if b != next_block {
+                    return Err(tampered(
+                        next_block << BLOCK_BITS,
+                        "entries missing (the next stored block starts later)",
+                    ));
+                }
+                if self.frontier.size() != first {
+                    return Err(tampered(first, "a block before this one is not full"));
+                }
+                let mut postings: HashMap<IndexKey, u64> = HashMap::new();
+                let mut checked = 0u64;
+                for (k, (bytes, leaf)) in block.entries.iter().zip(&block.leaves).enumerate() {
+                    let index = first + k as u64;
+                    if index >= end {
+                        break;
+                    }
+                    let entry = self.check_entry(index, bytes, leaf)?;
+                    for key in index_keys(&entry) {
+                        *postings.entry(key).or_default() |= 1 << k;
+                    }
+                    checked += 1;
+                }
+                // Bits of entries not checked (beyond `end`) are left out.
+                let mask = if checked == BLOCK_LEN {
+                    u64::MAX
+                } else {
+                    (1u64 << checked) - 1
+                };
+                for (key, bitmap) in postings {
+                    let stored = store.posting(&key, b)?.unwrap_or(0) & mask;
+                    if stored != bitmap {
+                        let wrong = stored ^ bitmap;
+                        return Err(tampered(
+                            first + u64::from(wrong.trailing_zeros()),
+                            format!("the {key:?} index of block {b} does not match its entries"),
+                        ));
+                    }
+                }
+                next_block += 1;
+                if !pace(checked) {
+                    return Ok(false);
+                }
+                if self.frontier.size() >= end {
+                    break;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Checks one entry against its index, its leaf hash, the leaf-hash
+    /// index, the time index, the key history and the stored subtree
+    /// hashes it completes; adds it to the tree and checks the checkpoint
+    /// of the new size, if one is stored. Returns the decoded entry.
+    fn check_entry(&mut self, index: u64, bytes: &[u8], leaf: &Hash) -> Result<Entry, LedgerError> {
+        let store = self.store;
+        let entry = Entry::decode(bytes).map_err(|e| tampered(index, e.to_string()))?;
+        if entry.index != index {
+            return Err(tampered(
+                index,
+                format!("entry stored at {index} says it is entry {}", entry.index),
+            ));
+        }
+        if merkle::leaf_hash(bytes) != *leaf {
+            return Err(tampered(
+                index,
+                "entry bytes do not match their stored leaf hash",
+            ));
+        }
+        if store.leaf_index(leaf)? != Some(index) {
+            return Err(tampered(
+                index,
+                "the leaf-hash index does not point at this entry",
+            ));
+        }
+        self.times.check(store, index, entry.time_ms)?;
+        if entry.draft.kind == EntryKind::KeyRotated
+            && !self.keys.rotation_indices().any(|r| r == index)
+        {
+            return Err(tampered(
+                index,
+                "a key rotation the key history was not built from",
+            ));
+        }
+        let mut bad = None;
+        let mut read_err = None;
+        self.frontier.push(*leaf, |level, i, hash| {
+            if level < STORED_LEVEL || bad.is_some() || read_err.is_some() {
+                return;
+            }
+            match store.hash(level, i) {
+                Ok(Some(h)) if h == hash => {}
+                Ok(_) => bad = Some((level, i)),
+                Err(e) => read_err = Some(e),
+            }
+        });
+        if let Some(e) = read_err {
+            return Err(e.into());
+        }
+        if let Some((level, i)) = bad {
+            let lo = i << level;
+            return Err(tampered(
+                lo,
+                format!(
+                    "stored hash of entries {lo}..={} does not match them",
+                    lo + (1u64 << level) - 1
+                ),
+            ));
+        }
+        let frontier = &self.frontier;
+        self.checkpoints
+            .check_up_to(frontier.size(), || frontier.root())?;
+        Ok(entry)
+    }
+
+    /// The checks at the end of a pass over the whole stored log: the
+    /// head, the checkpoints and the last signed checkpoint agree with
+    /// the rebuilt tree.
+    fn finish(mut self, trusted_below: u64) -> Result<VerifyReport, LedgerError> {
+        let (size, stored_root) = self.store.head()?.unwrap_or((0, merkle::empty_root()));
+        let count = self.frontier.size();
+        if count != size {
+            return Err(tampered(
+                count.min(size),
+                format!("the head says {size} entries but {count} are stored"),
+            ));
+        }
+        if let Some((cp_size, _)) = self.checkpoints.next.take() {
+            return Err(bad_checkpoint(
+                cp_size,
+                format!("a checkpoint beyond the {size} stored entries: entries were lost"),
+            ));
+        }
+        let root = self.frontier.root();
+        if root != stored_root {
+            return Err(tampered(
+                size.saturating_sub(1),
+                "the stored head root differs from the recomputed root",
+            ));
+        }
+        let latest = self.checkpoints.latest;
+        let latest_matches = match (&latest, self.store.last_signed()?) {
+            (None, None) => size == 0,
+            (Some(cp), Some((s, r))) => {
+                cp.checkpoint.size == s && cp.checkpoint.root == r && s == size
+            }
+            _ => false,
+        };
+        if !latest_matches {
+            return Err(bad_checkpoint(
+                size,
+                "the last signed checkpoint does not cover the stored head",
+            ));
+        }
+        Ok(VerifyReport {
+            size,
+            trusted_below,
+            root,
+            checkpoints: self.checkpoints.checked,
+            latest,
+        })
+    }
+}
+
+/// Verifies the whole stored log; see the module docs.
+pub fn verify_store(store: &dyn LedgerStore, keys: &LogKeys) -> Result<VerifyReport, LedgerError> {
+    let mut pass = Pass::new(store, keys, 0)?;
+    pass.run(u64::MAX, &mut |_| true)?;
+    let report = pass.finish(0)?;
+    check_no_runs_beyond(store, report.size)?;
+    Ok(report)
+}
+
+/// Verifies what the stored log holds beyond `mark`, a checkpoint of this
+/// log verified before (its signature is checked here again). The tree
+/// below the mark is not rebuilt from its entries: the root recomputed
+/// from the stored subtree hashes at the mark's size must be the mark's
+/// signed root, so a store whose tree was changed below the mark is
+/// refused (after a full check, which names the first bad index); a
+/// changed entry whose stored hashes were left alone is found
+/// only by a full check ([`verify_store`], [`scrub`]). Entries from the
+/// block holding the mark's last entry on are checked in full, and so is
+/// the head.
+pub fn verify_since(
+    store: &dyn LedgerStore,
+    keys: &LogKeys,
+    mark: &SignedCheckpoint,
+) -> Result<VerifyReport, LedgerError> {
+    let marked = mark.checkpoint.size;
+    let head = store.head()?.map_or(0, |(s, _)| s);
+    if marked > head {
+        return Err(bad_checkpoint(
+            marked,
+            format!(
+                "the store ends at {head} entries, before the verified checkpoint of size {marked}: the store was rolled back or lost entries"
+            ),
+        ));
+    }
+    let root = merkle::root(&StoredTree::new(store), marked);
+    if root.as_ref().ok() != Some(&mark.checkpoint.root) {
+        // Something below the mark changed: the full check names the
+        // first bad index.
+        verify_store(store, keys)?;
+        return Err(bad_checkpoint(
+            marked,
+            match root {
+                Ok(_) => "the stored tree's root at the verified checkpoint's size is not that checkpoint's root: entries or hashes before it were changed".to_owned(),
+                Err(e) => format!("the stored tree below the verified checkpoint cannot be read: {e}"),
+            },
+        ));
+    }
+    let from = marked & !(BLOCK_LEN - 1);
+    let mut pass = Pass::new(store, keys, from)?;
+    pass.run(u64::MAX, &mut |_| true)?;
+    pass.finish(from)
+}
+
+/// Verifies the first `size` entries of a live log (a checkpointed size:
+/// later appends do not change them), as [`verify_store`] does, pacing
+/// itself through `pace` (told the entries checked after every block;
+/// false stops the pass, which then returns `Ok(None)`).
+pub fn scrub(
+    store: &dyn LedgerStore,
+    keys: &LogKeys,
+    size: u64,
+    pace: &mut dyn FnMut(u64) -> bool,
+) -> Result<Option<VerifyReport>, LedgerError> {
+    let mut pass = Pass::new(store, keys, 0)?;
+    if !pass.run(size, pace)? {
+        return Ok(None);
+    }
+    let count = pass.frontier.size();
+    if count != size {
+        return Err(tampered(
+            count,
+            format!("{size} entries were checkpointed but only {count} are stored"),
+        ));
+    }
+    let latest = pass.checkpoints.latest.take();
+    if size > 0 && latest.as_ref().map(|c| c.checkpoint.size) != Some(size) {
+        return Err(bad_checkpoint(
+            size,
+            "the checkpoint of this size is no longer stored",
+        ));
+    }
+    Ok(Some(VerifyReport {
+        size,
+        trusted_below: 0,
+        root: pass.frontier.root(),
+        checkpoints: pass.checkpoints.checked,
+        latest,
+    }))
 }

@@ -301,6 +301,8 @@ enum Cause {
     /// A witness reported a fork of this node's log (sticky: an operator
     /// must look).
     Fork,
+    /// The background scrub found the ledger's store changed (sticky).
+    Tampered,
 }
 
 /// The node's readiness (gRPC health and `/readyz`): SERVING while no
@@ -581,9 +583,12 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         bound
     });
 
-    // The start-up check: the whole tree is recomputed from the stored
-    // entries and compared with every signed checkpoint. A mismatch stops
-    // the node here, naming the first bad index: it never reports SERVING.
+    // The start-up check: what is new since the verified mark (the whole
+    // log if none is kept) is recomputed from the stored entries and
+    // compared with every signed checkpoint, and the stored tree must
+    // have the mark's signed root. A mismatch stops the node here, naming
+    // the first bad index: it never reports SERVING. The rest is checked
+    // again by the background scrub.
     let ledger = open_ledger(&config.data_dir, &creds).await?;
     let _ = scrape.ledger.set(ledger.clone());
     let observed = metrics.clone();
@@ -825,6 +830,17 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             shutdown.clone(),
         ));
     }
+    // Awaited before the ledger closes: the store is released only
+    // once the scrub has let go of it.
+    let scrub = (config.ledger.scrub_rate > 0).then(|| {
+        tokio::spawn(scrub_ledger(
+            ctx.ledger.clone(),
+            readiness.clone(),
+            metrics.clone(),
+            config.ledger,
+            shutdown.clone(),
+        ))
+    });
     if !config.witness.peers.is_empty() {
         tokio::spawn(witness_loop(
             ctx.clone(),
@@ -849,6 +865,10 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                     // to health watchers and close the ledger cleanly.
                     tracing::error!("gRPC server stopped unexpectedly");
                     readiness.stop().await;
+                    shutdown.cancel();
+                    if let Some(scrub) = scrub {
+                        let _ = scrub.await;
+                    }
                     ledger.close().await;
                     stop_metrics.cancel();
                     result??;
@@ -874,6 +894,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                     }
                 }
             }
+            if let Some(scrub) = scrub {
+                let _ = scrub.await;
+            }
             ledger.close().await;
             stop_metrics.cancel();
             tracing::info!("stopped");
@@ -888,6 +911,82 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         shutdown,
         task,
     })
+}
+
+/// Verifies the whole ledger again in the background, paced at
+/// `scrub_rate` entries a second, every `scrub_interval`: start-up checks
+/// only what is new since the verified mark, so a changed old entry is
+/// found here (and by `dsnode audit verify`). Tampering makes the node
+/// NOT_SERVING for good, with the first bad index in the reason, the log
+/// and the `dsnode_ledger_scrubs_total{kind="tampered"}` metric.
+async fn scrub_ledger(
+    ledger: Ledger,
+    readiness: Arc<Readiness>,
+    metrics: Arc<crate::runtime::metrics::Metrics>,
+    config: crate::runtime::config::LedgerConfig,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let started = tokio::time::Instant::now();
+        let (l, m, stop) = (ledger.clone(), metrics.clone(), shutdown.clone());
+        let rate = config.scrub_rate;
+        let pass = tokio::task::spawn_blocking(move || {
+            let begun = std::time::Instant::now();
+            let mut done = 0u64;
+            l.scrub(&mut |n| {
+                done += n;
+                m.scrubbed(n);
+                // Sleep off any lead over the rate, in short steps so a
+                // shutdown is not held up.
+                let due = Duration::from_secs_f64(done as f64 / rate as f64);
+                while let Some(lead) = due.checked_sub(begun.elapsed()) {
+                    if stop.is_cancelled() {
+                        return false;
+                    }
+                    std::thread::sleep(lead.min(Duration::from_millis(100)));
+                }
+                !stop.is_cancelled()
+            })
+            .map(|report| (report, begun.elapsed()))
+        })
+        .await;
+        match pass {
+            Ok(Ok((Some(report), took))) => {
+                metrics.scrub_ended("passed");
+                metrics.set_verified(report.size);
+                tracing::info!(
+                    entries = report.size,
+                    checkpoints = report.checkpoints,
+                    seconds = took.as_secs_f64(),
+                    "ledger scrub passed: every entry, hash, index and checkpoint verified"
+                );
+            }
+            Ok(Ok((None, _))) => return,
+            Ok(Err(
+                e @ (crate::ledger::LedgerError::Tampered { .. }
+                | crate::ledger::LedgerError::BadCheckpoint { .. }),
+            )) => {
+                metrics.scrub_ended("tampered");
+                tracing::error!(error = %e, "the ledger scrub found the store changed: NOT_SERVING; run `dsnode audit verify` on a copy and restore the ledger from a backup");
+                readiness
+                    .set(Cause::Tampered, Some(format!("ledger scrub: {e}")))
+                    .await;
+                return;
+            }
+            Ok(Err(e)) => {
+                metrics.scrub_ended("failed");
+                tracing::warn!(error = %e, "the ledger scrub could not finish; it runs again later");
+            }
+            Err(e) => {
+                metrics.scrub_ended("failed");
+                tracing::warn!(error = %e, "the ledger scrub stopped");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep_until(started + config.scrub_interval) => {}
+        }
+    }
 }
 
 /// One checkpoint exchange with a configured witness. A peer reporting a
@@ -1030,8 +1129,9 @@ async fn open_ledger(dir: &DataDir, creds: &Credentials) -> Result<Ledger, NodeE
     })?;
     tracing::info!(
         size = report.size,
+        checked = report.checked(),
         checkpoints = report.checkpoints,
-        "ledger start-up check passed"
+        "ledger start-up check passed (entries below the verified mark are re-checked by the background scrub)"
     );
     Ok(ledger)
 }

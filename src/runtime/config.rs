@@ -185,6 +185,39 @@ pub struct RawConfig {
     /// The C2SP tlog-tiles listener; off unless `listen` is set.
     #[serde(default)]
     pub tiles: RawTiles,
+    /// The ledger's background scrub; every key optional.
+    #[serde(default)]
+    pub ledger: RawLedger,
+}
+
+/// `[ledger]` as written; see [`LedgerConfig`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawLedger {
+    pub scrub_rate: Option<u64>,
+    pub scrub_interval: Option<HumanDuration>,
+}
+
+/// The ledger's background scrub: after start-up (which checks only what
+/// is new since the verified mark) the whole ledger is verified again,
+/// paced at `scrub_rate` entries a second, and again every
+/// `scrub_interval` after a pass starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// Entries checked per second; 0 turns the scrub off.
+    pub scrub_rate: u64,
+    /// From the start of one pass to the start of the next.
+    pub scrub_interval: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            scrub_rate: 20_000,
+            scrub_interval: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// `[tiles]` as written; see [`TilesConfig`].
@@ -498,6 +531,8 @@ pub struct Config {
     pub storage: Storage,
     /// The tlog-tiles listener.
     pub tiles: TilesConfig,
+    /// The ledger's background scrub.
+    pub ledger: LedgerConfig,
     /// The clock policy and grant windows are checked against (the system
     /// clock; tests inject one).
     pub clock: crate::clock::Clock,
@@ -514,6 +549,7 @@ impl Config {
             witness: WitnessConfig::default(),
             storage: Storage::Local,
             tiles: TilesConfig::default(),
+            ledger: LedgerConfig::default(),
             clock: crate::clock::Clock::system(),
         }
     }
@@ -664,6 +700,19 @@ impl Config {
                 }
             },
         };
+        let ledger = LedgerConfig {
+            scrub_rate: raw
+                .ledger
+                .scrub_rate
+                .unwrap_or(LedgerConfig::default().scrub_rate),
+            scrub_interval: dur(
+                raw.ledger.scrub_interval,
+                LedgerConfig::default().scrub_interval,
+            ),
+        };
+        if ledger.scrub_interval < Duration::from_secs(1) {
+            return Err(invalid("ledger.scrub_interval", "must be at least 1s"));
+        }
         Ok(Self {
             data_dir,
             listen: raw.listen,
@@ -672,6 +721,7 @@ impl Config {
             witness,
             storage,
             tiles,
+            ledger,
             clock: crate::clock::Clock::system(),
         })
     }
@@ -827,11 +877,14 @@ mod tests {
         ))
         .expect_err("unknown")
         .to_string();
-        let expected = err.split("expected one of").nth(1).expect("field list");
+        // serde lists the fields as "expected one of `a`, `b`, …" or
+        // "expected `a` or `b`".
+        let expected = err.split("expected").nth(1).expect("field list");
         let mut accepted: Vec<String> = expected
-            .split(',')
-            .map(|f| f.trim().trim_matches('`').to_owned())
-            .filter(|f| !f.is_empty())
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
             .collect();
         accepted.sort();
         accepted
@@ -888,7 +941,7 @@ mod tests {
     #[test]
     fn the_witness_and_tiles_references_match_the_code() {
         let doc = include_str!("../../docs/configuration.md");
-        for section in ["witness", "tiles"] {
+        for section in ["witness", "tiles", "ledger"] {
             let table = doc
                 .split(&format!("## `[{section}]`"))
                 .nth(1)

@@ -62,6 +62,9 @@ pub struct Metrics {
     append_seconds: Histogram,
     witness: Family<Kind, Counter>,
     forks: Counter,
+    scrubs: Family<Kind, Counter>,
+    scrubbed: Counter,
+    verified: Gauge,
     /// Serialises scrapes (they mirror counters kept elsewhere).
     scrape: Mutex<()>,
     ready: AtomicBool,
@@ -151,6 +154,24 @@ impl Metrics {
             "Forks found in peers' logs (evidence kept in witness/forks/)",
             forks.clone(),
         );
+        let scrubs = Family::<Kind, Counter>::default();
+        registry.register(
+            "ledger_scrubs",
+            "Background verifications of the whole ledger, by outcome: passed, tampered (the node is NOT_SERVING), failed (could not read; retried)",
+            scrubs.clone(),
+        );
+        let scrubbed = Counter::default();
+        registry.register(
+            "ledger_scrubbed_entries",
+            "Ledger entries re-verified by the background scrub",
+            scrubbed.clone(),
+        );
+        let verified = Gauge::default();
+        registry.register(
+            "ledger_verified_entries",
+            "Entries the last completed scrub pass verified in full (0 until one completes)",
+            verified.clone(),
+        );
         Self {
             registry,
             rpc,
@@ -164,6 +185,9 @@ impl Metrics {
             append_seconds,
             witness,
             forks,
+            scrubs,
+            scrubbed,
+            verified,
             scrape: Mutex::new(()),
             ready: AtomicBool::new(false),
             not_ready: Mutex::new("starting".into()),
@@ -207,6 +231,21 @@ impl Metrics {
     /// A fork was found in a peer's log.
     pub fn fork_detected(&self) {
         self.forks.inc();
+    }
+
+    /// A scrub pass ended: `passed`, `tampered` or `failed`.
+    pub fn scrub_ended(&self, kind: &'static str) {
+        self.scrubs.get_or_create(&Kind { kind }).inc();
+    }
+
+    /// The scrub checked `entries` more entries.
+    pub fn scrubbed(&self, entries: u64) {
+        self.scrubbed.inc_by(entries);
+    }
+
+    /// The ledger's first `size` entries were verified in full.
+    pub fn set_verified(&self, size: u64) {
+        self.verified.set(i64::try_from(size).unwrap_or(i64::MAX));
     }
 
     /// A ledger batch committed.

@@ -117,10 +117,13 @@ async fn disk_full_refuses_cleanly_keeps_reads_and_recovers() {
         "{}",
         denied.message
     );
-    let issued = std::fs::read_dir(publisher.dir.grants().join("issued"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(issued, 0, "no grant file left behind");
+    // Nothing of the grant was kept: it is committed with its entry.
+    let listed = admin(&publisher, &pub_node)
+        .await
+        .list_grants()
+        .await
+        .expect("list grants");
+    assert!(listed.is_empty(), "no grant left behind: {listed:?}");
 
     // Reads go on: the same checkpoint, its entries, the catalog.
     let during = a.checkpoint().await.expect("checkpoint while full");
@@ -266,12 +269,15 @@ async fn concurrent_clients_with_random_cancellations_lose_nothing() {
             "an acknowledged grant is recorded exactly once"
         );
     }
-    // Issuing runs to its end whatever the caller does, so every grant
-    // file has its entry (and start-up would remove one that had not).
-    let files = std::fs::read_dir(publisher.dir.grants().join("issued"))
-        .expect("issued")
-        .count();
-    assert_eq!(files, recorded.len(), "every kept grant has its one entry");
+    // Issuing runs to its end whatever the caller does, and a grant is
+    // committed with its entry: every kept grant has its one entry.
+    let kept = admin(&publisher, &pub_node)
+        .await
+        .list_grants()
+        .await
+        .expect("list grants")
+        .len();
+    assert_eq!(kept, recorded.len(), "every kept grant has its one entry");
     assert!(!acked.is_empty() && recorded.len() >= acked.len());
     eprintln!(
         "64 x 1000 requests in {took:?}: {} grants acknowledged, {} recorded",

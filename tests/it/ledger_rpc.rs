@@ -234,3 +234,141 @@ async fn tampered_ledger_refuses_to_start_and_audit_verify_names_the_index() {
     };
     assert!(err.contains("tampered at index 2"), "{err}");
 }
+
+/// Issue 19, start-up in time proportional to what is new: a node that
+/// stopped cleanly keeps a verified mark (a checkpoint it signed), and
+/// its next start-up checks only the entries beyond it. An old entry
+/// changed behind its back (its stored hashes left alone) is then found
+/// by the background scrub: NOT_SERVING naming the index, the
+/// `tampered` metric, and by `audit verify`. An entry rewritten with
+/// every stored hash above it changes the stored tree below the mark:
+/// refused at start-up, naming the index.
+#[tokio::test]
+async fn an_old_entry_changed_behind_the_nodes_back_is_found_by_the_scrub() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    support::fill_ledger(&server, 700).await;
+    let copy = tempfile::tempdir().expect("tempdir");
+    crate::support::tamper::copy_dir(server.dir.root(), copy.path());
+    let marked = std::fs::read_to_string(server.dir.ledger().join("VERIFIED")).expect("mark");
+    assert!(marked.contains("\n700\n"), "{marked}");
+
+    crate::support::tamper::rewrite_entry(&server.dir.ledger(), 7, false, |e| {
+        e.draft.detail = "rewritten".into()
+    });
+    let node = support::start_with(&server, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.ledger.scrub_rate = 1_000_000;
+    })
+    .await;
+    let metrics = node.metrics_addr().expect("metrics");
+    let mut ready = support::http(metrics, "GET", "/readyz").await;
+    for _ in 0..200 {
+        if ready.status == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        ready = support::http(metrics, "GET", "/readyz").await;
+    }
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready
+            .body
+            .contains("ledger scrub: ledger tampered at index 7"),
+        "{}",
+        ready.body
+    );
+    let text = support::http(metrics, "GET", "/metrics").await.body;
+    assert!(
+        text.contains("dsnode_ledger_scrubs_total{kind=\"tampered\"} 1"),
+        "{text}"
+    );
+    node.shutdown().await.expect("stop");
+    let out = audit_verify(server.dir.root());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("tampered at index 7"), "{stderr}");
+
+    // The entry and every stored hash above it rewritten, below the
+    // mark: the stored tree no longer has the mark's root; start-up
+    // refuses, naming 7.
+    let copied = dsnode::runtime::config::DataDir::new(copy.path());
+    crate::support::tamper::rewrite_entry_and_tree(&copied.ledger(), 7, |e| {
+        e.draft.detail = "rewritten".into()
+    });
+    let mut config =
+        dsnode::runtime::config::Config::new(copy.path(), "127.0.0.1:0".parse().expect("addr"));
+    config.transport.drain_deadline = std::time::Duration::from_secs(1);
+    let err = match dsnode::node::start(config).await {
+        Ok(_) => panic!("a node whose tree changed below its mark started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("tampered at index 7"), "{err}");
+}
+
+/// Issue 19: a clean node's start-up reads only what lies beyond its
+/// verified mark, and says so; the scrub then verifies everything and
+/// the metric says how much.
+#[tokio::test]
+async fn start_up_checks_only_what_is_new_and_the_scrub_the_rest() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    support::fill_ledger(&server, 1000).await;
+    let key = dsnode::identity::key::NodeKey::load(&server.dir.key()).expect("key");
+    let (ledger, report) = dsnode::ledger::Ledger::open(
+        &server.dir.ledger(),
+        key.signing_key().clone(),
+        dsnode::ledger::LedgerOptions::default(),
+    )
+    .expect("reopen");
+    assert_eq!(report.size, 1000);
+    // The mark is at 1000, in block 15 (960..1024): 40 entries re-read.
+    assert_eq!((report.trusted_below, report.checked()), (960, 40));
+    ledger.close().await;
+    drop(ledger);
+
+    let node = support::start_with(&server, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.ledger.scrub_rate = 1_000_000;
+    })
+    .await;
+    let metrics = node.metrics_addr().expect("metrics");
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = support::http(metrics, "GET", "/metrics").await.body;
+        if text.contains("dsnode_ledger_scrubs_total{kind=\"passed\"} 1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        text.contains("dsnode_ledger_scrubs_total{kind=\"passed\"} 1"),
+        "{text}"
+    );
+    // Everything up to the NodeStarted entry's checkpoint, at least.
+    let verified: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("dsnode_ledger_verified_entries "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("gauge");
+    assert!(verified >= 1001, "{text}");
+    assert_eq!(support::http(metrics, "GET", "/readyz").await.status, 200);
+    node.shutdown().await.expect("stop");
+}
+
+/// `dsnode audit verify` on a stopped node's data dir (retried while sled
+/// still holds the store's lock after the node stopped).
+fn audit_verify(root: &std::path::Path) -> std::process::Output {
+    for _ in 0..100 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsnode"))
+            .args(["audit", "verify", "--data-dir"])
+            .arg(root)
+            .output()
+            .expect("run");
+        if !String::from_utf8_lossy(&out.stderr).contains("in use by another process") {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the ledger stayed locked");
+}

@@ -184,11 +184,11 @@ async fn threat_04_a_used_grant_stays_used_after_kill_9() {
 
 /// Rows 4 and 16, defence: an issued grant is honoured at start-up only if
 /// its bytes are the grant the ledger recorded (`AccessGranted` holds its
-/// hash; grant ids are random, not hashes). A grant file replaced on disk
+/// hash; grant ids are random, not hashes). A grant replaced in the store
 /// by another grant under the same id, validly signed with the
 /// publisher's own key (say, more fetches), is not served.
 #[tokio::test]
-async fn a_grant_file_swapped_on_disk_is_not_honoured() {
+async fn a_grant_swapped_on_disk_is_not_honoured() {
     let TwoNodes {
         space: _space,
         publisher,
@@ -200,18 +200,19 @@ async fn a_grant_file_swapped_on_disk_is_not_honoured() {
     let grant = granted(&consumer, &con_node, &ds, pub_node.local_addr()).await;
     pub_node.shutdown().await.expect("stop");
 
-    let file = publisher
-        .dir
-        .grants()
-        .join("issued")
-        .join(format!("{grant}.json"));
-    let env =
-        dsnode::envelope::Envelope::from_json(&std::fs::read_to_string(&file).expect("grant"))
-            .expect("envelope");
+    // Issued grants are ledger records, committed with their entries.
+    let name = format!("grant/issued/{grant}");
+    let kept = crate::support::tamper::read_record(&publisher.dir.ledger(), &name).expect("grant");
+    let env = dsnode::envelope::Envelope::from_json(std::str::from_utf8(&kept).expect("utf-8"))
+        .expect("envelope");
     let mut g = dsnode::exchange::grant::Grant::decode(&env.payload).expect("grant");
     g.max_fetches = Some(1000);
     let key = dsnode::identity::NodeKey::load(&publisher.dir.key()).expect("key");
-    std::fs::write(&file, g.sign(key.signing_key()).to_json()).expect("swap");
+    crate::support::tamper::rewrite_record(
+        &publisher.dir.ledger(),
+        &name,
+        g.sign(key.signing_key()).to_json().as_bytes(),
+    );
 
     let pub_node = support::start(&publisher, |_| {}).await;
     let dir = tempfile::tempdir().expect("tempdir");

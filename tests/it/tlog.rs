@@ -7,9 +7,6 @@ use std::path::Path;
 use std::process::Command;
 
 use dsnode::audit::Auditor;
-use dsnode::identity::key::NodeKey;
-use dsnode::ledger::entry::{EntryDraft, EntryKind};
-use dsnode::ledger::{Ledger, LedgerOptions};
 use dsnode::node::RunningNode;
 
 use crate::support::{self, DataSpace, NodeDir};
@@ -33,39 +30,9 @@ struct Answer {
 /// Entries the node's ledger holds before it starts.
 const ENTRIES: u64 = 3000;
 
-/// Fills the (stopped) node's ledger with `n` entries, appended in
-/// concurrent bursts so that the log has checkpoints of many sizes.
-async fn fill(node: &NodeDir, n: u64) {
-    let key = NodeKey::load(&node.dir.key()).expect("node key");
-    let (ledger, _) = Ledger::open(
-        &node.dir.ledger(),
-        key.signing_key().clone(),
-        LedgerOptions::default(),
-    )
-    .expect("ledger");
-    let mut done = 0;
-    while done < n {
-        let burst = (n - done).min(97);
-        let appends: Vec<_> = (0..burst)
-            .map(|i| {
-                let ledger = ledger.clone();
-                let mut d = EntryDraft::new(EntryKind::DatasetPublished);
-                d.parties = vec![node.identity.node_id.clone()];
-                d.detail = format!("entry {}", done + i);
-                tokio::spawn(async move { ledger.append(d).await })
-            })
-            .collect();
-        for a in appends {
-            a.await.expect("task").expect("append");
-        }
-        done += burst;
-    }
-    ledger.close().await;
-}
-
 async fn tiles_node(space: &DataSpace) -> (NodeDir, RunningNode) {
     let node = space.node("transport", "publisher");
-    fill(&node, ENTRIES).await;
+    support::fill_ledger(&node, ENTRIES).await;
     let running = support::start_with(&node, |c| {
         c.tiles.listen = Some("127.0.0.1:0".parse().expect("addr"));
     })
@@ -256,18 +223,6 @@ impl AicsWitness {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
-        let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copy");
-        }
-    }
-}
-
 /// Waits for the node to keep a cosignature of at least `size` from the
 /// external witness; the kept note.
 async fn cosigned_at_least(
@@ -307,7 +262,7 @@ async fn cosigned_at_least(
 async fn an_independent_witness_cosigns_the_nodes_checkpoints() {
     let space = DataSpace::new();
     let node = space.node("transport", "publisher");
-    fill(&node, ENTRIES).await;
+    support::fill_ledger(&node, ENTRIES).await;
     let log_vkey = vkey(&node);
     let origin = log_vkey.split('+').next().expect("origin").to_owned();
     let witness = AicsWitness::start(&origin, &log_vkey);
@@ -376,7 +331,7 @@ async fn an_independent_witness_cosigns_the_nodes_checkpoints() {
     // and grows: the witness answers 409 with its size, and the node
     // resends from it with a consistency proof.
     let backup = tempfile::tempdir().expect("backup");
-    copy_dir(&node.dir.ledger(), backup.path());
+    support::tamper::copy_dir(&node.dir.ledger(), backup.path());
     std::fs::remove_file(
         node.dir
             .root()
@@ -384,7 +339,7 @@ async fn an_independent_witness_cosigns_the_nodes_checkpoints() {
             .join(format!("{}.note", external.file_stem())),
     )
     .expect("remove");
-    fill(&node, 25).await;
+    support::fill_ledger(&node, 25).await;
     let running = support::start_with(&node, with_witness).await;
     let second = cosigned_at_least(&node, &external, size + 25).await;
     assert!(second.contains("\u{2014} witness.test/w1 "));
@@ -401,7 +356,7 @@ async fn an_independent_witness_cosigns_the_nodes_checkpoints() {
     // The store put back to before the witness's latest cosignature:
     // refused at start-up, naming the witness.
     std::fs::remove_dir_all(node.dir.ledger()).expect("remove ledger");
-    copy_dir(backup.path(), &node.dir.ledger());
+    support::tamper::copy_dir(backup.path(), &node.dir.ledger());
     let mut config =
         dsnode::runtime::config::Config::new(node.dir.root(), "127.0.0.1:0".parse().expect("addr"));
     with_witness(&mut config);
@@ -480,7 +435,7 @@ async fn bad_witness(mode: &'static str) -> (String, dsnode::witness::external::
 async fn witnesses_that_answer_garbage_hang_or_forge_are_counted_and_never_kept() {
     let space = DataSpace::new();
     let node = space.node("transport", "publisher");
-    fill(&node, 10).await;
+    support::fill_ledger(&node, 10).await;
     let mut witnesses = Vec::new();
     for mode in ["garbage", "forged", "huge", "hang"] {
         witnesses.push(bad_witness(mode).await.1);

@@ -73,27 +73,26 @@ impl pb::catalog_server::Catalog for CatalogService {
         let now = self.node.clock.now();
         let mut datasets = Vec::new();
         let mut next_page_token = String::new();
-        for d in self.node.catalog.list() {
-            if after.as_ref().is_some_and(|a| d.id <= *a) {
-                continue;
-            }
+        let publisher = self.node.publisher();
+        self.node.catalog.scan_after(after.as_ref(), |d| {
             let m = d.manifest.value();
             let matches = classification.is_none_or(|c| m.classification == c)
                 && (text.is_empty()
                     || m.title.to_lowercase().contains(&text)
                     || m.description.to_lowercase().contains(&text));
-            if !matches || !self.node.publisher().visible(&who, &d, now) {
-                continue;
+            if !matches || !publisher.visible(&who, d, now) {
+                return std::ops::ControlFlow::Continue(());
             }
             if datasets.len() == limit {
                 next_page_token = datasets
                     .last()
                     .map(|e: &pb::CatalogEntry| e.dataset_id.clone())
                     .unwrap_or_default();
-                break;
+                return std::ops::ControlFlow::Break(());
             }
-            datasets.push(entry(&d));
-        }
+            datasets.push(entry(d));
+            std::ops::ControlFlow::Continue(())
+        });
         Ok(Response::new(pb::ListDatasetsResponse {
             datasets,
             next_page_token,

@@ -163,6 +163,33 @@ pub(crate) async fn start(node: &NodeDir, tweak: impl FnOnce(&mut TransportConfi
     start_with(node, |c| tweak(&mut c.transport)).await
 }
 
+/// Fills the (stopped) node's ledger with `n` entries, appended in
+/// concurrent bursts so that the log has checkpoints of many sizes.
+pub(crate) async fn fill_ledger(node: &NodeDir, n: u64) {
+    let key = dsnode::identity::key::NodeKey::load(&node.dir.key()).expect("node key");
+    let ledger = tamper::open_ledger(&node.dir.ledger(), &key);
+    let mut done = 0;
+    while done < n {
+        let burst = (n - done).min(97);
+        let appends: Vec<_> = (0..burst)
+            .map(|i| {
+                let ledger = ledger.clone();
+                let mut d = dsnode::ledger::entry::EntryDraft::new(
+                    dsnode::ledger::entry::EntryKind::DatasetPublished,
+                );
+                d.parties = vec![node.identity.node_id.clone()];
+                d.detail = format!("entry {}", done + i);
+                tokio::spawn(async move { ledger.append(d).await })
+            })
+            .collect();
+        for a in appends {
+            a.await.expect("task").expect("append");
+        }
+        done += burst;
+    }
+    ledger.close().await;
+}
+
 /// Starts a node with a changed configuration (an injected clock, …).
 pub(crate) async fn start_with(node: &NodeDir, tweak: impl FnOnce(&mut Config)) -> RunningNode {
     let mut config = Config::new(node.dir.root(), "127.0.0.1:0".parse().expect("addr"));

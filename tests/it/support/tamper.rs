@@ -33,19 +33,8 @@ pub(crate) fn rewrite_entry(
 /// `index` of the (closed) ledger in `dir`; `edit` gets the block and the
 /// entry's offset in it.
 fn edit_block(dir: &Path, index: u64, edit: impl FnOnce(&mut dsnode::ledger::store::Block, usize)) {
-    use dsnode::ledger::store::{BLOCK_BITS, LedgerStore, SledStore, StoreError};
-    // sled releases its lock from a background thread after the last
-    // handle is dropped: wait for it.
-    let store = (0..200)
-        .find_map(|_| match SledStore::open(dir) {
-            Ok(s) => Some(s),
-            Err(StoreError::Locked { .. }) => {
-                std::thread::sleep(Duration::from_millis(20));
-                None
-            }
-            Err(e) => panic!("raw store: {e}"),
-        })
-        .expect("the store stays locked");
+    use dsnode::ledger::store::{BLOCK_BITS, LedgerStore, SledStore};
+    let store = open_raw(dir);
     let b = index >> BLOCK_BITS;
     let mut block = store.block(b).expect("read").expect("block");
     edit(&mut block, (index - (b << BLOCK_BITS)) as usize);
@@ -56,6 +45,68 @@ fn edit_block(dir: &Path, index: u64, edit: impl FnOnce(&mut dsnode::ledger::sto
     store
         .dangerous_overwrite(&leaves_key, &block.encode_leaves())
         .expect("overwrite");
+}
+
+/// Rewrites entry `index` as [`rewrite_entry`] does with its leaf hash,
+/// and then every stored subtree hash above it, so the stored tree is
+/// consistent again (only the signed checkpoints, and the verified mark,
+/// still hold the old root).
+pub(crate) fn rewrite_entry_and_tree(
+    dir: &Path,
+    index: u64,
+    change: impl FnOnce(&mut dsnode::ledger::entry::Entry),
+) {
+    use dsnode::ledger::store::{LedgerStore, STORED_LEVEL, SledStore};
+    rewrite_entry(dir, index, true, change);
+    let store = open_raw(dir);
+    let mut frontier = dsnode::ledger::merkle::Frontier::default();
+    let mut next = 0;
+    loop {
+        let page = store.blocks(next, 64).expect("blocks");
+        let Some(&(last, _)) = page.last() else { break };
+        for (_, block) in &page {
+            for leaf in &block.leaves {
+                frontier.push(*leaf, |level, i, hash| {
+                    if level >= STORED_LEVEL {
+                        store
+                            .dangerous_overwrite(&SledStore::subtree_key(level, i), &hash)
+                            .expect("overwrite");
+                    }
+                });
+            }
+        }
+        next = last + 1;
+    }
+}
+
+/// A record of the (closed) ledger in `dir` (see `Ledger::append_with_record`).
+pub(crate) fn read_record(dir: &Path, name: &str) -> Option<Vec<u8>> {
+    use dsnode::ledger::store::LedgerStore;
+    open_raw(dir).record(name.as_bytes()).expect("read")
+}
+
+/// Replaces a record of the (closed) ledger in `dir` behind its back.
+pub(crate) fn rewrite_record(dir: &Path, name: &str, value: &[u8]) {
+    use dsnode::ledger::store::SledStore;
+    open_raw(dir)
+        .dangerous_overwrite(&SledStore::record_key(name.as_bytes()), value)
+        .expect("overwrite");
+}
+
+/// The raw store of a closed ledger (retrying while sled still holds the
+/// lock of the handle just closed).
+fn open_raw(dir: &Path) -> dsnode::ledger::store::SledStore {
+    use dsnode::ledger::store::{SledStore, StoreError};
+    (0..200)
+        .find_map(|_| match SledStore::open(dir) {
+            Ok(s) => Some(s),
+            Err(StoreError::Locked { .. }) => {
+                std::thread::sleep(Duration::from_millis(20));
+                None
+            }
+            Err(e) => panic!("raw store: {e}"),
+        })
+        .expect("the store stays locked")
 }
 
 /// Deletes entry `index` from its block of the (closed) ledger in `dir`,
