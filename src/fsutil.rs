@@ -78,6 +78,18 @@ pub fn create_new_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Fil
     write_atomic(path, bytes, mode)
 }
 
+/// Removes `path` (if it is there) and fsyncs its directory, so the
+/// removal survives a crash.
+pub fn remove_file_durably(path: &Path) -> Result<(), FileError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(FileError::new("remove", path, e)),
+    }
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+        .map_err(|e| FileError::new("sync the directory of", path, e))
+}
+
 /// fsyncs a directory so that renames and creations in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

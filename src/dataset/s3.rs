@@ -364,12 +364,14 @@ fn unreachable(e: &object_store::Error) -> bool {
     use object_store::client::HttpErrorKind as K;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<object_store::client::HttpError>()
-            // `Request`: the connection closed before a response (a store
-            // that resets connections is as down as one that refuses them).
-            && matches!(h.kind(), K::Connect | K::Request | K::Timeout | K::Interrupted)
-        {
-            return true;
+        // An `HttpError` is a failure of the HTTP exchange itself (no
+        // answer came back: refused, reset, closed before a response, timed
+        // out, or a transport error object_store could not name, such as a
+        // request hyper cancelled when the connection dropped): the store
+        // is as down as one that refuses connections. Only an answer that
+        // came back and could not be decoded is the store misbehaving.
+        if let Some(h) = s.downcast_ref::<object_store::client::HttpError>() {
+            return !matches!(h.kind(), K::Decode);
         }
         if s.downcast_ref::<std::io::Error>().is_some() {
             return true;

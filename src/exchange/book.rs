@@ -184,11 +184,16 @@ impl GrantBook {
         };
         let id = g.value().id.clone();
         let Some(granted) = recorded(&self.ledger, &id, EntryKind::AccessGranted)? else {
-            warnings.push(format!(
-                "{label}: not recorded as granted (issuing interrupted); removed"
-            ));
-            if let Some(path) = file {
-                let _ = std::fs::remove_file(path);
+            match file {
+                Some(path) => {
+                    warnings.push(format!(
+                        "{label}: not recorded as granted (issuing interrupted); removed"
+                    ));
+                    let _ = std::fs::remove_file(path);
+                }
+                None => warnings.push(format!(
+                    "{label}: no AccessGranted entry for it in the ledger; not honoured"
+                )),
             }
             return Ok(());
         };
@@ -254,6 +259,9 @@ impl GrantBook {
                 GrantError::Malformed("issued with a key that is not this node's".into()).into(),
             );
         }
+        // What a grantee's decoding will check (an action, a non-empty
+        // window, well-formed ids), checked before anything is signed.
+        Grant::decode(&grant.encode())?;
         let verified = Verified::sign_here(grant, key).ok_or_else(|| {
             GrantError::Malformed("a grant naming another publisher than this node".into())
         })?;

@@ -333,8 +333,12 @@ struct Shared {
     sequencer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Where the verified mark is kept (`None`: not kept).
     mark: Option<std::path::PathBuf>,
-    /// The size of the mark kept (its writes are serialised here).
+    /// The size of the mark kept (its writes are serialised here);
+    /// `None` also once the store was found changed (the mark is then
+    /// removed and never written again by this process).
     marked: std::sync::Mutex<Option<u64>>,
+    /// The store was found changed behind the node's back.
+    tampered: AtomicBool,
 }
 
 impl Ledger {
@@ -428,6 +432,7 @@ impl Ledger {
                 sequencer: std::sync::Mutex::new(Some(thread)),
                 mark: mark_path,
                 marked: std::sync::Mutex::new(mark.map(|m| m.checkpoint.size)),
+                tampered: AtomicBool::new(false),
             }),
         };
         if let Some(latest) = &report.latest {
@@ -448,7 +453,9 @@ impl Ledger {
             .marked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if marked.is_some_and(|m| m >= checkpoint.checkpoint.size) {
+        if self.shared.tampered.load(Ordering::Acquire)
+            || marked.is_some_and(|m| m >= checkpoint.checkpoint.size)
+        {
             return;
         }
         match crate::fsutil::write_atomic(
@@ -474,16 +481,43 @@ impl Ledger {
             return Ok(None);
         };
         let keys = self.keys();
-        let report = verify::scrub(
+        let report = match verify::scrub(
             self.shared.store.as_ref(),
             &keys,
             latest.checkpoint.size,
             pace,
-        )?;
+        ) {
+            Ok(report) => report,
+            Err(e @ (LedgerError::Tampered { .. } | LedgerError::BadCheckpoint { .. })) => {
+                self.found_tampered();
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if report.is_some() {
             self.advance_mark(&latest);
         }
         Ok(report)
+    }
+
+    /// The store was found changed behind the node's back: no more
+    /// appends (so no grant, transfer or receipt is recorded on it), and
+    /// the verified mark is removed, so the next start-up checks the
+    /// whole log and refuses it.
+    fn found_tampered(&self) {
+        self.shared.tampered.store(true, Ordering::Release);
+        self.shared.failed.store(true, Ordering::Release);
+        let mut marked = self
+            .shared
+            .marked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *marked = None;
+        if let Some(path) = &self.shared.mark
+            && let Err(e) = crate::fsutil::remove_file_durably(path)
+        {
+            tracing::error!(error = %e, path = %path.display(), "cannot remove the verified mark: remove it by hand before the next start");
+        }
     }
 
     /// Sets the function told of every committed batch (metrics); only the

@@ -201,6 +201,29 @@ fn check_no_runs_beyond(store: &dyn LedgerStore, size: u64) -> Result<(), Ledger
     }
 }
 
+/// `limit` blocks from `from`. In a live log (`live`), the last block is
+/// rewritten by each commit and its entries and leaf hashes are two
+/// keys: a read between the two writes does not decode, so it is tried
+/// again (twice) before the failure counts.
+fn read_blocks(
+    store: &dyn LedgerStore,
+    from: u64,
+    limit: usize,
+    live: bool,
+) -> Result<Vec<(u64, super::store::Block)>, LedgerError> {
+    let mut tries = 0;
+    loop {
+        match store.blocks(from, limit) {
+            Ok(page) => return Ok(page),
+            Err(_) if live && tries < 2 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// One pass over stored blocks: the tree rebuilt from a frontier (empty,
 /// or read from the stored hashes at a block boundary the caller trusts),
 /// each entry and the stored data derived from it checked.
@@ -244,8 +267,16 @@ impl<'a> Pass<'a> {
     fn run(&mut self, end: u64, pace: &mut dyn FnMut(u64) -> bool) -> Result<bool, LedgerError> {
         let store = self.store;
         let mut next_block = self.frontier.size() >> BLOCK_BITS;
+        let live = end != u64::MAX;
         while self.frontier.size() < end {
-            let page = store.blocks(next_block, 16)?;
+            // The loop runs only while end > size ≥ 0.
+            let last_block = if live {
+                (end - 1) >> BLOCK_BITS
+            } else {
+                u64::MAX
+            };
+            let want = (last_block - next_block).min(15) as usize + 1;
+            let page = read_blocks(store, next_block, want, live)?;
             if page.is_empty() {
                 break;
             }
@@ -431,9 +462,12 @@ pub fn verify_store(store: &dyn LedgerStore, keys: &LogKeys) -> Result<VerifyRep
 /// signed root, so a store whose tree was changed below the mark is
 /// refused (after a full check, which names the first bad index); a
 /// changed entry whose stored hashes were left alone is found
-/// only by a full check ([`verify_store`], [`scrub`]). Entries from the
-/// block holding the mark's last entry on are checked in full, and so is
-/// the head.
+/// only by a full check ([`verify_store`], [`scrub`]), and so is a
+/// changed index posting, leaf-hash index key, time run or checkpoint
+/// below that block. Entries from the start of the block the mark ends
+/// in (the mark's size rounded down to a multiple of 64) to the head are
+/// checked in full, with their index keys and the checkpoints among
+/// them, and so is the head.
 pub fn verify_since(
     store: &dyn LedgerStore,
     keys: &LogKeys,

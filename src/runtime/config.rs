@@ -16,7 +16,7 @@
 //! | `node.vkey` | C2SP verifier key of the node's ledger checkpoints (public) |
 //! | `ledger/` | the node's ledger |
 //! | `datasets/` | manifests and chunk lists of the datasets this node published |
-//! | `grants/` | grants this node issued (`issued/`) and holds (`held/`), DSSE JSON; receipts it signed (`received/`) and took as publisher (`taken/`) |
+//! | `grants/` | grants this node holds (`held/`), DSSE JSON (issued grants are ledger records; `issued/`: those of earlier versions); receipts it signed (`received/`) and took as publisher (`taken/`) |
 //! | `blobs/` | chunks of published datasets, by SHA-256 (`sha256/`; in a bucket instead with `[storage] kind = "s3"`); received datasets, one read-only file each named by its chunk list's SHA-256, and fetches in progress (`packs/`, `packs/partial/`) |
 //! | `s3.credentials` | optional: the object store's key (`[storage] credentials_file`), mode 0600 |
 
@@ -102,7 +102,8 @@ impl DataDir {
     pub fn datasets(&self) -> PathBuf {
         self.root.join("datasets")
     }
-    /// `grants/`: grants issued (`issued/`) and held (`held/`).
+    /// `grants/`: grants held (`held/`), and issued by earlier versions
+    /// (`issued/`; issued grants are ledger records now).
     pub fn grants(&self) -> PathBuf {
         self.root.join("grants")
     }
@@ -710,8 +711,13 @@ impl Config {
                 LedgerConfig::default().scrub_interval,
             ),
         };
-        if ledger.scrub_interval < Duration::from_secs(1) {
-            return Err(invalid("ledger.scrub_interval", "must be at least 1s"));
+        if !(Duration::from_secs(1)..=Duration::from_secs(366 * 86_400))
+            .contains(&ledger.scrub_interval)
+        {
+            return Err(invalid(
+                "ledger.scrub_interval",
+                "must be between 1s and 366 days",
+            ));
         }
         Ok(Self {
             data_dir,

@@ -249,6 +249,50 @@ async fn tampered_entry_is_found_with_its_index() {
     );
 }
 
+/// Issue 19: an old entry changed behind a clean ledger's back passes
+/// the start-up check (it reads only what is new since the verified
+/// mark) and is found by the scrub, which names it, stops appends and
+/// removes the mark: the next open checks everything and refuses it.
+#[tokio::test]
+async fn the_scrub_finds_an_old_change_stops_appends_and_drops_the_mark() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = open(dir.path());
+    for i in 0..300 {
+        ledger.append(draft(i)).await.expect("append");
+    }
+    ledger.close().await;
+    drop(ledger);
+    crate::support::tamper::rewrite_entry(dir.path(), 7, false, |e| {
+        e.draft.detail = "rewritten".into()
+    });
+    let ledger =
+        when_unlocked(|| Ledger::open(dir.path(), key(), LedgerOptions::default()).map(|(l, _)| l));
+    let mut checked = 0;
+    let err = ledger
+        .scrub(&mut |n| {
+            checked += n;
+            true
+        })
+        .expect_err("tampered");
+    assert!(
+        matches!(err, LedgerError::Tampered { index: 7, .. }),
+        "{err}"
+    );
+    assert_eq!(checked, 0, "found in the first block");
+    assert!(matches!(
+        ledger.append(draft(300)).await,
+        Err(LedgerError::Failed)
+    ));
+    assert!(!dir.path().join("VERIFIED").exists());
+    ledger.close().await;
+    drop(ledger);
+    let err = open_must_fail(dir.path());
+    assert!(
+        matches!(err, LedgerError::Tampered { index: 7, .. }),
+        "{err}"
+    );
+}
+
 /// Row 13, defence: the tree is recomputed from the stored entries at
 /// open and checked against the stored hashes and signed checkpoints. Two
 /// entries swapped (their leaf hashes fixed up too), or one deleted from

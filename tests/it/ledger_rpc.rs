@@ -283,7 +283,21 @@ async fn an_old_entry_changed_behind_the_nodes_back_is_found_by_the_scrub() {
         text.contains("dsnode_ledger_scrubs_total{kind=\"tampered\"} 1"),
         "{text}"
     );
+    // Nothing more is recorded on the changed store (so nothing is
+    // granted or served), and the mark is gone: the next start-up checks
+    // everything and refuses it.
+    assert!(!server.dir.ledger().join("VERIFIED").exists());
     node.shutdown().await.expect("stop");
+    let mut config = dsnode::runtime::config::Config::new(
+        server.dir.root(),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    config.transport.drain_deadline = std::time::Duration::from_secs(1);
+    let err = match dsnode::node::start(config).await {
+        Ok(_) => panic!("a node whose scrub found tampering started again"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("tampered at index 7"), "{err}");
     let out = audit_verify(server.dir.root());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
