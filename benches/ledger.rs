@@ -355,14 +355,7 @@ async fn curves(dir: &std::path::Path, full: bool) {
     );
     // Start-up after a clean stop: only what lies beyond the verified mark.
     let check = Instant::now();
-    let (ledger, report) = loop {
-        match Ledger::open(dir, key(), LedgerOptions::default()) {
-            Err(dsnode::ledger::LedgerError::Store(
-                dsnode::ledger::store::StoreError::Locked { .. },
-            )) => std::thread::sleep(Duration::from_millis(20)),
-            other => break other.expect("reopen"),
-        }
-    };
+    let (ledger, report) = open_with_report(dir);
     println!(
         "start-up after a clean stop: {:.3}s ({} entries, {} re-read beyond the verified mark)",
         check.elapsed().as_secs_f64(),
@@ -374,14 +367,7 @@ async fn curves(dir: &std::path::Path, full: bool) {
     append_with(&ledger, WIDE, CRASH_TAIL, 1_000).await;
     drop(ledger);
     let check = Instant::now();
-    let (ledger, report) = loop {
-        match Ledger::open(dir, key(), LedgerOptions::default()) {
-            Err(dsnode::ledger::LedgerError::Store(
-                dsnode::ledger::store::StoreError::Locked { .. },
-            )) => std::thread::sleep(Duration::from_millis(20)),
-            other => break other.expect("reopen"),
-        }
-    };
+    let (ledger, report) = open_with_report(dir);
     println!(
         "start-up after a crash, {CRASH_TAIL} entries new: {:.3}s ({} re-read)",
         check.elapsed().as_secs_f64(),

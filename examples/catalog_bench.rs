@@ -24,7 +24,7 @@ use dsnode::runtime::config::DataDir;
 use dsnode::wire::admin::AdminClient;
 use dsnode::wire::client::PeerChannel;
 use dsnode::wire::pb;
-use support::{BoxError, Ca, NodeProcess, dsnode_binary, load_average, percentile};
+use support::{BoxError, Ca, NodeProcess, dsnode_binary, env_number, load_average, percentile};
 
 const POLICY: &str = r#"classification = "general"
 
@@ -33,17 +33,6 @@ actions = ["read"]
 purpose = ["benchmark"]
 roles = ["consumer"]
 "#;
-
-fn env_number(name: &str, default: usize) -> Result<usize, BoxError> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => Ok(v
-            .parse()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("{name}={v:?}: expected a whole number above 0"))?),
-    }
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

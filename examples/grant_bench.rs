@@ -28,17 +28,17 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dsnode::node;
-use dsnode::runtime::config::{DataDir, TransportConfig};
-use dsnode::runtime::tls;
+use dsnode::runtime::config::DataDir;
 use dsnode::wire::admin::AdminClient;
 use dsnode::wire::client::PeerChannel;
 use dsnode::wire::pb;
 use prost::Message;
-use support::{BoxError, Ca, NodeProcess, cpu_secs, dsnode_binary, fs_type, load_average};
+use support::{
+    BoxError, Ca, NodeProcess, cpu_secs, dsnode_binary, env_number, fs_type, load_average,
+};
 use tonic::{Request, Response, Status};
 
 /// Issue 19's targets.
@@ -53,18 +53,6 @@ purpose = ["benchmark"]
 roles = ["consumer"]
 grant_ttl = "1d"
 "#;
-
-/// A whole number above 0 from the environment, or `default` if unset.
-fn env_number(name: &str, default: usize) -> Result<usize, BoxError> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => Ok(v
-            .parse()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("{name}={v:?}: expected a whole number above 0"))?),
-    }
-}
 
 fn ask(dataset: &str) -> pb::RequestAccessRequest {
     pb::RequestAccessRequest {
@@ -90,44 +78,6 @@ impl pb::exchange_server::Exchange for Bare {
             grant: Some(self.answer.clone()),
         }))
     }
-}
-
-/// Starts the bare server with the node's acceptor and HTTP/2 settings,
-/// as the publisher.
-async fn bare_server(
-    publisher: &DataDir,
-    answer: pb::Envelope,
-) -> Result<(SocketAddr, tokio_util::sync::CancellationToken), BoxError> {
-    let t = TransportConfig::default();
-    let material = node::load_credentials(publisher)?.material;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(tls::accept_loop(
-        listener,
-        tls::ServerConfigCell::new(tls::server_config(&material)?),
-        tls::AcceptLimits {
-            handshake_timeout: t.handshake_timeout,
-            max_handshakes: t.max_handshakes,
-            max_connections: t.max_connections,
-        },
-        Arc::new(tls::ConnectionRegistry::default()),
-        stop.clone(),
-    ));
-    let router = tonic::transport::Server::builder()
-        .max_concurrent_streams(t.max_concurrent_streams)
-        .http2_keepalive_interval(Some(t.keepalive_interval))
-        .http2_keepalive_timeout(Some(t.keepalive_timeout))
-        .max_frame_size(t.max_frame_size)
-        .initial_stream_window_size(t.stream_window)
-        .initial_connection_window_size(t.connection_window)
-        .tcp_nodelay(true)
-        .add_service(pb::exchange_server::ExchangeServer::new(Bare { answer }));
-    let until = stop.clone();
-    tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-        until.cancelled().await;
-    }));
-    Ok((addr, stop))
 }
 
 /// One connection per client, each with its own certificate.
@@ -246,7 +196,7 @@ async fn main() -> Result<(), BoxError> {
     }
     .encoded_len();
     println!("answer size: {size} bytes (a signed grant)");
-    let (bare_addr, stop) = bare_server(&publisher_dir, first).await?;
+    let (bare_addr, stop) = support::bare_exchange(&publisher_dir, Bare { answer: first }).await?;
     let to_bare = connect_all(&consumers, bare_addr).await?;
 
     // One short uncounted round of each way.

@@ -23,7 +23,7 @@
 //! # Environment
 //!
 //! - `DSNODE_SPACE_KIB` (1024): each dataset's size.
-//! - `DSNODE_SPACE_IDLE_SECS` (15): how long the nodes sit idle before
+//! - `DSNODE_SPACE_IDLE_SECS` (15, at least 1): how long the nodes sit idle before
 //!   their memory is read (tokio's spare blocking threads end after 10 s).
 //! - `DSNODE_SPACE_DIR` (the system's temporary directory): where the
 //!   data space is made.
@@ -38,7 +38,7 @@ use dsnode::ledger::Query;
 use dsnode::runtime::config::{Config, DataDir};
 use dsnode::wire::admin::{AdminClient, FetchEvent, FetchOptions};
 use dsnode::wire::pb;
-use support::{BoxError, Ca, NodeProcess, dsnode_binary, load_average, status_mib};
+use support::{BoxError, Ca, NodeProcess, dsnode_binary, env_number, load_average, status_mib};
 use tokio::task::JoinSet;
 
 /// Issue 19's bound on an idle node's resident memory.
@@ -64,15 +64,6 @@ fn content(node: usize, kib: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-fn env_number(name: &str, default: usize) -> Result<usize, BoxError> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => Ok(v
-            .parse()
-            .map_err(|_| format!("{name}={v:?}: expected a whole number"))?),
-    }
 }
 
 /// The next nodes of `i` in the ring whose datasets it fetches.

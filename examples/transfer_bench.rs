@@ -79,14 +79,14 @@ use std::time::{Duration, Instant};
 
 use dsnode::fsutil;
 use dsnode::node;
-use dsnode::runtime::config::{DataDir, TransportConfig};
+use dsnode::runtime::config::DataDir;
 use dsnode::runtime::tls;
 use dsnode::wire::admin::{AdminClient, FetchEvent, FetchOptions};
 use dsnode::wire::client::{self, ClientSettings};
 use dsnode::wire::pb;
 use support::{
-    BoxError, Ca, NodeProcess, cpu_secs, dsnode_binary, free_port, fs_type, load_average,
-    peak_rss_mib, reset_peak_rss,
+    BoxError, Ca, NodeProcess, cpu_secs, dsnode_binary, env_number, free_port, fs_type,
+    load_average, peak_rss_mib, reset_peak_rss,
 };
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
@@ -162,18 +162,6 @@ impl Settings {
 
     fn runs(&self, phase: Phase) -> bool {
         self.phases.contains(&phase)
-    }
-}
-
-/// A whole number above 0 from the environment, or `default` if unset.
-fn env_number(name: &str, default: usize) -> Result<usize, BoxError> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(v) => Ok(v
-            .parse()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("{name}={v:?}: expected a whole number above 0"))?),
     }
 }
 
@@ -776,43 +764,6 @@ impl pb::exchange_server::Exchange for Bare {
     }
 }
 
-/// Starts the bare server with the node's acceptor and HTTP/2 settings.
-async fn bare_server(
-    space: &Space,
-    pieces: Arc<Vec<Vec<u8>>>,
-) -> Result<(SocketAddr, tokio_util::sync::CancellationToken), BoxError> {
-    let t = TransportConfig::default();
-    let material = node::load_credentials(&space.publisher)?.material;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(tls::accept_loop(
-        listener,
-        tls::ServerConfigCell::new(tls::server_config(&material)?),
-        tls::AcceptLimits {
-            handshake_timeout: t.handshake_timeout,
-            max_handshakes: t.max_handshakes,
-            max_connections: t.max_connections,
-        },
-        Arc::new(tls::ConnectionRegistry::default()),
-        stop.clone(),
-    ));
-    let router = tonic::transport::Server::builder()
-        .max_concurrent_streams(t.max_concurrent_streams)
-        .http2_keepalive_interval(Some(t.keepalive_interval))
-        .http2_keepalive_timeout(Some(t.keepalive_timeout))
-        .max_frame_size(t.max_frame_size)
-        .initial_stream_window_size(t.stream_window)
-        .initial_connection_window_size(t.connection_window)
-        .tcp_nodelay(true)
-        .add_service(pb::exchange_server::ExchangeServer::new(Bare { pieces }));
-    let until = stop.clone();
-    tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-        until.cancelled().await;
-    }));
-    Ok((addr, stop))
-}
-
 /// (a): the bare stream, SHA-256 of each chunk checked on receipt; MB/s.
 async fn bare_fetch(space: &Space, addr: SocketAddr, hashes: &[[u8; 32]]) -> Result<f64, BoxError> {
     let material = node::load_credentials(&space.consumer)?.material;
@@ -853,7 +804,7 @@ async fn time_bare(nodes: &Nodes, mib: usize, rounds: usize) -> Result<Vec<f64>,
             h
         })
         .collect();
-    let (addr, stop) = bare_server(&nodes.space, pieces).await?;
+    let (addr, stop) = support::bare_exchange(&nodes.space.publisher, Bare { pieces }).await?;
     let mut runs = Vec::new();
     for _ in 0..rounds {
         runs.push(bare_fetch(&nodes.space, addr, &hashes).await?);

@@ -234,3 +234,56 @@ pub(crate) fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
     samples[i]
 }
+
+/// A whole number above 0 from the environment, or `default` if unset.
+pub(crate) fn env_number(name: &str, default: usize) -> Result<usize, BoxError> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => Ok(v
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{name}={v:?}: expected a whole number above 0"))?),
+    }
+}
+
+/// A bare `Exchange` server in this process, as the node of `dir`: the
+/// node's own mutual-TLS acceptor and HTTP/2 settings, none of its
+/// layers. What a benchmark's baseline calls.
+pub(crate) async fn bare_exchange<S: dsnode::wire::pb::exchange_server::Exchange>(
+    dir: &DataDir,
+    service: S,
+) -> Result<(SocketAddr, tokio_util::sync::CancellationToken), BoxError> {
+    let t = dsnode::runtime::config::TransportConfig::default();
+    let material = node::load_credentials(dir)?.material;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(tls::accept_loop(
+        listener,
+        tls::ServerConfigCell::new(tls::server_config(&material)?),
+        tls::AcceptLimits {
+            handshake_timeout: t.handshake_timeout,
+            max_handshakes: t.max_handshakes,
+            max_connections: t.max_connections,
+        },
+        std::sync::Arc::new(tls::ConnectionRegistry::default()),
+        stop.clone(),
+    ));
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(t.max_concurrent_streams)
+        .http2_keepalive_interval(Some(t.keepalive_interval))
+        .http2_keepalive_timeout(Some(t.keepalive_timeout))
+        .max_frame_size(t.max_frame_size)
+        .initial_stream_window_size(t.stream_window)
+        .initial_connection_window_size(t.connection_window)
+        .tcp_nodelay(true)
+        .add_service(dsnode::wire::pb::exchange_server::ExchangeServer::new(
+            service,
+        ));
+    let until = stop.clone();
+    tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        until.cancelled().await;
+    }));
+    Ok((addr, stop))
+}
