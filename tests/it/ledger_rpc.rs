@@ -223,15 +223,7 @@ async fn tampered_ledger_refuses_to_start_and_audit_verify_names_the_index() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("tampered at index 2"), "{stderr}");
 
-    let mut config = dsnode::runtime::config::Config::new(
-        server.dir.root(),
-        "127.0.0.1:0".parse().expect("addr"),
-    );
-    config.transport.drain_deadline = std::time::Duration::from_secs(1);
-    let err = match dsnode::node::start(config).await {
-        Ok(_) => panic!("a node with a tampered ledger started"),
-        Err(e) => e.to_string(),
-    };
+    let err = start_refused(server.dir.root(), "a node with a tampered ledger started").await;
     assert!(err.contains("tampered at index 2"), "{err}");
 }
 
@@ -288,15 +280,11 @@ async fn an_old_entry_changed_behind_the_nodes_back_is_found_by_the_scrub() {
     // everything and refuses it.
     assert!(!server.dir.ledger().join("VERIFIED").exists());
     node.shutdown().await.expect("stop");
-    let mut config = dsnode::runtime::config::Config::new(
+    let err = start_refused(
         server.dir.root(),
-        "127.0.0.1:0".parse().expect("addr"),
-    );
-    config.transport.drain_deadline = std::time::Duration::from_secs(1);
-    let err = match dsnode::node::start(config).await {
-        Ok(_) => panic!("a node whose scrub found tampering started again"),
-        Err(e) => e.to_string(),
-    };
+        "a node whose scrub found tampering started again",
+    )
+    .await;
     assert!(err.contains("tampered at index 7"), "{err}");
     let out = audit_verify(server.dir.root());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -310,13 +298,11 @@ async fn an_old_entry_changed_behind_the_nodes_back_is_found_by_the_scrub() {
     crate::support::tamper::rewrite_entry_and_tree(&copied.ledger(), 7, |e| {
         e.draft.detail = "rewritten".into()
     });
-    let mut config =
-        dsnode::runtime::config::Config::new(copy.path(), "127.0.0.1:0".parse().expect("addr"));
-    config.transport.drain_deadline = std::time::Duration::from_secs(1);
-    let err = match dsnode::node::start(config).await {
-        Ok(_) => panic!("a node whose tree changed below its mark started"),
-        Err(e) => e.to_string(),
-    };
+    let err = start_refused(
+        copy.path(),
+        "a node whose tree changed below its mark started",
+    )
+    .await;
     assert!(err.contains("tampered at index 7"), "{err}");
 }
 
@@ -368,6 +354,18 @@ async fn start_up_checks_only_what_is_new_and_the_scrub_the_rest() {
     assert!(verified >= 1001, "{text}");
     assert_eq!(support::http(metrics, "GET", "/readyz").await.status, 200);
     node.shutdown().await.expect("stop");
+}
+
+/// Starts the node of the data dir `root`, which must refuse to start
+/// (`why` says what it would mean if it did); its error.
+async fn start_refused(root: &std::path::Path, why: &str) -> String {
+    let mut config =
+        dsnode::runtime::config::Config::new(root, "127.0.0.1:0".parse().expect("addr"));
+    config.transport.drain_deadline = std::time::Duration::from_secs(1);
+    match dsnode::node::start(config).await {
+        Ok(_) => panic!("{why}"),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// `dsnode audit verify` on a stopped node's data dir (retried while sled
