@@ -188,27 +188,7 @@ async fn tampered_ledger_refuses_to_start_and_audit_verify_names_the_index() {
             .expect("stop");
     }
     let ledger_dir = server.dir.ledger();
-    // sled releases its lock from a background thread after a handle is
-    // dropped; retry while the store reports itself in use.
-    let verify = || {
-        for _ in 0..100 {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsnode"))
-                .args([
-                    "audit",
-                    "verify",
-                    "--data-dir",
-                    server.dir.root().to_str().expect("utf-8"),
-                ])
-                .output()
-                .expect("run");
-            if !String::from_utf8_lossy(&out.stderr).contains("in use by another process") {
-                return out;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("the ledger stayed locked");
-    };
-    let out = verify();
+    let out = audit_verify(server.dir.root());
     assert!(
         out.status.success(),
         "{}",
@@ -218,7 +198,7 @@ async fn tampered_ledger_refuses_to_start_and_audit_verify_names_the_index() {
     crate::support::tamper::rewrite_entry(&ledger_dir, 2, false, |e| {
         e.draft.detail = "dsnode 9.9.9".into()
     });
-    let out = verify();
+    let out = audit_verify(server.dir.root());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("tampered at index 2"), "{stderr}");
