@@ -166,8 +166,8 @@ pub enum ReceiptsCommand {
 /// `dsnode grants …`.
 #[derive(Subcommand)]
 pub enum GrantsCommand {
-    /// List grants issued and held.
-    List(ClientArgs),
+    /// List grants issued and held (every page; filters narrow it).
+    List(GrantsListArgs),
     /// Revoke a grant this node issued.
     Revoke {
         /// The node to act as, and `--json`.
@@ -179,6 +179,34 @@ pub enum GrantsCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+}
+
+/// Flags of `dsnode grants list`.
+#[derive(Args)]
+pub struct GrantsListArgs {
+    /// The node to act as, and `--json`.
+    #[command(flatten)]
+    pub(super) client: ClientArgs,
+    /// Only grants for this dataset.
+    #[arg(long)]
+    pub(super) dataset: Option<String>,
+    /// Only grants to this node id.
+    #[arg(long)]
+    pub(super) grantee: Option<String>,
+    /// Only grants in this state.
+    #[arg(long, value_enum)]
+    pub(super) state: Option<GrantStateArg>,
+}
+
+/// `--state` of `dsnode grants list`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum GrantStateArg {
+    /// Issued by this node, not revoked.
+    Issued,
+    /// Issued by this node, revoked.
+    Revoked,
+    /// Held by this node.
+    Held,
 }
 
 /// Flags of `dsnode publish`.
@@ -674,7 +702,10 @@ pub fn wants_json(command: &Command) -> bool {
         Command::Request(a) => a.client.out.json,
         Command::Fetch(a) => a.client.out.json,
         Command::Receipts(ReceiptsCommand::Resend { client, .. }) => client.out.json,
-        Command::Grants(GrantsCommand::List(c) | GrantsCommand::Revoke { client: c, .. }) => {
+        Command::Grants(
+            GrantsCommand::List(GrantsListArgs { client: c, .. })
+            | GrantsCommand::Revoke { client: c, .. },
+        ) => {
             c.out.json
         }
     }

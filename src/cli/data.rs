@@ -6,7 +6,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::args::{CatalogArgs, FetchArgs, GrantsCommand, PolicyCommand, PublishArgs, RequestArgs};
+use super::args::{
+    CatalogArgs, FetchArgs, GrantStateArg, GrantsCommand, PolicyCommand, PublishArgs, RequestArgs,
+};
 use super::output::{Output, identity_json};
 use super::{call_error, connect, own_address};
 use crate::exchange::grant::time_text;
@@ -354,10 +356,22 @@ pub(super) async fn request(a: RequestArgs) -> Result<Output> {
 
 pub(super) async fn grants(command: GrantsCommand) -> Result<Output> {
     match command {
-        GrantsCommand::List(c) => {
+        GrantsCommand::List(a) => {
+            let c = a.client;
             let addr = own_address(&c.data_dir)?;
+            let request = pb::ListGrantsRequest {
+                dataset_id: a.dataset.unwrap_or_default(),
+                grantee: a.grantee.unwrap_or_default(),
+                state: match a.state {
+                    None => pb::GrantState::Unspecified,
+                    Some(GrantStateArg::Issued) => pb::GrantState::Issued,
+                    Some(GrantStateArg::Revoked) => pb::GrantState::Revoked,
+                    Some(GrantStateArg::Held) => pb::GrantState::Held,
+                } as i32,
+                ..Default::default()
+            };
             let grants = AdminClient::new(&connect(&c.data_dir, &addr).await?)
-                .list_grants()
+                .list_grants_matching(request)
                 .await
                 .map_err(|e| call_error(&addr, &e))?;
             let mut text = format!("{} grant(s)", grants.len());

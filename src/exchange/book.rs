@@ -12,6 +12,7 @@
 //! is removed at start-up.
 
 use std::collections::BTreeMap;
+use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -54,6 +55,10 @@ pub struct Held {
 
 /// Name prefix of the ledger records holding issued grants.
 const ISSUED: &[u8] = b"grant/issued/";
+
+fn after_bound(after: Option<&GrantId>) -> Bound<&GrantId> {
+    after.map_or(Bound::Unbounded, Bound::Excluded)
+}
 
 /// Issued and held grants.
 pub struct GrantBook {
@@ -370,6 +375,36 @@ impl GrantBook {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Visits the grants this node issued with ids after `after`, in id
+    /// order, until `visit` breaks.
+    pub fn scan_issued(
+        &self,
+        after: Option<&GrantId>,
+        mut visit: impl FnMut(&Arc<Verified<Grant>>) -> ControlFlow<()>,
+    ) {
+        let issued = self.issued.read().unwrap_or_else(PoisonError::into_inner);
+        for g in issued.range((after_bound(after), Bound::Unbounded)) {
+            if visit(g.1).is_break() {
+                return;
+            }
+        }
+    }
+
+    /// Visits the grants this node holds with ids after `after`, in id
+    /// order, until `visit` breaks.
+    pub fn scan_held(
+        &self,
+        after: Option<&GrantId>,
+        mut visit: impl FnMut(&Arc<Held>) -> ControlFlow<()>,
+    ) {
+        let held = self.held.read().unwrap_or_else(PoisonError::into_inner);
+        for h in held.range((after_bound(after), Bound::Unbounded)) {
+            if visit(h.1).is_break() {
+                return;
+            }
+        }
     }
 
     /// A grant this node issued.

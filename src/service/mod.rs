@@ -299,26 +299,85 @@ impl NodeContext {
         fetch::resend_receipts(&self.consumer(), grant, addr).await
     }
 
-    /// `Admin.ListGrants`: every grant issued (and whether revoked), then
-    /// every grant held.
-    pub fn grants(&self) -> Result<Vec<GrantStatus>, BookError> {
+    /// `Admin.ListGrants`: a page of the grants issued (in id order, with
+    /// whether each is revoked), then of the grants held, that match
+    /// `filter`. Reads at most [`GRANT_SCAN`] grants whatever the filter,
+    /// so a page costs what it may return; the token is where the next
+    /// page starts (`None` on the last one).
+    pub fn grants_page(
+        &self,
+        filter: &GrantFilter,
+        from: &GrantCursor,
+        limit: usize,
+    ) -> Result<(Vec<GrantStatus>, Option<GrantCursor>), BookError> {
         let mut out = Vec::new();
-        for g in self.grants.issued() {
-            let revoked = self.grants.is_revoked(&g.value().id)?;
-            out.push(GrantStatus {
-                grant: g.envelope().clone(),
-                revoked,
-                issued: true,
+        let mut scanned = 0usize;
+        let mut next = None;
+        // Keeps `g` if it matches; says where to stop when the page is full
+        // or the scan budget spent (`resume` is the cursor after `g`).
+        let mut take = |g: &crate::exchange::grant::Grant,
+                        status: GrantStatus,
+                        state: GrantState,
+                        resume: GrantCursor,
+                        next: &mut Option<GrantCursor>| {
+            scanned += 1;
+            if filter.matches(g, state) {
+                out.push(status);
+            }
+            if out.len() == limit || scanned == GRANT_SCAN {
+                *next = Some(resume);
+                return std::ops::ControlFlow::Break(());
+            }
+            std::ops::ControlFlow::Continue(())
+        };
+        let mut failed = None;
+        if let GrantCursor::Issued(after) = from {
+            if filter.wants_issued() {
+                self.grants.scan_issued(after.as_ref(), |g| {
+                    let revoked = match self.grants.is_revoked(&g.value().id) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            failed = Some(e);
+                            return std::ops::ControlFlow::Break(());
+                        }
+                    };
+                    let state = if revoked {
+                        GrantState::Revoked
+                    } else {
+                        GrantState::Issued
+                    };
+                    let status = GrantStatus {
+                        grant: g.envelope().clone(),
+                        revoked,
+                        issued: true,
+                    };
+                    let resume = GrantCursor::Issued(Some(g.value().id.clone()));
+                    take(g.value(), status, state, resume, &mut next)
+                });
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        if next.is_some() {
+            return Ok((out, next));
+        }
+        let after = match from {
+            GrantCursor::Issued(_) => None,
+            GrantCursor::Held(after) => after.as_ref(),
+        };
+        if filter.wants_held() {
+            self.grants.scan_held(after, |h| {
+                let status = GrantStatus {
+                    grant: h.grant.envelope().clone(),
+                    revoked: false,
+                    issued: false,
+                };
+                let resume = GrantCursor::Held(Some(h.grant.value().id.clone()));
+                take(h.grant.value(), status, GrantState::Held, resume, &mut next)
             });
         }
-        for h in self.grants.held() {
-            out.push(GrantStatus {
-                grant: h.grant.envelope().clone(),
-                revoked: false,
-                issued: false,
-            });
-        }
-        Ok(out)
+        Ok((out, next))
     }
 
     /// `Admin.RevokeGrant`: records `GrantRevoked` (no reason: "revoked by
@@ -330,6 +389,92 @@ impl NodeContext {
             reason
         };
         Ok(self.grants.revoke(grant, reason).await?.map(|a| a.index))
+    }
+}
+
+/// Grants `Admin.ListGrants` reads at most for one page.
+pub const GRANT_SCAN: usize = 10_000;
+
+/// Where a page of `Admin.ListGrants` starts: after this issued grant (or
+/// at the first), or after this held grant (or at the first held one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantCursor {
+    /// In the issued grants, after this id.
+    Issued(Option<GrantId>),
+    /// In the held grants, after this id.
+    Held(Option<GrantId>),
+}
+
+impl GrantCursor {
+    /// The page token for this cursor.
+    pub fn token(&self) -> String {
+        match self {
+            GrantCursor::Issued(None) => String::new(),
+            GrantCursor::Issued(Some(id)) => format!("issued:{id}"),
+            GrantCursor::Held(None) => "held:".into(),
+            GrantCursor::Held(Some(id)) => format!("held:{id}"),
+        }
+    }
+}
+
+impl std::str::FromStr for GrantCursor {
+    type Err = String;
+
+    /// Parses a page token (empty: the first page).
+    fn from_str(token: &str) -> Result<Self, String> {
+        let bad = || "invalid page token: expected one from a previous ListGrants response".to_owned();
+        let id = |text: &str| -> Result<Option<GrantId>, String> {
+            match text {
+                "" => Ok(None),
+                t => t.parse().map(Some).map_err(|_| bad()),
+            }
+        };
+        if token.is_empty() {
+            return Ok(GrantCursor::Issued(None));
+        }
+        match token.split_once(':') {
+            Some(("issued", rest)) if !rest.is_empty() => Ok(GrantCursor::Issued(id(rest)?)),
+            Some(("held", rest)) => Ok(GrantCursor::Held(id(rest)?)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// What a grant is to this node, for filtering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantState {
+    /// Issued and not revoked.
+    Issued,
+    /// Issued and revoked.
+    Revoked,
+    /// Held.
+    Held,
+}
+
+/// The grants `Admin.ListGrants` shows (each `None` matches any).
+#[derive(Clone, Debug, Default)]
+pub struct GrantFilter {
+    /// Only this dataset's grants.
+    pub dataset: Option<crate::dataset::DatasetId>,
+    /// Only grants to this node.
+    pub grantee: Option<crate::identity::NodeId>,
+    /// Only grants in this state.
+    pub state: Option<GrantState>,
+}
+
+impl GrantFilter {
+    fn matches(&self, g: &crate::exchange::grant::Grant, state: GrantState) -> bool {
+        self.dataset.as_ref().is_none_or(|d| *d == g.dataset)
+            && self.grantee.as_ref().is_none_or(|n| *n == g.grantee)
+            && self.state.is_none_or(|s| s == state)
+    }
+
+    fn wants_issued(&self) -> bool {
+        self.state != Some(GrantState::Held)
+    }
+
+    fn wants_held(&self) -> bool {
+        matches!(self.state, None | Some(GrantState::Held))
     }
 }
 

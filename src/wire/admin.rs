@@ -137,15 +137,51 @@ impl AdminClient {
         Ok(FetchEvents { stream })
     }
 
-    /// `Admin.ListGrants`: every grant the node issued, then every grant
-    /// it holds.
+    /// `Admin.ListGrants`, one page: the grants matching `request` from
+    /// its page token on, and the token of the next page (empty on the
+    /// last).
+    pub async fn list_grants_page(
+        &self,
+        request: pb::ListGrantsRequest,
+    ) -> Result<(Vec<GrantStatus>, String), PeerError> {
+        let pb::ListGrantsResponse {
+            grants,
+            next_page_token,
+        } = self.rpc().list_grants(request).await?.into_inner();
+        let grants = grants
+            .into_iter()
+            .map(GrantStatus::try_from)
+            .collect::<Result<_, _>>()?;
+        Ok((grants, next_page_token))
+    }
+
+    /// `Admin.ListGrants`, every page: every grant matching `request` the
+    /// node issued, then every one it holds.
+    pub async fn list_grants_matching(
+        &self,
+        mut request: pb::ListGrantsRequest,
+    ) -> Result<Vec<GrantStatus>, PeerError> {
+        let mut all = Vec::new();
+        loop {
+            let (page, next) = self.list_grants_page(request.clone()).await?;
+            all.extend(page);
+            if next.is_empty() {
+                return Ok(all);
+            }
+            if next == request.page_token {
+                return Err(PeerError::new(
+                    crate::peer::Code::DataLoss,
+                    "ListGrants returned the page token it was given: it would never end",
+                ));
+            }
+            request.page_token = next;
+        }
+    }
+
+    /// `Admin.ListGrants`, every page, unfiltered.
     pub async fn list_grants(&self) -> Result<Vec<GrantStatus>, PeerError> {
-        let pb::ListGrantsResponse { grants } = self
-            .rpc()
-            .list_grants(pb::ListGrantsRequest {})
-            .await?
-            .into_inner();
-        grants.into_iter().map(GrantStatus::try_from).collect()
+        self.list_grants_matching(pb::ListGrantsRequest::default())
+            .await
     }
 
     /// `Admin.RevokeGrant`: revokes a grant the node issued (once; again

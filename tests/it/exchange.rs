@@ -548,3 +548,139 @@ async fn grants_survive_restart_and_consumers_fetch_concurrently() {
         n.shutdown().await.expect("stop");
     }
 }
+
+/// Issue 20, finding 4: after ~15,000 grants an unpaged `ListGrants`
+/// outgrew the 4 MiB message limit for good. Pages are bounded, in id
+/// order, filterable, and the client follows them to the end.
+#[tokio::test]
+async fn grants_are_listed_a_page_at_a_time_with_filters() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let acme = consumer_in(&space, "acme", "CN-HE");
+    let beta = consumer_in(&space, "beta", "CN-BJ");
+    let pub_node = support::start(&publisher, |_| {}).await;
+    let acme_node = support::start(&acme, |_| {}).await;
+    let beta_node = support::start(&beta, |_| {}).await;
+    let ds = publish(&publisher, &pub_node, header("Roads", POLICY, 3), b"a,b")
+        .await
+        .expect("publish")
+        .dataset_id;
+    let mut acme_grants = Vec::new();
+    for _ in 0..7 {
+        acme_grants.push(granted(&acme, &acme_node, &ds, pub_node.local_addr()).await);
+    }
+    for _ in 0..5 {
+        granted(&beta, &beta_node, &ds, pub_node.local_addr()).await;
+    }
+    let pub_admin = admin(&publisher, &pub_node).await;
+    for id in &acme_grants[..2] {
+        pub_admin.revoke_grant(id, "test").await.expect("revoke");
+    }
+
+    // Pages of 5: 12 grants in 3 pages, each id once, in order.
+    let mut ids = Vec::new();
+    let mut request = pb::ListGrantsRequest {
+        limit: 5,
+        ..Default::default()
+    };
+    let mut pages = 0;
+    loop {
+        let (page, next) = pub_admin
+            .list_grants_page(request.clone())
+            .await
+            .expect("page");
+        pages += 1;
+        assert!(page.len() <= 5, "{}", page.len());
+        ids.extend(page.iter().map(|s| {
+            assert!(s.issued);
+            s.grant.clone()
+        }));
+        if next.is_empty() {
+            break;
+        }
+        request.page_token = next;
+    }
+    assert_eq!(ids.len(), 12);
+    assert!(pages >= 3, "{pages} pages");
+    let ids: Vec<String> = ids
+        .into_iter()
+        .map(|e| verify_grant(e, &publisher.identity.public_key).expect("grant").value().id.to_string())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "in id order, each once");
+
+    // Filters, followed over pages of 2.
+    let count = |grantee: &str, state: pb::GrantState| {
+        let request = pb::ListGrantsRequest {
+            limit: 2,
+            dataset_id: ds.clone(),
+            grantee: grantee.into(),
+            state: state as i32,
+            ..Default::default()
+        };
+        let a = pub_admin.clone();
+        async move { a.list_grants_matching(request).await.expect("list").len() }
+    };
+    let acme_id = acme.identity.node_id.to_string();
+    let beta_id = beta.identity.node_id.to_string();
+    assert_eq!(count(&beta_id, pb::GrantState::Unspecified).await, 5);
+    assert_eq!(count(&acme_id, pb::GrantState::Issued).await, 5);
+    assert_eq!(count(&acme_id, pb::GrantState::Revoked).await, 2);
+    assert_eq!(count("", pb::GrantState::Revoked).await, 2);
+    assert_eq!(count("", pb::GrantState::Held).await, 0);
+    let held = admin(&acme, &acme_node)
+        .await
+        .list_grants_matching(pb::ListGrantsRequest {
+            limit: 3,
+            state: pb::GrantState::Held as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("held");
+    assert_eq!(held.len(), 7);
+    assert!(held.iter().all(|s| !s.issued));
+
+    // Bad requests are refused, saying what was expected.
+    for (request, says) in [
+        (
+            pb::ListGrantsRequest {
+                page_token: "elsewhere:1".into(),
+                ..Default::default()
+            },
+            "invalid page token",
+        ),
+        (
+            pb::ListGrantsRequest {
+                limit: 1001,
+                ..Default::default()
+            },
+            "above the page cap of 1000",
+        ),
+        (
+            pb::ListGrantsRequest {
+                state: 9,
+                ..Default::default()
+            },
+            "unknown grant state 9",
+        ),
+        (
+            pb::ListGrantsRequest {
+                grantee: "nobody".into(),
+                ..Default::default()
+            },
+            "grantee",
+        ),
+    ] {
+        let err = pub_admin
+            .list_grants_page(request)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code, PeerCode::InvalidArgument, "{err:?}");
+        assert!(err.message.contains(says), "{}", err.message);
+    }
+    for n in [pub_node, acme_node, beta_node] {
+        n.shutdown().await.expect("stop");
+    }
+}

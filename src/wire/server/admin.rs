@@ -10,7 +10,13 @@ use tonic::{Request, Response, Status};
 use super::{NodeContext, SOFTWARE_VERSION, catalog, grant_id, object_in_store};
 use crate::exchange::fetch::{FetchOrder, MAX_STREAMS, Progress, default_streams};
 use crate::exchange::transfer::{ObjectOutput, Output};
+use crate::service::{GrantCursor, GrantFilter, GrantState};
 use crate::wire::{pb, status};
+
+/// Grants in a `ListGrants` page unless the caller asks for fewer.
+const GRANTS_PAGE: usize = 500;
+/// Grants in a `ListGrants` page at most (about 600 bytes each).
+const MAX_GRANTS_PAGE: usize = 1000;
 
 /// `dataspace.v1.Admin`.
 pub struct AdminService {
@@ -132,20 +138,60 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_grants(
         &self,
-        _request: Request<pb::ListGrantsRequest>,
+        request: Request<pb::ListGrantsRequest>,
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
-        let grants = self
+        let req = request.into_inner();
+        let limit = match req.limit as usize {
+            0 => GRANTS_PAGE,
+            n if n <= MAX_GRANTS_PAGE => n,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "limit {n} is above the page cap of {MAX_GRANTS_PAGE}"
+                )));
+            }
+        };
+        let from: GrantCursor = req.page_token.parse().map_err(Status::invalid_argument)?;
+        let filter = GrantFilter {
+            dataset: match req.dataset_id.as_str() {
+                "" => None,
+                d => Some(d.parse().map_err(|e: crate::dataset::DatasetError| {
+                    Status::invalid_argument(e.to_string())
+                })?),
+            },
+            grantee: match req.grantee.as_str() {
+                "" => None,
+                n => Some(n.parse().map_err(|e: crate::identity::IdError| {
+                    Status::invalid_argument(format!("grantee: {e}"))
+                })?),
+            },
+            state: match pb::GrantState::try_from(req.state) {
+                Ok(pb::GrantState::Unspecified) => None,
+                Ok(pb::GrantState::Issued) => Some(GrantState::Issued),
+                Ok(pb::GrantState::Revoked) => Some(GrantState::Revoked),
+                Ok(pb::GrantState::Held) => Some(GrantState::Held),
+                Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown grant state {}: expected 0 (any), 1 (issued), 2 (revoked) or 3 (held)",
+                        req.state
+                    )));
+                }
+            },
+        };
+        let (grants, next) = self
             .node
-            .grants()
-            .map_err(|e| status::book("reading grants", e))?
-            .into_iter()
-            .map(|g| pb::GrantStatus {
-                grant: Some((&g.grant).into()),
-                revoked: g.revoked,
-                issued: g.issued,
-            })
-            .collect();
-        Ok(Response::new(pb::ListGrantsResponse { grants }))
+            .grants_page(&filter, &from, limit)
+            .map_err(|e| status::book("reading grants", e))?;
+        Ok(Response::new(pb::ListGrantsResponse {
+            grants: grants
+                .into_iter()
+                .map(|g| pb::GrantStatus {
+                    grant: Some((&g.grant).into()),
+                    revoked: g.revoked,
+                    issued: g.issued,
+                })
+                .collect(),
+            next_page_token: next.map(|c| c.token()).unwrap_or_default(),
+        }))
     }
 
     async fn revoke_grant(
