@@ -13,7 +13,7 @@
 //!
 //! - Leaves: [`digest`] (the one hash type), [`fsutil`] (atomic writes,
 //!   secret-file permissions), [`clock`] (the time policies and grants are
-//!   checked at).
+//!   checked at), [`text`] (outside text made safe to show: escaped, cut).
 //! - Domain: [`identity`] (keys, node ids, certificates, the CA, roles),
 //!   [`codec`] (the canonical-bytes trait the domain names),
 //!   [`envelope`] (DSSE: sign, verify, check the signer an object names),
@@ -62,6 +62,7 @@ pub mod runtime;
 pub mod service;
 #[cfg(test)]
 mod testing;
+pub mod text;
 pub mod tiles;
 pub mod wire;
 pub mod witness;

@@ -66,13 +66,11 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    dsnode::runtime::logging::init(
+        match format {
+            LogFormat::Human => dsnode::runtime::logging::Format::Human,
+            LogFormat::Json => dsnode::runtime::logging::Format::Json,
+        },
+        default,
+    );
 }

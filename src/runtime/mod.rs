@@ -7,9 +7,11 @@
 //! - [`tls`]: rustls server/client configs, the accept loop, peer identity.
 //! - [`http`]: the accept loop and guards of the small HTTP/1.1
 //!   listeners (metrics, tlog-tiles, the auditor console).
+//! - [`logging`]: the log's formats, which escape and cut every field.
 //! - [`metrics`]: Prometheus metrics and the plain-HTTP `/metrics`, `/healthz`, `/readyz` listener.
 
 pub mod config;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod tls;

@@ -29,7 +29,7 @@ impl pb::peering_server::Peering for PeeringService {
         let info = caller(&request)?;
         tracing::info!(
             caller = %info.identity,
-            version = %request.get_ref().software_version,
+            version = %crate::text::shown(&request.get_ref().software_version),
             "hello"
         );
         Ok(Response::new(pb::HelloResponse {
