@@ -22,7 +22,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::text::{cut, shown_at_most};
 
 /// Bytes of one field value a log line holds at most.
-pub const LOG_FIELD_MAX: usize = 1024;
+pub const LOG_FIELD_MAX: usize = 512;
 
 /// The log's format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

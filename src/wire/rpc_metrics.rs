@@ -1,6 +1,14 @@
 //! Counting every RPC by its final gRPC status, as a tower layer in front
 //! of the services. Labels come from a fixed set (the RPCs of the role ×
 //! RPC table, gRPC codes), never from a peer.
+//!
+//! The same layer sees every status the node sends, and makes each safe
+//! to send ([`tidy_status`]): messages often quote the request, so each is
+//! cut to [`MESSAGE_MAX`] bytes and escaped (a 3.9 MB field once came
+//! back as a 3.9 MB `grpc-message`, past the header limit of common
+//! clients); and a request body tonic could not decode, which it answers
+//! `Internal`, is answered `InvalidArgument`: the caller's mistake, not
+//! the node's.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +20,50 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
 use crate::runtime::metrics::Metrics;
+use crate::text::{MESSAGE_MAX, is_plain, shown_at_most};
+
+/// How tonic begins its message for a request body it could not decode.
+const UNDECODABLE: &str = "failed to decode Protobuf message";
+
+/// Bytes percent-encoded in a `grpc-message` (the gRPC spec: anything
+/// outside printable ASCII, and `%`).
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// Makes the status in `headers` (response headers of a trailers-only
+/// answer, or trailers) safe to send: the message cut to [`MESSAGE_MAX`]
+/// bytes and escaped, an undecodable request `InvalidArgument`.
+pub fn tidy_status(headers: &mut http::HeaderMap) {
+    let Some(message) = headers.get("grpc-message") else {
+        return;
+    };
+    let text = percent_encoding::percent_decode(message.as_bytes())
+        .decode_utf8_lossy()
+        .into_owned();
+    let internal = headers
+        .get("grpc-status")
+        .is_some_and(|c| tonic::Code::from_bytes(c.as_bytes()) == tonic::Code::Internal);
+    let undecodable = internal && text.starts_with(UNDECODABLE);
+    if !undecodable && is_plain(&text, MESSAGE_MAX) {
+        return;
+    }
+    let text = if undecodable {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(tonic::Code::InvalidArgument as i32),
+        );
+        format!(
+            "the request is not a valid protobuf message of this RPC's request type: {}",
+            text.trim_start_matches(UNDECODABLE).trim_start_matches(':').trim()
+        )
+    } else {
+        text
+    };
+    let shown = shown_at_most(&text, MESSAGE_MAX).to_string();
+    let encoded = percent_encoding::utf8_percent_encode(&shown, GRPC_MESSAGE).to_string();
+    if let Ok(value) = http::HeaderValue::try_from(encoded) {
+        headers.insert("grpc-message", value);
+    }
+}
 
 /// The service and method of a gRPC path, if it is one this node serves;
 /// anything else is `unknown`, so no label comes from a peer.
@@ -85,8 +137,9 @@ where
         let metrics = self.metrics.clone();
         let future = self.inner.call(req);
         Box::pin(async move {
-            let response = future.await?;
+            let mut response = future.await?;
             // An immediate error is trailers-only: its status is here.
+            tidy_status(response.headers_mut());
             if let Some(code) = response.headers().get("grpc-status") {
                 metrics.rpc_done(service, method, code_name(code));
                 return Ok(response);
@@ -123,9 +176,12 @@ impl Body for CountedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &mut polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    tidy_status(trailers);
+                }
                 if let Some(code) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
                     let code = code_name(code);
                     self.record(code);
@@ -180,5 +236,60 @@ mod tests {
         assert_eq!(code_name(&v), "PermissionDenied");
         let junk = http::HeaderValue::from_static("x");
         assert_eq!(code_name(&junk), "Unknown");
+    }
+
+    fn status(code: tonic::Code, message: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from(code as i32));
+        let encoded = percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE).to_string();
+        h.insert("grpc-message", encoded.parse().expect("header"));
+        h
+    }
+
+    fn message(h: &http::HeaderMap) -> String {
+        let v = h.get("grpc-message").expect("message");
+        percent_encoding::percent_decode(v.as_bytes())
+            .decode_utf8()
+            .expect("utf-8")
+            .into_owned()
+    }
+
+    #[test]
+    fn a_status_echoing_a_huge_or_hostile_value_is_cut_and_escaped() {
+        let huge = format!("classification `{}` is unknown", "x".repeat(3_900_000));
+        let mut h = status(tonic::Code::InvalidArgument, &huge);
+        tidy_status(&mut h);
+        let m = message(&h);
+        assert!(m.len() < MESSAGE_MAX + 40, "{}", m.len());
+        assert!(m.ends_with("(3900028 bytes in all)"), "{m}");
+        assert_eq!(h["grpc-status"], "3");
+
+        let mut h = status(tonic::Code::NotFound, "no dataset `a\nb\u{1b}`");
+        tidy_status(&mut h);
+        assert_eq!(message(&h), "no dataset `a\\nb\\u{1b}`");
+
+        // Plain messages pass untouched, Chinese included.
+        let mut h = status(tonic::Code::PermissionDenied, "用途 `marketing` 不在许可中");
+        let before = h.clone();
+        tidy_status(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn an_undecodable_request_is_the_callers_mistake() {
+        let mut h = status(
+            tonic::Code::Internal,
+            "failed to decode Protobuf message: invalid wire type value: 7",
+        );
+        tidy_status(&mut h);
+        assert_eq!(h["grpc-status"], "3");
+        assert_eq!(
+            message(&h),
+            "the request is not a valid protobuf message of this RPC's request type: invalid wire type value: 7"
+        );
+        // The node's own internal errors stay Internal.
+        let mut h = status(tonic::Code::Internal, "internal error while reading; see the node's log");
+        tidy_status(&mut h);
+        assert_eq!(h["grpc-status"], "13");
     }
 }

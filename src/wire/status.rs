@@ -104,7 +104,9 @@ impl From<Status> for PeerError {
         let cause = std::error::Error::source(&s).map(|_| crate::wire::client::deepest_cause(&s));
         PeerError {
             code: peer_code(s.code()),
-            message: s.message().to_owned(),
+            // A hostile node's message is shown to this node's operator:
+            // never raw control characters, never megabytes.
+            message: crate::text::shown_at_most(s.message(), crate::text::MESSAGE_MAX).to_string(),
             shown,
             cause,
         }

@@ -13,6 +13,7 @@ mod exchange;
 mod faults;
 mod fuzz_corpus;
 mod h2limits;
+mod hostile;
 mod interop;
 mod ledger;
 mod ledger_rpc;

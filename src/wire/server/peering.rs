@@ -29,7 +29,8 @@ impl pb::peering_server::Peering for PeeringService {
         let info = caller(&request)?;
         tracing::info!(
             caller = %info.identity,
-            version = %crate::text::shown(&request.get_ref().software_version),
+            // Escaped and cut by the log's formatter (runtime::logging).
+            version = %request.get_ref().software_version,
             "hello"
         );
         Ok(Response::new(pb::HelloResponse {

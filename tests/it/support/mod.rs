@@ -200,23 +200,31 @@ pub(crate) async fn start_with(node: &NodeDir, tweak: impl FnOnce(&mut Config)) 
     node::start(config).await.expect("node starts")
 }
 
-/// A `dsnode serve` process, serving; its JSON log lines arrive on a
+/// A `dsnode serve` process, serving; its log lines arrive on a
 /// channel.
 pub(crate) struct Served {
     pub(crate) child: std::process::Child,
     /// The address it serves on (from its `serving` log event).
     pub(crate) addr: SocketAddr,
-    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Served {
-    /// Starts `dsnode serve` on `data_dir` and waits until it serves.
+    /// Starts `dsnode serve` on `data_dir` with JSON logs and waits until
+    /// it serves.
     pub(crate) fn start_serving(data_dir: &Path) -> Self {
+        Self::start_logging(data_dir, "json")
+    }
+
+    /// Starts `dsnode serve` on `data_dir` with logs in `format` (`json`
+    /// or `human`) and waits until it serves.
+    pub(crate) fn start_logging(data_dir: &Path, format: &str) -> Self {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_dsnode"))
-            .args(["--log-format", "json", "serve", "--data-dir"])
+            .args(["--log-format", format, "serve", "--data-dir"])
             .arg(data_dir)
             .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn serve");
@@ -227,9 +235,7 @@ impl Served {
                 .lines()
                 .map_while(Result::ok)
             {
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
-                if tx.send(value).is_err() {
+                if tx.send(line).is_err() {
                     break;
                 }
             }
@@ -241,27 +247,43 @@ impl Served {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             lines,
         };
-        served.addr = served.wait_for("serving")["fields"]["addr"]
-            .as_str()
-            .expect("addr")
-            .parse()
-            .expect("addr");
+        let addr = if format == "json" {
+            served.wait_for("serving")["fields"]["addr"]
+                .as_str()
+                .expect("addr")
+                .to_owned()
+        } else {
+            let line = served.wait_for_line(|l| l.contains(" serving "));
+            let (_, rest) = line.split_once("addr=").expect("addr");
+            rest.split_whitespace().next().expect("addr").to_owned()
+        };
+        served.addr = addr.parse().expect("addr");
         served
     }
 
-    /// Waits for a log event whose message is `message`.
-    pub(crate) fn wait_for(&self, message: &str) -> serde_json::Value {
+    /// Waits for a log line `want` accepts, and returns it as written.
+    pub(crate) fn wait_for_line(&self, mut want: impl FnMut(&str) -> bool) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = self
                 .lines
                 .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no `{message}` log event"));
-            if line["fields"]["message"] == message {
+                .unwrap_or_else(|_| panic!("no such log line"));
+            if want(&line) {
                 return line;
             }
         }
+    }
+
+    /// Waits for a log event whose message is `message` (JSON logs).
+    pub(crate) fn wait_for(&self, message: &str) -> serde_json::Value {
+        let line = self.wait_for_line(|line| {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+            value["fields"]["message"] == message
+        });
+        serde_json::from_str(&line).expect("JSON")
     }
 
     /// Sends SIGTERM and waits for the process to exit 0; on anything

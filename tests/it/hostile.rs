@@ -1,0 +1,138 @@
+//! Issue 20 (hardening II): what one certified but hostile participant
+//! sends must not reach other people raw: not the operator's log or
+//! terminal (findings 1 and 7), not as a misfiled server error (finding 8).
+
+use dsnode::wire::pb;
+
+use crate::support::{self, DataSpace, Served};
+
+/// A software version that, written raw, forges a log line granting
+/// access and clears the operator's terminal.
+const FORGED: &str = "1.0\n2026-12-02T00:00:00.000000Z  INFO dsnode: access granted to everyone\x1b[2J";
+
+/// Peering.Hello from `client` to the node at `addr`, with `version`.
+async fn hello(client: &support::NodeDir, addr: std::net::SocketAddr, version: String) {
+    let conn = support::connect_addr(client, addr).await;
+    pb::peering_client::PeeringClient::new(conn.channel)
+        .hello(pb::HelloRequest {
+            software_version: version,
+        })
+        .await
+        .expect("hello");
+}
+
+fn serving(space: &DataSpace, format: &str) -> (Served, support::NodeDir) {
+    let server = space.node("server", "publisher");
+    std::fs::write(server.dir.config(), "listen = \"127.0.0.1:0\"\n[transport]\ndrain_deadline = \"2s\"\n").expect("config");
+    (
+        Served::start_logging(server.dir.root(), format),
+        space.node("client", "consumer"),
+    )
+}
+
+/// Finding 1, human log. Defence: `runtime::logging::EscapedFields`. A newline in a peer's version
+/// was a forged log line, ESC sequences reached the terminal, and a 3.9 MB
+/// version grew the log by 3.9 MB a call.
+#[tokio::test]
+async fn a_peers_text_cannot_forge_colour_or_flood_the_human_log() {
+    let space = DataSpace::new();
+    let (served, client) = serving(&space, "human");
+    hello(&client, served.addr, FORGED.into()).await;
+    let line = served.wait_for_line(|l| l.contains(" hello "));
+    assert!(!line.contains('\x1b'), "{line}");
+    assert!(
+        line.contains("version=1.0\\n2026-12-02T00:00:00.000000Z  INFO dsnode: access granted to everyone\\u{1b}[2J"),
+        "{line}"
+    );
+
+    hello(&client, served.addr, "v".repeat(3_900_000)).await;
+    let line = served.wait_for_line(|l| l.contains(" hello "));
+    assert!(line.len() < 1024, "{} bytes: {line}", line.len());
+    assert!(line.contains("(3900000 bytes in all)"), "{line}");
+    served.terminate_cleanly();
+}
+
+/// Finding 1, JSON log. Defence: `runtime::logging::CappedJson`. JSON
+/// escaped the newline but wrote all 3.9 MB.
+#[tokio::test]
+async fn a_peers_text_is_cut_in_the_json_log() {
+    let space = DataSpace::new();
+    let (served, client) = serving(&space, "json");
+    hello(&client, served.addr, "v".repeat(3_900_000)).await;
+    let line = served.wait_for("hello");
+    let version = line["fields"]["version"].as_str().expect("version");
+    assert!(version.len() < 600, "{} bytes", version.len());
+    assert!(version.ends_with("(3900000 bytes in all)"), "{version}");
+    served.terminate_cleanly();
+}
+
+/// Finding 7. Defence: `wire::rpc_metrics::tidy_status` (every status
+/// the node sends) and `text::shown_at_most` in `PeerError` (every status
+/// this node is sent). A 3.9 MB `classification` came back as a 3.9 MB
+/// grpc-message, past the 64 KiB header limit of common clients.
+#[tokio::test]
+async fn an_echoed_request_value_comes_back_cut_and_escaped() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let node = support::start(&server, |_| {}).await;
+    let conn = support::connect(&client, &node).await;
+    let huge = format!("\x1b[2J{}", "x".repeat(3_900_000));
+    let err = pb::catalog_client::CatalogClient::new(conn.channel.clone())
+        .list_datasets(pb::ListDatasetsRequest {
+            classification: huge,
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown classification");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", err.message());
+    let message = err.message();
+    assert!(message.len() < 1100, "{} bytes", message.len());
+    assert!(!message.contains('\x1b'), "{message}");
+    assert!(message.contains("\\u{1b}[2Jxxx"), "{message}");
+    assert!(message.ends_with("bytes in all)"), "{message}");
+    node.shutdown().await.expect("stop");
+}
+
+/// A HelloRequest whose field 1 has the wrong wire type (a varint where a
+/// string belongs).
+#[derive(Clone, PartialEq, prost::Message)]
+struct WrongHello {
+    #[prost(uint64, tag = "1")]
+    version: u64,
+}
+
+/// Finding 8: an undecodable request body is the caller's mistake,
+/// answered INVALID_ARGUMENT (tonic's default is INTERNAL, which the node
+/// counted as its own error). Defence: `wire::rpc_metrics::tidy_status`.
+#[tokio::test]
+async fn an_undecodable_request_is_invalid_argument_not_a_server_error() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let node = support::start(&server, |_| {}).await;
+    let conn = support::connect(&client, &node).await;
+    let mut grpc = tonic::client::Grpc::new(conn.channel.clone());
+    grpc.ready().await.expect("ready");
+    let err = grpc
+        .unary(
+            tonic::Request::new(WrongHello { version: 7 }),
+            http::uri::PathAndQuery::from_static("/dataspace.v1.Peering/Hello"),
+            tonic_prost::ProstCodec::<WrongHello, pb::HelloResponse>::default(),
+        )
+        .await
+        .expect_err("undecodable");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message()
+            .starts_with("the request is not a valid protobuf message of this RPC's request type"),
+        "{}",
+        err.message()
+    );
+    // The node still answers well-formed calls on the same connection.
+    pb::peering_client::PeeringClient::new(conn.channel)
+        .hello(pb::HelloRequest::default())
+        .await
+        .expect("hello after");
+    node.shutdown().await.expect("stop");
+}
