@@ -266,7 +266,9 @@ pub(crate) async fn bare_exchange<S: dsnode::wire::pb::exchange_server::Exchange
             handshake_timeout: t.handshake_timeout,
             max_handshakes: t.max_handshakes,
             max_connections: t.max_connections,
+            max_connections_per_peer: t.max_connections_per_peer,
         },
+        node::load_credentials(dir)?.identity.node_id,
         std::sync::Arc::new(tls::ConnectionRegistry::default()),
         stop.clone(),
     ));

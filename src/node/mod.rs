@@ -624,7 +624,9 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             handshake_timeout: t.handshake_timeout,
             max_handshakes: t.max_handshakes,
             max_connections: t.max_connections,
+            max_connections_per_peer: t.max_connections_per_peer,
         },
+        creds.identity.node_id.clone(),
         registry.clone(),
         stop_accept.clone(),
     ));

@@ -419,6 +419,7 @@ impl Default for WitnessConfig {
 pub struct RawTransport {
     pub handshake_timeout: Option<HumanDuration>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_peer: Option<usize>,
     pub max_handshakes: Option<usize>,
     pub max_connection_age: Option<HumanDuration>,
     pub max_connection_age_grace: Option<HumanDuration>,
@@ -444,8 +445,13 @@ pub struct RawTransport {
 pub struct TransportConfig {
     /// A TLS handshake not finished in this time is dropped (slow-loris).
     pub handshake_timeout: Duration,
-    /// Verified connections open at most; more are refused.
+    /// Verified connections open at most; more are refused. The node's
+    /// own certificate is not counted (its operator always gets in).
     pub max_connections: usize,
+    /// Verified connections one certificate may hold open at most; more
+    /// are refused, naming this limit, so that one participant cannot
+    /// take every slot.
+    pub max_connections_per_peer: usize,
     /// TLS handshakes in progress at most; past it the oldest pending one
     /// is dropped (slow-loris connections never queue real clients).
     pub max_handshakes: usize,
@@ -492,6 +498,7 @@ impl Default for TransportConfig {
         Self {
             handshake_timeout: Duration::from_secs(5),
             max_connections: 1024,
+            max_connections_per_peer: 64,
             max_handshakes: 256,
             max_connection_age: Duration::from_secs(30 * 60),
             max_connection_age_grace: Duration::from_secs(60),
@@ -578,6 +585,9 @@ impl Config {
         let transport = TransportConfig {
             handshake_timeout: dur(t.handshake_timeout, d.handshake_timeout),
             max_connections: t.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_peer: t
+                .max_connections_per_peer
+                .unwrap_or(d.max_connections_per_peer),
             max_handshakes: t.max_handshakes.unwrap_or(d.max_handshakes),
             max_connection_age: dur(t.max_connection_age, d.max_connection_age),
             max_connection_age_grace: dur(t.max_connection_age_grace, d.max_connection_age_grace),
@@ -616,8 +626,12 @@ impl Config {
                 "must be between 16384 and 16777215 bytes",
             ));
         }
-        let positive: [(&'static str, bool); 9] = [
+        let positive: [(&'static str, bool); 10] = [
             ("transport.max_connections", transport.max_connections > 0),
+            (
+                "transport.max_connections_per_peer",
+                transport.max_connections_per_peer > 0,
+            ),
             ("transport.max_handshakes", transport.max_handshakes > 0),
             (
                 "transport.max_concurrent_streams",
@@ -833,6 +847,7 @@ impl Config {
              [transport]\n\
              # handshake_timeout = \"{}\"\n\
              # max_connections = {}\n\
+             # max_connections_per_peer = {}\n\
              # max_connection_age = \"{}\"\n\
              # max_connection_age_grace = \"{}\"\n\
              # max_concurrent_streams = {}\n\
@@ -840,6 +855,7 @@ impl Config {
              # drain_deadline = \"{}\"\n",
             humantime::format_duration(d.handshake_timeout),
             d.max_connections,
+            d.max_connections_per_peer,
             humantime::format_duration(d.max_connection_age),
             humantime::format_duration(d.max_connection_age_grace),
             d.max_concurrent_streams,

@@ -48,6 +48,12 @@ struct Reason {
     reason: &'static str,
 }
 
+/// A connection limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Limit {
+    limit: &'static str,
+}
+
 /// One node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +62,7 @@ pub struct Metrics {
     transfers: Family<Kind, Counter>,
     bytes_served: Counter,
     handshake_failures: Family<Reason, Counter>,
+    connections_refused: Family<Limit, Counter>,
     ledger_size: Gauge,
     open_connections: Gauge,
     batch_size: Histogram,
@@ -118,6 +125,13 @@ impl Metrics {
             "TLS handshakes refused or timed out, by reason",
             handshake_failures.clone(),
         );
+        let connections_refused = Family::<Limit, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Verified connections refused by a limit (per_peer: \
+             [transport] max_connections_per_peer; global: max_connections)",
+            connections_refused.clone(),
+        );
         let ledger_size = Gauge::default();
         registry.register(
             "ledger_entries",
@@ -179,6 +193,7 @@ impl Metrics {
             transfers,
             bytes_served,
             handshake_failures,
+            connections_refused,
             ledger_size,
             open_connections,
             batch_size,
@@ -305,6 +320,10 @@ impl Metrics {
             .set(i64::try_from(connections.open_count()).unwrap_or(i64::MAX));
         for (reason, n) in connections.handshake_failures_by_reason() {
             let c = self.handshake_failures.get_or_create(&Reason { reason });
+            c.inc_by(n.saturating_sub(c.get()));
+        }
+        for (limit, n) in connections.refusals_by_limit() {
+            let c = self.connections_refused.get_or_create(&Limit { limit });
             c.inc_by(n.saturating_sub(c.get()));
         }
         let mut text = String::new();

@@ -206,6 +206,10 @@ pub struct PeerConnectInfo {
     pub identity: Arc<PeerIdentity>,
     /// Connection number, for logs.
     pub connection: u64,
+    /// Set when a connection limit refused this connection: every call on
+    /// it is answered `ResourceExhausted` with this text (naming the
+    /// limit), and the connection is closed shortly after.
+    pub refused: Option<Arc<str>>,
 }
 
 /// A TLS configuration in force; swapped when the CRL reloads.
@@ -251,11 +255,30 @@ pub struct ConnectionRegistry {
     next: AtomicU64,
     state: Mutex<Registry>,
     handshake_failures: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    refusals: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+/// An open verified connection.
+struct Open {
+    serial: Vec<u8>,
+    peer: crate::identity::NodeId,
+    token: CancellationToken,
+}
+
+/// Why a verified connection was not registered.
+#[derive(Debug, PartialEq, Eq)]
+enum NotRegistered {
+    /// The CRL now in force revokes its certificate.
+    Revoked,
+    /// Its certificate already has this many connections open.
+    PerPeer(usize),
 }
 
 #[derive(Default)]
 struct Registry {
-    open: HashMap<u64, (Vec<u8>, CancellationToken)>,
+    open: HashMap<u64, Open>,
+    /// Open connections by the peer's node id (its certificate's key).
+    per_peer: HashMap<crate::identity::NodeId, usize>,
     /// Serials the CRL in force revokes. A handshake that began under an
     /// older CRL is checked against this when it registers, so a reload
     /// racing a handshake cannot let a revoked peer in.
@@ -263,16 +286,70 @@ struct Registry {
 }
 
 impl ConnectionRegistry {
-    /// Registers a verified connection, unless its serial is revoked.
-    fn register(self: &Arc<Self>, serial: Vec<u8>) -> Option<(u64, CancellationToken)> {
+    /// Registers a verified connection, unless its serial is revoked or
+    /// its peer already has `per_peer` connections open.
+    fn register(
+        &self,
+        identity: &PeerIdentity,
+        per_peer: usize,
+    ) -> Result<(u64, CancellationToken), NotRegistered> {
         let mut state = self.lock();
-        if state.revoked.contains(&serial) {
-            return None;
+        if state.revoked.contains(&identity.serial) {
+            return Err(NotRegistered::Revoked);
         }
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = state.per_peer.entry(identity.node_id.clone()).or_default();
+        if *count >= per_peer {
+            return Err(NotRegistered::PerPeer(*count));
+        }
+        *count += 1;
+        let id = self.next_id();
         let token = CancellationToken::new();
-        state.open.insert(id, (serial, token.clone()));
-        Some((id, token))
+        state.open.insert(
+            id,
+            Open {
+                serial: identity.serial.clone(),
+                peer: identity.node_id.clone(),
+                token: token.clone(),
+            },
+        );
+        Ok((id, token))
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Forgets connection `id` (closed).
+    fn unregister(&self, id: u64) {
+        let mut state = self.lock();
+        if let Some(open) = state.open.remove(&id) {
+            if let Some(n) = state.per_peer.get_mut(&open.peer) {
+                *n -= 1;
+                if *n == 0 {
+                    state.per_peer.remove(&open.peer);
+                }
+            }
+        }
+    }
+
+    /// Connections refused by a limit since start, by limit (`per_peer`,
+    /// `global`).
+    pub fn refusals_by_limit(&self) -> Vec<(&'static str, u64)> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(r, n)| (*r, *n))
+            .collect()
+    }
+
+    fn refused(&self, limit: &'static str) {
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(limit)
+            .or_default() += 1;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -318,9 +395,9 @@ impl ConnectionRegistry {
         let mut state = self.lock();
         state.revoked = serials.into_iter().collect();
         let mut cut = 0;
-        for (serial, token) in state.open.values() {
-            if state.revoked.contains(serial) {
-                token.cancel();
+        for open in state.open.values() {
+            if state.revoked.contains(&open.serial) {
+                open.token.cancel();
                 cut += 1;
             }
         }
@@ -329,8 +406,8 @@ impl ConnectionRegistry {
 
     /// Cuts every open connection (end of the shutdown drain).
     pub fn cut_all(&self) {
-        for (_, token) in self.lock().open.values() {
-            token.cancel();
+        for open in self.lock().open.values() {
+            open.token.cancel();
         }
     }
 }
@@ -343,7 +420,9 @@ pub struct PeerConnection {
     info: PeerConnectInfo,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
     registry: Arc<ConnectionRegistry>,
-    _permit: OwnedSemaphorePermit,
+    /// A slot of `max_connections` (none for the node's own certificate,
+    /// which always gets one), or of the refusals lingering.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl PeerConnection {
@@ -360,7 +439,7 @@ impl PeerConnection {
 
 impl Drop for PeerConnection {
     fn drop(&mut self) {
-        self.registry.lock().open.remove(&self.info.connection);
+        self.registry.unregister(self.info.connection);
     }
 }
 
@@ -484,8 +563,20 @@ pub struct AcceptLimits {
     /// verified peers, nor hold real clients in a queue.
     pub max_handshakes: usize,
     /// Verified connections open at most; beyond it new peers are refused.
+    /// The node's own certificate is not counted: it always gets a slot.
     pub max_connections: usize,
+    /// Verified connections one certificate (one node id) may hold open
+    /// at most, so that one participant cannot take every slot.
+    pub max_connections_per_peer: usize,
 }
+
+/// Refused connections kept open at once to say why (each answers its
+/// calls `ResourceExhausted` naming the limit, then closes); past it a
+/// refused connection is closed without a word.
+const MAX_REFUSALS: usize = 32;
+
+/// How long a refused connection stays open to answer its calls.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
 /// Accepts TCP connections on `listener` and completes TLS handshakes, each
 /// in its own task, sending verified connections to the returned channel
@@ -494,12 +585,15 @@ pub fn accept_loop(
     listener: TcpListener,
     config: ServerConfigCell,
     limits: AcceptLimits,
+    own: crate::identity::NodeId,
     registry: Arc<ConnectionRegistry>,
     stop: CancellationToken,
 ) -> mpsc::Receiver<Result<PeerConnection, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let pending = Arc::new(Pending::default());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let own = Arc::new(own);
     tokio::spawn(async move {
         loop {
             // Every connection is accepted at once (a queue in the kernel
@@ -525,6 +619,8 @@ pub fn accept_loop(
             let tx = tx.clone();
             let registry = registry.clone();
             let slots = slots.clone();
+            let refusals = refusals.clone();
+            let own = own.clone();
             let (handshake_id, evicted) = pending.start(limits.max_handshakes, &registry);
             let pending = pending.clone();
             tokio::spawn(async move {
@@ -559,22 +655,79 @@ pub fn accept_loop(
                         return;
                     }
                 };
-                let Ok(permit) = slots.try_acquire_owned() else {
-                    tracing::warn!(peer = %remote_addr, node = %identity.node_id, "connection limit reached; refusing");
-                    return;
+                let identity = Arc::new(identity);
+                let refuse = |stream, limit: &'static str, why: String| {
+                    registry.refused(limit);
+                    tracing::warn!(peer = %remote_addr, node = %identity.node_id, limit, "connection refused: {why}");
+                    // Said to the peer on every call, for a moment; past
+                    // MAX_REFUSALS lingering, the connection just closes.
+                    let permit = refusals.clone().try_acquire_owned().ok()?;
+                    let token = CancellationToken::new();
+                    let linger = token.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(REFUSAL_LINGER).await;
+                        linger.cancel();
+                    });
+                    Some(PeerConnection {
+                        inner: stream,
+                        info: PeerConnectInfo {
+                            remote_addr,
+                            identity: identity.clone(),
+                            connection: registry.next_id(),
+                            refused: Some(why.into()),
+                        },
+                        cut: Box::pin(token.cancelled_owned()),
+                        registry: registry.clone(),
+                        _permit: Some(permit),
+                    })
                 };
-                let Some((connection, token)) = registry.register(identity.serial.clone()) else {
-                    registry.handshake_failed("revoked");
-                    tracing::info!(peer = %remote_addr, node = %identity.node_id, "certificate revoked by the CRL now in force; refusing");
-                    return;
+                // The node's own certificate (its operator's CLI) is not
+                // counted against max_connections: it always gets a slot.
+                let permit = if identity.node_id == *own {
+                    None
+                } else {
+                    match slots.try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => {
+                            let why = format!(
+                                "this node has all its {} connection slots in use ([transport] max_connections); retry later",
+                                limits.max_connections
+                            );
+                            if let Some(conn) = refuse(stream, "global", why) {
+                                let _ = tx.send(Ok(conn)).await;
+                            }
+                            return;
+                        }
+                    }
                 };
+                let (connection, token) =
+                    match registry.register(&identity, limits.max_connections_per_peer) {
+                        Ok(registered) => registered,
+                        Err(NotRegistered::Revoked) => {
+                            registry.handshake_failed("revoked");
+                            tracing::info!(peer = %remote_addr, node = %identity.node_id, "certificate revoked by the CRL now in force; refusing");
+                            return;
+                        }
+                        Err(NotRegistered::PerPeer(open)) => {
+                            drop(permit);
+                            let why = format!(
+                                "this certificate ({}) already has {open} connections open to this node, its limit ([transport] max_connections_per_peer); reuse or close them",
+                                identity.node_id
+                            );
+                            if let Some(conn) = refuse(stream, "per_peer", why) {
+                                let _ = tx.send(Ok(conn)).await;
+                            }
+                            return;
+                        }
+                    };
                 tracing::debug!(peer = %remote_addr, node = %identity.node_id, connection, "connection open");
                 let conn = PeerConnection {
                     inner: stream,
                     info: PeerConnectInfo {
                         remote_addr,
-                        identity: Arc::new(identity),
+                        identity,
                         connection,
+                        refused: None,
                     },
                     cut: Box::pin(token.cancelled_owned()),
                     registry,

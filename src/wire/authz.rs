@@ -223,7 +223,13 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let path = req.uri().path();
-        let decision = match req.extensions().get::<PeerConnectInfo>() {
+        let info = req.extensions().get::<PeerConnectInfo>();
+        // A connection a limit refused answers every call with the limit.
+        if let Some(why) = info.and_then(|i| i.refused.clone()) {
+            let response = tonic::Status::resource_exhausted(why.to_string()).into_http::<RB>();
+            return Box::pin(async move { Ok(response) });
+        }
+        let decision = match info {
             Some(info) => authorize(path, &info.identity, &self.own),
             None => Err(Refusal::NoCertificate),
         };

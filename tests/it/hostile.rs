@@ -136,3 +136,92 @@ async fn an_undecodable_request_is_invalid_argument_not_a_server_error() {
         .expect("hello after");
     node.shutdown().await.expect("stop");
 }
+
+/// Peering.Hello on `conn`: the code the node answered, and its message.
+async fn hello_on(conn: &dsnode::wire::client::PeerChannel) -> Result<(), tonic::Status> {
+    pb::peering_client::PeeringClient::new(conn.channel.clone())
+        .hello(pb::HelloRequest::default())
+        .await
+        .map(|_| ())
+}
+
+/// Finding 2. Defence: `[transport] max_connections_per_peer` in the
+/// accept loop (`runtime::tls`), the own certificate outside
+/// `max_connections`, and refused connections answering
+/// `ResourceExhausted` naming the limit. One certificate with 1,100 open
+/// connections left another participant no slot and made the operator's
+/// own `dsnode status` fail with "the peer refused this node's
+/// certificate".
+#[tokio::test]
+async fn one_certificate_cannot_take_every_connection_slot() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let node = support::start_with(&server, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.transport.max_connections_per_peer = 3;
+        c.transport.max_connections = 7;
+    })
+    .await;
+    let addr = node.local_addr();
+    let hog = space.node("hog", "consumer");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let conn = support::connect_addr(&hog, addr).await;
+        hello_on(&conn).await.expect("within the per-peer limit");
+        held.push(conn);
+    }
+    // The fourth connection of the same certificate is refused, naming
+    // the limit, on every call.
+    let extra = support::connect_addr(&hog, addr).await;
+    let err = hello_on(&extra).await.expect_err("over the per-peer limit");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+    assert!(
+        err.message().contains("already has 3 connections open")
+            && err.message().contains("max_connections_per_peer"),
+        "{}",
+        err.message()
+    );
+    drop(extra);
+
+    // Another participant still gets in.
+    let other = space.node("other", "consumer");
+    let conn = support::connect_addr(&other, addr).await;
+    hello_on(&conn).await.expect("another participant gets a slot");
+    held.push(conn);
+
+    // Fill the node: 7 slots, 4 taken; a third participant takes 3.
+    let third = space.node("third", "consumer");
+    for _ in 0..3 {
+        let conn = support::connect_addr(&third, addr).await;
+        hello_on(&conn).await.expect("within both limits");
+        held.push(conn);
+    }
+    // Full: a newcomer is told so, naming the limit ...
+    let late = space.node("late", "consumer");
+    let err = hello_on(&support::connect_addr(&late, addr).await)
+        .await
+        .expect_err("no slot left");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+    assert!(
+        err.message().contains("all its 7 connection slots in use"),
+        "{}",
+        err.message()
+    );
+    // ... and the node's own certificate (its operator's CLI) gets in.
+    let own = support::connect_addr(&server, addr).await;
+    dsnode::wire::admin::AdminClient::new(&own)
+        .status()
+        .await
+        .expect("the operator's status call gets a slot");
+
+    let metrics = node.metrics_addr().expect("metrics listener");
+    let text = support::http(metrics, "GET", "/metrics").await.body;
+    for line in [
+        "dsnode_connections_refused_total{limit=\"per_peer\"} 1",
+        "dsnode_connections_refused_total{limit=\"global\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+    drop(held);
+    node.shutdown().await.expect("stop");
+}
