@@ -73,6 +73,9 @@ pub enum AccessError {
     /// The publisher could not be asked, or refused.
     #[error(transparent)]
     Peer(#[from] PeerError),
+    /// A per-peer limit refused the request.
+    #[error(transparent)]
+    Limited(#[from] super::limits::Limited),
 }
 
 /// A checked access request: which dataset, and what for.
@@ -166,7 +169,28 @@ impl Publisher<'_> {
                     policy.hash(),
                     now,
                 );
-                let (grant, appended) = issue(self.grants, self.key, grant).await?;
+                let cap = self.limits.config().max_live_grants_per_peer;
+                let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+                if let Err(live) = self.grants.reserve_live(&grant, cap, now_ms) {
+                    self.metrics.peer_limited("live_grants");
+                    return Err(super::limits::Limited {
+                        limit: "live_grants",
+                        message: format!(
+                            "{} already holds {live} live grants from this publisher, its limit ([limits] max_live_grants_per_peer); use them, or wait until one expires or is revoked",
+                            who.node_id
+                        ),
+                        retry_after: None,
+                    }
+                    .into());
+                }
+                let unissued = grant.clone();
+                let (grant, appended) = match issue(self.grants, self.key, grant).await {
+                    Ok(issued) => issued,
+                    Err(e) => {
+                        self.grants.release_live(&unissued);
+                        return Err(e);
+                    }
+                };
                 self.metrics.granted();
                 tracing::info!(grant = %grant.value().id, to = %who.node_id, index = appended.index, "access granted");
                 Ok(Decided::Granted {
@@ -179,21 +203,66 @@ impl Publisher<'_> {
                 let mut draft = EntryDraft::new(EntryKind::AccessDenied);
                 draft.parties = vec![self.identity.node_id.clone(), who.node_id.clone()];
                 draft.dataset = Some(id.to_string());
-                draft.detail = format!("purpose {}: {sentence}", access.purpose)
-                    .chars()
-                    .take(2000)
-                    .collect();
-                self.ledger
-                    .append(draft)
-                    .await
-                    .map_err(|source| AccessError::Ledger {
-                        context: "recording a denial",
-                        source,
-                    })?;
+                draft.detail = format!(
+                    "purpose {}: {}",
+                    crate::text::shown(&access.purpose),
+                    crate::text::shown_at_most(&sentence, 2000)
+                );
+                self.record_denial(who, &id, &access, &sentence, draft).await?;
                 self.metrics.denied();
                 tracing::info!(dataset = %id, to = %who.node_id, reasons = %sentence, "access denied");
                 Ok(Decided::Denied { reasons })
             }
+        }
+    }
+}
+
+impl Publisher<'_> {
+    /// Records a refusal, unless an identical one from the same peer is
+    /// in its window ([`super::limits::PeerLimits::denial`]): then it is
+    /// only counted, and recorded with the other repeats when the window
+    /// ends.
+    async fn record_denial(
+        &self,
+        who: &PeerIdentity,
+        dataset: &DatasetId,
+        access: &AccessRequest,
+        sentence: &str,
+        draft: EntryDraft,
+    ) -> Result<(), AccessError> {
+        let actions: Vec<&str> = access.actions.iter().map(|a| a.as_str()).collect();
+        let key = super::limits::denial_key(&[
+            who.node_id.as_str(),
+            dataset.as_str(),
+            &access.purpose,
+            &actions.join(","),
+            sentence,
+        ]);
+        let failed = |source| AccessError::Ledger {
+            context: "recording a denial",
+            source,
+        };
+        let (record, closed) =
+            self.limits
+                .denial(key, &draft, std::time::Instant::now(), self.clock.now());
+        if let Some(repeats) = closed {
+            self.ledger.append(repeats).await.map_err(failed)?;
+        }
+        match record {
+            super::limits::DenialRecord::Counted => {
+                self.metrics.denial_coalesced();
+                Ok(())
+            }
+            super::limits::DenialRecord::Now => match self.ledger.append(draft).await {
+                Ok(a) => {
+                    self.limits.denial_recorded(&key, a.index);
+                    Ok(())
+                }
+                Err(e) => {
+                    self.limits.denial_failed(&key);
+                    Err(failed(e))
+                }
+            },
         }
     }
 }

@@ -69,6 +69,10 @@ pub struct GrantBook {
     /// Issued grants the ledger records as revoked (read at start-up,
     /// kept current by [`GrantBook::revoke`]): checked before every chunk.
     revoked: RwLock<std::collections::HashSet<String>>,
+    /// Issued grants not revoked, by grantee, by end of validity (those
+    /// past it are pruned when the grantee asks again): the per-grantee
+    /// cap on live grants.
+    live: std::sync::Mutex<std::collections::HashMap<NodeId, std::collections::BTreeSet<(i64, GrantId)>>>,
     ledger: Ledger,
     clock: Clock,
 }
@@ -128,6 +132,7 @@ impl GrantBook {
             issued: RwLock::default(),
             held: RwLock::default(),
             revoked: RwLock::new(revoked_grants(&ledger)?),
+            live: std::sync::Mutex::default(),
             ledger,
             clock,
         };
@@ -165,7 +170,47 @@ impl GrantBook {
                 Err(e) => warnings.push(format!("{}: skipped: {e}", path.display())),
             }
         }
+        {
+            let revoked = book.revoked.read().unwrap_or_else(PoisonError::into_inner);
+            let mut live = book.live.lock().unwrap_or_else(PoisonError::into_inner);
+            for g in book.issued.read().unwrap_or_else(PoisonError::into_inner).values() {
+                let g = g.value();
+                if !revoked.contains(g.id.as_str()) {
+                    live.entry(g.grantee.clone())
+                        .or_default()
+                        .insert((g.not_after_ms, g.id.clone()));
+                }
+            }
+        }
         Ok((book, warnings))
+    }
+
+    /// Counts `grant` against its grantee's live grants (it is issued and
+    /// not revoked), unless the grantee already has `cap` grants valid at
+    /// `now_ms`: then says how many.
+    pub fn reserve_live(&self, grant: &Grant, cap: usize, now_ms: i64) -> Result<(), usize> {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = live.entry(grant.grantee.clone()).or_default();
+        // Expired grants no longer count.
+        while held.first().is_some_and(|(end, _)| *end < now_ms) {
+            held.pop_first();
+        }
+        if held.len() >= cap {
+            return Err(held.len());
+        }
+        held.insert((grant.not_after_ms, grant.id.clone()));
+        Ok(())
+    }
+
+    /// Stops counting `grant` as live (revoked, or never issued).
+    pub fn release_live(&self, grant: &Grant) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = live.get_mut(&grant.grantee) {
+            held.remove(&(grant.not_after_ms, grant.id.clone()));
+            if held.is_empty() {
+                live.remove(&grant.grantee);
+            }
+        }
     }
 
     /// Keeps an issued grant loaded from `label` if the ledger records it
@@ -346,7 +391,10 @@ impl GrantBook {
         let mut draft = g.entry(EntryKind::GrantRevoked);
         draft.detail = reason.chars().take(500).collect();
         match self.ledger.append(draft).await {
-            Ok(a) => Ok(Some(a)),
+            Ok(a) => {
+                self.release_live(g);
+                Ok(Some(a))
+            }
             Err(e) => {
                 self.write_revoked().remove(&id.to_string());
                 Err(e.into())

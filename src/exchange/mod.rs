@@ -13,6 +13,7 @@ pub mod access;
 pub mod book;
 pub mod fetch;
 pub mod grant;
+pub mod limits;
 pub mod receipt;
 pub mod serve;
 pub mod transfer;
@@ -55,4 +56,6 @@ pub struct Publisher<'a> {
     /// Transfers with streams running or just opened, which other streams
     /// may join.
     pub sessions: &'a serve::Sessions,
+    /// What one peer may cost this node.
+    pub limits: &'a limits::PeerLimits,
 }

@@ -61,6 +61,7 @@ struct Node {
     sessions: super::serve::Sessions,
     packs: Arc<crate::dataset::pack::PackStore>,
     fetching: Mutex<HashSet<String>>,
+    limits: super::limits::PeerLimits,
 }
 
 impl Node {
@@ -87,6 +88,10 @@ impl Node {
         let packs = Arc::new(
             crate::dataset::pack::PackStore::open(&dir.path().join("blobs/packs")).expect("packs"),
         );
+        let limits = super::limits::PeerLimits::new(
+            crate::runtime::config::LimitsConfig::default(),
+            id.node_id.clone(),
+        );
         Self {
             dir,
             id,
@@ -101,6 +106,7 @@ impl Node {
             sessions: super::serve::Sessions::default(),
             packs,
             fetching: Mutex::default(),
+            limits,
         }
     }
 
@@ -116,6 +122,7 @@ impl Node {
             metrics: &self.metrics,
             opening: &self.opening,
             sessions: &self.sessions,
+            limits: &self.limits,
         }
     }
 

@@ -726,6 +726,10 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         dialer: Arc::new(crate::wire::client::TlsDialer::new(client_cell.clone())),
         witness,
         certificate_pem: fsutil::read(&config.data_dir.cert())?,
+        limits: crate::exchange::limits::PeerLimits::new(
+            config.limits,
+            creds.identity.node_id.clone(),
+        ),
     });
     let limit = t.max_decoding_message_size;
     let router = Server::builder()
@@ -843,6 +847,13 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             shutdown.clone(),
         ))
     });
+    if !config.limits.denial_window.is_zero() {
+        tokio::spawn(flush_denials(
+            ctx.clone(),
+            config.limits.denial_window,
+            shutdown.clone(),
+        ));
+    }
     if !config.witness.peers.is_empty() {
         tokio::spawn(witness_loop(
             ctx.clone(),
@@ -859,6 +870,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
 
     let task = {
         let shutdown = shutdown.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             let mut server = server;
             tokio::select! {
@@ -871,6 +883,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
                     if let Some(scrub) = scrub {
                         let _ = scrub.await;
                     }
+                    flush_denials_now(&ctx, true).await;
                     ledger.close().await;
                     stop_metrics.cancel();
                     result??;
@@ -899,6 +912,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             if let Some(scrub) = scrub {
                 let _ = scrub.await;
             }
+            flush_denials_now(&ctx, true).await;
             ledger.close().await;
             stop_metrics.cancel();
             tracing::info!("stopped");
@@ -913,6 +927,36 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         shutdown,
         task,
     })
+}
+
+/// Records the repeats of identical refusals whose window has ended
+/// (`all`: of every window, at a clean stop), so the ledger counts every
+/// refusal; a failure is logged (the refusals were answered; only their
+/// count is missing from the ledger).
+async fn flush_denials_now(ctx: &NodeContext, all: bool) {
+    match ctx
+        .limits
+        .flush_denials(&ctx.ledger, Instant::now(), ctx.clock.now(), all)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(refusals = n, "repeated refusals recorded"),
+        Err(e) => {
+            tracing::warn!(error = %e, "repeated refusals could not be recorded");
+        }
+    }
+}
+
+/// Every half `window`, records the repeats of refusals whose window has
+/// ended ([`crate::exchange::limits::PeerLimits::flush_denials`]).
+async fn flush_denials(ctx: Arc<NodeContext>, window: Duration, shutdown: CancellationToken) {
+    let tick = (window / 2).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(tick) => flush_denials_now(&ctx, false).await,
+        }
+    }
 }
 
 /// Verifies the whole ledger again in the background, paced at

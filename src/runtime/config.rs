@@ -189,6 +189,49 @@ pub struct RawConfig {
     /// The ledger's background scrub; every key optional.
     #[serde(default)]
     pub ledger: RawLedger,
+    /// What one peer may cost this node; every key optional.
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[limits]` as written; see [`LimitsConfig`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawLimits {
+    pub peer_write_rate: Option<u32>,
+    pub peer_write_burst: Option<u32>,
+    pub denial_window: Option<HumanDuration>,
+    pub max_live_grants_per_peer: Option<usize>,
+}
+
+/// What one certified peer may cost this node, so that it cannot degrade
+/// the node for the others: calls that write to the ledger (RequestAccess,
+/// Fetch, SubmitReceipt, ExchangeCheckpoints) are rate-limited per peer,
+/// identical refusals are recorded once per window with a count, and live
+/// grants per grantee are capped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Ledger-writing calls a second one peer may make, on average.
+    pub peer_write_rate: u32,
+    /// Ledger-writing calls one peer may make at once after a quiet spell.
+    pub peer_write_burst: u32,
+    /// Identical access refusals of one peer within this window are
+    /// recorded once, with a count; zero records each.
+    pub denial_window: Duration,
+    /// Grants to one grantee live at once (not expired, not revoked).
+    pub max_live_grants_per_peer: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            peer_write_rate: 50,
+            peer_write_burst: 200,
+            denial_window: Duration::from_secs(60),
+            max_live_grants_per_peer: 1000,
+        }
+    }
 }
 
 /// `[ledger]` as written; see [`LedgerConfig`].
@@ -541,6 +584,8 @@ pub struct Config {
     pub tiles: TilesConfig,
     /// The ledger's background scrub.
     pub ledger: LedgerConfig,
+    /// What one peer may cost this node.
+    pub limits: LimitsConfig,
     /// The clock policy and grant windows are checked against (the system
     /// clock; tests inject one).
     pub clock: crate::clock::Clock,
@@ -558,6 +603,7 @@ impl Config {
             storage: Storage::Local,
             tiles: TilesConfig::default(),
             ledger: LedgerConfig::default(),
+            limits: LimitsConfig::default(),
             clock: crate::clock::Clock::system(),
         }
     }
@@ -733,6 +779,31 @@ impl Config {
                 "must be between 1s and 366 days",
             ));
         }
+        let d = LimitsConfig::default();
+        let limits = LimitsConfig {
+            peer_write_rate: raw.limits.peer_write_rate.unwrap_or(d.peer_write_rate),
+            peer_write_burst: raw.limits.peer_write_burst.unwrap_or(d.peer_write_burst),
+            denial_window: dur(raw.limits.denial_window, d.denial_window),
+            max_live_grants_per_peer: raw
+                .limits
+                .max_live_grants_per_peer
+                .unwrap_or(d.max_live_grants_per_peer),
+        };
+        for (key, ok) in [
+            ("limits.peer_write_rate", limits.peer_write_rate > 0),
+            ("limits.peer_write_burst", limits.peer_write_burst > 0),
+            (
+                "limits.max_live_grants_per_peer",
+                limits.max_live_grants_per_peer > 0,
+            ),
+        ] {
+            if !ok {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        if limits.denial_window > Duration::from_secs(86_400) {
+            return Err(invalid("limits.denial_window", "must be at most 24h"));
+        }
         Ok(Self {
             data_dir,
             listen: raw.listen,
@@ -742,6 +813,7 @@ impl Config {
             storage,
             tiles,
             ledger,
+            limits,
             clock: crate::clock::Clock::system(),
         })
     }
@@ -963,7 +1035,7 @@ mod tests {
     #[test]
     fn the_witness_and_tiles_references_match_the_code() {
         let doc = include_str!("../../docs/configuration.md");
-        for section in ["witness", "tiles", "ledger"] {
+        for section in ["witness", "tiles", "ledger", "limits"] {
             let table = doc
                 .split(&format!("## `[{section}]`"))
                 .nth(1)

@@ -63,6 +63,8 @@ pub struct Metrics {
     bytes_served: Counter,
     handshake_failures: Family<Reason, Counter>,
     connections_refused: Family<Limit, Counter>,
+    peer_limited: Family<Limit, Counter>,
+    denials_coalesced: Counter,
     ledger_size: Gauge,
     open_connections: Gauge,
     batch_size: Histogram,
@@ -132,6 +134,19 @@ impl Metrics {
              [transport] max_connections_per_peer; global: max_connections)",
             connections_refused.clone(),
         );
+        let peer_limited = Family::<Limit, Counter>::default();
+        registry.register(
+            "peer_limited",
+            "Calls refused by a per-peer limit of [limits] (peer_writes, live_grants)",
+            peer_limited.clone(),
+        );
+        let denials_coalesced = Counter::default();
+        registry.register(
+            "access_denials_coalesced",
+            "Access refusals counted in the window of an identical one instead of \
+             recorded at once ([limits] denial_window)",
+            denials_coalesced.clone(),
+        );
         let ledger_size = Gauge::default();
         registry.register(
             "ledger_entries",
@@ -194,6 +209,8 @@ impl Metrics {
             bytes_served,
             handshake_failures,
             connections_refused,
+            peer_limited,
+            denials_coalesced,
             ledger_size,
             open_connections,
             batch_size,
@@ -217,6 +234,16 @@ impl Metrics {
     /// An access request was denied by the policy.
     pub fn denied(&self) {
         self.decision("denied");
+    }
+
+    /// A call was refused by the per-peer limit `limit`.
+    pub fn peer_limited(&self, limit: &'static str) {
+        self.peer_limited.get_or_create(&Limit { limit }).inc();
+    }
+
+    /// A refusal was counted in the window of an identical one.
+    pub fn denial_coalesced(&self) {
+        self.denials_coalesced.inc();
     }
 
     /// A fetch was refused (stolen, expired, revoked, used up).

@@ -90,6 +90,8 @@ pub struct NodeContext {
     pub witness: Arc<crate::witness::WitnessBook>,
     /// This node's certificate (PEM), for evidence bundles.
     pub certificate_pem: Vec<u8>,
+    /// What one peer may cost this node (`[limits]`).
+    pub limits: crate::exchange::limits::PeerLimits,
 }
 
 impl NodeContext {
@@ -224,6 +226,7 @@ impl NodeContext {
             metrics: &self.metrics,
             opening: &self.opening,
             sessions: &self.sessions,
+            limits: &self.limits,
         }
     }
 

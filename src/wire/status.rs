@@ -177,7 +177,25 @@ impl From<AccessError> for Status {
             AccessError::Ledger { context, source } => ledger(context, source),
             AccessError::Internal { context, source } => internal(context, &*source),
             AccessError::Peer(e) => e.into(),
+            AccessError::Limited(l) => l.into(),
         }
+    }
+}
+
+/// Metadata key: milliseconds after which a call refused by a rate limit
+/// may succeed.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+impl From<crate::exchange::limits::Limited> for Status {
+    fn from(l: crate::exchange::limits::Limited) -> Self {
+        let mut status = Status::resource_exhausted(l.message);
+        if let Some(wait) = l.retry_after {
+            let ms = wait.as_millis().max(1).to_string();
+            if let Ok(v) = MetadataValue::try_from(ms.as_str()) {
+                status.metadata_mut().insert(RETRY_AFTER_MS, v);
+            }
+        }
+        status
     }
 }
 

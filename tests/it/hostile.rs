@@ -225,3 +225,144 @@ async fn one_certificate_cannot_take_every_connection_slot() {
     drop(held);
     node.shutdown().await.expect("stop");
 }
+
+/// Exchange.RequestAccess from `conn`, raw: the grant, or the status.
+async fn request_access(
+    conn: &dsnode::wire::client::PeerChannel,
+    dataset: &str,
+    purpose: &str,
+) -> Result<pb::RequestAccessResponse, tonic::Status> {
+    pb::exchange_client::ExchangeClient::new(conn.channel.clone())
+        .request_access(pb::RequestAccessRequest {
+            dataset_id: dataset.into(),
+            purpose: purpose.into(),
+            actions: vec!["read".into()],
+            duration_secs: 0,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The AccessDenied entries of the node's ledger, as the auditor reads
+/// (and verifies) them.
+async fn denials(
+    auditor: &support::NodeDir,
+    node: &dsnode::node::RunningNode,
+) -> Vec<dsnode::ledger::entry::Entry> {
+    let mut a = dsnode::audit::Auditor::new(Box::new(support::connect(auditor, node).await));
+    let (_, entries) = a
+        .entries(
+            dsnode::ledger::Query {
+                kind: Some(dsnode::ledger::entry::EntryKind::AccessDenied),
+                ..Default::default()
+            },
+            true,
+        )
+        .await
+        .expect("entries verify");
+    entries.into_iter().map(|e| e.entry).collect()
+}
+
+/// Finding 3. Defences: `[limits] peer_write_rate`/`peer_write_burst`
+/// (`exchange::limits::PeerLimits::admit_write`, in the Exchange and
+/// Peering handlers), `denial_window` (`PeerLimits::denial`, recorded by
+/// `Publisher::record_denial` and the node's flush task), and
+/// `max_live_grants_per_peer` (`GrantBook::reserve_live`). One consumer
+/// without a grant wrote 2,146 AccessDenied entries a second into the
+/// publisher's ledger; granted requests wrote ~760 grants a second.
+#[tokio::test]
+async fn one_consumer_cannot_grow_the_publishers_ledger_without_bound() {
+    use crate::support::flows::{POLICY, header, publish};
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = support::consumer_in(&space, "acme", "CN-HE");
+    let auditor = space.node("regulator", "auditor");
+    let node = support::start_with(&publisher, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.limits.peer_write_rate = 2;
+        c.limits.peer_write_burst = 12;
+        c.limits.denial_window = std::time::Duration::from_secs(1);
+        c.limits.max_live_grants_per_peer = 3;
+    })
+    .await;
+    let ds = publish(&publisher, &node, header("Roads", POLICY, 3), b"a,b")
+        .await
+        .expect("publish")
+        .dataset_id;
+    let conn = support::connect(&consumer, &node).await;
+
+    // 40 refused requests at once: the burst is answered with the
+    // reasons, the rest refused by the rate limit, with when to retry.
+    let (mut denied, mut limited) = (0, 0);
+    for _ in 0..40 {
+        let err = request_access(&conn, &ds, "marketing")
+            .await
+            .expect_err("refused");
+        match err.code() {
+            tonic::Code::PermissionDenied => denied += 1,
+            tonic::Code::ResourceExhausted => {
+                limited += 1;
+                assert!(err.message().contains("peer_write_rate"), "{}", err.message());
+                let wait: u64 = err.metadata().get("retry-after-ms").expect("retry hint")
+                    .to_str().expect("ascii").parse().expect("ms");
+                assert!((1..=1000).contains(&wait), "{wait}");
+            }
+            code => panic!("{code:?}: {}", err.message()),
+        }
+    }
+    assert!((12..=13).contains(&denied), "{denied} answered");
+    assert_eq!(denied + limited, 40);
+    // Identical refusals are recorded once, then their count once the
+    // window ends: two entries for all of them, and they say how many.
+    assert_eq!(denials(&auditor, &node).await.len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+    let recorded = denials(&auditor, &node).await;
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    let repeats = &recorded[1].draft.detail;
+    assert!(
+        repeats.starts_with(&format!(
+            "the same refusal as entry {} {} more time(s)",
+            recorded[0].index,
+            denied - 1
+        )),
+        "{repeats}"
+    );
+
+    // Live grants are capped per grantee; a revocation frees a place.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await; // refill
+    let mut grants = Vec::new();
+    for _ in 0..3 {
+        let g = request_access(&conn, &ds, "research").await.expect("granted");
+        let env: dsnode::envelope::Envelope = g.grant.expect("grant").into();
+        grants.push(dsnode::exchange::grant::Grant::decode(&env.payload).expect("grant").id);
+    }
+    let err = request_access(&conn, &ds, "research")
+        .await
+        .expect_err("over the live-grant cap");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+    assert!(
+        err.message().contains("already holds 3 live grants")
+            && err.message().contains("max_live_grants_per_peer"),
+        "{}",
+        err.message()
+    );
+    crate::support::flows::admin(&publisher, &node)
+        .await
+        .revoke_grant(&grants[0].to_string(), "test")
+        .await
+        .expect("revoke");
+    request_access(&conn, &ds, "research")
+        .await
+        .expect("a revoked grant no longer counts");
+
+    let metrics = node.metrics_addr().expect("metrics listener");
+    let text = support::http(metrics, "GET", "/metrics").await.body;
+    for line in [
+        format!("dsnode_peer_limited_total{{limit=\"peer_writes\"}} {limited}"),
+        "dsnode_peer_limited_total{limit=\"live_grants\"} 1".to_owned(),
+        format!("dsnode_access_denials_coalesced_total {}", denied - 1),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+    node.shutdown().await.expect("stop");
+}

@@ -8,7 +8,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{NodeContext, caller};
+use super::{NodeContext, admit_write, caller};
 use crate::exchange::access::{Ask, Decided};
 use crate::peer::AccessAsk;
 use crate::wire::pb;
@@ -32,6 +32,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<pb::FetchResponse>>, Status> {
         let who = caller(&request)?.identity.as_ref().clone();
+        admit_write(&self.node, &who)?;
         let parts = self
             .node
             .publisher()
@@ -47,6 +48,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
         request: Request<pb::SubmitReceiptRequest>,
     ) -> Result<Response<pb::SubmitReceiptResponse>, Status> {
         let who = caller(&request)?.identity.as_ref().clone();
+        admit_write(&self.node, &who)?;
         let pb::SubmitReceiptRequest { receipt } = request.into_inner();
         let receipt = receipt.ok_or_else(|| Status::invalid_argument("no receipt"))?;
         let taken = self
@@ -63,6 +65,7 @@ impl pb::exchange_server::Exchange for ExchangeService {
     ) -> Result<Response<pb::RequestAccessResponse>, Status> {
         // Who is asking comes from the certificate, never from the request.
         let who = caller(&request)?.identity.clone();
+        admit_write(&self.node, &who)?;
         let ask = Ask::try_from(&AccessAsk::from(request.into_inner()))?;
         match self.node.publisher().decide(&who, ask).await? {
             Decided::Granted { grant, .. } => Ok(Response::new(pb::RequestAccessResponse {

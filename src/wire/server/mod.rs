@@ -26,6 +26,18 @@ use crate::service::NodeContext;
 /// The software version every node reports.
 pub const SOFTWARE_VERSION: &str = concat!("dsnode ", env!("CARGO_PKG_VERSION"));
 
+/// Takes one call from `who`'s budget of calls that write to the ledger
+/// (`[limits] peer_write_rate`), or refuses it `ResourceExhausted` with
+/// when to retry.
+fn admit_write(node: &NodeContext, who: &crate::identity::PeerIdentity) -> Result<(), Status> {
+    node.limits
+        .admit_write(&who.node_id, std::time::Instant::now())
+        .map_err(|l| {
+            node.metrics.peer_limited(l.limit);
+            Status::from(l)
+        })
+}
+
 /// The caller's verified identity; the authz layer has already refused
 /// requests without one, so its absence here is an internal error.
 fn caller<T>(req: &Request<T>) -> Result<&PeerConnectInfo, Status> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{NodeContext, SOFTWARE_VERSION, caller};
+use super::{NodeContext, SOFTWARE_VERSION, admit_write, caller};
 use crate::wire::pb;
 
 /// `dataspace.v1.Peering`.
@@ -45,6 +45,7 @@ impl pb::peering_server::Peering for PeeringService {
         request: Request<pb::ExchangeCheckpointsRequest>,
     ) -> Result<Response<pb::ExchangeCheckpointsResponse>, Status> {
         let who = caller(&request)?.identity.clone();
+        admit_write(&self.node, &who)?;
         let answer = self
             .node
             .answer_checkpoints(&who, &request.into_inner().into())

@@ -1,0 +1,340 @@
+//! What one certified peer may cost this node (`[limits]`), so that it
+//! cannot degrade the node for the others:
+//!
+//! - [`PeerLimits::admit_write`]: a token bucket per peer for the calls
+//!   that write to the ledger. Without it one consumer, with no grant at
+//!   all, grew a publisher's ledger by 2,146 refusals a second.
+//! - [`PeerLimits::denial`]: identical refusals from one peer within a
+//!   window are recorded once, and the repeats as one more entry with
+//!   their count ([`PeerLimits::flush_denials`]), so the ledger still
+//!   tells the truth at a bounded cost.
+//! - The cap on live grants per grantee is the grant book's
+//!   ([`super::book::GrantBook::reserve_live`]).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::digest::Hash;
+use crate::identity::NodeId;
+use crate::ledger::entry::EntryDraft;
+use crate::ledger::{Ledger, LedgerError};
+use crate::runtime::config::LimitsConfig;
+
+/// Peers (write buckets) or refusal windows kept at most; past it the
+/// oldest idle ones are dropped (a dropped bucket was full anyway, a
+/// dropped window had no repeats).
+const MAX_TRACKED: usize = 100_000;
+
+/// A call refused by a per-peer limit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Limited {
+    /// Which limit (a metrics label).
+    pub limit: &'static str,
+    /// What the limit is, for the caller.
+    pub message: String,
+    /// When a retry may succeed, if the limit is a rate.
+    pub retry_after: Option<Duration>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Where identical refusals are being counted.
+struct Window {
+    /// When the first refusal of the window was recorded.
+    opened: Instant,
+    opened_at: time::OffsetDateTime,
+    /// Its entry.
+    index: u64,
+    /// Refusals since, not recorded yet.
+    repeats: u64,
+    /// The entry the repeats will be recorded as (detail without count).
+    draft: EntryDraft,
+}
+
+/// What to do with a refusal.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DenialRecord {
+    /// Record it now (the first of its window), then call
+    /// [`PeerLimits::denial_recorded`] with its index.
+    Now,
+    /// Counted in the open window of an identical refusal: record nothing
+    /// now.
+    Counted,
+}
+
+/// Per-peer limits of one node.
+pub struct PeerLimits {
+    config: LimitsConfig,
+    own: NodeId,
+    writes: Mutex<HashMap<NodeId, Bucket>>,
+    denials: Mutex<HashMap<Hash, Window>>,
+}
+
+impl PeerLimits {
+    /// Limits as `config` sets them; `own` (this node) is never limited.
+    pub fn new(config: LimitsConfig, own: NodeId) -> Self {
+        Self {
+            config,
+            own,
+            writes: Mutex::default(),
+            denials: Mutex::default(),
+        }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &LimitsConfig {
+        &self.config
+    }
+
+    /// Takes one token from `who`'s bucket for a call that writes to the
+    /// ledger, or says when one will be there.
+    pub fn admit_write(&self, who: &NodeId, now: Instant) -> Result<(), Limited> {
+        if *who == self.own {
+            return Ok(());
+        }
+        let rate = f64::from(self.config.peer_write_rate);
+        let burst = f64::from(self.config.peer_write_burst);
+        let mut writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        if writes.len() >= MAX_TRACKED && !writes.contains_key(who) {
+            // Buckets idle long enough to be full again cost nothing to drop.
+            let full = Duration::from_secs_f64(burst / rate);
+            writes.retain(|_, b| now.saturating_duration_since(b.at) < full);
+        }
+        let bucket = writes.entry(who.clone()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / rate);
+        Err(Limited {
+            limit: "peer_writes",
+            message: format!(
+                "too many calls that write to this node's ledger from {who}: at most {} a second, {} at once ([limits] peer_write_rate, peer_write_burst); retry in {} ms",
+                self.config.peer_write_rate,
+                self.config.peer_write_burst,
+                wait.as_millis().max(1)
+            ),
+            retry_after: Some(wait),
+        })
+    }
+
+    /// Whether a refusal (`key`: a hash of peer, dataset, purpose,
+    /// actions and reasons) is recorded now or counted in the open window
+    /// of an identical one. `draft` is the entry it would be recorded as.
+    /// A window that has ended is closed first: its repeats are returned,
+    /// as an entry to record before this one.
+    pub fn denial(
+        &self,
+        key: Hash,
+        draft: &EntryDraft,
+        now: Instant,
+        now_at: time::OffsetDateTime,
+    ) -> (DenialRecord, Option<EntryDraft>) {
+        if self.config.denial_window.is_zero() {
+            return (DenialRecord::Now, None);
+        }
+        let mut denials = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut closed = None;
+        if let Some(w) = denials.get_mut(&key) {
+            if now.saturating_duration_since(w.opened) < self.config.denial_window {
+                w.repeats += 1;
+                return (DenialRecord::Counted, None);
+            }
+            closed = denials.remove(&key).and_then(|w| repeats_entry(&w, now_at));
+        }
+        if denials.len() >= MAX_TRACKED {
+            // Too many distinct refusals to track: record each.
+            return (DenialRecord::Now, closed);
+        }
+        denials.insert(
+            key,
+            Window {
+                opened: now,
+                opened_at: now_at,
+                index: u64::MAX,
+                repeats: 0,
+                draft: draft.clone(),
+            },
+        );
+        (DenialRecord::Now, closed)
+    }
+
+    /// Notes the index the first refusal of `key`'s window was recorded at.
+    pub fn denial_recorded(&self, key: &Hash, index: u64) {
+        let mut denials = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = denials.get_mut(key) {
+            w.index = index;
+        }
+    }
+
+    /// Forgets `key`'s window (its first refusal could not be recorded).
+    pub fn denial_failed(&self, key: &Hash) {
+        self.denials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+
+    /// Records the repeats of every window that has ended (every window,
+    /// if `all`: at a clean stop), one entry per window with repeats.
+    /// Returns how many refusals those entries stand for.
+    pub async fn flush_denials(
+        &self,
+        ledger: &Ledger,
+        now: Instant,
+        now_at: time::OffsetDateTime,
+        all: bool,
+    ) -> Result<u64, LedgerError> {
+        let drafts: Vec<(EntryDraft, u64)> = {
+            let mut denials = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
+            let window = self.config.denial_window;
+            let ended: Vec<Hash> = denials
+                .iter()
+                .filter(|(_, w)| all || now.saturating_duration_since(w.opened) >= window)
+                .map(|(k, _)| *k)
+                .collect();
+            ended
+                .iter()
+                .filter_map(|k| denials.remove(k))
+                .filter_map(|w| repeats_entry(&w, now_at).map(|d| (d, w.repeats)))
+                .collect()
+        };
+        let mut recorded = 0;
+        for (draft, repeats) in drafts {
+            ledger.append(draft).await?;
+            recorded += repeats;
+        }
+        Ok(recorded)
+    }
+}
+
+/// The entry recording a window's repeats, if it had any.
+fn repeats_entry(w: &Window, until: time::OffsetDateTime) -> Option<EntryDraft> {
+    if w.repeats == 0 {
+        return None;
+    }
+    let mut draft = w.draft.clone();
+    let first = if w.index == u64::MAX {
+        String::new()
+    } else {
+        format!(" as entry {}", w.index)
+    };
+    draft.detail = format!(
+        "the same refusal{first} {} more time(s) from {} to {}: {}",
+        w.repeats,
+        crate::exchange::grant::time_text(unix_ms(w.opened_at)),
+        crate::exchange::grant::time_text(unix_ms(until)),
+        w.draft.detail
+    );
+    Some(draft)
+}
+
+fn unix_ms(t: time::OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// The key identical refusals share.
+pub fn denial_key(parts: &[&str]) -> Hash {
+    let mut bytes = Vec::new();
+    for p in parts {
+        bytes.extend_from_slice(&(p.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(p.as_bytes());
+    }
+    crate::digest::sha256(&bytes)
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::entry::EntryKind;
+
+    fn node(n: u8) -> NodeId {
+        NodeId::from_public_key(&[n; 32])
+    }
+
+    fn limits(window: Duration) -> PeerLimits {
+        PeerLimits::new(
+            LimitsConfig {
+                peer_write_rate: 10,
+                peer_write_burst: 3,
+                denial_window: window,
+                max_live_grants_per_peer: 5,
+            },
+            node(0),
+        )
+    }
+
+    #[test]
+    fn a_peer_gets_its_burst_then_its_rate_and_others_are_unaffected() {
+        let l = limits(Duration::ZERO);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            l.admit_write(&node(1), t0).expect("within the burst");
+        }
+        let refused = l.admit_write(&node(1), t0).expect_err("burst spent");
+        assert_eq!(refused.limit, "peer_writes");
+        assert_eq!(refused.retry_after, Some(Duration::from_millis(100)));
+        assert!(refused.message.contains("retry in 100 ms"), "{}", refused.message);
+        // Another peer, and this node itself, are not held back.
+        l.admit_write(&node(2), t0).expect("another peer");
+        for _ in 0..10 {
+            l.admit_write(&node(0), t0).expect("own node");
+        }
+        // 100 ms later one token is back, not two.
+        let t1 = t0 + Duration::from_millis(100);
+        l.admit_write(&node(1), t1).expect("refilled");
+        assert!(l.admit_write(&node(1), t1).is_err());
+        // A long quiet spell refills the burst, no more.
+        let t2 = t1 + Duration::from_secs(60);
+        for _ in 0..3 {
+            l.admit_write(&node(1), t2).expect("burst again");
+        }
+        assert!(l.admit_write(&node(1), t2).is_err());
+    }
+
+    #[test]
+    fn identical_refusals_in_a_window_are_counted_and_then_recorded_once() {
+        let l = limits(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        let mut draft = EntryDraft::new(EntryKind::AccessDenied);
+        draft.detail = "purpose marketing: not allowed".into();
+        let key = denial_key(&["peer", "ds", "marketing"]);
+        let other = denial_key(&["peer", "ds", "research"]);
+        assert_eq!(l.denial(key, &draft, t0, at), (DenialRecord::Now, None));
+        l.denial_recorded(&key, 41);
+        for _ in 0..5 {
+            assert_eq!(l.denial(key, &draft, t0 + Duration::from_secs(1), at).0, DenialRecord::Counted);
+        }
+        // Another refusal is its own window.
+        assert_eq!(l.denial(other, &draft, t0, at).0, DenialRecord::Now);
+        // After the window, the next identical refusal is recorded, after
+        // an entry for the 5 repeats.
+        let (record, closed) = l.denial(key, &draft, t0 + Duration::from_secs(61), at);
+        assert_eq!(record, DenialRecord::Now);
+        let closed = closed.expect("the repeats");
+        assert!(
+            closed.detail.starts_with("the same refusal as entry 41 5 more time(s) from 1970-01-01"),
+            "{}",
+            closed.detail
+        );
+        assert!(closed.detail.ends_with(": purpose marketing: not allowed"), "{}", closed.detail);
+        // A zero window records each.
+        let each = limits(Duration::ZERO);
+        for _ in 0..3 {
+            assert_eq!(each.denial(key, &draft, t0, at).0, DenialRecord::Now);
+        }
+    }
+}
