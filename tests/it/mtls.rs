@@ -549,3 +549,45 @@ async fn openssl_completes_a_mutual_tls13_handshake_with_a_node() {
     );
     node.shutdown().await.expect("shutdown");
 }
+
+/// Row 7, defence: no TLS session resumption (`NoServerSessionStorage`,
+/// no TLS 1.3 tickets, in `runtime::tls::server_config`). A resumed
+/// session would skip the certificate check, and with it the CRL: a peer
+/// revoked since its first connection could come back on its old session.
+/// A client that asks to resume (rustls's default in-memory session
+/// store) gets a full handshake every time.
+#[tokio::test]
+async fn threat_07_tls_sessions_are_never_resumed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let node = support::start(&server, |_| {}).await;
+    let mut config =
+        (*dsnode::runtime::tls::client_config(&support::material(&client)).expect("config"))
+            .clone();
+    config.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(node.local_addr())
+            .await
+            .expect("tcp");
+        let name = rustls_pki_types::ServerName::IpAddress(node.local_addr().ip().into());
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        // Read what the server sends first (its SETTINGS, and any session
+        // ticket, which TLS 1.3 sends after the handshake).
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .expect("preface");
+        let mut buf = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_millis(300), tls.read(&mut buf)).await;
+        kinds.push(tls.get_ref().1.handshake_kind());
+    }
+    assert_eq!(
+        kinds,
+        vec![Some(rustls::HandshakeKind::Full); 3],
+        "every handshake is a full one, certificate check included"
+    );
+    node.shutdown().await.expect("stop");
+}
