@@ -15,6 +15,7 @@ use crate::support::{self, DataSpace, NodeDir};
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
+const CONTINUATION: u8 = 0x9;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
@@ -60,19 +61,24 @@ impl RawH2 {
     }
 
     fn frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        assert!(self.try_frame(kind, flags, stream, payload), "write frame");
+    }
+
+    /// Writes a frame; false once the server closed the connection.
+    fn try_frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) -> bool {
         let len = payload.len() as u32;
         let mut head = [0u8; 9];
         head[..3].copy_from_slice(&len.to_be_bytes()[1..]);
         head[3] = kind;
         head[4] = flags;
         head[5..].copy_from_slice(&stream.to_be_bytes());
-        self.tls.write_all(&head).expect("write frame header");
-        self.tls.write_all(payload).expect("write frame payload");
-        self.tls.flush().expect("flush");
+        self.tls.write_all(&head).is_ok()
+            && self.tls.write_all(payload).is_ok()
+            && self.tls.flush().is_ok()
     }
 
-    /// HEADERS with literal, never-indexed HPACK fields (no Huffman).
-    fn headers(&mut self, stream: u32, fields: &[(&str, &str)], end_stream: bool) {
+    /// A HPACK block of literal, never-indexed fields (no Huffman).
+    fn block(fields: &[(&str, &str)]) -> Vec<u8> {
         let mut block = Vec::new();
         for (name, value) in fields {
             block.push(0x00);
@@ -82,6 +88,12 @@ impl RawH2 {
                 block.extend_from_slice(s.as_bytes());
             }
         }
+        block
+    }
+
+    /// HEADERS with literal, never-indexed HPACK fields (no Huffman).
+    fn headers(&mut self, stream: u32, fields: &[(&str, &str)], end_stream: bool) {
+        let block = Self::block(fields);
         let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
         self.frame(HEADERS, flags, stream, &block);
     }
@@ -198,6 +210,186 @@ async fn threat_10_an_error_reset_flood_gets_goaway() {
     // of the GOAWAY: at most the limit's worth come first).
     assert_eq!(error_code(&goaway.payload, 4), 0xb, "{goaway:?}");
     assert!(resets <= 8, "{resets} resets before GOAWAY");
+    node.shutdown().await.expect("stop");
+}
+
+/// The gRPC request headers of a Hello call.
+const HELLO: [(&str, &str); 6] = [
+    (":method", "POST"),
+    (":scheme", "https"),
+    (":path", "/dataspace.v1.Peering/Hello"),
+    (":authority", "127.0.0.1"),
+    ("content-type", "application/grpc"),
+    ("te", "trailers"),
+];
+
+/// After a flood on one connection, another client still gets answers.
+async fn still_serves(space: &DataSpace, node: &dsnode::node::RunningNode) {
+    let conn = support::connect(&space.node("bystander", "consumer"), node).await;
+    dsnode::wire::pb::peering_client::PeeringClient::new(conn.channel)
+        .hello(dsnode::wire::pb::HelloRequest::default())
+        .await
+        .expect("the node still answers others");
+}
+
+/// One HTTP/2 frame's bytes.
+fn frame_bytes(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Floods a node over one mutual-TLS HTTP/2 connection: `opening` frames,
+/// then `flood(i)` for i = 0, 1, … until `max` were sent or the server
+/// closed the connection, while a reader takes every frame the server
+/// sends (so its GOAWAY is read before the connection is reset). Returns
+/// how many flood frames were written and the GOAWAY's error code.
+async fn flood(
+    client: &NodeDir,
+    addr: std::net::SocketAddr,
+    opening: Vec<Vec<u8>>,
+    mut flood: impl FnMut(u32) -> Vec<u8>,
+    max: u32,
+) -> (u32, Option<u32>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = support::client_config_with(
+        &[&rustls::version::TLS13],
+        &client.dir.ca_cert(),
+        Some(client),
+    );
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let (mut read, mut write) = tokio::io::split(tls);
+    let (settings_tx, settings_rx) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut settings_tx = Some(settings_tx);
+        loop {
+            let mut head = [0u8; 9];
+            read.read_exact(&mut head).await.ok()?;
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            read.read_exact(&mut payload).await.ok()?;
+            match head[3] {
+                SETTINGS if head[4] & ACK == 0 => {
+                    if let Some(tx) = settings_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                GOAWAY => return Some(error_code(&payload, 4)),
+                _ => {}
+            }
+        }
+    });
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    start.extend(frame_bytes(SETTINGS, 0, 0, &[]));
+    write.write_all(&start).await.expect("preface");
+    settings_rx.await.expect("server SETTINGS");
+    write
+        .write_all(&frame_bytes(SETTINGS, ACK, 0, &[]))
+        .await
+        .expect("ack");
+    for f in opening {
+        write.write_all(&f).await.expect("opening frames");
+    }
+    let mut sent = 0;
+    while sent < max && write.write_all(&flood(sent)).await.is_ok() {
+        sent += 1;
+    }
+    let _ = write.flush().await;
+    let goaway = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .ok()
+        .and_then(|r| r.ok().flatten());
+    (sent, goaway)
+}
+
+/// Row 10, defence: `max_pending_accept_reset_streams` (HTTP/2 rapid
+/// reset, CVE-2023-44487). Streams opened and at once reset by the client,
+/// thousands a second, cost the server work without ever counting against
+/// `max_concurrent_streams`; past the limit the server sends GOAWAY
+/// (ENHANCE_YOUR_CALM) and closes.
+#[tokio::test]
+async fn threat_10_a_rapid_reset_flood_gets_goaway() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let node = support::start(&server, |t| t.max_pending_accept_reset_streams = 20).await;
+    let block = RawH2::block(&HELLO);
+    let (sent, goaway) = flood(
+        &client,
+        node.local_addr(),
+        Vec::new(),
+        |i| {
+            // HEADERS and, right behind, RST_STREAM (CANCEL).
+            let stream = 1 + 2 * i;
+            let mut pair = frame_bytes(HEADERS, END_HEADERS, stream, &block);
+            pair.extend(frame_bytes(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+            pair
+        },
+        100_000,
+    )
+    .await;
+    assert_eq!(goaway, Some(0xb), "after {sent} reset streams");
+    assert!(sent < 100_000, "the server took all {sent}");
+    still_serves(&space, &node).await;
+    node.shutdown().await.expect("stop");
+}
+
+/// Row 10, defence: `max_header_list_size` (16 KiB) and h2's bound on
+/// CONTINUATION frames (the 2024 CONTINUATION flood): a header block that
+/// never ends (HEADERS without END_HEADERS, then endless CONTINUATION
+/// frames) is cut off with GOAWAY, not buffered.
+#[tokio::test]
+async fn threat_10_a_continuation_flood_gets_goaway() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let node = support::start(&server, |_| {}).await;
+    let filler = RawH2::block(&[("x-filler", &"a".repeat(100))]);
+    let (sent, goaway) = flood(
+        &client,
+        node.local_addr(),
+        vec![frame_bytes(HEADERS, 0, 1, &RawH2::block(&HELLO))],
+        |_| frame_bytes(CONTINUATION, 0, 1, &filler),
+        // Up to 16 MiB of header block, if nothing stops it first.
+        (16 << 20) / 112,
+    )
+    .await;
+    let code = goaway.unwrap_or_else(|| panic!("no GOAWAY after {sent} CONTINUATION frames"));
+    // PROTOCOL_ERROR, COMPRESSION_ERROR or ENHANCE_YOUR_CALM: cut off.
+    assert!([0x1, 0x9, 0xb].contains(&code), "GOAWAY {code:#x}");
+    assert!(sent < (16 << 20) / 112, "the server read all {sent} frames");
+    still_serves(&space, &node).await;
+    node.shutdown().await.expect("stop");
+}
+
+/// Row 10, defence: h2's guard against empty DATA frames. Empty DATA
+/// frames without END_STREAM carry nothing and consume no flow-control
+/// window, so a client could send them forever, costing the server a
+/// frame's work each; the server ends such a connection with GOAWAY.
+#[tokio::test]
+async fn threat_10_an_empty_data_flood_gets_goaway() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let node = support::start(&server, |_| {}).await;
+    let (sent, goaway) = flood(
+        &client,
+        node.local_addr(),
+        vec![frame_bytes(HEADERS, END_HEADERS, 1, &RawH2::block(&HELLO))],
+        |_| frame_bytes(DATA, 0, 1, &[]),
+        1_000_000,
+    )
+    .await;
+    let code = goaway.unwrap_or_else(|| panic!("no GOAWAY after {sent} empty DATA frames"));
+    assert!(sent < 1_000_000, "GOAWAY {code:#x} only after all {sent}");
+    still_serves(&space, &node).await;
     node.shutdown().await.expect("stop");
 }
 
@@ -347,4 +539,179 @@ async fn a_client_that_stops_reading_does_not_grow_the_server() {
     served.signal("TERM");
     let _ = served.child.wait();
     con_node.shutdown().await.expect("stop");
+}
+
+/// One gRPC call made with the `h2` crate (no gRPC library between: the
+/// body's bytes are exactly `message`, and the headers exactly
+/// `headers`); returns the answer's `grpc-status` and `grpc-message`.
+async fn raw_grpc(
+    client: &NodeDir,
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    message: Vec<u8>,
+) -> (String, String) {
+    let config = support::client_config_with(
+        &[&rustls::version::TLS13],
+        &client.dir.ca_cert(),
+        Some(client),
+    );
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let (mut h2, connection) = h2::client::handshake(tls).await.expect("h2");
+    tokio::spawn(connection);
+    let mut request = http::Request::post(format!("https://127.0.0.1{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let (response, mut body) = h2
+        .send_request(request.body(()).expect("request"), false)
+        .expect("send");
+    body.send_data(message.into(), true).expect("body");
+    let response = response.await.expect("response");
+    let (parts, mut stream) = response.into_parts();
+    let mut fields = parts.headers;
+    if !fields.contains_key("grpc-status") {
+        while let Some(data) = stream.data().await {
+            let _ = data.expect("data");
+        }
+        fields = stream.trailers().await.expect("trailers").expect("trailers");
+    }
+    let get = |k: &str| {
+        fields
+            .get(k)
+            .map(|v| {
+                percent_encoding::percent_decode(v.as_bytes())
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .unwrap_or_default()
+    };
+    (get("grpc-status"), get("grpc-message"))
+}
+
+/// A gRPC message frame: the compressed flag, the length, the bytes.
+fn grpc_frame(compressed: bool, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![u8::from(compressed)];
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Row 9, defence: compression is not compiled in (tonic without its
+/// `gzip`/`zstd` features), so a message flagged compressed is refused
+/// from its flag: nothing is inflated, and a decompression bomb costs the
+/// node its 5-byte prefix. The bomb here is a real gzip stream of 64 MiB
+/// of zeros in 64 KiB: fixed-Huffman blocks of one literal and length-258
+/// copies.
+#[tokio::test]
+async fn threat_09_a_compressed_message_is_refused_before_it_is_inflated() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let node = support::start(&server, |_| {}).await;
+    let (status, message) = raw_grpc(
+        &client,
+        node.local_addr(),
+        "/dataspace.v1.Peering/Hello",
+        &[("grpc-encoding", "gzip")],
+        grpc_frame(true, &gzip_bomb(64 << 20)),
+    )
+    .await;
+    // UNIMPLEMENTED: the encoding is not supported.
+    assert_eq!(status, "12", "{message}");
+    assert!(message.contains("gzip"), "{message}");
+    node.shutdown().await.expect("stop");
+}
+
+/// A gzip member whose deflate data inflates to `size` zero bytes (about
+/// 1/1000 of it): one literal 0, then copies of 258 bytes at distance 1,
+/// in one fixed-Huffman block.
+fn gzip_bomb(size: usize) -> Vec<u8> {
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        n: u32,
+    }
+    impl Bits {
+        /// `len` bits of `value`, least significant first.
+        fn put(&mut self, value: u64, len: u32) {
+            self.acc |= value << self.n;
+            self.n += len;
+            while self.n >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.n -= 8;
+            }
+        }
+        /// A Huffman code, most significant bit first.
+        fn code(&mut self, code: u64, len: u32) {
+            let reversed = (0..len).fold(0, |r, i| r | (((code >> i) & 1) << (len - 1 - i)));
+            self.put(reversed, len);
+        }
+    }
+    let mut b = Bits {
+        out: vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff],
+        acc: 0,
+        n: 0,
+    };
+    b.put(1, 1); // BFINAL
+    b.put(1, 2); // BTYPE = fixed Huffman
+    b.code(0x30, 8); // literal 0
+    let copies = (size - 1) / 258;
+    for _ in 0..copies {
+        b.code(0b1100_0101, 8); // length code 285: 258
+        b.code(0, 5); // distance code 0: 1
+    }
+    let rest = size - 1 - copies * 258;
+    for _ in 0..rest {
+        b.code(0x30, 8);
+    }
+    b.code(0, 7); // end of block (256)
+    if b.n > 0 {
+        b.put(0, 8 - b.n);
+    }
+    // CRC-32 of the zeros is not computed: the node must refuse before
+    // it would ever get that far.
+    b.out.extend_from_slice(&[0, 0, 0, 0]);
+    b.out.extend_from_slice(&(size as u32).to_le_bytes());
+    b.out
+}
+
+/// Row 9, defence: prost's recursion limit (100). A HelloRequest carrying
+/// an unknown field of 10,000 nested groups (which a decoder must walk to
+/// skip) is refused INVALID_ARGUMENT, not walked to the bottom of the
+/// stack.
+#[tokio::test]
+async fn threat_09_deep_nesting_is_refused_as_bad_input() {
+    let space = DataSpace::new();
+    let server = space.node("server", "publisher");
+    let client = space.node("client", "consumer");
+    let node = support::start(&server, |_| {}).await;
+    let depth = 10_000;
+    let mut nested = Vec::new();
+    for _ in 0..depth {
+        nested.extend_from_slice(&[0x9b, 0x06]); // field 99, start group
+    }
+    for _ in 0..depth {
+        nested.extend_from_slice(&[0x9c, 0x06]); // field 99, end group
+    }
+    let (status, message) = raw_grpc(
+        &client,
+        node.local_addr(),
+        "/dataspace.v1.Peering/Hello",
+        &[],
+        grpc_frame(false, &nested),
+    )
+    .await;
+    assert_eq!(status, "3", "{message}");
+    assert!(message.contains("recursion limit"), "{message}");
+    still_serves(&space, &node).await;
+    node.shutdown().await.expect("stop");
 }
