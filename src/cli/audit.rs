@@ -444,8 +444,21 @@ pub(super) async fn audit(command: AuditCommand) -> Result<Output> {
             let dir = DataDir::new(&data_dir);
             let cert = crate::identity::cert::cert_der_from_pem(&fsutil::read(&dir.cert())?)?;
             let node = PeerIdentity::from_der(&cert)?;
-            let (report, keys) = crate::ledger::verify_dir(&dir.ledger(), &node.public_key)
-                .with_context(|| format!("the ledger of node {} does NOT verify", node.node_id))?;
+            let (report, keys) = match crate::ledger::verify_dir(&dir.ledger(), &node.public_key) {
+                Ok(verified) => verified,
+                // Not a verdict on the ledger: its node is running.
+                Err(crate::ledger::LedgerError::Store(
+                    crate::ledger::store::StoreError::Locked { .. },
+                )) => anyhow::bail!(
+                    "cannot verify the ledger of node {} here: the node is running and holds its store ({}); stop it first, or check the running node from outside with `dsnode audit checkpoint` and `dsnode audit prove` (its own scrub re-verifies the whole ledger in the background)",
+                    node.node_id,
+                    dir.ledger().display()
+                ),
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("the ledger of node {} does NOT verify", node.node_id)));
+                }
+            };
             let history = if keys.keys().len() > 1 {
                 format!("\n{keys}")
             } else {

@@ -137,6 +137,7 @@ pub(super) async fn serve(a: ServeArgs) -> Result<Option<Output>> {
     let config = Config::load(&a.data_dir)?;
     if a.check_config {
         let creds = node::load_credentials(&config.data_dir)?;
+        node::check_crl_not_older(&config.data_dir, creds.crl_number)?;
         let storage = node::check_storage(&config).await?;
         println!(
             "{}: configuration and credentials are valid; node {}; {storage}",

@@ -85,8 +85,11 @@ pub enum TransferError {
 }
 
 /// Checks that `out` can be written (its directory exists; it does not,
-/// unless `force`) and returns the temporary path next to it. Run before
-/// asking the publisher, so a bad path costs no fetch.
+/// unless `force`, and then only as a regular file: never a symlink, a
+/// directory, a device, a FIFO or a socket, which `--force` as root once
+/// replaced) and returns the temporary path next to it. Run before asking
+/// the publisher, so a bad path costs no fetch, and again when the output
+/// is put in place.
 pub fn check_output(out: &Path, force: bool) -> Result<PathBuf, TransferError> {
     let name = out
         .file_name()
@@ -101,11 +104,34 @@ pub fn check_output(out: &Path, force: bool) -> Result<PathBuf, TransferError> {
             dir.display()
         )));
     }
-    if !force && out.symlink_metadata().is_ok() {
-        return Err(TransferError::Output(format!(
-            "{} exists; pass --force to replace it",
-            out.display()
-        )));
+    if let Ok(meta) = out.symlink_metadata() {
+        if !force {
+            return Err(TransferError::Output(format!(
+                "{} exists; pass --force to replace it",
+                out.display()
+            )));
+        }
+        let kind = meta.file_type();
+        if !kind.is_file() {
+            use std::os::unix::fs::FileTypeExt;
+            let what = if kind.is_symlink() {
+                "a symbolic link"
+            } else if kind.is_dir() {
+                "a directory"
+            } else if kind.is_block_device() || kind.is_char_device() {
+                "a device"
+            } else if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            };
+            return Err(TransferError::Output(format!(
+                "{} is {what}; --force replaces only a regular file",
+                out.display()
+            )));
+        }
     }
     Ok(dir.join(format!(".{}.dsnode-partial", name.to_string_lossy())))
 }
@@ -875,6 +901,39 @@ mod tests {
             Err(TransferError::Output(_))
         ));
         assert!(check_output(&out, true).is_ok());
+        // --force replaces a regular file, nothing else.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&out, &link).expect("symlink");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).expect("dir");
+        let socket = dir.path().join("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("socket");
+        for (path, says) in [
+            (&link, "is a symbolic link"),
+            (&sub, "is a directory"),
+            (&socket, "is a socket"),
+        ] {
+            match check_output(path, true) {
+                Err(TransferError::Output(m)) => {
+                    assert!(m.contains(says), "{m}");
+                    assert!(m.contains("--force replaces only a regular file"), "{m}");
+                }
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
+        // As root, a device node too (`mknod` needs CAP_MKNOD).
+        let device = dir.path().join("null");
+        if std::process::Command::new("mknod")
+            .arg(&device)
+            .args(["c", "1", "3"])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            match check_output(&device, true) {
+                Err(TransferError::Output(m)) => assert!(m.contains("is a device"), "{m}"),
+                other => panic!("a device replaced: {other:?}"),
+            }
+        }
         let missing = dir.path().join("no/such/dir/file");
         assert!(matches!(
             check_output(&missing, false),

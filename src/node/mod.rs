@@ -1095,6 +1095,14 @@ async fn witness_loop(
 /// `crl.number`: an older CRL could un-revoke certificates, so it is
 /// refused at start as it is at reload.
 fn check_crl_number(dir: &DataDir, number: u64) -> Result<(), NodeError> {
+    check_crl_not_older(dir, number)?;
+    record_crl_number(dir, number)
+}
+
+/// Refuses CRL number `number` if it is older than the one this node had
+/// in force (`crl.number`); writes nothing (`serve --check-config` runs
+/// the check `serve` does).
+pub fn check_crl_not_older(dir: &DataDir, number: u64) -> Result<(), NodeError> {
     let path = dir.root().join("crl.number");
     let seen = std::fs::read_to_string(&path)
         .ok()
@@ -1106,7 +1114,7 @@ fn check_crl_number(dir: &DataDir, number: u64) -> Result<(), NodeError> {
             dir.crl().display()
         )));
     }
-    record_crl_number(dir, number)
+    Ok(())
 }
 
 fn record_crl_number(dir: &DataDir, number: u64) -> Result<(), NodeError> {

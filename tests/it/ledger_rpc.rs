@@ -357,10 +357,35 @@ fn audit_verify(root: &std::path::Path) -> std::process::Output {
             .arg(root)
             .output()
             .expect("run");
-        if !String::from_utf8_lossy(&out.stderr).contains("in use by another process") {
+        if !String::from_utf8_lossy(&out.stderr).contains("the node is running") {
             return out;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     panic!("the ledger stayed locked");
+}
+
+/// Issue 20, finding 8: `audit verify` on the data dir of a running node
+/// said "does NOT verify … in use by another process", which reads like
+/// tampering. It says the node is running, and what to do instead.
+#[tokio::test]
+async fn audit_verify_on_a_running_node_says_it_is_running() {
+    let space = DataSpace::new();
+    let node = space.node("transport", "publisher");
+    let running = support::start(&node, |_| {}).await;
+    let root = node.dir.root().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dsnode"))
+            .args(["audit", "verify", "--data-dir"])
+            .arg(&root)
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("the node is running"), "{stderr}");
+    assert!(!stderr.contains("does NOT verify"), "{stderr}");
+    running.shutdown().await.expect("stop");
 }

@@ -383,6 +383,18 @@ async fn an_older_crl_is_refused_at_start_too() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains(&format!("older than CRL #{newer}")), "{err}");
+    // `serve --check-config` says the same (issue 20, finding 8: it passed
+    // a data dir that `serve` refused), and changes nothing.
+    std::fs::write(server.dir.config(), "listen = \"127.0.0.1:0\"\n").expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dsnode"))
+        .args(["serve", "--check-config", "--data-dir"])
+        .arg(server.dir.root())
+        .output()
+        .expect("run dsnode");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check-config passed: {stderr}");
+    assert!(stderr.contains(&format!("older than CRL #{newer}")), "{stderr}");
+    assert_eq!(number(), newer);
 }
 
 /// Row 7, defence: an expired CRL is refused (DESIGN.md: "expired CRL =
