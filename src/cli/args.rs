@@ -705,8 +705,6 @@ pub fn wants_json(command: &Command) -> bool {
         Command::Grants(
             GrantsCommand::List(GrantsListArgs { client: c, .. })
             | GrantsCommand::Revoke { client: c, .. },
-        ) => {
-            c.out.json
-        }
+        ) => c.out.json,
     }
 }

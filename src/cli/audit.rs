@@ -455,8 +455,10 @@ pub(super) async fn audit(command: AuditCommand) -> Result<Output> {
                     dir.ledger().display()
                 ),
                 Err(e) => {
-                    return Err(anyhow::Error::new(e)
-                        .context(format!("the ledger of node {} does NOT verify", node.node_id)));
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "the ledger of node {} does NOT verify",
+                        node.node_id
+                    )));
                 }
             };
             let history = if keys.keys().len() > 1 {

@@ -170,7 +170,8 @@ impl Publisher<'_> {
                     now,
                 );
                 let cap = self.limits.config().max_live_grants_per_peer;
-                let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+                let now_ms =
+                    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
                 if let Err(live) = self.grants.reserve_live(&grant, cap, now_ms) {
                     self.metrics.peer_limited("live_grants");
                     return Err(super::limits::Limited {
@@ -208,7 +209,8 @@ impl Publisher<'_> {
                     crate::text::shown(&access.purpose),
                     crate::text::shown_at_most(&sentence, 2000)
                 );
-                self.record_denial(who, &id, &access, &sentence, draft).await?;
+                self.record_denial(who, &id, &access, &sentence, draft)
+                    .await?;
                 self.metrics.denied();
                 tracing::info!(dataset = %id, to = %who.node_id, reasons = %sentence, "access denied");
                 Ok(Decided::Denied { reasons })

@@ -72,7 +72,9 @@ pub struct GrantBook {
     /// Issued grants not revoked, by grantee, by end of validity (those
     /// past it are pruned when the grantee asks again): the per-grantee
     /// cap on live grants.
-    live: std::sync::Mutex<std::collections::HashMap<NodeId, std::collections::BTreeSet<(i64, GrantId)>>>,
+    live: std::sync::Mutex<
+        std::collections::HashMap<NodeId, std::collections::BTreeSet<(i64, GrantId)>>,
+    >,
     ledger: Ledger,
     clock: Clock,
 }
@@ -173,7 +175,12 @@ impl GrantBook {
         {
             let revoked = book.revoked.read().unwrap_or_else(PoisonError::into_inner);
             let mut live = book.live.lock().unwrap_or_else(PoisonError::into_inner);
-            for g in book.issued.read().unwrap_or_else(PoisonError::into_inner).values() {
+            for g in book
+                .issued
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+            {
                 let g = g.value();
                 if !revoked.contains(g.id.as_str()) {
                     live.entry(g.grantee.clone())

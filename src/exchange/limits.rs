@@ -12,7 +12,7 @@
 //!   ([`super::book::GrantBook::reserve_live`]).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::digest::Hash;
@@ -73,6 +73,32 @@ pub struct PeerLimits {
     own: NodeId,
     writes: Mutex<HashMap<NodeId, Bucket>>,
     denials: Mutex<HashMap<Hash, Window>>,
+    /// Fetch streams open, by peer.
+    streams: Arc<Mutex<HashMap<NodeId, usize>>>,
+    /// KiB of chunks fetch streams may hold, node-wide.
+    buffer: Arc<tokio::sync::Semaphore>,
+}
+
+/// A fetch stream's place: counted against its peer's streams, with the
+/// memory it may hold reserved; both given back when dropped.
+pub struct StreamSlot {
+    streams: Arc<Mutex<HashMap<NodeId, usize>>>,
+    peer: Option<NodeId>,
+    _reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(peer) = &self.peer {
+            let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = streams.get_mut(peer) {
+                *n -= 1;
+                if *n == 0 {
+                    streams.remove(peer);
+                }
+            }
+        }
+    }
 }
 
 impl PeerLimits {
@@ -83,7 +109,51 @@ impl PeerLimits {
             own,
             writes: Mutex::default(),
             denials: Mutex::default(),
+            streams: Arc::default(),
+            buffer: Arc::new(tokio::sync::Semaphore::new(
+                config.fetch_buffer_mib as usize * 1024,
+            )),
         }
+    }
+
+    /// A place for a fetch stream of `who` that may hold `bytes` of chunks
+    /// at once, or a refusal naming the limit: `who` has
+    /// `max_fetch_streams_per_peer` open, or the node's `fetch_buffer_mib`
+    /// is taken by other streams. This node's own streams are not limited.
+    pub fn open_stream(&self, who: &NodeId, bytes: usize) -> Result<StreamSlot, Limited> {
+        if *who == self.own {
+            return Ok(StreamSlot {
+                streams: self.streams.clone(),
+                peer: None,
+                _reserved: None,
+            });
+        }
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        let reserved = self.buffer.clone().try_acquire_many_owned(kib).map_err(|_| Limited {
+            limit: "fetch_buffer",
+            message: format!(
+                "this node's fetch buffer ({} MiB, [limits] fetch_buffer_mib) is taken by other transfers; retry later",
+                self.config.fetch_buffer_mib
+            ),
+            retry_after: Some(Duration::from_secs(1)),
+        })?;
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = streams.entry(who.clone()).or_default();
+        if *open >= self.config.max_fetch_streams_per_peer {
+            return Err(Limited {
+                limit: "fetch_streams",
+                message: format!(
+                    "{who} already has {open} fetch streams open to this node, its limit ([limits] max_fetch_streams_per_peer); let some finish"
+                ),
+                retry_after: None,
+            });
+        }
+        *open += 1;
+        Ok(StreamSlot {
+            streams: self.streams.clone(),
+            peer: Some(who.clone()),
+            _reserved: Some(reserved),
+        })
     }
 
     /// The limits in force.
@@ -254,7 +324,6 @@ pub fn denial_key(parts: &[&str]) -> Hash {
     crate::digest::sha256(&bytes)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +340,8 @@ mod tests {
                 peer_write_burst: 3,
                 denial_window: window,
                 max_live_grants_per_peer: 5,
+                max_fetch_streams_per_peer: 2,
+                fetch_buffer_mib: 96,
             },
             node(0),
         )
@@ -286,7 +357,11 @@ mod tests {
         let refused = l.admit_write(&node(1), t0).expect_err("burst spent");
         assert_eq!(refused.limit, "peer_writes");
         assert_eq!(refused.retry_after, Some(Duration::from_millis(100)));
-        assert!(refused.message.contains("retry in 100 ms"), "{}", refused.message);
+        assert!(
+            refused.message.contains("retry in 100 ms"),
+            "{}",
+            refused.message
+        );
         // Another peer, and this node itself, are not held back.
         l.admit_write(&node(2), t0).expect("another peer");
         for _ in 0..10 {
@@ -305,6 +380,39 @@ mod tests {
     }
 
     #[test]
+    fn fetch_streams_are_capped_per_peer_and_their_memory_node_wide() {
+        let l = limits(Duration::ZERO);
+        let mib = 1 << 20;
+        let a1 = l.open_stream(&node(1), 10 * mib).expect("first");
+        let a2 = l.open_stream(&node(1), 10 * mib).expect("second");
+        let refused = l.open_stream(&node(1), 10 * mib).err().expect("third");
+        assert_eq!(refused.limit, "fetch_streams");
+        assert!(
+            refused.message.contains("already has 2 fetch streams open"),
+            "{}",
+            refused.message
+        );
+        // A stream that ends gives its place back.
+        drop(a1);
+        let a3 = l.open_stream(&node(1), 10 * mib).expect("after one ended");
+        // Node-wide: 96 MiB, 20 taken; 80 more do not fit.
+        let refused = l
+            .open_stream(&node(2), 80 * mib)
+            .err()
+            .expect("over the buffer");
+        assert_eq!(refused.limit, "fetch_buffer");
+        let b = l.open_stream(&node(2), 66 * mib).expect("fits");
+        drop((a2, a3, b));
+        l.open_stream(&node(3), 96 * mib)
+            .expect("all of it, once given back");
+        // This node's own streams are not limited.
+        let own: Vec<_> = (0..5)
+            .map(|_| l.open_stream(&node(0), 96 * mib).expect("own"))
+            .collect();
+        assert_eq!(own.len(), 5);
+    }
+
+    #[test]
     fn identical_refusals_in_a_window_are_counted_and_then_recorded_once() {
         let l = limits(Duration::from_secs(60));
         let t0 = Instant::now();
@@ -316,7 +424,10 @@ mod tests {
         assert_eq!(l.denial(key, &draft, t0, at), (DenialRecord::Now, None));
         l.denial_recorded(&key, 41);
         for _ in 0..5 {
-            assert_eq!(l.denial(key, &draft, t0 + Duration::from_secs(1), at).0, DenialRecord::Counted);
+            assert_eq!(
+                l.denial(key, &draft, t0 + Duration::from_secs(1), at).0,
+                DenialRecord::Counted
+            );
         }
         // Another refusal is its own window.
         assert_eq!(l.denial(other, &draft, t0, at).0, DenialRecord::Now);
@@ -326,11 +437,17 @@ mod tests {
         assert_eq!(record, DenialRecord::Now);
         let closed = closed.expect("the repeats");
         assert!(
-            closed.detail.starts_with("the same refusal as entry 41 5 more time(s) from 1970-01-01"),
+            closed
+                .detail
+                .starts_with("the same refusal as entry 41 5 more time(s) from 1970-01-01"),
             "{}",
             closed.detail
         );
-        assert!(closed.detail.ends_with(": purpose marketing: not allowed"), "{}", closed.detail);
+        assert!(
+            closed.detail.ends_with(": purpose marketing: not allowed"),
+            "{}",
+            closed.detail
+        );
         // A zero window records each.
         let each = limits(Duration::ZERO);
         for _ in 0..3 {

@@ -197,6 +197,9 @@ pub enum ServeError {
     /// refused and nothing is recorded.
     #[error("receipt refused: {0}")]
     ConsumerCheckpoint(#[source] ConsumerCheckpointError),
+    /// A per-peer limit refused the stream.
+    #[error(transparent)]
+    Limited(super::limits::Limited),
 }
 
 fn ledger(context: &'static str) -> impl FnOnce(LedgerError) -> ServeError {
@@ -417,6 +420,18 @@ impl Publisher<'_> {
                 )));
             }
         }
+        // Its place among the grantee's streams, and the memory it may
+        // hold (its read-ahead, one queued and one being sent), before
+        // anything is recorded.
+        let ahead = self.blobs.parallel_requests().clamp(1, MAX_READ_AHEAD);
+        let chunk_size = dataset.manifest.value().chunk_size as usize;
+        let slot = self
+            .limits
+            .open_stream(&who.node_id, (ahead + 2) * chunk_size)
+            .map_err(|l| {
+                self.metrics.peer_limited(l.limit);
+                ServeError::Limited(l)
+            })?;
         let (transfer_index, first, session) =
             self.open_transfer(who, &g, ask.resume, count).await?;
         let stream = StreamGuard::new(session)?;
@@ -441,6 +456,8 @@ impl Publisher<'_> {
             grant: g,
             dataset,
             stream,
+            ahead,
+            _slot: slot,
         };
         tokio::spawn(async move {
             if tx.send(Ok(header)).await.is_err() {
@@ -555,6 +572,10 @@ struct ChunkSender {
     dataset: Arc<Dataset>,
     /// The session's count of this stream, and its budget.
     stream: StreamGuard,
+    /// Chunk reads kept in flight.
+    ahead: usize,
+    /// The stream's place among its peer's, and its reserved memory.
+    _slot: super::limits::StreamSlot,
 }
 
 impl ChunkSender {
@@ -572,7 +593,7 @@ impl ChunkSender {
         // requests at once (one for a disk, a few for an object store,
         // where each read is a round trip); each chunk is still sent only
         // after the grant is checked for it.
-        let ahead = self.blobs.parallel_requests().clamp(1, MAX_READ_AHEAD);
+        let ahead = self.ahead;
         let mut reads = std::collections::VecDeque::new();
         let end = range.end.min(dataset.chunks.len());
         let mut next = range.start;

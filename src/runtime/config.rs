@@ -203,6 +203,8 @@ pub struct RawLimits {
     pub peer_write_burst: Option<u32>,
     pub denial_window: Option<HumanDuration>,
     pub max_live_grants_per_peer: Option<usize>,
+    pub max_fetch_streams_per_peer: Option<usize>,
+    pub fetch_buffer_mib: Option<u32>,
 }
 
 /// What one certified peer may cost this node, so that it cannot degrade
@@ -221,6 +223,11 @@ pub struct LimitsConfig {
     pub denial_window: Duration,
     /// Grants to one grantee live at once (not expired, not revoked).
     pub max_live_grants_per_peer: usize,
+    /// Fetch streams one peer may have open at once.
+    pub max_fetch_streams_per_peer: usize,
+    /// MiB of chunks all fetch streams together may hold in memory (each
+    /// stream reserves its read-ahead and queue when it opens).
+    pub fetch_buffer_mib: u32,
 }
 
 impl Default for LimitsConfig {
@@ -230,6 +237,8 @@ impl Default for LimitsConfig {
             peer_write_burst: 200,
             denial_window: Duration::from_secs(60),
             max_live_grants_per_peer: 1000,
+            max_fetch_streams_per_peer: 16,
+            fetch_buffer_mib: 256,
         }
     }
 }
@@ -788,6 +797,11 @@ impl Config {
                 .limits
                 .max_live_grants_per_peer
                 .unwrap_or(d.max_live_grants_per_peer),
+            max_fetch_streams_per_peer: raw
+                .limits
+                .max_fetch_streams_per_peer
+                .unwrap_or(d.max_fetch_streams_per_peer),
+            fetch_buffer_mib: raw.limits.fetch_buffer_mib.unwrap_or(d.fetch_buffer_mib),
         };
         for (key, ok) in [
             ("limits.peer_write_rate", limits.peer_write_rate > 0),
@@ -796,10 +810,22 @@ impl Config {
                 "limits.max_live_grants_per_peer",
                 limits.max_live_grants_per_peer > 0,
             ),
+            (
+                "limits.max_fetch_streams_per_peer",
+                limits.max_fetch_streams_per_peer > 0,
+            ),
         ] {
             if !ok {
                 return Err(invalid(key, "must be greater than zero"));
             }
+        }
+        // One stream of the largest chunks (16 MiB, read ahead and queued)
+        // must fit.
+        if !(96..=65_536).contains(&limits.fetch_buffer_mib) {
+            return Err(invalid(
+                "limits.fetch_buffer_mib",
+                "must be between 96 (one stream of 16 MiB chunks) and 65536",
+            ));
         }
         if limits.denial_window > Duration::from_secs(86_400) {
             return Err(invalid("limits.denial_window", "must be at most 24h"));

@@ -227,7 +227,9 @@ mod tests {
         assert_eq!(lines.len(), 2, "one line per event: {out}");
         assert!(!out.contains('\x1b'), "{out}");
         assert!(
-            lines[0].contains("version=1.0\\n2026-12-02T00:00:00Z  INFO dsnode: access granted\\u{1b}[31m"),
+            lines[0].contains(
+                "version=1.0\\n2026-12-02T00:00:00Z  INFO dsnode: access granted\\u{1b}[31m"
+            ),
             "{}",
             lines[0]
         );
@@ -247,7 +249,11 @@ mod tests {
         assert_eq!(lines.len(), 2, "{out}");
         assert_eq!(lines[0]["fields"]["version"], FORGED);
         assert_eq!(lines[0]["level"], "INFO");
-        assert!(lines[0]["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert!(
+            lines[0]["timestamp"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
         let big = lines[1]["fields"]["version"].as_str().expect("string");
         assert!(big.len() < LOG_FIELD_MAX + 40, "{}", big.len());
         assert!(big.ends_with("(4194304 bytes in all)"), "{big}");

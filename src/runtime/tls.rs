@@ -322,12 +322,12 @@ impl ConnectionRegistry {
     /// Forgets connection `id` (closed).
     fn unregister(&self, id: u64) {
         let mut state = self.lock();
-        if let Some(open) = state.open.remove(&id) {
-            if let Some(n) = state.per_peer.get_mut(&open.peer) {
-                *n -= 1;
-                if *n == 0 {
-                    state.per_peer.remove(&open.peer);
-                }
+        if let Some(open) = state.open.remove(&id)
+            && let Some(n) = state.per_peer.get_mut(&open.peer)
+        {
+            *n -= 1;
+            if *n == 0 {
+                state.per_peer.remove(&open.peer);
             }
         }
     }
@@ -700,26 +700,27 @@ pub fn accept_loop(
                         }
                     }
                 };
-                let (connection, token) =
-                    match registry.register(&identity, limits.max_connections_per_peer) {
-                        Ok(registered) => registered,
-                        Err(NotRegistered::Revoked) => {
-                            registry.handshake_failed("revoked");
-                            tracing::info!(peer = %remote_addr, node = %identity.node_id, "certificate revoked by the CRL now in force; refusing");
-                            return;
+                let (connection, token) = match registry
+                    .register(&identity, limits.max_connections_per_peer)
+                {
+                    Ok(registered) => registered,
+                    Err(NotRegistered::Revoked) => {
+                        registry.handshake_failed("revoked");
+                        tracing::info!(peer = %remote_addr, node = %identity.node_id, "certificate revoked by the CRL now in force; refusing");
+                        return;
+                    }
+                    Err(NotRegistered::PerPeer(open)) => {
+                        drop(permit);
+                        let why = format!(
+                            "this certificate ({}) already has {open} connections open to this node, its limit ([transport] max_connections_per_peer); reuse or close them",
+                            identity.node_id
+                        );
+                        if let Some(conn) = refuse(stream, "per_peer", why) {
+                            let _ = tx.send(Ok(conn)).await;
                         }
-                        Err(NotRegistered::PerPeer(open)) => {
-                            drop(permit);
-                            let why = format!(
-                                "this certificate ({}) already has {open} connections open to this node, its limit ([transport] max_connections_per_peer); reuse or close them",
-                                identity.node_id
-                            );
-                            if let Some(conn) = refuse(stream, "per_peer", why) {
-                                let _ = tx.send(Ok(conn)).await;
-                            }
-                            return;
-                        }
-                    };
+                        return;
+                    }
+                };
                 tracing::debug!(peer = %remote_addr, node = %identity.node_id, connection, "connection open");
                 let conn = PeerConnection {
                     inner: stream,

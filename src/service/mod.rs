@@ -425,7 +425,8 @@ impl std::str::FromStr for GrantCursor {
 
     /// Parses a page token (empty: the first page).
     fn from_str(token: &str) -> Result<Self, String> {
-        let bad = || "invalid page token: expected one from a previous ListGrants response".to_owned();
+        let bad =
+            || "invalid page token: expected one from a previous ListGrants response".to_owned();
         let id = |text: &str| -> Result<Option<GrantId>, String> {
             match text {
                 "" => Ok(None),

@@ -53,7 +53,9 @@ pub fn tidy_status(headers: &mut http::HeaderMap) {
         );
         format!(
             "the request is not a valid protobuf message of this RPC's request type: {}",
-            text.trim_start_matches(UNDECODABLE).trim_start_matches(':').trim()
+            text.trim_start_matches(UNDECODABLE)
+                .trim_start_matches(':')
+                .trim()
         )
     } else {
         text
@@ -288,7 +290,10 @@ mod tests {
             "the request is not a valid protobuf message of this RPC's request type: invalid wire type value: 7"
         );
         // The node's own internal errors stay Internal.
-        let mut h = status(tonic::Code::Internal, "internal error while reading; see the node's log");
+        let mut h = status(
+            tonic::Code::Internal,
+            "internal error while reading; see the node's log",
+        );
         tidy_status(&mut h);
         assert_eq!(h["grpc-status"], "13");
     }

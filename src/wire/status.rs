@@ -211,6 +211,7 @@ impl From<ServeError> for Status {
             ServeError::Ledger { context, source } => ledger(context, source),
             e @ ServeError::NoCheckpoint => Status::internal(e.to_string()),
             e @ ServeError::ConsumerCheckpoint(_) => Status::invalid_argument(e.to_string()),
+            ServeError::Limited(l) => l.into(),
         }
     }
 }

@@ -604,7 +604,13 @@ async fn grants_are_listed_a_page_at_a_time_with_filters() {
     assert!(pages >= 3, "{pages} pages");
     let ids: Vec<String> = ids
         .into_iter()
-        .map(|e| verify_grant(e, &publisher.identity.public_key).expect("grant").value().id.to_string())
+        .map(|e| {
+            verify_grant(e, &publisher.identity.public_key)
+                .expect("grant")
+                .value()
+                .id
+                .to_string()
+        })
         .collect();
     let mut sorted = ids.clone();
     sorted.sort();

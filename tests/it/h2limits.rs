@@ -495,7 +495,11 @@ async fn a_client_that_stops_reading_does_not_grow_the_server() {
     let space = DataSpace::new();
     let publisher = space.node("city-transport", "publisher");
     let consumer = crate::support::consumer_in(&space, "acme", "CN-HE");
-    std::fs::write(publisher.dir.config(), "listen = \"127.0.0.1:0\"\n").expect("config");
+    std::fs::write(
+        publisher.dir.config(),
+        "listen = \"127.0.0.1:0\"\n[transport]\ndrain_deadline = \"2s\"\n",
+    )
+    .expect("config");
     let mut served = crate::support::Served::start_serving(publisher.dir.root());
     let addr = served.addr;
     let own = support::connect_addr(&publisher, addr).await;
@@ -581,7 +585,11 @@ async fn raw_grpc(
         while let Some(data) = stream.data().await {
             let _ = data.expect("data");
         }
-        fields = stream.trailers().await.expect("trailers").expect("trailers");
+        fields = stream
+            .trailers()
+            .await
+            .expect("trailers")
+            .expect("trailers");
     }
     let get = |k: &str| {
         fields
@@ -714,4 +722,136 @@ async fn threat_09_deep_nesting_is_refused_as_bad_input() {
     assert!(message.contains("recursion limit"), "{message}");
     still_serves(&space, &node).await;
     node.shutdown().await.expect("stop");
+}
+
+/// A policy with no limit on fetches (each of the 600 streams below
+/// opens a transfer of its own).
+const UNLIMITED: &str = r#"classification = "general"
+
+[[permission]]
+actions = ["read"]
+purpose = ["research"]
+roles = ["consumer"]
+regions = ["CN-HE"]
+grant_ttl = "1d"
+"#;
+
+/// Issue 20, finding 6. Defences: `[limits] max_fetch_streams_per_peer`
+/// and `fetch_buffer_mib` (`exchange::limits::PeerLimits::open_stream`,
+/// taken in `Publisher::serve` before anything is recorded). One grantee
+/// with 600 concurrent fetch streams that it did not read drove the
+/// publisher to 3.78 GB; now 16 of them are served (each holding at most
+/// its read-ahead and queue, reserved from a node-wide budget), the other
+/// 584 are refused at once naming the limit, and another grantee still
+/// fetches.
+#[tokio::test]
+async fn six_hundred_fetch_streams_of_one_grantee_hold_a_bounded_share_of_memory() {
+    use dsnode::wire::pb;
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let consumer = crate::support::consumer_in(&space, "acme", "CN-HE");
+    let other = crate::support::consumer_in(&space, "beta", "CN-HE");
+    std::fs::write(
+        publisher.dir.config(),
+        "listen = \"127.0.0.1:0\"\n[transport]\ndrain_deadline = \"2s\"\n\
+         [limits]\npeer_write_rate = 10000\npeer_write_burst = 10000\n",
+    )
+    .expect("config");
+    let served = crate::support::Served::start_serving(publisher.dir.root());
+    let addr = served.addr;
+    let own = support::connect_addr(&publisher, addr).await;
+    let content: Vec<u8> = (0..32u8).flat_map(|i| vec![i; 1 << 20]).collect();
+    let h = crate::support::flows::header("Big", UNLIMITED, content.len() as u64);
+    let ds = crate::support::flows::publish_via(&own, h, &content)
+        .await
+        .expect("publish")
+        .dataset_id;
+    let con_node = support::start(&consumer, |_| {}).await;
+    let grant = crate::support::flows::granted(&consumer, &con_node, &ds, addr).await;
+    let pid = served.child.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss(pid);
+
+    // 600 streams over 10 connections, none of them read.
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        conns.push(support::connect_addr(&consumer, addr).await);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..600 {
+        let channel = conns[i % conns.len()].channel.clone();
+        let grant = grant.clone();
+        calls.spawn(async move {
+            // Answered (response headers, which flow control does not
+            // hold back) once the publisher took the stream; never read.
+            pb::exchange_client::ExchangeClient::new(channel)
+                .max_decoding_message_size(2 << 20)
+                .fetch(pb::FetchRequest {
+                    grant_id: grant,
+                    ..Default::default()
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        });
+    }
+    let (mut open, mut refused) = (Vec::new(), 0);
+    while let Some(call) = calls.join_next().await {
+        match call.expect("join") {
+            Ok(stream) => open.push(stream),
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
+                assert!(
+                    e.message().contains("max_fetch_streams_per_peer"),
+                    "{}",
+                    e.message()
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((open.len(), refused), (16, 584));
+    let mut peak = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak = peak.max(rss(pid));
+    }
+    let growth = peak.saturating_sub(before);
+    assert!(
+        growth < 160 << 20,
+        "600 streams grew the publisher by {} MiB",
+        growth >> 20
+    );
+
+    // Another grantee is not crowded out.
+    let other_node = support::start(&other, |_| {}).await;
+    let other_grant = crate::support::flows::granted(&other, &other_node, &ds, addr).await;
+    let mut stream =
+        pb::exchange_client::ExchangeClient::new(support::connect_addr(&other, addr).await.channel)
+            .max_decoding_message_size(2 << 20)
+            .fetch(pb::FetchRequest {
+                grant_id: other_grant,
+                ..Default::default()
+            })
+            .await
+            .expect("another grantee's fetch")
+            .into_inner();
+    let mut chunks = 0;
+    while stream.message().await.expect("chunk").is_some() {
+        chunks += 1;
+    }
+    assert_eq!(chunks, 33, "header and 32 chunks");
+
+    drop(open);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss(pid);
+    eprintln!(
+        "publisher RSS: {} MiB before, {} MiB peak with 600 streams asked (16 served), {} MiB after they ended",
+        before >> 20,
+        peak >> 20,
+        after >> 20
+    );
+    served.terminate_cleanly();
+    for n in [con_node, other_node] {
+        n.shutdown().await.expect("stop");
+    }
 }

@@ -8,7 +8,8 @@ use crate::support::{self, DataSpace, Served};
 
 /// A software version that, written raw, forges a log line granting
 /// access and clears the operator's terminal.
-const FORGED: &str = "1.0\n2026-12-02T00:00:00.000000Z  INFO dsnode: access granted to everyone\x1b[2J";
+const FORGED: &str =
+    "1.0\n2026-12-02T00:00:00.000000Z  INFO dsnode: access granted to everyone\x1b[2J";
 
 /// Peering.Hello from `client` to the node at `addr`, with `version`.
 async fn hello(client: &support::NodeDir, addr: std::net::SocketAddr, version: String) {
@@ -23,7 +24,11 @@ async fn hello(client: &support::NodeDir, addr: std::net::SocketAddr, version: S
 
 fn serving(space: &DataSpace, format: &str) -> (Served, support::NodeDir) {
     let server = space.node("server", "publisher");
-    std::fs::write(server.dir.config(), "listen = \"127.0.0.1:0\"\n[transport]\ndrain_deadline = \"2s\"\n").expect("config");
+    std::fs::write(
+        server.dir.config(),
+        "listen = \"127.0.0.1:0\"\n[transport]\ndrain_deadline = \"2s\"\n",
+    )
+    .expect("config");
     (
         Served::start_logging(server.dir.root(), format),
         space.node("client", "consumer"),
@@ -85,7 +90,12 @@ async fn an_echoed_request_value_comes_back_cut_and_escaped() {
         })
         .await
         .expect_err("unknown classification");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", err.message());
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        err.message()
+    );
     let message = err.message();
     assert!(message.len() < 1100, "{} bytes", message.len());
     assert!(!message.contains('\x1b'), "{message}");
@@ -122,7 +132,12 @@ async fn an_undecodable_request_is_invalid_argument_not_a_server_error() {
         )
         .await
         .expect_err("undecodable");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", err.message());
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        err.message()
+    );
     assert!(
         err.message()
             .starts_with("the request is not a valid protobuf message of this RPC's request type"),
@@ -174,7 +189,12 @@ async fn one_certificate_cannot_take_every_connection_slot() {
     // the limit, on every call.
     let extra = support::connect_addr(&hog, addr).await;
     let err = hello_on(&extra).await.expect_err("over the per-peer limit");
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+    assert_eq!(
+        err.code(),
+        tonic::Code::ResourceExhausted,
+        "{}",
+        err.message()
+    );
     assert!(
         err.message().contains("already has 3 connections open")
             && err.message().contains("max_connections_per_peer"),
@@ -186,7 +206,9 @@ async fn one_certificate_cannot_take_every_connection_slot() {
     // Another participant still gets in.
     let other = space.node("other", "consumer");
     let conn = support::connect_addr(&other, addr).await;
-    hello_on(&conn).await.expect("another participant gets a slot");
+    hello_on(&conn)
+        .await
+        .expect("another participant gets a slot");
     held.push(conn);
 
     // Fill the node: 7 slots, 4 taken; a third participant takes 3.
@@ -201,7 +223,12 @@ async fn one_certificate_cannot_take_every_connection_slot() {
     let err = hello_on(&support::connect_addr(&late, addr).await)
         .await
         .expect_err("no slot left");
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+    assert_eq!(
+        err.code(),
+        tonic::Code::ResourceExhausted,
+        "{}",
+        err.message()
+    );
     assert!(
         err.message().contains("all its 7 connection slots in use"),
         "{}",
@@ -302,9 +329,19 @@ async fn one_consumer_cannot_grow_the_publishers_ledger_without_bound() {
             tonic::Code::PermissionDenied => denied += 1,
             tonic::Code::ResourceExhausted => {
                 limited += 1;
-                assert!(err.message().contains("peer_write_rate"), "{}", err.message());
-                let wait: u64 = err.metadata().get("retry-after-ms").expect("retry hint")
-                    .to_str().expect("ascii").parse().expect("ms");
+                assert!(
+                    err.message().contains("peer_write_rate"),
+                    "{}",
+                    err.message()
+                );
+                let wait: u64 = err
+                    .metadata()
+                    .get("retry-after-ms")
+                    .expect("retry hint")
+                    .to_str()
+                    .expect("ascii")
+                    .parse()
+                    .expect("ms");
                 assert!((1..=1000).contains(&wait), "{wait}");
             }
             code => panic!("{code:?}: {}", err.message()),
@@ -332,14 +369,25 @@ async fn one_consumer_cannot_grow_the_publishers_ledger_without_bound() {
     tokio::time::sleep(std::time::Duration::from_secs(3)).await; // refill
     let mut grants = Vec::new();
     for _ in 0..3 {
-        let g = request_access(&conn, &ds, "research").await.expect("granted");
+        let g = request_access(&conn, &ds, "research")
+            .await
+            .expect("granted");
         let env: dsnode::envelope::Envelope = g.grant.expect("grant").into();
-        grants.push(dsnode::exchange::grant::Grant::decode(&env.payload).expect("grant").id);
+        grants.push(
+            dsnode::exchange::grant::Grant::decode(&env.payload)
+                .expect("grant")
+                .id,
+        );
     }
     let err = request_access(&conn, &ds, "research")
         .await
         .expect_err("over the live-grant cap");
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+    assert_eq!(
+        err.code(),
+        tonic::Code::ResourceExhausted,
+        "{}",
+        err.message()
+    );
     assert!(
         err.message().contains("already holds 3 live grants")
             && err.message().contains("max_live_grants_per_peer"),

@@ -393,7 +393,10 @@ async fn an_older_crl_is_refused_at_start_too() {
         .expect("run dsnode");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "check-config passed: {stderr}");
-    assert!(stderr.contains(&format!("older than CRL #{newer}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("older than CRL #{newer}")),
+        "{stderr}"
+    );
     assert_eq!(number(), newer);
 }
 
@@ -575,9 +578,9 @@ async fn threat_07_tls_sessions_are_never_resumed() {
     let server = space.node("server", "publisher");
     let client = space.node("client", "consumer");
     let node = support::start(&server, |_| {}).await;
-    let mut config =
-        (*dsnode::runtime::tls::client_config(&support::material(&client)).expect("config"))
-            .clone();
+    let mut config = (*dsnode::runtime::tls::client_config(&support::material(&client))
+        .expect("config"))
+    .clone();
     config.resumption = rustls::client::Resumption::in_memory_sessions(16);
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let mut kinds = Vec::new();

@@ -292,7 +292,7 @@ impl Served {
         self.signal("TERM");
         let status = self.child.wait().expect("exit");
         if !status.success() {
-            let log: Vec<String> = self.lines.try_iter().map(|l| l.to_string()).collect();
+            let log: Vec<String> = self.lines.try_iter().collect();
             panic!(
                 "dsnode serve ended with {status} after SIGTERM; its log:\n{}",
                 log.join("\n")
