@@ -95,7 +95,9 @@ pub enum LedgerError {
     #[error("ledger commit failed: {0}")]
     CommitFailed(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// An earlier commit failed; appends are refused until restart.
-    #[error("the ledger stopped accepting appends after a failed commit; restart the node")]
+    #[error(
+        "this node's ledger takes no appends since a write to its storage failed; its operator must fix the storage and restart it"
+    )]
     Failed,
     /// A request is out of range.
     #[error("{0}")]
@@ -330,6 +332,8 @@ struct Shared {
     head: watch::Receiver<Option<Arc<SignedCheckpoint>>>,
     keys: SharedKeys,
     failed: Arc<AtomicBool>,
+    /// Why appends stopped (the failed commit's cause), once they did.
+    failure: watch::Receiver<Option<String>>,
     sequencer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Where the verified mark is kept (`None`: not kept).
     mark: Option<std::path::PathBuf>,
@@ -339,6 +343,35 @@ struct Shared {
     marked: std::sync::Mutex<Option<u64>>,
     /// The store was found changed behind the node's back.
     tampered: AtomicBool,
+}
+
+/// Whether `err` (or an error it wraps) is the file system saying it is
+/// full: ENOSPC or EDQUOT, or `StorageFull`.
+pub fn is_storage_full(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull
+                || matches!(io.raw_os_error(), Some(28 | 122)))
+        {
+            return true;
+        }
+        if let Some(sled::Error::Io(io)) = e.downcast_ref::<sled::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull
+                || matches!(io.raw_os_error(), Some(28 | 122)))
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+impl LedgerError {
+    /// Whether the storage was full (a commit failed for lack of space).
+    pub fn is_storage_full(&self) -> bool {
+        is_storage_full(self)
+    }
 }
 
 impl Ledger {
@@ -398,6 +431,7 @@ impl Ledger {
         let (head_tx, head_rx) = watch::channel(report.latest.clone().map(Arc::new));
         let (tx, rx) = mpsc::channel(options.queue.max(1));
         let failed = Arc::new(AtomicBool::new(false));
+        let (failure_tx, failure) = watch::channel(None);
         let observer = Arc::new(std::sync::OnceLock::new());
         let sequencer = Sequencer {
             store: store.clone(),
@@ -411,6 +445,7 @@ impl Ledger {
                 .map(|c| (c.checkpoint.size, c.checkpoint.root)),
             head: head_tx,
             failed: failed.clone(),
+            failure: failure_tx,
             max_batch: options.max_batch.max(1),
             guard,
         };
@@ -429,6 +464,7 @@ impl Ledger {
                 head: head_rx,
                 keys,
                 failed,
+                failure,
                 sequencer: std::sync::Mutex::new(Some(thread)),
                 mark: mark_path,
                 marked: std::sync::Mutex::new(mark.map(|m| m.checkpoint.size)),
@@ -548,6 +584,12 @@ impl Ledger {
             let ledger = self.clone();
             let _ = tokio::task::spawn_blocking(move || ledger.advance_mark(&latest)).await;
         }
+    }
+
+    /// Why appends stopped (a failed commit's cause), as it changes:
+    /// `None` while they work.
+    pub fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.shared.failure.clone()
     }
 
     /// Appends an entry; returns once it is durable and signed over.
@@ -890,6 +932,7 @@ struct Sequencer {
     last_signed: Option<(u64, Hash)>,
     head: watch::Sender<Option<Arc<SignedCheckpoint>>>,
     failed: Arc<AtomicBool>,
+    failure: watch::Sender<Option<String>>,
     max_batch: usize,
     /// Where the last signed checkpoint is kept outside the store.
     guard: Option<std::path::PathBuf>,
@@ -1111,6 +1154,12 @@ impl Sequencer {
             LedgerError::CommitFailed(cause) => cause,
             other => Arc::new(other),
         };
+        let full = is_storage_full(&*cause);
+        self.failure.send_replace(Some(if full {
+            format!("the node's storage is full ({cause})")
+        } else {
+            cause.to_string()
+        }));
         for reply in replies {
             let _ = reply.send(Err(LedgerError::CommitFailed(cause.clone())));
         }

@@ -303,6 +303,9 @@ enum Cause {
     Fork,
     /// The background scrub found the ledger's store changed (sticky).
     Tampered,
+    /// A ledger commit failed (a full disk, an I/O error): no append is
+    /// taken until a restart re-verifies the store (sticky).
+    LedgerWrites,
 }
 
 /// The node's readiness (gRPC health and `/readyz`): SERVING while no
@@ -847,6 +850,11 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
             shutdown.clone(),
         ))
     });
+    tokio::spawn(watch_ledger_writes(
+        ctx.ledger.failure(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     if !config.limits.denial_window.is_zero() {
         tokio::spawn(flush_denials(
             ctx.clone(),
@@ -927,6 +935,34 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         shutdown,
         task,
     })
+}
+
+/// Makes the node NOT_SERVING, naming the cause, as soon as a ledger
+/// commit fails: nothing can be granted, transferred or receipted until
+/// the storage is fixed and the node restarted.
+async fn watch_ledger_writes(
+    mut failure: tokio::sync::watch::Receiver<Option<String>>,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let reason = failure.borrow_and_update().clone();
+        if let Some(reason) = reason {
+            readiness
+                .set(
+                    Cause::LedgerWrites,
+                    Some(format!(
+                        "the ledger takes no appends since a commit failed: {reason}; free space or fix the disk, then restart the node"
+                    )),
+                )
+                .await;
+            return;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = failure.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 /// Records the repeats of identical refusals whose window has ended

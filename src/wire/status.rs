@@ -35,6 +35,14 @@ pub fn ledger(context: &str, err: LedgerError) -> Status {
         LedgerError::Closed | LedgerError::Failed => {
             Status::unavailable(format!("{context}: {err}"))
         }
+        // The caller's answer says what happened; the path and errno stay
+        // in the log.
+        e @ LedgerError::CommitFailed(_) if e.is_storage_full() => {
+            tracing::error!(context, error = %e, "storage full");
+            Status::resource_exhausted(format!(
+                "{context}: this node's storage is full; nothing was recorded or granted. Retry once its operator has freed space"
+            ))
+        }
         other => internal(context, &other),
     }
 }

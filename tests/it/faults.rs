@@ -83,7 +83,11 @@ async fn disk_full_refuses_cleanly_keeps_reads_and_recovers() {
     };
     let consumer = consumer_in(&space, "acme", "CN-HE");
     let auditor = space.node("regulator", "auditor");
-    let pub_node = support::start(&publisher, |_| {}).await;
+    let pub_node = support::start_with(&publisher, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let metrics = pub_node.metrics_addr().expect("metrics listener");
     let con_node = support::start(&consumer, |_| {}).await;
     let ds = published(&publisher, &pub_node, "Counts", POLICY, b"a,b\n1").await;
     let mut a = Auditor::new(Box::new(support::connect(&auditor, &pub_node).await));
@@ -96,10 +100,25 @@ async fn disk_full_refuses_cleanly_keeps_reads_and_recovers() {
         .request_access(&peer, ask(&ds, "research"))
         .await
         .expect_err("no grant on a full disk");
-    // The requester learns it failed on the publisher's side (the cause,
-    // "No space left on device" with its path, stays in that node's log).
-    assert_eq!(err.code, PeerCode::Internal, "{}", err.message);
-    assert!(err.message.contains("issuing a grant"), "{}", err.message);
+    // The requester learns the publisher's storage is full (issue 20,
+    // finding 5: it was INTERNAL "see the node's log"); the path and
+    // errno stay in that node's log.
+    assert_eq!(err.code, PeerCode::ResourceExhausted, "{}", err.message);
+    assert!(
+        err.message.contains("issuing a grant")
+            && err.message.contains("this node's storage is full"),
+        "{}",
+        err.message
+    );
+    // The publisher says at once that it is not ready, and why.
+    let ready = support::http(metrics, "GET", "/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready.body.contains("the ledger takes no appends")
+            && ready.body.contains("storage is full"),
+        "{}",
+        ready.body
+    );
     // A refusal is recorded in the ledger: on a full disk the append
     // fails, so the refusal is not answered as if recorded.
     let denied = con_admin
