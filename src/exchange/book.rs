@@ -326,10 +326,11 @@ impl GrantBook {
         let mut draft = g.entry(EntryKind::AccessGranted);
         draft.object_hash = Some(verified.envelope().payload_hash());
         let actions: Vec<&str> = g.actions.iter().map(|a| a.as_str()).collect();
-        draft.detail = format!("purpose {}; actions {}", g.purpose, actions.join(","))
-            .chars()
-            .take(500)
-            .collect();
+        draft.detail = format!(
+            "purpose {}; actions {}",
+            crate::text::shown(&g.purpose),
+            actions.join(",")
+        );
         let mut name = ISSUED.to_vec();
         name.extend_from_slice(g.id.to_string().as_bytes());
         let appended = self
@@ -373,7 +374,8 @@ impl GrantBook {
         let g = grant.value();
         let mut draft = g.entry(EntryKind::GrantReceived);
         draft.object_hash = Some(grant.envelope().payload_hash());
-        draft.detail = format!("purpose {}", g.purpose).chars().take(500).collect();
+        // The publisher's text: escaped and cut like any outside text.
+        draft.detail = format!("purpose {}", crate::text::shown(&g.purpose));
         let appended = self.ledger.append(draft).await?;
         let held = Arc::new(Held {
             grant,
