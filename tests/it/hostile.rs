@@ -152,6 +152,24 @@ async fn an_undecodable_request_is_invalid_argument_not_a_server_error() {
     node.shutdown().await.expect("stop");
 }
 
+/// Asserts `err` is RESOURCE_EXHAUSTED and its message says each of
+/// `parts` (the limit's name, its value).
+fn refused_naming(err: &tonic::Status, parts: &[&str]) {
+    assert_eq!(
+        err.code(),
+        tonic::Code::ResourceExhausted,
+        "{}",
+        err.message()
+    );
+    for part in parts {
+        assert!(
+            err.message().contains(part),
+            "no `{part}` in: {}",
+            err.message()
+        );
+    }
+}
+
 /// Peering.Hello on `conn`: the code the node answered, and its message.
 async fn hello_on(conn: &dsnode::wire::client::PeerChannel) -> Result<(), tonic::Status> {
     pb::peering_client::PeeringClient::new(conn.channel.clone())
@@ -189,17 +207,9 @@ async fn one_certificate_cannot_take_every_connection_slot() {
     // the limit, on every call.
     let extra = support::connect_addr(&hog, addr).await;
     let err = hello_on(&extra).await.expect_err("over the per-peer limit");
-    assert_eq!(
-        err.code(),
-        tonic::Code::ResourceExhausted,
-        "{}",
-        err.message()
-    );
-    assert!(
-        err.message().contains("already has 3 connections open")
-            && err.message().contains("max_connections_per_peer"),
-        "{}",
-        err.message()
+    refused_naming(
+        &err,
+        &["already has 3 connections open", "max_connections_per_peer"],
     );
     drop(extra);
 
@@ -223,17 +233,7 @@ async fn one_certificate_cannot_take_every_connection_slot() {
     let err = hello_on(&support::connect_addr(&late, addr).await)
         .await
         .expect_err("no slot left");
-    assert_eq!(
-        err.code(),
-        tonic::Code::ResourceExhausted,
-        "{}",
-        err.message()
-    );
-    assert!(
-        err.message().contains("all its 7 connection slots in use"),
-        "{}",
-        err.message()
-    );
+    refused_naming(&err, &["all its 7 connection slots in use"]);
     // ... and the node's own certificate (its operator's CLI) gets in.
     let own = support::connect_addr(&server, addr).await;
     dsnode::wire::admin::AdminClient::new(&own)
@@ -382,17 +382,9 @@ async fn one_consumer_cannot_grow_the_publishers_ledger_without_bound() {
     let err = request_access(&conn, &ds, "research")
         .await
         .expect_err("over the live-grant cap");
-    assert_eq!(
-        err.code(),
-        tonic::Code::ResourceExhausted,
-        "{}",
-        err.message()
-    );
-    assert!(
-        err.message().contains("already holds 3 live grants")
-            && err.message().contains("max_live_grants_per_peer"),
-        "{}",
-        err.message()
+    refused_naming(
+        &err,
+        &["already holds 3 live grants", "max_live_grants_per_peer"],
     );
     crate::support::flows::admin(&publisher, &node)
         .await
