@@ -247,8 +247,13 @@ impl Publisher<'_> {
         let (record, closed) =
             self.limits
                 .denial(key, &draft, std::time::Instant::now(), self.clock.now());
-        if let Some(repeats) = closed {
-            self.ledger.append(repeats).await.map_err(failed)?;
+        if let Some(repeats) = closed
+            && let Err(e) = self.ledger.append(repeats).await
+        {
+            // The new window's first refusal is not recorded either: the
+            // next identical one starts the window again.
+            self.limits.denial_failed(&key);
+            return Err(failed(e));
         }
         match record {
             super::limits::DenialRecord::Counted => {
