@@ -254,8 +254,33 @@ pub type ClientConfigCell = ConfigCell<ClientConfig>;
 pub struct ConnectionRegistry {
     next: AtomicU64,
     state: Mutex<Registry>,
-    handshake_failures: Mutex<std::collections::BTreeMap<&'static str, u64>>,
-    refusals: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    handshake_failures: Counts,
+    refusals: Counts,
+}
+
+/// Events counted by a fixed label (a metrics label: never text from a
+/// peer).
+#[derive(Default)]
+struct Counts(Mutex<std::collections::BTreeMap<&'static str, u64>>);
+
+impl Counts {
+    fn add(&self, label: &'static str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(label)
+            .or_default() += 1;
+    }
+
+    fn by_label(&self) -> Vec<(&'static str, u64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(l, n)| (*l, *n))
+            .collect()
+    }
 }
 
 /// An open verified connection.
@@ -335,21 +360,11 @@ impl ConnectionRegistry {
     /// Connections refused by a limit since start, by limit (`per_peer`,
     /// `global`).
     pub fn refusals_by_limit(&self) -> Vec<(&'static str, u64)> {
-        self.refusals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(r, n)| (*r, *n))
-            .collect()
+        self.refusals.by_label()
     }
 
     fn refused(&self, limit: &'static str) {
-        *self
-            .refusals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(limit)
-            .or_default() += 1;
+        self.refusals.add(limit);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -371,21 +386,11 @@ impl ConnectionRegistry {
 
     /// Failed handshakes since start, by reason (see [`failure_reason`]).
     pub fn handshake_failures_by_reason(&self) -> Vec<(&'static str, u64)> {
-        self.handshake_failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(r, n)| (*r, *n))
-            .collect()
+        self.handshake_failures.by_label()
     }
 
     fn handshake_failed(&self, reason: &'static str) {
-        *self
-            .handshake_failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(reason)
-            .or_default() += 1;
+        self.handshake_failures.add(reason);
     }
 
     /// Makes `serials` the revoked set (the CRL now in force) and cuts
