@@ -99,6 +99,15 @@ pub enum LedgerError {
         "this node's ledger takes no appends since a write to its storage failed; its operator must fix the storage and restart it"
     )]
     Failed,
+    /// An earlier commit failed for lack of space; appends are refused
+    /// until the ledger finds room again and re-opens its store (by
+    /// itself, without a restart).
+    #[error("this node's storage is full; its ledger takes appends again once space is freed")]
+    Full,
+    /// The store is being re-opened after its storage filled up (or
+    /// re-opening it failed and is retried).
+    #[error("this node's ledger is re-opening its store after its storage filled up")]
+    Reopening,
     /// A request is out of range.
     #[error("{0}")]
     Range(String),
@@ -114,6 +123,9 @@ pub struct LedgerOptions {
     pub max_batch: usize,
     /// Appends that may wait in the queue (back-pressure beyond that).
     pub queue: usize,
+    /// How often a ledger whose storage filled up probes for room again
+    /// (see [`LedgerError::Full`]).
+    pub probe_every: std::time::Duration,
 }
 
 impl Default for LedgerOptions {
@@ -121,6 +133,7 @@ impl Default for LedgerOptions {
         Self {
             max_batch: 1000,
             queue: 16_384,
+            probe_every: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -157,6 +170,9 @@ enum Request {
         participant: crate::identity::ParticipantId,
         reply: oneshot::Sender<Result<Appended, LedgerError>>,
     },
+    /// Probe the storage and re-open the store, if appends stopped
+    /// because it was full.
+    Recover,
     /// Stop after the appends queued before it.
     Close,
 }
@@ -299,6 +315,9 @@ fn check_guard(
     Ok(())
 }
 
+/// How [`Ledger::failure`] begins when a commit failed for lack of space.
+pub const STORAGE_FULL: &str = "the node's storage is full";
+
 /// The name under which a node signs its checkpoints (origin line and
 /// note key name).
 pub fn origin_for(node: &NodeId) -> String {
@@ -315,6 +334,44 @@ fn now_ms() -> i64 {
 /// The log's key history, replaced when the key rotates.
 type SharedKeys = Arc<std::sync::RwLock<Arc<LogKeys>>>;
 
+/// The store, replaced when the sequencer re-opens it after its storage
+/// filled up; `None` while re-opening it fails (it is retried).
+type StoreSlot = Arc<std::sync::RwLock<Option<Arc<dyn LedgerStore>>>>;
+
+/// Opens the store in a directory again (after a failed commit).
+type Opener = Arc<dyn Fn(&Path) -> Result<Arc<dyn LedgerStore>, StoreError> + Send + Sync>;
+
+/// File (in the ledger directory) written and fsynced to learn whether
+/// the storage has room again; removed at once.
+const PROBE: &str = "PROBE";
+
+/// Bytes the probe writes: room for a batch of appends, so the ledger
+/// does not re-open only to fail again at once.
+const PROBE_BYTES: usize = 1 << 20;
+
+/// Whether appends are refused, and whether the ledger may take them
+/// again by itself (its storage was full).
+#[derive(Default)]
+struct WriteState {
+    /// Appends are refused.
+    failed: AtomicBool,
+    /// ... because the storage was full: the sequencer probes for room
+    /// and re-opens the store once there is.
+    full: AtomicBool,
+}
+
+impl WriteState {
+    fn refusal(&self) -> Option<LedgerError> {
+        if !self.failed.load(Ordering::Acquire) {
+            None
+        } else if self.full.load(Ordering::Acquire) {
+            Some(LedgerError::Full)
+        } else {
+            Some(LedgerError::Failed)
+        }
+    }
+}
+
 /// The node's ledger.
 #[derive(Clone)]
 pub struct Ledger {
@@ -326,12 +383,15 @@ pub struct Ledger {
 pub type CommitObserver = Arc<dyn Fn(usize, std::time::Duration) + Send + Sync>;
 
 struct Shared {
-    store: Arc<dyn LedgerStore>,
+    store: StoreSlot,
+    /// Counts the store's re-openings: a long reader (the scrub) that sees
+    /// it change lets go of the old store and starts again.
+    generation: Arc<std::sync::atomic::AtomicU64>,
     observer: Arc<std::sync::OnceLock<CommitObserver>>,
     tx: mpsc::Sender<Request>,
     head: watch::Receiver<Option<Arc<SignedCheckpoint>>>,
     keys: SharedKeys,
-    failed: Arc<AtomicBool>,
+    state: Arc<WriteState>,
     /// Why appends stopped (the failed commit's cause), once they did.
     failure: watch::Receiver<Option<String>>,
     sequencer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -390,8 +450,8 @@ impl Ledger {
         key: SigningKey,
         options: LedgerOptions,
     ) -> Result<(Self, VerifyReport), LedgerError> {
-        let store: Arc<dyn LedgerStore> = Arc::new(SledStore::open(dir)?);
-        Self::start(store, key, options, Some(dir))
+        let opener: Opener = Arc::new(|dir| Ok(Arc::new(SledStore::open(dir)?)));
+        Self::start(opener(dir)?, key, options, Some((dir, opener)))
     }
 
     /// Like [`Ledger::open`] over any store, without the rollback guard.
@@ -403,12 +463,27 @@ impl Ledger {
         Self::start(store, key, options, None)
     }
 
+    /// The store, unless it is being re-opened (after its storage filled
+    /// up) and that failed.
+    fn store(&self) -> Result<Arc<dyn LedgerStore>, LedgerError> {
+        self.shared
+            .store
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(LedgerError::Reopening)
+    }
+
+    /// Opens the ledger over `store`; with a directory (and how to open
+    /// the store there again), keeps the rollback guard and verified mark
+    /// in it and re-opens the store by itself after its storage filled up.
     fn start(
         store: Arc<dyn LedgerStore>,
         key: SigningKey,
         options: LedgerOptions,
-        dir: Option<&Path>,
+        home: Option<(&Path, Opener)>,
     ) -> Result<(Self, VerifyReport), LedgerError> {
+        let dir = home.as_ref().map(|(d, _)| *d);
         // The key must be the log's current one: a retired key (a node
         // restored with an old key file) is refused here, by name.
         let log_keys = LogKeys::from_rotations(
@@ -430,11 +505,17 @@ impl Ledger {
         let writer = Writer::open(store.as_ref(), report.size)?;
         let (head_tx, head_rx) = watch::channel(report.latest.clone().map(Arc::new));
         let (tx, rx) = mpsc::channel(options.queue.max(1));
-        let failed = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(WriteState::default());
         let (failure_tx, failure) = watch::channel(None);
         let observer = Arc::new(std::sync::OnceLock::new());
+        let slot: StoreSlot = Arc::new(std::sync::RwLock::new(Some(store)));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sequencer = Sequencer {
-            store: store.clone(),
+            store: slot.clone(),
+            generation: generation.clone(),
+            home: home.map(|(d, opener)| (d.to_path_buf(), opener)),
+            probe_every: options.probe_every,
+            requests: tx.downgrade(),
             observer: observer.clone(),
             signer,
             keys: keys.clone(),
@@ -444,7 +525,7 @@ impl Ledger {
                 .as_ref()
                 .map(|c| (c.checkpoint.size, c.checkpoint.root)),
             head: head_tx,
-            failed: failed.clone(),
+            state: state.clone(),
             failure: failure_tx,
             max_batch: options.max_batch.max(1),
             guard,
@@ -458,12 +539,13 @@ impl Ledger {
             })?;
         let ledger = Self {
             shared: Arc::new(Shared {
-                store,
+                store: slot,
+                generation,
                 observer,
                 tx,
                 head: head_rx,
                 keys,
-                failed,
+                state,
                 failure,
                 sequencer: std::sync::Mutex::new(Some(thread)),
                 mark: mark_path,
@@ -513,27 +595,34 @@ impl Ledger {
         &self,
         pace: &mut dyn FnMut(u64) -> bool,
     ) -> Result<Option<VerifyReport>, LedgerError> {
-        let Some(latest) = self.latest() else {
+        // A pass over a store that is re-opened meanwhile lets go of it
+        // (so it can close) and starts again over the new one.
+        let report = loop {
+            let Some(latest) = self.latest() else {
+                return Ok(None);
+            };
+            let keys = self.keys();
+            let generation = self.shared.generation.load(Ordering::Acquire);
+            let reopened = || self.shared.generation.load(Ordering::Acquire) != generation;
+            let mut paced = |n| !reopened() && pace(n) && !reopened();
+            let store = self.store()?;
+            let result = verify::scrub(store.as_ref(), &keys, latest.checkpoint.size, &mut paced);
+            drop(store);
+            match result {
+                Ok(None) if reopened() => continue,
+                Ok(report) => break report.map(|r| (r, latest)),
+                Err(e @ (LedgerError::Tampered { .. } | LedgerError::BadCheckpoint { .. })) => {
+                    self.found_tampered();
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let Some((report, latest)) = report else {
             return Ok(None);
         };
-        let keys = self.keys();
-        let report = match verify::scrub(
-            self.shared.store.as_ref(),
-            &keys,
-            latest.checkpoint.size,
-            pace,
-        ) {
-            Ok(report) => report,
-            Err(e @ (LedgerError::Tampered { .. } | LedgerError::BadCheckpoint { .. })) => {
-                self.found_tampered();
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        if report.is_some() {
-            self.advance_mark(&latest);
-        }
-        Ok(report)
+        self.advance_mark(&latest);
+        Ok(Some(report))
     }
 
     /// The store was found changed behind the node's back: no more
@@ -542,7 +631,9 @@ impl Ledger {
     /// whole log and refuses it.
     fn found_tampered(&self) {
         self.shared.tampered.store(true, Ordering::Release);
-        self.shared.failed.store(true, Ordering::Release);
+        // For good: no probe re-opens the write path of a changed store.
+        self.shared.state.full.store(false, Ordering::Release);
+        self.shared.state.failed.store(true, Ordering::Release);
         let mut marked = self
             .shared
             .marked
@@ -578,7 +669,7 @@ impl Ledger {
         }
         // Everything up to the last checkpoint was written by this
         // process: the next start-up checks only what comes after it.
-        if !self.shared.failed.load(Ordering::Acquire)
+        if !self.shared.state.failed.load(Ordering::Acquire)
             && let Some(latest) = self.latest()
         {
             let ledger = self.clone();
@@ -613,7 +704,7 @@ impl Ledger {
 
     /// A record by name (see [`Ledger::append_with_record`]).
     pub fn record(&self, name: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
-        Ok(self.shared.store.record(name)?)
+        Ok(self.store()?.record(name)?)
     }
 
     /// The records whose name starts with `prefix`, in name order, after
@@ -624,7 +715,7 @@ impl Ledger {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Record>, LedgerError> {
-        Ok(self.shared.store.records(prefix, after, limit)?)
+        Ok(self.store()?.records(prefix, after, limit)?)
     }
 
     async fn append_inner(
@@ -633,8 +724,8 @@ impl Ledger {
         record: Option<Record>,
     ) -> Result<Appended, LedgerError> {
         Entry::check_draft(&draft)?;
-        if self.shared.failed.load(Ordering::Acquire) {
-            return Err(LedgerError::Failed);
+        if let Some(refusal) = self.shared.state.refusal() {
+            return Err(refusal);
         }
         let (reply, rx) = oneshot::channel();
         self.shared
@@ -680,7 +771,7 @@ impl Ledger {
         let keys = self.keys();
         let mut out = Vec::new();
         for index in keys.rotation_indices() {
-            out.push(self.shared.store.entry(index)?.ok_or_else(|| {
+            out.push(self.store()?.entry(index)?.ok_or_else(|| {
                 LedgerError::Range(format!("key rotation entry {index} is not stored"))
             })?);
         }
@@ -697,8 +788,8 @@ impl Ledger {
         new_key: SigningKey,
         participant: crate::identity::ParticipantId,
     ) -> Result<Appended, LedgerError> {
-        if self.shared.failed.load(Ordering::Acquire) {
-            return Err(LedgerError::Failed);
+        if let Some(refusal) = self.shared.state.refusal() {
+            return Err(refusal);
         }
         let (reply, rx) = oneshot::channel();
         self.shared
@@ -722,7 +813,7 @@ impl Ledger {
         if index >= self.size() {
             return Ok(None);
         }
-        Ok(self.shared.store.entry(index)?)
+        Ok(self.store()?.entry(index)?)
     }
 
     /// Entries `[from, from + limit)` below the latest checkpoint.
@@ -735,7 +826,7 @@ impl Ledger {
         for index in from..end {
             if index >> store::BLOCK_BITS != block {
                 block = index >> store::BLOCK_BITS;
-                let Some(b) = self.shared.store.block(block)? else {
+                let Some(b) = self.store()?.block(block)? else {
                     break;
                 };
                 decoded = b;
@@ -750,16 +841,12 @@ impl Ledger {
 
     /// The index of the entry with this leaf hash.
     pub fn leaf_index(&self, leaf: &Hash) -> Result<Option<u64>, LedgerError> {
-        Ok(self
-            .shared
-            .store
-            .leaf_index(leaf)?
-            .filter(|i| *i < self.size()))
+        Ok(self.store()?.leaf_index(leaf)?.filter(|i| *i < self.size()))
     }
 
     /// The signed checkpoint of `size`, if the node signed one.
     pub fn checkpoint_at(&self, size: u64) -> Result<Option<SignedCheckpoint>, LedgerError> {
-        let Some(note) = self.shared.store.checkpoint(size)? else {
+        let Some(note) = self.store()?.checkpoint(size)? else {
             return Ok(None);
         };
         Ok(Some(self.keys().verify_checkpoint(note.as_bytes())?))
@@ -779,7 +866,7 @@ impl Ledger {
     pub fn prove_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
         self.check_size(size)?;
         Ok(merkle::inclusion_proof(
-            &StoredTree::new(self.shared.store.as_ref()),
+            &StoredTree::new(self.store()?.as_ref()),
             index,
             size,
         )?)
@@ -820,12 +907,13 @@ impl Ledger {
             let Ok(lo) = u64::try_from(lo) else {
                 return Ok(None);
             };
-            let signed = self.shared.store.checkpoints(lo, 1)?;
+            let signed = self.store()?.checkpoints(lo, 1)?;
             if signed.first().is_none_or(|(s, _)| u128::from(*s) >= hi) {
                 return Ok(None);
             }
         }
-        let tree = StoredTree::new(self.shared.store.as_ref());
+        let store = self.store()?;
+        let tree = StoredTree::new(store.as_ref());
         let mut out = Vec::with_capacity(usize::from(width));
         for i in first..end {
             let i = u64::try_from(i).map_err(|_| LedgerError::Range("tile index".into()))?;
@@ -838,7 +926,7 @@ impl Ledger {
     pub fn prove_consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
         self.check_size(new)?;
         Ok(merkle::consistency_proof(
-            &StoredTree::new(self.shared.store.as_ref()),
+            &StoredTree::new(self.store()?.as_ref()),
             old,
             new,
         )?)
@@ -919,19 +1007,27 @@ impl Ledger {
         size: u64,
     ) -> Result<Page, LedgerError> {
         self.check_size(size)?;
-        query::run(self.shared.store.as_ref(), query, token, limit, size)
+        query::run(self.store()?.as_ref(), query, token, limit, size)
     }
 }
 
 struct Sequencer {
-    store: Arc<dyn LedgerStore>,
+    store: StoreSlot,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// The store's directory and how to open it again: without them a
+    /// full disk needs a restart.
+    home: Option<(std::path::PathBuf, Opener)>,
+    probe_every: std::time::Duration,
+    /// Where the prober asks for [`Request::Recover`]; weak, so the
+    /// channel still closes when the ledger is dropped.
+    requests: mpsc::WeakSender<Request>,
     observer: Arc<std::sync::OnceLock<CommitObserver>>,
     signer: NoteSigner,
     keys: SharedKeys,
     writer: Writer,
     last_signed: Option<(u64, Hash)>,
     head: watch::Sender<Option<Arc<SignedCheckpoint>>>,
-    failed: Arc<AtomicBool>,
+    state: Arc<WriteState>,
     failure: watch::Sender<Option<String>>,
     max_batch: usize,
     /// Where the last signed checkpoint is kept outside the store.
@@ -947,6 +1043,7 @@ impl Sequencer {
             };
             let mut batch = Vec::new();
             let mut rotate = None;
+            let mut recover = false;
             let mut next = Some(first);
             while let Some(request) = next.take() {
                 match request {
@@ -964,6 +1061,10 @@ impl Sequencer {
                         rotate = Some((new_key, participant, reply));
                         break;
                     }
+                    Request::Recover => {
+                        recover = true;
+                        break;
+                    }
                     Request::Close => {
                         closing = true;
                         break;
@@ -973,12 +1074,19 @@ impl Sequencer {
                     next = rx.try_recv().ok();
                 }
             }
-            if self.failed.load(Ordering::Acquire) {
-                for (_, _, reply) in batch {
-                    let _ = reply.send(Err(LedgerError::Failed));
-                }
+            if let Some(refusal) = self.state.refusal() {
+                let refuse = |reply: oneshot::Sender<_>| {
+                    let _ = reply.send(Err(match refusal {
+                        LedgerError::Full => LedgerError::Full,
+                        _ => LedgerError::Failed,
+                    }));
+                };
+                batch.into_iter().for_each(|(_, _, reply)| refuse(reply));
                 if let Some((_, _, reply)) = rotate {
-                    let _ = reply.send(Err(LedgerError::Failed));
+                    refuse(reply);
+                }
+                if recover {
+                    self.recover();
                 }
                 continue;
             }
@@ -996,7 +1104,7 @@ impl Sequencer {
                 Request::Append { reply, .. } | Request::Rotate { reply, .. } => {
                     let _ = reply.send(Err(LedgerError::Closed));
                 }
-                Request::Close => {}
+                Request::Recover | Request::Close => {}
             }
         }
     }
@@ -1058,6 +1166,19 @@ impl Sequencer {
             );
             return;
         }
+        let store = self
+            .store
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(store) = store else {
+            // Only while failed (re-opening failed): refused above.
+            self.fail(
+                requests.into_iter().map(|(_, _, r)| r),
+                LedgerError::Reopening,
+            );
+            return;
+        };
         let started = std::time::Instant::now();
         let time_ms = now_ms();
         let mut accepted = Vec::with_capacity(requests.len());
@@ -1067,7 +1188,7 @@ impl Sequencer {
             let entry = Entry::new(self.writer.size(), time_ms, draft);
             // Drafts were checked before queueing, so encoding cannot fail;
             // a store read failing here fails the whole batch.
-            match self.writer.add(self.store.as_ref(), &entry) {
+            match self.writer.add(store.as_ref(), &entry) {
                 Ok(leaf) => accepted.push((entry.index, leaf, reply)),
                 Err(e) => {
                     let replies = accepted.into_iter().map(|(_, _, r)| r);
@@ -1095,11 +1216,11 @@ impl Sequencer {
             }
         }
         let (size, root) = batch.head;
-        let mut result = self
-            .store
+        let mut result = store
             .append_batch(&batch)
-            .and_then(|()| self.store.sync())
+            .and_then(|()| store.sync())
             .map_err(LedgerError::from);
+        drop(store);
         if let (Ok(()), Some(path)) = (&result, &self.guard) {
             result = crate::fsutil::write_atomic(
                 path,
@@ -1140,23 +1261,31 @@ impl Sequencer {
     }
 
     /// A commit failed: the batch may or may not be on disk, and the
-    /// writer's state is ahead of it. Stop appending until a restart
-    /// re-verifies the store (as databases do after a failed fsync).
+    /// writer's state is ahead of it. Stop appending until the store is
+    /// verified again (as databases do after a failed fsync): when the
+    /// storage was full, by this sequencer once a probe finds room again
+    /// ([`Sequencer::recover`]); otherwise by a restart.
     fn fail(
         &self,
         replies: impl Iterator<Item = oneshot::Sender<Result<Appended, LedgerError>>>,
         err: LedgerError,
     ) {
-        tracing::error!(error = %err, "ledger commit failed; refusing further appends until restart");
-        self.failed.store(true, Ordering::Release);
         // Every waiter gets the same cause, kept as the error's source.
         let cause: Arc<dyn std::error::Error + Send + Sync> = match err {
             LedgerError::CommitFailed(cause) => cause,
             other => Arc::new(other),
         };
         let full = is_storage_full(&*cause);
+        if full && self.home.is_some() {
+            tracing::error!(error = %cause, "ledger commit failed: the storage is full; appends are refused until there is room again");
+            self.state.full.store(true, Ordering::Release);
+            self.start_prober();
+        } else {
+            tracing::error!(error = %cause, "ledger commit failed; refusing further appends until restart");
+        }
+        self.state.failed.store(true, Ordering::Release);
         self.failure.send_replace(Some(if full {
-            format!("the node's storage is full ({cause})")
+            format!("{STORAGE_FULL} ({cause})")
         } else {
             cause.to_string()
         }));
@@ -1164,6 +1293,151 @@ impl Sequencer {
             let _ = reply.send(Err(LedgerError::CommitFailed(cause.clone())));
         }
     }
+
+    /// Asks this sequencer to [`Sequencer::recover`] every `probe_every`
+    /// while the storage is full.
+    fn start_prober(&self) {
+        let (requests, state, every) =
+            (self.requests.clone(), self.state.clone(), self.probe_every);
+        let spawned = std::thread::Builder::new()
+            .name("ledger-prober".into())
+            .spawn(move || {
+                while state.full.load(Ordering::Acquire) {
+                    std::thread::sleep(every);
+                    let Some(tx) = requests.upgrade() else {
+                        return;
+                    };
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Request::Recover)
+                    {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the storage prober: restart the node once space is freed");
+        }
+    }
+
+    /// If appends stopped because the storage was full and a probe write
+    /// and fsync now succeed: closes the store, opens it again, verifies
+    /// what lies beyond the verified mark and the record of the last
+    /// signed checkpoint (as a start-up does), and takes appends again.
+    /// Nothing unsure is acknowledged: the batch whose commit failed may
+    /// be in the store or not, and the tree goes on from what the store
+    /// holds and verifies.
+    fn recover(&mut self) {
+        if !self.state.full.load(Ordering::Acquire) {
+            return;
+        }
+        let Some((dir, opener)) = self.home.clone() else {
+            return;
+        };
+        if let Err(e) = probe(&dir) {
+            tracing::debug!(error = %e, "the ledger's storage has no room yet");
+            return;
+        }
+        match self.reopen(&dir, &opener) {
+            Ok(report) => {
+                self.state.full.store(false, Ordering::Release);
+                self.state.failed.store(false, Ordering::Release);
+                self.failure.send_replace(None);
+                tracing::info!(
+                    entries = report.size,
+                    checked = report.size - report.trusted_below,
+                    "the storage has room again: the ledger re-opened and verified its store and takes appends again"
+                );
+            }
+            Err(
+                e @ (LedgerError::Tampered { .. }
+                | LedgerError::BadCheckpoint { .. }
+                | LedgerError::Keys(_)
+                | LedgerError::Note(_)),
+            ) => {
+                tracing::error!(error = %e, "the ledger's store, re-opened after the storage filled up, does not verify: appends stay refused; run `dsnode audit verify` on a copy");
+                self.state.full.store(false, Ordering::Release);
+                self.failure
+                    .send_replace(Some(format!("re-opening the store after a full disk: {e}")));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-opening the ledger's store failed; retrying");
+            }
+        }
+    }
+
+    /// Replaces the store by a freshly opened one and rebuilds the tree's
+    /// state from what it verifiably holds. The store stays available to
+    /// readers unless re-opening it fails (it is then retried).
+    fn reopen(&mut self, dir: &Path, opener: &Opener) -> Result<VerifyReport, LedgerError> {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let slot = self.store.clone();
+        let mut slot = slot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = slot.take() {
+            // Readers hold the store for one call; the scrub lets go at
+            // its next step. Sled keeps its files locked until the last
+            // handle is dropped.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Arc::strong_count(&old) > 1 {
+                if std::time::Instant::now() > deadline {
+                    *slot = Some(old);
+                    return Err(LedgerError::Reopening);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let store = loop {
+            match opener(dir) {
+                Ok(store) => break store,
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        *slot = Some(store.clone());
+        drop(slot);
+        let current = self.signer.signing_key().verifying_key().to_bytes();
+        let keys = LogKeys::from_rotations(&load_rotations(store.as_ref())?, &current)?;
+        let report = match read_mark(&dir.join(VERIFIED), &keys) {
+            Some(mark) => verify_since(store.as_ref(), &keys, &mark)?,
+            None => verify_store(store.as_ref(), &keys)?,
+        };
+        if let Some(guard) = &self.guard {
+            check_guard(guard, store.as_ref(), &keys, &report)?;
+        }
+        self.writer = Writer::open(store.as_ref(), report.size)?;
+        self.last_signed = report
+            .latest
+            .as_ref()
+            .map(|c| (c.checkpoint.size, c.checkpoint.root));
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+        // The failed batch, if it reached the disk, is signed and
+        // verified: its checkpoint becomes the head.
+        let head = self.head.borrow().as_ref().map(|c| c.checkpoint.size);
+        if report.latest.as_ref().map(|c| c.checkpoint.size) != head {
+            self.head.send_replace(report.latest.clone().map(Arc::new));
+        }
+        Ok(report)
+    }
+}
+
+/// Writes [`PROBE_BYTES`] to a file in `dir`, fsyncs and removes it: an
+/// error says the storage has no room yet.
+fn probe(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(PROBE);
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    });
+    let removed = std::fs::remove_file(&path);
+    written.and(removed)
 }
 
 #[cfg(test)]
@@ -1176,10 +1450,12 @@ mod tests {
     use crate::ledger::store::{AppendBatch, Block, IndexKey};
     use std::sync::atomic::AtomicBool;
 
-    /// The sled store, with an fsync that fails on demand.
+    /// The sled store, with an fsync that fails on demand (as a full
+    /// disk, with `full`).
     struct FailingSync {
         inner: SledStore,
         fail: AtomicBool,
+        full: AtomicBool,
     }
 
     impl LedgerStore for FailingSync {
@@ -1191,6 +1467,12 @@ mod tests {
                 return Err(StoreError::Sync {
                     path: "test".into(),
                     source: std::io::Error::other("disk full"),
+                });
+            }
+            if self.full.load(Ordering::SeqCst) {
+                return Err(StoreError::Sync {
+                    path: "test".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::StorageFull),
                 });
             }
             self.inner.sync()
@@ -1253,11 +1535,16 @@ mod tests {
         }
     }
 
-    fn ledger(dir: &Path) -> (Ledger, Arc<FailingSync>) {
-        let store = Arc::new(FailingSync {
-            inner: SledStore::open(dir).expect("store"),
+    fn failing(dir: &Path) -> Result<Arc<FailingSync>, StoreError> {
+        Ok(Arc::new(FailingSync {
+            inner: SledStore::open(dir)?,
             fail: AtomicBool::new(false),
-        });
+            full: AtomicBool::new(false),
+        }))
+    }
+
+    fn ledger(dir: &Path) -> (Ledger, Arc<FailingSync>) {
+        let store = failing(dir).expect("store");
         let key = SigningKey::from_bytes(&[7; 32]);
         let (ledger, _) =
             Ledger::with_store(store.clone(), key, LedgerOptions::default()).expect("ledger");
@@ -1365,5 +1652,96 @@ mod tests {
         let err = ledger.append(draft(2)).await.expect_err("stopped");
         assert!(matches!(err, LedgerError::Failed), "{err}");
         assert_eq!(ledger.latest().expect("head").checkpoint.size, 1);
+    }
+
+    /// A full disk: appends are refused as `Full` while a probe finds no
+    /// room; once it does, the sequencer re-opens and re-verifies the
+    /// store and appends go on from what the store holds, with every
+    /// acknowledged entry kept and the tree extending the last checkpoint.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_stops_appends_until_a_probe_finds_room_then_they_resume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("ledger");
+        // The probe's file cannot be written while this directory sits
+        // where it goes: the "disk" has no room.
+        let blocked = home.join(PROBE);
+        std::fs::create_dir_all(blocked.join("x")).expect("block the probe");
+        // Weak: a handle kept here would keep the old store from closing.
+        let latest: Arc<std::sync::Mutex<std::sync::Weak<FailingSync>>> = Arc::default();
+        let opened = latest.clone();
+        let opener: Opener = Arc::new(move |dir| {
+            let store = failing(dir)?;
+            *opened.lock().expect("lock") = Arc::downgrade(&store);
+            Ok(store)
+        });
+        let options = LedgerOptions {
+            probe_every: std::time::Duration::from_millis(20),
+            ..LedgerOptions::default()
+        };
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let (ledger, _) = Ledger::start(
+            opener(&home).expect("store"),
+            key,
+            options,
+            Some((&home, opener)),
+        )
+        .expect("ledger");
+        let first = ledger.append(draft(0)).await.expect("first");
+        let mut failure = ledger.failure();
+        let store = latest.lock().expect("lock").upgrade().expect("opened");
+        store.full.store(true, Ordering::SeqCst);
+        let err = ledger.append(draft(1)).await.expect_err("no room");
+        assert!(err.is_storage_full(), "{err}");
+        drop(store);
+        // While there is no room: refused as full (the caller may retry),
+        // the failure is told, reads go on.
+        for _ in 0..5 {
+            let err = ledger.append(draft(2)).await.expect_err("still full");
+            assert!(matches!(err, LedgerError::Full), "{err}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let told = failure.borrow_and_update().clone().expect("failure told");
+        assert!(told.starts_with(STORAGE_FULL), "{told}");
+        assert_eq!(
+            ledger.entry(0).expect("read").map(|e| !e.is_empty()),
+            Some(true)
+        );
+        // Room returns: the next probe succeeds and the store is re-opened
+        // (a new one, no longer failing).
+        std::fs::remove_dir_all(&blocked).expect("free");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            failure.wait_for(Option::is_none),
+        )
+        .await
+        .expect("recovered in time")
+        .expect("failure cleared");
+        assert!(!home.join(PROBE).exists(), "the probe's file is removed");
+        let next = ledger.append(draft(3)).await.expect("appends resumed");
+        // Entry 1's commit failed after sled took it in memory: sled wrote
+        // it when the old store closed, so the re-verified store holds it
+        // (unacknowledged, signed). Either way the tree extends the last
+        // acknowledged checkpoint.
+        assert!(next.index == 1 || next.index == 2, "{}", next.index);
+        let proof = ledger
+            .prove_consistency(
+                first.checkpoint.checkpoint.size,
+                next.checkpoint.checkpoint.size,
+            )
+            .expect("consistency");
+        merkle::verify_consistency(
+            first.checkpoint.checkpoint.size,
+            next.checkpoint.checkpoint.size,
+            &proof,
+            &first.checkpoint.checkpoint.root,
+            &next.checkpoint.checkpoint.root,
+        )
+        .expect("the log extends what was acknowledged");
+        ledger.close().await;
+        // A restart verifies it all.
+        let key = SigningKey::from_bytes(&[7; 32]);
+        drop(ledger);
+        let (_, report) = Ledger::open(&home, key, LedgerOptions::default()).expect("reopen");
+        assert_eq!(report.size, next.index + 1);
     }
 }

@@ -947,17 +947,20 @@ async fn watch_ledger_writes(
 ) {
     loop {
         let reason = failure.borrow_and_update().clone();
-        if let Some(reason) = reason {
-            readiness
-                .set(
-                    Cause::LedgerWrites,
-                    Some(format!(
-                        "the ledger takes no appends since a commit failed: {reason}; free space or fix the disk, then restart the node"
-                    )),
+        // A full disk clears by itself (the ledger probes for room and
+        // re-opens its store); anything else needs the operator.
+        let reason = reason.map(|reason| {
+            if reason.starts_with(crate::ledger::STORAGE_FULL) {
+                format!(
+                    "the ledger takes no appends since a commit failed: {reason}; it takes them again by itself once space is freed"
                 )
-                .await;
-            return;
-        }
+            } else {
+                format!(
+                    "the ledger takes no appends since a commit failed: {reason}; fix the disk, then restart the node"
+                )
+            }
+        });
+        readiness.set(Cause::LedgerWrites, reason).await;
         tokio::select! {
             () = shutdown.cancelled() => return,
             changed = failure.changed() => if changed.is_err() { return },

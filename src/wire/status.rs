@@ -32,15 +32,17 @@ pub fn ledger(context: &str, err: LedgerError) -> Status {
         LedgerError::Range(msg) => Status::invalid_argument(msg),
         LedgerError::Proof(ProofError::Range(msg)) => Status::invalid_argument(msg),
         LedgerError::Entry(e) => Status::invalid_argument(e.to_string()),
-        LedgerError::Closed | LedgerError::Failed => {
+        LedgerError::Closed | LedgerError::Failed | LedgerError::Reopening => {
             Status::unavailable(format!("{context}: {err}"))
         }
+        LedgerError::Full => Status::resource_exhausted(format!("{context}: {err}")),
         // The caller's answer says what happened; the path and errno stay
-        // in the log.
+        // in the log. The batch may have reached the disk before the
+        // failure: the request was not completed, whatever the store holds.
         e @ LedgerError::CommitFailed(_) if e.is_storage_full() => {
             tracing::error!(context, error = %e, "storage full");
             Status::resource_exhausted(format!(
-                "{context}: this node's storage is full; nothing was recorded or granted. Retry once its operator has freed space"
+                "{context}: this node's storage is full; the request was not completed. Retry once space is freed: the node takes it again by itself"
             ))
         }
         other => internal(context, &other),

@@ -55,10 +55,10 @@ impl Drop for SmallDisk {
 
 /// Disk full: the ledger append behind a grant fails with a clear error,
 /// no grant is issued (no file, no entry), reads go on (checkpoint,
-/// entries, catalog), and once space returns a restarted node serves and
-/// appends again with nothing lost.
+/// entries, catalog), and once space returns the node grants again by
+/// itself, without a restart, with nothing lost.
 #[tokio::test]
-async fn disk_full_refuses_cleanly_keeps_reads_and_recovers() {
+async fn disk_full_refuses_cleanly_keeps_reads_and_recovers_by_itself() {
     let space = DataSpace::new();
     let mount_at = space.dir.path().join("small-disk");
     let Some(disk) = SmallDisk::mount(&mount_at, "24m") else {
@@ -161,10 +161,34 @@ async fn disk_full_refuses_cleanly_keeps_reads_and_recovers() {
     .into_inner();
     assert_eq!(seen.datasets.len(), 1);
 
-    // Space returns; after a restart (a failed commit stops appends until
-    // the store is verified again, as databases do after a failed fsync)
-    // the node serves and appends, with nothing lost.
+    // Space returns: the node finds room by itself (a probe write and
+    // fsync), re-opens and re-verifies its ledger, and grants again, with
+    // no restart; the log extends what was acknowledged.
     std::fs::remove_file(&filler).expect("free space");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = support::http(metrics, "GET", "/readyz").await;
+        if ready.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not ready 30 s after space returned: {}",
+            ready.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin(&consumer, &con_node)
+        .await
+        .request_access(&peer, ask(&ds, "research"))
+        .await
+        .expect("granted once space returned, without a restart");
+    let (old, _, _) = a
+        .prove_consistency(before.checkpoint.size, 0)
+        .await
+        .expect("the log extends what was acknowledged");
+    assert_eq!(old.checkpoint.root, before.checkpoint.root);
+    // A restart verifies everything written before and after.
     pub_node.shutdown().await.expect("stop");
     let pub_node = support::start(&publisher, |_| {}).await;
     let mut a = Auditor::new(Box::new(support::connect(&auditor, &pub_node).await));
@@ -173,11 +197,6 @@ async fn disk_full_refuses_cleanly_keeps_reads_and_recovers() {
         .await
         .expect("the log extends what was acknowledged");
     assert_eq!(old.checkpoint.root, before.checkpoint.root);
-    admin(&consumer, &con_node)
-        .await
-        .request_access(&pub_node.local_addr().to_string(), ask(&ds, "research"))
-        .await
-        .expect("granted once space returned");
     tokio::time::sleep(Duration::from_millis(10)).await;
     for n in [pub_node, con_node] {
         n.shutdown().await.expect("stop");
