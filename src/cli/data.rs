@@ -145,17 +145,16 @@ pub(super) async fn catalog(a: CatalogArgs) -> Result<Output> {
     let keys = crate::peer::log_keys(&conn)
         .await
         .map_err(|e| call_error(&a.peer, &e))?;
-    let rows = crate::dataset::read_catalog(
-        &conn,
-        &keys,
-        crate::peer::CatalogQuery {
-            text: a.text.clone().unwrap_or_default(),
-            classification: a.classification.clone().unwrap_or_default(),
-            page_token: String::new(),
-        },
-    )
-    .await
-    .map_err(|e| call_error(&a.peer, &e))?;
+    let query = crate::peer::CatalogQuery {
+        text: a.text.clone().unwrap_or_default(),
+        classification: a.classification.clone().unwrap_or_default(),
+        page_token: String::new(),
+    };
+    let filtered = !query.text.is_empty() || !query.classification.is_empty();
+    let rows = crate::dataset::read_catalog(&conn, &keys, query)
+        .await
+        .map_err(|e| call_error(&a.peer, &e))?;
+    check_rollback(&a, &conn, &keys, &rows, filtered).await?;
     let mut text = format!(
         "{} dataset(s) of {} (publisher {}, participant {}); every manifest signature verified\n",
         rows.len(),
@@ -221,6 +220,65 @@ pub(super) async fn catalog(a: CatalogArgs) -> Result<Output> {
         text,
         json: json!({"peer": a.peer, "publisher": identity_json(&publisher), "verified": true, "datasets": json_rows}),
     })
+}
+
+/// A verified catalog row.
+type CatalogRow = (
+    crate::dataset::DatasetId,
+    crate::envelope::Verified<crate::dataset::Manifest>,
+);
+
+/// Compares a verified listing with the highest version of each lineage
+/// this data dir has seen of the publisher (THREATS.md row 3), then
+/// records the listing's. A lineage offered below a version seen fails
+/// the command, naming both. A filtered listing may leave out a newer
+/// version legitimately (its title changed): the whole catalog is read
+/// before calling it a rollback.
+async fn check_rollback(
+    a: &CatalogArgs,
+    conn: &crate::wire::client::PeerChannel,
+    keys: &crate::ledger::keys::LogKeys,
+    rows: &[CatalogRow],
+    filtered: bool,
+) -> Result<()> {
+    let seen = crate::dataset::seen::SeenVersions::new(
+        crate::runtime::config::DataDir::new(&a.client.data_dir).seen_versions(),
+    );
+    let publisher = &conn.server.node_id;
+    let mut rollbacks = seen.check(publisher, listed(rows), !filtered)?;
+    if !rollbacks.is_empty() && filtered {
+        let all = crate::dataset::read_catalog(conn, keys, Default::default())
+            .await
+            .map_err(|e| call_error(&a.peer, &e))?;
+        rollbacks = seen.check(publisher, listed(&all), true)?;
+    }
+    if !rollbacks.is_empty() {
+        let mut text = format!(
+            "ROLLBACK: the catalog of {} (publisher {}) is behind what this node saw it sign:",
+            a.peer, publisher
+        );
+        for r in &rollbacks {
+            text.push_str(&format!("\n  {r}"));
+        }
+        text.push_str(&format!(
+            "\nIts data dir was restored from an older state, or it hides newer versions: do not rely on this listing, and report it to the platform operator. (What was seen is kept in {}.)",
+            seen.path().display()
+        ));
+        anyhow::bail!(text);
+    }
+    seen.record(
+        publisher,
+        listed(rows),
+        crate::clock::Clock::system().now_ms(),
+    )?;
+    Ok(())
+}
+
+/// The manifests of catalog rows, by dataset id.
+fn listed(
+    rows: &[CatalogRow],
+) -> impl Iterator<Item = (&crate::dataset::DatasetId, &crate::dataset::Manifest)> {
+    rows.iter().map(|(id, m)| (id, m.value()))
 }
 
 fn load_policy(path: &Path) -> Result<crate::policy::Policy> {

@@ -20,6 +20,7 @@ pub mod chunk;
 pub mod pack;
 pub mod publish;
 pub mod s3;
+pub mod seen;
 
 use std::fmt;
 use std::str::FromStr;
@@ -310,7 +311,8 @@ pub fn chunk_list_hash(chunks: &[Hash]) -> Hash {
 mod tests {
     use super::*;
 
-    fn manifest() -> Manifest {
+    /// A valid first version (for other modules' tests too).
+    pub(super) fn manifest() -> Manifest {
         Manifest {
             title: "Road sensors".into(),
             description: "hourly counts".into(),

@@ -217,6 +217,9 @@ pub struct Consumer<'a> {
     pub fetching: &'a Mutex<HashSet<String>>,
     /// Connects to the publisher.
     pub dialer: &'a dyn Dialer,
+    /// The highest version seen of each publisher's lineages: raised by
+    /// every manifest fetched.
+    pub seen: &'a crate::dataset::seen::SeenVersions,
 }
 
 impl Consumer<'_> {
@@ -490,6 +493,31 @@ fn verify_header(
     Ok((manifest, chunks))
 }
 
+/// Raises the highest version seen of the manifest's lineage (so a
+/// catalog of that publisher rolled back below it is noticed later). A
+/// failure is logged: the fetch does not depend on it.
+async fn record_seen(
+    seen: &crate::dataset::seen::SeenVersions,
+    publisher: &crate::identity::NodeId,
+    id: &crate::dataset::DatasetId,
+    manifest: &Manifest,
+) {
+    let (seen, publisher, id, manifest) = (
+        seen.clone(),
+        publisher.clone(),
+        id.clone(),
+        manifest.clone(),
+    );
+    let now = crate::clock::Clock::system().now_ms();
+    let recorded =
+        tokio::task::spawn_blocking(move || seen.record(&publisher, [(&id, &manifest)], now)).await;
+    match recorded {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the version fetched"),
+        Err(e) => tracing::warn!(error = %e, "cannot record the version fetched"),
+    }
+}
+
 /// The next part of a stream, or [`FetchError::Idle`] after [`IDLE`].
 async fn next_or_idle(stream: &mut FetchStream) -> Option<Result<FetchPart, FetchError>> {
     match tokio::time::timeout(IDLE, stream.next()).await {
@@ -748,6 +776,9 @@ impl<'a> Transferring<'a> {
         // A resumed header passes only if it is the same manifest and chunk
         // list: the grant pins the manifest's hash, which pins the list.
         let (manifest, chunks) = verify_header(&header, &o.held, &o.keys)?;
+        if self.in_flight.is_none() {
+            record_seen(o.consumer.seen, &g.publisher, &g.dataset, manifest.value()).await;
+        }
         if header.first_chunk != first.as_ref().map_or(0, |r| r.start as u64)
             || self
                 .in_flight

@@ -62,6 +62,7 @@ struct Node {
     packs: Arc<crate::dataset::pack::PackStore>,
     fetching: Mutex<HashSet<String>>,
     limits: super::limits::PeerLimits,
+    seen: crate::dataset::seen::SeenVersions,
 }
 
 impl Node {
@@ -92,7 +93,9 @@ impl Node {
             crate::runtime::config::LimitsConfig::default(),
             id.node_id.clone(),
         );
+        let seen = crate::dataset::seen::SeenVersions::new(dir.path().join("seen-versions.json"));
         Self {
+            seen,
             dir,
             id,
             key,
@@ -135,6 +138,7 @@ impl Node {
             key: &self.key,
             fetching: &self.fetching,
             dialer,
+            seen: &self.seen,
         }
     }
 

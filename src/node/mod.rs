@@ -710,6 +710,7 @@ pub async fn start(config: Config) -> Result<RunningNode, NodeError> {
         tracing::info!(removed, "removed packs of fetches no longer in progress");
     }
     let ctx = Arc::new(NodeContext {
+        seen: crate::dataset::seen::SeenVersions::new(config.data_dir.seen_versions()),
         identity: creds.identity.clone(),
         clock: config.clock.clone(),
         metrics: metrics.clone(),

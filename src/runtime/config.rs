@@ -112,6 +112,12 @@ impl DataDir {
     pub fn witness(&self) -> PathBuf {
         self.root.join("witness")
     }
+    /// `seen-versions.json`: the highest version seen of each publisher's
+    /// lineages, to notice a catalog rolled back
+    /// ([`crate::dataset::seen`]).
+    pub fn seen_versions(&self) -> PathBuf {
+        self.root.join("seen-versions.json")
+    }
     /// `blobs/`.
     pub fn blobs(&self) -> PathBuf {
         self.root.join("blobs")

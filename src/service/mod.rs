@@ -92,6 +92,8 @@ pub struct NodeContext {
     pub certificate_pem: Vec<u8>,
     /// What one peer may cost this node (`[limits]`).
     pub limits: crate::exchange::limits::PeerLimits,
+    /// The highest version seen of each publisher's lineages.
+    pub seen: crate::dataset::seen::SeenVersions,
 }
 
 impl NodeContext {
@@ -252,6 +254,7 @@ impl NodeContext {
             key: &self.signing_key,
             fetching: &self.fetching,
             dialer: self.dialer.as_ref(),
+            seen: &self.seen,
         }
     }
 

@@ -41,6 +41,104 @@ async fn threat_03_a_lineage_cannot_roll_back_after_a_restart() {
     node.shutdown().await.expect("stop");
 }
 
+/// `dsnode catalog` of the publisher at `addr` as `consumer` (off the
+/// runtime's thread: the publisher runs in this process).
+async fn catalog_cli(
+    consumer: &support::NodeDir,
+    addr: std::net::SocketAddr,
+    text: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dsnode"));
+    cmd.env_remove("DSNODE_DATA_DIR")
+        .arg("catalog")
+        .arg("--data-dir")
+        .arg(consumer.dir.root())
+        .args(["--peer", &addr.to_string()]);
+    if let Some(text) = text {
+        cmd.args(["--text", text]);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().expect("run dsnode catalog"))
+        .await
+        .expect("join")
+}
+
+/// Row 3, consumer side (issue 20, finding 9): a publisher whose data dir
+/// is restored from before version 2 of a lineage serves version 1 as the
+/// latest again. A consumer that saw version 2 (in a listing, or by
+/// fetching it) is told by `dsnode catalog`, naming both versions; a
+/// listing filtered so that version 2 does not match is no false alarm,
+/// nor is a consumer that never saw version 2.
+#[tokio::test]
+async fn threat_03_a_consumer_notices_a_catalog_rolled_back() {
+    let space = DataSpace::new();
+    let publisher = space.node("city-transport", "publisher");
+    let lister = consumer_in(&space, "acme", "CN-HE");
+    let fetcher = consumer_in(&space, "globex", "CN-HE");
+    let newcomer = consumer_in(&space, "initech", "CN-HE");
+    let node = support::start(&publisher, |_| {}).await;
+    let v1 = publish(&publisher, &node, header("Lanes v1", POLICY, 1), b"1")
+        .await
+        .expect("v1")
+        .dataset_id;
+    node.shutdown().await.expect("stop");
+    let backup = space.dir.path().join("publisher-backup");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(publisher.dir.root())
+        .arg(&backup)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+
+    let node = support::start(&publisher, |_| {}).await;
+    let mut h = header("Lanes v2", POLICY, 2);
+    h.supersedes = v1.clone();
+    let v2 = publish(&publisher, &node, h, b"22")
+        .await
+        .expect("v2")
+        .dataset_id;
+    // One consumer lists the catalog (a filtered listing without v2 is
+    // no rollback: v2 is still there), another fetches v2.
+    for text in [None, Some("v1")] {
+        let listed = catalog_cli(&lister, node.local_addr(), text).await;
+        assert!(
+            listed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+    }
+    let con_node = support::start(&fetcher, |_| {}).await;
+    let out = space.dir.path().join("lanes-v2.csv");
+    grant_and_fetch(&fetcher, &con_node, &v2, node.local_addr(), &out)
+        .await
+        .expect("fetch v2");
+    con_node.shutdown().await.expect("stop");
+    node.shutdown().await.expect("stop");
+
+    // The publisher's data dir goes back to before v2.
+    std::fs::remove_dir_all(publisher.dir.root()).expect("remove");
+    std::fs::rename(&backup, publisher.dir.root()).expect("restore");
+    let node = support::start(&publisher, |_| {}).await;
+    for (who, text) in [(&lister, None), (&lister, Some("Lanes")), (&fetcher, None)] {
+        let told = catalog_cli(who, node.local_addr(), text).await;
+        let stderr = String::from_utf8_lossy(&told.stderr);
+        assert!(!told.status.success(), "rollback not noticed ({text:?})");
+        assert!(
+            stderr.contains("ROLLBACK")
+                && stderr.contains(&format!("offers version 1 ({v1})"))
+                && stderr.contains(&format!("saw version 2 ({v2})")),
+            "{stderr}"
+        );
+    }
+    let fresh = catalog_cli(&newcomer, node.local_addr(), None).await;
+    assert!(
+        fresh.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fresh.stderr)
+    );
+    node.shutdown().await.expect("stop");
+}
+
 /// Row 17, defence: policy size and nesting limits, checked at publish
 /// (src/policy/mod.rs, `MAX_POLICY_BYTES` and the depth limit): a huge
 /// policy and a deeply nested one are refused with the limit named, and
