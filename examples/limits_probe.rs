@@ -16,8 +16,11 @@
 //!    32 MiB dataset and reads none of them; the publisher's RSS before,
 //!    at its peak, and after the streams end.
 //!
-//! The probe of a full disk needs a tmpfs mount: it is
-//! `tests/it/faults.rs` (`disk_full_refuses_cleanly_keeps_reads_and_recovers`).
+//! 4. A full disk (run as root: it mounts a 24 MiB tmpfs for a second
+//!    publisher's data dir): a grant asked for on the full disk, then the
+//!    time from freeing space to the next grant issued, with no restart.
+//!    Also a test: `tests/it/faults.rs`
+//!    (`disk_full_refuses_cleanly_keeps_reads_and_recovers_by_itself`).
 //!
 //! # Environment
 //!
@@ -63,20 +66,21 @@ fn du(dir: &std::path::Path) -> u64 {
 }
 
 /// Refused access requests from 8 connections for `seconds`: (answered
-/// with the policy's reasons, refused by a limit).
+/// with the policy's reasons, refused by `peer_write_rate`, refused by
+/// `peer_denial_rate`).
 async fn refused_requests(
     conns: &[PeerChannel],
     dataset: &str,
     seconds: u64,
     distinct: bool,
-) -> (u64, u64) {
+) -> (u64, u64, u64) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = tokio::task::JoinSet::new();
     for (t, conn) in conns.iter().enumerate() {
         let client = pb::exchange_client::ExchangeClient::new(conn.channel.clone());
         let dataset = dataset.to_owned();
         tasks.spawn(async move {
-            let (mut answered, mut limited) = (0u64, 0u64);
+            let (mut answered, mut writes, mut denials) = (0u64, 0u64, 0u64);
             let mut i = 0u64;
             while Instant::now() < deadline {
                 i += 1;
@@ -96,17 +100,23 @@ async fn refused_requests(
                     .await;
                 match r {
                     Err(s) if s.code() == tonic::Code::PermissionDenied => answered += 1,
-                    Err(s) if s.code() == tonic::Code::ResourceExhausted => limited += 1,
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                        if s.message().contains("peer_denial_rate") {
+                            denials += 1;
+                        } else {
+                            writes += 1;
+                        }
+                    }
                     other => panic!("unexpected answer: {other:?}"),
                 }
             }
-            (answered, limited)
+            (answered, writes, denials)
         });
     }
-    let mut sum = (0, 0);
+    let mut sum = (0, 0, 0);
     while let Some(r) = tasks.join_next().await {
-        let (a, l) = r.expect("join");
-        sum = (sum.0 + a, sum.1 + l);
+        let (a, w, d) = r.expect("join");
+        sum = (sum.0 + a, sum.1 + w, sum.2 + d);
     }
     sum
 }
@@ -116,6 +126,136 @@ async fn hello(conn: &PeerChannel) -> Result<(), tonic::Status> {
         .hello(pb::HelloRequest::default())
         .await
         .map(|_| ())
+}
+
+/// Publishes `content` as the publisher of `own` (its Admin API): the
+/// dataset id.
+async fn publish(own: &PeerChannel, content: &[u8]) -> Result<String, BoxError> {
+    let header = pb::PublishHeader {
+        title: "probe".into(),
+        description: "issue 20 probes".into(),
+        media_type: "application/octet-stream".into(),
+        policy_toml: POLICY.into(),
+        size: content.len() as u64,
+        ..Default::default()
+    };
+    let pieces: Vec<Vec<u8>> = content.chunks(1 << 20).map(<[u8]>::to_vec).collect();
+    Ok(AdminClient::new(own)
+        .publish(header, tokio_stream::iter(pieces))
+        .await?
+        .dataset_id)
+}
+
+/// A tmpfs mounted for the probe, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None` when this process may not mount one.
+    fn mount(path: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(path).ok()?;
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?
+            .success()
+            .then(|| Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Probe 4: a publisher whose data dir is on a 24 MiB tmpfs; a grant
+/// asked for once the disk is full, then the time from freeing space to
+/// the next grant issued.
+async fn disk_full(
+    bin: &std::path::Path,
+    ca: &Ca,
+    root: &std::path::Path,
+    consumer: &DataDir,
+) -> Result<(), BoxError> {
+    let mount = root.join("small-disk");
+    let Some(_disk) = SmallDisk::mount(&mount, "24m") else {
+        println!("disk full: skipped (mounting a tmpfs needs root)");
+        return Ok(());
+    };
+    let made = ca.node("small", "publisher", "")?;
+    let dir = DataDir::new(mount.join("small"));
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(made.root())
+        .arg(dir.root())
+        .status()?;
+    if !copied.success() {
+        return Err("cannot copy the data dir onto the tmpfs".into());
+    }
+    let publisher = NodeProcess::start(bin, &dir).await?;
+    let dataset = publish(&publisher.connect().await?, b"a,b\n1\n").await?;
+    let client =
+        pb::exchange_client::ExchangeClient::new(connect(consumer, publisher.addr).await?.channel);
+    let ask = || {
+        let mut client = client.clone();
+        let dataset = dataset.clone();
+        async move {
+            client
+                .request_access(pb::RequestAccessRequest {
+                    dataset_id: dataset,
+                    purpose: "research".into(),
+                    actions: vec!["read".into()],
+                    duration_secs: 0,
+                })
+                .await
+        }
+    };
+    ask().await?;
+    let filler = mount.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler)?;
+        let block = vec![0u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let first = ask().await.err().ok_or("granted on a full disk")?;
+    let again = ask().await.err().ok_or("granted on a full disk")?;
+    std::fs::remove_file(&filler)?;
+    let freed = Instant::now();
+    let (mut refused, mut limited) = (0, 0);
+    loop {
+        match ask().await {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                if s.message().contains("peer_write_rate") {
+                    limited += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+            Err(s) => return Err(format!("unexpected answer: {s:?}").into()),
+        }
+        if freed.elapsed() > Duration::from_secs(30) {
+            return Err("no grant 30 s after space was freed".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "disk full: the grant asked for on a full 24 MiB tmpfs: {:?} \"{}\"; the next: {:?} \"{}\"; space freed: granted again {:.2} s later, without a restart ({refused} more refused as full, {limited} rate-limited meanwhile)",
+        first.code(),
+        first.message(),
+        again.code(),
+        again.message(),
+        freed.elapsed().as_secs_f64()
+    );
+    drop(publisher);
+    Ok(())
 }
 
 #[tokio::main]
@@ -130,26 +270,7 @@ async fn main() -> Result<(), BoxError> {
     let publisher = NodeProcess::start(&bin, &publisher_dir).await?;
     let own = publisher.connect().await?;
     let content: Vec<u8> = (0..32u8).flat_map(|i| vec![i; 1 << 20]).collect();
-    let header = pb::PublishHeader {
-        title: "probe".into(),
-        description: "issue 20 probes".into(),
-        media_type: "application/octet-stream".into(),
-        policy_toml: POLICY.into(),
-        size: content.len() as u64,
-        ..Default::default()
-    };
-    let dataset = AdminClient::new(&own)
-        .publish(
-            header,
-            tokio_stream::iter(
-                content
-                    .chunks(1 << 20)
-                    .map(<[u8]>::to_vec)
-                    .collect::<Vec<_>>(),
-            ),
-        )
-        .await?
-        .dataset_id;
+    let dataset = publish(&own, &content).await?;
     println!("dsnode limits probe: default [limits] and [transport], release build");
 
     // 1. Ledger growth.
@@ -161,17 +282,19 @@ async fn main() -> Result<(), BoxError> {
     for distinct in [false, true] {
         let (size0, bytes0) = (ledger_size(&publisher).await?, du(&ledger_dir));
         let started = Instant::now();
-        let (answered, limited) = refused_requests(&conns, &dataset, seconds, distinct).await;
+        let (answered, writes, denials) =
+            refused_requests(&conns, &dataset, seconds, distinct).await;
         let took = started.elapsed().as_secs_f64();
         // Repeats of identical refusals are recorded when their window
         // ends (60 s) or at a clean stop: counted here as one more entry.
         let (size1, bytes1) = (ledger_size(&publisher).await?, du(&ledger_dir));
         println!(
-            "ledger growth, {} refusals: {:.0} requests/s sent, {:.1}/s answered with reasons, {:.0}/s refused by peer_write_rate; ledger +{} entries ({:.1}/s), +{:.2} MB",
+            "ledger growth, {} refusals: {:.0} requests/s sent, {:.1}/s answered with reasons, {:.0}/s refused by peer_write_rate, {:.1}/s by peer_denial_rate; ledger +{} entries ({:.1}/s), +{:.2} MB",
             if distinct { "distinct" } else { "identical" },
-            (answered + limited) as f64 / took,
+            (answered + writes + denials) as f64 / took,
             answered as f64 / took,
-            limited as f64 / took,
+            writes as f64 / took,
+            denials as f64 / took,
             size1 - size0,
             (size1 - size0) as f64 / took,
             (bytes1 as f64 - bytes0 as f64) / 1e6,
@@ -269,5 +392,7 @@ async fn main() -> Result<(), BoxError> {
         "memory: 600 fetch streams asked, {} served, refused {refused:?}; publisher RSS {before:.0} MiB before, {peak:.0} MiB peak, {after:.0} MiB after",
         600 - refused.values().sum::<usize>()
     );
-    Ok(())
+
+    // 4. A full disk.
+    disk_full(&bin, &ca, root.path(), &acme).await
 }

@@ -244,9 +244,13 @@ impl Publisher<'_> {
             context: "recording a denial",
             source,
         };
-        let (record, closed) =
-            self.limits
-                .denial(key, &draft, std::time::Instant::now(), self.clock.now());
+        let (record, closed) = self.limits.denial(
+            &who.node_id,
+            key,
+            &draft,
+            std::time::Instant::now(),
+            self.clock.now(),
+        );
         if let Some(repeats) = closed
             && let Err(e) = self.ledger.append(repeats).await
         {
@@ -259,6 +263,10 @@ impl Publisher<'_> {
             super::limits::DenialRecord::Counted => {
                 self.metrics.denial_coalesced();
                 Ok(())
+            }
+            super::limits::DenialRecord::Limited(l) => {
+                self.metrics.peer_limited(l.limit);
+                Err(l.into())
             }
             super::limits::DenialRecord::Now => match self.ledger.append(draft).await {
                 Ok(a) => {

@@ -7,7 +7,9 @@
 //! - [`PeerLimits::denial`]: identical refusals from one peer within a
 //!   window are recorded once, and the repeats as one more entry with
 //!   their count ([`PeerLimits::flush_denials`]), so the ledger still
-//!   tells the truth at a bounded cost.
+//!   tells the truth at a bounded cost. Refusals that are not identical
+//!   (each with another purpose) are recorded at a lower rate of their
+//!   own; past it the call is refused by the limit, undecided.
 //! - The cap on live grants per grantee is the grant book's
 //!   ([`super::book::GrantBook::reserve_live`]).
 
@@ -65,6 +67,10 @@ pub enum DenialRecord {
     /// Counted in the open window of an identical refusal: record nothing
     /// now.
     Counted,
+    /// The peer has had too many refusals recorded lately (`[limits]
+    /// peer_denial_rate`): answer the limit, not the refusal, and record
+    /// nothing.
+    Limited(Limited),
 }
 
 /// Per-peer limits of one node.
@@ -72,6 +78,8 @@ pub struct PeerLimits {
     config: LimitsConfig,
     own: NodeId,
     writes: Mutex<HashMap<NodeId, Bucket>>,
+    /// Refusals recorded, by peer (a bucket of their own).
+    recorded: Mutex<HashMap<NodeId, Bucket>>,
     denials: Mutex<HashMap<Hash, Window>>,
     /// Fetch streams open, by peer.
     streams: Arc<Mutex<HashMap<NodeId, usize>>>,
@@ -108,6 +116,7 @@ impl PeerLimits {
             config,
             own,
             writes: Mutex::default(),
+            recorded: Mutex::default(),
             denials: Mutex::default(),
             streams: Arc::default(),
             buffer: Arc::new(tokio::sync::Semaphore::new(
@@ -167,27 +176,14 @@ impl PeerLimits {
         if *who == self.own {
             return Ok(());
         }
-        let rate = f64::from(self.config.peer_write_rate);
-        let burst = f64::from(self.config.peer_write_burst);
-        let mut writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
-        if writes.len() >= MAX_TRACKED && !writes.contains_key(who) {
-            // Buckets idle long enough to be full again cost nothing to drop.
-            let full = Duration::from_secs_f64(burst / rate);
-            writes.retain(|_, b| now.saturating_duration_since(b.at) < full);
-        }
-        let bucket = writes.entry(who.clone()).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            return Ok(());
-        }
-        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / rate);
-        Err(Limited {
+        take(
+            &self.writes,
+            who,
+            self.config.peer_write_rate,
+            self.config.peer_write_burst,
+            now,
+        )
+        .map_err(|wait| Limited {
             limit: "peer_writes",
             message: format!(
                 "too many calls that write to this node's ledger from {who}: at most {} a second, {} at once ([limits] peer_write_rate, peer_write_burst); retry in {} ms",
@@ -199,20 +195,47 @@ impl PeerLimits {
         })
     }
 
-    /// Whether a refusal (`key`: a hash of peer, dataset, purpose,
-    /// actions and reasons) is recorded now or counted in the open window
-    /// of an identical one. `draft` is the entry it would be recorded as.
-    /// A window that has ended is closed first: its repeats are returned,
-    /// as an entry to record before this one.
+    /// Whether a refusal of `who` (`key`: a hash of peer, dataset,
+    /// purpose, actions and reasons) is recorded now, counted in the open
+    /// window of an identical one, or refused by `who`'s rate of recorded
+    /// refusals. `draft` is the entry it would be recorded as. A window
+    /// that has ended is closed first: its repeats are returned, as an
+    /// entry to record before this one.
     pub fn denial(
         &self,
+        who: &NodeId,
         key: Hash,
         draft: &EntryDraft,
         now: Instant,
         now_at: time::OffsetDateTime,
     ) -> (DenialRecord, Option<EntryDraft>) {
+        let admitted = || -> Result<(), Limited> {
+            if *who == self.own {
+                return Ok(());
+            }
+            take(
+                &self.recorded,
+                who,
+                self.config.peer_denial_rate,
+                self.config.peer_denial_burst,
+                now,
+            )
+            .map_err(|wait| Limited {
+                limit: "peer_denials",
+                message: format!(
+                    "too many refused requests from {who}: at most {} a second are decided, {} at once, beyond identical repeats ([limits] peer_denial_rate, peer_denial_burst); retry in {} ms",
+                    self.config.peer_denial_rate,
+                    self.config.peer_denial_burst,
+                    wait.as_millis().max(1)
+                ),
+                retry_after: Some(wait),
+            })
+        };
         if self.config.denial_window.is_zero() {
-            return (DenialRecord::Now, None);
+            return match admitted() {
+                Ok(()) => (DenialRecord::Now, None),
+                Err(l) => (DenialRecord::Limited(l), None),
+            };
         }
         let mut denials = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
         let mut closed = None;
@@ -222,6 +245,9 @@ impl PeerLimits {
                 return (DenialRecord::Counted, None);
             }
             closed = denials.remove(&key).and_then(|w| repeats_entry(&w, now_at));
+        }
+        if let Err(l) = admitted() {
+            return (DenialRecord::Limited(l), closed);
         }
         if denials.len() >= MAX_TRACKED {
             // Too many distinct refusals to track: record each.
@@ -314,6 +340,36 @@ fn unix_ms(t: time::OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
+/// Takes a token from `who`'s bucket in `buckets` (`rate` a second, at
+/// most `burst`), or says how long until one is there.
+fn take(
+    buckets: &Mutex<HashMap<NodeId, Bucket>>,
+    who: &NodeId,
+    rate: u32,
+    burst: u32,
+    now: Instant,
+) -> Result<(), Duration> {
+    let (rate, burst) = (f64::from(rate), f64::from(burst));
+    let mut buckets = buckets.lock().unwrap_or_else(PoisonError::into_inner);
+    if buckets.len() >= MAX_TRACKED && !buckets.contains_key(who) {
+        // Buckets idle long enough to be full again cost nothing to drop.
+        let full = Duration::from_secs_f64(burst / rate);
+        buckets.retain(|_, b| now.saturating_duration_since(b.at) < full);
+    }
+    let bucket = buckets.entry(who.clone()).or_insert(Bucket {
+        tokens: burst,
+        at: now,
+    });
+    let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+    bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+    bucket.at = now;
+    if bucket.tokens >= 1.0 {
+        bucket.tokens -= 1.0;
+        return Ok(());
+    }
+    Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+}
+
 /// The key identical refusals share.
 pub fn denial_key(parts: &[&str]) -> Hash {
     let mut bytes = Vec::new();
@@ -338,6 +394,8 @@ mod tests {
             LimitsConfig {
                 peer_write_rate: 10,
                 peer_write_burst: 3,
+                peer_denial_rate: 2,
+                peer_denial_burst: 3,
                 denial_window: window,
                 max_live_grants_per_peer: 5,
                 max_fetch_streams_per_peer: 2,
@@ -419,21 +477,26 @@ mod tests {
         let at = time::OffsetDateTime::UNIX_EPOCH;
         let mut draft = EntryDraft::new(EntryKind::AccessDenied);
         draft.detail = "purpose marketing: not allowed".into();
+        let peer = node(1);
         let key = denial_key(&["peer", "ds", "marketing"]);
         let other = denial_key(&["peer", "ds", "research"]);
-        assert_eq!(l.denial(key, &draft, t0, at), (DenialRecord::Now, None));
+        assert_eq!(
+            l.denial(&peer, key, &draft, t0, at),
+            (DenialRecord::Now, None)
+        );
         l.denial_recorded(&key, 41);
         for _ in 0..5 {
             assert_eq!(
-                l.denial(key, &draft, t0 + Duration::from_secs(1), at).0,
+                l.denial(&peer, key, &draft, t0 + Duration::from_secs(1), at)
+                    .0,
                 DenialRecord::Counted
             );
         }
         // Another refusal is its own window.
-        assert_eq!(l.denial(other, &draft, t0, at).0, DenialRecord::Now);
+        assert_eq!(l.denial(&peer, other, &draft, t0, at).0, DenialRecord::Now);
         // After the window, the next identical refusal is recorded, after
         // an entry for the 5 repeats.
-        let (record, closed) = l.denial(key, &draft, t0 + Duration::from_secs(61), at);
+        let (record, closed) = l.denial(&peer, key, &draft, t0 + Duration::from_secs(61), at);
         assert_eq!(record, DenialRecord::Now);
         let closed = closed.expect("the repeats");
         assert!(
@@ -448,10 +511,66 @@ mod tests {
             "{}",
             closed.detail
         );
-        // A zero window records each.
+        // A zero window records each, up to the peer's rate of recorded
+        // refusals.
         let each = limits(Duration::ZERO);
         for _ in 0..3 {
-            assert_eq!(each.denial(key, &draft, t0, at).0, DenialRecord::Now);
+            assert_eq!(each.denial(&peer, key, &draft, t0, at).0, DenialRecord::Now);
+        }
+        assert!(matches!(
+            each.denial(&peer, key, &draft, t0, at).0,
+            DenialRecord::Limited(_)
+        ));
+    }
+
+    /// Refusals that differ (another purpose each time) are not
+    /// coalesced: they are recorded at `peer_denial_rate` (after a burst
+    /// of `peer_denial_burst`), and past it refused by the limit, with no
+    /// window opened. Identical repeats stay counted; other peers and this
+    /// node are not affected.
+    #[test]
+    fn distinct_refusals_are_recorded_at_their_own_rate() {
+        let l = limits(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        let draft = EntryDraft::new(EntryKind::AccessDenied);
+        let peer = node(1);
+        let key = |i: u32| denial_key(&["peer", "ds", &format!("purpose-{i}")]);
+        for i in 0..3 {
+            assert_eq!(l.denial(&peer, key(i), &draft, t0, at).0, DenialRecord::Now);
+        }
+        let DenialRecord::Limited(limited) = l.denial(&peer, key(3), &draft, t0, at).0 else {
+            panic!("past the burst");
+        };
+        assert_eq!(limited.limit, "peer_denials");
+        assert!(
+            limited.message.contains("peer_denial_rate"),
+            "{}",
+            limited.message
+        );
+        assert_eq!(limited.retry_after, Some(Duration::from_millis(500)));
+        // No window was opened for the refused one: once a token is back
+        // it is recorded, not counted.
+        let later = t0 + Duration::from_millis(500);
+        assert_eq!(
+            l.denial(&peer, key(3), &draft, later, at).0,
+            DenialRecord::Now
+        );
+        // An identical repeat is counted, whatever the rate.
+        assert_eq!(
+            l.denial(&peer, key(0), &draft, later, at).0,
+            DenialRecord::Counted
+        );
+        // Others are not affected.
+        assert_eq!(
+            l.denial(&node(2), key(9), &draft, later, at).0,
+            DenialRecord::Now
+        );
+        for i in 10..20 {
+            assert_eq!(
+                l.denial(&node(0), key(i), &draft, later, at).0,
+                DenialRecord::Now
+            );
         }
     }
 }

@@ -207,6 +207,8 @@ pub struct RawConfig {
 pub struct RawLimits {
     pub peer_write_rate: Option<u32>,
     pub peer_write_burst: Option<u32>,
+    pub peer_denial_rate: Option<u32>,
+    pub peer_denial_burst: Option<u32>,
     pub denial_window: Option<HumanDuration>,
     pub max_live_grants_per_peer: Option<usize>,
     pub max_fetch_streams_per_peer: Option<usize>,
@@ -224,6 +226,11 @@ pub struct LimitsConfig {
     pub peer_write_rate: u32,
     /// Ledger-writing calls one peer may make at once after a quiet spell.
     pub peer_write_burst: u32,
+    /// Refusals of one peer recorded a second, on average, beyond the
+    /// identical repeats `denial_window` counts.
+    pub peer_denial_rate: u32,
+    /// Such refusals recorded at once after a quiet spell.
+    pub peer_denial_burst: u32,
     /// Identical access refusals of one peer within this window are
     /// recorded once, with a count; zero records each.
     pub denial_window: Duration,
@@ -241,6 +248,8 @@ impl Default for LimitsConfig {
         Self {
             peer_write_rate: 50,
             peer_write_burst: 200,
+            peer_denial_rate: 1,
+            peer_denial_burst: 20,
             denial_window: Duration::from_secs(60),
             max_live_grants_per_peer: 1000,
             max_fetch_streams_per_peer: 16,
@@ -798,6 +807,8 @@ impl Config {
         let limits = LimitsConfig {
             peer_write_rate: raw.limits.peer_write_rate.unwrap_or(d.peer_write_rate),
             peer_write_burst: raw.limits.peer_write_burst.unwrap_or(d.peer_write_burst),
+            peer_denial_rate: raw.limits.peer_denial_rate.unwrap_or(d.peer_denial_rate),
+            peer_denial_burst: raw.limits.peer_denial_burst.unwrap_or(d.peer_denial_burst),
             denial_window: dur(raw.limits.denial_window, d.denial_window),
             max_live_grants_per_peer: raw
                 .limits
@@ -812,6 +823,8 @@ impl Config {
         for (key, ok) in [
             ("limits.peer_write_rate", limits.peer_write_rate > 0),
             ("limits.peer_write_burst", limits.peer_write_burst > 0),
+            ("limits.peer_denial_rate", limits.peer_denial_rate > 0),
+            ("limits.peer_denial_burst", limits.peer_denial_burst > 0),
             (
                 "limits.max_live_grants_per_peer",
                 limits.max_live_grants_per_peer > 0,
