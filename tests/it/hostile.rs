@@ -290,6 +290,45 @@ async fn denials(
     entries.into_iter().map(|e| e.entry).collect()
 }
 
+/// A publisher serving with a metrics listener and `limits` set, one
+/// dataset published, a consumer connected to it, and an auditor.
+struct LimitedPublisher {
+    _space: DataSpace,
+    publisher: support::NodeDir,
+    auditor: support::NodeDir,
+    node: dsnode::node::RunningNode,
+    ds: String,
+    conn: dsnode::wire::client::PeerChannel,
+}
+
+impl LimitedPublisher {
+    async fn start(limits: impl FnOnce(&mut dsnode::runtime::config::LimitsConfig)) -> Self {
+        use crate::support::flows::{POLICY, header, publish};
+        let space = DataSpace::new();
+        let publisher = space.node("city-transport", "publisher");
+        let consumer = support::consumer_in(&space, "acme", "CN-HE");
+        let auditor = space.node("regulator", "auditor");
+        let node = support::start_with(&publisher, |c| {
+            c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+            limits(&mut c.limits);
+        })
+        .await;
+        let ds = publish(&publisher, &node, header("Roads", POLICY, 3), b"a,b")
+            .await
+            .expect("publish")
+            .dataset_id;
+        let conn = support::connect(&consumer, &node).await;
+        Self {
+            _space: space,
+            publisher,
+            auditor,
+            node,
+            ds,
+            conn,
+        }
+    }
+}
+
 /// Finding 3. Defences: `[limits] peer_write_rate`/`peer_write_burst`
 /// (`exchange::limits::PeerLimits::admit_write`, in the Exchange and
 /// Peering handlers), `denial_window` (`PeerLimits::denial`, recorded by
@@ -299,24 +338,21 @@ async fn denials(
 /// publisher's ledger; granted requests wrote ~760 grants a second.
 #[tokio::test]
 async fn one_consumer_cannot_grow_the_publishers_ledger_without_bound() {
-    use crate::support::flows::{POLICY, header, publish};
-    let space = DataSpace::new();
-    let publisher = space.node("city-transport", "publisher");
-    let consumer = support::consumer_in(&space, "acme", "CN-HE");
-    let auditor = space.node("regulator", "auditor");
-    let node = support::start_with(&publisher, |c| {
-        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-        c.limits.peer_write_rate = 2;
-        c.limits.peer_write_burst = 12;
-        c.limits.denial_window = std::time::Duration::from_secs(1);
-        c.limits.max_live_grants_per_peer = 3;
+    let limited = LimitedPublisher::start(|l| {
+        l.peer_write_rate = 2;
+        l.peer_write_burst = 12;
+        l.denial_window = std::time::Duration::from_secs(1);
+        l.max_live_grants_per_peer = 3;
     })
     .await;
-    let ds = publish(&publisher, &node, header("Roads", POLICY, 3), b"a,b")
-        .await
-        .expect("publish")
-        .dataset_id;
-    let conn = support::connect(&consumer, &node).await;
+    let LimitedPublisher {
+        _space,
+        publisher,
+        auditor,
+        node,
+        ds,
+        conn,
+    } = limited;
 
     // 40 refused requests at once: the burst is answered with the
     // reasons, the rest refused by the rate limit, with when to retry.
@@ -415,24 +451,20 @@ async fn one_consumer_cannot_grow_the_publishers_ledger_without_bound() {
 /// (~6 M a day) under `peer_write_rate` alone.
 #[tokio::test]
 async fn distinct_refusals_are_recorded_at_a_bounded_rate() {
-    use crate::support::flows::{POLICY, header, publish};
-    let space = DataSpace::new();
-    let publisher = space.node("city-transport", "publisher");
-    let consumer = support::consumer_in(&space, "acme", "CN-HE");
-    let auditor = space.node("regulator", "auditor");
-    let node = support::start_with(&publisher, |c| {
-        c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
-        c.limits.peer_write_rate = 1000;
-        c.limits.peer_write_burst = 1000;
-        c.limits.peer_denial_rate = 1;
-        c.limits.peer_denial_burst = 5;
+    let LimitedPublisher {
+        _space,
+        auditor,
+        node,
+        ds,
+        conn,
+        ..
+    } = LimitedPublisher::start(|l| {
+        l.peer_write_rate = 1000;
+        l.peer_write_burst = 1000;
+        l.peer_denial_rate = 1;
+        l.peer_denial_burst = 5;
     })
     .await;
-    let ds = publish(&publisher, &node, header("Roads", POLICY, 3), b"a,b")
-        .await
-        .expect("publish")
-        .dataset_id;
-    let conn = support::connect(&consumer, &node).await;
     let (mut denied, mut limited) = (0, 0);
     for i in 0..30 {
         let err = request_access(&conn, &ds, &format!("marketing-{i}"))
