@@ -1744,4 +1744,72 @@ mod tests {
         let (_, report) = Ledger::open(&home, key, LedgerOptions::default()).expect("reopen");
         assert_eq!(report.size, next.index + 1);
     }
+
+    /// What the re-opened store holds is verified before anything more is
+    /// acknowledged: here the record of the last signed checkpoint (kept
+    /// outside the store) says the log is longer than the store, as after
+    /// a rollback while the disk was full. The re-open refuses it, appends
+    /// stay refused for good (no more probing), and the failure says why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_does_not_verify_when_re_opened_stays_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("ledger");
+        let latest: Arc<std::sync::Mutex<std::sync::Weak<FailingSync>>> = Arc::default();
+        let opened = latest.clone();
+        let opener: Opener = Arc::new(move |dir| {
+            let store = failing(dir)?;
+            *opened.lock().expect("lock") = Arc::downgrade(&store);
+            Ok(store)
+        });
+        let options = LedgerOptions {
+            probe_every: std::time::Duration::from_millis(20),
+            ..LedgerOptions::default()
+        };
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let (ledger, _) = Ledger::start(
+            opener(&home).expect("store"),
+            key.clone(),
+            options,
+            Some((&home, opener)),
+        )
+        .expect("ledger");
+        ledger.append(draft(0)).await.expect("first");
+        let mut failure = ledger.failure();
+        let store = latest.lock().expect("lock").upgrade().expect("opened");
+        // The probe cannot write while this directory is where it goes.
+        let blocked = home.join(PROBE);
+        std::fs::create_dir_all(blocked.join("x")).expect("block the probe");
+        store.full.store(true, Ordering::SeqCst);
+        drop(store);
+        let err = ledger.append(draft(1)).await.expect_err("no room");
+        assert!(err.is_storage_full(), "{err}");
+        // Meanwhile the record of the last signed checkpoint is replaced
+        // by one of a longer log (signed with the log's own key).
+        let signer = NoteSigner::new(ledger.keys().origin(), key).expect("signer");
+        let longer = SignedCheckpoint::sign(
+            note::Checkpoint {
+                origin: ledger.keys().origin().to_owned(),
+                size: 100,
+                root: [9; 32],
+            },
+            &signer,
+        );
+        std::fs::write(home.join(LAST_CHECKPOINT), longer.note.as_bytes()).expect("guard");
+        std::fs::remove_dir_all(&blocked).expect("free");
+        let told = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            failure.wait_for(|f| f.as_deref().is_some_and(|f| f.starts_with("re-opening"))),
+        )
+        .await
+        .expect("the re-open was tried")
+        .expect("failure")
+        .clone()
+        .expect("told");
+        assert!(told.contains("rolled back"), "{told}");
+        let err = ledger.append(draft(2)).await.expect_err("refused for good");
+        assert!(matches!(err, LedgerError::Failed), "{err}");
+        // Reads go on from the re-opened store.
+        assert!(ledger.entry(0).expect("read").is_some());
+        assert_eq!(ledger.latest().expect("head").checkpoint.size, 1);
+    }
 }
