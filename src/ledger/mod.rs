@@ -1654,18 +1654,14 @@ mod tests {
         assert_eq!(ledger.latest().expect("head").checkpoint.size, 1);
     }
 
-    /// A full disk: appends are refused as `Full` while a probe finds no
-    /// room; once it does, the sequencer re-opens and re-verifies the
-    /// store and appends go on from what the store holds, with every
-    /// acknowledged entry kept and the tree extending the last checkpoint.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_disk_stops_appends_until_a_probe_finds_room_then_they_resume() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let home = dir.path().join("ledger");
-        // The probe's file cannot be written while this directory sits
-        // where it goes: the "disk" has no room.
-        let blocked = home.join(PROBE);
-        std::fs::create_dir_all(blocked.join("x")).expect("block the probe");
+    /// A ledger in `home` (key `[7; 32]`) that re-opens its store after
+    /// a full disk, probing every 20 ms: one entry appended, then the
+    /// store's fsync says the disk is full and the next append fails so.
+    /// The probe finds no room until the caller removes `home/PROBE` (a
+    /// directory where its file goes). Returns the ledger and the first
+    /// append.
+    async fn filled(home: &Path) -> (Ledger, Appended) {
+        std::fs::create_dir_all(home.join(PROBE).join("x")).expect("block the probe");
         // Weak: a handle kept here would keep the old store from closing.
         let latest: Arc<std::sync::Mutex<std::sync::Weak<FailingSync>>> = Arc::default();
         let opened = latest.clone();
@@ -1680,19 +1676,32 @@ mod tests {
         };
         let key = SigningKey::from_bytes(&[7; 32]);
         let (ledger, _) = Ledger::start(
-            opener(&home).expect("store"),
+            opener(home).expect("store"),
             key,
             options,
-            Some((&home, opener)),
+            Some((home, opener)),
         )
         .expect("ledger");
         let first = ledger.append(draft(0)).await.expect("first");
-        let mut failure = ledger.failure();
         let store = latest.lock().expect("lock").upgrade().expect("opened");
         store.full.store(true, Ordering::SeqCst);
+        drop(store);
         let err = ledger.append(draft(1)).await.expect_err("no room");
         assert!(err.is_storage_full(), "{err}");
-        drop(store);
+        (ledger, first)
+    }
+
+    /// A full disk: appends are refused as `Full` while a probe finds no
+    /// room; once it does, the sequencer re-opens and re-verifies the
+    /// store and appends go on from what the store holds, with every
+    /// acknowledged entry kept and the tree extending the last checkpoint.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_stops_appends_until_a_probe_finds_room_then_they_resume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("ledger");
+        let blocked = home.join(PROBE);
+        let (ledger, first) = filled(&home).await;
+        let mut failure = ledger.failure();
         // While there is no room: refused as full (the caller may retry),
         // the failure is told, reads go on.
         for _ in 0..5 {
@@ -1754,35 +1763,10 @@ mod tests {
     async fn a_store_that_does_not_verify_when_re_opened_stays_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("ledger");
-        let latest: Arc<std::sync::Mutex<std::sync::Weak<FailingSync>>> = Arc::default();
-        let opened = latest.clone();
-        let opener: Opener = Arc::new(move |dir| {
-            let store = failing(dir)?;
-            *opened.lock().expect("lock") = Arc::downgrade(&store);
-            Ok(store)
-        });
-        let options = LedgerOptions {
-            probe_every: std::time::Duration::from_millis(20),
-            ..LedgerOptions::default()
-        };
-        let key = SigningKey::from_bytes(&[7; 32]);
-        let (ledger, _) = Ledger::start(
-            opener(&home).expect("store"),
-            key.clone(),
-            options,
-            Some((&home, opener)),
-        )
-        .expect("ledger");
-        ledger.append(draft(0)).await.expect("first");
-        let mut failure = ledger.failure();
-        let store = latest.lock().expect("lock").upgrade().expect("opened");
-        // The probe cannot write while this directory is where it goes.
         let blocked = home.join(PROBE);
-        std::fs::create_dir_all(blocked.join("x")).expect("block the probe");
-        store.full.store(true, Ordering::SeqCst);
-        drop(store);
-        let err = ledger.append(draft(1)).await.expect_err("no room");
-        assert!(err.is_storage_full(), "{err}");
+        let (ledger, _) = filled(&home).await;
+        let mut failure = ledger.failure();
+        let key = SigningKey::from_bytes(&[7; 32]);
         // Meanwhile the record of the last signed checkpoint is replaced
         // by one of a longer log (signed with the log's own key).
         let signer = NoteSigner::new(ledger.keys().origin(), key).expect("signer");
