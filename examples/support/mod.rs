@@ -180,6 +180,26 @@ impl NodeProcess {
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops the node as an operator does (SIGTERM: it finishes what it
+    /// was doing, closes its ledger and moves the verified mark), waiting
+    /// at most 60 s.
+    pub(crate) fn stop(mut self) -> Result<(), BoxError> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        if !status.success() {
+            return Err(format!("kill -TERM {}: {status}", self.pid()).into());
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                return Err("the node did not stop within 60 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for NodeProcess {

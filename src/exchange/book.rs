@@ -7,9 +7,16 @@
 //! Issuing is all-or-nothing: an issued grant is a ledger record
 //! committed in the same atomic batch as its `AccessGranted` entry (so one
 //! group commit makes a whole batch of grants durable, with no file and
-//! no fsync of its own). Grant files of earlier versions
-//! (`grants/issued/*.json`) are still read; one without its ledger entry
-//! is removed at start-up.
+//! no fsync of its own), with a second record filing it under its end of
+//! validity. Grant files of earlier versions (`grants/issued/*.json`) are
+//! still read; one without its ledger entry is removed at start-up.
+//!
+//! Issued grants are not loaded at start-up: a node that has issued
+//! millions over the years would verify them all before serving. One is
+//! read from its record, verified and checked against its entry when it
+//! is first looked up, then kept in a bounded cache. What start-up reads
+//! is the revocations and the grants still valid (their end-of-validity
+//! records), which the per-grantee cap on live grants counts.
 
 use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
@@ -55,16 +62,86 @@ pub struct Held {
 
 /// Name prefix of the ledger records holding issued grants.
 const ISSUED: &[u8] = b"grant/issued/";
+/// Name prefix of the records filing issued grants by end of validity:
+/// `grant/live/` ‖ `not_after_ms` (8 bytes, order-preserving) ‖ id, the
+/// grantee's node id as value.
+const LIVE: &[u8] = b"grant/live/";
+/// The record saying every issued grant has its [`LIVE`] record: a store
+/// written before they existed gets them once, at open.
+const LIVE_INDEXED: &[u8] = b"grant/live-indexed";
+/// How many verified issued grants are kept in memory.
+const CACHED: usize = 65_536;
+
+fn issued_name(id: &GrantId) -> Vec<u8> {
+    [ISSUED, id.as_str().as_bytes()].concat()
+}
+
+/// `ms` as 8 bytes whose byte order is numeric order.
+fn time_key(ms: i64) -> [u8; 8] {
+    ((ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn live_name(g: &Grant) -> Vec<u8> {
+    [LIVE, &time_key(g.not_after_ms), g.id.as_str().as_bytes()].concat()
+}
+
+/// A [`LIVE`] record's grant: (end of validity, id, grantee).
+fn live_record(name: &[u8], value: &[u8]) -> Option<(i64, GrantId, NodeId)> {
+    let rest = name.strip_prefix(LIVE)?;
+    let (time, id) = rest.split_first_chunk::<8>()?;
+    let not_after = (u64::from_be_bytes(*time) ^ (1 << 63)) as i64;
+    let id = std::str::from_utf8(id).ok()?.parse().ok()?;
+    let grantee = std::str::from_utf8(value).ok()?.parse().ok()?;
+    Some((not_after, id, grantee))
+}
 
 fn after_bound(after: Option<&GrantId>) -> Bound<&GrantId> {
     after.map_or(Bound::Unbounded, Bound::Excluded)
+}
+
+/// Verified issued grants, at most `cap`: the first kept is the first
+/// forgotten.
+struct Cache {
+    grants: std::collections::HashMap<GrantId, Arc<Verified<Grant>>>,
+    order: std::collections::VecDeque<GrantId>,
+    cap: usize,
+}
+
+impl Cache {
+    fn new(cap: usize) -> Self {
+        Self {
+            grants: std::collections::HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            cap,
+        }
+    }
+
+    fn get(&self, id: &GrantId) -> Option<Arc<Verified<Grant>>> {
+        self.grants.get(id).cloned()
+    }
+
+    fn insert(&mut self, g: &Arc<Verified<Grant>>) {
+        let id = &g.value().id;
+        if self.grants.insert(id.clone(), g.clone()).is_some() {
+            return;
+        }
+        self.order.push_back(id.clone());
+        if self.order.len() > self.cap
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.grants.remove(&oldest);
+        }
+    }
 }
 
 /// Issued and held grants.
 pub struct GrantBook {
     dir: PathBuf,
     own_key: [u8; 32],
-    issued: RwLock<BTreeMap<GrantId, Arc<Verified<Grant>>>>,
+    /// Issued grants verified since start-up (at most [`CACHED`]).
+    issued: RwLock<Cache>,
+    /// Issued grants from files of earlier versions, loaded at open.
+    legacy: BTreeMap<GrantId, Arc<Verified<Grant>>>,
     held: RwLock<BTreeMap<GrantId, Arc<Held>>>,
     /// Issued grants the ledger records as revoked (read at start-up,
     /// kept current by [`GrantBook::revoke`]): checked before every chunk.
@@ -128,10 +205,11 @@ impl GrantBook {
         let (issued_dir, held_dir) = (dir.join("issued"), dir.join("held"));
         fsutil::create_private_dir(&issued_dir)?;
         fsutil::create_private_dir(&held_dir)?;
-        let book = Self {
+        let mut book = Self {
             dir: dir.to_path_buf(),
             own_key,
-            issued: RwLock::default(),
+            issued: RwLock::new(Cache::new(CACHED)),
+            legacy: BTreeMap::new(),
             held: RwLock::default(),
             revoked: RwLock::new(revoked_grants(&ledger)?),
             live: std::sync::Mutex::default(),
@@ -140,28 +218,17 @@ impl GrantBook {
         };
         let mut warnings = Vec::new();
         let keys = book.ledger.keys();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = book.ledger.records(ISSUED, after.as_deref(), 1024)?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            let next = last.clone();
-            for (name, value) in page {
-                let label = format!("ledger record {}", String::from_utf8_lossy(&name));
-                let loaded = std::str::from_utf8(&value)
-                    .map_err(|_| GrantError::Malformed("not UTF-8 JSON".into()).into())
-                    .and_then(|t| read_issued(t, &keys));
-                book.admit(loaded, &label, &keys, None, &mut warnings)?;
-            }
-            after = Some(next);
-        }
         for path in json_files(&issued_dir)? {
             let loaded = fsutil::read_to_string(&path)
                 .map_err(BookError::from)
                 .and_then(|t| read_issued(&t, &keys));
             let label = path.display().to_string();
-            book.admit(loaded, &label, &keys, Some(&path), &mut warnings)?;
+            match book.admit(loaded, &keys, Some(&path))? {
+                Ok(g) => {
+                    book.legacy.insert(g.value().id.clone(), Arc::new(g));
+                }
+                Err(why) => warnings.push(format!("{label}: {why}")),
+            }
         }
         for path in json_files(&held_dir)? {
             match book.load_held(&path) {
@@ -172,24 +239,86 @@ impl GrantBook {
                 Err(e) => warnings.push(format!("{}: skipped: {e}", path.display())),
             }
         }
-        {
-            let revoked = book.revoked.read().unwrap_or_else(PoisonError::into_inner);
-            let mut live = book.live.lock().unwrap_or_else(PoisonError::into_inner);
-            for g in book
-                .issued
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .values()
-            {
-                let g = g.value();
-                if !revoked.contains(g.id.as_str()) {
-                    live.entry(g.grantee.clone())
-                        .or_default()
-                        .insert((g.not_after_ms, g.id.clone()));
+        book.count_live()?;
+        Ok((book, warnings))
+    }
+
+    /// Counts the grants still valid, not revoked, by grantee (the cap on
+    /// live grants): from their end-of-validity records, which a store
+    /// written before they existed gets first.
+    fn count_live(&self) -> Result<(), BookError> {
+        if self.ledger.record(LIVE_INDEXED)?.is_none() {
+            self.index_live()?;
+        }
+        let now = self.clock.now_ms();
+        let revoked = self.revoked.read().unwrap_or_else(PoisonError::into_inner);
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut count = |not_after: i64, id: &GrantId, grantee: &NodeId| {
+            if not_after >= now && !revoked.contains(id.as_str()) {
+                live.entry(grantee.clone())
+                    .or_default()
+                    .insert((not_after, id.clone()));
+            }
+        };
+        for g in self.legacy.values() {
+            let g = g.value();
+            count(g.not_after_ms, &g.id, &g.grantee);
+        }
+        // Names from the first one valid now on (`after` is exclusive:
+        // every name at `now` sorts after this prefix).
+        let mut after = [LIVE, &time_key(now)].concat();
+        loop {
+            let page = self.ledger.records(LIVE, Some(&after), 1024)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = last.clone();
+            for (name, value) in &page {
+                match live_record(name, value) {
+                    Some((not_after, id, grantee)) => count(not_after, &id, &grantee),
+                    None => tracing::warn!(
+                        record = %crate::text::shown(&String::from_utf8_lossy(name)),
+                        "an end-of-validity record of an issued grant is malformed; ignored"
+                    ),
                 }
             }
         }
-        Ok((book, warnings))
+        Ok(())
+    }
+
+    /// Files every issued grant under its end of validity, once, for a
+    /// store written before those records existed. The grants are only
+    /// decoded, not verified: the records only count live grants, and a
+    /// grant is verified when it is used.
+    fn index_live(&self) -> Result<(), BookError> {
+        let mut after: Option<Vec<u8>> = None;
+        let mut filed = 0usize;
+        loop {
+            let page = self.ledger.records(ISSUED, after.as_deref(), 1024)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            let records: Vec<_> = page
+                .iter()
+                .filter_map(|(_, value)| {
+                    let env = Envelope::from_json(std::str::from_utf8(value).ok()?).ok()?;
+                    let g = Grant::decode(&env.payload).ok()?;
+                    Some((live_name(&g), g.grantee.as_str().as_bytes().to_vec()))
+                })
+                .collect();
+            filed += records.len();
+            self.ledger.put_records(&records)?;
+        }
+        self.ledger
+            .put_records(&[(LIVE_INDEXED.to_vec(), b"1".to_vec())])?;
+        if filed > 0 {
+            tracing::info!(
+                grants = filed,
+                "issued grants filed by end of validity (once, for a store of an earlier version)"
+            );
+        }
+        Ok(())
     }
 
     /// Counts `grant` against its grantee's live grants (it is issued and
@@ -220,58 +349,86 @@ impl GrantBook {
         }
     }
 
-    /// Keeps an issued grant loaded from `label` if the ledger records it
-    /// (an `AccessGranted` entry hashing exactly this grant) and its
-    /// signing key was in force then; otherwise says why in `warnings`
-    /// (and removes a grant `file` the ledger never recorded).
+    /// An issued grant if the ledger records it (an `AccessGranted` entry
+    /// hashing exactly this grant) and its signing key was in force then;
+    /// otherwise why not (and a grant `file` the ledger never recorded is
+    /// removed).
     fn admit(
         &self,
         loaded: Result<Verified<Grant>, BookError>,
-        label: &str,
         keys: &crate::ledger::keys::LogKeys,
         file: Option<&Path>,
-        warnings: &mut Vec<String>,
-    ) -> Result<(), BookError> {
+    ) -> Result<Result<Verified<Grant>, String>, BookError> {
         let g = match loaded {
             Ok(g) => g,
-            Err(e) => {
-                warnings.push(format!("{label}: skipped: {e}"));
-                return Ok(());
-            }
+            Err(e) => return Ok(Err(format!("skipped: {e}"))),
         };
         let id = g.value().id.clone();
         let Some(granted) = recorded(&self.ledger, &id, EntryKind::AccessGranted)? else {
-            match file {
+            return Ok(Err(match file {
                 Some(path) => {
-                    warnings.push(format!(
-                        "{label}: not recorded as granted (issuing interrupted); removed"
-                    ));
                     let _ = std::fs::remove_file(path);
+                    "not recorded as granted (issuing interrupted); removed".into()
                 }
-                None => warnings.push(format!(
-                    "{label}: no AccessGranted entry for it in the ledger; not honoured"
-                )),
-            }
-            return Ok(());
+                None => "no AccessGranted entry for it in the ledger; not honoured".into(),
+            }));
         };
         // The very grant the ledger recorded (grant ids are random, not
         // hashes: a grant swapped for another under the same id is
         // refused), and signed by a key since retired only if the log
         // recorded it before the rotation.
         if granted.draft.object_hash != Some(g.envelope().payload_hash()) {
-            warnings.push(format!(
-                "{label}: not the grant the ledger recorded as {id} (entry {}); not honoured",
+            return Ok(Err(format!(
+                "not the grant the ledger recorded as {id} (entry {}); not honoured",
                 granted.index
-            ));
-            return Ok(());
+            )));
         }
-        match keys.honours(g.signer(), &format!("grant {id}"), granted.index) {
-            Ok(()) => {
-                self.write_issued().insert(id, Arc::new(g));
+        Ok(keys
+            .honours(g.signer(), &format!("grant {id}"), granted.index)
+            .map(|()| g)
+            .map_err(|e| format!("not honoured: {e}")))
+    }
+
+    /// Reads, verifies and admits an issued grant's record (`value` if
+    /// already read); `None` if there is none or it is not honoured (the
+    /// reason is logged).
+    fn load_issued(
+        &self,
+        id: &GrantId,
+        value: Option<&[u8]>,
+    ) -> Result<Option<Arc<Verified<Grant>>>, BookError> {
+        let name = issued_name(id);
+        let read;
+        let value = match value {
+            Some(v) => v,
+            None => match self.ledger.record(&name)? {
+                Some(v) => {
+                    read = v;
+                    &read
+                }
+                None => return Ok(None),
+            },
+        };
+        let keys = self.ledger.keys();
+        let loaded = std::str::from_utf8(value)
+            .map_err(|_| GrantError::Malformed("not UTF-8 JSON".into()).into())
+            .and_then(|t| read_issued(t, &keys));
+        match self.admit(loaded, &keys, None)? {
+            Ok(g) => Ok(Some(Arc::new(g))),
+            Err(why) => {
+                tracing::warn!(grant = %id, "ledger record of an issued grant: {why}");
+                Ok(None)
             }
-            Err(e) => warnings.push(format!("{label}: not honoured: {e}")),
         }
-        Ok(())
+    }
+
+    /// Keeps a verified issued grant in the cache (forgetting the oldest
+    /// one when it is full).
+    fn cache(&self, g: &Arc<Verified<Grant>>) {
+        self.issued
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(g);
     }
 
     fn load_held(&self, path: &Path) -> Result<Held, BookError> {
@@ -289,12 +446,6 @@ impl GrantBook {
             grant: verify_grant(env, &publisher_key)?,
             publisher_key,
         })
-    }
-
-    fn write_issued(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<GrantId, Arc<Verified<Grant>>>> {
-        self.issued.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write_held(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<GrantId, Arc<Held>>> {
@@ -331,15 +482,16 @@ impl GrantBook {
             crate::text::shown(&g.purpose),
             actions.join(",")
         );
-        let mut name = ISSUED.to_vec();
-        name.extend_from_slice(g.id.to_string().as_bytes());
-        let appended = self
-            .ledger
-            .append_with_record(draft, name, verified.envelope().to_json().into_bytes())
-            .await?;
+        let records = vec![
+            (
+                issued_name(&g.id),
+                verified.envelope().to_json().into_bytes(),
+            ),
+            (live_name(g), g.grantee.as_str().as_bytes().to_vec()),
+        ];
+        let appended = self.ledger.append_with_records(draft, records).await?;
         let verified = Arc::new(verified);
-        self.write_issued()
-            .insert(verified.value().id.clone(), verified.clone());
+        self.cache(&verified);
         Ok((verified, appended))
     }
 
@@ -389,7 +541,7 @@ impl GrantBook {
     /// it was revoked before.
     pub async fn revoke(&self, id: &GrantId, reason: &str) -> Result<Option<Appended>, BookError> {
         let grant = self
-            .issued_grant(id)
+            .issued_grant(id)?
             .ok_or_else(|| BookError::Unknown(id.to_string()))?;
         // Marked first, so serving stops at once (and a second revocation
         // racing this one records nothing); unmarked if the append fails.
@@ -424,29 +576,63 @@ impl GrantBook {
             .contains(id.as_str()))
     }
 
-    /// Grants this node issued.
-    pub fn issued(&self) -> Vec<Arc<Verified<Grant>>> {
-        self.issued
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
-    }
-
     /// Visits the grants this node issued with ids after `after`, in id
-    /// order, until `visit` breaks.
+    /// order, until `visit` breaks. Each is verified as it is read (or
+    /// taken from the cache); one not honoured is skipped, and logged.
     pub fn scan_issued(
         &self,
         after: Option<&GrantId>,
         mut visit: impl FnMut(&Arc<Verified<Grant>>) -> ControlFlow<()>,
-    ) {
-        let issued = self.issued.read().unwrap_or_else(PoisonError::into_inner);
-        for g in issued.range((after_bound(after), Bound::Unbounded)) {
-            if visit(g.1).is_break() {
-                return;
+    ) -> Result<(), BookError> {
+        const PAGE: usize = 256;
+        let mut legacy = self
+            .legacy
+            .range((after_bound(after), Bound::Unbounded))
+            .peekable();
+        let mut cursor = after.map(issued_name);
+        loop {
+            let page = self.ledger.records(ISSUED, cursor.as_deref(), PAGE)?;
+            let full = page.len() == PAGE;
+            for (name, value) in page {
+                let id = std::str::from_utf8(&name[ISSUED.len()..])
+                    .ok()
+                    .and_then(|t| t.parse::<GrantId>().ok());
+                cursor = Some(name);
+                let Some(id) = id else {
+                    continue;
+                };
+                // Files of earlier versions first, in id order (a file
+                // with a record's id is the record's grant: skipped).
+                while let Some((lid, g)) = legacy.next_if(|(lid, _)| **lid <= id) {
+                    if *lid < id && visit(g).is_break() {
+                        return Ok(());
+                    }
+                }
+                let cached = self
+                    .issued
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&id);
+                let g = match cached {
+                    Some(g) => Some(g),
+                    None => self.load_issued(&id, Some(&value))?,
+                };
+                if let Some(g) = g
+                    && visit(&g).is_break()
+                {
+                    return Ok(());
+                }
+            }
+            if !full {
+                break;
             }
         }
+        for (_, g) in legacy {
+            if visit(g).is_break() {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// Visits the grants this node holds with ids after `after`, in id
@@ -464,13 +650,22 @@ impl GrantBook {
         }
     }
 
-    /// A grant this node issued.
-    pub fn issued_grant(&self, id: &GrantId) -> Option<Arc<Verified<Grant>>> {
-        self.issued
+    /// A grant this node issued (verified when first looked up, then
+    /// cached); `None` if there is none, or its record is not honoured.
+    pub fn issued_grant(&self, id: &GrantId) -> Result<Option<Arc<Verified<Grant>>>, BookError> {
+        let cached = self
+            .issued
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned()
+            .get(id);
+        if let Some(g) = cached.or_else(|| self.legacy.get(id).cloned()) {
+            return Ok(Some(g));
+        }
+        let loaded = self.load_issued(id, None)?;
+        if let Some(g) = &loaded {
+            self.cache(g);
+        }
+        Ok(loaded)
     }
 
     /// Grants this node holds.
@@ -701,7 +896,7 @@ impl GrantBook {
     /// What this node holds about grant `id`.
     pub fn objects(&self, id: &GrantId) -> Result<GrantObjects, BookError> {
         let mut out = GrantObjects::default();
-        if let Some(g) = self.issued_grant(id) {
+        if let Some(g) = self.issued_grant(id)? {
             out.grant = Some(g.envelope().clone());
         } else if let Some(h) = self.held_grant(id) {
             out.grant = Some(h.grant.envelope().clone());
@@ -853,7 +1048,10 @@ mod tests {
             .await
             .expect("issued");
         let id = grant.value().id.clone();
-        assert_eq!(book.issued_grant(&id).expect("kept").value(), grant.value());
+        assert_eq!(
+            book.issued_grant(&id).expect("read").expect("kept").value(),
+            grant.value()
+        );
         assert!(!book.is_revoked(&id).expect("revoked?"));
         let revoked = book.revoke(&id, "test").await.expect("revoke");
         assert!(revoked.is_some_and(|r| r.index > appended.index));
@@ -864,7 +1062,7 @@ mod tests {
         drop(book);
         let (book, warnings) = publisher.book();
         assert!(warnings.is_empty(), "{warnings:?}");
-        assert!(book.issued_grant(&id).is_some());
+        assert!(book.issued_grant(&id).expect("read").is_some());
         assert!(book.is_revoked(&id).expect("revoked?"));
         // An unknown grant cannot be revoked.
         let other = GrantId::random().expect("id");
@@ -872,6 +1070,202 @@ mod tests {
             book.revoke(&other, "x").await,
             Err(BookError::Unknown(_))
         ));
+    }
+
+    impl GrantBook {
+        /// How many issued grants are verified and in memory.
+        fn cached(&self) -> usize {
+            self.issued
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .grants
+                .len()
+        }
+
+        /// How many live grants `grantee` is counted as holding.
+        fn live_count(&self, grantee: &NodeId) -> usize {
+            self.live
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(grantee)
+                .map_or(0, |s| s.len())
+        }
+    }
+
+    #[test]
+    fn the_cache_forgets_the_oldest_grant_when_full() {
+        let publisher = Node::new(1);
+        let grantee = NodeId::from_public_key(&[9; 32]);
+        let grants: Vec<_> = (0..3)
+            .map(|_| {
+                let env = publisher.grant_to(&grantee).sign(&publisher.key);
+                Arc::new(verify_grant(env, &publisher.public()).expect("verifies"))
+            })
+            .collect();
+        let mut cache = Cache::new(2);
+        for g in &grants[..2] {
+            cache.insert(g);
+            cache.insert(g);
+        }
+        assert_eq!((cache.grants.len(), cache.order.len()), (2, 2), "kept once");
+        cache.insert(&grants[2]);
+        assert_eq!(cache.grants.len(), 2);
+        assert!(
+            cache.get(&grants[0].value().id).is_none(),
+            "the oldest forgotten"
+        );
+        for g in &grants[1..] {
+            assert!(cache.get(&g.value().id).is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn start_up_reads_only_the_live_grants_and_verifies_one_when_it_is_used() {
+        let (publisher, a, b) = (Node::new(1), Node::new(2), Node::new(3));
+        let (book, _) = publisher.book();
+        let mut ids = Vec::new();
+        for grantee in [&a, &a, &a, &b] {
+            let (g, _) = book
+                .issue(publisher.grant_to(&grantee.node_id()), &publisher.key)
+                .await
+                .expect("issued");
+            ids.push(g.value().id.clone());
+        }
+        // One of a's long expired, one revoked.
+        let mut old = publisher.grant_to(&a.node_id());
+        old.not_after_ms = 1_000;
+        let (old, _) = book.issue(old, &publisher.key).await.expect("issued");
+        book.revoke(&ids[0], "test").await.expect("revoked");
+        drop(book);
+
+        let (book, warnings) = publisher.book();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(book.cached(), 0, "no issued grant is read at start-up");
+        assert_eq!(book.live_count(&a.node_id()), 2, "valid and not revoked");
+        assert_eq!(book.live_count(&b.node_id()), 1);
+        let g = book.issued_grant(&ids[1]).expect("read").expect("issued");
+        assert_eq!(g.value().grantee, a.node_id());
+        assert_eq!(book.cached(), 1, "verified when first used, then kept");
+        assert!(book.issued_grant(&old.value().id).expect("read").is_some());
+        assert!(
+            book.issued_grant(&GrantId::random().expect("id"))
+                .expect("read")
+                .is_none()
+        );
+        // Listing reads them all, in id order.
+        let mut listed = Vec::new();
+        book.scan_issued(None, |g| {
+            listed.push(g.value().id.clone());
+            ControlFlow::Continue(())
+        })
+        .expect("scan");
+        let mut all = ids.clone();
+        all.push(old.value().id.clone());
+        all.sort();
+        assert_eq!(listed, all);
+        let mut after = Vec::new();
+        book.scan_issued(Some(&all[1]), |g| {
+            after.push(g.value().id.clone());
+            ControlFlow::Continue(())
+        })
+        .expect("scan");
+        assert_eq!(after, all[2..]);
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_the_end_of_validity_records_gets_them_once() {
+        let (publisher, a) = (Node::new(1), Node::new(2));
+        // Issued as earlier versions did: the grant's record only.
+        let mut ids = Vec::new();
+        for not_after_ms in [1_000, i64::MAX / 2, i64::MAX / 2] {
+            let mut g = publisher.grant_to(&a.node_id());
+            g.not_after_ms = not_after_ms;
+            let env = g.sign(&publisher.key);
+            let mut draft = g.entry(EntryKind::AccessGranted);
+            draft.object_hash = Some(env.payload_hash());
+            publisher
+                .ledger
+                .append_with_records(
+                    draft,
+                    vec![(issued_name(&g.id), env.to_json().into_bytes())],
+                )
+                .await
+                .expect("append");
+            ids.push(g.id);
+        }
+        assert!(
+            publisher
+                .ledger
+                .record(LIVE_INDEXED)
+                .expect("read")
+                .is_none()
+        );
+        let (book, warnings) = publisher.book();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(book.live_count(&a.node_id()), 2);
+        assert!(
+            publisher
+                .ledger
+                .record(LIVE_INDEXED)
+                .expect("read")
+                .is_some()
+        );
+        let filed = publisher.ledger.records(LIVE, None, 10).expect("records");
+        assert_eq!(filed.len(), 3, "every grant filed, expired ones too");
+        drop(book);
+        let (book, _) = publisher.book();
+        assert_eq!(book.live_count(&a.node_id()), 2);
+        assert_eq!(
+            publisher.ledger.records(LIVE, None, 10).expect("records"),
+            filed
+        );
+        assert!(book.issued_grant(&ids[1]).expect("read").is_some());
+    }
+
+    #[tokio::test]
+    async fn grant_files_of_earlier_versions_are_listed_with_the_records_in_id_order() {
+        let publisher = Node::new(1);
+        let (book, _) = publisher.book();
+        let grantee = NodeId::from_public_key(&[9; 32]);
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let (g, _) = book
+                .issue(publisher.grant_to(&grantee), &publisher.key)
+                .await
+                .expect("issued");
+            ids.push(g.value().id.clone());
+        }
+        // Two grants as files, with their entries (as earlier versions
+        // issued them).
+        for _ in 0..2 {
+            let g = publisher.grant_to(&grantee);
+            let env = g.sign(&publisher.key);
+            let mut draft = g.entry(EntryKind::AccessGranted);
+            draft.object_hash = Some(env.payload_hash());
+            publisher.ledger.append(draft).await.expect("append");
+            let path = publisher
+                .dir
+                .path()
+                .join("grants/issued")
+                .join(format!("{}.json", g.id));
+            fsutil::write_atomic(&path, env.to_json().as_bytes(), 0o644).expect("write");
+            ids.push(g.id);
+        }
+        drop(book);
+        let (book, warnings) = publisher.book();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(book.live_count(&grantee), 5);
+        ids.sort();
+        let mut listed = Vec::new();
+        book.scan_issued(None, |g| {
+            listed.push(g.value().id.clone());
+            ControlFlow::Continue(())
+        })
+        .expect("scan");
+        assert_eq!(listed, ids);
+        for id in &ids {
+            assert!(book.issued_grant(id).expect("read").is_some(), "{id}");
+        }
     }
 
     #[tokio::test]
@@ -891,7 +1285,7 @@ mod tests {
             .expect("write");
         drop(book);
         let (book, warnings) = publisher.book();
-        assert!(book.issued_grant(&id).is_none());
+        assert!(book.issued_grant(&id).expect("read").is_none());
         assert!(
             warnings
                 .iter()

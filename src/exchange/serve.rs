@@ -289,6 +289,7 @@ impl Publisher<'_> {
     fn issued(&self, id: &GrantId) -> Result<Arc<Verified<Grant>>, ServeError> {
         self.grants
             .issued_grant(id)
+            .map_err(book("reading an issued grant"))?
             .ok_or_else(|| ServeError::NotFound(format!("no grant {id} issued by this node")))
     }
 

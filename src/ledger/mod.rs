@@ -151,17 +151,17 @@ pub struct Appended {
 
 use store::Record;
 
-/// An append waiting in a batch: the entry, its record, its appender.
+/// An append waiting in a batch: the entry, its records, its appender.
 type Pending = (
     EntryDraft,
-    Option<Record>,
+    Vec<Record>,
     oneshot::Sender<Result<Appended, LedgerError>>,
 );
 
 enum Request {
     Append {
         draft: EntryDraft,
-        record: Option<Record>,
+        records: Vec<Record>,
         reply: oneshot::Sender<Result<Appended, LedgerError>>,
     },
     /// Retire the key (see [`Ledger::rotate`]).
@@ -685,24 +685,36 @@ impl Ledger {
 
     /// Appends an entry; returns once it is durable and signed over.
     pub async fn append(&self, draft: EntryDraft) -> Result<Appended, LedgerError> {
-        self.append_inner(draft, None).await
+        self.append_inner(draft, Vec::new()).await
     }
 
-    /// Appends an entry with a record (`name`, `value`) committed in the
+    /// Appends an entry with records (`name`, `value`) committed in the
     /// same atomic batch: durable exactly when the entry is (e.g. the
     /// grant its `AccessGranted` entry hashes). Records are outside the
     /// tree; whoever reads one checks it against its entry. A record of
     /// the same name is replaced.
-    pub async fn append_with_record(
+    pub async fn append_with_records(
         &self,
         draft: EntryDraft,
-        name: Vec<u8>,
-        value: Vec<u8>,
+        records: Vec<Record>,
     ) -> Result<Appended, LedgerError> {
-        self.append_inner(draft, Some((name, value))).await
+        self.append_inner(draft, records).await
     }
 
-    /// A record by name (see [`Ledger::append_with_record`]).
+    /// Writes records outside any entry, atomically and durably: indexes
+    /// derived from records committed with their entries (e.g. built for
+    /// a store written before the index existed). Refused while appends
+    /// are.
+    pub fn put_records(&self, records: &[Record]) -> Result<(), LedgerError> {
+        if let Some(refusal) = self.shared.state.refusal() {
+            return Err(refusal);
+        }
+        let store = self.store()?;
+        store.put_records(records)?;
+        Ok(store.sync()?)
+    }
+
+    /// A record by name (see [`Ledger::append_with_records`]).
     pub fn record(&self, name: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
         Ok(self.store()?.record(name)?)
     }
@@ -721,7 +733,7 @@ impl Ledger {
     async fn append_inner(
         &self,
         draft: EntryDraft,
-        record: Option<Record>,
+        records: Vec<Record>,
     ) -> Result<Appended, LedgerError> {
         Entry::check_draft(&draft)?;
         if let Some(refusal) = self.shared.state.refusal() {
@@ -732,7 +744,7 @@ impl Ledger {
             .tx
             .send(Request::Append {
                 draft,
-                record,
+                records,
                 reply,
             })
             .await
@@ -1049,9 +1061,9 @@ impl Sequencer {
                 match request {
                     Request::Append {
                         draft,
-                        record,
+                        records,
                         reply,
-                    } => batch.push((draft, record, reply)),
+                    } => batch.push((draft, records, reply)),
                     Request::Rotate {
                         new_key,
                         participant,
@@ -1138,7 +1150,9 @@ impl Sequencer {
                 Ok(NoteSigner::new(keys.origin(), new_key)?)
             });
         match prepared {
-            Ok(successor) => self.commit(vec![(draft, None, reply)], Some((successor, after))),
+            Ok(successor) => {
+                self.commit(vec![(draft, Vec::new(), reply)], Some((successor, after)))
+            }
             Err(e) => {
                 let _ = reply.send(Err(e));
             }
@@ -1183,8 +1197,8 @@ impl Sequencer {
         let time_ms = now_ms();
         let mut accepted = Vec::with_capacity(requests.len());
         let mut records = Vec::new();
-        for (draft, record, reply) in requests {
-            records.extend(record);
+        for (draft, its_records, reply) in requests {
+            records.extend(its_records);
             let entry = Entry::new(self.writer.size(), time_ms, draft);
             // Drafts were checked before queueing, so encoding cannot fail;
             // a store read failing here fails the whole batch.
@@ -1461,6 +1475,9 @@ mod tests {
     impl LedgerStore for FailingSync {
         fn append_batch(&self, batch: &AppendBatch) -> Result<(), StoreError> {
             self.inner.append_batch(batch)
+        }
+        fn put_records(&self, records: &[Record]) -> Result<(), StoreError> {
+            self.inner.put_records(records)
         }
         fn sync(&self) -> Result<(), StoreError> {
             if self.fail.load(Ordering::SeqCst) {

@@ -17,7 +17,7 @@
 //! | `D ‖ leaf hash` | entry index |
 //! | `I ‖ tag ‖ key ‖ 0x00 ‖ block` | 64-bit map of the block's entries under that key: by dataset (`d`), party (`p`), kind (`k`), grant (`g`) |
 //! | `T ‖ time ‖ first index` | last index: a run of entries recorded at that time |
-//! | `R ‖ name` | a record committed with an entry (e.g. the grant an `AccessGranted` entry hashes), outside the tree |
+//! | `R ‖ name` | a record committed with an entry (e.g. the grant an `AccessGranted` entry hashes, and its end-of-validity index), or an index derived from such records; outside the tree |
 //!
 //! A group commit is one `apply_batch` holding the blocks it filled, the
 //! subtree hashes it completed, its index keys, the new size and root, and
@@ -254,6 +254,9 @@ pub trait LedgerStore: Send + Sync + 'static {
     fn append_batch(&self, batch: &AppendBatch) -> Result<(), StoreError>;
     /// Makes every written batch durable.
     fn sync(&self) -> Result<(), StoreError>;
+    /// Writes records outside any entry, atomically (not yet durable):
+    /// indexes derived from records already committed with their entries.
+    fn put_records(&self, records: &[Record]) -> Result<(), StoreError>;
     /// A block.
     fn block(&self, block: u64) -> Result<Option<Block>, StoreError>;
     /// A block's leaf hashes only.
@@ -572,6 +575,14 @@ impl LedgerStore for SledStore {
         self.db
             .apply_batch(Self::sled_batch(b))
             .map_err(|e| self.err(e))
+    }
+
+    fn put_records(&self, records: &[Record]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (name, value) in records {
+            batch.insert(record_key(name), value.as_slice());
+        }
+        self.db.apply_batch(batch).map_err(|e| self.err(e))
     }
 
     fn sync(&self) -> Result<(), StoreError> {

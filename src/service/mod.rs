@@ -339,7 +339,7 @@ impl NodeContext {
         let mut failed = None;
         if let GrantCursor::Issued(after) = from {
             if filter.wants_issued() {
-                self.grants.scan_issued(after.as_ref(), |g| {
+                let scanned = self.grants.scan_issued(after.as_ref(), |g| {
                     let revoked = match self.grants.is_revoked(&g.value().id) {
                         Ok(r) => r,
                         Err(e) => {
@@ -360,6 +360,9 @@ impl NodeContext {
                     let resume = GrantCursor::Issued(Some(g.value().id.clone()));
                     take(g.value(), status, state, resume, &mut next)
                 });
+                if let Err(e) = scanned {
+                    failed = Some(e);
+                }
             }
             if let Some(e) = failed {
                 return Err(e);
