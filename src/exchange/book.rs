@@ -16,7 +16,9 @@
 //! read from its record, verified and checked against its entry when it
 //! is first looked up, then kept in a bounded cache. What start-up reads
 //! is the revocations and the grants still valid (their end-of-validity
-//! records), which the per-grantee cap on live grants counts.
+//! records), which the per-grantee cap on live grants counts. Held grants
+//! likewise: each file under `held/` is read and verified when its grant
+//! is first used.
 
 use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
@@ -99,15 +101,15 @@ fn after_bound(after: Option<&GrantId>) -> Bound<&GrantId> {
     after.map_or(Bound::Unbounded, Bound::Excluded)
 }
 
-/// Verified issued grants, at most `cap`: the first kept is the first
+/// Verified grants by id, at most `cap`: the first kept is the first
 /// forgotten.
-struct Cache {
-    grants: std::collections::HashMap<GrantId, Arc<Verified<Grant>>>,
+struct Cache<V> {
+    grants: std::collections::HashMap<GrantId, Arc<V>>,
     order: std::collections::VecDeque<GrantId>,
     cap: usize,
 }
 
-impl Cache {
+impl<V> Cache<V> {
     fn new(cap: usize) -> Self {
         Self {
             grants: std::collections::HashMap::new(),
@@ -116,12 +118,11 @@ impl Cache {
         }
     }
 
-    fn get(&self, id: &GrantId) -> Option<Arc<Verified<Grant>>> {
+    fn get(&self, id: &GrantId) -> Option<Arc<V>> {
         self.grants.get(id).cloned()
     }
 
-    fn insert(&mut self, g: &Arc<Verified<Grant>>) {
-        let id = &g.value().id;
+    fn insert(&mut self, id: &GrantId, g: &Arc<V>) {
         if self.grants.insert(id.clone(), g.clone()).is_some() {
             return;
         }
@@ -139,10 +140,12 @@ pub struct GrantBook {
     dir: PathBuf,
     own_key: [u8; 32],
     /// Issued grants verified since start-up (at most [`CACHED`]).
-    issued: RwLock<Cache>,
+    issued: RwLock<Cache<Verified<Grant>>>,
     /// Issued grants from files of earlier versions, loaded at open.
     legacy: BTreeMap<GrantId, Arc<Verified<Grant>>>,
-    held: RwLock<BTreeMap<GrantId, Arc<Held>>>,
+    /// Held grants verified since start-up (at most [`CACHED`]), read
+    /// from `held/` when first looked up.
+    held: RwLock<Cache<Held>>,
     /// Issued grants the ledger records as revoked (read at start-up,
     /// kept current by [`GrantBook::revoke`]): checked before every chunk.
     revoked: RwLock<std::collections::HashSet<String>>,
@@ -210,7 +213,7 @@ impl GrantBook {
             own_key,
             issued: RwLock::new(Cache::new(CACHED)),
             legacy: BTreeMap::new(),
-            held: RwLock::default(),
+            held: RwLock::new(Cache::new(CACHED)),
             revoked: RwLock::new(revoked_grants(&ledger)?),
             live: std::sync::Mutex::default(),
             ledger,
@@ -228,15 +231,6 @@ impl GrantBook {
                     book.legacy.insert(g.value().id.clone(), Arc::new(g));
                 }
                 Err(why) => warnings.push(format!("{label}: {why}")),
-            }
-        }
-        for path in json_files(&held_dir)? {
-            match book.load_held(&path) {
-                Ok(h) => {
-                    book.write_held()
-                        .insert(h.grant.value().id.clone(), Arc::new(h));
-                }
-                Err(e) => warnings.push(format!("{}: skipped: {e}", path.display())),
             }
         }
         book.count_live()?;
@@ -428,7 +422,7 @@ impl GrantBook {
         self.issued
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(g);
+            .insert(&g.value().id, g);
     }
 
     fn load_held(&self, path: &Path) -> Result<Held, BookError> {
@@ -448,7 +442,7 @@ impl GrantBook {
         })
     }
 
-    fn write_held(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<GrantId, Arc<Held>>> {
+    fn write_held(&self) -> std::sync::RwLockWriteGuard<'_, Cache<Held>> {
         self.held.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -533,7 +527,7 @@ impl GrantBook {
             grant,
             publisher_key,
         });
-        self.write_held().insert(id, held.clone());
+        self.write_held().insert(&id, &held);
         Ok((held, appended))
     }
 
@@ -636,18 +630,28 @@ impl GrantBook {
     }
 
     /// Visits the grants this node holds with ids after `after`, in id
-    /// order, until `visit` breaks.
+    /// order, until `visit` breaks. Each is verified as it is read (or
+    /// taken from the cache); one that does not verify is skipped, and
+    /// logged.
     pub fn scan_held(
         &self,
         after: Option<&GrantId>,
         mut visit: impl FnMut(&Arc<Held>) -> ControlFlow<()>,
-    ) {
-        let held = self.held.read().unwrap_or_else(PoisonError::into_inner);
-        for h in held.range((after_bound(after), Bound::Unbounded)) {
-            if visit(h.1).is_break() {
-                return;
+    ) -> Result<(), BookError> {
+        let mut ids: Vec<GrantId> = json_files(&self.dir.join("held"))?
+            .iter()
+            .filter_map(|p| p.file_stem()?.to_str()?.parse().ok())
+            .filter(|id| after.is_none_or(|a| id > a))
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(h) = self.held_grant(&id)
+                && visit(&h).is_break()
+            {
+                break;
             }
         }
+        Ok(())
     }
 
     /// A grant this node issued (verified when first looked up, then
@@ -668,14 +672,15 @@ impl GrantBook {
         Ok(loaded)
     }
 
-    /// Grants this node holds.
-    pub fn held(&self) -> Vec<Arc<Held>> {
-        self.held
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+    /// Grants this node holds (read and verified: for tests and tools,
+    /// not for a node's every request).
+    pub fn held(&self) -> Result<Vec<Arc<Held>>, BookError> {
+        let mut out = Vec::new();
+        self.scan_held(None, |h| {
+            out.push(h.clone());
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
     }
 
     /// Completes a fetch: remembers the dataset's signed manifest (a
@@ -830,13 +835,33 @@ impl GrantBook {
         Ok(())
     }
 
-    /// A held grant.
+    /// A held grant (read from `held/` and verified when first looked
+    /// up, then cached); `None` if there is none, or it does not verify
+    /// (logged).
     pub fn held_grant(&self, id: &GrantId) -> Option<Arc<Held>> {
-        self.held
+        let cached = self
+            .held
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned()
+            .get(id);
+        if cached.is_some() {
+            return cached;
+        }
+        let path = self.path("held", id);
+        if !path.exists() {
+            return None;
+        }
+        match self.load_held(&path) {
+            Ok(h) => {
+                let h = Arc::new(h);
+                self.write_held().insert(id, &h);
+                Some(h)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "a held grant is not usable: {e}");
+                None
+            }
+        }
     }
 }
 
@@ -1104,11 +1129,11 @@ mod tests {
             .collect();
         let mut cache = Cache::new(2);
         for g in &grants[..2] {
-            cache.insert(g);
-            cache.insert(g);
+            cache.insert(&g.value().id, g);
+            cache.insert(&g.value().id, g);
         }
         assert_eq!((cache.grants.len(), cache.order.len()), (2, 2), "kept once");
-        cache.insert(&grants[2]);
+        cache.insert(&grants[2].value().id, &grants[2]);
         assert_eq!(cache.grants.len(), 2);
         assert!(
             cache.get(&grants[0].value().id).is_none(),
@@ -1312,7 +1337,7 @@ mod tests {
             .await
             .expect_err("not ours");
         assert!(err.to_string().contains("not this node"), "{err}");
-        assert!(book.held().is_empty());
+        assert!(book.held().expect("held").is_empty());
         let (held, _) = book
             .hold(env, publisher.public(), &consumer.node_id())
             .await
@@ -1321,9 +1346,59 @@ mod tests {
         drop(book);
         let (book, warnings) = consumer.book();
         assert!(warnings.is_empty(), "{warnings:?}");
+        let cached = |book: &GrantBook| {
+            book.held
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .grants
+                .len()
+        };
+        assert_eq!(cached(&book), 0, "no held grant is read at start-up");
         assert_eq!(
             book.held_grant(&id).expect("reloaded").publisher_key,
             publisher.public()
         );
+        assert_eq!(cached(&book), 1, "verified when first used, then kept");
+        // A second grant held, and a third whose file was changed.
+        let mut later = Vec::new();
+        for _ in 0..2 {
+            let env = publisher.grant_to(&consumer.node_id()).sign(&publisher.key);
+            let (h, _) = book
+                .hold(env, publisher.public(), &consumer.node_id())
+                .await
+                .expect("held");
+            later.push(h.grant.value().id.clone());
+        }
+        let changed = consumer
+            .dir
+            .path()
+            .join("grants/held")
+            .join(format!("{}.json", later[1]));
+        let json = std::fs::read_to_string(&changed).expect("read");
+        let mut env = Envelope::from_json(&json).expect("envelope");
+        let mut g = Grant::decode(&env.payload).expect("grant");
+        g.max_fetches = Some(1000);
+        env.payload = g.encode();
+        std::fs::write(&changed, env.to_json()).expect("write");
+        drop(book);
+        let (book, warnings) = consumer.book();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(book.held_grant(&later[1]).is_none(), "does not verify");
+        let mut listed: Vec<GrantId> = book
+            .held()
+            .expect("held")
+            .iter()
+            .map(|h| h.grant.value().id.clone())
+            .collect();
+        let mut expected = vec![id, later[0].clone()];
+        expected.sort();
+        assert_eq!(listed, expected, "in id order, the changed one skipped");
+        listed.clear();
+        book.scan_held(Some(&expected[0]), |h| {
+            listed.push(h.grant.value().id.clone());
+            ControlFlow::Continue(())
+        })
+        .expect("scan");
+        assert_eq!(listed, expected[1..]);
     }
 }

@@ -860,7 +860,7 @@ async fn requests_the_policy_denies_are_recorded_with_their_reasons() {
         "{err}"
     );
     assert!(publisher.kinds().contains(&EntryKind::AccessDenied));
-    assert!(consumer.grants.held().is_empty());
+    assert!(consumer.grants.held().expect("held").is_empty());
     // A dataset the publisher does not have is not found.
     let mut missing = ask.clone();
     missing.dataset = DatasetId::of_payload(b"nothing");

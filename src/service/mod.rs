@@ -384,7 +384,7 @@ impl NodeContext {
                 };
                 let resume = GrantCursor::Held(Some(h.grant.value().id.clone()));
                 take(h.grant.value(), status, GrantState::Held, resume, &mut next)
-            });
+            })?;
         }
         Ok((out, next))
     }
